@@ -65,7 +65,9 @@ def test_time_mismatch_bias_enters_mse():
     err = within_batch_error(50, 200, sigma=1.0, drift=0.3, time_mismatch=2.0)
     assert err.bias == pytest.approx(0.6)
     assert err.mse == pytest.approx(0.36 + err.variance)
-    assert within_batch_error(50, 200, sigma=1.0, drift=0.3).bias == 0.0  # steady state / matched time
+    assert within_batch_error(50, 200, sigma=1.0, drift=0.3).bias == 0.0  # time-matched controls
+    assert cross_batch_error(50, 200, sigma=1.0, tau=0.2, drift=0.3, time_mismatch=-1.0).bias == pytest.approx(-0.3)
+    assert within_batch_error(50, 200, sigma=1.0, drift=0.0, time_mismatch=5.0).bias == 0.0  # steady state
 
 
 def test_layout_error_matches_scalar_formulas():

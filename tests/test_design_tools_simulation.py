@@ -114,6 +114,18 @@ def test_fixed_batch_effects_show_up_as_bias():
     assert abs(res.mse[0] - res.analytic.mse[0]) < Z * res.mse_se[0]
 
 
+def test_time_mismatched_controls_give_drift_bias():
+    layout = LAYOUTS["balanced"]()
+    res = simulate_layout(layout, sigma=1.0, tau=0.5, effects=0.2, rng_key=12, num_replicates=2000,
+                          comparisons=("within",), drift=0.05, time_mismatch=4.0)["within"]
+    np.testing.assert_allclose(res.analytic.bias, 0.2)
+    assert np.all(np.abs(res.bias - 0.2) < Z * res.bias_se)
+    assert np.all(res.bias > 10 * res.bias_se)  # detectable; time-matched controls (below) show none
+    matched = simulate_layout(layout, sigma=1.0, tau=0.5, effects=0.2, rng_key=12, num_replicates=2000,
+                              comparisons=("within",), drift=0.05)["within"]
+    assert np.all(np.abs(matched.bias) < Z * matched.bias_se)
+
+
 def test_group_mean_draws_agree_with_cell_draws():
     layout = LAYOUTS["unbalanced"]()
     fast = simulate_layout(layout, sigma=1.0, tau=0.3, effects=0.5, rng_key=2, num_replicates=3000,
@@ -159,6 +171,7 @@ def test_same_key_same_screens():
         (dict(batch_effects=[0.1]), DesignError, "batch_effects"),
         (dict(cell_level=False, estimator=lambda **kw: 0), DesignError, "cell_level=True"),
         (dict(rng_key=None), TypeError, "rng_key is required"),
+        (dict(drift=np.nan, time_mismatch=1.0), DesignError, "finite"),
     ],
 )
 def test_simulation_bad_input(kwargs, exc, match):

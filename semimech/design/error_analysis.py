@@ -37,9 +37,13 @@ A within-batch contrast has :math:`a = c`, so the batch term cancels. A cross-ba
 variance ``2 tau^2`` per pair of batches. For *fixed* batch effects :math:`\beta` the same term
 is a bias :math:`\sum_b (a_{pb} - c_{pb})\beta_b` (pass ``batch_effects=``).
 
-In a differentiating system, controls measured at time ``t'`` instead of ``t`` add, to first
-order, a bias ``drift * |t - t'|`` with ``drift = ||f(x_0)||`` the speed of the control state
-(zero only at a steady state). It is added to ``bias`` for any comparison where you pass it.
+In a differentiating system the control mean moves, :math:`\mu_0(t)`, at rate
+``drift`` :math:`= d\mu_0/dt` (a component of :math:`f(x_0)`; its norm over genes is
+:math:`\lVert f(x_0)\rVert`, zero only at a steady state). Perturbed cells measured at ``t``
+against controls measured at ``t'`` then carry, to first order, the bias
+``drift * time_mismatch`` with ``time_mismatch = t - t'`` (magnitude
+:math:`\lVert f(x_0)\rVert |t - t'|` over genes). It is added to ``bias`` for any comparison
+where you pass it.
 For a nonlinear measurement map the batch cancellation holds to first order only; these
 formulas are the linear (log-scale) answer.
 """
@@ -133,7 +137,7 @@ def _drift_bias(drift, time_mismatch) -> np.ndarray:
     drift, dt = np.asarray(drift, dtype=float), np.asarray(time_mismatch, dtype=float)
     if np.any(~np.isfinite(drift)) or np.any(~np.isfinite(dt)):
         raise DesignError("drift and time_mismatch must be finite numbers.")
-    return np.abs(drift) * np.abs(dt)
+    return drift * dt
 
 
 def within_batch_error(
@@ -172,8 +176,9 @@ def within_batch_error(
         Batch-effect sd on the log scale; it does not enter (the batch term cancels) and is
         accepted so the call mirrors :func:`cross_batch_error`.
     drift, time_mismatch
-        Speed of the control state ``||f(x_0)||`` (log-expression per unit time) and the gap
-        ``|t - t'|`` between perturbed and control measurement times; their product is a bias.
+        Rate of change of the control mean ``d mu_0 / dt`` (log-expression per unit time; a
+        component of ``f(x_0)``) and the gap ``t - t'`` between the perturbed and the control
+        measurement times; their product is the (signed, first-order) bias.
 
     Returns
     -------
@@ -321,7 +326,7 @@ def layout_error(
     Applies the general linear-contrast formula of this module (see the module docstring)
     with the weights of :func:`contrast_weights`:
     noise variance :math:`\sigma^2(\sum_b a_b^2/n_{pb} + \sum_b c_b^2/n_{0b})`, batch variance
-    :math:`\tau^2\sum_b (a_b - c_b)^2`, bias ``drift * |time_mismatch|``.
+    :math:`\tau^2\sum_b (a_b - c_b)^2`, bias ``drift * time_mismatch``.
 
     Parameters
     ----------
@@ -338,7 +343,8 @@ def layout_error(
         bias ``sum_b (a_b - c_b) beta_b`` and ``batch_variance`` is zero (the error of *this*
         screen rather than the average over screens).
     drift, time_mismatch
-        First-order time-mismatch bias ``||f(x_0)|| |t - t'|`` for differentiating systems.
+        First-order time-mismatch bias ``drift * (t - t')`` for differentiating systems (see
+        :func:`within_batch_error`).
 
     Returns
     -------

@@ -156,6 +156,8 @@ def simulate_layout(
     weights: str = "inverse_variance",
     batch_effects=None,
     baseline: float = 0.0,
+    drift: float = 0.0,
+    time_mismatch: float = 0.0,
     cell_level: bool = True,
     estimator: Callable[..., np.ndarray] | None = None,
 ) -> dict[str, SimulatedError]:
@@ -186,7 +188,12 @@ def simulate_layout(
         Optional fixed batch effects (shape ``(batches,)``) used in every replicate instead of
         random ones; the analytic answer then carries them as bias.
     baseline
-        Control mean ``mu_0`` (log scale); it cancels in every contrast.
+        Control mean ``mu_0`` (log scale) at the time the perturbed cells are measured; it
+        cancels in every contrast.
+    drift, time_mismatch
+        Controls measured ``time_mismatch = t - t'`` earlier than the perturbed cells, in a
+        system whose control mean moves at ``drift`` per unit time: their mean is
+        ``baseline - drift * time_mismatch`` (the first-order drift term of the analytic bias).
     cell_level
         Draw every cell (default). ``False`` draws each group's mean from its exact law
         ``N(0, sigma^2 / n)`` instead: same distribution of the estimates, much faster for
@@ -204,6 +211,8 @@ def simulate_layout(
         One entry per comparison (and ``"estimator"``), each with the analytic answer attached.
     """
     comparisons = tuple(comparisons)
+    if not (np.isfinite(drift) and np.isfinite(time_mismatch) and np.isfinite(baseline)):
+        raise DesignError("baseline, drift and time_mismatch must be finite numbers.")
     effects, batch_effects = _check_inputs(layout, sigma, tau, effects, num_replicates, batch_effects, comparisons)
     if estimator is not None and not cell_level:
         raise DesignError("estimator= needs cell-level data; pass cell_level=True.")
@@ -216,35 +225,37 @@ def simulate_layout(
     n_cells = max(layout.total_cells, 1) if cell_level else k * nb + nb
     chunk = max(1, _MAX_DRAWS_PER_CHUNK // n_cells)
     mu = baseline + effects
+    ctrl_mean = baseline - float(drift) * float(time_mismatch)
     for lo in range(0, num_replicates, chunk):
         num = min(chunk, num_replicates - lo)
         beta = rng.normal(0.0, tau, (num, nb)) if batch_effects is None else np.broadcast_to(batch_effects, (num, nb))
         zbar, z = _noise_means(rng, layout, num, cell_level=cell_level)
         ybar_p = mu[None, :, None] + beta[:, None, :] + sigma * zbar[:, : k * nb].reshape(num, k, nb)
-        ybar_0 = baseline + beta + sigma * zbar[:, k * nb :]
+        ybar_0 = ctrl_mean + beta + sigma * zbar[:, k * nb :]
         for c, (a, w0) in weight_sets.items():
             a0, c0 = np.nan_to_num(a), np.nan_to_num(w0)
             est = np.einsum("pb,rpb->rp", a0, ybar_p) - np.einsum("pb,rb->rp", c0, ybar_0)
             est[:, np.isnan(a).any(axis=1)] = np.nan
             estimates[c][lo : lo + num] = est
         if estimator is not None:
-            estimates["estimator"][lo : lo + num] = _run_hook(estimator, layout, z, beta, mu, baseline, sigma)
+            estimates["estimator"][lo : lo + num] = _run_hook(estimator, layout, z, beta, mu, ctrl_mean, sigma)
     out = {}
     for c in comparisons:
-        analytic = layout_error(layout, sigma=sigma, tau=tau, comparison=c, weights=weights, batch_effects=batch_effects)
+        analytic = layout_error(layout, sigma=sigma, tau=tau, comparison=c, weights=weights,
+                                batch_effects=batch_effects, drift=drift, time_mismatch=time_mismatch)
         out[c] = _summarise(c, estimates[c], effects, analytic)
     if estimator is not None:
         out["estimator"] = _summarise("estimator", estimates["estimator"], effects, None)
     return out
 
 
-def _run_hook(estimator, layout: Layout, z, beta, mu, baseline, sigma) -> np.ndarray:
+def _run_hook(estimator, layout: Layout, z, beta, mu, ctrl_mean, sigma) -> np.ndarray:
     k, nb = layout.n_perturbations, layout.n_batches
     sizes, _ = _group_structure(layout)
     pert = np.concatenate([np.repeat(np.arange(k), nb), np.full(nb, -1)])
     batch = np.concatenate([np.tile(np.arange(nb), k), np.arange(nb)])
     p_cell, b_cell = np.repeat(pert, sizes), np.repeat(batch, sizes)
-    mean_cell = np.where(p_cell >= 0, mu[np.maximum(p_cell, 0)], baseline)
+    mean_cell = np.where(p_cell >= 0, mu[np.maximum(p_cell, 0)], ctrl_mean)
     out = np.empty((z.shape[0], k))
     for r in range(z.shape[0]):
         y = mean_cell + beta[r, b_cell] + sigma * z[r]
