@@ -160,7 +160,7 @@ def within_batch_error(
     .. math::
 
         \operatorname{Var} = \frac{\sigma^2}{B}\Big(\frac{1}{n_p} + \frac{1}{n_0}\Big),
-        \qquad \text{bias} = \lVert f(x_0)\rVert\,|t - t'|.
+        \qquad \text{bias} = \text{drift}\,(t - t').
 
     Parameters
     ----------
