@@ -1,0 +1,313 @@
+"""Steady states of ``dx/dt = f(x, params, *, media, intervention)``, differentiable and safe.
+
+The solve never raises inside ``jit``/``vmap``/``grad``/NUTS: failures come back as
+``ok = False``. Derivatives follow the implicit function theorem without differentiating
+through the solver (STYLE.md, "Verified on this machine"): the root ``x*`` is found on
+``stop_gradient``-ed inputs, then one *frozen* Newton step is taken at the root,
+
+    x = x* - J^{-1} (f(x*, theta) - stop_gradient(f(x*, theta))),   J = df/dx (x*),
+
+whose value is exactly ``x*`` and whose first derivative is ``-J^{-1} df/dtheta``, the exact
+implicit derivative. Where the solve failed, ``J`` is replaced by the identity so that the
+backward pass stays finite; callers should use ``where(ok, x, fallback)`` and reject failed
+draws (for example a ``-inf`` factor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+from jax.scipy.linalg import lu_factor, lu_solve
+from jaxtyping import Array, Bool, Float
+
+from semimech.dynamics import _diffrax
+from semimech.dynamics.fields import LinearParams, _check_square, _media_term
+from semimech.dynamics.intervention import Intervention
+from semimech.errors import SemimechError
+
+__all__ = ["SteadyState", "default_tolerances", "linear_steady_state", "steady_state", "steady_states"]
+
+
+class SteadyState(NamedTuple):
+    """A fixed point and whether it can be trusted.
+
+    Attributes
+    ----------
+    x
+        The fixed point (abundance); meaningful only where ``ok``.
+    ok
+        True when the solve converged, everything is finite, the Newton increment at ``x`` is
+        within tolerance (``|J^{-1} f(x)| <= atol + rtol |x|``) and, if asked, ``x`` is stable.
+    residual
+        ``max |f(x)|`` at the returned point (abundance/h).
+    """
+
+    x: Float[Array, " n"]
+    ok: Bool[Array, ""]
+    residual: Float[Array, ""]
+
+
+def default_tolerances(dtype) -> tuple[float, float]:
+    """``(rtol, atol)`` for Newton solves in ``dtype``: 1e-9 in float64, 1e-4 in float32.
+
+    Tolerances must follow the dtype: float32 Newton at 1e-8 never converges.
+    """
+    eps = float(jnp.finfo(dtype).eps)
+    tol = 1e-9 if eps < 1e-10 else 1e-4
+    return tol, tol
+
+
+def _as_float(a, dtype):
+    return None if a is None else jnp.asarray(a, dtype=dtype)
+
+
+def _stop(tree):
+    """``stop_gradient`` on the floating arrays of a pytree; other leaves pass through."""
+    return jax.tree.map(lambda a: jax.lax.stop_gradient(a) if eqx.is_inexact_array(a) else a, tree)
+
+
+def _float_dtype(*trees):
+    leaves = [a for a in jax.tree.leaves(trees) if eqx.is_inexact_array(a)]
+    return jnp.result_type(*leaves) if leaves else jnp.result_type(float)
+
+
+def _prepare(params, media, intervention, x0, caller: str):
+    """Resolve the state size and dtype, and fill defaults (no edit, ``x0 = 1``)."""
+    dtype = _float_dtype(params, media, x0, None if intervention is None else intervention.production)
+    if x0 is not None:
+        x0 = jnp.asarray(x0, dtype)
+        if x0.ndim != 1:
+            raise SemimechError(f"{caller}: x0 must be a 1-d state vector; got shape {x0.shape}.")
+        n = x0.shape[0]
+    elif intervention is not None:
+        n = jnp.shape(intervention.production)[-1]
+    else:
+        raise SemimechError(f"{caller}: pass x0 (the initial guess) or an intervention, so the state size is known.")
+    if intervention is None:
+        intervention = Intervention.none(n, dtype=dtype)
+    intervention = intervention._replace(
+        production=jnp.asarray(intervention.production, dtype),
+        clamp_value=jnp.asarray(intervention.clamp_value, dtype),
+    )
+    if x0 is None:
+        x0 = jnp.ones((n,), dtype)
+    return dtype, n, _as_float(media, dtype), intervention, x0
+
+
+def _finish(g, x_star, theta, solved, *, rtol, atol, check_stability):
+    """The frozen Newton step at the root: value ``x_star``, exact implicit first derivative."""
+    theta_sg = _stop(theta)
+    x_star = jax.lax.stop_gradient(x_star)
+    n = x_star.shape[0]
+    f_star = g(x_star, theta_sg)
+    J = jax.jacfwd(g)(x_star, theta_sg)
+    finite = jnp.all(jnp.isfinite(x_star)) & jnp.all(jnp.isfinite(f_star)) & jnp.all(jnp.isfinite(J))
+    J = jnp.where(finite, J, -jnp.eye(n, dtype=J.dtype))
+    lu, piv = lu_factor(J)
+    increment = lu_solve((lu, piv), jnp.where(finite, f_star, 0.0))
+    within = jnp.all(jnp.abs(increment) <= atol + rtol * jnp.abs(x_star))
+    ok = solved & finite & jnp.all(jnp.isfinite(increment)) & within
+    if check_stability:
+        ok = ok & (jnp.max(jnp.real(jnp.linalg.eigvals(J))) < 0)
+    # Identity factors where the solve failed keep the backward pass finite.
+    lu = jnp.where(ok, lu, jnp.eye(n, dtype=lu.dtype))
+    piv = jnp.where(ok, piv, jnp.arange(n, dtype=piv.dtype))
+    x_safe = jnp.where(jnp.isfinite(x_star), x_star, 0.0)
+    f_theta = g(x_safe, theta)
+    x = x_safe - lu_solve((lu, piv), f_theta - jax.lax.stop_gradient(f_theta))
+    residual = jnp.where(finite, jnp.max(jnp.abs(f_star)), jnp.inf)
+    return SteadyState(x=x, ok=ok, residual=residual)
+
+
+def _newton(g, x0, args, *, rtol, atol, max_steps):
+    # cauchy_termination=False: stop on the size of the Newton step relative to the state
+    # (atol + rtol |x|), which does not depend on the time unit of f.
+    solver = optx.Newton(rtol=rtol, atol=atol, cauchy_termination=False)
+    sol = optx.root_find(g, solver, x0, args=args, max_steps=max_steps, throw=False)
+    return sol.value, (sol.result == optx.RESULTS.successful) & jnp.all(jnp.isfinite(sol.value))
+
+
+def steady_state(
+    field: Callable,
+    params,
+    *,
+    media: Float[Array, " m"] | None = None,
+    intervention: Intervention | None = None,
+    x0: Float[Array, " n"] | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_steps: int = 64,
+    fallback: bool = True,
+    fallback_solver: str = "tsit5",
+    fallback_max_steps: int = 4096,
+    check_stability: bool = False,
+) -> SteadyState:
+    """Fixed point of ``field`` under ``intervention``; differentiable, never raises under jit.
+
+    Newton's method (optimistix) from ``x0``; where it fails and ``fallback`` is True, the ODE
+    is integrated from ``x0`` until a steady-state event (tolerance 100x looser) and Newton
+    polishes the end point. Under ``vmap`` the integration runs only if some member needs it,
+    and costs steps only for those members.
+
+    Parameters
+    ----------
+    field
+        A vector field ``f(x, params, *, media, intervention)``.
+    params
+        Its parameters (any pytree; an Equinox module for :class:`~semimech.dynamics.NeuralField`).
+    media
+        Medium covariates (``None``: maintenance medium).
+    intervention
+        The edit (``None``: unperturbed).
+    x0
+        Initial guess (default ones); a multistable system returns the attractor Newton or the
+        flow from ``x0`` reaches. Not differentiated.
+    rtol, atol
+        Newton tolerances on the step, relative to ``|x|`` and absolute (default:
+        :func:`default_tolerances` of the dtype).
+    max_steps
+        Newton iterations.
+    fallback
+        Integrate to steady state where Newton fails.
+    fallback_solver
+        diffrax solver name for the fallback (``"tsit5"``, or ``"kvaerno5"`` for stiff systems).
+    fallback_max_steps
+        ODE steps for the fallback.
+    check_stability
+        Also require every Jacobian eigenvalue at ``x`` to have negative real part (an
+        ``eig`` per solve: CPU-cheap for small ``n``).
+
+    Returns
+    -------
+    A :class:`SteadyState`. Gradients with respect to ``params``, ``media`` and the
+    intervention's ``production``/``clamp_value`` are the implicit derivatives.
+    """
+    dtype, n, media, intervention, x0 = _prepare(params, media, intervention, x0, "steady_state")
+    d_rtol, d_atol = default_tolerances(dtype)
+    rtol = d_rtol if rtol is None else rtol
+    atol = d_atol if atol is None else atol
+
+    def g(x, theta):
+        p, m, e = theta
+        return field(x, p, media=m, intervention=e)
+
+    theta = (params, media, intervention)
+    theta_sg = _stop(theta)
+    start = jax.lax.stop_gradient(x0)
+    x_star, solved = _newton(g, start, theta_sg, rtol=rtol, atol=atol, max_steps=max_steps)
+
+    if fallback:
+
+        def integrate_then_polish(operands):
+            x_star, solved = operands
+            x_int, reached = _diffrax.integrate_to_steady_state(
+                g, start, theta_sg, run=~solved, solver=fallback_solver, rtol=10 * rtol, atol=10 * atol,
+                event_rtol=1000 * rtol, event_atol=1000 * atol, max_steps=fallback_max_steps,
+            )
+            x_pol, polished = _newton(g, jnp.where(reached, x_int, start), theta_sg, rtol=rtol, atol=atol, max_steps=max_steps)
+            return jnp.where(solved, x_star, x_pol), solved | (reached & polished)
+
+        x_star, solved = jax.lax.cond(
+            eqxi.unvmap_any(~solved), integrate_then_polish, lambda ops: ops, (x_star, solved)
+        )
+    return _finish(g, x_star, theta, solved, rtol=rtol, atol=atol, check_stability=check_stability)
+
+
+def steady_states(
+    field: Callable,
+    params,
+    *,
+    interventions: Intervention,
+    media: Float[Array, "conditions m"] | Float[Array, " m"] | None = None,
+    x0: Float[Array, "conditions n"] | Float[Array, " n"] | None = None,
+    **options,
+) -> SteadyState:
+    """One :func:`steady_state` per condition, vmapped (never per cell).
+
+    Parameters
+    ----------
+    field, params
+        As in :func:`steady_state`; ``params`` are shared by all conditions.
+    interventions
+        An :class:`~semimech.dynamics.intervention.Intervention` whose arrays carry a leading
+        ``conditions`` axis.
+    media
+        Shared ``(m,)`` or per-condition ``(conditions, m)`` covariates, or ``None``.
+    x0
+        Shared ``(n,)`` or per-condition ``(conditions, n)`` initial guesses, or ``None``.
+    **options
+        Keyword options of :func:`steady_state`.
+
+    Returns
+    -------
+    A :class:`SteadyState` whose fields carry a leading ``conditions`` axis.
+    """
+    if jnp.ndim(interventions.production) != 2:
+        raise SemimechError(
+            "steady_states: interventions must be batched, production of shape (conditions, n); got "
+            f"{jnp.shape(interventions.production)}. Use steady_state for a single condition."
+        )
+    media_axis = None if media is None or jnp.ndim(media) == 1 else 0
+    x0_axis = None if x0 is None or jnp.ndim(x0) == 1 else 0
+
+    def one(e, m, x):
+        return steady_state(field, params, media=m, intervention=e, x0=x, **options)
+
+    return jax.vmap(one, in_axes=(0, media_axis, x0_axis))(interventions, media, x0)
+
+
+def linear_steady_state(
+    params: LinearParams,
+    *,
+    media: Float[Array, " m"] | None = None,
+    intervention: Intervention | None = None,
+    check_stability: bool = False,
+) -> SteadyState:
+    """Closed-form fixed point of :func:`~semimech.dynamics.linear_field`: ``x* = -A^{-1} c``.
+
+    ``A = diag(s) W - diag(gamma)`` and ``c = s * (b + M media)``, where ``s`` is the
+    production scale; a clamped row ``j`` becomes ``A_j = -e_j``, ``c_j = clamp_value_j``.
+    With ``gamma = 1`` and no edit this is the linear SCM solution ``(I - W)^{-1} b``.
+    Differentiable (implicit derivative, identical to differentiating the linear solve) and
+    safe: a singular ``A`` gives ``ok = False``, never a NaN gradient.
+
+    Parameters
+    ----------
+    params
+        A :class:`~semimech.dynamics.LinearParams`.
+    media, intervention
+        As in :func:`steady_state`.
+    check_stability
+        Also require the eigenvalues of ``A`` to have negative real part.
+
+    Returns
+    -------
+    A :class:`SteadyState`.
+    """
+    from semimech.dynamics.fields import linear_field
+
+    n_params = _check_square(params.W, params.b, "linear_steady_state")
+    if intervention is None:
+        intervention = Intervention.none(n_params, dtype=_float_dtype(params))
+    dtype, n, media, intervention, _ = _prepare(params, media, intervention, None, "linear_steady_state")
+    if n != n_params:
+        raise SemimechError(f"linear_steady_state: the intervention acts on {n} variables but W is {params.W.shape}.")
+    rtol, atol = default_tolerances(dtype)
+    theta = (params, media, intervention)
+    p, m, e = _stop(theta)
+    s, clamp = e.production, e.clamp_mask
+    A = jnp.where(clamp[:, None], -jnp.eye(n, dtype=dtype), s[:, None] * p.W - jnp.diag(p.gamma))
+    c = jnp.where(clamp, e.clamp_value, s * (p.b + _media_term(p.M, m, n, "linear_steady_state")))
+    x_star = jnp.linalg.solve(A, -c)
+
+    def g(x, th):
+        pp, mm, ee = th
+        return linear_field(x, pp, media=mm, intervention=ee)
+
+    return _finish(g, x_star, theta, jnp.all(jnp.isfinite(x_star)), rtol=rtol, atol=atol, check_stability=check_stability)
