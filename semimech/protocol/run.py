@@ -56,6 +56,13 @@ def _default_tols(dtype) -> tuple[float, float]:
     return 1e-5, 1e-7
 
 
+def _rescaled(s, y, args):
+    # Module-level (not a closure) so that diffrax's internal jit cache is hit across calls;
+    # `field` travels in args and is static there (a callable is not an array).
+    field, params, media, intervention, duration = args
+    return duration * field(y, params, media=media, intervention=intervention)
+
+
 def _integrate(
     field: Callable,
     params,
@@ -76,17 +83,14 @@ def _integrate(
     the (possibly traced) duration and a zero duration is an exact identity.
     """
     duration = jnp.asarray(duration, dtype=x.dtype)
-
-    def vf(s, y, args):
-        return duration * field(y, params, media=media, intervention=intervention)
-
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vf),
+        diffrax.ODETerm(_rescaled),
         solver,
         t0=0.0,
         t1=1.0,
         dt0=None,
         y0=x,
+        args=(field, params, media, intervention, duration),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         saveat=diffrax.SaveAt(t1=True),
         max_steps=max_steps,
