@@ -1,0 +1,23 @@
+"""One place that turns a user's ``rng_key`` into a JAX key."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def as_key(rng_key) -> jax.Array:
+    """Accept an int seed or a JAX PRNG key; return a raw uint32 PRNG key.
+
+    There is no default: every random function in semimech asks for ``rng_key`` explicitly.
+    """
+    if rng_key is None:
+        raise TypeError("rng_key is required (an int seed or a jax.random key); semimech has no hidden default seed.")
+    if isinstance(rng_key, (int, np.integer)):
+        return jax.random.PRNGKey(int(rng_key))
+    key = jax.numpy.asarray(rng_key)
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key)
+    if key.shape == (2,) and key.dtype == np.uint32:
+        return key
+    raise TypeError(f"rng_key must be an int or a jax.random key, got {type(rng_key).__name__} with shape {getattr(key, 'shape', None)}.")

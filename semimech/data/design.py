@@ -1,0 +1,458 @@
+"""The experimental design: the only place that knows AnnData and pandas.
+
+A :class:`Design` freezes what a model needs from a perturbation experiment: the readout
+matrix, which perturbation (a set of targets) and which batch each row received, size factors,
+and the category encodings. Models see only ``design.model_data()``, a dict of arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
+import scipy.sparse as sp
+
+from semimech.data import _validate as v
+from semimech.errors import DesignError
+
+__all__ = ["Design"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Design:
+    """A frozen perturbation design: readouts, perturbations, batches, encodings.
+
+    Build it with :meth:`from_anndata` or :meth:`from_frame`; do not call the constructor
+    directly. Rows are cells (or pseudobulk samples); columns are genes (readouts).
+
+    Attributes
+    ----------
+    y
+        Readouts, rows x genes: a numpy array or a scipy CSR matrix; ``None`` in a
+        prediction design (:meth:`with_perturbations`).
+    obs_names, genes
+        Row and column labels.
+    perturbations
+        Condition labels; the control label is first.
+    perturbation_index
+        For each row, its index into ``perturbations``.
+    targets
+        Sorted names of the perturbed targets (genes or drugs).
+    target_matrix
+        ``perturbations x targets`` 0/1 matrix: which targets each condition edits.
+    control
+        The control label.
+    batches, batch_index
+        Batch labels and each row's batch index; ``None`` when no batch is given.
+    size_factors
+        Per-row library-size factors (mean 1); ones for continuous readouts.
+    is_counts
+        True when ``y`` holds non-negative integer counts.
+    n_cells
+        Number of single cells behind each row (1 for single-cell data; group sizes after
+        :meth:`pseudobulk`).
+    """
+
+    y: np.ndarray | sp.csr_matrix | None
+    obs_names: tuple[str, ...]
+    genes: tuple[str, ...]
+    perturbations: tuple[str, ...]
+    perturbation_index: np.ndarray
+    targets: tuple[str, ...]
+    target_matrix: np.ndarray
+    control: str
+    batches: tuple[str, ...] | None
+    batch_index: np.ndarray | None
+    size_factors: np.ndarray
+    is_counts: bool
+    n_cells: np.ndarray
+    target_sep: str = "+"
+    y_ss: np.ndarray | None = None
+
+    def __post_init__(self):
+        for name in ("perturbation_index", "target_matrix", "batch_index", "size_factors", "n_cells", "y_ss"):
+            arr = getattr(self, name)
+            if arr is not None:
+                arr = np.array(arr)
+                arr.setflags(write=False)
+                object.__setattr__(self, name, arr)
+        if isinstance(self.y, np.ndarray):
+            y = self.y.copy() if self.y.flags.writeable else self.y
+            y.setflags(write=False)
+            object.__setattr__(self, "y", y)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_anndata(
+        cls,
+        adata,
+        *,
+        perturbation_key: str,
+        control: str,
+        batch_key: str | None = None,
+        layer: str | None = None,
+        size_factor_key: str | None = None,
+        target_sep: str = "+",
+        counts: bool | None = None,
+        genes: Sequence[str] | None = None,
+    ) -> "Design":
+        """Read a design from an AnnData object (never modified).
+
+        Parameters
+        ----------
+        adata
+            Cells x genes AnnData.
+        perturbation_key
+            ``obs`` column with the condition label of each cell; combinations join their
+            targets with ``target_sep`` (``"KLF1+MAP2K6"``).
+        control
+            The label of unperturbed (control) cells; it must occur in the column.
+        batch_key
+            Optional ``obs`` column with the batch (replicate, lane, plate) of each cell.
+        layer
+            Take readouts from ``adata.layers[layer]`` instead of ``adata.X``.
+        size_factor_key
+            Optional ``obs`` column with library-size factors. For counts without it, size
+            factors are total counts divided by their mean.
+        counts
+            Whether the readouts are counts. ``None`` (default) decides from the data: all
+            values non-negative integers. ``True`` insists and raises if they are not.
+        genes
+            Optional subset of ``var_names`` to model.
+        """
+        if perturbation_key not in adata.obs.columns:
+            raise DesignError(
+                f"perturbation_key {perturbation_key!r} is not a column of adata.obs "
+                f"(columns: {list(adata.obs.columns)}). Pass the column that holds each cell's perturbation label."
+            )
+        if batch_key is not None and batch_key not in adata.obs.columns:
+            raise DesignError(f"batch_key {batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
+        if layer is not None and layer not in adata.layers:
+            raise DesignError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
+        X = adata.X if layer is None else adata.layers[layer]
+        var_names = [str(g) for g in adata.var_names]
+        if genes is not None:
+            missing = [g for g in genes if g not in set(var_names)]
+            if missing:
+                raise DesignError(f"genes not in adata.var_names: {missing[:10]}. Model only genes present in the data.")
+            col = {g: i for i, g in enumerate(var_names)}
+            idx = [col[g] for g in genes]
+            X = X[:, idx]
+            var_names = list(genes)
+        sf = None
+        if size_factor_key is not None:
+            if size_factor_key not in adata.obs.columns:
+                raise DesignError(f"size_factor_key {size_factor_key!r} is not a column of adata.obs.")
+            sf = np.asarray(adata.obs[size_factor_key], dtype=float)
+        return cls._build(
+            y=X,
+            obs_names=[str(o) for o in adata.obs_names],
+            genes=var_names,
+            labels=adata.obs[perturbation_key],
+            control=control,
+            batch_labels=None if batch_key is None else adata.obs[batch_key],
+            size_factors=sf,
+            counts=counts,
+            target_sep=target_sep,
+            n_cells=None,
+        )
+
+    @classmethod
+    def from_frame(
+        cls,
+        frame,
+        *,
+        readouts: Sequence[str],
+        perturbation_key: str,
+        control: str,
+        batch_key: str | None = None,
+        size_factor_key: str | None = None,
+        n_cells_key: str | None = None,
+        target_sep: str = "+",
+        counts: bool | None = None,
+    ) -> "Design":
+        """Read a bulk or pseudobulk design from a pandas DataFrame (never modified).
+
+        Rows are samples; ``readouts`` name the measured columns; ``perturbation_key``,
+        ``batch_key``, ``size_factor_key`` and ``n_cells_key`` name condition columns.
+        """
+        cols = list(frame.columns)
+        for key, what in ((perturbation_key, "perturbation_key"), (batch_key, "batch_key"),
+                          (size_factor_key, "size_factor_key"), (n_cells_key, "n_cells_key")):
+            if key is not None and key not in cols:
+                raise DesignError(f"{what} {key!r} is not a column of the frame (columns: {cols}).")
+        missing = [r for r in readouts if r not in cols]
+        if missing:
+            raise DesignError(f"readout columns not in the frame: {missing}.")
+        if len(readouts) == 0:
+            raise DesignError("readouts is empty: name at least one measured column.")
+        y = frame[list(readouts)].to_numpy(dtype=float, copy=True)
+        return cls._build(
+            y=y,
+            obs_names=[str(i) for i in frame.index],
+            genes=[str(r) for r in readouts],
+            labels=frame[perturbation_key],
+            control=control,
+            batch_labels=None if batch_key is None else frame[batch_key],
+            size_factors=None if size_factor_key is None else frame[size_factor_key].to_numpy(float),
+            counts=counts,
+            target_sep=target_sep,
+            n_cells=None if n_cells_key is None else frame[n_cells_key].to_numpy(float),
+        )
+
+    @classmethod
+    def _build(cls, *, y, obs_names, genes, labels, control, batch_labels, size_factors, counts,
+               target_sep, n_cells) -> "Design":
+        n = len(obs_names)
+        if n == 0 or len(genes) == 0:
+            raise DesignError(f"empty design: {n} rows x {len(genes)} genes. Pass data with at least one cell and one gene.")
+        y = v.readouts(y)
+        is_counts = v.count_mode(y, counts)
+        labels = v.labels(labels, what="perturbation label")
+        v.check_control(labels, control)
+        perturbations = (control,) + tuple(sorted(set(labels) - {control}))
+        code = {p: i for i, p in enumerate(perturbations)}
+        perturbation_index = np.array([code[p] for p in labels], dtype=np.int32)
+        targets, target_matrix = _encode_targets(perturbations, control, target_sep)
+        batches = batch_index = None
+        if batch_labels is not None:
+            blabels = v.labels(batch_labels, what="batch label")
+            batches = tuple(sorted(set(blabels)))
+            bcode = {b: i for i, b in enumerate(batches)}
+            batch_index = np.array([bcode[b] for b in blabels], dtype=np.int32)
+            v.warn_batches_without_controls(batches, batch_index, perturbation_index == 0)
+        size_factors = v.size_factors(size_factors, y, is_counts, n)
+        n_cells = np.ones(n) if n_cells is None else v.positive(n_cells, "n_cells")
+        return cls(
+            y=y, obs_names=tuple(obs_names), genes=tuple(genes), perturbations=perturbations,
+            perturbation_index=perturbation_index, targets=targets, target_matrix=target_matrix,
+            control=control, batches=batches, batch_index=batch_index, size_factors=size_factors,
+            is_counts=is_counts, n_cells=n_cells, target_sep=target_sep,
+        )
+
+    # ------------------------------------------------------------------ views
+    @property
+    def n_obs(self) -> int:
+        return len(self.obs_names)
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def coords(self) -> Mapping[str, tuple[str, ...]]:
+        """Dimension name -> labels; the same names as the model plates and ArviZ dims."""
+        c = {"cells": self.obs_names, "genes": self.genes, "perturbations": self.perturbations,
+             "targets": self.targets}
+        if self.batches is not None:
+            c["batches"] = self.batches
+        return MappingProxyType(c)
+
+    def dense_y(self) -> np.ndarray:
+        """Readouts as a dense float array (a copy); raises on a prediction design."""
+        if self.y is None:
+            raise DesignError("this is a prediction design: it holds no readouts.")
+        return self.y.toarray() if sp.issparse(self.y) else np.array(self.y)
+
+    def targets_of(self, label: str) -> tuple[str, ...]:
+        """The targets a condition label edits (empty for the control)."""
+        return _parse(label, self.control, self.target_sep)
+
+    def model_data(self) -> dict[str, Any]:
+        """The arrays-only view a model sees.
+
+        Keys: ``perturbation_index`` (rows,), ``target_matrix`` (perturbations x targets),
+        ``is_combination`` (perturbations,), ``batch_index`` (rows,) or None, ``n_batches``,
+        ``size_factors`` (rows,), ``n_cells`` (rows,), ``n_genes``, ``baseline_loc`` and
+        ``baseline_scale`` (genes,) — empirical control summaries used to centre priors on
+        the data's scale (log scale for counts).
+        """
+        data = {
+            "perturbation_index": np.asarray(self.perturbation_index),
+            "target_matrix": np.asarray(self.target_matrix, dtype=np.float32),
+            "is_combination": (np.asarray(self.target_matrix).sum(1) >= 2).astype(np.float32),
+            "batch_index": None if self.batch_index is None else np.asarray(self.batch_index),
+            "n_batches": 0 if self.batches is None else len(self.batches),
+            "size_factors": np.asarray(self.size_factors, dtype=np.float32),
+            "n_cells": np.asarray(self.n_cells, dtype=np.float32),
+            "n_genes": self.n_genes,
+            "n_obs": self.n_obs,
+            "y_ss": None if self.y_ss is None else np.asarray(self.y_ss, dtype=np.float32),
+        }
+        if self.y is not None:
+            loc, scale = _control_summaries(self)
+            data["baseline_loc"], data["baseline_scale"] = loc, scale
+        return data
+
+    # ------------------------------------------------------------------ derived designs
+    def subset(self, rows) -> "Design":
+        """Rows selected by a boolean mask or integer index; encodings are kept.
+
+        Keeping the encodings (all perturbation labels, all targets) is what lets a model
+        fitted on a training subset align its draws with a test subset by label.
+        """
+        if self.y is None:
+            raise DesignError("cannot subset a prediction design.")
+        rows = np.asarray(rows)
+        idx = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(int)
+        if idx.size == 0:
+            raise DesignError("the subset selects no rows.")
+        y = self.y[idx]
+        return dataclasses.replace(
+            self, y=y.tocsr() if sp.issparse(y) else y, obs_names=tuple(self.obs_names[i] for i in idx),
+            perturbation_index=self.perturbation_index[idx],
+            batch_index=None if self.batch_index is None else self.batch_index[idx],
+            size_factors=self.size_factors[idx], n_cells=self.n_cells[idx],
+            y_ss=None if self.y_ss is None else self.y_ss[idx],
+        )
+
+    def select_perturbations(self, labels: Sequence[str], *, include_control: bool = True) -> "Design":
+        """Rows whose perturbation is in ``labels`` (plus the controls by default)."""
+        unknown = [lab for lab in labels if lab not in self.perturbations]
+        if unknown:
+            raise DesignError(f"perturbations not in the design: {unknown}.")
+        keep = set(labels) | ({self.control} if include_control else set())
+        codes = [i for i, p in enumerate(self.perturbations) if p in keep]
+        return self.subset(np.isin(self.perturbation_index, codes))
+
+    def observed_perturbations(self) -> tuple[str, ...]:
+        """Labels with at least one row in this design (control first)."""
+        present = set(np.unique(self.perturbation_index).tolist())
+        return tuple(p for i, p in enumerate(self.perturbations) if i in present)
+
+    def with_perturbations(self, labels: Sequence[str], *, batch: str | None = None) -> "Design":
+        """A prediction design: one row per requested label, no readouts.
+
+        Labels may be new combinations (``"KLF1+TGFBR2"``) whose targets the design knows,
+        in any order of their parts; targets that are modelled genes but were never
+        perturbed are appended to ``targets`` (only mechanistic models can predict those).
+        """
+        labels = [str(lab) for lab in labels]
+        if not labels:
+            raise DesignError("with_perturbations needs at least one label.")
+        known_targets = list(self.targets)
+        genes = set(self.genes)
+        for lab in labels:
+            for t in _parse(lab, self.control, self.target_sep):
+                if t not in known_targets:
+                    if t not in genes:
+                        raise DesignError(
+                            f"unknown target {t!r} in {lab!r}: it is neither a perturbed target of this design "
+                            f"nor a modelled gene. Known targets: {list(self.targets)}."
+                        )
+                    known_targets.append(t)
+        tcode = {t: i for i, t in enumerate(known_targets)}
+        tm = np.zeros((len(labels), len(known_targets)), dtype=np.float32)
+        for i, lab in enumerate(labels):
+            for t in _parse(lab, self.control, self.target_sep):
+                tm[i, tcode[t]] = 1.0
+        if len(set(labels)) != len(labels):
+            raise DesignError("with_perturbations got duplicate labels.")
+        bidx = None
+        if batch is not None:
+            if self.batches is None or batch not in self.batches:
+                raise DesignError(f"batch {batch!r} is not a batch of this design ({self.batches}).")
+            bidx = np.full(len(labels), self.batches.index(batch), dtype=np.int32)
+        return Design(
+            y=None, obs_names=tuple(labels), genes=self.genes, perturbations=tuple(labels),
+            perturbation_index=np.arange(len(labels), dtype=np.int32), targets=tuple(known_targets),
+            target_matrix=tm, control=self.control, batches=self.batches if batch is not None else None,
+            batch_index=bidx, size_factors=np.ones(len(labels)), is_counts=self.is_counts,
+            n_cells=np.ones(len(labels)), target_sep=self.target_sep,
+        )
+
+    def pseudobulk(self, *, by_batch: bool = True) -> "Design":
+        """Aggregate rows per perturbation (and batch): sums for counts, means otherwise.
+
+        For counts the size factor of a group is the sum of its cells' size factors, so the
+        count model keeps its meaning; ``n_cells`` records group sizes.
+        """
+        if self.y is None:
+            raise DesignError("cannot pseudobulk a prediction design.")
+        b = self.batch_index if (by_batch and self.batch_index is not None) else np.zeros(self.n_obs, np.int32)
+        keys = np.stack([self.perturbation_index, b], axis=1)
+        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        G = sp.csr_matrix((np.ones(self.n_obs), (inverse, np.arange(self.n_obs))), shape=(len(uniq), self.n_obs))
+        n_cells = np.asarray(G @ self.n_cells).ravel()
+        sums = np.asarray((G @ self.y).todense()) if sp.issparse(self.y) else G @ np.asarray(self.y)
+        y = sums if self.is_counts else sums / np.asarray(G.sum(1))
+        y_ss = None
+        if not self.is_counts:
+            # within-group sum of squares, so a Gaussian model of the pseudobulk is exact
+            sq = self.y.multiply(self.y) if sp.issparse(self.y) else np.asarray(self.y) ** 2
+            sumsq = np.asarray((G @ sq).todense()) if sp.issparse(sq) else G @ sq
+            prev = 0.0 if self.y_ss is None else G @ np.asarray(self.y_ss)
+            # rows may already be means of n_cells cells: weight by n_cells
+            w = self.n_cells[:, None]
+            if np.any(self.n_cells != 1):
+                sums = G @ (w * self.dense_y())
+                sumsq = G @ (w * self.dense_y() ** 2)
+                y = sums / n_cells[:, None]
+            y_ss = np.maximum(sumsq - n_cells[:, None] * y**2, 0.0) + prev
+        sf = np.asarray(G @ self.size_factors).ravel() if self.is_counts else np.ones(len(uniq))
+        has_batch = by_batch and self.batches is not None
+        names = tuple(
+            self.perturbations[p] + (f"|{self.batches[bb]}" if has_batch else "") for p, bb in uniq
+        )
+        return dataclasses.replace(
+            self, y=np.asarray(y, dtype=float), obs_names=names, perturbation_index=uniq[:, 0].astype(np.int32),
+            batch_index=uniq[:, 1].astype(np.int32) if has_batch else None,
+            batches=self.batches if has_batch else None, size_factors=sf, n_cells=n_cells, y_ss=y_ss,
+        )
+
+    def __repr__(self) -> str:
+        kind = "prediction design" if self.y is None else ("counts" if self.is_counts else "continuous")
+        nb = 0 if self.batches is None else len(self.batches)
+        return (f"Design({self.n_obs} rows x {self.n_genes} genes, {len(self.perturbations)} perturbations, "
+                f"{len(self.targets)} targets, {nb} batches, {kind}, control={self.control!r})")
+
+
+def _parse(label: str, control: str, sep: str) -> tuple[str, ...]:
+    if label == control:
+        return ()
+    parts = tuple(p.strip() for p in str(label).split(sep))
+    if any(p == "" for p in parts):
+        raise DesignError(f"malformed perturbation label {label!r} (empty part around {sep!r}).")
+    if control in parts:
+        parts = tuple(p for p in parts if p != control)
+    return parts
+
+
+def _encode_targets(perturbations, control, sep):
+    parsed = [_parse(p, control, sep) for p in perturbations]
+    targets = tuple(sorted({t for parts in parsed for t in parts}))
+    code = {t: i for i, t in enumerate(targets)}
+    tm = np.zeros((len(perturbations), len(targets)), dtype=np.float32)
+    for i, parts in enumerate(parsed):
+        for t in parts:
+            tm[i, code[t]] = 1.0
+    seen = {}
+    for p, row in zip(perturbations, tm):
+        key = row.tobytes()
+        if key in seen and p != control:
+            raise DesignError(
+                f"labels {seen[key]!r} and {p!r} name the same set of targets; relabel them to one label."
+            )
+        seen[key] = p
+    return targets, tm
+
+
+def _control_summaries(design: Design) -> tuple[np.ndarray, np.ndarray]:
+    ctrl = design.perturbation_index == 0
+    y = design.y[np.flatnonzero(ctrl)]
+    y = y.toarray() if sp.issparse(y) else np.asarray(y, dtype=float)
+    if design.is_counts:
+        sf = design.size_factors[ctrl][:, None]
+        rate = (y / sf).mean(0)
+        loc = np.log(rate + 1e-3 / max(sf.mean(), 1e-12))
+        scale = np.full(design.n_genes, 1.0)
+    else:
+        loc = y.mean(0)
+        scale = y.std(0) if y.shape[0] > 1 else np.ones(design.n_genes)
+        allsd = np.asarray(design.dense_y().std(0))
+        scale = np.maximum(np.where(scale > 0, scale, allsd), 1e-3)
+    return loc.astype(np.float32), scale.astype(np.float32)

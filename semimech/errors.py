@@ -1,0 +1,17 @@
+"""Exceptions raised for bad input: each names the problem and the fix."""
+
+
+class SemimechError(ValueError):
+    """Base class: input that semimech cannot use as given."""
+
+
+class DesignError(SemimechError):
+    """The data or its annotation cannot form a valid experimental design."""
+
+
+class PredictionError(SemimechError):
+    """A prediction was requested that the fitted model cannot answer."""
+
+
+class InferenceError(RuntimeError):
+    """Inference failed (non-finite loss, failed solves); the message says what to try."""

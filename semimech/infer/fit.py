@@ -1,0 +1,212 @@
+"""Inference façade: ``fit_svi`` and ``fit_nuts`` return one immutable :class:`Fit`."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import optax
+from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, autoguide, init_to_median
+
+from semimech._rng import as_key
+from semimech.data.design import Design
+from semimech.errors import DesignError, InferenceError
+from semimech.infer import _arviz
+from semimech.infer._sites import site_dims
+from semimech.infer.spec import ModelSpec
+from semimech.measurement import check_likelihood
+
+GUIDES = ("normal", "lowrank", "map")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Fit:
+    """A fitted model: posterior draws, their dims, diagnostics and the training design.
+
+    Attributes
+    ----------
+    spec
+        The model's :class:`ModelSpec`.
+    design
+        The training design (its encodings align draws with new designs by label).
+    samples
+        Site name -> array ``(chains, draws, *site_shape)``.
+    dims
+        Site name -> dim names (plate names: ``genes``, ``targets``, ``perturbations``, ...).
+    method
+        ``"svi"`` or ``"nuts"``.
+    options
+        Model keyword options used (e.g. ``likelihood``).
+    losses
+        SVI loss (negative ELBO) per step; ``None`` for NUTS.
+    sample_stats
+        NUTS per-draw statistics (``diverging``, ...), ``(chains, draws)``.
+    idata
+        The same posterior as an ArviZ ``DataTree``.
+    """
+
+    spec: ModelSpec
+    design: Design
+    samples: Mapping[str, np.ndarray]
+    dims: Mapping[str, tuple[str, ...]]
+    method: str
+    options: Mapping[str, Any]
+    losses: np.ndarray | None = None
+    sample_stats: Mapping[str, np.ndarray] | None = None
+    idata: Any = None
+
+    def __post_init__(self):
+        for a in self.samples.values():
+            a.setflags(write=False)
+        object.__setattr__(self, "samples", MappingProxyType(dict(self.samples)))
+        object.__setattr__(self, "dims", MappingProxyType(dict(self.dims)))
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        if self.idata is None:
+            object.__setattr__(self, "idata", _arviz.to_datatree(
+                self.samples, self.dims, self.design.coords, sample_stats=self.sample_stats,
+                attrs={"posterior": {"model": self.spec.name, "method": self.method}}))
+
+    @property
+    def likelihood(self) -> str:
+        return self.options.get("likelihood", "normal")
+
+    @property
+    def num_chains(self) -> int:
+        return next(iter(self.samples.values())).shape[0]
+
+    @property
+    def num_draws(self) -> int:
+        return next(iter(self.samples.values())).shape[1]
+
+    def flat(self, name: str) -> np.ndarray:
+        """Draws of a site with chains and draws merged: ``(chains * draws, *shape)``."""
+        a = self.samples[name]
+        return a.reshape((-1,) + a.shape[2:])
+
+    def diagnostics(self) -> dict:
+        """Convergence summary: divergences, worst R-hat and ESS per site, ELBO trace summary."""
+        from semimech.infer.diagnostics import diagnostics
+
+        return diagnostics(self)
+
+    def summary(self, var_names=None):
+        """ArviZ summary table of the posterior (mean, sd, intervals, ESS, R-hat)."""
+        return _arviz.summary(self.idata, var_names=var_names)
+
+    def save(self, path) -> None:
+        """Write the fit to a folder; :func:`semimech.load` restores it exactly."""
+        from semimech.infer.io import save
+
+        save(self, path)
+
+    def __repr__(self) -> str:
+        return (f"Fit(model={self.spec.name!r}, method={self.method!r}, chains={self.num_chains}, "
+                f"draws={self.num_draws}, {self.design!r})")
+
+
+def _prepare(spec: ModelSpec, design: Design, options: dict):
+    if not isinstance(design, Design):
+        raise DesignError(f"expected a semimech.Design, got {type(design).__name__}; build one with Design.from_anndata.")
+    if design.y is None:
+        raise DesignError("cannot fit a prediction design (it has no readouts); fit the training design.")
+    opts = {**spec.default_options, **options}
+    opts.setdefault("likelihood", "negbin" if design.is_counts else "normal")
+    check_likelihood(opts["likelihood"], is_counts=design.is_counts)
+    data = design.model_data()
+    y = jnp.asarray(design.dense_y(), dtype=jnp.float32)
+    model = functools.partial(spec.model, **opts)
+    return model, data, y, opts
+
+
+def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, guide: str = "normal",
+            learning_rate: float = 0.02, num_samples: int = 400, rank: int = 10, progress_bar: bool = True,
+            **options) -> Fit:
+    """Fit by stochastic variational inference with an automatic guide.
+
+    Parameters
+    ----------
+    spec
+        The model (``semimech.models.additive.SPEC``, ...).
+    design
+        Training design.
+    rng_key
+        Int seed or JAX key.
+    num_steps
+        Optimisation steps (Adam, with gradient clipping).
+    guide
+        ``"normal"`` (mean-field AutoNormal), ``"lowrank"`` (AutoLowRankMultivariateNormal with
+        ``rank``) or ``"map"`` (AutoDelta: a point estimate; intervals then reflect only noise).
+    num_samples
+        Posterior draws taken from the fitted guide.
+    **options
+        Model options, e.g. ``likelihood="negbin"``.
+    """
+    if guide not in GUIDES:
+        raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
+    model, data, y, opts = _prepare(spec, design, options)
+    key = as_key(rng_key)
+    init = init_to_median(num_samples=15)
+    g = {"normal": lambda: autoguide.AutoNormal(model, init_loc_fn=init, init_scale=0.05),
+         "lowrank": lambda: autoguide.AutoLowRankMultivariateNormal(model, init_loc_fn=init, rank=rank, init_scale=0.05),
+         "map": lambda: autoguide.AutoDelta(model, init_loc_fn=init)}[guide]()
+    optim = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(learning_rate))
+    svi = SVI(model, g, optim, Trace_ELBO())
+    k_fit, k_draw = jax.random.split(key)
+    result = svi.run(k_fit, num_steps, data, y=y, progress_bar=progress_bar, stable_update=True)
+    losses = np.asarray(result.losses)
+    _check_losses(losses)
+    k_guide, k_det = jax.random.split(k_draw)
+    post = dict(g.sample_posterior(k_guide, result.params, sample_shape=(num_samples,)))
+    post.update(Predictive(model, posterior_samples=post, return_sites=_deterministic(model, data))(k_det, data))
+    post.pop("y", None)
+    samples = {k: np.asarray(v)[None] for k, v in post.items()}
+    dims = site_dims(model, data, y)
+    return Fit(spec=spec, design=design, samples=samples, dims=dims, method="svi", options=opts,
+               losses=losses)
+
+
+def _deterministic(model, data) -> list[str]:
+    from semimech.infer._sites import trace
+
+    return [n for n, s in trace(model, data).items() if s["type"] == "deterministic"]
+
+
+def _check_losses(losses: np.ndarray) -> None:
+    finite = np.isfinite(losses)
+    if not finite.any() or not finite[-max(1, len(losses) // 10):].any():
+        first = int(np.argmin(finite)) if not finite.all() else len(losses)
+        raise InferenceError(
+            f"SVI loss became NaN/inf at step {first} and stayed so. Try a smaller learning_rate (e.g. 0.005), "
+            "check that readouts are on the scale the likelihood expects (raw counts for 'negbin', log-normalised "
+            "for 'normal'), or use guide='map' to find a starting point."
+        )
+
+
+def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500, num_samples: int = 500,
+             num_chains: int = 2, target_accept_prob: float = 0.85, max_tree_depth: int = 8,
+             chain_method: str = "sequential", progress_bar: bool = True, **options) -> Fit:
+    """Fit by the No-U-Turn sampler (NumPyro NUTS).
+
+    Chains run ``"sequential"`` (default) or ``"vectorized"``; divergences are counted in
+    :meth:`Fit.diagnostics`.
+    """
+    model, data, y, opts = _prepare(spec, design, options)
+    kernel = NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
+                  init_strategy=init_to_median(num_samples=15))
+    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method=chain_method, progress_bar=progress_bar)
+    mcmc.run(as_key(rng_key), data, y=y, extra_fields=("diverging", "num_steps"))
+    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    stats = {"diverging": np.asarray(extra["diverging"]), "n_steps": np.asarray(extra["num_steps"])}
+    # deterministic sites are recorded by NUTS; keep everything but the observations
+    samples.pop("y", None)
+    dims = site_dims(model, data, y)
+    return Fit(spec=spec, design=design, samples=samples, dims=dims, method="nuts", options=opts,
+               sample_stats=stats)

@@ -1,0 +1,74 @@
+"""Save and load fits: a folder with the posterior (netCDF), the design (npz) and metadata (JSON)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from semimech.data.design import Design
+from semimech.infer import _arviz
+
+_FORMAT = 1
+
+
+def save(fit, path) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    _arviz.write(fit.idata, path / "posterior.nc")
+    d = fit.design
+    arrays = {"perturbation_index": d.perturbation_index, "target_matrix": d.target_matrix,
+              "size_factors": d.size_factors, "n_cells": d.n_cells}
+    if d.batch_index is not None:
+        arrays["batch_index"] = d.batch_index
+    if fit.losses is not None:
+        arrays["losses"] = fit.losses
+    for k, v in (fit.sample_stats or {}).items():
+        arrays[f"stat_{k}"] = v
+    if sp.issparse(d.y):
+        arrays.update(y_data=d.y.data, y_indices=d.y.indices, y_indptr=d.y.indptr, y_shape=np.array(d.y.shape))
+    elif d.y is not None:
+        arrays["y"] = d.y
+    np.savez_compressed(path / "design.npz", **arrays)
+    meta = {"format": _FORMAT, "model": fit.spec.name, "method": fit.method, "options": dict(fit.options),
+            "dims": {k: list(v) for k, v in fit.dims.items()},
+            "design": {"obs_names": list(d.obs_names), "genes": list(d.genes), "perturbations": list(d.perturbations),
+                       "targets": list(d.targets), "control": d.control,
+                       "batches": None if d.batches is None else list(d.batches), "is_counts": d.is_counts,
+                       "target_sep": d.target_sep}}
+    (path / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def load(path, *, spec=None):
+    """Load a fit written by ``Fit.save``; ``spec`` is needed only for unregistered models."""
+    from semimech.infer.fit import Fit
+
+    path = Path(path)
+    if not (path / "meta.json").exists():
+        raise FileNotFoundError(f"{path} is not a saved semimech fit (no meta.json).")
+    meta = json.loads((path / "meta.json").read_text())
+    if spec is None:
+        from semimech import models
+
+        spec = models.get(meta["model"])
+    arr = dict(np.load(path / "design.npz"))
+    m = meta["design"]
+    if "y_data" in arr:
+        y = sp.csr_matrix((arr.pop("y_data"), arr.pop("y_indices"), arr.pop("y_indptr")), shape=tuple(arr.pop("y_shape")))
+    else:
+        y = arr.pop("y", None)
+    design = Design(y=y, obs_names=tuple(m["obs_names"]), genes=tuple(m["genes"]),
+                    perturbations=tuple(m["perturbations"]), perturbation_index=arr["perturbation_index"],
+                    targets=tuple(m["targets"]), target_matrix=arr["target_matrix"], control=m["control"],
+                    batches=None if m["batches"] is None else tuple(m["batches"]),
+                    batch_index=arr.get("batch_index"), size_factors=arr["size_factors"],
+                    is_counts=m["is_counts"], n_cells=arr["n_cells"], target_sep=m["target_sep"])
+    dt = _arviz.read(path / "posterior.nc")
+    post = dt["posterior"]
+    samples = {k: np.asarray(post[k].values) for k in meta["dims"]}
+    stats = {k[5:]: v for k, v in arr.items() if k.startswith("stat_")} or None
+    return Fit(spec=spec, design=design, samples=samples, dims={k: tuple(v) for k, v in meta["dims"].items()},
+               method=meta["method"], options=meta["options"], losses=arr.get("losses"), sample_stats=stats,
+               idata=dt)

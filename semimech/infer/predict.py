@@ -1,0 +1,203 @@
+"""Posterior prediction for seen and unseen perturbations, aligned by label."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+import pandas as pd
+from numpyro.infer import Predictive
+
+from semimech._rng import as_key
+from semimech.data.design import Design
+from semimech.errors import PredictionError
+from semimech.measurement import mean_of_cells
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Prediction:
+    """Posterior predictive draws per perturbation x gene.
+
+    Attributes
+    ----------
+    perturbations, genes
+        Row and column labels of every draw array.
+    draws
+        ``"mean"``: population mean on the data scale, ``(draws, perturbations, genes)``;
+        ``"observed_mean"`` (when ``num_cells`` was given): the mean of that many new cells,
+        i.e. what a pseudobulk of a new experiment would show.
+    control
+        The control label (its row, when requested, gives the reference for deltas).
+    model
+        Name of the model that made the prediction.
+    """
+
+    perturbations: tuple[str, ...]
+    genes: tuple[str, ...]
+    draws: dict
+    control: str
+    model: str
+
+    def summary(self, *, kind: str = "mean") -> dict[str, np.ndarray]:
+        """Posterior mean, sd and quantiles (``QUANTILES``) of a draw array."""
+        d = self._get(kind)
+        out = {"mean": d.mean(0), "sd": d.std(0)}
+        for q, val in zip(QUANTILES, np.quantile(d, QUANTILES, axis=0)):
+            out[f"q{int(round(q * 100)):02d}"] = val
+        return out
+
+    def _get(self, kind: str) -> np.ndarray:
+        if kind not in self.draws:
+            raise PredictionError(f"no {kind!r} draws; available: {sorted(self.draws)} "
+                                  "(pass num_cells= to predict for 'observed_mean').")
+        return self.draws[kind]
+
+    def interval(self, prob: float = 0.9, *, kind: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+        """Central ``prob`` predictive interval, each ``(perturbations, genes)``."""
+        d = self._get(kind)
+        lo, hi = np.quantile(d, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+        return lo, hi
+
+    def to_frame(self, *, kind: str = "mean") -> pd.DataFrame:
+        """Tidy table: one row per perturbation x gene with mean, sd, q05..q95."""
+        s = self.summary(kind=kind)
+        P, G = len(self.perturbations), len(self.genes)
+        frame = pd.DataFrame({"perturbation": np.repeat(self.perturbations, G), "gene": np.tile(self.genes, P)})
+        for k, v in s.items():
+            frame[k] = np.asarray(v).ravel()
+        return frame
+
+    def to_anndata(self, *, kind: str = "mean"):
+        """AnnData (perturbations x genes): X = posterior mean, layers = sd and quantiles."""
+        import anndata as ad
+
+        s = self.summary(kind=kind)
+        a = ad.AnnData(X=np.asarray(s.pop("mean"), dtype=np.float32),
+                       obs=pd.DataFrame(index=pd.Index(self.perturbations, name="perturbation")),
+                       var=pd.DataFrame(index=pd.Index(self.genes, name="gene")))
+        for k, v in s.items():
+            a.layers[k] = np.asarray(v, dtype=np.float32)
+        return a
+
+
+def _key(design: Design, label: str) -> frozenset:
+    return frozenset(design.targets_of(label))
+
+
+def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, batch: str | None = None) -> Prediction:
+    """Predict perturbation means, with posterior predictive draws.
+
+    Parameters
+    ----------
+    fit
+        A :class:`semimech.Fit`.
+    design
+        What to predict: a list of labels (``["KLF1+MAP2K6", "control"]``), a prediction
+        design from ``Design.with_perturbations``, or a data design (its observed labels are
+        predicted). Combinations of seen targets may be new; their parts may come in any order.
+    rng_key
+        Int seed or JAX key.
+    num_cells
+        If given (an int, or one int per label), also draw ``"observed_mean"``: the mean of
+        that many new cells, to compare with an observed pseudobulk.
+    batch
+        Predict in this training batch (default: the average batch, offsets zero).
+    """
+    labels = _labels(design)
+    train = fit.design
+    if isinstance(design, Design) and tuple(design.genes) != tuple(train.genes):
+        extra = [g for g in design.genes if g not in set(train.genes)]
+        raise PredictionError(
+            f"the design's genes differ from the fitted genes ({len(extra)} not modelled, e.g. {extra[:5]}). "
+            "Predict on the fitted genes: build the design with genes=fit.design.genes."
+        )
+    pdesign = train.with_perturbations(labels, batch=batch) if not _already(design, train) else design
+    new_targets = pdesign.targets[len(train.targets):]
+    if new_targets and not fit.spec.predicts_unseen_targets:
+        raise PredictionError(
+            f"targets {list(new_targets)} were never perturbed in training; the {fit.spec.name!r} model "
+            "cannot predict them (it has no network to propagate an unseen edit). Use a mechanistic model "
+            "such as 'production_decay', or predict only combinations of seen targets."
+        )
+    key = as_key(rng_key)
+    k_align, k_pred, k_obs = jax.random.split(key, 3)
+    post = _align(fit, pdesign, k_align)
+    data = pdesign.model_data()
+    tdata = train.model_data()
+    data["baseline_loc"], data["baseline_scale"] = tdata["baseline_loc"], tdata["baseline_scale"]
+    model = functools.partial(fit.spec.model, **fit.options)
+    noise_site = fit.spec.noise_site(fit.likelihood)
+    out = Predictive(model, posterior_samples=post, return_sites=[fit.spec.mean_site, noise_site])(k_pred, data)
+    mean = np.asarray(out[fit.spec.mean_site])
+    draws = {"mean": mean}
+    if num_cells is not None:
+        n = np.broadcast_to(np.asarray(num_cells, dtype=float), (len(labels),))
+        if np.any(n <= 0):
+            raise PredictionError("num_cells must be positive.")
+        noise = np.asarray(out[noise_site])[:, None, :]
+        draws["observed_mean"] = np.asarray(
+            mean_of_cells(k_obs, mean, noise, likelihood=fit.likelihood, num_cells=n[None, :, None]))
+    return Prediction(perturbations=tuple(labels), genes=train.genes, draws=draws, control=train.control,
+                      model=fit.spec.name)
+
+
+def _labels(design) -> list[str]:
+    if isinstance(design, Design):
+        return list(design.perturbations if design.y is None else design.observed_perturbations())
+    if isinstance(design, str):
+        return [design]
+    return [str(x) for x in design]
+
+
+def _already(design, train) -> bool:
+    return isinstance(design, Design) and design.y is None and design.targets[: len(train.targets)] == train.targets
+
+
+def _align(fit, pdesign: Design, rng_key) -> dict[str, np.ndarray]:
+    """Posterior draws re-indexed to the prediction design's labels.
+
+    Sites over ``perturbations`` or ``targets`` are gathered by label (a combination matches
+    a training label with the same set of targets). Labels absent from training get fresh
+    standard-normal draws for non-centred ``*_z`` sites; any other site cannot be extended.
+    """
+    train = fit.design
+    tkey = {_key(train, p): i for i, p in enumerate(train.perturbations)}
+    pert_map = [tkey.get(_key(pdesign, p), -1) for p in pdesign.perturbations]
+    targ_map = [train.targets.index(t) if t in train.targets else -1 for t in pdesign.targets]
+    maps = {"perturbations": np.array(pert_map), "targets": np.array(targ_map)}
+    deterministic = {fit.spec.mean_site} | _deterministic_sites(fit)
+    out = {}
+    keys = iter(jax.random.split(rng_key, max(1, len(fit.samples))))
+    for name, arr in fit.samples.items():
+        if name in deterministic:
+            continue
+        flat = fit.flat(name)
+        dims = fit.dims[name]
+        for axis, dim in enumerate(dims):
+            if dim not in maps:
+                continue
+            m = maps[dim]
+            taken = np.take(flat, np.maximum(m, 0), axis=axis + 1)
+            if np.any(m < 0):
+                if not name.endswith("_z"):
+                    missing = [lab for lab, i in zip(pdesign.coords[dim], m) if i < 0]
+                    raise PredictionError(f"site {name!r} has no draws for unseen {dim} {missing}.")
+                fresh = np.asarray(jax.random.normal(next(keys), taken.shape), dtype=taken.dtype)
+                shape = [1] * taken.ndim
+                shape[axis + 1] = len(m)
+                taken = np.where((m < 0).reshape(shape), fresh, taken)
+            flat = taken
+        out[name] = flat
+    return out
+
+
+def _deterministic_sites(fit) -> set[str]:
+    from semimech.infer._sites import trace
+
+    tr = trace(functools.partial(fit.spec.model, **fit.options), fit.design.model_data(), None)
+    return {n for n, s in tr.items() if s["type"] == "deterministic"}

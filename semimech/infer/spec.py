@@ -1,0 +1,41 @@
+"""The record that describes a model to the inference façade."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model of the zoo: a plain NumPyro function and what the façade needs to know.
+
+    Attributes
+    ----------
+    name
+        Registry name (``semimech.models.get(name)``).
+    model
+        ``model(data: dict, *, y=None, **options)``: the NumPyro model.
+    assumes
+        One plain sentence: what the model assumes about how perturbations act.
+    mean_site
+        Deterministic site with the per-perturbation mean on the data scale
+        (``perturbations x genes``); ``predict`` returns its draws.
+    noise_site
+        Measurement site per gene (``noise_sd`` or ``concentration``), by likelihood.
+    predicts_unseen_targets
+        Whether targets never perturbed in training can be predicted (through a network);
+        the additive model cannot.
+    default_options
+        Keyword options passed to ``model`` unless the user overrides them.
+    """
+
+    name: str
+    model: Callable
+    assumes: str
+    mean_site: str = "mean"
+    predicts_unseen_targets: bool = False
+    default_options: dict = dataclasses.field(default_factory=dict)
+
+    def noise_site(self, likelihood: str) -> str:
+        return "noise_sd" if likelihood == "normal" else "concentration"
