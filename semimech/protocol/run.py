@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
@@ -189,11 +190,18 @@ def run(
         ``state``, ``ok``, ``initial``, ``batch``.
     """
     _check(experiment, media0, x0)
-    x, media, g, opts = _setup(experiment, x0, media0, intervention0, x_guess, solver, rtol, atol, max_steps, adjoint)
-    ok = jnp.asarray(True)
-    if isinstance(x0, str):
-        x, ok = _steady(field, params, x, media, g, steady_horizon, steady_tol, opts)
-    return _apply(experiment, field, params, x, media, g, ok, opts)
+    # Numbers become arrays so that the compiled program is keyed on structure and shapes only;
+    # eager calls with the same structure reuse it, inside a user's jit it simply inlines.
+    experiment = jax.tree.map(jnp.asarray, experiment)
+    solver_opts = (solver, rtol, atol, max_steps, adjoint)
+    steady = (jnp.asarray(steady_horizon), steady_tol) if isinstance(x0, str) else None
+    return _run_jit(experiment, field, params, x0, media0, intervention0, x_guess, solver_opts, steady)
+
+
+@eqx.filter_jit
+def _run_jit(experiment, field, params, x0, media0, intervention0, x_guess, solver_opts, steady):
+    x, media, g, opts = _setup(experiment, x0, media0, intervention0, x_guess, *solver_opts)
+    return _apply(experiment, field, params, x, media, g, opts, steady=steady)
 
 
 def _setup(experiment, x0, media0, intervention0, x_guess, solver, rtol, atol, max_steps, adjoint):
@@ -224,17 +232,29 @@ def _setup(experiment, x0, media0, intervention0, x_guess, solver, rtol, atol, m
     return x, media, g, opts
 
 
-def _steady(field, params, x, media, g, horizon, tol, opts):
-    """Integrate to ``horizon`` and accept when the residual is small relative to the state."""
-    x, ok = _integrate(field, params, x, media, g, horizon, **opts)
+def _is_steady(field, params, x, media, g, tol):
+    """Accept ``x`` as a fixed point when ``max|f(x)| <= tol * max(1, max|x|)``."""
     tol = (1e-6 if x.dtype == jnp.float64 else 1e-3) if tol is None else tol
     resid = jnp.max(jnp.abs(field(x, params, media=media, intervention=g)))
-    return x, ok & (resid <= tol * jnp.maximum(1.0, jnp.max(jnp.abs(x))))
+    return resid <= tol * jnp.maximum(1.0, jnp.max(jnp.abs(x)))
 
 
-def _apply(experiment, field, params, x, media, g, ok, opts) -> ProtocolResult:
+def _steady(field, params, x, media, g, horizon, tol, opts):
+    """Integrate for ``horizon`` from ``x``; ``ok`` also requires a small residual there."""
+    x, ok = _integrate(field, params, x, media, g, horizon, **opts)
+    return x, ok & _is_steady(field, params, x, media, g, tol)
+
+
+def _apply(experiment, field, params, x, media, g, opts, *, steady=None) -> ProtocolResult:
+    """Collect the (media, edit, duration) of every Evolve, then integrate them in one ``lax.scan``.
+
+    Media and Perturb are instantaneous edits of ``(m, g)``, so the segments are known before any
+    integration; scanning one diffeqsolve over them compiles a single solver loop however many
+    Evolves (and the optional steady-state segment, ``steady=(horizon, tol)``) there are.
+    """
     n = x.shape[0]
-    initial = x
+    segments = [] if steady is None else [(media, g, jnp.asarray(steady[0], x.dtype))]
+    batch = None
     for i, op in enumerate(experiment.ops):
         if isinstance(op, Media):
             new = jnp.asarray(op.m, dtype=x.dtype)
@@ -256,11 +276,30 @@ def _apply(experiment, field, params, x, media, g, ok, opts) -> ProtocolResult:
                     f"Operator {i}: Evolve duration has shape {jnp.shape(op.duration)}; a stacked "
                     "experiment must be run with run_many (or jax.vmap)."
                 )
-            x, ok_i = _integrate(field, params, x, media, g, op.duration, **opts)
-            ok = ok & ok_i
+            segments.append((media, g, jnp.asarray(op.duration, x.dtype)))
         elif isinstance(op, Measure):
-            return ProtocolResult(state=x, ok=ok, initial=initial, batch=op.batch)
-    raise AssertionError("unreachable: _check guarantees a final Measure")  # pragma: no cover
+            batch = op.batch
+    if not segments:
+        return ProtocolResult(state=x, ok=jnp.asarray(True), initial=x, batch=batch)
+
+    def cast(seg):
+        m, e, d = seg
+        e = Intervention(jnp.asarray(e.production, x.dtype), jnp.asarray(e.clamp_mask, bool), jnp.asarray(e.clamp_value, x.dtype))
+        return m, e, d
+
+    xs = jax.tree.map(lambda *a: jnp.stack(a), *[cast(seg) for seg in segments])
+
+    def step(carry, seg):
+        y, ok = carry
+        y, ok_i = _integrate(field, params, y, *seg, **opts)
+        return (y, ok & ok_i), y
+
+    (x_end, ok), path = jax.lax.scan(step, (x, jnp.asarray(True)), xs)
+    initial = x
+    if steady is not None:
+        initial = path[0]
+        ok = ok & _is_steady(field, params, initial, segments[0][0], segments[0][1], steady[1])
+    return ProtocolResult(state=x_end, ok=ok, initial=initial, batch=batch)
 
 
 def _solver_opts(options):
@@ -288,6 +327,15 @@ def run_many(
     :func:`run`. Every field of the result gains a leading ``experiments`` axis.
     """
     _check(experiments, media0, x0)
+    # Compiled once per (structure, shapes, field, options): eager calls then cost one dispatch
+    # instead of re-tracing vmapped diffrax solves; inside a user's jit this simply inlines.
+    experiments = jax.tree.map(jnp.asarray, experiments)
+    return _run_many_jit(experiments, field, params, x0, media0, intervention0, options)
+
+
+@eqx.filter_jit
+def _run_many_jit(experiments, field, params, x0, media0, intervention0, options):
+    options = dict(options)
     steady_keys = ("x_guess", "steady_horizon", "steady_tol")
     steady_opts = {k: options.pop(k) for k in steady_keys if k in options}
     if isinstance(x0, str):
