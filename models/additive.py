@@ -67,13 +67,14 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
 
     offsets = batch_offsets(data, genes)
-    with numpyro.plate("cells", data["n_obs"], dim=-2) as idx:
-        rows = idx
-        loc = loc_p[jnp.asarray(data["perturbation_index"])[rows]]
+    # rows given may be a minibatch of the n_obs rows: the plate scales the likelihood by n_obs / rows
+    pidx = jnp.asarray(data["perturbation_index"])
+    with numpyro.plate("cells", data["n_obs"], subsample_size=pidx.shape[0], dim=-2):
+        loc = loc_p[pidx]
         if offsets is not None:
-            loc = loc + offsets[jnp.asarray(data["batch_index"])[rows]]
+            loc = loc + offsets[jnp.asarray(data["batch_index"])]
         with genes:
-            observe(loc, noise, data, likelihood=likelihood, y=y, rows=rows)
+            observe(loc, noise, data, likelihood=likelihood, y=y)
 
 
 SPEC = ModelSpec(

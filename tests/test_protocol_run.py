@@ -77,6 +77,14 @@ def test_steady_initial_state_is_the_control_fixed_point():
         # the state size can come from a Perturb in the experiment
         res2 = run(Perturb(Intervention.none(3)) >> Measure(), linear_field, p, x0="steady", media0=m0)
         np.testing.assert_allclose(res2.state, expected, rtol=1e-8)
+        # Newton (semimech.dynamics.steady_state) agrees, through run and run_many
+        newton = run(Evolve(0.0) >> Measure(), linear_field, p, x0="steady", media0=m0, x_guess=jnp.ones(3), steady_method="newton")
+        assert bool(newton.ok)
+        np.testing.assert_allclose(newton.initial, expected, rtol=1e-8)
+        many = run_many(stack([Evolve(0.0) >> Measure()] * 2), linear_field, p, x0="steady", media0=m0, x_guess=jnp.ones(3), steady_method="newton")
+        np.testing.assert_allclose(many.state, np.tile(expected, (2, 1)), rtol=1e-8)
+        with pytest.raises(DesignError, match="steady_method"):
+            run(Evolve(0.0) >> Measure(), linear_field, p, x0="steady", media0=m0, x_guess=jnp.ones(3), steady_method="root")
         # negative control: too short a horizon is reported, not hidden
         short = run(Evolve(0.0) >> Measure(), linear_field, p, x0="steady", media0=m0, x_guess=jnp.zeros(3), steady_horizon=1.0)
         assert not bool(short.ok)

@@ -27,8 +27,9 @@ from jax.scipy.linalg import lu_factor, lu_solve
 from jaxtyping import Array, Bool, Float
 
 from semimech.dynamics import _diffrax
-from semimech.dynamics.fields import LinearParams, _check_square, _media_term
+from semimech.dynamics.fields import LinearParams, ProductionDecayParams, _check_square, _media_term
 from semimech.dynamics.intervention import Intervention
+from semimech.dynamics.neural import NeuralField
 from semimech.errors import SemimechError
 
 __all__ = ["SteadyState", "default_tolerances", "linear_steady_state", "steady_state", "steady_states"]
@@ -78,7 +79,11 @@ def _float_dtype(*trees):
 
 
 def _prepare(params, media, intervention, x0, caller: str):
-    """Resolve the state size and dtype, and fill defaults (no edit, ``x0 = 1``)."""
+    """Resolve the state size and dtype, and fill defaults (no edit, ``x0 = 1``).
+
+    The state size comes from ``x0``, else the intervention, else the package's own parameter
+    records; a custom field needs ``x0`` or an intervention.
+    """
     dtype = _float_dtype(params, media, x0, None if intervention is None else intervention.production)
     if x0 is not None:
         x0 = jnp.asarray(x0, dtype)
@@ -87,6 +92,10 @@ def _prepare(params, media, intervention, x0, caller: str):
         n = x0.shape[0]
     elif intervention is not None:
         n = jnp.shape(intervention.production)[-1]
+    elif isinstance(params, (LinearParams, ProductionDecayParams)):
+        n = jnp.shape(params.b)[-1]
+    elif isinstance(params, NeuralField):
+        n = params.n
     else:
         raise SemimechError(f"{caller}: pass x0 (the initial guess) or an intervention, so the state size is known.")
     if intervention is None:

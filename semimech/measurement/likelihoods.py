@@ -68,7 +68,7 @@ def observation_dist(loc, noise, *, likelihood: str, size_factors, n_cells):
     return dist.NegativeBinomial2(mean=mean, concentration=noise * n)
 
 
-def observe(loc, noise, data, *, likelihood: str, y=None, rows=None):
+def observe(loc, noise, data, *, likelihood: str, y=None):
     """Sample the observed site ``y`` (call inside the ``cells`` and ``genes`` plates).
 
     For Gaussian pseudobulk rows that carry their within-group sum of squares
@@ -76,12 +76,11 @@ def observe(loc, noise, data, *, likelihood: str, y=None, rows=None):
     within-group part of the cell-level likelihood, so fitting the pseudobulk gives exactly
     the posterior of fitting every cell (the mean and the sum of squares are sufficient).
     """
-    rows = slice(None) if rows is None else rows
-    sf = jnp.asarray(data["size_factors"])[rows]
-    n = jnp.asarray(data["n_cells"])[rows]
+    sf = jnp.asarray(data["size_factors"])
+    n = jnp.asarray(data["n_cells"])
     numpyro.sample("y", observation_dist(loc, noise, likelihood=likelihood, size_factors=sf, n_cells=n), obs=y)
     if likelihood == "normal" and data.get("y_ss") is not None and y is not None:
-        ss = jnp.asarray(data["y_ss"])[rows]
+        ss = jnp.asarray(data["y_ss"])
         numpyro.factor("y_within", -(n[:, None] - 1.0) * jnp.log(noise) - ss / (2.0 * noise**2))
 
 

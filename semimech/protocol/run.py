@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from semimech.dynamics.intervention import Intervention, compose
+from semimech.dynamics.steady_state import steady_state
 from semimech.errors import DesignError
 from semimech.protocol.operators import Evolve, Experiment, Measure, Media, Perturb
 
@@ -147,6 +148,7 @@ def run(
     max_steps: int = 4096,
     adjoint=None,
     x_guess=None,
+    steady_method: str = "flow",
     steady_horizon: float = 1000.0,
     steady_tol: float | None = None,
 ) -> ProtocolResult:
@@ -163,8 +165,7 @@ def run(
     x0
         Initial state ``Float[Array, "n"]``, or ``"steady"``: the steady state under
         ``media0`` and ``intervention0`` (the unperturbed control when ``intervention0`` is None),
-        found by integrating from ``x_guess`` for ``steady_horizon`` and checking that
-        ``max|f(x)| <= steady_tol * max(1, max|x|)``; failure sets ``ok=False``.
+        found from ``x_guess`` by ``steady_method``; failure sets ``ok=False``.
     media0
         Environment vector before the first :class:`Media` operator.
     intervention0
@@ -179,10 +180,17 @@ def run(
         diffrax adjoint (default ``RecursiveCheckpointAdjoint``; ``diffrax.ForwardMode()`` for jvp).
     x_guess
         Starting point of the steady-state search (default zeros).
+    steady_method
+        ``"flow"`` (default): integrate for ``steady_horizon`` and accept when
+        ``max|f(x)| <= steady_tol * max(1, max|x|)``; it follows the dynamics, so it lands on the
+        attractor whose basin holds ``x_guess``, and its gradient is backpropagated through the
+        solve. ``"newton"``: :func:`semimech.dynamics.steady_state` with ``check_stability=True``
+        (Newton with an integration fallback, implicit-function gradients; an unstable fixed
+        point gives ``ok=False``); cheaper gradients, heavier to compile.
     steady_horizon
-        Integration time (field time units) used to reach the steady state.
+        Integration time (field time units) of the ``"flow"`` method.
     steady_tol
-        Residual tolerance of the steady-state check (default 1e-6 in float64, 1e-3 in float32).
+        Residual tolerance of the ``"flow"`` check (default 1e-6 in float64, 1e-3 in float32).
 
     Returns
     -------
@@ -194,14 +202,27 @@ def run(
     # eager calls with the same structure reuse it, inside a user's jit it simply inlines.
     experiment = jax.tree.map(jnp.asarray, experiment)
     solver_opts = (solver, rtol, atol, max_steps, adjoint)
-    steady = (jnp.asarray(steady_horizon), steady_tol) if isinstance(x0, str) else None
+    steady = None
+    if isinstance(x0, str):
+        steady = (_check_method(steady_method), jnp.asarray(steady_horizon), steady_tol)
     return _run_jit(experiment, field, params, x0, media0, intervention0, x_guess, solver_opts, steady)
 
 
 @eqx.filter_jit
 def _run_jit(experiment, field, params, x0, media0, intervention0, x_guess, solver_opts, steady):
     x, media, g, opts = _setup(experiment, x0, media0, intervention0, x_guess, *solver_opts)
+    if steady is not None and steady[0] == "newton":
+        x, ok0 = _steady(field, params, x, media, g, steady, opts)
+        out = _apply(experiment, field, params, x, media, g, opts)
+        return out._replace(ok=out.ok & ok0)
+    # "flow": the steady-state integration is the first segment of the same scan
     return _apply(experiment, field, params, x, media, g, opts, steady=steady)
+
+
+def _check_method(method: str) -> str:
+    if method not in ("flow", "newton"):
+        raise DesignError(f"steady_method={method!r} not understood; use 'flow' or 'newton'.")
+    return method
 
 
 def _setup(experiment, x0, media0, intervention0, x_guess, solver, rtol, atol, max_steps, adjoint):
@@ -239,8 +260,13 @@ def _is_steady(field, params, x, media, g, tol):
     return resid <= tol * jnp.maximum(1.0, jnp.max(jnp.abs(x)))
 
 
-def _steady(field, params, x, media, g, horizon, tol, opts):
-    """Integrate for ``horizon`` from ``x``; ``ok`` also requires a small residual there."""
+def _steady(field, params, x, media, g, steady, opts):
+    """The steady state from the guess ``x`` under ``(media, g)``; ``steady = (method, horizon, tol)``."""
+    method, horizon, tol = steady
+    if method == "newton":
+        ss = steady_state(field, params, media=media, intervention=g, x0=x, check_stability=True)
+        x_star = jnp.where(ss.ok, ss.x, x)
+        return jnp.where(jnp.isfinite(x_star), x_star, 0.0), ss.ok
     x, ok = _integrate(field, params, x, media, g, horizon, **opts)
     return x, ok & _is_steady(field, params, x, media, g, tol)
 
@@ -250,10 +276,10 @@ def _apply(experiment, field, params, x, media, g, opts, *, steady=None) -> Prot
 
     Media and Perturb are instantaneous edits of ``(m, g)``, so the segments are known before any
     integration; scanning one diffeqsolve over them compiles a single solver loop however many
-    Evolves (and the optional steady-state segment, ``steady=(horizon, tol)``) there are.
+    Evolves (and the optional steady-state segment, ``steady=("flow", horizon, tol)``) there are.
     """
     n = x.shape[0]
-    segments = [] if steady is None else [(media, g, jnp.asarray(steady[0], x.dtype))]
+    segments = [] if steady is None else [(media, g, jnp.asarray(steady[1], x.dtype))]
     batch = None
     for i, op in enumerate(experiment.ops):
         if isinstance(op, Media):
@@ -298,7 +324,7 @@ def _apply(experiment, field, params, x, media, g, opts, *, steady=None) -> Prot
     initial = x
     if steady is not None:
         initial = path[0]
-        ok = ok & _is_steady(field, params, initial, segments[0][0], segments[0][1], steady[1])
+        ok = ok & _is_steady(field, params, initial, segments[0][0], segments[0][1], steady[2])
     return ProtocolResult(state=x_end, ok=ok, initial=initial, batch=batch)
 
 
@@ -336,16 +362,16 @@ def run_many(
 @eqx.filter_jit
 def _run_many_jit(experiments, field, params, x0, media0, intervention0, options):
     options = dict(options)
-    steady_keys = ("x_guess", "steady_horizon", "steady_tol")
+    steady_keys = ("x_guess", "steady_method", "steady_horizon", "steady_tol")
     steady_opts = {k: options.pop(k) for k in steady_keys if k in options}
     if isinstance(x0, str):
         # The shared steady state is solved once, outside the vmap.
         x, media, g, opts = _setup(
             experiments, x0, media0, intervention0, steady_opts.get("x_guess"), *_solver_opts(options)
         )
-        x0_arr, ok0 = _steady(
-            field, params, x, media, g, steady_opts.get("steady_horizon", 1000.0), steady_opts.get("steady_tol"), opts
-        )
+        method = _check_method(steady_opts.get("steady_method", "flow"))
+        steady = (method, steady_opts.get("steady_horizon", 1000.0), steady_opts.get("steady_tol"))
+        x0_arr, ok0 = _steady(field, params, x, media, g, steady, opts)
     else:
         x0_arr, ok0 = jnp.asarray(x0), jnp.asarray(True)
     x_axis = 0 if x0_arr.ndim == 2 else None
