@@ -77,17 +77,21 @@ def test_steady_initial_state_is_the_control_fixed_point():
         # the state size can come from a Perturb in the experiment
         res2 = run(Perturb(Intervention.none(3)) >> Measure(), linear_field, p, x0="steady", media0=m0)
         np.testing.assert_allclose(res2.state, expected, rtol=1e-8)
-        # Newton (semimech.dynamics.steady_state) agrees, through run and run_many
-        newton = run(Evolve(0.0) >> Measure(), linear_field, p, x0="steady", media0=m0, x_guess=jnp.ones(3), steady_method="newton")
-        assert bool(newton.ok)
-        np.testing.assert_allclose(newton.initial, expected, rtol=1e-8)
-        many = run_many(stack([Evolve(0.0) >> Measure()] * 2), linear_field, p, x0="steady", media0=m0, x_guess=jnp.ones(3), steady_method="newton")
-        np.testing.assert_allclose(many.state, np.tile(expected, (2, 1)), rtol=1e-8)
-        with pytest.raises(DesignError, match="steady_method"):
-            run(Evolve(0.0) >> Measure(), linear_field, p, x0="steady", media0=m0, x_guess=jnp.ones(3), steady_method="root")
         # negative control: too short a horizon is reported, not hidden
         short = run(Evolve(0.0) >> Measure(), linear_field, p, x0="steady", media0=m0, x_guess=jnp.zeros(3), steady_horizon=1.0)
         assert not bool(short.ok)
+
+
+def test_newton_steady_start_agrees_with_the_closed_form():
+    with jax.enable_x64(True):
+        p, m0 = _linear_params(), jnp.array([0.5])
+        expected = (np.asarray(p["a"]) + np.asarray(p["B"]) @ np.asarray(m0)) / np.asarray(p["gamma"])
+        kw = dict(x0="steady", media0=m0, x_guess=jnp.ones(3))
+        newton = run(Evolve(0.0) >> Measure(), linear_field, p, steady_method="newton", **kw)
+        assert bool(newton.ok)
+        np.testing.assert_allclose(newton.initial, expected, rtol=1e-8)
+        with pytest.raises(DesignError, match="steady_method"):
+            run(Evolve(0.0) >> Measure(), linear_field, p, steady_method="root", **kw)
 
 
 def test_simultaneous_edits_commute_in_a_nonlinear_system():
