@@ -5,14 +5,8 @@
 ``Measure . Evolve . Perturb . Media``.
 """
 
-from semimech.protocol.frame import (
-    ORDERS,
-    ProtocolGroup,
-    Protocols,
-    build_group,
-    protocols_from_frame,
-    run_protocols,
-)
+from semimech.protocol.frame import ORDERS, ProtocolGroup, Protocols, protocols_from_frame
+from semimech.protocol.groups import build_group, run_protocols
 from semimech.protocol.operators import Evolve, Experiment, Measure, Media, Perturb, simultaneous, stack
 from semimech.protocol.run import ProtocolResult, run, run_many
 
