@@ -1,0 +1,46 @@
+"""Held-out evaluation: splits, baselines, metrics, calibration, one scoring table.
+
+Pure numpy/pandas on top of :class:`semimech.Design` and :class:`semimech.Prediction`.
+"""
+
+from semimech.evaluate._align import PointPrediction, control_mean, perturbation_means
+from semimech.evaluate.baselines import BASELINES, additive, linear, no_change, single_effects, train_mean
+from semimech.evaluate.calibration import (
+    LEVELS,
+    CalibrationReport,
+    calibration_report,
+    coverage,
+    crps,
+    log_predictive_density,
+    pit,
+    pit_histogram,
+)
+from semimech.evaluate.metrics import (
+    centroid_accuracy,
+    direction_accuracy,
+    energy_distance,
+    l2,
+    mse_top_de,
+    pearson_delta,
+    top_de_genes,
+    top_expressed_genes,
+)
+from semimech.evaluate.score import Aligned, align, calibration, score, score_baselines
+from semimech.evaluate.splits import (
+    leave_one_condition_out,
+    leave_one_perturbation_out,
+    leave_one_target_out,
+    singles_seen,
+    split_combinations,
+    split_rows,
+    transfer,
+)
+
+__all__ = [
+    "BASELINES", "LEVELS", "Aligned", "CalibrationReport", "PointPrediction", "additive", "align", "calibration",
+    "calibration_report", "centroid_accuracy", "control_mean", "coverage", "crps", "direction_accuracy",
+    "energy_distance", "l2", "leave_one_condition_out", "leave_one_perturbation_out", "leave_one_target_out",
+    "linear", "log_predictive_density", "mse_top_de", "no_change", "pearson_delta", "perturbation_means", "pit",
+    "pit_histogram", "score", "score_baselines", "single_effects", "singles_seen", "split_combinations",
+    "split_rows", "top_de_genes", "top_expressed_genes", "train_mean", "transfer",
+]
