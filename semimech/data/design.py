@@ -442,17 +442,33 @@ def _encode_targets(perturbations, control, sep):
 
 
 def _control_summaries(design: Design) -> tuple[np.ndarray, np.ndarray]:
-    ctrl = design.perturbation_index == 0
-    y = design.y[np.flatnonzero(ctrl)]
-    y = y.toarray() if sp.issparse(y) else np.asarray(y, dtype=float)
+    """Per-gene control location and scale, the same for cells and their pseudobulk.
+
+    Counts: log of the mean rate (per unit size factor) and scale 1. Continuous: the cell-level
+    mean and sd of the controls (pooled from means and within-group sums of squares when rows
+    are pseudobulks), falling back to all rows' sd where the controls do not vary.
+    """
+    ctrl = np.flatnonzero(design.perturbation_index == 0)
     if design.is_counts:
-        sf = design.size_factors[ctrl][:, None]
-        rate = (y / sf).mean(0)
-        loc = np.log(rate + 1e-3 / max(sf.mean(), 1e-12))
-        scale = np.full(design.n_genes, 1.0)
-    else:
-        loc = y.mean(0)
-        scale = y.std(0) if y.shape[0] > 1 else np.ones(design.n_genes)
-        allsd = np.asarray(design.dense_y().std(0))
-        scale = np.maximum(np.where(scale > 0, scale, allsd), 1e-3)
+        y = design.y[ctrl]
+        y = y.toarray() if sp.issparse(y) else np.asarray(y, dtype=float)
+        rate = y.sum(0) / design.size_factors[ctrl].sum()
+        loc = np.log(rate + 1e-3 / max(design.size_factors[ctrl].mean(), 1e-12))
+        return loc.astype(np.float32), np.ones(design.n_genes, np.float32)
+    loc, sd = _pooled_moments(design, ctrl)
+    _, sd_all = _pooled_moments(design, np.arange(design.n_obs))
+    scale = np.maximum(np.where(sd > 0, sd, sd_all), 1e-3)
     return loc.astype(np.float32), scale.astype(np.float32)
+
+
+def _pooled_moments(design: Design, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cell-level mean and sd of continuous readouts over ``rows`` (rows may be pseudobulks)."""
+    y = design.y[rows]
+    y = y.toarray() if sp.issparse(y) else np.asarray(y, dtype=float)
+    n = design.n_cells[rows][:, None]
+    total = n.sum()
+    mean = (n * y).sum(0) / total
+    ss = (n * (y - mean) ** 2).sum(0)
+    if design.y_ss is not None:
+        ss = ss + np.asarray(design.y_ss)[rows].sum(0)
+    return mean, np.sqrt(ss / max(total - 1.0, 1.0))
