@@ -1,0 +1,138 @@
+"""The score table: alignment by label and gene, clear errors, and the shared README numbers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import semimech as sm
+from semimech.datasets import NORMAN19_COMBINABLE_DOUBLES
+from semimech.errors import PredictionError
+from semimech.evaluate import (
+    PointPrediction,
+    additive,
+    calibration,
+    perturbation_means,
+    score,
+    score_baselines,
+    split_combinations,
+    split_rows,
+)
+
+
+@pytest.fixture(scope="module")
+def cells():
+    """Single cells: control, A, B, A+B over 5 genes, 40 cells each; A+B held out."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["control", "A", "B", "A+B"], 40)
+    shift = {"control": 0.0, "A": 1.0, "B": -1.0, "A+B": 0.5}
+    base = np.linspace(1, 5, 5)
+    y = base + np.array([shift[x] for x in labels])[:, None] * np.array([1, 0.5, 0, -0.5, -1]) \
+        + rng.normal(size=(160, 5))
+    frame = pd.DataFrame(y, columns=[f"g{i}" for i in range(5)], index=[f"c{i}" for i in range(160)]).assign(p=labels)
+    d = sm.Design.from_frame(frame, readouts=[f"g{i}" for i in range(5)], perturbation_key="p", control="control")
+    return split_rows(d, labels == "A+B")
+
+
+def _prediction(labels, genes, draws, model="hand"):
+    return sm.Prediction(perturbations=tuple(labels), genes=tuple(genes),
+                         draws={"mean": draws, "observed_mean": draws}, control="control", model=model)
+
+
+def test_truth_is_the_cell_mean_per_perturbation(cells):
+    train, test = cells
+    labels, truth = perturbation_means(test)
+    assert labels == ("control", "A+B")
+    y = test.dense_y()
+    np.testing.assert_allclose(truth[1], y[test.perturbation_index == test.perturbations.index("A+B")].mean(0))
+    # a pseudobulk design gives the same truth
+    np.testing.assert_allclose(perturbation_means(test.pseudobulk())[1], truth)
+
+
+def test_perfect_prediction_scores_perfectly(cells):
+    train, test = cells
+    _, truth = perturbation_means(test, ["A+B"])
+    table = score(PointPrediction(("A+B",), test.genes, truth, "oracle"), test)
+    row = table.iloc[0]
+    assert row.l2 == pytest.approx(0) and row.pearson_delta == pytest.approx(1) and row.mse_top_de == 0
+    assert row.direction == 1 and np.isnan(row.coverage_90) and np.isnan(row.crps)
+    assert list(table.perturbation) == ["A+B", "mean"]
+
+
+def test_score_aligns_by_label_and_gene(cells):
+    train, test = cells
+    _, truth = perturbation_means(test, ["A+B"])
+    rng = np.random.default_rng(1)
+    draws = truth[None] + 0.3 * rng.normal(size=(200, 1, 5))
+    ref = score(_prediction(["A+B"], test.genes, draws), test)
+    order = [3, 0, 4, 1, 2]
+    shuffled = np.concatenate([draws[:, :, order], draws[:, :, order] + 7.0], axis=1)
+    genes = [test.genes[i] for i in order]
+    got = score(_prediction(["B+A", "control"], genes, shuffled), test)  # combination written the other way
+    pd.testing.assert_frame_equal(ref, got)
+    assert 0 <= ref.loc[0, "coverage_90"] <= 1 and ref.loc[0, "crps"] > 0 and np.isfinite(ref.loc[0, "lpd"])
+
+
+def test_probabilistic_columns_follow_hand_computation(cells):
+    train, test = cells
+    _, truth = perturbation_means(test, ["A+B"])
+    draws = np.broadcast_to(np.arange(101.0)[:, None, None] / 100 - 0.5, (101, 1, 5)) + truth
+    draws = draws.copy()
+    draws[:, 0, :2] += 10.0  # two genes far off: outside every interval
+    row = score(_prediction(["A+B"], test.genes, draws), test).iloc[0]
+    assert row.coverage_50 == pytest.approx(0.6) and row.coverage_95 == pytest.approx(0.6)
+
+
+def test_mismatched_perturbations_or_genes_are_clear_errors(cells):
+    train, test = cells
+    draws = np.zeros((10, 1, 5))
+    with pytest.raises(PredictionError, match=r"no rows for perturbations \['A\+B'\]"):
+        score(_prediction(["A"], test.genes, draws), test)
+    with pytest.raises(PredictionError, match="different genes"):
+        score(_prediction(["A+B"], ["g0", "g1", "g2", "g3", "x"], draws), test)
+    with pytest.raises(PredictionError, match="different genes"):
+        score(PointPrediction(("A+B",), test.genes[:4], np.zeros((1, 4)), "short"), test)
+    only_mean = sm.Prediction(("A+B",), test.genes, {"mean": draws}, "control", "m")
+    with pytest.raises(PredictionError, match="num_cells"):
+        score(only_mean, test)
+    assert np.isfinite(score(only_mean, test, kind="mean").loc[0, "l2"])
+    with pytest.raises(PredictionError, match="cannot score"):
+        score(np.zeros((1, 5)), test)
+
+
+def test_calibration_of_a_prediction(cells):
+    train, test = cells
+    rng = np.random.default_rng(2)
+    genes = [f"g{i}" for i in range(200)]
+    y = rng.normal(size=(60, 200))
+    labels = np.repeat(["control", "A"], 30)
+    frame = pd.DataFrame(y, columns=genes, index=[f"c{i}" for i in range(60)]).assign(p=labels)
+    big = sm.Design.from_frame(frame, readouts=genes, perturbation_key="p", control="control")
+    _, truth = perturbation_means(big, ["A"])
+    sd = 1 / np.sqrt(30)  # the sd of a mean of 30 standard-normal cells
+    right = _prediction(["A"], genes, rng.normal(size=(1000, 1, 200)) * sd)
+    assert calibration(right, big).verdict == "calibrated"
+    wide = _prediction(["A"], genes, rng.normal(size=(1000, 1, 200)) * 5 * sd)
+    assert calibration(wide, big).verdict == "underconfident"
+    narrow = _prediction(["A"], genes, rng.normal(size=(1000, 1, 200)) * 0.3 * sd)
+    assert calibration(narrow, big).verdict == "overconfident"
+    with pytest.raises(PredictionError, match="point prediction"):
+        calibration(additive(train, test), test)
+
+
+def test_score_baselines_reproduces_shared_readme_numbers_on_norman(norman_design):
+    # ../shared/data/README.md: no change L2 1.374; additive L2 0.446, Pearson-delta 0.870,
+    # MSE top-20 DE 0.007, direction 0.91; train mean L2 1.388
+    train, test = split_combinations(norman_design, test_labels=NORMAN19_COMBINABLE_DOUBLES)
+    table = score_baselines(train, test, baselines=("no_change", "train_mean", "additive"))
+    mean = table[table.perturbation == "mean"].set_index("model")
+    assert mean.loc["no_change", "l2"] == pytest.approx(1.374, abs=5e-4)
+    assert mean.loc["additive", "l2"] == pytest.approx(0.446, abs=5e-4)
+    assert mean.loc["additive", "pearson_delta"] == pytest.approx(0.870, abs=5e-4)
+    assert mean.loc["additive", "mse_top_de"] == pytest.approx(0.007, abs=5e-4)
+    assert mean.loc["additive", "direction"] == pytest.approx(0.91, abs=5e-3)
+    assert mean.loc["train_mean", "l2"] == pytest.approx(1.388, abs=5e-4)
+    assert set(table.perturbation) == set(NORMAN19_COMBINABLE_DOUBLES) | {"mean"}
+    # pseudobulk first: identical numbers
+    tr_pb, te_pb = split_combinations(norman_design.pseudobulk(), test_labels=NORMAN19_COMBINABLE_DOUBLES)
+    pb = score_baselines(tr_pb, te_pb, baselines=("additive",))
+    assert pb.iloc[-1].l2 == pytest.approx(mean.loc["additive", "l2"], rel=1e-9)
