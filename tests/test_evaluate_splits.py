@@ -128,3 +128,14 @@ def test_bad_split_requests_are_clear_errors(design):
         split_combinations(d, test_labels=["A"])
     with pytest.raises(DesignError, match="do not occur"):
         transfer(d, contexts=["x"] * d.n_obs, test_contexts=["y"])
+
+
+def test_transfer_by_batches(design):
+    _, frame = design
+    d = sm.Design.from_frame(frame, readouts=["g1", "g2", "g3"], perturbation_key="p", control="control",
+                             batch_key="line")
+    train, test = transfer(d, contexts="batches", test_contexts=["L1"])
+    assert set(np.asarray(d.batches)[test.batch_index[test.perturbation_index != 0]]) == {"L1"}
+    assert set(np.asarray(d.batches)[train.batch_index[train.perturbation_index != 0]]) == {"L2"}
+    with pytest.raises(DesignError, match="batches"):
+        transfer(design[0], contexts="batches", test_contexts=["L1"])

@@ -3,9 +3,9 @@
 Pure numpy/pandas on top of :class:`semimech.Design` and :class:`semimech.Prediction`.
 """
 
-from semimech.evaluate._align import PointPrediction, control_mean, perturbation_means
+from semimech.evaluate._align import PointPrediction, cell_counts, control_mean, perturbation_means
 from semimech.evaluate.baselines import BASELINES, additive, linear, no_change, single_effects, train_mean
-from semimech.evaluate.calibration import (
+from semimech.evaluate.probabilistic import (
     LEVELS,
     CalibrationReport,
     calibration_report,
@@ -38,7 +38,7 @@ from semimech.evaluate.splits import (
 
 __all__ = [
     "BASELINES", "LEVELS", "Aligned", "CalibrationReport", "PointPrediction", "additive", "align", "calibration",
-    "calibration_report", "centroid_accuracy", "control_mean", "coverage", "crps", "direction_accuracy",
+    "calibration_report", "cell_counts", "centroid_accuracy", "control_mean", "coverage", "crps", "direction_accuracy",
     "energy_distance", "l2", "leave_one_condition_out", "leave_one_perturbation_out", "leave_one_target_out",
     "linear", "log_predictive_density", "mse_top_de", "no_change", "pearson_delta", "perturbation_means", "pit",
     "pit_histogram", "score", "score_baselines", "single_effects", "singles_seen", "split_combinations",

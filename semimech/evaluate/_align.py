@@ -74,6 +74,20 @@ def perturbation_means(design: Design, labels: Sequence[str] | None = None) -> t
     return tuple(labels), out
 
 
+def cell_counts(design: Design, labels: Sequence[str] | None = None) -> np.ndarray:
+    """Cells behind each perturbation's mean (default: every observed label, control first).
+
+    Pass it as ``num_cells`` to :func:`semimech.predict` so that the ``"observed_mean"`` draws
+    carry the sampling noise of the test pseudobulk: ``predict(fit, test, num_cells=cell_counts(test))``.
+    """
+    labels = design.observed_perturbations() if labels is None else tuple(labels)
+    code = {p: i for i, p in enumerate(design.perturbations)}
+    missing = [lab for lab in labels if lab not in code]
+    if missing:
+        raise DesignError(f"perturbations not in the design: {missing}.")
+    return np.array([design.n_cells[design.perturbation_index == code[lab]].sum() for lab in labels])
+
+
 def control_mean(design: Design) -> np.ndarray:
     """Mean of the design's control rows, ``(genes,)``; raises when there are none."""
     if design.y is None or not np.any(design.perturbation_index == 0):

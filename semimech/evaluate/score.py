@@ -10,7 +10,7 @@ import pandas as pd
 
 from semimech.data.design import Design
 from semimech.errors import PredictionError
-from semimech.evaluate import calibration as cal
+from semimech.evaluate import probabilistic as cal
 from semimech.evaluate import metrics as m
 from semimech.evaluate._align import (
     PointPrediction,
