@@ -188,9 +188,6 @@ def test_jit_and_vmap_over_protocols_of_the_same_structure():
     np.testing.assert_allclose(vm.state, batched.state, rtol=1e-6)
     per = run_many(stack(exps), sigmoid_field, p, x0=jnp.tile(kw["x0"], (4, 1)), media0=kw["media0"])
     np.testing.assert_allclose(per.state, batched.state, rtol=1e-6)
-    # a shared steady start, solved once
-    st = run_many(stack(exps), sigmoid_field, p, x0="steady", media0=jnp.zeros(1))
-    assert st.initial.shape == (4, 3) and bool(jnp.all(st.ok))
 
 
 def test_gradient_through_run_matches_the_closed_form_in_float64():

@@ -16,7 +16,7 @@ from semimech.dynamics.intervention import Intervention
 from semimech.errors import DesignError
 from semimech.protocol.frame import ProtocolGroup, Protocols
 from semimech.protocol.operators import Evolve, Experiment, Measure, Media, Perturb, _unchecked
-from semimech.protocol.run import ProtocolResult, run_many
+from semimech.protocol.run import ProtocolResult, _run_stacked
 
 __all__ = ["build_group", "run_protocols"]
 
@@ -89,26 +89,11 @@ def run_protocols(
     media0,
     **options,
 ) -> ProtocolResult:
-    """Run every unique protocol (one vmapped solve per structure group).
+    """Run every unique protocol: one vmapped solve for all groups with the same number of Evolves.
 
     Returns a :class:`ProtocolResult` whose fields have a leading ``protocols`` axis in
     ``row_protocol`` order: ``result.state[protocols.row_protocol]`` gives each row's state.
     ``x0``, ``media0`` and ``options`` are those of :func:`~semimech.protocol.run`.
     """
-    outs = [
-        run_many(
-            build_group(grp, protocols, interventions=interventions, media=media),
-            field,
-            params,
-            x0=x0,
-            media0=media0,
-            **options,
-        )
-        for grp in protocols.groups
-    ]
-    return ProtocolResult(
-        state=jnp.concatenate([o.state for o in outs]),
-        ok=jnp.concatenate([o.ok for o in outs]),
-        initial=jnp.concatenate([o.initial for o in outs]),
-        batch=None,
-    )
+    experiments = [build_group(grp, protocols, interventions=interventions, media=media) for grp in protocols.groups]
+    return _run_stacked(experiments, field, params, x0=x0, media0=media0, **options)

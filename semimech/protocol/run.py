@@ -17,6 +17,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from semimech.dynamics.intervention import Intervention, compose
@@ -198,31 +199,13 @@ def run(
         ``state``, ``ok``, ``initial``, ``batch``.
     """
     _check(experiment, media0, x0)
-    # Numbers become arrays so that the compiled program is keyed on structure and shapes only;
-    # eager calls with the same structure reuse it, inside a user's jit it simply inlines.
-    experiment = jax.tree.map(jnp.asarray, experiment)
-    solver_opts = (solver, rtol, atol, max_steps, adjoint)
+    x, media, g, opts = _setup(experiment, x0, media0, intervention0, x_guess, solver, rtol, atol, max_steps, adjoint)
+    segments, batch = _segments(experiment, media, g)
     steady = None
     if isinstance(x0, str):
-        steady = (_check_method(steady_method), jnp.asarray(steady_horizon), steady_tol)
-    return _run_jit(experiment, field, params, x0, media0, intervention0, x_guess, solver_opts, steady)
-
-
-@eqx.filter_jit
-def _run_jit(experiment, field, params, x0, media0, intervention0, x_guess, solver_opts, steady):
-    x, media, g, opts = _setup(experiment, x0, media0, intervention0, x_guess, *solver_opts)
-    if steady is not None and steady[0] == "newton":
-        x, ok0 = _steady(field, params, x, media, g, steady, opts)
-        out = _apply(experiment, field, params, x, media, g, opts)
-        return out._replace(ok=out.ok & ok0)
-    # "flow": the steady-state integration is the first segment of the same scan
-    return _apply(experiment, field, params, x, media, g, opts, steady=steady)
-
-
-def _check_method(method: str) -> str:
-    if method not in ("flow", "newton"):
-        raise DesignError(f"steady_method={method!r} not understood; use 'flow' or 'newton'.")
-    return method
+        steady = (_check_method(steady_method), jnp.asarray(steady_horizon, x.dtype), steady_tol)
+    out = _run_segments(segments, field, params, x, (media, g), opts, steady)
+    return out._replace(batch=batch)
 
 
 def _setup(experiment, x0, media0, intervention0, x_guess, solver, rtol, atol, max_steps, adjoint):
@@ -239,7 +222,7 @@ def _setup(experiment, x0, media0, intervention0, x_guess, solver, rtol, atol, m
     media = jnp.asarray(media0, dtype=x.dtype)
     if media.ndim != 1:
         raise DesignError(f"media0 must be a 1-D environment vector, got shape {media.shape}.")
-    g = Intervention.none(n, dtype=x.dtype) if intervention0 is None else intervention0
+    g = Intervention.none(n, dtype=x.dtype) if intervention0 is None else _cast(intervention0, x.dtype)
     if jnp.shape(g.production) != (n,):
         raise DesignError(f"intervention0 acts on {jnp.shape(g.production)} state variables, but the state has {n}.")
     d_rtol, d_atol = _default_tols(x.dtype)
@@ -251,6 +234,54 @@ def _setup(experiment, x0, media0, intervention0, x_guess, solver, rtol, atol, m
         adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
     )
     return x, media, g, opts
+
+
+def _cast(e: Intervention, dtype) -> Intervention:
+    return Intervention(jnp.asarray(e.production, dtype), jnp.asarray(e.clamp_mask, bool), jnp.asarray(e.clamp_value, dtype))
+
+
+def _check_method(method: str) -> str:
+    if method not in ("flow", "newton"):
+        raise DesignError(f"steady_method={method!r} not understood; use 'flow' or 'newton'.")
+    return method
+
+
+def _segments(experiment, media, g):
+    """The (media, edit, duration) in force during each Evolve, stacked along a leading axis.
+
+    Media and Perturb are instantaneous edits of ``(m, g)``, so the segments are known before any
+    integration. The compiled solve then depends only on the number of segments, not on where
+    the edits sit: experiments of different structure share one compiled program.
+    """
+    n, dtype = g.production.shape[0], media.dtype
+    segments, batch = [], None
+    for i, op in enumerate(experiment.ops):
+        if isinstance(op, Media):
+            new = jnp.asarray(op.m, dtype=dtype)
+            if new.shape != media.shape:
+                raise DesignError(
+                    f"Operator {i}: Media has {new.shape[0] if new.ndim else 0} entries, but media0 "
+                    f"has {media.shape[0]}; every environment vector must have the same length."
+                )
+            media = new
+        elif isinstance(op, Perturb):
+            if jnp.shape(op.p.production) != (n,):
+                raise DesignError(
+                    f"Operator {i}: Perturb edits {jnp.shape(op.p.production)} state variables, but the state has {n}."
+                )
+            g = _cast(compose(g, op.p), dtype)
+        elif isinstance(op, Evolve):
+            if jnp.ndim(op.duration) != 0:
+                raise DesignError(
+                    f"Operator {i}: Evolve duration has shape {jnp.shape(op.duration)}; a stacked "
+                    "experiment must be run with run_many (or jax.vmap)."
+                )
+            segments.append((media, g, jnp.asarray(op.duration, dtype)))
+        elif isinstance(op, Measure):
+            batch = op.batch
+    if not segments:
+        return None, batch
+    return jax.tree.map(lambda *a: jnp.stack(a), *segments), batch
 
 
 def _is_steady(field, params, x, media, g, tol):
@@ -271,69 +302,37 @@ def _steady(field, params, x, media, g, steady, opts):
     return x, ok & _is_steady(field, params, x, media, g, tol)
 
 
-def _apply(experiment, field, params, x, media, g, opts, *, steady=None) -> ProtocolResult:
-    """Collect the (media, edit, duration) of every Evolve, then integrate them in one ``lax.scan``.
+def _run_segments_impl(segments, field, params, x, start, opts, steady) -> ProtocolResult:
+    """Integrate the segments in one ``lax.scan`` (one solver loop to compile however many Evolves).
 
-    Media and Perturb are instantaneous edits of ``(m, g)``, so the segments are known before any
-    integration; scanning one diffeqsolve over them compiles a single solver loop however many
-    Evolves (and the optional steady-state segment, ``steady=("flow", horizon, tol)``) there are.
+    Compiled once per (number of segments, shapes, field, options); inside a user's jit it inlines.
+    A ``"flow"`` steady start is one more segment at the head of the same scan.
     """
-    n = x.shape[0]
-    segments = [] if steady is None else [(media, g, jnp.asarray(steady[1], x.dtype))]
-    batch = None
-    for i, op in enumerate(experiment.ops):
-        if isinstance(op, Media):
-            new = jnp.asarray(op.m, dtype=x.dtype)
-            if new.shape != media.shape:
-                raise DesignError(
-                    f"Operator {i}: Media has {new.shape[0] if new.ndim else 0} entries, but media0 "
-                    f"has {media.shape[0]}; every environment vector must have the same length."
-                )
-            media = new
-        elif isinstance(op, Perturb):
-            if jnp.shape(op.p.production) != (n,):
-                raise DesignError(
-                    f"Operator {i}: Perturb edits {jnp.shape(op.p.production)} state variables, but the state has {n}."
-                )
-            g = compose(g, op.p)
-        elif isinstance(op, Evolve):
-            if jnp.ndim(op.duration) != 0:
-                raise DesignError(
-                    f"Operator {i}: Evolve duration has shape {jnp.shape(op.duration)}; a stacked "
-                    "experiment must be run with run_many (or jax.vmap)."
-                )
-            segments.append((media, g, jnp.asarray(op.duration, x.dtype)))
-        elif isinstance(op, Measure):
-            batch = op.batch
-    if not segments:
-        return ProtocolResult(state=x, ok=jnp.asarray(True), initial=x, batch=batch)
-
-    def cast(seg):
-        m, e, d = seg
-        e = Intervention(jnp.asarray(e.production, x.dtype), jnp.asarray(e.clamp_mask, bool), jnp.asarray(e.clamp_value, x.dtype))
-        return m, e, d
-
-    xs = jax.tree.map(lambda *a: jnp.stack(a), *[cast(seg) for seg in segments])
+    ok0 = jnp.asarray(True)
+    lead = 0
+    if steady is not None and steady[0] == "newton":
+        x, ok0 = _steady(field, params, x, *start, steady, opts)
+    elif steady is not None:
+        head = jax.tree.map(lambda a: jnp.asarray(a)[None], (start[0], start[1], steady[1]))
+        segments = head if segments is None else jax.tree.map(lambda h, s: jnp.concatenate([h, s]), head, segments)
+        lead = 1
+    if segments is None:
+        return ProtocolResult(state=x, ok=ok0, initial=x, batch=None)
 
     def step(carry, seg):
         y, ok = carry
         y, ok_i = _integrate(field, params, y, *seg, **opts)
         return (y, ok & ok_i), y
 
-    (x_end, ok), path = jax.lax.scan(step, (x, jnp.asarray(True)), xs)
+    (x_end, ok), path = jax.lax.scan(step, (x, ok0), segments)
     initial = x
-    if steady is not None:
+    if lead:
         initial = path[0]
-        ok = ok & _is_steady(field, params, initial, segments[0][0], segments[0][1], steady[2])
-    return ProtocolResult(state=x_end, ok=ok, initial=initial, batch=batch)
+        ok = ok & _is_steady(field, params, initial, *start, steady[2])
+    return ProtocolResult(state=x_end, ok=ok, initial=initial, batch=None)
 
 
-def _solver_opts(options):
-    unknown = set(options) - {"solver", "rtol", "atol", "max_steps", "adjoint"}
-    if unknown:
-        raise TypeError(f"run_many() got unexpected options {sorted(unknown)}.")
-    return (options.get("solver"), options.get("rtol"), options.get("atol"), options.get("max_steps", 4096),
-            options.get("adjoint"))
+_run_segments = eqx.filter_jit(_run_segments_impl)
 
 
 def run_many(
@@ -349,35 +348,80 @@ def run_many(
     """Run a stacked experiment (see :func:`~semimech.protocol.stack`) with ``jax.vmap``.
 
     ``x0`` may be shared (``"n"``), per experiment (``"experiments n"``) or ``"steady"``; a
-    steady initial state is solved once, outside the vmap, and shared. Options are those of
-    :func:`run`. Every field of the result gains a leading ``experiments`` axis.
+    steady initial state is solved once, outside the vmap, and shared. Options are the keyword
+    options of :func:`run`. Every field of the result gains a leading ``experiments`` axis.
     """
-    _check(experiments, media0, x0)
-    # Compiled once per (structure, shapes, field, options): eager calls then cost one dispatch
-    # instead of re-tracing vmapped diffrax solves; inside a user's jit this simply inlines.
-    experiments = jax.tree.map(jnp.asarray, experiments)
-    return _run_many_jit(experiments, field, params, x0, media0, intervention0, options)
+    return _run_stacked([experiments], field, params, x0=x0, media0=media0, intervention0=intervention0, **options)
+
+
+def _run_stacked(
+    stacked: list[Experiment],
+    field: Callable,
+    params,
+    *,
+    x0,
+    media0,
+    intervention0=None,
+    solver=None,
+    rtol=None,
+    atol=None,
+    max_steps: int = 4096,
+    adjoint=None,
+    x_guess=None,
+    steady_method: str = "flow",
+    steady_horizon: float = 1000.0,
+    steady_tol=None,
+) -> ProtocolResult:
+    """Run several stacked experiments (possibly of different structures) as one batch per
+    segment count, results concatenated in the order given. Each experiment reduces to its
+    (media, edit, duration) segments, so structures with the same number of Evolves share one
+    vmapped, compiled solve."""
+    for e in stacked:
+        _check(e, media0, x0)
+    per = not isinstance(x0, str) and jnp.ndim(x0) == 2
+    x_one = jnp.asarray(x0)[0] if per else x0
+    x, media, g, opts = _setup(stacked[0], x_one, media0, intervention0, x_guess, solver, rtol, atol, max_steps, adjoint)
+    x_all = jnp.asarray(x0, x.dtype) if per else x
+    if any(not jax.tree.leaves(e) for e in stacked):
+        raise DesignError("run_many() needs a stacked experiment with at least one operator carrying numbers (see stack()).")
+    sizes = [jnp.shape(jax.tree.leaves(e)[0])[0] for e in stacked]
+    if per and sum(sizes) != x_all.shape[0]:
+        raise DesignError(f"x0 has {x_all.shape[0]} rows but there are {sum(sizes)} experiments; pass one row per experiment.")
+    steady = None
+    if isinstance(x0, str):
+        steady = (_check_method(steady_method), jnp.asarray(steady_horizon, x.dtype), steady_tol)
+    parts = [jax.vmap(lambda e: _segments(e, media, g)[0])(jax.tree.map(jnp.asarray, e)) for e in stacked]
+    batches = [e.ops[-1].batch for e in stacked]
+    # Merge parts with the same number of segments into one batch.
+    nseg = [0 if p is None else p[2].shape[1] for p in parts]
+    offsets = np.cumsum([0] + sizes)
+    order, results = [], []
+    for k in sorted(set(nseg)):
+        idx = [i for i, n in enumerate(nseg) if n == k]
+        segs = None if k == 0 else jax.tree.map(lambda *a: jnp.concatenate(a), *[parts[i] for i in idx])
+        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in idx])
+        count = len(rows)
+        x_k = x_all[rows] if per else x_all
+        results.append(_run_many_segments(segs, count, field, params, x_k, per, (media, g), opts, steady))
+        order.append(rows)
+    inverse = np.argsort(np.concatenate(order), kind="stable")
+    out = jax.tree.map(lambda *a: jnp.concatenate(a)[inverse], *results)
+    batch = None if all(b is None for b in batches) else (batches[0] if len(batches) == 1 else batches)
+    return out._replace(batch=batch)
 
 
 @eqx.filter_jit
-def _run_many_jit(experiments, field, params, x0, media0, intervention0, options):
-    options = dict(options)
-    steady_keys = ("x_guess", "steady_method", "steady_horizon", "steady_tol")
-    steady_opts = {k: options.pop(k) for k in steady_keys if k in options}
-    if isinstance(x0, str):
-        # The shared steady state is solved once, outside the vmap.
-        x, media, g, opts = _setup(
-            experiments, x0, media0, intervention0, steady_opts.get("x_guess"), *_solver_opts(options)
-        )
-        method = _check_method(steady_opts.get("steady_method", "flow"))
-        steady = (method, steady_opts.get("steady_horizon", 1000.0), steady_opts.get("steady_tol"))
-        x0_arr, ok0 = _steady(field, params, x, media, g, steady, opts)
+def _run_many_segments(segments, count, field, params, x, per, start, opts, steady) -> ProtocolResult:
+    ok0 = jnp.asarray(True)
+    if steady is not None:  # shared by every experiment: solved once, outside the vmap
+        x, ok0 = _steady(field, params, x, *start, steady, opts)
+
+    def one(seg, x_):
+        return _run_segments_impl(seg, field, params, x_, start, opts, None)
+
+    if segments is None:
+        xs = x if per else jnp.broadcast_to(x, (count,) + x.shape)
+        out = ProtocolResult(state=xs, ok=jnp.ones(count, bool), initial=xs, batch=None)
     else:
-        x0_arr, ok0 = jnp.asarray(x0), jnp.asarray(True)
-    x_axis = 0 if x0_arr.ndim == 2 else None
-
-    def one(e, x):
-        return run(e, field, params, x0=x, media0=media0, intervention0=intervention0, **options)
-
-    out = jax.vmap(one, in_axes=(0, x_axis))(experiments, x0_arr)
-    return out._replace(ok=out.ok & ok0)
+        out = jax.vmap(one, in_axes=(0, 0 if per else None))(segments, x)
+    return out._replace(ok=out.ok & ok0, batch=None)
