@@ -7,7 +7,7 @@ import pytest
 
 from semimech.dynamics.intervention import Intervention
 from semimech.errors import DesignError
-from semimech.protocol import Evolve, Experiment, Measure, Media, Perturb, simultaneous, stack
+from semimech.protocol import Evolve, Experiment, Measure, Media, Perturb, schedule, simultaneous, stack
 
 
 def _clamp(n, idx, value):
@@ -131,3 +131,40 @@ def test_operators_built_inside_jit_with_traced_values_skip_validation():
         return e.ops[1].duration * 2.0
 
     assert float(make(jnp.array(-1.0), jnp.ones(2))) == -2.0
+
+
+def test_schedule_turns_timed_events_into_an_experiment():
+    p, m = Perturb(Intervention.none(2)), Media(jnp.ones(1))
+    e = schedule([(0.0, p), (1.5, m)], measure_at=24.0, batch=2)
+    assert e.structure == ("Perturb", "Evolve", "Media", "Evolve", "Measure")
+    assert [op.duration for op in e.ops if isinstance(op, Evolve)] == [1.5, 22.5]
+    assert e.ops[-1].batch == 2
+    lead = schedule([(2.0, m), (2.0, p)], measure_at=3.0, start=-1.0)
+    assert lead.structure == ("Evolve", "Media", "Evolve", "Perturb", "Evolve", "Measure")
+    assert [op.duration for op in lead.ops if isinstance(op, Evolve)] == [3.0, 0.0, 1.0]
+    assert schedule([], measure_at=4.0).structure == ("Evolve", "Measure")
+
+    @jax.jit
+    def traced(t):
+        e = schedule([(0.0, p), (t, m)], measure_at=t + 2.0)
+        return e.ops[1].duration + e.ops[3].duration
+
+    assert float(traced(jnp.array(1.0))) == 3.0
+
+
+@pytest.mark.parametrize(
+    "events, kw, match",
+    [
+        ([(2.0, "P"), (1.0, "M")], {}, r"not sorted \(2.0 then 1.0"),
+        ([(0.0, "P"), (5.0, "M")], dict(measure_at=4.0), r"not sorted \(5.0 then 4.0.*no event after the measurement"),
+        ([(0.0, "P")], dict(start=1.0), "none before start"),
+        ([(float("nan"), "P")], {}, "finite"),
+        ([(0.0, "E")], {}, "pair"),
+        ([0.0], {}, "pair"),
+    ],
+)
+def test_schedule_rejects_unsorted_or_bad_times(events, kw, match):
+    ops = {"P": Perturb(Intervention.none(2)), "M": Media(jnp.ones(1)), "E": Evolve(1.0)}
+    events = [(ev[0], ops[ev[1]]) if isinstance(ev, tuple) else ev for ev in events]
+    with pytest.raises(DesignError, match=match):
+        schedule(events, **({"measure_at": 10.0} | kw))

@@ -7,7 +7,7 @@
 
 from semimech.protocol.frame import ORDERS, ProtocolGroup, Protocols, protocols_from_frame
 from semimech.protocol.groups import build_group, run_protocols
-from semimech.protocol.operators import Evolve, Experiment, Measure, Media, Perturb, simultaneous, stack
+from semimech.protocol.operators import Evolve, Experiment, Measure, Media, Perturb, schedule, simultaneous, stack
 from semimech.protocol.run import ProtocolResult, run, run_many
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Evolve",
     "Measure",
     "Experiment",
+    "schedule",
     "simultaneous",
     "stack",
     "ProtocolResult",

@@ -38,7 +38,7 @@ import numpy as np
 from semimech.dynamics.intervention import Intervention, compose
 from semimech.errors import DesignError
 
-__all__ = ["Media", "Perturb", "Evolve", "Measure", "Experiment", "simultaneous", "stack"]
+__all__ = ["Media", "Perturb", "Evolve", "Measure", "Experiment", "schedule", "simultaneous", "stack"]
 
 
 def _is_concrete(value) -> bool:
@@ -318,3 +318,61 @@ def stack(experiments: Sequence[Experiment]) -> Experiment:
         if len(shapes) != 1:
             raise DesignError(f"stack(): leaf {k} has differing shapes {sorted(shapes)} across experiments.")
     return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *experiments)
+
+
+def schedule(events: Sequence[tuple[Any, Media | Perturb]], *, measure_at, start=None, batch=None) -> Experiment:
+    """An experiment from timed events on one clock: ``[(t, Perturb(p)), (t2, Media(m))]``.
+
+    Parameters
+    ----------
+    events
+        ``(time, operator)`` pairs in non-decreasing time order (ties keep their order); the
+        operators are the instantaneous ones, :class:`Media` and :class:`Perturb`.
+    measure_at
+        Clock time of the :class:`Measure`; not before the last event.
+    start
+        Clock time of the initial state; adds a leading ``Evolve`` up to the first event.
+        Default: the initial state is the state at the first event.
+    batch
+        Passed to :class:`Measure`.
+
+    Returns
+    -------
+    ``event >> Evolve(gap) >> event >> ... >> Evolve(until measure_at) >> Measure(batch)``.
+    """
+    events = list(events)
+    for i, ev in enumerate(events):
+        if not (isinstance(ev, tuple) and len(ev) == 2 and isinstance(ev[1], (Media, Perturb))):
+            raise DesignError(f"schedule(): event {i} must be a (time, Media | Perturb) pair, got {ev!r}.")
+    times = [t for t, _ in events] + [measure_at]
+    if start is not None:
+        times = [start] + times
+    if all(_is_concrete(t) for t in times):
+        arr = np.asarray(times, dtype=float)
+        if not np.all(np.isfinite(arr)):
+            raise DesignError(f"schedule(): times must be finite, got {arr.tolist()}.")
+        back = np.flatnonzero(np.diff(arr) < 0)
+        if back.size:
+            j = int(back[0])
+            raise DesignError(
+                f"schedule(): times are not sorted ({arr[j]} then {arr[j + 1]}; "
+                + ("start, events, measure_at" if start is not None else "events, then measure_at")
+                + "). List events in time order, with no event after the measurement"
+                + (" and none before start." if start is not None else ".")
+            )
+    ops: list = []
+    if start is not None and events:
+        ops.append(Evolve(_diff(events[0][0], start)))
+    for i, (t, op) in enumerate(events):
+        ops.append(op)
+        t_next = events[i + 1][0] if i + 1 < len(events) else measure_at
+        ops.append(Evolve(_diff(t_next, t)))
+    if not events:
+        ops.append(Evolve(_diff(measure_at, 0.0 if start is None else start)))
+    return Experiment(tuple(ops) + (Measure(batch),))
+
+
+def _diff(a, b):
+    if _is_concrete(a) and _is_concrete(b):
+        return float(np.asarray(a, dtype=float) - np.asarray(b, dtype=float))
+    return jnp.asarray(a) - jnp.asarray(b)
