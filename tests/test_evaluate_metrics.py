@@ -11,6 +11,7 @@ from semimech.evaluate import (
     l2,
     mse_top_de,
     pearson_delta,
+    rmse,
     top_de_genes,
     top_expressed_genes,
 )
@@ -107,3 +108,10 @@ def test_shape_mismatch_is_a_clear_error():
         l2(np.zeros((2, 3)), np.zeros((2, 4)))
     with pytest.raises(PredictionError, match="at least two centroids"):
         centroid_accuracy(np.zeros((1, 2)), np.zeros((1, 2)), [0])
+
+
+def test_rmse_is_l2_over_root_genes():
+    truth = np.zeros((1, 4))
+    pred = np.array([[1.0, -1.0, 1.0, -1.0]])
+    np.testing.assert_allclose(rmse(truth, pred), [1.0])
+    np.testing.assert_allclose(rmse(truth, pred, genes=[0, 1]), [1.0])

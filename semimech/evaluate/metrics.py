@@ -13,7 +13,7 @@ from scipy.spatial.distance import cdist
 
 from semimech.errors import PredictionError
 
-__all__ = ["centroid_accuracy", "direction_accuracy", "energy_distance", "l2", "mse_top_de", "pearson_delta",
+__all__ = ["centroid_accuracy", "direction_accuracy", "energy_distance", "l2", "mse_top_de", "pearson_delta", "rmse",
            "top_de_genes", "top_expressed_genes"]
 
 Matrix = Float[np.ndarray, "perturbations genes"]
@@ -50,6 +50,13 @@ def l2(truth: Matrix, pred: Matrix, *, genes=None) -> np.ndarray:
     if genes is not None:
         truth, pred = truth[:, genes], pred[:, genes]
     return np.sqrt(((truth - pred) ** 2).sum(axis=1))
+
+
+def rmse(truth: Matrix, pred: Matrix, *, genes=None) -> np.ndarray:
+    """Root mean squared error over genes, per perturbation (``l2 / sqrt(genes)``)."""
+    truth, pred = _pair(truth, pred)
+    n = truth.shape[1] if genes is None else len(np.atleast_1d(genes))
+    return l2(truth, pred, genes=genes) / np.sqrt(n)
 
 
 def pearson_delta(truth: Matrix, pred: Matrix, control: Vector) -> np.ndarray:

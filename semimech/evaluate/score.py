@@ -119,13 +119,14 @@ def align(prediction, test: Design, *, kind: str = "observed_mean", reference=No
 
 def score(prediction, test: Design, *, kind: str = "observed_mean", reference=None,
           labels: Sequence[str] | None = None, levels: Sequence[float] = cal.LEVELS, n_de: int = 20,
-          top_expressed: int | None = None) -> pd.DataFrame:
+          top_expressed: int | None = 1000) -> pd.DataFrame:
     """Held-out metrics per perturbation, plus a ``"mean"`` row (the average over perturbations).
 
     Columns
     -------
-    ``l2``: Euclidean distance of point prediction and truth over genes (or the ``top_expressed``
-    genes by control mean, Ahlmann-Eltze et al. 2025 use 1000). ``pearson_delta``: correlation
+    ``l2``: Euclidean distance of point prediction and truth over the ``top_expressed`` genes
+    by control mean (1000 as in Ahlmann-Eltze et al. 2025; all genes when there are fewer or with
+    ``None``). ``rmse``: root mean squared error over all genes. ``pearson_delta``: correlation
     of predicted and observed change from control (GEARS). ``pearson_delta_pert``: the same with
     the mean of the perturbation centroids as reference (Systema). ``mse_top_de``: MSE on the
     ``n_de`` genes with the largest observed change. ``direction``: sign agreement of the changes
@@ -146,6 +147,7 @@ def score(prediction, test: Design, *, kind: str = "observed_mean", reference=No
     own = np.array([a.centroid_labels.index(p) for p in a.perturbations])
     cols = {
         "l2": m.l2(a.truth, a.point, genes=genes),
+        "rmse": m.rmse(a.truth, a.point),
         "pearson_delta": m.pearson_delta(a.truth, a.point, a.control),
         "pearson_delta_pert": m.pearson_delta(a.truth, a.point, pert_centroid),
         "mse_top_de": m.mse_top_de(a.truth, a.point, a.control, n=n_de),
