@@ -59,16 +59,17 @@ def test_linear_steady_state_equals_closed_form_and_scm_solution():
         B, c = _scm()
         p = _linear(B, c)
         edits = _interventions()
+        closed_form = jax.jit(lambda p, e: D.linear_steady_state(p, intervention=e))
         for k in range(4):
             e = jax.tree.map(lambda a: a[k], edits)
             expected = _scm_solution(B, c, np.asarray(e.production), np.asarray(e.clamp_mask), np.asarray(e.clamp_value))
-            closed = D.linear_steady_state(p, intervention=e)
+            closed = closed_form(p, e)
             newton = _newton_linear(p, e)
             assert bool(closed.ok) and bool(newton.ok)
             np.testing.assert_allclose(closed.x, expected, rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(newton.x, expected, rtol=1e-8, atol=1e-10)
         # the control case is the plain SCM (I - B)^-1 c; a different network gives another answer
-        control = D.linear_steady_state(p).x
+        control = closed_form(p, D.Intervention.none(N)).x
         np.testing.assert_allclose(control, np.linalg.solve(np.eye(N) - B, c), rtol=1e-10)
         assert not np.allclose(control, np.linalg.solve(np.eye(N) - B.T, c), rtol=1e-3)
 
@@ -78,11 +79,11 @@ def test_gradient_equals_closed_form_implicit_derivative():
         B, c = _scm(seed=1)
         p = _linear(B, c)
         # x* = (I - B)^-1 c  =>  dx*/dc = (I - B)^-1 ;  d x*_i / dB_kl = [(I-B)^-1]_ik x*_l
-        jac_b = jax.jacobian(lambda b: _newton_linear(p._replace(b=b), D.Intervention.none(N)).x)(p.b)
+        jac_b = jax.jit(jax.jacobian(lambda b: _newton_linear(p._replace(b=b), D.Intervention.none(N)).x))(p.b)
         inv = np.linalg.inv(np.eye(N) - B)
         np.testing.assert_allclose(jac_b, inv, rtol=1e-8)
         x = inv @ c
-        jac_w = jax.jacobian(lambda W: D.linear_steady_state(p._replace(W=W)).x)(p.W)
+        jac_w = jax.jit(jax.jacobian(lambda W: D.linear_steady_state(p._replace(W=W)).x))(p.W)
         np.testing.assert_allclose(jac_w, np.einsum("ik,l->ikl", inv, x), rtol=1e-8, atol=1e-12)
 
 
@@ -124,21 +125,27 @@ def _atan_field(x, a, *, media=None, intervention=None):
     return -jnp.arctan(x - a)
 
 
-def test_fallback_integration_rescues_divergent_newton_and_differentiates():
+def test_fallback_integration_rescues_divergent_newton_vmapped_and_differentiates():
     with jax.enable_x64(True):
+        weights = jnp.array([1.0, 2.0])
+
         @jax.jit
         def solve(a):
-            with_fb = D.steady_state(_atan_field, a, x0=jnp.zeros(2))
-            without = D.steady_state(_atan_field, a, x0=jnp.zeros(2), fallback=False)
-            return with_fb, without
+            def loss(a):
+                ss = D.steady_state(_atan_field, a, x0=jnp.zeros(2))
+                return jnp.sum(ss.x * weights), ss
 
-        a = jnp.array([3.0, 0.5])
-        with_fb, without = solve(a)
-        assert not bool(without.ok)  # negative control: Newton alone fails here
-        assert bool(with_fb.ok)
+            (_, with_fb), grad = jax.vmap(jax.value_and_grad(loss, has_aux=True))(a)
+            without = jax.vmap(lambda a: D.steady_state(_atan_field, a, x0=jnp.zeros(2), fallback=False))(a)
+            return with_fb, without, grad
+
+        # condition 0 needs the fallback (|x0 - a| > 1.39), condition 1 does not
+        a = jnp.array([[3.0, 0.5], [0.2, 0.1]])
+        with_fb, without, grad = solve(a)
+        assert not bool(without.ok[0]) and bool(without.ok[1])  # negative control: Newton alone fails
+        assert bool(jnp.all(with_fb.ok))
         np.testing.assert_allclose(with_fb.x, a, rtol=1e-9)
-        grad = jax.jit(jax.grad(lambda a: jnp.sum(D.steady_state(_atan_field, a, x0=jnp.zeros(2)).x * jnp.array([1.0, 2.0]))))(a)
-        np.testing.assert_allclose(grad, [1.0, 2.0], rtol=1e-8)
+        np.testing.assert_allclose(grad, jnp.broadcast_to(weights, (2, 2)), rtol=1e-8)  # x* = a
 
 
 def test_failing_solves_return_ok_false_inside_jit_with_finite_gradients():
@@ -185,11 +192,6 @@ def test_vmapped_per_condition_solves_match_single_solves():
             e = jax.tree.map(lambda a: a[k], edits)
             expected = _scm_solution(B, c, np.asarray(e.production), np.asarray(e.clamp_mask), np.asarray(e.clamp_value))
             np.testing.assert_allclose(batch.x[k], expected, rtol=1e-8, atol=1e-10)
-        # one condition that needs the fallback does not spoil the others
-        a = jnp.array([[3.0, 0.5], [0.2, 0.1]])
-        out = jax.jit(jax.vmap(lambda a: D.steady_state(_atan_field, a, x0=jnp.zeros(2))))(a)
-        assert bool(jnp.all(out.ok))
-        np.testing.assert_allclose(out.x, a, rtol=1e-9)
         with pytest.raises(SemimechError, match="must be batched"):
             D.steady_states(D.linear_field, p, interventions=D.Intervention.none(N))
 

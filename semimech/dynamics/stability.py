@@ -19,7 +19,7 @@ from jaxtyping import Array, Bool, Complex, Float, Int
 from semimech._rng import as_key
 from semimech.dynamics import _diffrax
 from semimech.dynamics.intervention import Intervention
-from semimech.dynamics.steady_state import _newton, _prepare, _stop, default_tolerances
+from semimech.dynamics.steady_state import _integration_tolerances, _newton, _prepare, _stop, default_tolerances
 from semimech.errors import SemimechError
 
 __all__ = ["Attractors", "attractors", "eigenvalues", "is_stable", "jacobian", "spectral_abscissa"]
@@ -175,8 +175,7 @@ def attractors(
 
     def settle_once(x_start, run):
         x_int, reached = _diffrax.integrate_to_steady_state(
-            g, x_start, theta, run=run, solver=solver, rtol=10 * rtol, atol=10 * atol,
-            event_rtol=1000 * rtol, event_atol=1000 * atol, max_steps=max_steps,
+            g, x_start, theta, run=run, solver=solver, max_steps=max_steps, **_integration_tolerances(rtol, atol)
         )
         x_pol, polished = _newton(g, jnp.where(reached, x_int, x_start), theta, rtol=rtol, atol=atol, max_steps=64)
         # Newton from a settled point stays on its attractor; keep the integrated point if the

@@ -134,6 +134,17 @@ def _finish(g, x_star, theta, solved, *, rtol, atol, check_stability):
     return SteadyState(x=x, ok=ok, residual=residual)
 
 
+def _integration_tolerances(rtol: float, atol: float) -> dict:
+    """Step-size controller and steady-state-event tolerances for integrating to a fixed point.
+
+    The event must be looser than the controller (an equal tolerance may never fire) and need
+    not be tight (Newton polishes the end point): event ``min(1000 tol, 1e-3)``, controller
+    ``min(10 tol, event / 10)``; 1e-6/1e-8 in float64, 1e-3/1e-4 in float32.
+    """
+    ev_r, ev_a = min(1000 * rtol, 1e-3), min(1000 * atol, 1e-3)
+    return dict(rtol=min(10 * rtol, ev_r / 10), atol=min(10 * atol, ev_a / 10), event_rtol=ev_r, event_atol=ev_a)
+
+
 def _newton(g, x0, args, *, rtol, atol, max_steps):
     # Cauchy termination: stop when the step is below atol + rtol |x| and |f| below atol.
     # (The alternative rate-based test declared divergence after two steps on smooth problems.)
@@ -160,7 +171,7 @@ def steady_state(
     """Fixed point of ``field`` under ``intervention``; differentiable, never raises under jit.
 
     Newton's method (optimistix) from ``x0``; where it fails and ``fallback`` is True, the ODE
-    is integrated from ``x0`` until a steady-state event (tolerance 100x looser) and Newton
+    is integrated from ``x0`` until a steady-state event (a looser tolerance) and Newton
     polishes the end point. Under ``vmap`` the integration runs only if some member needs it,
     and costs steps only for those members.
 
@@ -219,8 +230,8 @@ def steady_state(
             def work(carry):
                 x_star, solved = carry
                 x_int, reached = _diffrax.integrate_to_steady_state(
-                    g, start, theta_sg, run=~first & ~solved, solver=fallback_solver, rtol=10 * rtol,
-                    atol=10 * atol, event_rtol=1000 * rtol, event_atol=1000 * atol, max_steps=fallback_max_steps,
+                    g, start, theta_sg, run=~first & ~solved, solver=fallback_solver,
+                    max_steps=fallback_max_steps, **_integration_tolerances(rtol, atol),
                 )
                 x_try, ok_try = _newton(
                     g, jnp.where(first, start, jnp.where(reached, x_int, x_star)), theta_sg,
