@@ -41,7 +41,7 @@ def _diagonal(ax, x, y):
 
 def predicted_vs_observed(prediction, test: Design, *, kind: str = "observed_mean", prob: float = 0.9,
                           labels: Sequence[str] | None = None, pooled: bool = False, reference=None,
-                          max_panels: int = 16):
+                          batch: str | None = None, max_panels: int = 16):
     """Predicted vs observed change from control, one point per gene, with predictive intervals.
 
     Parameters
@@ -53,12 +53,12 @@ def predicted_vs_observed(prediction, test: Design, *, kind: str = "observed_mea
         The held-out design (truth = its pseudobulk means).
     pooled
         One panel for all perturbations (coloured) instead of one panel per perturbation.
-    reference
-        Control reference as in :func:`semimech.evaluate.align`.
+    reference, batch
+        Control reference and batch (context) as in :func:`semimech.evaluate.align`.
     max_panels
         At most this many perturbations are drawn (the first ones).
     """
-    a = align(prediction, test, kind=kind, reference=reference, labels=labels)
+    a = align(prediction, test, kind=kind, reference=reference, labels=labels, batch=batch)
     n = min(len(a.perturbations), max_panels)
     obs = a.truth[:n] - a.control
     pred = a.point[:n] - a.control

@@ -89,3 +89,21 @@ def test_baselines_accept_a_test_design_and_refuse_unknown_targets(tiny):
         assert p.perturbations == ("A+B",) and p.model == name and np.all(np.isfinite(p.values))
     with pytest.raises(DesignError, match="not a target"):
         additive(train, ["A+Z"])
+
+
+def test_effects_are_taken_within_batches_and_transferred_to_a_batch():
+    # b1: control (0, 0) x1, A (1, 0) x3; b2: control (10, 10) x3, A (11, 10) x1. Pooled means
+    # would confound batch with perturbation (A - control = (-4, -5)); within batches A adds (1, 0).
+    from semimech.evaluate import perturbation_effects
+
+    rows = [("control", "b1", 0, 0)] + [("A", "b1", 1, 0)] * 3 + [("control", "b2", 10, 10)] * 3 + [("A", "b2", 11, 10)]
+    frame = pd.DataFrame(rows, columns=["p", "b", "g1", "g2"], index=[f"r{i}" for i in range(8)])
+    d = sm.Design.from_frame(frame, readouts=["g1", "g2"], perturbation_key="p", control="control", batch_key="b",
+                             counts=False)
+    labels, eff = perturbation_effects(d)
+    np.testing.assert_allclose(eff[labels.index("A")], [1.0, 0.0])
+    np.testing.assert_allclose(additive(d, ["A"], batch="b2").values, [[11.0, 10.0]])
+    np.testing.assert_allclose(no_change(d, ["A"], batch="b1").values, [[0.0, 0.0]])
+    np.testing.assert_allclose(train_mean(d, ["A"], batch="b1").values, [[1.0, 0.0]])
+    with pytest.raises(DesignError, match="not a batch"):
+        no_change(d, ["A"], batch="b3")

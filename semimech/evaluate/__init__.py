@@ -3,7 +3,13 @@
 Pure numpy/pandas on top of :class:`semimech.Design` and :class:`semimech.Prediction`.
 """
 
-from semimech.evaluate._align import PointPrediction, cell_counts, control_mean, perturbation_means
+from semimech.evaluate._align import (
+    PointPrediction,
+    cell_counts,
+    control_mean,
+    perturbation_effects,
+    perturbation_means,
+)
 from semimech.evaluate.baselines import BASELINES, additive, linear, no_change, single_effects, train_mean
 from semimech.evaluate.probabilistic import (
     LEVELS,
@@ -42,7 +48,7 @@ __all__ = [
     "BASELINES", "LEVELS", "Aligned", "CalibrationReport", "PointPrediction", "additive", "align", "calibration",
     "calibration_report", "cell_counts", "cells_of", "centroid_accuracy", "control_mean", "coverage", "crps", "direction_accuracy",
     "energy_distance", "l2", "leave_one_condition_out", "leave_one_perturbation_out", "leave_one_target_out",
-    "linear", "log_predictive_density", "mse_top_de", "no_change", "pearson_delta", "perturbation_means", "rmse", "pit",
+    "linear", "log_predictive_density", "mse_top_de", "no_change", "pearson_delta", "perturbation_effects", "perturbation_means", "rmse", "pit",
     "pit_histogram", "score", "score_baselines", "score_distribution", "shifted_control_cells", "single_effects", "singles_seen", "split_combinations",
     "split_rows", "top_de_genes", "top_expressed_genes", "train_mean", "transfer",
 ]

@@ -46,26 +46,46 @@ class PointPrediction:
         object.__setattr__(self, "info", MappingProxyType(dict(self.info)))
 
 
-def perturbation_means(design: Design, labels: Sequence[str] | None = None) -> tuple[tuple[str, ...], np.ndarray]:
+def batch_rows(design: Design, batch: str | None) -> np.ndarray:
+    """Boolean mask of the rows in ``batch`` (all rows for ``None``)."""
+    if batch is None:
+        return np.ones(design.n_obs, dtype=bool)
+    if design.batches is None or batch not in design.batches:
+        raise DesignError(f"batch {batch!r} is not a batch of the design (batches: {design.batches}); "
+                          "build the Design with batch_key= to evaluate per batch or context.")
+    return design.batch_index == design.batches.index(batch)
+
+
+def observed_in(design: Design, batch: str | None = None) -> tuple[str, ...]:
+    """Labels with at least one row (in ``batch``), control first."""
+    present = set(np.unique(design.perturbation_index[batch_rows(design, batch)]).tolist())
+    return tuple(p for i, p in enumerate(design.perturbations) if i in present)
+
+
+def perturbation_means(design: Design, labels: Sequence[str] | None = None, *, batch: str | None = None
+                       ) -> tuple[tuple[str, ...], np.ndarray]:
     """Pseudobulk mean per perturbation on the data scale, ``(labels, (perturbations, genes))``.
 
     Rows are weighted by the cells behind them (``n_cells``), so a pseudobulk design gives the
     same means as its single cells. For counts the mean is per unit size factor: summed counts
     divided by summed size factors (the scale of a model's ``mean`` site).
-    ``labels`` default to every observed perturbation, control first.
+    ``labels`` default to every observed perturbation, control first. ``batch`` restricts to the
+    rows of one batch (a cell line or context).
     """
     if design.y is None:
         raise DesignError("a prediction design holds no readouts; pass the test design with data.")
-    observed = design.observed_perturbations()
+    in_batch = batch_rows(design, batch)
+    observed = observed_in(design, batch)
     labels = observed if labels is None else tuple(labels)
     missing = [lab for lab in labels if lab not in observed]
     if missing:
-        raise DesignError(f"perturbations with no rows in the design: {missing}.")
+        where = "" if batch is None else f" in batch {batch!r}"
+        raise DesignError(f"perturbations with no rows{where} in the design: {missing}.")
     code = {p: i for i, p in enumerate(design.perturbations)}
     y = design.dense_y()
     out = np.empty((len(labels), design.n_genes))
     for r, lab in enumerate(labels):
-        rows = design.perturbation_index == code[lab]
+        rows = (design.perturbation_index == code[lab]) & in_batch
         if design.is_counts:
             out[r] = y[rows].sum(0) / design.size_factors[rows].sum()
         else:
@@ -88,12 +108,40 @@ def cell_counts(design: Design, labels: Sequence[str] | None = None) -> np.ndarr
     return np.array([design.n_cells[design.perturbation_index == code[lab]].sum() for lab in labels])
 
 
-def control_mean(design: Design) -> np.ndarray:
-    """Mean of the design's control rows, ``(genes,)``; raises when there are none."""
-    if design.y is None or not np.any(design.perturbation_index == 0):
-        raise DesignError(f"the design has no control ({design.control!r}) rows to serve as reference; "
+def control_mean(design: Design, *, batch: str | None = None) -> np.ndarray:
+    """Mean of the design's control rows (in ``batch``), ``(genes,)``; raises when there are none."""
+    if design.y is None or not np.any((design.perturbation_index == 0) & batch_rows(design, batch)):
+        where = "" if batch is None else f" in batch {batch!r}"
+        raise DesignError(f"the design has no control ({design.control!r}) rows{where} to serve as reference; "
                           "keep controls in every split (the split functions do).")
-    return perturbation_means(design, [design.control])[1][0]
+    return perturbation_means(design, [design.control], batch=batch)[1][0]
+
+
+def perturbation_effects(design: Design) -> tuple[tuple[str, ...], np.ndarray]:
+    """Observed change of each perturbation from control, ``(labels, (perturbations, genes))``.
+
+    Without batches: mean minus control mean. With batches: the change is taken within each
+    batch that has controls (mean in the batch minus that batch's control mean) and averaged
+    over those batches, so that batch or cell-line baselines do not leak into effects; labels
+    seen only in batches without controls use the pooled control.
+    """
+    labels, pooled = perturbation_means(design)
+    if design.batches is None:
+        return labels, pooled - control_mean(design)
+    total = np.zeros_like(pooled)
+    count = np.zeros(len(labels))
+    for b in design.batches:
+        obs = observed_in(design, b) if np.any(batch_rows(design, b)) else ()
+        if design.control not in obs:
+            continue
+        ctrl = control_mean(design, batch=b)
+        bl, bm = perturbation_means(design, obs, batch=b)
+        idx = [labels.index(lab) for lab in bl]
+        total[idx] += bm - ctrl
+        count[idx] += 1
+    fallback = pooled - control_mean(design)
+    eff = np.where(count[:, None] > 0, total / np.maximum(count, 1)[:, None], fallback)
+    return labels, eff
 
 
 def key_of(design: Design, label: str) -> frozenset:
@@ -129,10 +177,12 @@ def align_genes(truth_genes: Sequence[str], have: Sequence[str], *, what: str) -
     return np.asarray([pos[g] for g in truth_genes], dtype=int)
 
 
-def held_out_labels(test: Design, labels: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The perturbations to score: ``labels`` or every observed non-control label of ``test``."""
+def held_out_labels(test: Design, labels: Sequence[str] | None = None, *, batch: str | None = None
+                    ) -> tuple[str, ...]:
+    """The perturbations to score: ``labels`` or every observed non-control label of ``test`` (in ``batch``)."""
     if labels is None:
-        labels = tuple(p for p in test.observed_perturbations() if p != test.control)
+        labels = tuple(p for p in observed_in(test, batch) if p != test.control)
     if len(labels) == 0:
-        raise DesignError("the test design has no perturbed rows to score (only controls).")
+        where = "" if batch is None else f" in batch {batch!r}"
+        raise DesignError(f"the test design has no perturbed rows{where} to score (only controls).")
     return tuple(labels)

@@ -2,8 +2,11 @@
 
 Each baseline takes the training design and the labels to predict (a list, or a test design
 whose non-control labels are used) and returns a :class:`PointPrediction` of means,
-``(perturbations, genes)``, on the data scale. All work on the training pseudobulk means
-(:func:`perturbation_means`: per-perturbation means of the cells).
+``(perturbations, genes)``, on the data scale: a control mean plus a predicted change. Changes
+come from the training pseudobulk (:func:`perturbation_effects`: perturbation mean minus control
+mean, taken within each batch when there are batches). ``batch=`` predicts for one batch or
+context (a cell line): its control mean is the reference, so effects learned in other cell
+lines are *transferred* to it (:func:`semimech.evaluate.transfer`).
 
 Sources
 -------
@@ -23,7 +26,7 @@ import numpy as np
 
 from semimech.data.design import Design
 from semimech.errors import DesignError
-from semimech.evaluate._align import PointPrediction, control_mean, held_out_labels, perturbation_means
+from semimech.evaluate._align import PointPrediction, control_mean, held_out_labels, perturbation_effects
 
 __all__ = ["BASELINES", "additive", "linear", "no_change", "train_mean"]
 
@@ -47,31 +50,35 @@ def _check(train: Design, labels: tuple[str, ...]) -> None:
                                   f"({list(train.targets)[:20]}); split designs with semimech.evaluate splits.")
 
 
-def no_change(train: Design, labels) -> PointPrediction:
-    """Predict the training control mean for every perturbation ("no change")."""
+def no_change(train: Design, labels, *, batch: str | None = None) -> PointPrediction:
+    """Predict the training control mean (of ``batch``) for every perturbation ("no change")."""
     labels = _labels(labels)
-    ctrl = control_mean(train)
+    ctrl = control_mean(train, batch=batch)
     return PointPrediction(labels, train.genes, np.tile(ctrl, (len(labels), 1)), "no_change")
 
 
-def train_mean(train: Design, labels) -> PointPrediction:
-    """Predict the mean of the training perturbation means (controls excluded), equal weight each."""
+def train_mean(train: Design, labels, *, batch: str | None = None) -> PointPrediction:
+    """Predict the mean of the training perturbations (controls excluded, equal weight each).
+
+    Without batches this is the mean of the training perturbation means; in general it is the
+    control mean plus the average training change.
+    """
     labels = _labels(labels)
-    obs, means = perturbation_means(train)
+    obs, eff = perturbation_effects(train)
     pert = [i for i, p in enumerate(obs) if p != train.control]
     if not pert:
         raise DesignError("the training design has no perturbed rows; train_mean needs some.")
-    return PointPrediction(labels, train.genes, np.tile(means[pert].mean(0), (len(labels), 1)), "train_mean")
+    value = control_mean(train, batch=batch) + eff[pert].mean(0)
+    return PointPrediction(labels, train.genes, np.tile(value, (len(labels), 1)), "train_mean")
 
 
 def single_effects(train: Design) -> dict[str, np.ndarray]:
     """Observed effect of each target perturbed alone in training: single mean minus control mean."""
-    obs, means = perturbation_means(train)
-    ctrl = control_mean(train)
-    return {train.targets_of(p)[0]: means[i] - ctrl for i, p in enumerate(obs) if len(train.targets_of(p)) == 1}
+    obs, eff = perturbation_effects(train)
+    return {train.targets_of(p)[0]: eff[i] for i, p in enumerate(obs) if len(train.targets_of(p)) == 1}
 
 
-def additive(train: Design, labels) -> PointPrediction:
+def additive(train: Design, labels, *, batch: str | None = None) -> PointPrediction:
     """Control mean plus the sum of the observed single-perturbation effects of each target.
 
     ``prediction(A+B) = control + (mean(A) - control) + (mean(B) - control)`` on the data scale
@@ -80,7 +87,7 @@ def additive(train: Design, labels) -> PointPrediction:
     """
     labels = _labels(labels)
     _check(train, labels)
-    ctrl = control_mean(train)
+    ctrl = control_mean(train, batch=batch)
     eff = single_effects(train)
     values = np.tile(ctrl, (len(labels), 1))
     missing = {}
@@ -94,14 +101,16 @@ def additive(train: Design, labels) -> PointPrediction:
 
 
 def linear(train: Design, labels, *, n_components: int = 10, ridge: float = 0.1, embedding: str = "genes",
-           target_embedding: Mapping[str, Sequence[float]] | None = None) -> PointPrediction:
+           target_embedding: Mapping[str, Sequence[float]] | None = None, batch: str | None = None
+           ) -> PointPrediction:
     """The linear model of Ahlmann-Eltze, Huber & Anders (2025), pseudobulk version.
 
     What is implemented (following the paper's ``run_linear_pretrained_model.R`` with
     ``gene_embedding = pert_embedding = "training_data"``, and its double-perturbation variant):
 
     1. ``X``: genes x conditions matrix of training pseudobulk means (control included);
-       ``Y = X - control mean`` (the change).
+       ``Y = X - control mean`` (the change). With batches, ``X = control + change`` with
+       the batch-averaged changes of :func:`perturbation_effects`.
     2. Gene embedding ``G`` (genes x K): the first K principal-component scores of ``X`` with
        genes as observations (each condition column centred), K = ``n_components`` (10),
        capped at the matrix rank.
@@ -116,7 +125,8 @@ def linear(train: Design, labels, *, n_components: int = 10, ridge: float = 0.1,
     4. Solve ``Y ≈ G W P^T + b`` with ``b`` the row means of ``Y`` over the fitted conditions and
        ridge ``λ`` (0.1) on both sides:
        ``W = (G^T G + λI)^-1 G^T (Y - b) P (P^T P + λI)^-1``.
-    5. Predict ``control + b + G W p`` for a perturbation with embedding ``p``.
+    5. Predict ``control + b + G W p`` for a perturbation with embedding ``p`` (``control``: the
+       control mean of ``batch`` when given).
 
     Differences from the paper's code: it uses truncated PCA (irlba); we use an exact SVD. The
     paper's double script embeds singles as twice their row and trains on the first target only
@@ -126,8 +136,9 @@ def linear(train: Design, labels, *, n_components: int = 10, ridge: float = 0.1,
     _check(train, labels)
     if ridge < 0 or n_components < 1:
         raise DesignError("linear needs n_components >= 1 and ridge >= 0.")
-    obs, X = perturbation_means(train)
+    obs, eff = perturbation_effects(train)
     ctrl = control_mean(train)
+    X = ctrl + eff
     Xg = X.T  # genes x conditions
     centred = Xg - Xg.mean(axis=0, keepdims=True)
     U, S, _ = np.linalg.svd(centred, full_matrices=False)
@@ -165,11 +176,12 @@ def linear(train: Design, labels, *, n_components: int = 10, ridge: float = 0.1,
     lam = np.eye(k) * ridge
     W = np.linalg.solve(G.T @ G + lam, G.T @ (Y - b[:, None]) @ P) @ np.linalg.inv(P.T @ P + lam)
     values, unembedded = np.empty((len(labels), train.n_genes)), {}
+    ref = control_mean(train, batch=batch)
     for r, lab in enumerate(labels):
         vec, absent = embed(lab)
         if absent:
             unembedded[lab] = absent
-        values[r] = ctrl + b + G @ W @ vec
+        values[r] = ref + b + G @ W @ vec
     info = {"n_components": k, "embedding": embedding, "ridge": ridge, "fitted_conditions": [obs[i] for i in fitted], "unembedded": unembedded}
     return PointPrediction(labels, train.genes, values, "linear", info)
 

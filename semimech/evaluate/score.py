@@ -18,6 +18,7 @@ from semimech.evaluate._align import (
     align_rows,
     control_mean,
     held_out_labels,
+    observed_in,
     perturbation_means,
 )
 from semimech.evaluate.baselines import BASELINES
@@ -60,7 +61,7 @@ class Aligned:
 
 
 def align(prediction, test: Design, *, kind: str = "observed_mean", reference=None,
-          labels: Sequence[str] | None = None) -> Aligned:
+          labels: Sequence[str] | None = None, batch: str | None = None) -> Aligned:
     """Match a prediction to the test design's truth by perturbation label and gene.
 
     Parameters
@@ -77,9 +78,12 @@ def align(prediction, test: Design, *, kind: str = "observed_mean", reference=No
         (its controls; its perturbations also join the centroids), or a ``(genes,)`` array.
     labels
         Score only these perturbations (default: all held-out ones).
+    batch
+        Score within one batch or context (a cell line): truth, control reference and
+        centroids come from its rows only. Predict for it with ``predict(..., batch=...)``.
     """
-    labels = held_out_labels(test, labels)
-    _, truth = perturbation_means(test, labels)
+    labels = held_out_labels(test, labels, batch=batch)
+    _, truth = perturbation_means(test, labels, batch=batch)
     if isinstance(prediction, PointPrediction):
         have, genes, point, draws = prediction.perturbations, prediction.genes, prediction.values, None
     elif hasattr(prediction, "draws") and hasattr(prediction, "perturbations"):
@@ -95,17 +99,17 @@ def align(prediction, test: Design, *, kind: str = "observed_mean", reference=No
     point = np.asarray(point, float)[np.ix_(rows, cols)]
     if draws is not None:
         draws = draws[:, rows][:, :, cols]
-    centroid_labels, centroids = perturbation_means(test)
+    centroid_labels, centroids = perturbation_means(test, batch=batch)
     if isinstance(reference, Design):
         if tuple(reference.genes) != tuple(test.genes):
             raise PredictionError("the reference design and the test design have different genes; split one Design.")
-        control = control_mean(reference)
-        tl, tm = perturbation_means(reference)
+        control = control_mean(reference, batch=batch)
+        tl, tm = perturbation_means(reference, observed_in(reference, batch), batch=batch)
         extra = [i for i, p in enumerate(tl) if p not in set(centroid_labels)]
         centroid_labels = centroid_labels + tuple(tl[i] for i in extra)
         centroids = np.concatenate([centroids, tm[extra]])
     elif reference is None:
-        control = control_mean(test)
+        control = control_mean(test, batch=batch)
     else:
         control = np.asarray(reference, float)
         if control.shape != (test.n_genes,):
@@ -118,8 +122,8 @@ def align(prediction, test: Design, *, kind: str = "observed_mean", reference=No
 
 
 def score(prediction, test: Design, *, kind: str = "observed_mean", reference=None,
-          labels: Sequence[str] | None = None, levels: Sequence[float] = cal.LEVELS, n_de: int = 20,
-          top_expressed: int | None = 1000) -> pd.DataFrame:
+          labels: Sequence[str] | None = None, batch: str | None = None, levels: Sequence[float] = cal.LEVELS,
+          n_de: int = 20, top_expressed: int | None = 1000) -> pd.DataFrame:
     """Held-out metrics per perturbation, plus a ``"mean"`` row (the average over perturbations).
 
     Columns
@@ -141,7 +145,7 @@ def score(prediction, test: Design, *, kind: str = "observed_mean", reference=No
     perturbation; the control reference is described in :func:`align` (pass the training
     design as ``reference`` to use training controls and centroids).
     """
-    a = align(prediction, test, kind=kind, reference=reference, labels=labels)
+    a = align(prediction, test, kind=kind, reference=reference, labels=labels, batch=batch)
     genes = None if top_expressed is None else m.top_expressed_genes(a.control, top_expressed)
     pert_centroid = a.centroids.mean(0)
     own = np.array([a.centroid_labels.index(p) for p in a.perturbations])
@@ -170,25 +174,29 @@ def score(prediction, test: Design, *, kind: str = "observed_mean", reference=No
 
 
 def score_baselines(train: Design, test: Design, *, baselines: Sequence[str] = tuple(BASELINES),
-                    labels: Sequence[str] | None = None, **score_options) -> pd.DataFrame:
+                    labels: Sequence[str] | None = None, batch: str | None = None, **score_options) -> pd.DataFrame:
     """The :func:`score` table for each baseline (point predictions: probabilistic columns NaN).
 
     Baselines are fitted on ``train`` and predict the held-out labels of ``test``. ``score_options``
     go to :func:`score`; pass the same ``reference`` as for the model's table (``reference=train``
-    adds the training perturbations to the centroids) so that the rows compare.
+    adds the training perturbations to the centroids) so that the rows compare. With ``batch``
+    the baselines predict for that batch (its control plus changes learned in training, e.g.
+    from other cell lines) and are scored within it.
     """
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise PredictionError(f"unknown baselines {unknown}; choose from {list(BASELINES)}.")
-    labels = held_out_labels(test, labels)
-    tables = [score(BASELINES[b](train, labels), test, labels=labels, **score_options) for b in baselines]
+    labels = held_out_labels(test, labels, batch=batch)
+    tables = [score(BASELINES[b](train, labels, batch=batch), test, labels=labels, batch=batch, **score_options)
+              for b in baselines]
     return pd.concat(tables, ignore_index=True)
 
 
 def calibration(prediction, test: Design, *, kind: str = "observed_mean", levels: Sequence[float] = cal.LEVELS,
-                alpha: float = 0.05, labels: Sequence[str] | None = None) -> cal.CalibrationReport:
+                alpha: float = 0.05, labels: Sequence[str] | None = None, batch: str | None = None
+                ) -> cal.CalibrationReport:
     """:func:`calibration_report` of a Prediction's intervals on the held-out perturbations."""
-    a = align(prediction, test, kind=kind, labels=labels)
+    a = align(prediction, test, kind=kind, labels=labels, batch=batch)
     if a.draws is None:
         raise PredictionError("a point prediction has no intervals to calibrate.")
     return cal.calibration_report(a.truth, a.draws, levels=levels, alpha=alpha)
