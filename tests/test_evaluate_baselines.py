@@ -6,7 +6,7 @@ import pytest
 
 import semimech as sm
 from semimech.errors import DesignError
-from semimech.evaluate import BASELINES, additive, linear, no_change, split_rows, train_mean
+from semimech.evaluate import BASELINES, additive, linear, min_single, no_change, split_rows, train_mean
 
 
 @pytest.fixture
@@ -107,3 +107,13 @@ def test_effects_are_taken_within_batches_and_transferred_to_a_batch():
     np.testing.assert_allclose(train_mean(d, ["A"], batch="b1").values, [[1.0, 0.0]])
     with pytest.raises(DesignError, match="not a batch"):
         no_change(d, ["A"], batch="b3")
+
+
+def test_min_single_takes_the_lowest_single_mean_per_gene(tiny):
+    # singles: A (4, 3), B (2, 6), C (0, 0); control (2, 3)
+    p = min_single(tiny, ["A+B", "A+C", "A"])
+    np.testing.assert_allclose(p.values, [[2.0, 3.0], [0.0, 0.0], [4.0, 3.0]])
+    train, _ = split_rows(tiny, np.array([False, False, False, True, False, False]))  # B held out
+    p = min_single(train, ["A+B"])
+    np.testing.assert_allclose(p.values, [[4.0, 3.0]])
+    assert p.info["missing_singles"] == {"A+B": ["B"]}

@@ -124,6 +124,8 @@ def test_bad_split_requests_are_clear_errors(design):
         leave_one_perturbation_out(d, "control")
     with pytest.raises(DesignError, match="not in the design"):
         leave_one_perturbation_out(d, "Z")
+    with pytest.raises(DesignError, match="0, 1 or 2"):
+        split_combinations(d, singles_seen=3)
     with pytest.raises(DesignError, match="not observed combinations"):
         split_combinations(d, test_labels=["A"])
     with pytest.raises(DesignError, match="do not occur"):

@@ -10,7 +10,16 @@ from semimech.evaluate._align import (
     perturbation_effects,
     perturbation_means,
 )
-from semimech.evaluate.baselines import BASELINES, additive, linear, no_change, single_effects, train_mean
+from semimech.evaluate.baselines import (
+    BASELINES,
+    DEFAULT_BASELINES,
+    additive,
+    linear,
+    min_single,
+    no_change,
+    single_effects,
+    train_mean,
+)
 from semimech.evaluate.probabilistic import (
     LEVELS,
     CalibrationReport,
@@ -45,10 +54,10 @@ from semimech.evaluate.splits import (
 )
 
 __all__ = [
-    "BASELINES", "LEVELS", "Aligned", "CalibrationReport", "PointPrediction", "additive", "align", "calibration",
+    "BASELINES", "DEFAULT_BASELINES", "LEVELS", "Aligned", "CalibrationReport", "PointPrediction", "additive", "align", "calibration",
     "calibration_report", "cell_counts", "cells_of", "centroid_accuracy", "control_mean", "coverage", "crps", "direction_accuracy",
     "energy_distance", "l2", "leave_one_condition_out", "leave_one_perturbation_out", "leave_one_target_out",
-    "linear", "log_predictive_density", "mse_top_de", "no_change", "pearson_delta", "perturbation_effects", "perturbation_means", "rmse", "pit",
+    "linear", "log_predictive_density", "min_single", "mse_top_de", "no_change", "pearson_delta", "perturbation_effects", "perturbation_means", "rmse", "pit",
     "pit_histogram", "score", "score_baselines", "score_distribution", "shifted_control_cells", "single_effects", "singles_seen", "split_combinations",
     "split_rows", "top_de_genes", "top_expressed_genes", "train_mean", "transfer",
 ]

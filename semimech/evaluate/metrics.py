@@ -53,7 +53,11 @@ def l2(truth: Matrix, pred: Matrix, *, genes=None) -> np.ndarray:
 
 
 def rmse(truth: Matrix, pred: Matrix, *, genes=None) -> np.ndarray:
-    """Root mean squared error over genes, per perturbation (``l2 / sqrt(genes)``)."""
+    """Root mean squared error over genes, per perturbation (``l2 / sqrt(genes)``).
+
+    The RMSE pooled over perturbations (every perturbation x gene entry, as in the HepG2 task
+    of the shared data README) is ``sqrt(mean(rmse ** 2))`` of these values.
+    """
     truth, pred = _pair(truth, pred)
     n = truth.shape[1] if genes is None else len(np.atleast_1d(genes))
     return l2(truth, pred, genes=genes) / np.sqrt(n)

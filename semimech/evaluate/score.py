@@ -21,7 +21,7 @@ from semimech.evaluate._align import (
     observed_in,
     perturbation_means,
 )
-from semimech.evaluate.baselines import BASELINES
+from semimech.evaluate.baselines import BASELINES, DEFAULT_BASELINES
 
 __all__ = ["Aligned", "align", "calibration", "score", "score_baselines"]
 
@@ -173,7 +173,7 @@ def score(prediction, test: Design, *, kind: str = "observed_mean", reference=No
     return pd.concat([frame, mean_row], ignore_index=True)
 
 
-def score_baselines(train: Design, test: Design, *, baselines: Sequence[str] = tuple(BASELINES),
+def score_baselines(train: Design, test: Design, *, baselines: Sequence[str] = DEFAULT_BASELINES,
                     labels: Sequence[str] | None = None, batch: str | None = None, **score_options) -> pd.DataFrame:
     """The :func:`score` table for each baseline (point predictions: probabilistic columns NaN).
 

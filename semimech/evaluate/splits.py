@@ -170,18 +170,19 @@ def split_combinations(design: Design, *, singles_seen: int = 2, rng_key=None,
 
     Candidates are the observed combinations (two or more targets) whose every target also
     occurs as an observed single perturbation. ``fraction`` of them (all by default) are held out,
-    chosen with ``rng_key``. With ``singles_seen`` below a combination's number of targets,
-    randomly chosen targets of each held-out combination are hidden: their singles, and every
-    other condition that edits them, move to the test set too, so those targets are unseen in
-    training. Use :func:`singles_seen` on the training design to stratify the scores.
+    chosen with ``rng_key``. With ``singles_seen`` below 2, ``2 - singles_seen`` randomly chosen
+    targets of each held-out combination are hidden (the 0/1/2-seen splits of GEARS, defined on
+    doubles; a triple hides as many): their singles, and every other condition that edits them,
+    move to the test set too, so those targets are unseen in training. Use :func:`singles_seen`
+    on the training design to stratify the scores.
 
     Parameters
     ----------
     design
         The design.
     singles_seen
-        How many targets of each held-out combination stay seen in training (2: all of a
-        double's singles seen, the "combinable" task; 1 or 0: one or both hidden).
+        How many of a double's singles stay seen in training (2: all seen, the "combinable"
+        task, nothing hidden; 1 or 0: one or both hidden).
     rng_key
         Int seed or key; needed when ``fraction < 1`` or ``singles_seen`` hides targets.
     test_labels
@@ -192,7 +193,7 @@ def split_combinations(design: Design, *, singles_seen: int = 2, rng_key=None,
     observed = design.observed_perturbations()
     single_of = {design.targets_of(p)[0] for p in observed if len(design.targets_of(p)) == 1}
     combos = [p for p in observed if len(design.targets_of(p)) >= 2]
-    if singles_seen < 0:
+    if singles_seen not in (0, 1, 2):
         raise DesignError(f"singles_seen must be 0, 1 or 2, got {singles_seen}.")
     if test_labels is not None:
         chosen = [str(t) for t in test_labels]
@@ -214,14 +215,13 @@ def split_combinations(design: Design, *, singles_seen: int = 2, rng_key=None,
             candidates = [candidates[i] for i in idx]
         chosen = candidates
     hidden: set[str] = set()
-    needs_hiding = any(len(design.targets_of(p)) > singles_seen for p in chosen)
-    if needs_hiding:
+    if singles_seen < 2:
         if rng_key is None:
             raise DesignError(f"singles_seen={singles_seen} hides targets at random; pass rng_key (an int seed).")
         rng = _rng(rng_key)
         for p in chosen:
             parts = list(design.targets_of(p))
-            k = max(0, len(parts) - singles_seen)
+            k = min(len(parts), 2 - singles_seen)
             already = [t for t in parts if t in hidden]
             rest = [t for t in parts if t not in hidden]
             extra = max(0, k - len(already))
