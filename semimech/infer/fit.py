@@ -158,7 +158,12 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
     optim = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(learning_rate))
     svi = SVI(model, g, optim, Trace_ELBO())
     k_fit, k_draw = jax.random.split(key)
-    result = svi.run(k_fit, num_steps, data, y=y, progress_bar=progress_bar, stable_update=True)
+    try:
+        result = svi.run(k_fit, num_steps, data, y=y, progress_bar=progress_bar, stable_update=True)
+    except RuntimeError as err:
+        if "valid initial parameters" not in str(err):
+            raise
+        raise InferenceError(_NO_INIT) from None
     losses = np.asarray(result.losses)
     _check_losses(losses)
     k_guide, k_det = jax.random.split(k_draw)
@@ -171,10 +176,16 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
                losses=losses)
 
 
-def _deterministic(model, data) -> list[str]:
-    from semimech.infer._sites import trace
+_NO_INIT = (
+    "the model's log density is NaN/inf at every initial point tried. Check the readouts for extreme values, "
+    "that counts are raw counts for 'negbin' and log-normalised values for 'normal', and any custom prior."
+)
 
-    return [n for n, s in trace(model, data).items() if s["type"] == "deterministic"]
+
+def _deterministic(model, data) -> list[str]:
+    from semimech.infer._sites import abstract_trace
+
+    return [n for n, s in abstract_trace(model, data).items() if s[0] == "deterministic"]
 
 
 def _check_losses(losses: np.ndarray) -> None:
@@ -201,7 +212,12 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
                   init_strategy=init_to_median(num_samples=15))
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method=chain_method, progress_bar=progress_bar)
-    mcmc.run(as_key(rng_key), data, y=y, extra_fields=("diverging", "num_steps"))
+    try:
+        mcmc.run(as_key(rng_key), data, y=y, extra_fields=("diverging", "num_steps"))
+    except RuntimeError as err:
+        if "valid initial parameters" not in str(err):
+            raise
+        raise InferenceError(_NO_INIT) from None
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
     extra = mcmc.get_extra_fields(group_by_chain=True)
     stats = {"diverging": np.asarray(extra["diverging"]), "n_steps": np.asarray(extra["num_steps"])}

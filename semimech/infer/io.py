@@ -23,6 +23,8 @@ def save(fit, path) -> None:
               "size_factors": d.size_factors, "n_cells": d.n_cells}
     if d.batch_index is not None:
         arrays["batch_index"] = d.batch_index
+    if d.y_ss is not None:
+        arrays["y_ss"] = d.y_ss
     if fit.losses is not None:
         arrays["losses"] = fit.losses
     for k, v in (fit.sample_stats or {}).items():
@@ -64,7 +66,8 @@ def load(path, *, spec=None):
                     targets=tuple(m["targets"]), target_matrix=arr["target_matrix"], control=m["control"],
                     batches=None if m["batches"] is None else tuple(m["batches"]),
                     batch_index=arr.get("batch_index"), size_factors=arr["size_factors"],
-                    is_counts=m["is_counts"], n_cells=arr["n_cells"], target_sep=m["target_sep"])
+                    is_counts=m["is_counts"], n_cells=arr["n_cells"], target_sep=m["target_sep"],
+                    y_ss=arr.get("y_ss"))
     dt = _arviz.read(path / "posterior.nc")
     post = dt["posterior"]
     samples = {k: np.asarray(post[k].values) for k in meta["dims"]}

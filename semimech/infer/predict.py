@@ -197,7 +197,7 @@ def _align(fit, pdesign: Design, rng_key) -> dict[str, np.ndarray]:
 
 
 def _deterministic_sites(fit) -> set[str]:
-    from semimech.infer._sites import trace
+    from semimech.infer._sites import abstract_trace
 
-    tr = trace(functools.partial(fit.spec.model, **fit.options), fit.design.model_data(), None)
-    return {n for n, s in tr.items() if s["type"] == "deterministic"}
+    tr = abstract_trace(functools.partial(fit.spec.model, **fit.options), fit.design.model_data(), None)
+    return {n for n, s in tr.items() if s[0] == "deterministic"}

@@ -1,0 +1,155 @@
+"""Inference façade: SVI/NUTS smoke, prediction aligned by label, save/load, clear failures."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import semimech as sm
+from semimech.errors import InferenceError, PredictionError
+from semimech.models import additive
+
+
+def test_fit_holds_datatree_with_plate_dims(norman_fit, norman_design):
+    post = norman_fit.idata["posterior"]
+    assert post["effect"].dims == ("chain", "draw", "targets", "genes")
+    assert list(post["effect"].coords["targets"].values) == list(norman_design.targets)
+    assert post["mean"].dims == ("chain", "draw", "perturbations", "genes")
+    assert norman_fit.losses.shape == (300,)
+    d = sm.diagnostics(norman_fit)
+    assert d["method"] == "svi" and d["nan_steps"] == 0 and np.isfinite(d["final_loss"])
+
+
+def test_fit_is_immutable(norman_fit):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        norman_fit.method = "x"
+    with pytest.raises(ValueError):
+        norman_fit.samples["baseline"][0, 0, 0] = 1.0
+
+
+def test_seen_combination_aligned_by_label_in_any_order(norman_fit):
+    p = sm.predict(norman_fit, ["KLF1+SET", "SET+KLF1", "control"], rng_key=3)
+    np.testing.assert_array_equal(p.draws["mean"][:, 0], p.draws["mean"][:, 1])
+    # the control row is the fitted control mean
+    np.testing.assert_allclose(p.draws["mean"][:, 2], norman_fit.flat("mean")[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_unseen_combination_is_additive_plus_interaction(norman_fit):
+    """KLF1+TGFBR2 was never observed: its mean draws are baseline + both effects + fresh interaction."""
+    p = sm.predict(norman_fit, ["KLF1+TGFBR2"], rng_key=4)
+    d = norman_fit.design
+    k, t = d.targets.index("KLF1"), d.targets.index("TGFBR2")
+    eff = norman_fit.flat("effect")
+    additive_part = norman_fit.flat("baseline") + eff[:, k] + eff[:, t]
+    resid = p.draws["mean"][:, 0] - additive_part
+    sd = norman_fit.flat("interaction_sd") * norman_fit.flat("interaction_scale")[:, None] \
+        * np.asarray(d.model_data()["baseline_scale"])
+    z = resid / sd
+    assert abs(z.mean()) < 0.05 and 0.9 < z.std() < 1.1  # fresh standard-normal interaction draws
+    # negative control: a seen double reuses its fitted interaction, not fresh noise
+    q = sm.predict(norman_fit, ["SET+KLF1"], rng_key=4)
+    i = d.perturbations.index("SET+KLF1")
+    np.testing.assert_allclose(q.draws["mean"][:, 0], norman_fit.flat("mean")[:, i], rtol=1e-5, atol=1e-6)
+
+
+def test_prediction_tables(norman_fit):
+    p = sm.predict(norman_fit, ["KLF1+TGFBR2", "control"], rng_key=0, num_cells=100)
+    frame = p.to_frame(kind="observed_mean")
+    assert list(frame.columns) == ["perturbation", "gene", "mean", "sd", "q05", "q25", "q50", "q75", "q95"]
+    assert len(frame) == 2 * 500 and (frame["q05"] <= frame["q95"]).all()
+    a = p.to_anndata()
+    assert a.shape == (2, 500) and "q95" in a.layers
+    lo, hi = p.interval(0.9, kind="observed_mean")
+    assert np.all(hi - lo > 0)
+    # the predictive of an observed pseudobulk is wider than the population mean's
+    assert p.draws["observed_mean"].var(0).mean() > p.draws["mean"].var(0).mean()
+
+
+def test_predict_refuses_what_it_cannot_answer(norman_fit, norman_design):
+    with pytest.raises(sm.errors.DesignError, match="unknown target 'NOPE'"):
+        sm.predict(norman_fit, ["NOPE"], rng_key=0)
+    gene = next(g for g in norman_design.genes if g not in norman_design.targets)
+    with pytest.raises(PredictionError, match="never perturbed in training"):
+        sm.predict(norman_fit, [gene], rng_key=0)
+    other = sm.Design.from_anndata(_subset_genes(norman_design), perturbation_key="perturbation", control="control")
+    with pytest.raises(PredictionError, match="not modelled"):
+        sm.predict(norman_fit, other, rng_key=0)
+
+
+def _subset_genes(design):
+    import anndata as ad
+    import pandas as pd
+
+    X = design.dense_y()[:, :10]
+    obs = pd.DataFrame({"perturbation": [design.perturbations[i] for i in design.perturbation_index]},
+                       index=[f"c{i}" for i in range(design.n_obs)])
+    var = pd.DataFrame(index=[f"X{g}" for g in range(10)])
+    return ad.AnnData(X=X, obs=obs, var=var)
+
+
+def test_save_load_round_trip(norman_fit, tmp_path):
+    norman_fit.save(tmp_path / "fit")
+    back = sm.load(tmp_path / "fit")
+    assert back.spec is norman_fit.spec and back.method == "svi" and dict(back.options) == dict(norman_fit.options)
+    assert set(back.samples) == set(norman_fit.samples)
+    for k in norman_fit.samples:
+        np.testing.assert_array_equal(back.samples[k], norman_fit.samples[k])
+        assert back.dims[k] == norman_fit.dims[k]
+    np.testing.assert_array_equal(back.losses, norman_fit.losses)
+    d0, d1 = norman_fit.design, back.design
+    for f in ("obs_names", "genes", "perturbations", "targets", "control", "batches", "is_counts"):
+        assert getattr(d0, f) == getattr(d1, f)
+    for f in ("perturbation_index", "target_matrix", "size_factors", "n_cells", "y", "y_ss"):
+        np.testing.assert_array_equal(getattr(d0, f), getattr(d1, f))
+    a = sm.predict(norman_fit, ["KLF1+TGFBR2"], rng_key=9).draws["mean"]
+    b = sm.predict(back, ["KLF1+TGFBR2"], rng_key=9).draws["mean"]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nan_losses_are_reported():
+    from semimech.infer.fit import _check_losses
+
+    losses = np.r_[np.linspace(10, 1, 50), np.full(50, np.nan)]
+    with pytest.raises(InferenceError, match="NaN/inf at step 50 .* learning_rate"):
+        _check_losses(losses)
+    _check_losses(np.r_[np.linspace(10, 1, 95), np.nan, np.linspace(1, 0.9, 4)])  # a transient NaN is fine
+
+
+def test_nan_log_density_is_reported(small_counts_adata):
+    import jax.numpy as jnp
+    import numpyro
+    import numpyro.distributions as dist
+
+    def broken(data, *, likelihood="negbin", y=None):
+        with numpyro.plate("genes", data["n_genes"], dim=-1):
+            rate = numpyro.sample("rate", dist.LogNormal(0.0, 1.0))
+        numpyro.factor("broken", jnp.log(-rate.sum()))
+        with numpyro.plate("cells", data["n_obs"], dim=-2), numpyro.plate("genes", data["n_genes"], dim=-1):
+            numpyro.sample("y", dist.Poisson(rate), obs=y)
+
+    spec = sm.ModelSpec(name="broken", model=broken, assumes="nothing")
+    d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control")
+    with pytest.raises(InferenceError, match="NaN/inf at every initial point"):
+        sm.fit_svi(spec, d, rng_key=0, num_steps=20, progress_bar=False)
+
+
+def test_nuts_smoke_with_batches(small_counts_adata):
+    d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control",
+                               batch_key="batch")
+    fit = sm.fit_nuts(additive.SPEC, d, rng_key=1, num_warmup=30, num_samples=30, num_chains=2,
+                      progress_bar=False)
+    diag = sm.diagnostics(fit)
+    assert fit.samples["batch_z"].shape == (2, 30, 2, 8)
+    assert fit.idata["posterior"]["batch_z"].dims == ("chain", "draw", "batches", "genes")
+    assert diag["divergences"] >= 0 and np.isfinite(diag["max_rhat"]) and diag["min_ess_bulk"] > 0
+    assert fit.idata["sample_stats"]["diverging"].shape == (2, 30)
+    assert fit.likelihood == "negbin"
+
+
+def test_rng_key_is_required(norman_fit):
+    with pytest.raises(TypeError):
+        sm.predict(norman_fit, ["KLF1"])  # keyword-only and required
+    with pytest.raises(TypeError, match="rng_key is required"):
+        sm.predict(norman_fit, ["KLF1"], rng_key=None)
