@@ -66,7 +66,10 @@ def test_float32_vmapped_steady_states_and_gradient(n):
 
     ((value, ss), grad), first, per_call = _timed(loss_and_grad, p32.W, p32, edits, target)
     ok = float(jnp.mean(ss.ok))
-    print(f"\n[gpu] n={n} conditions={conditions} float32 value+grad: first {first:.2f}s, then {per_call * 1e3:.2f} ms; ok {ok:.3f}")
+    print(
+        f"\n[gpu] n={n} conditions={conditions} float32 value+grad: first {first:.2f}s, then "
+        f"{per_call * 1e3:.2f} ms; ok {ok:.3f}; max residual {float(jnp.max(ss.residual)):.1e}"
+    )
     assert ok >= 0.95 and bool(jnp.all(jnp.isfinite(grad)))
     with jax.enable_x64(True):
         p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), p64)

@@ -82,6 +82,12 @@ class ProductionDecayParams(NamedTuple):
     M: Float[Array, "n m"] | None = None
 
 
+def _mv(A, v):
+    """``A @ v`` at full float32 precision (GPUs otherwise use TF32, ~1e-3 relative error,
+    which stalls Newton at float32 tolerances)."""
+    return jnp.dot(A, v, precision=jax.lax.Precision.HIGHEST)
+
+
 def _no_edit(intervention: Intervention | None, n: int, dtype) -> Intervention:
     return Intervention.none(n, dtype=dtype) if intervention is None else intervention
 
@@ -123,7 +129,7 @@ def _media_term(M, media, n: int, name: str):
         raise SemimechError(
             f"{name}: M must be (n, m) = ({n}, m) and media (m,); got M {jnp.shape(M)}, media {media.shape}."
         )
-    return M @ media
+    return _mv(M, media)
 
 
 def linear_field(
@@ -157,7 +163,7 @@ def linear_field(
     n = _check_square(params.W, params.b, "linear_field")
     intervention = _no_edit(intervention, n, jnp.result_type(x))
     _check_state(x, intervention, n, "linear_field")
-    drive = params.W @ x + params.b + _media_term(params.M, media, n, "linear_field")
+    drive = _mv(params.W, x) + params.b + _media_term(params.M, media, n, "linear_field")
     dxdt = intervention.production * drive - params.gamma * x
     return apply_clamp(dxdt, x, intervention)
 
@@ -193,6 +199,6 @@ def production_decay_field(
     n = _check_square(params.W, params.b, "production_decay_field")
     intervention = _no_edit(intervention, n, jnp.result_type(x))
     _check_state(x, intervention, n, "production_decay_field")
-    drive = params.W @ x + params.b + _media_term(params.M, media, n, "production_decay_field")
+    drive = _mv(params.W, x) + params.b + _media_term(params.M, media, n, "production_decay_field")
     dxdt = params.alpha * intervention.production * jax.nn.sigmoid(drive) - params.gamma * x
     return apply_clamp(dxdt, x, intervention)

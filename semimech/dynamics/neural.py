@@ -99,7 +99,9 @@ class NeuralField(eqx.Module):
                     "given. Build it with NeuralField(n, n_media=m, ...) or pass media=None."
                 )
             inputs = x
-        return jax.nn.softplus(self.mlp(inputs))
+        # full float32 matmuls: TF32 on GPUs (~1e-3 relative error) stalls Newton in float32
+        with jax.default_matmul_precision("highest"):
+            return jax.nn.softplus(self.mlp(inputs))
 
     def __call__(
         self,

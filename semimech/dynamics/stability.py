@@ -19,12 +19,13 @@ from jaxtyping import Array, Bool, Complex, Float, Int
 from semimech._rng import as_key
 from semimech.dynamics import _diffrax
 from semimech.dynamics.intervention import Intervention
-from semimech.dynamics.steady_state import _integration_tolerances, _newton, _prepare, _stop, default_tolerances
+from semimech.dynamics.steady_state import _integration_tolerances, _newton, _prepare, _stop, default_tolerances, highest_precision
 from semimech.errors import SemimechError
 
 __all__ = ["Attractors", "attractors", "eigenvalues", "is_stable", "jacobian", "spectral_abscissa"]
 
 
+@highest_precision
 def jacobian(
     field: Callable,
     params,
@@ -109,6 +110,7 @@ class Attractors(NamedTuple):
     unique: Bool[Array, ""]
 
 
+@highest_precision
 def attractors(
     field: Callable,
     params,

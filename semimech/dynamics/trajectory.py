@@ -15,7 +15,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from semimech.dynamics import _diffrax
-from semimech.dynamics.steady_state import _float_dtype
+from semimech.dynamics.steady_state import _float_dtype, highest_precision
 from semimech.dynamics.intervention import Intervention
 from semimech.errors import SemimechError
 
@@ -52,6 +52,7 @@ def _check_times(t0, ts) -> None:
         raise SemimechError("trajectory: ts must be non-decreasing and start at or after t0 (integration runs forward in time).")
 
 
+@highest_precision
 def trajectory(
     field: Callable,
     params,
