@@ -223,3 +223,32 @@ def test_inhibitor_combinations_reproduce_shared_readme_on_hepg2():
     assert pooled["no_change"] == pytest.approx(0.427, abs=5e-4)
     assert pooled["additive"] == pytest.approx(0.284, abs=5e-4)
     assert pooled["min_single"] == pytest.approx(0.194, abs=5e-4)
+
+
+def test_counts_truth_is_per_unit_size_factor(small_counts_adata):
+    d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control")
+    assert d.is_counts
+    labels, means = perturbation_means(d, ["A"])
+    rows = d.perturbation_index == d.perturbations.index("A")
+    y = d.dense_y()
+    np.testing.assert_allclose(means[0], y[rows].sum(0) / d.size_factors[rows].sum())
+    np.testing.assert_allclose(perturbation_means(d.pseudobulk(), ["A"])[1], means)  # sums of counts and factors
+    from semimech.evaluate import leave_one_target_out
+
+    train, test = leave_one_target_out(d, "B")
+    table = score_baselines(train, test, baselines=("no_change", "additive"))
+    assert set(table.perturbation) == {"B", "A+B", "mean"} and np.isfinite(table.l2).all()
+
+
+def test_systema_columns_use_training_centroids(cells):
+    from semimech.evaluate import centroid_accuracy, pearson_delta
+
+    train, test = cells
+    _, truth = perturbation_means(test, ["A+B"])
+    pred = PointPrediction(("A+B",), test.genes, truth + 0.05, "near")
+    row = score(pred, test, reference=train).iloc[0]
+    _, tm = perturbation_means(train, ["A", "B"])
+    assert row.pearson_delta_pert == pytest.approx(pearson_delta(truth, pred.values, tm.mean(0))[0])
+    centroids = np.concatenate([truth, tm])
+    assert row.centroid_accuracy == pytest.approx(centroid_accuracy(pred.values, centroids, [0])[0])
+    assert np.isnan(score(pred, test).iloc[0].centroid_accuracy)  # one test centroid: nothing to compare

@@ -44,7 +44,10 @@ class Aligned:
         Reference control mean ``(genes,)``.
     centroids, centroid_labels
         Observed means of every perturbation available (test, plus training when the
-        reference is a design), for centroid accuracy and the perturbed-centroid reference.
+        reference is a design), for centroid accuracy.
+    perturbed_centroid
+        Systema's reference: the mean of the training perturbation means when the reference
+        is a design, else of the test perturbation means, ``(genes,)``.
     model
         Name of the predicting model.
     """
@@ -57,6 +60,7 @@ class Aligned:
     control: np.ndarray
     centroids: np.ndarray
     centroid_labels: tuple[str, ...]
+    perturbed_centroid: np.ndarray
     model: str
 
 
@@ -88,8 +92,11 @@ def align(prediction, test: Design, *, kind: str = "observed_mean", reference=No
         have, genes, point, draws = prediction.perturbations, prediction.genes, prediction.values, None
     elif hasattr(prediction, "draws") and hasattr(prediction, "perturbations"):
         have, genes = prediction.perturbations, prediction.genes
+        if kind not in prediction.draws or "mean" not in prediction.draws:
+            raise PredictionError(f"the prediction has no {kind!r} draws (it has {sorted(prediction.draws)}); for "
+                                  "'observed_mean' predict with num_cells=semimech.evaluate.cell_counts(test).")
         point = np.asarray(prediction.draws["mean"]).mean(0)
-        draws = np.asarray(prediction._get(kind))
+        draws = np.asarray(prediction.draws[kind])
     else:
         raise PredictionError(f"cannot score a {type(prediction).__name__}; pass a semimech.Prediction or a "
                               "PointPrediction from semimech.evaluate baselines.")
@@ -100,11 +107,15 @@ def align(prediction, test: Design, *, kind: str = "observed_mean", reference=No
     if draws is not None:
         draws = draws[:, rows][:, :, cols]
     centroid_labels, centroids = perturbation_means(test, batch=batch)
+    perturbed = centroids[[i for i, p in enumerate(centroid_labels) if p != test.control]].mean(0)
     if isinstance(reference, Design):
         if tuple(reference.genes) != tuple(test.genes):
             raise PredictionError("the reference design and the test design have different genes; split one Design.")
         control = control_mean(reference, batch=batch)
         tl, tm = perturbation_means(reference, observed_in(reference, batch), batch=batch)
+        train_pert = [i for i, p in enumerate(tl) if p != reference.control]
+        if train_pert:
+            perturbed = tm[train_pert].mean(0)
         extra = [i for i, p in enumerate(tl) if p not in set(centroid_labels)]
         centroid_labels = centroid_labels + tuple(tl[i] for i in extra)
         centroids = np.concatenate([centroids, tm[extra]])
@@ -118,7 +129,7 @@ def align(prediction, test: Design, *, kind: str = "observed_mean", reference=No
     keep = [i for i, p in enumerate(centroid_labels) if p != test.control]
     return Aligned(perturbations=labels, genes=tuple(test.genes), truth=truth, point=point, draws=draws,
                    control=control, centroids=centroids[keep], centroid_labels=tuple(centroid_labels[i] for i in keep),
-                   model=str(getattr(prediction, "model", "?")))
+                   perturbed_centroid=perturbed, model=str(getattr(prediction, "model", "?")))
 
 
 def score(prediction, test: Design, *, kind: str = "observed_mean", reference=None,
@@ -132,7 +143,8 @@ def score(prediction, test: Design, *, kind: str = "observed_mean", reference=No
     by control mean (1000 as in Ahlmann-Eltze et al. 2025; all genes when there are fewer or with
     ``None``). ``rmse``: root mean squared error over all genes. ``pearson_delta``: correlation
     of predicted and observed change from control (GEARS). ``pearson_delta_pert``: the same with
-    the mean of the perturbation centroids as reference (Systema). ``mse_top_de``: MSE on the
+    Systema's perturbed centroid as reference (the mean of the training perturbations when
+    ``reference`` is the training design, else of the test perturbations). ``mse_top_de``: MSE on the
     ``n_de`` genes with the largest observed change. ``direction``: sign agreement of the changes
     on those genes. ``centroid_accuracy``: Systema's centroid accuracy against every available
     perturbation centroid. ``coverage_50`` ...: fraction of genes inside the central predictive
@@ -147,19 +159,20 @@ def score(prediction, test: Design, *, kind: str = "observed_mean", reference=No
     """
     a = align(prediction, test, kind=kind, reference=reference, labels=labels, batch=batch)
     genes = None if top_expressed is None else m.top_expressed_genes(a.control, top_expressed)
-    pert_centroid = a.centroids.mean(0)
-    own = np.array([a.centroid_labels.index(p) for p in a.perturbations])
+    own = np.array([a.centroid_labels.index(p) if p in a.centroid_labels else -1 for p in a.perturbations])
+    nan = np.full(len(a.perturbations), np.nan)
+    centroid_acc = nan.copy()
+    if len(a.centroids) > 1 and np.any(own >= 0):
+        centroid_acc[own >= 0] = m.centroid_accuracy(a.point[own >= 0], a.centroids, own[own >= 0])
     cols = {
         "l2": m.l2(a.truth, a.point, genes=genes),
         "rmse": m.rmse(a.truth, a.point),
         "pearson_delta": m.pearson_delta(a.truth, a.point, a.control),
-        "pearson_delta_pert": m.pearson_delta(a.truth, a.point, pert_centroid),
+        "pearson_delta_pert": m.pearson_delta(a.truth, a.point, a.perturbed_centroid),
         "mse_top_de": m.mse_top_de(a.truth, a.point, a.control, n=n_de),
         "direction": m.direction_accuracy(a.truth, a.point, a.control, n=n_de),
-        "centroid_accuracy": (m.centroid_accuracy(a.point, a.centroids, own) if len(a.centroids) > 1
-                              else np.full(len(own), np.nan)),
+        "centroid_accuracy": centroid_acc,
     }
-    nan = np.full(len(a.perturbations), np.nan)
     cov = cal.coverage(a.truth, a.draws, levels) if a.draws is not None else [nan] * len(levels)
     for level, c in zip(levels, cov):
         cols[f"coverage_{int(round(level * 100))}"] = c
