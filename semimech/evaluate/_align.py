@@ -82,15 +82,16 @@ def perturbation_means(design: Design, labels: Sequence[str] | None = None, *, b
         where = "" if batch is None else f" in batch {batch!r}"
         raise DesignError(f"perturbations with no rows{where} in the design: {missing}.")
     code = {p: i for i, p in enumerate(design.perturbations)}
-    y = design.dense_y()
     out = np.empty((len(labels), design.n_genes))
     for r, lab in enumerate(labels):
-        rows = (design.perturbation_index == code[lab]) & in_batch
+        rows = np.flatnonzero((design.perturbation_index == code[lab]) & in_batch)
+        y = design.y[rows]
+        y = y.toarray() if hasattr(y, "toarray") else np.asarray(y, dtype=float)
         if design.is_counts:
-            out[r] = y[rows].sum(0) / design.size_factors[rows].sum()
+            out[r] = y.sum(0) / design.size_factors[rows].sum()
         else:
             w = design.n_cells[rows]
-            out[r] = (w[:, None] * y[rows]).sum(0) / w.sum()
+            out[r] = (w[:, None] * y).sum(0) / w.sum()
     return tuple(labels), out
 
 

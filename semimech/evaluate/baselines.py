@@ -202,7 +202,7 @@ def linear(train: Design, labels, *, n_components: int = 10, ridge: float = 0.1,
     Y = Xg[:, fitted] - ctrl[:, None]
     b = Y.mean(axis=1)
     lam = np.eye(k) * ridge
-    W = np.linalg.solve(G.T @ G + lam, G.T @ (Y - b[:, None]) @ P) @ np.linalg.inv(P.T @ P + lam)
+    W = np.linalg.solve(G.T @ G + lam, G.T @ (Y - b[:, None]) @ P) @ np.linalg.pinv(P.T @ P + lam)
     values, unembedded = np.empty((len(labels), train.n_genes)), {}
     ref = control_mean(train, batch=batch)
     for r, lab in enumerate(labels):
@@ -210,7 +210,8 @@ def linear(train: Design, labels, *, n_components: int = 10, ridge: float = 0.1,
         if absent:
             unembedded[lab] = absent
         values[r] = ref + b + G @ W @ vec
-    info = {"n_components": k, "embedding": embedding, "ridge": ridge, "fitted_conditions": [obs[i] for i in fitted], "unembedded": unembedded}
+    info = {"n_components": k, "embedding": embedding, "ridge": ridge,
+            "fitted_conditions": [obs[i] for i in fitted], "unembedded": unembedded}
     return PointPrediction(labels, train.genes, values, "linear", info)
 
 

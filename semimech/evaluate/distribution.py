@@ -67,7 +67,8 @@ def score_distribution(samples: Mapping[str, np.ndarray], test: Design, *, label
             raise PredictionError(f"no predicted cells for {lab!r}; samples has {list(samples)[:10]}.")
         pred = np.asarray(samples[k], dtype=float)
         if pred.ndim != 2 or pred.shape[1] != test.n_genes:
-            raise PredictionError(f"predicted cells for {lab!r} must be (cells, {test.n_genes} genes), got {pred.shape}.")
+            raise PredictionError(
+                f"predicted cells for {lab!r} must be (cells, {test.n_genes} genes), got {pred.shape}.")
         obs = _subsample(cells_of(test, lab), max_cells, rng)
         pred = _subsample(pred, max_cells, rng)
         rows.append({"model": model, "perturbation": lab, "energy_distance": energy_distance(obs, pred),

@@ -32,7 +32,8 @@ def _check(truth, draws) -> tuple[np.ndarray, np.ndarray]:
     if draws.ndim == 2:
         draws = draws[:, None, :] if truth.shape[0] == 1 else draws[:, :, None]
     if draws.ndim != 3 or draws.shape[1:] != truth.shape:
-        raise PredictionError(f"draws {draws.shape} must be (draws, perturbations, genes) matching truth {truth.shape}.")
+        raise PredictionError(
+            f"draws {draws.shape} must be (draws, perturbations, genes) matching truth {truth.shape}.")
     if draws.shape[0] < 2:
         raise PredictionError("probabilistic scores need at least 2 predictive draws; a point prediction has none.")
     return truth, draws
