@@ -262,9 +262,10 @@ _register(Experiment, ("ops",))
 def simultaneous(*perturbs: Perturb) -> Perturb:
     """Combine several edits applied at the same instant into one :class:`Perturb`.
 
-    Simultaneous edits commute as edits (production scales multiply), so the argument order does
-    not matter; two clamps of the same variable to different values do not commute and are
-    rejected (when the values are concrete).
+    Simultaneous edits commute as edits (production scales multiply, clamps unite), so the
+    result is the same for every argument order (up to rounding of the products). Two clamps of
+    the same variable to different values do not commute and are rejected (when the values are
+    concrete).
     """
     if not perturbs:
         raise DesignError("simultaneous() needs at least one Perturb.")
@@ -289,7 +290,9 @@ def simultaneous(*perturbs: Perturb) -> Perturb:
     p = perturbs[0].p
     for op in perturbs[1:]:
         p = compose(p, op.p)
-    return Perturb(p)
+    # canonical form: clamp values are meaningless where nothing is clamped, so zero them there
+    # (otherwise they would depend on the argument order)
+    return Perturb(p._replace(clamp_value=jnp.where(p.clamp_mask, p.clamp_value, jnp.zeros_like(p.clamp_value))))
 
 
 def stack(experiments: Sequence[Experiment]) -> Experiment:

@@ -10,7 +10,7 @@ failed or non-finite solve sets ``ok=False`` and returns a finite fallback state
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import diffrax
@@ -23,7 +23,7 @@ from jaxtyping import Array, Bool, Float
 from semimech.dynamics.intervention import Intervention, compose
 from semimech.dynamics.steady_state import steady_state
 from semimech.errors import DesignError
-from semimech.protocol.operators import Evolve, Experiment, Measure, Media, Perturb
+from semimech.protocol.operators import Evolve, Experiment, Measure, Media, Perturb, stack
 
 __all__ = ["ProtocolResult", "run", "run_many"]
 
@@ -336,7 +336,7 @@ _run_segments = eqx.filter_jit(_run_segments_impl)
 
 
 def run_many(
-    experiments: Experiment,
+    experiments: Experiment | Sequence[Experiment],
     field: Callable,
     params,
     *,
@@ -345,13 +345,38 @@ def run_many(
     intervention0: Intervention | None = None,
     **options,
 ) -> ProtocolResult:
-    """Run a stacked experiment (see :func:`~semimech.protocol.stack`) with ``jax.vmap``.
+    """Run many experiments with ``jax.vmap``: one compiled solve per number of Evolves.
 
-    ``x0`` may be shared (``"n"``), per experiment (``"experiments n"``) or ``"steady"``; a
-    steady initial state is solved once, outside the vmap, and shared. Options are the keyword
-    options of :func:`run`. Every field of the result gains a leading ``experiments`` axis.
+    Parameters
+    ----------
+    experiments
+        A stacked experiment (see :func:`~semimech.protocol.stack`), or a list of experiments of
+        any structures (stacked per structure here; results come back in list order).
+    field, params, x0, media0, intervention0, options
+        As for :func:`run`. ``x0`` may be shared (``"n"``), per experiment (``"experiments n"``)
+        or ``"steady"``: a steady initial state is solved once, outside the vmap, and shared.
+
+    Returns
+    -------
+    ProtocolResult
+        Every field has a leading ``experiments`` axis.
     """
-    return _run_stacked([experiments], field, params, x0=x0, media0=media0, intervention0=intervention0, **options)
+    if isinstance(experiments, Experiment):
+        return _run_stacked([experiments], field, params, x0=x0, media0=media0, intervention0=intervention0, **options)
+    experiments = list(experiments)
+    if not experiments or not all(isinstance(e, Experiment) for e in experiments):
+        raise DesignError("run_many() needs a stacked Experiment or a non-empty list of Experiments.")
+    groups: dict = {}
+    for i, e in enumerate(experiments):
+        key = (jax.tree.structure(e), tuple(jnp.shape(leaf) for leaf in jax.tree.leaves(e)))
+        groups.setdefault(key, []).append(i)
+    order = np.concatenate([np.asarray(idx) for idx in groups.values()])
+    stacked = [stack([experiments[i] for i in idx]) for idx in groups.values()]
+    if not isinstance(x0, str) and jnp.ndim(x0) == 2:
+        x0 = jnp.asarray(x0)[order]
+    out = _run_stacked(stacked, field, params, x0=x0, media0=media0, intervention0=intervention0, **options)
+    inverse = np.argsort(order, kind="stable")
+    return jax.tree.map(lambda a: a[inverse], out)
 
 
 def _run_stacked(
@@ -392,6 +417,8 @@ def _run_stacked(
         steady = (_check_method(steady_method), jnp.asarray(steady_horizon, x.dtype), steady_tol)
     parts = [jax.vmap(lambda e: _segments(e, media, g)[0])(jax.tree.map(jnp.asarray, e)) for e in stacked]
     batches = [e.ops[-1].batch for e in stacked]
+    if any(b is None for b in batches) and not all(b is None for b in batches):
+        raise DesignError("Some experiments give Measure a batch and some do not; give every Measure a batch or none.")
     # Merge parts with the same number of segments into one batch.
     nseg = [0 if p is None else p[2].shape[1] for p in parts]
     offsets = np.cumsum([0] + sizes)
@@ -406,7 +433,7 @@ def _run_stacked(
         order.append(rows)
     inverse = np.argsort(np.concatenate(order), kind="stable")
     out = jax.tree.map(lambda *a: jnp.concatenate(a)[inverse], *results)
-    batch = None if all(b is None for b in batches) else (batches[0] if len(batches) == 1 else batches)
+    batch = None if batches[0] is None else jnp.concatenate([jnp.atleast_1d(b) for b in batches])
     return out._replace(batch=batch)
 
 
