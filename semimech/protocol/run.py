@@ -412,9 +412,10 @@ def _run_stacked(
     sizes = [jnp.shape(jax.tree.leaves(e)[0])[0] for e in stacked]
     if per and sum(sizes) != x_all.shape[0]:
         raise DesignError(f"x0 has {x_all.shape[0]} rows but there are {sum(sizes)} experiments; pass one row per experiment.")
-    steady = None
-    if isinstance(x0, str):
+    ok0 = jnp.asarray(True)
+    if isinstance(x0, str):  # shared by every experiment: solved once, outside the vmap
         steady = (_check_method(steady_method), jnp.asarray(steady_horizon, x.dtype), steady_tol)
+        x_all, ok0 = _steady_jit(field, params, x, media, g, steady, opts)
     parts = [jax.vmap(lambda e: _segments(e, media, g)[0])(jax.tree.map(jnp.asarray, e)) for e in stacked]
     batches = [e.ops[-1].batch for e in stacked]
     if any(b is None for b in batches) and not all(b is None for b in batches):
@@ -429,26 +430,25 @@ def _run_stacked(
         rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in idx])
         count = len(rows)
         x_k = x_all[rows] if per else x_all
-        results.append(_run_many_segments(segs, count, field, params, x_k, per, (media, g), opts, steady))
+        results.append(_run_many_segments(segs, count, field, params, x_k, per, (media, g), opts))
         order.append(rows)
     inverse = np.argsort(np.concatenate(order), kind="stable")
     out = jax.tree.map(lambda *a: jnp.concatenate(a)[inverse], *results)
     batch = None if batches[0] is None else jnp.concatenate([jnp.atleast_1d(b) for b in batches])
-    return out._replace(batch=batch)
+    return out._replace(ok=out.ok & ok0, batch=batch)
+
+
+_steady_jit = eqx.filter_jit(_steady)
 
 
 @eqx.filter_jit
-def _run_many_segments(segments, count, field, params, x, per, start, opts, steady) -> ProtocolResult:
-    ok0 = jnp.asarray(True)
-    if steady is not None:  # shared by every experiment: solved once, outside the vmap
-        x, ok0 = _steady(field, params, x, *start, steady, opts)
+def _run_many_segments(segments, count, field, params, x, per, start, opts) -> ProtocolResult:
+    """vmap of :func:`_run_segments_impl` over ``count`` experiments (``x`` shared or per experiment)."""
 
     def one(seg, x_):
         return _run_segments_impl(seg, field, params, x_, start, opts, None)
 
     if segments is None:
         xs = x if per else jnp.broadcast_to(x, (count,) + x.shape)
-        out = ProtocolResult(state=xs, ok=jnp.ones(count, bool), initial=xs, batch=None)
-    else:
-        out = jax.vmap(one, in_axes=(0, 0 if per else None))(segments, x)
-    return out._replace(ok=out.ok & ok0, batch=None)
+        return ProtocolResult(state=xs, ok=jnp.ones(count, bool), initial=xs, batch=None)
+    return jax.vmap(one, in_axes=(0, 0 if per else None))(segments, x)
