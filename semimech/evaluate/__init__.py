@@ -1,6 +1,30 @@
 """Held-out evaluation: splits, baselines, metrics, calibration, one scoring table.
 
-Pure numpy/pandas on top of :class:`semimech.Design` and :class:`semimech.Prediction`.
+Pure numpy/pandas on top of :class:`semimech.Design` and :class:`semimech.Prediction`::
+
+    import semimech as sm
+    from semimech import evaluate as ev
+    from semimech.models import additive
+
+    design = sm.Design.from_anndata(sm.datasets.norman19_devel(), perturbation_key="perturbation",
+                                    control="control")
+    train, test = ev.split_combinations(design)          # held-out doubles, both singles seen
+    fit = sm.fit_svi(additive.SPEC, train.pseudobulk(), rng_key=0, num_steps=2000)
+    pred = sm.predict(fit, test, rng_key=1, num_cells=ev.cell_counts(test))
+    table = pd.concat([ev.score(pred, test, reference=train),
+                       ev.score_baselines(train, test, reference=train)])
+    print(ev.calibration(pred, test))                   # calibrated / overconfident / underconfident
+
+- splits: :func:`split_combinations` (0/1/2 singles seen), :func:`leave_one_perturbation_out`,
+  :func:`leave_one_target_out`, :func:`leave_one_condition_out`, :func:`transfer`,
+  :func:`split_rows` (controls go to both sides; none left in training is an error).
+- baselines (:data:`BASELINES`): :func:`no_change`, :func:`train_mean`, :func:`additive`,
+  :func:`linear` (Ahlmann-Eltze et al. 2025), :func:`min_single`.
+- metrics on arrays: :func:`l2`, :func:`rmse`, :func:`pearson_delta`, :func:`mse_top_de`,
+  :func:`direction_accuracy`, :func:`centroid_accuracy`, :func:`energy_distance`; from draws:
+  :func:`coverage`, :func:`pit`, :func:`pit_histogram`, :func:`crps`,
+  :func:`log_predictive_density`, :func:`calibration_report`.
+- tables: :func:`score`, :func:`score_baselines`, :func:`score_distribution`, :func:`calibration`.
 """
 
 from semimech.evaluate._align import (
