@@ -222,3 +222,20 @@ def test_bad_run_input_names_the_problem(exp, kw, match):
     with pytest.raises(DesignError, match="needs an Experiment"):
         run(Measure(), linear_field, _linear_params(), x0=jnp.zeros(3), media0=jnp.zeros(1))
     assert isinstance(Experiment((Measure(),)), Experiment)
+
+
+def test_the_packages_production_decay_field_runs_through_a_protocol():
+    """With semimech.dynamics' own field, a knocked-out gene decays exactly as x0 * exp(-gamma t)."""
+    from semimech.dynamics import ProductionDecayParams, production_decay_field
+
+    with jax.enable_x64(True):
+        p = ProductionDecayParams(
+            W=jnp.array([[0.0, -2.0], [3.0, 0.0]]), b=jnp.array([0.5, -1.0]), alpha=jnp.array([1.0, 2.0]),
+            gamma=jnp.array([0.8, 1.2]), M=jnp.array([[1.0], [0.0]]),
+        )
+        ko = Intervention.scale(jnp.array([0.0, 1.0]))
+        exp = Media(jnp.ones(1)) >> Evolve(1.0) >> Perturb(ko) >> Evolve(2.5) >> Measure()
+        res = run(exp, production_decay_field, p, x0="steady", media0=jnp.zeros(1), x_guess=jnp.ones(2))
+        assert bool(res.ok)
+        before = run(Media(jnp.ones(1)) >> Evolve(1.0) >> Measure(), production_decay_field, p, x0=res.initial, media0=jnp.zeros(1))
+        np.testing.assert_allclose(res.state[0], before.state[0] * np.exp(-0.8 * 2.5), rtol=1e-7)
