@@ -2,12 +2,13 @@
 
 Pure numpy/pandas on top of :class:`semimech.Design` and :class:`semimech.Prediction`::
 
+    import pandas as pd
     import semimech as sm
     from semimech import evaluate as ev
+    from semimech.datasets import norman19_devel
     from semimech.models import additive
 
-    design = sm.Design.from_anndata(sm.datasets.norman19_devel(), perturbation_key="perturbation",
-                                    control="control")
+    design = sm.Design.from_anndata(norman19_devel(), perturbation_key="perturbation", control="control")
     train, test = ev.split_combinations(design)          # held-out doubles, both singles seen
     fit = sm.fit_svi(additive.SPEC, train.pseudobulk(), rng_key=0, num_steps=2000)
     pred = sm.predict(fit, test, rng_key=1, num_cells=ev.cell_counts(test))
