@@ -216,14 +216,16 @@ def _make_guide(model, guide: str, rank: int):
 
 
 def _train(stream: _Stream, key, num_steps: int, *, guide="normal", learning_rate=0.02, rank=10,
-           progress_bar=False, place: Callable | None = None, place_state: Callable | None = None):
+           progress_bar=False, place_batch: Callable | None = None, place_global: Callable | None = None,
+           out_sharding=None):
     """Run the streamed SVI loop; returns ``(params, losses, guide, timings)``.
 
-    ``place(tree)`` puts a host minibatch on the device(s) (default: ``jax.device_put``);
-    ``place_state`` does the same for the SVI state (sharding replicates it).
+    ``place_batch(tree)`` puts a host minibatch on the device(s) and ``place_global(tree)``
+    the design-level arrays and the SVI state (default: ``jax.device_put`` for both);
+    ``out_sharding`` fixes the sharding of the step's outputs (sharding replicates them).
     """
-    place = place or jax.device_put
-    place_state = place_state or (lambda s: s)
+    place = place_batch or jax.device_put
+    place_global = place_global or jax.device_put
     g = _make_guide(stream.model, guide, rank)
     optim = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(learning_rate))
     svi = SVI(stream.model, g, optim, Trace_ELBO())
@@ -232,7 +234,8 @@ def _train(stream: _Stream, key, num_steps: int, *, guide="normal", learning_rat
     def update(state, globals_, rows, y, cells):
         return svi.stable_update(state, {**static, **globals_, **rows}, y=y, cells=cells)
 
-    step = jax.jit(update, donate_argnums=0)
+    step = jax.jit(update, donate_argnums=0) if out_sharding is None else \
+        jax.jit(update, donate_argnums=0, out_shardings=out_sharding)
     k_init, k_rows = jax.random.split(key)
     batches = _indices(stream.n_obs, stream.batch_size, np.asarray(k_rows))
     capacity, recompiles = 0, 0
@@ -245,12 +248,14 @@ def _train(stream: _Stream, key, num_steps: int, *, guide="normal", learning_rat
             if need > capacity:  # grow with headroom, so new shapes (recompiles) stay rare
                 capacity = max(256, -(-int(need * 1.15) // 256) * 256)
                 recompiles += 1
-        return place(_batch(stream, idx, capacity))
+        return _batch(stream, idx, capacity)
 
-    globals_ = place(stream.globals_)
     t0 = time.perf_counter()
-    rows, y, cells = next_batch()
-    state = place_state(svi.init(k_init, {**static, **globals_, **rows}, y=y, cells=cells))
+    host = next_batch()
+    rows, y, cells = jax.device_put(host)
+    state = place_global(svi.init(k_init, {**static, **stream.globals_, **rows}, y=y, cells=cells))
+    globals_ = place_global(stream.globals_)
+    rows, y, cells = place(host)
     t_init = time.perf_counter() - t0
     losses = []
     t0 = time.perf_counter()
@@ -261,7 +266,7 @@ def _train(stream: _Stream, key, num_steps: int, *, guide="normal", learning_rat
             loss.block_until_ready()
             t_first = time.perf_counter() - t0
         if i + 1 < num_steps:
-            rows, y, cells = next_batch()  # host work overlaps the device step dispatched above
+            rows, y, cells = place(next_batch())  # host work overlaps the device step dispatched above
         if progress_bar and (i + 1) % max(1, num_steps // 10) == 0:
             print(f"step {i + 1}/{num_steps}  loss {float(loss):.4g}", flush=True)
     losses = np.asarray(jax.device_get(jnp.stack(losses)))

@@ -13,13 +13,25 @@ its sd is ``noise_sd / sqrt(n)``. For ``negbin`` the row is a sum of ``n`` cells
 summed size factor ``s``; a sum of ``n`` independent NB(mu, phi) is NB(n mu, n phi), which we
 use with mean ``s * exp(loc)`` and concentration ``n * phi`` (exact when cells share a size
 factor). Dropout is not modelled separately here: under NB, zeros are the low-mean tail.
+
+Sparse counts: when ``y`` is a :class:`SparseCounts` (a minibatch of CSR rows in padded
+coordinate form, built by :mod:`semimech.infer.stream`), ``observe`` uses
+:class:`SparseNegativeBinomial2`, whose log-probability evaluates ``lgamma`` only on the
+non-zero entries (zero entries have the closed form ``phi * log(phi / (phi + mu))``), and the
+dense rows x genes matrix of counts is never built.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
+from jax.scipy.special import gammaln
+from jaxtyping import Array, Float, Int
+from numpyro.distributions import constraints
 
 LIKELIHOODS = ("normal", "negbin")
 
@@ -59,8 +71,17 @@ def batch_offsets(data, genes_plate):
     return sd * z
 
 
+def total_sd(noise, data):
+    """Gaussian cell-level sd including the readout's resolution floor."""
+    floor = data.get("noise_floor", 0.0) or 0.0
+    return jnp.sqrt(noise**2 + floor**2)
+
+
 def observation_dist(loc, noise, *, likelihood: str, size_factors, n_cells):
-    """The distribution of a row given its latent location ``loc`` (rows, genes)."""
+    """The distribution of a row given its latent location ``loc`` (rows, genes).
+
+    For ``normal``, ``noise`` is the total cell-level sd (:func:`total_sd`).
+    """
     n = n_cells[:, None]
     if likelihood == "normal":
         return dist.Normal(loc, noise / jnp.sqrt(n))
@@ -68,8 +89,80 @@ def observation_dist(loc, noise, *, likelihood: str, size_factors, n_cells):
     return dist.NegativeBinomial2(mean=mean, concentration=noise * n)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SparseCounts:
+    """Count rows in padded coordinate form, split into equal row blocks (a JAX pytree).
+
+    Block ``d`` holds rows ``d * b ... (d + 1) * b - 1`` of the ``shape[0] = D * b`` rows;
+    its non-zeros are ``values[d, k]`` at local row ``rows[d, k]`` and column ``cols[d, k]``;
+    padding has ``mask == 0`` and ``values == 0``. One block per device lets the rows and
+    their non-zeros be sharded together (:mod:`semimech.infer.sharding`).
+    """
+
+    values: Float[Array, "blocks capacity"]
+    rows: Int[Array, "blocks capacity"]
+    cols: Int[Array, "blocks capacity"]
+    mask: Float[Array, "blocks capacity"]
+    shape: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
+
+    def todense(self) -> Float[Array, "rows genes"]:
+        n_blocks = self.values.shape[0]
+        b, G = self.shape[0] // n_blocks, self.shape[1]
+        dense = jax.vmap(lambda r, c, v: jnp.zeros((b, G), v.dtype).at[r, c].add(v))(
+            self.rows, self.cols, self.values * self.mask)
+        return dense.reshape(self.shape)
+
+
+class SparseNegativeBinomial2(dist.Distribution):
+    """NB2 with mean ``exp(log_mean)``; ``log_prob`` of :class:`SparseCounts` needs no dense counts.
+
+    ``log p(y) = phi log(phi / (phi + mu)) + [lgamma(y + phi) - lgamma(phi) - lgamma(y + 1)
+    + y log(mu / (phi + mu))]``; the bracket is zero at ``y = 0``, so it is evaluated on the
+    non-zeros only and scattered onto the dense zero term. A dense ``value`` falls back to
+    :class:`numpyro.distributions.NegativeBinomial2`.
+    """
+
+    arg_constraints = {"log_mean": constraints.real, "concentration": constraints.positive}
+    support = constraints.nonnegative_integer
+    pytree_data_fields = ("log_mean", "concentration")
+
+    def __init__(self, log_mean, concentration, *, validate_args=None):
+        self.log_mean, self.concentration = jnp.broadcast_arrays(log_mean, concentration)
+        super().__init__(batch_shape=jnp.shape(self.log_mean), validate_args=validate_args)
+
+    def _dense(self):
+        return dist.NegativeBinomial2(mean=jnp.exp(self.log_mean), concentration=self.concentration)
+
+    def sample(self, key, sample_shape=()):
+        return self._dense().sample(key, sample_shape)
+
+    def log_prob(self, value):
+        if not isinstance(value, SparseCounts):
+            return self._dense().log_prob(value)
+        lm, phi = self.log_mean, self.concentration
+        log_phi = jnp.log(phi)
+        log_phi_mu = jnp.logaddexp(log_phi, lm)
+        log0 = phi * (log_phi - log_phi_mu)
+        n_blocks = value.values.shape[0]
+        blocks = (n_blocks, lm.shape[0] // n_blocks, lm.shape[1])
+        gather = jax.vmap(lambda a, r, c: a[r, c])
+        v, r, c = value.values, value.rows, value.cols
+        phi_nz = gather(phi.reshape(blocks), r, c)
+        ratio_nz = gather((lm - log_phi_mu).reshape(blocks), r, c)
+        nz = (gammaln(v + phi_nz) - gammaln(phi_nz) - gammaln(v + 1.0) + v * ratio_nz) * value.mask
+        out = jax.vmap(lambda a, r, c, x: a.at[r, c].add(x))(log0.reshape(blocks), r, c, nz)
+        return out.reshape(lm.shape)
+
+    @property
+    def mean(self):
+        return jnp.exp(self.log_mean)
+
+
 def observe(loc, noise, data, *, likelihood: str, y=None):
     """Sample the observed site ``y`` (call inside the ``cells`` and ``genes`` plates).
+
+    ``y`` may be dense rows or :class:`SparseCounts` (NB only; see the module docstring).
 
     For Gaussian pseudobulk rows that carry their within-group sum of squares
     (``data["y_ss"]``, from :meth:`Design.pseudobulk`), the factor ``y_within`` adds the
@@ -78,6 +171,16 @@ def observe(loc, noise, data, *, likelihood: str, y=None):
     """
     sf = jnp.asarray(data["size_factors"])
     n = jnp.asarray(data["n_cells"])
+    if isinstance(y, SparseCounts):
+        if likelihood != "negbin":
+            from semimech.errors import DesignError
+
+            raise DesignError(f"sparse count rows need likelihood='negbin', got {likelihood!r}; pass dense rows otherwise.")
+        fn = SparseNegativeBinomial2(jnp.log(sf)[:, None] + loc, noise * n[:, None])
+        numpyro.sample("y", fn, obs=y)
+        return
+    if likelihood == "normal":
+        noise = total_sd(noise, data)
     numpyro.sample("y", observation_dist(loc, noise, likelihood=likelihood, size_factors=sf, n_cells=n), obs=y)
     if likelihood == "normal" and data.get("y_ss") is not None and y is not None:
         ss = jnp.asarray(data["y_ss"])
