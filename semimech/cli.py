@@ -45,10 +45,17 @@ def demo(*, out: Path, steps: int, draws: int, seed: int, progress: bool = True)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     adata = norman19_devel()
-    design = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control")
+    full = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control")
+    train, _ = evaluate.split_combinations(full, test_labels=NORMAN19_COMBINABLE_DOUBLES)
+    # the 500 genes were chosen on two studies; many are never expressed in K562: model the
+    # genes detected in at least 0.5% of the training cells (chosen without the held-out cells)
+    detected = np.asarray((train.y > 0).mean(axis=0)).ravel() >= 0.005
+    genes = [g for g, keep in zip(full.genes, detected) if keep]
+    design = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control", genes=genes)
     train, test = evaluate.split_combinations(design, test_labels=NORMAN19_COMBINABLE_DOUBLES)
     held_out = [p for p in test.observed_perturbations() if p != design.control]
     print(f"data: Norman 2019 K562 CRISPRa (shipped subset), {design!r}")
+    print(f"modelling the {len(genes)} of {full.n_genes} genes detected in >= 0.5% of training cells")
     print(f"held out {len(held_out)} doubles whose singles are seen: {', '.join(held_out)}")
     print(f"fitting the additive model to the training pseudobulk ({steps} SVI steps)...", flush=True)
     fit = sm.fit_svi(additive.SPEC, train.pseudobulk(), rng_key=seed, num_steps=steps, num_samples=draws,

@@ -268,7 +268,8 @@ class Design:
         ``is_combination`` (perturbations,), ``batch_index`` (rows,) or None, ``n_batches``,
         ``size_factors`` (rows,), ``n_cells`` (rows,), ``n_genes``, ``baseline_loc`` and
         ``baseline_scale`` (genes,) — empirical control summaries used to centre priors on
-        the data's scale (log scale for counts).
+        the data's scale (log scale for counts) — and ``noise_floor``, the resolution of a
+        continuous readout (see :func:`semimech.measurement.observe`).
         """
         data = {
             "perturbation_index": np.asarray(self.perturbation_index),
@@ -283,8 +284,8 @@ class Design:
             "y_ss": None if self.y_ss is None else np.asarray(self.y_ss, dtype=np.float32),
         }
         if self.y is not None:
-            loc, scale = _control_summaries(self)
-            data["baseline_loc"], data["baseline_scale"] = loc, scale
+            loc, scale, floor = _control_summaries(self)
+            data["baseline_loc"], data["baseline_scale"], data["noise_floor"] = loc, scale, floor
         return data
 
     # ------------------------------------------------------------------ derived designs
@@ -441,12 +442,17 @@ def _encode_targets(perturbations, control, sep):
     return targets, tm
 
 
-def _control_summaries(design: Design) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene control location and scale, the same for cells and their pseudobulk.
+def _control_summaries(design: Design) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-gene control location and scale, and the readout's noise floor; the same for cells
+    and their pseudobulk.
 
-    Counts: log of the mean rate (per unit size factor) and scale 1. Continuous: the cell-level
-    mean and sd of the controls (pooled from means and within-group sums of squares when rows
-    are pseudobulks), falling back to all rows' sd where the controls do not vary.
+    Counts: log of the mean rate (per unit size factor), scale 1, floor 0. Continuous: the
+    cell-level mean and sd of the controls (pooled from means and within-group sums of squares
+    when rows are pseudobulks), falling back to all rows' sd where the controls do not vary.
+    The floor is ``s * sqrt(3 / N)`` over all ``N`` cells, with ``s`` the 90th percentile of
+    the genes' cell-level sd (a typical expressed gene): by the rule of three, a gene never seen
+    expressed in ``N`` cells is expressed in fewer than ``3 / N`` of them, so its cell-level sd
+    is at most about an expressed gene's sd times ``sqrt(3 / N)``.
     """
     ctrl = np.flatnonzero(design.perturbation_index == 0)
     if design.is_counts:
@@ -454,11 +460,14 @@ def _control_summaries(design: Design) -> tuple[np.ndarray, np.ndarray]:
         y = y.toarray() if sp.issparse(y) else np.asarray(y, dtype=float)
         rate = y.sum(0) / design.size_factors[ctrl].sum()
         loc = np.log(rate + 1e-3 / max(design.size_factors[ctrl].mean(), 1e-12))
-        return loc.astype(np.float32), np.ones(design.n_genes, np.float32)
+        return loc.astype(np.float32), np.ones(design.n_genes, np.float32), 0.0
     loc, sd = _pooled_moments(design, ctrl)
     _, sd_all = _pooled_moments(design, np.arange(design.n_obs))
     scale = np.maximum(np.where(sd > 0, sd, sd_all), 1e-3)
-    return loc.astype(np.float32), scale.astype(np.float32)
+    expressed = sd_all[sd_all > 0]
+    typical = float(np.quantile(expressed, 0.9)) if expressed.size else 1.0
+    floor = typical * float(np.sqrt(3.0 / max(design.n_cells.sum(), 3.0)))
+    return loc.astype(np.float32), scale.astype(np.float32), max(floor, 1e-6)
 
 
 def _pooled_moments(design: Design, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import PredictionError
 from semimech.measurement import mean_of_cells
+from semimech.measurement.likelihoods import total_sd
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -129,7 +130,8 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     post = _align(fit, pdesign, k_align)
     data = pdesign.model_data()
     tdata = train.model_data()
-    data["baseline_loc"], data["baseline_scale"] = tdata["baseline_loc"], tdata["baseline_scale"]
+    for k in ("baseline_loc", "baseline_scale", "noise_floor"):
+        data[k] = tdata[k]
     model = functools.partial(fit.spec.model, **fit.options)
     noise_site = fit.spec.noise_site(fit.likelihood)
     out = Predictive(model, posterior_samples=post, return_sites=[fit.spec.mean_site, noise_site])(k_pred, data)
@@ -140,6 +142,8 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         if np.any(n <= 0):
             raise PredictionError("num_cells must be positive.")
         noise = np.asarray(out[noise_site])[:, None, :]
+        if fit.likelihood == "normal":
+            noise = np.asarray(total_sd(noise, tdata))
         draws["observed_mean"] = np.asarray(
             mean_of_cells(k_obs, mean, noise, likelihood=fit.likelihood, num_cells=n[None, :, None]))
     return Prediction(perturbations=tuple(labels), genes=train.genes, draws=draws, control=train.control,
