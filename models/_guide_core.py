@@ -57,7 +57,8 @@ def cell_terms(p, data, cells, y, *, likelihood: str):
     data
         Static model data (``guide_target_onehot`` guides x targets, ``n_batches``).
     cells
-        Minibatch arrays: ``guide_counts`` (cells, guides), ``candidates`` (cells, M; -1 pad),
+        Minibatch arrays: ``guide_counts`` (padded sparse rows, cells x guides; only non-zero
+        counts cost ``lgamma``), ``candidates`` (cells, M; -1 pad),
         ``size_factors`` (cells,), ``batch_index`` (cells,).
     y
         Expression counts of the minibatch (:class:`~semimech.measurement.counts.PaddedRows`).
@@ -67,17 +68,31 @@ def cell_terms(p, data, cells, y, *, likelihood: str):
     dict with ``guide_ll`` (cells,): log p(guide counts); ``y_ll`` (cells,): log p(expression |
     guide counts); ``log_prior`` (cells, H) and ``log_post`` (cells, H): log-probabilities of the
     hypotheses (0: unperturbed, m: perturbed at candidate m) before and after seeing
-    expression; ``presence`` (cells, guides): P(guide present | its counts); ``log_q``
+    expression; ``presence_zero`` (guides,) and ``presence_nonzero`` (non-zeros,): P(guide
+    present | its count) for a zero count and for each non-zero entry; ``log_q``
     (cells, targets): log P(perturbed at target | guide counts).
     """
-    c = cells["guide_counts"]
-    rho = p["presence"]
-    a = jnp.log1p(-rho) + nb_logpmf(c, p["bg_mean"], p["bg_conc"])
-    b = jnp.log(rho) + nb_logpmf(c, p["fg_mean"], p["fg_conc"])
-    guide_ll = jnp.logaddexp(a, b).sum(-1)
-    presence = jax.nn.sigmoid(b - a)
-    hit = jnp.clip(presence * p["efficacy"], 0.0, _MAX_HIT)
-    log_not = jnp.log1p(-hit) @ jnp.asarray(data["guide_target_onehot"])  # log P(target t not perturbed)
+    g = cells["guide_counts"]  # PaddedRows: the guide-count minibatch stays sparse
+    n = cells["size_factors"].shape[0]
+    T = data["n_targets"]
+    rho, eff = p["presence"], p["efficacy"]
+
+    def mixture(c, k):  # log-terms of absent / present for count c of guide k
+        a = jnp.log1p(-rho) + nb_logpmf(c, p["bg_mean"][k], p["bg_conc"])
+        b = jnp.log(rho) + nb_logpmf(c, p["fg_mean"][k], p["fg_conc"])
+        return jnp.logaddexp(a, b), jax.nn.sigmoid(b - a)
+
+    allk = jnp.arange(eff.shape[0])
+    ll0, r0 = mixture(0.0, allk)  # every guide as if its count were zero
+    ll_nz, r_nz = mixture(g.values, g.cols)
+    guide_ll = ll0.sum() + jax.ops.segment_sum(g.mask * (ll_nz - ll0[g.cols]), g.rows, num_segments=n)
+    log_miss0 = jnp.log1p(-jnp.clip(r0 * eff, 0.0, _MAX_HIT))  # log P(guide k does not edit), count 0
+    log_miss_nz = jnp.log1p(-jnp.clip(r_nz * eff[g.cols], 0.0, _MAX_HIT))
+    tix = jnp.asarray(data["guide_target_index"])
+    onehot = jnp.asarray(data["guide_target_onehot"])
+    tg = jnp.maximum(tix[g.cols], 0)
+    corr = g.mask * (tix[g.cols] >= 0) * (log_miss_nz - log_miss0[g.cols])
+    log_not = (log_miss0 @ onehot)[None, :] + jax.ops.segment_sum(corr, g.rows * T + tg, num_segments=n * T).reshape(n, T)
     log_q = jnp.log(jnp.maximum(-jnp.expm1(log_not), 1e-30))
     cand = jnp.asarray(cells["candidates"])
     valid = cand >= 0
@@ -97,7 +112,7 @@ def cell_terms(p, data, cells, y, *, likelihood: str):
     joint = logw + ll.T
     y_ll = logsumexp(joint, axis=1)
     return {"guide_ll": guide_ll, "y_ll": y_ll, "log_prior": logw, "log_post": joint - y_ll[:, None],
-            "presence": presence, "log_q": log_q}
+            "presence_zero": r0, "presence_nonzero": r_nz, "log_q": log_q}
 
 
 def model(data, *, y=None, cells=None, likelihood: str = "negbin", effect_prior_scale: float = 0.5,

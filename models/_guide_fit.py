@@ -101,14 +101,24 @@ def _guide_init(guides: GuideDesign) -> tuple[np.ndarray, np.ndarray]:
     return bg, gap
 
 
-def minibatch(prep: Prepared, index, weight, *, capacity: int) -> tuple[dict, PaddedRows]:
-    """One minibatch as arrays: guide counts densified for these rows only, expression padded sparse."""
+def minibatch(prep: Prepared, index, weight, *, capacity: tuple[int, int]) -> tuple[dict, PaddedRows]:
+    """One minibatch as arrays: expression and guide counts as padded sparse rows.
+
+    ``capacity``: padded lengths for the expression and the guide counts
+    (:func:`capacities`), so that every minibatch of a size shares one compiled shape.
+    """
+    capacity, guide_capacity = capacity
     index = np.asarray(index)
     cells = {"index": index.astype(np.int32), "weight": np.asarray(weight, np.float32),
-             "guide_counts": prep.guide_counts[index].toarray().astype(np.float32),
+             "guide_counts": padded_rows(prep.guide_counts, index, capacity=guide_capacity),
              "candidates": prep.candidates[index], "size_factors": prep.size_factors[index],
              "batch_index": prep.batch_index[index]}
     return cells, padded_rows(prep.y, index, capacity=capacity)
+
+
+def capacities(prep: Prepared, batch_size: int) -> tuple[int, int]:
+    """Padded non-zero capacities (expression, guide counts) for minibatches of ``batch_size``."""
+    return padded_capacity(prep.y, batch_size), padded_capacity(prep.guide_counts, batch_size)
 
 
 def _init_values(data) -> dict:
@@ -170,7 +180,7 @@ def fit_guides(design: Design, guides: GuideDesign, *, rng_key, genes=None, num_
                                          control_fraction=control_fraction)
     else:
         stream = uniform_minibatches(n, batch_size=bsz, rng_key=k_batch)
-    capacity = padded_capacity(prep.y, bsz)
+    capacity = capacities(prep, bsz)
     opts = {"likelihood": likelihood, "effect_prior_scale": effect_prior_scale, "efficacy_prior": tuple(efficacy_prior)}
     mdl = functools.partial(model, prep.data, **opts)
     latents, dims = latent_sites(mdl)  # global sites only: without cells the model stops before the plate
@@ -236,7 +246,7 @@ def perturbation_probabilities(fit: Fit, guides: GuideDesign, *, num_draws: int 
     data, n = prep.data, prep.data["n_obs"]
     params = _draw_params(fit, data, num_draws)
     bsz = min(int(chunk_size), n)
-    capacity = padded_capacity(prep.y, bsz)
+    capacity = capacities(prep, bsz)
     lik = o["likelihood"]
     ctrl_guide = jnp.asarray(guides.is_control_guide)
 
@@ -244,8 +254,11 @@ def perturbation_probabilities(fit: Fit, guides: GuideDesign, *, num_draws: int 
     def one(params, cells, y):
         def per_draw(p):
             t = cell_terms(p, data, cells, y, likelihood=lik)
-            carry = -jnp.expm1(jnp.where(ctrl_guide, 0.0, jnp.log1p(-jnp.clip(t["presence"], 0, 1 - 1e-7))).sum(-1))
-            return 1 - jnp.exp(t["log_post"]), 1 - jnp.exp(t["log_prior"][:, 0]), t["presence"], carry
+            g = cells["guide_counts"]
+            r0 = t["presence_zero"]
+            pres = jnp.broadcast_to(r0, (bsz, r0.shape[0])).at[g.rows, g.cols].add(g.mask * (t["presence_nonzero"] - r0[g.cols]))
+            carry = -jnp.expm1(jnp.where(ctrl_guide, 0.0, jnp.log1p(-jnp.clip(pres, 0, 1 - 1e-7))).sum(-1))
+            return 1 - jnp.exp(t["log_post"]), 1 - jnp.exp(t["log_prior"][:, 0]), pres, carry
         post, prior, pres, carry = jax.vmap(per_draw)(params)
         return post, prior, pres.mean(0), carry.mean(0)
 

@@ -152,7 +152,7 @@ def rowwise_log_likelihood(likelihood: str, y: PaddedRows, log_mu: Float[Array, 
     """
     check_count_likelihood(likelihood)
     n = log_mu.shape[0]
-    v, r, c, m = y.values, y.rows, y.cols, y.mask
+    v, r, c, m = y.values.astype(log_mu.dtype), y.rows, y.cols, y.mask.astype(log_mu.dtype)
     mu = jnp.exp(log_mu)
     lmu_nz = log_mu[r, c]
     if likelihood == "poisson":
