@@ -2,6 +2,16 @@
 
 A vector field is a pure function ``f(x, params, *, media, intervention) -> dx/dt``; see
 :mod:`semimech.dynamics.intervention` for how a perturbation enters it.
+
+Inside a NumPyro model (the shell, not this package), solve once per condition and guard::
+
+    ss = steady_states(production_decay_field, params, interventions=edits)   # vmapped
+    numpyro.factor("steady_state_ok", jnp.where(jnp.all(ss.ok), 0.0, -jnp.inf))
+    mean = jnp.where(ss.ok[:, None], ss.x, fallback_value)                     # finite always
+
+Gradients are implicit (one frozen Newton step at the root), so NUTS never differentiates
+through the solver's iterations. ``fallback=False`` skips the diffrax integration when Newton
+alone is reliable (cheaper to compile and, under vmap, to run).
 """
 
 from semimech.dynamics.fields import LinearParams, ProductionDecayParams, linear_field, production_decay_field

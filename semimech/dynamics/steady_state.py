@@ -207,8 +207,10 @@ def steady_state(
         Initial guess (default ones); a multistable system returns the attractor Newton or the
         flow from ``x0`` reaches. Not differentiated.
     rtol, atol
-        Newton tolerances on the step, relative to ``|x|`` and absolute (default:
-        :func:`default_tolerances` of the dtype).
+        Newton tolerances (default: :func:`default_tolerances` of the dtype): the step must
+        fall below ``atol + rtol |x|`` and ``|f|`` below ``atol`` (abundance/h). In float32,
+        states far above O(100) need a larger ``atol`` (or rescaled units), since ``|f|``
+        cannot fall below ``~1e-7 |x|``.
     max_steps
         Newton iterations.
     fallback
