@@ -11,7 +11,8 @@ import semimech as sm
 from semimech import models
 from semimech.infer._sites import plates, site_dims
 
-PLATE_NAMES = {"cells", "genes", "targets", "perturbations", "batches"}
+# "regulators": the source axis of a gene x gene network (W[regulator, gene]) in network models
+PLATE_NAMES = {"cells", "genes", "targets", "perturbations", "batches", "regulators"}
 
 
 @pytest.fixture(scope="module")

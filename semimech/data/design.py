@@ -268,8 +268,10 @@ class Design:
         ``is_combination`` (perturbations,), ``batch_index`` (rows,) or None, ``n_batches``,
         ``size_factors`` (rows,), ``n_cells`` (rows,), ``n_genes``, ``baseline_loc`` and
         ``baseline_scale`` (genes,) — empirical control summaries used to centre priors on
-        the data's scale (log scale for counts) — and ``noise_floor``, the resolution of a
-        continuous readout (see :func:`semimech.measurement.observe`).
+        the data's scale (log scale for counts) — ``noise_floor``, the resolution of a
+        continuous readout (see :func:`semimech.measurement.observe`), and
+        ``target_gene_index`` (targets,): each target's column among ``genes``, -1 for a
+        target that is not a modelled gene (network models propagate edits through it).
         """
         data = {
             "perturbation_index": np.asarray(self.perturbation_index),
@@ -282,6 +284,7 @@ class Design:
             "n_genes": self.n_genes,
             "n_obs": self.n_obs,
             "y_ss": None if self.y_ss is None else np.asarray(self.y_ss, dtype=np.float32),
+            "target_gene_index": _target_gene_index(self.targets, self.genes),
         }
         if self.y is not None:
             loc, scale, floor = _control_summaries(self)
@@ -410,6 +413,11 @@ class Design:
         nb = 0 if self.batches is None else len(self.batches)
         return (f"Design({self.n_obs} rows x {self.n_genes} genes, {len(self.perturbations)} perturbations, "
                 f"{len(self.targets)} targets, {nb} batches, {kind}, control={self.control!r})")
+
+
+def _target_gene_index(targets, genes) -> np.ndarray:
+    col = {g: i for i, g in enumerate(genes)}
+    return np.array([col.get(t, -1) for t in targets], dtype=np.int32)
 
 
 def _parse(label: str, control: str, sep: str) -> tuple[str, ...]:
