@@ -26,7 +26,8 @@ media vectors that may be traced model parameters.
 from semimech.protocol.frame import ORDERS, ProtocolGroup, Protocols, protocols_from_frame
 from semimech.protocol.groups import build_group, run_protocols
 from semimech.protocol.operators import Evolve, Experiment, Measure, Media, Perturb, schedule, simultaneous, stack
-from semimech.protocol.run import ProtocolResult, run, run_many
+from semimech.protocol.many import run_many
+from semimech.protocol.run import ProtocolResult, run
 
 __all__ = [
     "Media",

@@ -16,7 +16,8 @@ from semimech.dynamics.intervention import Intervention
 from semimech.errors import DesignError
 from semimech.protocol.frame import ProtocolGroup, Protocols
 from semimech.protocol.operators import Evolve, Experiment, Measure, Media, Perturb, _unchecked
-from semimech.protocol.run import ProtocolResult, _run_stacked
+from semimech.protocol.many import _run_stacked
+from semimech.protocol.run import ProtocolResult
 
 __all__ = ["build_group", "run_protocols"]
 
