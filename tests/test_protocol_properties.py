@@ -17,10 +17,6 @@ def sigmoid_field(x, params, *, media, intervention):
     return params["alpha"] * intervention.production * jax.nn.sigmoid(drive) - params["gamma"] * x
 
 
-def linear_field(x, params, *, media, intervention):
-    return intervention.production * params["a"] + params["B"] @ media - params["gamma"] * x
-
-
 def _sigmoid_params(rng):
     return dict(
         alpha=jnp.asarray(rng.uniform(0.5, 2.0, N)),
@@ -31,8 +27,31 @@ def _sigmoid_params(rng):
     )
 
 
-def _linear_params(rng):
-    return dict(a=jnp.asarray(rng.uniform(0.5, 2.0, N)), B=jnp.asarray(rng.normal(0, 1.0, (N, 1))), gamma=jnp.asarray(rng.uniform(0.3, 2.0, N)))
+def mixed_field(x, params, *, media, intervention):
+    """s * (a + c * sigmoid(W x + b + B_in m)) + B_out m - gamma x.
+
+    With c = 0 it is linear with both operators entering as state-independent additive inputs (the
+    edit scales the constant production a, the medium adds B_out m), so by superposition their
+    effects add whatever the order and timing. With a = 0 and B_out = 0 it is the production-decay
+    system, where the medium acts inside the sigmoid and effects interact. One function for both
+    keeps one compiled program.
+    """
+    drive = params["W"] @ x + params["b"] + params["B_in"] @ media
+    production = params["a"] + params["c"] * jax.nn.sigmoid(drive)
+    return intervention.production * production + params["B_out"] @ media - params["gamma"] * x
+
+
+def _mixed_params(rng, *, linear):
+    sig = _sigmoid_params(rng)
+    return dict(
+        a=jnp.asarray(rng.uniform(0.5, 2.0, N)) * linear,
+        c=sig["alpha"] * (not linear),
+        W=sig["W"],
+        b=sig["b"],
+        B_in=sig["B"] * (not linear),
+        B_out=jnp.asarray(rng.normal(0, 1.0, (N, 1))) * linear,
+        gamma=sig["gamma"],
+    )
 
 
 def _edit(rng):
@@ -116,9 +135,9 @@ def test_linear_additive_operators_superpose_and_the_sigmoid_system_does_not():
     for every order and timing; in the sigmoid system it is not (negative control)."""
     rng = np.random.default_rng(3)
     with jax.enable_x64(True):
-        lin = _interaction(linear_field, _linear_params(rng), rng, 4)
+        lin = _interaction(mixed_field, _mixed_params(rng, linear=True), rng, 4)
         np.testing.assert_allclose(lin, 0.0, atol=1e-8)
-        nonlin = _interaction(sigmoid_field, _sigmoid_params(rng), rng, 4)
+        nonlin = _interaction(mixed_field, _mixed_params(rng, linear=False), rng, 4)
         assert np.max(np.abs(nonlin)) > 1e-2
 
 
@@ -126,11 +145,11 @@ def test_the_control_steady_state_is_invariant_under_waiting():
     """Starting at the control steady state, a leading Evolve under control conditions changes nothing."""
     rng = np.random.default_rng(4)
     with jax.enable_x64(True):
-        params = _linear_params(rng)
+        params = _mixed_params(rng, linear=True)
         waits = rng.uniform(0, 50, 16)  # 16 experiments of 2 segments: shares the compiled superposition solve
         e = _edit(rng)
         kw = dict(x0="steady", media0=jnp.zeros(1), x_guess=jnp.full(N, 0.5))
-        waited = run_many(stack([Evolve(w) >> Perturb(e) >> Evolve(1.0) >> Measure() for w in waits]), linear_field, params, **kw)
+        waited = run_many(stack([Evolve(w) >> Perturb(e) >> Evolve(1.0) >> Measure() for w in waits]), mixed_field, params, **kw)
         np.testing.assert_allclose(waited.state, np.tile(waited.state[0], (16, 1)), rtol=1e-8)
 
 
