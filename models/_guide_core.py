@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax.scipy.special import gammaln, logsumexp
@@ -84,14 +85,16 @@ def cell_terms(p, data, cells, y, *, likelihood: str):
 
     allk = jnp.arange(eff.shape[0])
     ll0, r0 = mixture(0.0, allk)  # every guide as if its count were zero
-    ll_nz, r_nz = mixture(g.values, g.cols)
-    guide_ll = ll0.sum() + jax.ops.segment_sum(g.mask * (ll_nz - ll0[g.cols]), g.rows, num_segments=n)
+    dt = jnp.result_type(p["bg_mean"])
+    gv, gm = g.values.astype(dt), g.mask.astype(dt)
+    ll_nz, r_nz = mixture(gv, g.cols)
+    guide_ll = ll0.sum() + jax.ops.segment_sum(gm * (ll_nz - ll0[g.cols]), g.rows, num_segments=n)
     log_miss0 = jnp.log1p(-jnp.clip(r0 * eff, 0.0, _MAX_HIT))  # log P(guide k does not edit), count 0
     log_miss_nz = jnp.log1p(-jnp.clip(r_nz * eff[g.cols], 0.0, _MAX_HIT))
-    tix = jnp.asarray(data["guide_target_index"])
+    tix = jnp.asarray(np.asarray(data["guide_target_index"], np.int32))
     onehot = jnp.asarray(data["guide_target_onehot"])
     tg = jnp.maximum(tix[g.cols], 0)
-    corr = g.mask * (tix[g.cols] >= 0) * (log_miss_nz - log_miss0[g.cols])
+    corr = gm * (tix[g.cols] >= 0) * (log_miss_nz - log_miss0[g.cols])
     log_not = (log_miss0 @ onehot)[None, :] + jax.ops.segment_sum(corr, g.rows * T + tg, num_segments=n * T).reshape(n, T)
     log_q = jnp.log(jnp.maximum(-jnp.expm1(log_not), 1e-30))
     cand = jnp.asarray(cells["candidates"])
@@ -151,7 +154,7 @@ def model(data, *, y=None, cells=None, likelihood: str = "negbin", effect_prior_
     raw["presence_prob"] = numpyro.sample("presence_prob", dist.Beta(1.0, 10.0))
     raw["guide_bg_concentration"] = numpyro.sample("guide_bg_concentration", dist.LogNormal(0.0, 1.5))
     raw["guide_fg_concentration"] = numpyro.sample("guide_fg_concentration", dist.LogNormal(0.0, 1.5))
-    tix = jnp.asarray(data["guide_target_index"])
+    tix = jnp.asarray(np.asarray(data["guide_target_index"], np.int32))
     onehot = jnp.asarray(data["guide_target_onehot"])
     eff = jnp.where(tix >= 0, jax.nn.sigmoid(eloc[jnp.maximum(tix, 0), 0] + esd * ez), 0.0)
     raw["efficacy"] = numpyro.deterministic("efficacy", eff)

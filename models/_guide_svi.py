@@ -8,6 +8,8 @@ guide is a plain function of them, and ``init``, ``update`` and posterior draws 
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,28 +45,45 @@ def latent_sites(model) -> tuple[dict, dict]:
 
 
 def make_guide(latents: dict, init: dict, *, init_scale: float = 0.02):
-    """Mean-field normal guide in the unconstrained space, started at ``init`` (constrained values)."""
+    """Mean-field normal guide in the unconstrained space, started at ``init`` (constrained values).
+
+    All sites share one standard-normal draw (sliced per site) and enter as ``Delta`` sites
+    carrying their log-density ``log N(u; loc, scale) - log|J|``: the same reparameterised
+    ELBO as one ``TransformedDistribution`` per site, but one PRNG call instead of one per
+    site, which cuts the compile time of the update step several-fold on CPU.
+    """
+    sizes = [math.prod(shape) for _, shape in latents.values()]
 
     def guide(*args, **kwargs):
-        for name, (support, shape) in latents.items():
+        key = numpyro.prng_key()
+        eps = jnp.zeros(sum(sizes)) if key is None else jax.random.normal(key, (sum(sizes),))
+        start = 0
+        for size, (name, (support, shape)) in zip(sizes, latents.items()):
             t = biject_to(support)
             u0 = t.inv(jnp.broadcast_to(jnp.asarray(init[name], jnp.float32), shape)) if name in init else jnp.zeros(shape)
             loc = numpyro.param(f"{name}_loc", u0)
             scale = numpyro.param(f"{name}_scale", jnp.full(shape, init_scale), constraint=constraints.softplus_positive)
-            numpyro.sample(name, dist.TransformedDistribution(dist.Normal(loc, scale), t))
+            u = loc + scale * eps[start:start + size].reshape(shape)
+            start += size
+            v = t(u)
+            log_q = dist.Normal(loc, scale).log_prob(u) - t.log_abs_det_jacobian(u, v)
+            numpyro.sample(name, dist.Delta(v, log_density=log_q))
 
     return guide
 
 
 def sample_posterior(rng_key, params: dict, latents: dict, num_samples: int) -> dict[str, np.ndarray]:
     """Draws of every latent site from the fitted guide (constrained space)."""
+    sizes = [math.prod(shape) for _, shape in latents.values()]
 
     @jax.jit
     def draw(key, params):
-        out = {}
-        for key_i, (name, (support, shape)) in zip(jax.random.split(key, len(latents)), latents.items()):
-            eps = jax.random.normal(key_i, (num_samples,) + shape)
-            out[name] = biject_to(support)(params[f"{name}_loc"] + params[f"{name}_scale"] * eps)
+        eps = jax.random.normal(key, (num_samples, sum(sizes)))
+        out, start = {}, 0
+        for size, (name, (support, shape)) in zip(sizes, latents.items()):
+            e = eps[:, start:start + size].reshape((num_samples,) + shape)
+            start += size
+            out[name] = biject_to(support)(params[f"{name}_loc"] + params[f"{name}_scale"] * e)
         return out
 
     return {k: np.asarray(v) for k, v in draw(rng_key, params).items()}
