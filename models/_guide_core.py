@@ -92,7 +92,7 @@ def cell_terms(p, data, cells, y, *, likelihood: str):
     log_miss0 = jnp.log1p(-jnp.clip(r0 * eff, 0.0, _MAX_HIT))  # log P(guide k does not edit), count 0
     log_miss_nz = jnp.log1p(-jnp.clip(r_nz * eff[g.cols], 0.0, _MAX_HIT))
     tix = jnp.asarray(np.asarray(data["guide_target_index"], np.int32))
-    onehot = jnp.asarray(data["guide_target_onehot"])
+    onehot = jnp.asarray(np.asarray(data["guide_target_onehot"], np.float32))
     tg = jnp.maximum(tix[g.cols], 0)
     corr = gm * (tix[g.cols] >= 0) * (log_miss_nz - log_miss0[g.cols])
     log_not = (log_miss0 @ onehot)[None, :] + jax.ops.segment_sum(corr, g.rows * T + tg, num_segments=n * T).reshape(n, T)
@@ -155,7 +155,7 @@ def model(data, *, y=None, cells=None, likelihood: str = "negbin", effect_prior_
     raw["guide_bg_concentration"] = numpyro.sample("guide_bg_concentration", dist.LogNormal(0.0, 1.5))
     raw["guide_fg_concentration"] = numpyro.sample("guide_fg_concentration", dist.LogNormal(0.0, 1.5))
     tix = jnp.asarray(np.asarray(data["guide_target_index"], np.int32))
-    onehot = jnp.asarray(data["guide_target_onehot"])
+    onehot = jnp.asarray(np.asarray(data["guide_target_onehot"], np.float32))
     eff = jnp.where(tix >= 0, jax.nn.sigmoid(eloc[jnp.maximum(tix, 0), 0] + esd * ez), 0.0)
     raw["efficacy"] = numpyro.deterministic("efficacy", eff)
     numpyro.deterministic("efficacy_target", jax.nn.sigmoid(eloc[:, 0]))
