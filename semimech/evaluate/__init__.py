@@ -26,6 +26,8 @@ Pure numpy/pandas on top of :class:`semimech.Design` and :class:`semimech.Predic
   :func:`coverage`, :func:`pit`, :func:`pit_histogram`, :func:`crps`,
   :func:`log_predictive_density`, :func:`calibration_report`.
 - tables: :func:`score`, :func:`score_baselines`, :func:`score_distribution`, :func:`calibration`.
+- comparison of assumptions: :func:`compare` (PSIS-LOO via arviz-stats next to held-out metrics,
+  with what each model assumes), :func:`loo`, :func:`pointwise_log_likelihood`.
 """
 
 from semimech.evaluate._align import (
@@ -67,6 +69,7 @@ from semimech.evaluate.metrics import (
     top_de_genes,
     top_expressed_genes,
 )
+from semimech.evaluate.compare import compare, loo, pointwise_log_likelihood
 from semimech.evaluate.score import Aligned, align, calibration, score, score_baselines
 from semimech.evaluate.splits import (
     leave_one_condition_out,
@@ -80,7 +83,7 @@ from semimech.evaluate.splits import (
 
 __all__ = [
     "BASELINES", "DEFAULT_BASELINES", "LEVELS", "Aligned", "CalibrationReport", "PointPrediction", "additive", "align", "calibration",
-    "calibration_report", "cell_counts", "cells_of", "centroid_accuracy", "control_mean", "coverage", "crps", "direction_accuracy",
+    "calibration_report", "cell_counts", "compare", "loo", "pointwise_log_likelihood", "cells_of", "centroid_accuracy", "control_mean", "coverage", "crps", "direction_accuracy",
     "energy_distance", "l2", "leave_one_condition_out", "leave_one_perturbation_out", "leave_one_target_out",
     "linear", "log_predictive_density", "min_single", "mse_top_de", "no_change", "pearson_delta", "perturbation_effects", "perturbation_means", "rmse", "pit",
     "pit_histogram", "score", "score_baselines", "score_distribution", "shifted_control_cells", "single_effects", "singles_seen", "split_combinations",

@@ -53,3 +53,58 @@ def read(path):
     import xarray as xr
 
     return xr.open_datatree(str(path), engine="h5netcdf").load()
+
+
+# ---------------------------------------------------------------------------- LOO (arviz-stats)
+def with_log_likelihood(dt, log_lik: Mapping[str, np.ndarray], *, obs_dim: str, obs_coords):
+    """A copy of ``dt`` with a ``log_likelihood`` group: name -> ``(chain, draw, obs_dim)`` arrays."""
+    import arviz_base as az
+
+    ll = az.from_dict({"log_likelihood": {k: np.asarray(v, dtype=float) for k, v in log_lik.items()}},
+                      dims={k: [obs_dim] for k in log_lik}, coords={obs_dim: list(obs_coords)})
+    out = dt.copy()
+    out["log_likelihood"] = ll["log_likelihood"]
+    return out
+
+
+def loo(dt, *, var_name: str, reff: float | None = None, subsample: int | None = None, seed: int = 0):
+    """PSIS-LOO (or subsampled PSIS-LOO) of one log-likelihood variable, pointwise.
+
+    Returns ``(elpd_data, warned)``: the arviz-stats ``ELPDData`` and whether arviz-stats warned
+    (its warnings are caught here and reported through the return value, never raised).
+    """
+    import warnings
+
+    import arviz_stats
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if subsample is None:
+            res = arviz_stats.loo(dt, pointwise=True, var_name=var_name, reff=reff)
+        else:
+            res = arviz_stats.loo_subsample(dt, int(subsample), pointwise=True, var_name=var_name, reff=reff,
+                                            seed=int(seed))
+    return res, bool(caught)
+
+
+def loo_summary(res) -> dict:
+    """Plain numbers from an ``ELPDData``: elpd, se, p_loo, k-hat max/count above the threshold."""
+    k = np.asarray(res.pareto_k) if getattr(res, "pareto_k", None) is not None else np.array([np.nan])
+    good_k = float(res.good_k)
+    return {
+        "elpd_loo": float(res.elpd), "se": float(res.se), "p_loo": float(res.p),
+        "n_rows": int(res.n_data_points), "khat_max": float(np.nanmax(k)),
+        "n_khat_bad": int(np.sum(k > good_k)), "good_k": good_k,
+        "subsample": int(getattr(res, "subsample_size", None) or 0) or None,
+    }
+
+
+def compare_elpd(elpds: Mapping):
+    """arviz-stats' comparison table (rank, elpd_diff, dSE, stacking weight) of ``ELPDData`` values."""
+    import warnings
+
+    import arviz_stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return arviz_stats.compare(dict(elpds))
