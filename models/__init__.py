@@ -3,10 +3,12 @@
 The registry is explicit: add a model by importing its module here and listing its SPEC.
 """
 
-from semimech.models import additive
+from semimech.models import additive, linear_steady_state, production_decay
 
 REGISTRY = {
     additive.SPEC.name: additive.SPEC,
+    linear_steady_state.SPEC.name: linear_steady_state.SPEC,
+    production_decay.SPEC.name: production_decay.SPEC,
 }
 
 
@@ -18,4 +20,4 @@ def get(name: str):
         raise KeyError(f"no model named {name!r}; registered: {sorted(REGISTRY)}") from None
 
 
-__all__ = ["REGISTRY", "additive", "get"]
+__all__ = ["REGISTRY", "additive", "get", "linear_steady_state", "production_decay"]

@@ -1,0 +1,140 @@
+"""Linear cyclic structural causal model with interventions, as the steady state of linear dynamics.
+
+Each gene's dimensionless state ``u`` (``loc = floor + scale * u``, see
+:mod:`semimech.models._network`) follows ``dx/dt = s_p * (W x + b) - x`` (decay rate 1 sets the time unit). With no edit the
+fixed point is the linear SCM ``x = W x + b``; ``b`` is chosen so that the control state is a
+fixed point, ``b = (I - W) u_ctrl``. A perturbation ``p`` scales production, ``s_p = exp(log_s)``:
+a target gene's own production by its efficacy, a non-gene target's direct effect on every
+gene. The perturbed fixed point ``u_p = (I - diag(s_p) W)^{-1} diag(s_p) b`` is solved in
+closed form per condition (:func:`semimech.dynamics.linear_steady_state`, vmapped); draws where
+``I - diag(s_p) W`` is singular are rejected. Edits propagate through ``W``: a modelled gene
+never perturbed in training can be predicted (fresh ``target_z``), and combinations compose
+their production scales, which is not additive in ``u`` whenever ``W`` links the targets.
+
+Assumption (checked by :func:`semimech.checks.steady_state_check`): each condition sits at the
+stable fixed point; the closed form does not check stability unless ``check_stability=True``.
+
+Sample sites
+------------
+control_state : (genes,)
+    Dimensionless control state ``u_ctrl`` (about 1; ``loc = floor + scale * u``).
+bias : (genes,), deterministic
+    Basal production ``b = (I - W) u_ctrl``.
+log_scale : (perturbations, genes), deterministic
+    Log production scale of each condition (the edit).
+w_scale : ()
+    Global scale of ``W`` (dimensionless: state per state).
+w_local, w_z : (regulators, genes)
+    Horseshoe local scales and standardised weights (``w_prior="horseshoe"``; ``laplace`` and
+    ``normal`` sample only ``w_z``).
+W : (regulators, genes), deterministic
+    ``W[j, i]``: effect of regulator ``j``'s state on gene ``i``'s production (zero diagonal).
+efficacy_loc, efficacy_sd : ()
+    Hierarchical mean and sd of the log production scale of an edited target gene
+    (negative: knockdown, positive: activation).
+direct_scale : (), direct_sd : (genes,)
+    Scale of the direct log production scales of targets that are not modelled genes.
+target_z : (targets, genes)
+    Standardised target effects: entry ``[t, g_t]`` is the efficacy of a gene target ``t``
+    (``efficacy_loc + efficacy_sd * z``); a non-gene target's row is its direct effect.
+residual_scale : (), residual_sd : (genes,), residual_z : (perturbations, genes)
+    Misfit of the dynamics per perturbed condition (``residual=True``).
+ok_fraction : (), deterministic
+    Fraction of conditions whose steady state was solved (draws with any failure are rejected).
+mean : (perturbations, genes), deterministic
+    Population mean per condition on the data scale.
+noise_sd / concentration, batch_sd, batch_z, y
+    Measurement sites, see :mod:`semimech.measurement`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpyro
+
+from semimech.dynamics import Intervention, LinearParams, linear_field, linear_steady_state
+from semimech.infer.spec import ModelSpec
+from semimech.measurement import batch_offsets, gene_noise, observe, to_data_scale
+from semimech.models import _network as net
+
+
+@functools.partial(jax.jit, static_argnames="check_stability")
+def steady_states_closed_form(W, b, log_s, *, check_stability: bool = False):
+    """Fixed points ``(I - diag(s) W)^{-1} diag(s) b`` for each row of ``log_s`` (vmapped).
+
+    Returns the :class:`semimech.dynamics.SteadyState` batch (``x``: conditions x genes).
+    Jitted: NumPyro runs a model eagerly several times while setting up inference, and an
+    eager vmapped solve costs seconds.
+    """
+    n = b.shape[-1]
+    params = LinearParams(W=W, b=b, gamma=jnp.ones((n,), b.dtype))
+
+    def one(ls):
+        return linear_steady_state(params, intervention=Intervention.scale(jnp.exp(ls)), check_stability=check_stability)
+
+    return jax.vmap(one)(log_s)
+
+
+def system(draw: dict):
+    """The dynamics of one posterior draw: ``(field, params, x0)`` for :mod:`semimech.dynamics`.
+
+    ``draw`` holds the sites ``W`` (regulators x genes), ``bias`` and ``control_state`` (genes);
+    the edit of a condition is ``Intervention.scale(exp(log_scale[p]))``.
+    """
+    W = jnp.asarray(draw["W"]).T
+    b = jnp.asarray(draw["bias"])
+    return linear_field, LinearParams(W=W, b=b, gamma=jnp.ones_like(b)), jnp.asarray(draw["control_state"])
+
+
+def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_scale: float = 0.1, network=None,
+          network_mode: str = "mask", efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5,
+          residual: bool = True, check_stability: bool = False, y=None):
+    """The linear steady-state model; see the module docstring for the sites.
+
+    ``network`` is a signed ``[regulator, gene]`` matrix from
+    :func:`semimech.models._network.network_matrix` (``mask`` or ``scale`` by ``network_mode``).
+    """
+    n = data["n_genes"]
+    genes = numpyro.plate("genes", n, dim=-1)
+    unit = net.unit_scale(data, likelihood)
+    floor, scale = net.state_map(data, likelihood)
+    with genes:
+        noise = gene_noise(data, likelihood=likelihood)
+    u_ctrl = net.control_state(genes)
+    W = net.network_weights(data, n=n, regulators_plate=numpyro.plate("regulators", n, dim=-2), genes_plate=genes,
+                            w_prior=w_prior, w_scale=w_scale, network=network, network_mode=network_mode)
+    b = u_ctrl - W @ u_ctrl
+    with genes:
+        numpyro.deterministic("bias", b)
+    log_s = net.gene_log_scales(data, genes, efficacy_prior_scale=efficacy_prior_scale,
+                                direct_prior_scale=direct_prior_scale)
+    net.record_scales(log_s, genes)
+    ss = steady_states_closed_form(W, b, log_s, check_stability=check_stability)
+    net.reject_failed(ss.ok)
+    u = jnp.where(ss.ok[:, None], ss.x, u_ctrl)
+    loc_p = floor + scale * u
+    if residual:
+        loc_p = net.residual(loc_p, data, genes, unit=unit)
+    with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes:
+        numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
+
+    offsets = batch_offsets(data, genes)
+    pidx = jnp.asarray(data["perturbation_index"])
+    with numpyro.plate("cells", data["n_obs"], subsample_size=pidx.shape[0], dim=-2):
+        loc = loc_p[pidx]
+        if offsets is not None:
+            loc = loc + offsets[jnp.asarray(data["batch_index"])]
+        with genes:
+            observe(loc, noise, data, likelihood=likelihood, y=y)
+
+
+SPEC = ModelSpec(
+    name="linear_steady_state",
+    model=model,
+    assumes="each condition is the fixed point of linear dynamics dx/dt = s_p (W x + b) - x (a linear cyclic SCM); "
+    "edits scale production and propagate through W; combinations compose edits",
+    predicts_unseen_targets=True,
+)

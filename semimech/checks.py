@@ -1,0 +1,138 @@
+"""Diagnostics of the steady-state assumption: does each condition sit at a unique, stable attractor?
+
+Mechanistic steady-state models (``linear_steady_state``, ``production_decay``,
+``latent_programs``) assume that every measured condition is a *stable* fixed point of the
+learned dynamics and that each perturbation maps to a *unique* attractor (FRAMEWORK.md
+section 4). These checks test that assumption on posterior (or prior) draws.
+
+A model supports the checks when its module defines ``system(draw) -> (field, params, x0)``
+(the vector field, its parameters for one draw, the control state) and records a deterministic
+``log_scale`` site (conditions x state: the edit of each condition).
+
+Example
+-------
+>>> table, summary = sm.checks.steady_state_check(fit, ["KLF1+MAP2K6"], rng_key=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from numpyro.infer import Predictive
+
+from semimech._rng import as_key
+from semimech.dynamics import Intervention, attractors
+from semimech.errors import InferenceError, SemimechError
+
+__all__ = ["prior_steady_states", "steady_state_check"]
+
+_SYSTEM_SITES = ("W", "bias", "alpha", "control_state", "log_scale", "loadings")
+
+
+def _system_fn(spec):
+    module = sys.modules.get(spec.model.__module__)
+    fn = getattr(module, "system", None)
+    if fn is None:
+        raise SemimechError(
+            f"model {spec.name!r} has no dynamics to check (its module defines no system(draw)); steady-state "
+            "checks apply to mechanistic models such as 'linear_steady_state' or 'production_decay'."
+        )
+    return fn
+
+
+def prior_steady_states(spec, design, *, rng_key, num_draws: int = 20, min_fraction: float = 0.05,
+                        **options) -> float:
+    """Fraction of prior draws whose steady state converges for every condition of ``design``.
+
+    Run it before fitting: a prior under which the steady state rarely exists makes every
+    draw rejected and inference fail with an opaque message.
+
+    Raises
+    ------
+    InferenceError
+        When fewer than ``min_fraction`` of the draws solve every condition, with advice.
+    """
+    opts = {**spec.default_options, **options}
+    opts.setdefault("likelihood", "negbin" if design.is_counts else "normal")
+    model = functools.partial(spec.model, **opts)
+    out = Predictive(model, num_samples=num_draws, return_sites=["ok_fraction"])(as_key(rng_key), design.model_data())
+    if "ok_fraction" not in out:
+        raise SemimechError(f"model {spec.name!r} records no 'ok_fraction' site: it solves no steady state.")
+    okf = np.asarray(out["ok_fraction"])
+    frac = float(np.mean(okf >= 1.0))
+    if frac < min_fraction:
+        raise InferenceError(
+            f"the steady state did not converge (or was unstable/singular) for {np.mean(okf < 1):.0%} of "
+            f"{num_draws} prior draws (mean fraction of conditions solved {okf.mean():.2f}) of {spec.name!r}. "
+            "Every such draw is rejected, so inference cannot start. Use a smaller prior scale for the network "
+            "(w_scale=...), fallback=True (integrate where Newton fails), or fewer/less extreme conditions."
+        )
+    return frac
+
+
+def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_starts: int = 8,
+                       max_steps: int = 4096) -> tuple[pd.DataFrame, float]:
+    """Per condition: fraction of posterior draws with a stable, unique steady state.
+
+    For ``num_draws`` posterior draws and every condition in ``labels`` (default: the training
+    conditions; unseen labels are aligned as in :func:`semimech.predict`), the learned dynamics
+    under that condition's edit are integrated from ``num_starts`` starts (the control state and
+    random states in a box around it, :func:`semimech.dynamics.attractors`).
+
+    Returns
+    -------
+    table
+        One row per condition: ``stable`` (fraction of draws where the flow from the control
+        state reaches a stable fixed point), ``unique`` (fraction where all starts reach one and
+        the same stable attractor) and ``mean_attractors`` (distinct attractors found).
+    summary
+        Fraction of draws in which *every* condition has a stable, unique steady state.
+    """
+    from semimech.infer.predict import _align
+
+    system = _system_fn(fit.spec)
+    train = fit.design
+    labels = list(train.perturbations if labels is None else labels)
+    pdesign = train.with_perturbations(labels)
+    key = as_key(rng_key)
+    k_align, k_pred, k_sel, k_att = jax.random.split(key, 4)
+    post = _align(fit, pdesign, k_align)
+    total = next(iter(post.values())).shape[0]
+    idx = np.sort(np.asarray(jax.random.choice(k_sel, total, (min(num_draws, total),), replace=False)))
+    post = {k: v[idx] for k, v in post.items()}
+    data = pdesign.model_data()
+    tdata = train.model_data()
+    for k in ("baseline_loc", "baseline_scale", "noise_floor"):
+        data[k] = tdata[k]
+    model = functools.partial(fit.spec.model, **fit.options)
+    sites = Predictive(model, posterior_samples=post, return_sites=list(_SYSTEM_SITES))(k_pred, data)
+    sites = {k: np.asarray(v) for k, v in sites.items()}
+
+    @jax.jit
+    def check_draw(draw, key):
+        field, params, x0 = system(draw)
+
+        def one(ls, k):
+            a = attractors(field, params, rng_key=k, intervention=Intervention.scale(jnp.exp(ls)), x0=x0,
+                           num_starts=num_starts, max_steps=max_steps)
+            return a.ok[0], a.unique, a.num_attractors
+
+        keys = jax.random.split(key, draw["log_scale"].shape[0])
+        return jax.vmap(one)(draw["log_scale"], keys)
+
+    stable, unique, count = [], [], []
+    for d, k in zip(range(len(idx)), jax.random.split(k_att, len(idx))):
+        s, u, c = check_draw({name: v[d] for name, v in sites.items()}, k)
+        stable.append(np.asarray(s))
+        unique.append(np.asarray(u))
+        count.append(np.asarray(c))
+    stable, unique, count = np.array(stable), np.array(unique), np.array(count)
+    table = pd.DataFrame({"perturbation": labels, "stable": stable.mean(0), "unique": unique.mean(0),
+                          "mean_attractors": count.mean(0)})
+    summary = float(np.mean(np.all(stable & unique, axis=1)))
+    return table, summary

@@ -1,0 +1,155 @@
+"""Steady-state models: closed forms (float64), unseen-gene prediction, NUTS smoke, bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import semimech as sm
+from semimech.errors import DesignError, InferenceError, PredictionError
+from semimech.models import _network as net
+from semimech.models import additive, linear_steady_state, production_decay
+
+GENES = ("g0", "g1", "g2", "g3", "g4")
+
+
+def _rng_W(rng, n, scale=0.4, density=0.4):
+    W = rng.normal(0, scale, (n, n)) * (rng.random((n, n)) < density)
+    np.fill_diagonal(W, 0.0)
+    return W
+
+
+def test_linear_steady_state_is_the_scm_solution_float64():
+    rng = np.random.default_rng(1)
+    n = 6
+    W, b = _rng_W(rng, n), rng.normal(1.0, 0.3, n)
+    log_s = np.stack([np.zeros(n), np.where(np.arange(n) == 2, -1.2, 0.0), rng.normal(0, 0.5, n)])
+    with jax.enable_x64(True):
+        ss = linear_steady_state.steady_states_closed_form(jnp.asarray(W), jnp.asarray(b), jnp.asarray(log_s))
+        x = np.asarray(ss.x)
+        assert ss.x.dtype == jnp.float64 and bool(np.all(ss.ok))
+    for p, ls in enumerate(log_s):
+        S = np.diag(np.exp(ls))
+        B, c = S @ W, S @ b  # SCM x = B x + c under the edit
+        np.testing.assert_allclose(x[p], np.linalg.solve(np.eye(n) - B, c), rtol=1e-10, atol=1e-12)
+    # unedited: (I - W)^{-1} b; and a wrong W gives a different answer (the test can fail)
+    np.testing.assert_allclose(x[0], np.linalg.solve(np.eye(n) - W, b), rtol=1e-10)
+    assert not np.allclose(x[0], np.linalg.solve(np.eye(n) - 0.5 * W, b), rtol=1e-3)
+
+
+def test_production_decay_without_regulation_scales_the_control_float64():
+    # W = 0: du/dt = alpha s sigmoid(b) - u, fixed point u = s * alpha * sigmoid(b) = s * u_ctrl
+    n = 4
+    with jax.enable_x64(True):
+        u_ctrl = jnp.array([0.5, 1.0, 1.5, 2.0])
+        h = jnp.array([-2.0, -1.0, 0.0, 1.0])
+        log_s = jnp.array([[0.0, 0.0, 0.0, 0.0], [-1.0, 0.5, 0.0, 0.0]])
+        alpha = u_ctrl / jax.nn.sigmoid(h)
+        ss = production_decay.solve_conditions(jnp.zeros((n, n)), h, alpha, log_s, u_ctrl)
+        np.testing.assert_allclose(np.asarray(ss.x), np.exp(np.asarray(log_s)) * np.asarray(u_ctrl), rtol=1e-9)
+        assert bool(np.all(ss.ok))
+
+
+def test_production_decay_fixed_point_has_zero_velocity_float64():
+    rng = np.random.default_rng(3)
+    n = 5
+    with jax.enable_x64(True):
+        W = jnp.asarray(_rng_W(rng, n, scale=0.8))
+        u_ctrl, h = jnp.ones(n), jnp.full(n, -0.5)
+        alpha, b = u_ctrl / jax.nn.sigmoid(h), h - W @ u_ctrl
+        log_s = jnp.asarray(rng.normal(0, 0.7, (3, n)))
+        ss = production_decay.solve_conditions(W, b, alpha, log_s, u_ctrl)
+        f = jax.vmap(lambda x, ls: alpha * jnp.exp(ls) * jax.nn.sigmoid(W @ x + b) - x)(ss.x, log_s)
+        assert bool(np.all(ss.ok)) and float(jnp.max(jnp.abs(f))) < 1e-9
+        # the control is the fixed point by construction; an edit moves it
+        ctrl = production_decay.solve_conditions(W, b, alpha, jnp.zeros((1, n)), u_ctrl)
+        np.testing.assert_allclose(np.asarray(ctrl.x[0]), np.ones(n), rtol=1e-9)
+        assert float(jnp.max(jnp.abs(ss.x - 1.0))) > 0.05
+
+
+def _design(rng, *, perts=("control", "g0", "g1", "g0+g1", "g2"), n_cells=12):
+    """Gaussian design over GENES: knockdowns of g0, g1 (and g0+g1, g2); g3, g4 never perturbed."""
+    labels = np.repeat(perts, n_cells)
+    y = rng.normal(2.0, 0.3, (len(labels), len(GENES)))
+    for i, g in enumerate(GENES[:3]):
+        y[np.char.find(labels.astype(str), g) >= 0, i] -= 1.0
+    y[np.char.find(labels.astype(str), "g0") >= 0, 3] -= 0.5  # g0 -> g3 downstream
+    frame = pd.DataFrame(y, columns=list(GENES))
+    frame["perturbation"] = labels
+    return sm.Design.from_frame(frame, readouts=list(GENES), perturbation_key="perturbation", control="control")
+
+
+@pytest.fixture(scope="module")
+def design():
+    return _design(np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def linear_fit(design):
+    return sm.fit_svi(linear_steady_state.SPEC, design, rng_key=0, num_steps=150, num_samples=30, progress_bar=False)
+
+
+def test_unseen_gene_and_new_combination_are_predicted(linear_fit, design):
+    p = sm.predict(linear_fit, ["g3", "g1+g3", "g0+g1", "control"], rng_key=2)
+    m = p.draws["mean"]
+    assert m.shape == (30, 4, len(GENES)) and np.all(np.isfinite(m))
+    # an unseen target is edited through its own production: its own gene moves across draws
+    assert np.std(m[:, 0, 3]) > 1e-3
+    assert "ok_fraction" in linear_fit.samples
+
+
+def test_additive_cannot_predict_unseen_gene(design):
+    fit = sm.fit_svi(additive.SPEC, design, rng_key=0, num_steps=20, num_samples=10, progress_bar=False)
+    with pytest.raises(PredictionError, match="never perturbed"):
+        sm.predict(fit, ["g3"], rng_key=0)
+
+
+def test_unknown_target_is_a_clear_error(linear_fit):
+    with pytest.raises(DesignError, match="unknown target 'NOPE'"):
+        sm.predict(linear_fit, ["g0+NOPE"], rng_key=0)
+
+
+def test_network_naming_unmodelled_genes_is_a_clear_error():
+    edges = pd.DataFrame({"source": ["g0", "XYZ"], "sign": [1, -1], "target": ["g1", "g2"]})
+    with pytest.raises(DesignError, match="not modelled genes.*XYZ"):
+        net.network_matrix(edges, genes=GENES)
+    m = net.network_matrix(edges.iloc[:1], genes=GENES)
+    assert m[0, 1] == 1.0 and m.sum() == 1.0
+
+
+def test_network_mask_and_sign_constrain_W(design):
+    from numpyro import handlers
+
+    mask = net.network_matrix(pd.DataFrame({"source": ["g0"], "sign": [-1], "target": ["g3"]}), genes=GENES)
+    model = lambda d: linear_steady_state.model(d, network=mask, y=None)  # noqa: E731
+    with handlers.seed(rng_seed=0):
+        tr = handlers.trace(model).get_trace(design.model_data())
+    W = np.asarray(tr["W"]["value"])
+    assert W[0, 3] < 0 and np.count_nonzero(W) == 1
+    with pytest.raises(DesignError, match="shape"):
+        with handlers.seed(rng_seed=0):
+            linear_steady_state.model(design.model_data(), network=np.zeros((2, 2)))
+
+
+def test_non_converging_prior_is_a_clear_error(design):
+    from semimech import checks
+
+    with pytest.raises(InferenceError, match="steady state"):
+        checks.prior_steady_states(linear_steady_state.SPEC, design, rng_key=0, num_draws=8, w_scale=1e3,
+                                   check_stability=True)
+    ok = checks.prior_steady_states(linear_steady_state.SPEC, design, rng_key=0, num_draws=8)
+    assert ok > 0.5
+
+
+def test_nuts_on_production_decay_small_problem(design):
+    small = design.pseudobulk()
+    fit = sm.fit_nuts(production_decay.SPEC, small, rng_key=0, num_warmup=30, num_samples=20, num_chains=1,
+                      max_tree_depth=4, progress_bar=False)
+    okf = fit.flat("ok_fraction")
+    assert okf.shape == (20,) and np.all(okf == 1.0)  # failed draws are rejected, never kept
+    assert np.all(np.isfinite(fit.flat("mean")))
+    p = sm.predict(fit, ["g4", "g0+g2"], rng_key=1)
+    assert np.all(np.isfinite(p.draws["mean"]))
