@@ -2,8 +2,10 @@
 
 Known answer: a 4,000-cell screen (3 targets x 2 guides + 2 non-targeting guides, MOI about
 1.05, two batches with sd 0.4 offsets). Negative control: the same screen with guide counts
-shuffled across cells must not reproduce the efficacies nor the link between guides and
-perturbed cells.
+shuffled across cells must not reproduce the efficacies, the effects, nor the link between
+guides and perturbed cells. Measured once (seed 11): efficacy max error 0.045 (shuffled: all
+0.73-0.76, spread sd 0.01 vs 0.16 true), effect max error 0.11 (shuffled 2.8), AUC of
+p_perturbed 0.997 vs 0.844 from guide counts alone (shuffled 0.49).
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ def test_negative_control_shuffled_guides(screen):
     guides = GuideDesign.from_anndata(shuffled, guide_table="grna_targets", batch_key="batch")
     fit = ga.fit_guides(design, guides, rng_key=0, num_steps=1500, batch_size=256)
     eff = ga.efficacy_table(fit)
-    # efficacies collapse (a guide no longer marks its perturbed cells): far from the truth
-    assert np.mean(np.abs(eff["mean"] - truth["efficacy"][:6])) > 0.25
+    # efficacies collapse to one value near the prior (a guide no longer marks its perturbed cells):
+    # the guide-to-guide differences of the truth (sd 0.16) are gone
+    assert eff["mean"].std() < 0.3 * truth["efficacy"][:6].std()
+    assert np.max(np.abs(fit.flat("effect").mean(0) - truth["effect"])) > 0.5  # effects are not recovered
     pp = ga.perturbation_probabilities(fit, guides, num_draws=50)
     assert _auc(pp["p_perturbed_from_guides"].to_numpy(), truth["perturbed"]) < 0.6
