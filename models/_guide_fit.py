@@ -43,10 +43,19 @@ class Prepared(NamedTuple):
     is_control: np.ndarray
     genes: tuple
     batches: tuple | None
+    targets: tuple
 
 
-def prepare(design: Design, guides: GuideDesign, *, genes=None, num_candidates: int = 2) -> Prepared:
-    """Check that ``design`` and ``guides`` describe the same cells and build the model data."""
+PLACEBO = "non-targeting (placebo)"
+
+
+def prepare(design: Design, guides: GuideDesign, *, genes=None, num_candidates: int = 2,
+            placebo: bool = False) -> Prepared:
+    """Check that ``design`` and ``guides`` describe the same cells and build the model data.
+
+    With ``placebo``, non-targeting guides get a target of their own (:data:`PLACEBO`), with an
+    efficacy and effects like any other: a negative control fitted alongside the real targets.
+    """
     if not isinstance(design, Design) or not isinstance(guides, GuideDesign):
         raise DesignError("fit_guides needs a semimech.Design (expression) and a GuideDesign (guide counts).")
     if design.y is None or not design.is_counts:
@@ -72,15 +81,20 @@ def prepare(design: Design, guides: GuideDesign, *, genes=None, num_candidates: 
     base_rows = ctrl if ctrl.any() else np.ones(design.n_obs, bool)
     rate = np.asarray((sp.diags(1.0 / sf[base_rows]) @ y[base_rows]).mean(0)).ravel()
     bg_loc, gap_loc = _guide_init(guides)
-    onehot = np.zeros((guides.n_guides, len(guides.targets)), np.float32)
+    targets = tuple(guides.targets) + ((PLACEBO,) if placebo else ())
     tix = np.asarray(guides.guide_target_index)
+    if placebo:
+        if not guides.is_control_guide.any():
+            raise DesignError("placebo=True needs non-targeting guides, and the guide table has none.")
+        tix = np.where(tix < 0, len(guides.targets), tix)
+    onehot = np.zeros((guides.n_guides, len(targets)), np.float32)
     onehot[tix >= 0, tix[tix >= 0]] = 1.0
     data = {"n_obs": design.n_obs, "n_genes": len(names), "n_guides": guides.n_guides,
-            "n_targets": len(guides.targets), "n_batches": 0 if batches is None else len(batches),
+            "n_targets": len(targets), "n_batches": 0 if batches is None else len(batches),
             "baseline_loc": np.log(rate + 1e-3).astype(np.float32), "guide_bg_loc": bg_loc, "guide_gap_loc": gap_loc,
             "guide_target_index": tix.astype(np.int32), "guide_target_onehot": onehot}
-    return Prepared(data, y, guides.counts, guides.candidate_targets(num_candidates), sf, bidx.astype(np.int32),
-                    ctrl, names, batches)
+    cand = guides.candidate_targets(num_candidates, guide_target_index=tix)
+    return Prepared(data, y, guides.counts, cand, sf, bidx.astype(np.int32), ctrl, names, batches, targets)
 
 
 def _guide_init(guides: GuideDesign) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +148,7 @@ def _init_values(data) -> dict:
 
 def fit_guides(design: Design, guides: GuideDesign, *, rng_key, genes=None, num_steps: int = 2000,
                batch_size: int = 512, sampler: str = "uniform", control_fraction: float = 0.25,
-               learning_rate: float = 0.01, num_samples: int = 200, num_candidates: int = 2,
+               learning_rate: float = 0.01, num_samples: int = 200, num_candidates: int = 2, placebo: bool = False,
                likelihood: str = "negbin", effect_prior_scale: float = 0.5,
                efficacy_prior: tuple[float, float] = (1.0, 1.5)) -> Fit:
     """Fit the guide-assignment model by SVI over minibatches of cells (mean-field normal guide).
@@ -158,6 +172,11 @@ def fit_guides(design: Design, guides: GuideDesign, *, rng_key, genes=None, num_
         Posterior draws kept.
     num_candidates
         ``M``: candidate targets per cell (see the module docstring of ``guide_assignment``).
+    placebo
+        Give non-targeting guides a placebo target (:data:`PLACEBO`) with its own efficacy and
+        effects: a negative control. A placebo "efficacy" well above 0 means the mixture finds
+        a subpopulation among control cells too, so similar efficacies of other targets are
+        natural heterogeneity, not editing.
     likelihood
         ``"negbin"``, ``"zinb"`` or ``"poisson"`` for expression.
 
@@ -171,7 +190,7 @@ def fit_guides(design: Design, guides: GuideDesign, *, rng_key, genes=None, num_
         raise DesignError(f"num_steps must be at least 1, got {num_steps}.")
     if sampler not in SAMPLERS:
         raise DesignError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
-    prep = prepare(design, guides, genes=genes, num_candidates=num_candidates)
+    prep = prepare(design, guides, genes=genes, num_candidates=num_candidates, placebo=placebo)
     n = prep.data["n_obs"]
     bsz = min(int(batch_size), n)
     k_fit, k_batch, k_draw, k_det = jax.random.split(as_key(rng_key), 4)
@@ -212,14 +231,15 @@ def fit_guides(design: Design, guides: GuideDesign, *, rng_key, genes=None, num_
     dims = {**dims, **_TOP_LEVEL_DIMS}
     dims = {k: v for k, v in dims.items() if k in post}
     samples = {k: v[None] for k, v in post.items()}
-    coords = {"genes": prep.genes, "targets": guides.targets, "guides": guides.guides}
+    coords = {"genes": prep.genes, "targets": prep.targets, "guides": guides.guides}
     if prep.batches is not None:
         coords["batches"] = prep.batches
     idata = _arviz.to_datatree(samples, dims, coords, attrs={"posterior": {"model": "guide_assignment", "method": "svi"}})
     from semimech.models.guide_assignment import SPEC
 
-    options = {**opts, "genes": prep.genes, "targets": guides.targets, "guides": guides.guides,
-               "guide_targets": guides.guide_targets, "batches": prep.batches, "num_candidates": int(num_candidates), "batch_size": bsz, "sampler": sampler,
+    options = {**opts, "genes": prep.genes, "targets": prep.targets, "guides": guides.guides, "placebo": placebo,
+               "guide_targets": tuple(PLACEBO if c else t for t, c in zip(guides.guide_targets, guides.is_control_guide))
+               if placebo else guides.guide_targets, "batches": prep.batches, "num_candidates": int(num_candidates), "batch_size": bsz, "sampler": sampler,
                "num_steps": int(num_steps), "fit_seconds": seconds,
                "cells_per_second": (num_steps - 1) * bsz / seconds if num_steps > 1 else float("nan")}
     return Fit(spec=SPEC, design=design, samples=samples, dims=dims, method="svi", options=options,
@@ -248,7 +268,8 @@ def perturbation_probabilities(fit: Fit, guides: GuideDesign, *, num_draws: int 
         raise DesignError("this Fit was not made by fit_guides; perturbation_probabilities needs a guide-assignment fit.")
     if tuple(guides.guides) != tuple(o["guides"]):
         raise DesignError("the GuideDesign's guides differ from those the model was fitted with.")
-    prep = prepare(fit.design, guides, genes=o["genes"], num_candidates=o["num_candidates"])
+    prep = prepare(fit.design, guides, genes=o["genes"], num_candidates=o["num_candidates"],
+                   placebo=o.get("placebo", False))
     data, n = prep.data, prep.data["n_obs"]
     params = _draw_params(fit, data, num_draws)
     bsz = min(int(chunk_size), n)
@@ -289,7 +310,7 @@ def perturbation_probabilities(fit: Fit, guides: GuideDesign, *, num_draws: int 
             "top_guide": [guides.guides[g] for g in top[idx]],
             "top_guide_target": [guides.guide_targets[g] for g in top[idx]],
             "top_guide_share": share[idx], "p_top_guide_present": pres[:k][np.arange(k), top[idx]],
-            "target": ["" if c < 0 else guides.targets[c] for c in cand],
+            "target": ["" if c < 0 else prep.targets[c] for c in cand],
             "p_perturbed": pp, "p_perturbed_lo": lo, "p_perturbed_hi": hi, "p_perturbed_from_guides": pr,
             "p_escaper": esc}))
     return pd.concat(rows, ignore_index=True)

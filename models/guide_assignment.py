@@ -49,6 +49,11 @@ presence_prob, guide_bg_concentration, guide_fg_concentration : ()
 guide_counts, y : (cells,)
     Factors: marginal log-likelihoods of guide counts and of expression given guide counts.
 
+Negative control on real data: ``fit_guides(..., placebo=True)`` gives the non-targeting
+guides a target of their own (``PLACEBO``); its "efficacy" is what the escaper mixture finds
+without any editing (natural heterogeneity), the floor against which other targets' efficacies
+are read.
+
 Fit with :func:`fit_guides` (SVI over minibatches of cells; :func:`semimech.fit_svi` does not
 feed sparse minibatches), then :func:`perturbation_probabilities` and :func:`effect_table`.
 """
@@ -57,7 +62,7 @@ from __future__ import annotations
 
 from semimech.infer.spec import ModelSpec
 from semimech.models._guide_core import cell_terms, derive, model
-from semimech.models._guide_fit import fit_guides, perturbation_probabilities
+from semimech.models._guide_fit import PLACEBO, fit_guides, perturbation_probabilities
 from semimech.models._guide_sim import simulate_guide_screen
 from semimech.models._guide_tables import (
     batch_effect_table,
@@ -76,5 +81,5 @@ SPEC = ModelSpec(
     default_options={"likelihood": "negbin"},
 )
 
-__all__ = ["SPEC", "batch_effect_table", "cell_terms", "derive", "effect_table", "efficacy_table", "escaper_table",
+__all__ = ["PLACEBO", "SPEC", "batch_effect_table", "cell_terms", "derive", "effect_table", "efficacy_table", "escaper_table",
            "fit_guides", "model", "perturbation_probabilities", "simulate_guide_screen"]

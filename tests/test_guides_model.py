@@ -147,3 +147,17 @@ def test_fit_bad_inputs(small_fit):
         ga.fit_guides(d, g, rng_key=0, num_steps=1, likelihood="normal")
     with pytest.raises(DesignError, match="targets"):
         ga.effect_table(fit, targets=["STAT1"])
+
+
+def test_placebo_gives_non_targeting_guides_a_target(small_fit):
+    from semimech.models._guide_fit import PLACEBO, prepare
+
+    d, g, _ = small_fit
+    plain = prepare(d, g)
+    prep = prepare(d, g, placebo=True)
+    assert prep.targets == ("T0", "T1", PLACEBO) and plain.targets == ("T0", "T1")
+    nt = np.asarray(g.is_control_guide)
+    assert (prep.data["guide_target_index"][nt] == 2).all() and (plain.data["guide_target_index"][nt] == -1).all()
+    ctrl_cells = g.is_control_cell()
+    assert (prep.candidates[ctrl_cells, 0] == 2).all()  # a control cell's first candidate is the placebo
+    assert (plain.candidates[ctrl_cells, 0] != 2).all()

@@ -160,13 +160,18 @@ class GuideDesign:
         total = np.asarray(self.counts.sum(axis=1)).ravel()
         return self.is_control_guide[top] & (total > 0)
 
-    def candidate_targets(self, num: int) -> np.ndarray:
-        """For each cell, the targets of its ``num`` most-counted targeting guides (-1 if fewer)."""
+    def candidate_targets(self, num: int, *, guide_target_index=None) -> np.ndarray:
+        """For each cell, the targets of its ``num`` most-counted targeting guides (-1 if fewer).
+
+        ``guide_target_index`` overrides the guide -> target map (e.g. to give non-targeting
+        guides a placebo target); guides mapped to -1 are skipped.
+        """
         num = int(num)
         if num < 1:
             raise DesignError("num must be at least 1.")
         out = np.full((self.n_cells, num), -1, dtype=np.int32)
-        c, tix = self.counts, self.guide_target_index
+        c = self.counts
+        tix = self.guide_target_index if guide_target_index is None else np.asarray(guide_target_index)
         for i in range(self.n_cells):
             lo, hi = c.indptr[i], c.indptr[i + 1]
             cols, vals = c.indices[lo:hi], c.data[lo:hi]
