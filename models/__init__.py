@@ -3,12 +3,13 @@
 The registry is explicit: add a model by importing its module here and listing its SPEC.
 """
 
-from semimech.models import additive, linear_steady_state, production_decay
+from semimech.models import additive, latent_programs, linear_steady_state, production_decay
 
 REGISTRY = {
     additive.SPEC.name: additive.SPEC,
     linear_steady_state.SPEC.name: linear_steady_state.SPEC,
     production_decay.SPEC.name: production_decay.SPEC,
+    latent_programs.SPEC.name: latent_programs.SPEC,
 }
 
 
@@ -20,4 +21,4 @@ def get(name: str):
         raise KeyError(f"no model named {name!r}; registered: {sorted(REGISTRY)}") from None
 
 
-__all__ = ["REGISTRY", "additive", "get", "linear_steady_state", "production_decay"]
+__all__ = ["REGISTRY", "additive", "get", "latent_programs", "linear_steady_state", "production_decay"]

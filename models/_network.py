@@ -62,7 +62,8 @@ def target_gene_onehot(data):
     return jnp.asarray((tgi[:, None] == np.arange(data["n_genes"])[None, :]).astype(np.float32))
 
 
-def target_log_scales(data, genes_plate, *, efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5):
+def target_log_scales(data, genes_plate, *, efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5,
+                      split: bool = False):
     """Per-target log production scales, ``(targets, genes)``.
 
     One standardised site ``target_z`` (targets x genes) serves both kinds of target: a target
@@ -72,7 +73,7 @@ def target_log_scales(data, genes_plate, *, efficacy_prior_scale: float = 1.5, d
     ``direct_scale * direct_sd * z``. (A ``targets``-only site would need the ``targets`` plate at
     another dim than the other target-level sites, which autoguides reject.)
     Sites: ``efficacy_loc``, ``efficacy_sd``, ``direct_scale`` (), ``direct_sd`` (genes),
-    ``target_z`` (targets x genes).
+    ``target_z`` (targets x genes). With ``split`` returns ``(own, direct)`` separately.
     """
     tgi = np.asarray(data["target_gene_index"])
     loc = numpyro.sample("efficacy_loc", dist.Normal(0.0, efficacy_prior_scale))
@@ -84,6 +85,8 @@ def target_log_scales(data, genes_plate, *, efficacy_prior_scale: float = 1.5, d
         z = numpyro.sample("target_z", dist.Normal(0.0, 1.0))
     own = target_gene_onehot(data)
     is_gene = jnp.asarray(tgi >= 0, dtype=jnp.float32)[:, None]
+    if split:
+        return own * (loc + sd * z), (1.0 - is_gene) * tau * dsd * z
     return own * (loc + sd * z) + (1.0 - is_gene) * tau * dsd * z
 
 
@@ -97,7 +100,8 @@ def network_weights(data, *, n: int, regulators_plate, genes_plate, w_prior: str
     """Sample ``W`` (gene x regulator, zero diagonal); the site ``W`` is its transpose.
 
     ``network`` is an ``(n, n)`` signed array from :func:`network_matrix` (``[regulator, gene]``:
-    +1 activation, -1 inhibition, 0 no edge). ``mask`` keeps only its edges, with their signs;
+    +1 activation, -1 inhibition, NaN an edge of unknown sign, 0 no edge). ``mask`` keeps only
+    its edges, with their signs where known;
     ``scale`` shrinks edges outside it by ``off_network_scale``.
     """
     if w_prior not in W_PRIORS:
@@ -124,7 +128,8 @@ def network_weights(data, *, n: int, regulators_plate, genes_plate, w_prior: str
             wt = numpyro.sample("w_z", dist.Normal(0.0, 1.0)) * tau * prior_scale
         if network is not None and network_mode == "mask":
             net = jnp.asarray(network, dtype=jnp.float32)
-            wt = jnp.where(net != 0, net * jnp.abs(wt), 0.0)
+            signed = jnp.where(jnp.isnan(net), 0.0, net)
+            wt = jnp.where(net != 0, jnp.where(signed != 0, signed * jnp.abs(wt), wt), 0.0)
         wt = wt * (1.0 - jnp.eye(n))
         numpyro.deterministic("W", wt)
     return wt.T  # W[gene, regulator]
@@ -136,8 +141,9 @@ def network_matrix(network, *, genes) -> np.ndarray:
     Parameters
     ----------
     network
-        DataFrame with columns ``source``, ``sign`` (+1/-1) and ``target`` (as
-        :func:`semimech.datasets.read_sif` returns), or a path to a ``.sif`` file.
+        DataFrame with columns ``source``, ``target`` and optionally ``sign`` (+1/-1; missing or
+        NaN: an edge of unknown sign, stored as NaN), as :func:`semimech.datasets.read_sif`
+        returns, or a path to a ``.sif`` file.
     genes
         The modelled genes (``design.genes``); every node of the network must be one of them.
 
@@ -152,8 +158,11 @@ def network_matrix(network, *, genes) -> np.ndarray:
         from semimech.datasets import read_sif
 
         network = read_sif(network)
-    if not isinstance(network, pd.DataFrame) or not {"source", "sign", "target"} <= set(network.columns):
-        raise DesignError("network must be a DataFrame with columns source, sign, target (or a .sif path).")
+    if not isinstance(network, pd.DataFrame) or not {"source", "target"} <= set(network.columns):
+        raise DesignError("network must be a DataFrame with columns source, target and optionally sign "
+                          "(or a .sif path).")
+    if "sign" not in network.columns:
+        network = network.assign(sign=np.nan)
     col = {g: i for i, g in enumerate(genes)}
     nodes = set(network["source"].astype(str)) | set(network["target"].astype(str))
     missing = sorted(nodes - set(col))
@@ -165,7 +174,7 @@ def network_matrix(network, *, genes) -> np.ndarray:
         )
     out = np.zeros((len(genes), len(genes)), dtype=np.float32)
     for s, sign, t in zip(network["source"].astype(str), network["sign"], network["target"].astype(str)):
-        out[col[s], col[t]] = float(np.sign(sign)) or 1.0
+        out[col[s], col[t]] = np.nan if pd.isna(sign) else (float(np.sign(sign)) or 1.0)
     return out
 
 

@@ -79,14 +79,15 @@ def steady_states_closed_form(W, b, log_s, *, check_stability: bool = False):
 
 
 def system(draw: dict):
-    """The dynamics of one posterior draw: ``(field, params, x0)`` for :mod:`semimech.dynamics`.
+    """The dynamics of one draw: ``(field, params, x0, log_scale)`` for :mod:`semimech.checks`.
 
     ``draw`` holds the sites ``W`` (regulators x genes), ``bias`` and ``control_state`` (genes);
     the edit of a condition is ``Intervention.scale(exp(log_scale[p]))``.
     """
     W = jnp.asarray(draw["W"]).T
     b = jnp.asarray(draw["bias"])
-    return linear_field, LinearParams(W=W, b=b, gamma=jnp.ones_like(b)), jnp.asarray(draw["control_state"])
+    params = LinearParams(W=W, b=b, gamma=jnp.ones_like(b))
+    return linear_field, params, jnp.asarray(draw["control_state"]), jnp.asarray(draw["log_scale"])
 
 
 def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_scale: float = 0.1, network=None,

@@ -69,11 +69,11 @@ def solve_conditions(W, b, alpha, log_s, x0, *, fallback: bool = False, max_step
 
 
 def system(draw: dict):
-    """The dynamics of one posterior draw: ``(field, params, x0)`` for :mod:`semimech.dynamics`."""
+    """The dynamics of one draw: ``(field, params, x0, log_scale)`` for :mod:`semimech.checks`."""
     alpha = jnp.asarray(draw["alpha"])
     params = ProductionDecayParams(W=jnp.asarray(draw["W"]).T, b=jnp.asarray(draw["bias"]), alpha=alpha,
                                    gamma=jnp.ones_like(alpha))
-    return production_decay_field, params, jnp.asarray(draw["control_state"])
+    return production_decay_field, params, jnp.asarray(draw["control_state"]), jnp.asarray(draw["log_scale"])
 
 
 def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_scale: float = 0.3, network=None,

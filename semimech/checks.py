@@ -5,9 +5,10 @@ Mechanistic steady-state models (``linear_steady_state``, ``production_decay``,
 learned dynamics and that each perturbation maps to a *unique* attractor (FRAMEWORK.md
 section 4). These checks test that assumption on posterior (or prior) draws.
 
-A model supports the checks when its module defines ``system(draw) -> (field, params, x0)``
-(the vector field, its parameters for one draw, the control state) and records a deterministic
-``log_scale`` site (conditions x state: the edit of each condition).
+A model supports the checks when its module defines ``system(draw) -> (field, params, x0,
+log_scale)`` (the vector field, its parameters for one draw, the control state and the log
+production scale of each condition, conditions x state) built from the sites named in its
+``SYSTEM_SITES`` (default: ``W``, ``bias``, ``alpha``, ``control_state``, ``log_scale``).
 
 Example
 -------
@@ -37,12 +38,13 @@ _SYSTEM_SITES = ("W", "bias", "alpha", "control_state", "log_scale", "loadings")
 def _system_fn(spec):
     module = sys.modules.get(spec.model.__module__)
     fn = getattr(module, "system", None)
+    sites = getattr(module, "SYSTEM_SITES", _SYSTEM_SITES)
     if fn is None:
         raise SemimechError(
             f"model {spec.name!r} has no dynamics to check (its module defines no system(draw)); steady-state "
             "checks apply to mechanistic models such as 'linear_steady_state' or 'production_decay'."
         )
-    return fn
+    return fn, sites
 
 
 def prior_steady_states(spec, design, *, rng_key, num_draws: int = 20, min_fraction: float = 0.05,
@@ -95,7 +97,7 @@ def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_st
     """
     from semimech.infer.predict import _align
 
-    system = _system_fn(fit.spec)
+    system, site_names = _system_fn(fit.spec)
     train = fit.design
     labels = list(train.perturbations if labels is None else labels)
     pdesign = train.with_perturbations(labels)
@@ -110,20 +112,20 @@ def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_st
     for k in ("baseline_loc", "baseline_scale", "noise_floor"):
         data[k] = tdata[k]
     model = functools.partial(fit.spec.model, **fit.options)
-    sites = Predictive(model, posterior_samples=post, return_sites=list(_SYSTEM_SITES))(k_pred, data)
+    sites = Predictive(model, posterior_samples=post, return_sites=list(site_names))(k_pred, data)
     sites = {k: np.asarray(v) for k, v in sites.items()}
 
     @jax.jit
     def check_draw(draw, key):
-        field, params, x0 = system(draw)
+        field, params, x0, log_scale = system(draw)
 
         def one(ls, k):
             a = attractors(field, params, rng_key=k, intervention=Intervention.scale(jnp.exp(ls)), x0=x0,
                            num_starts=num_starts, max_steps=max_steps)
             return a.ok[0], a.unique, a.num_attractors
 
-        keys = jax.random.split(key, draw["log_scale"].shape[0])
-        return jax.vmap(one)(draw["log_scale"], keys)
+        keys = jax.random.split(key, log_scale.shape[0])
+        return jax.vmap(one)(log_scale, keys)
 
     stable, unique, count = [], [], []
     for d, k in zip(range(len(idx)), jax.random.split(k_att, len(idx))):

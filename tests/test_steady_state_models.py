@@ -153,3 +153,25 @@ def test_nuts_on_production_decay_small_problem(design):
     assert np.all(np.isfinite(fit.flat("mean")))
     p = sm.predict(fit, ["g4", "g0+g2"], rng_key=1)
     assert np.all(np.isfinite(p.draws["mean"]))
+
+
+def test_checks_stable_unique_and_a_negative_control(linear_fit):
+    import dataclasses
+
+    from semimech import checks
+
+    table, summary = checks.steady_state_check(linear_fit, ["control", "g0+g1", "g3"], rng_key=0, num_draws=3,
+                                               num_starts=4)
+    assert list(table.perturbation) == ["control", "g0+g1", "g3"]
+    assert summary == 1.0 and np.all(table.unique == 1.0)  # a contractive linear system: one stable attractor
+    # negative control: the same draws with W scaled 100x are unstable linear dynamics
+    samples = dict(linear_fit.samples)
+    samples["w_scale"] = samples["w_scale"] * 100.0
+    samples["w_local"] = np.maximum(samples["w_local"], 1.0)
+    bad = dataclasses.replace(linear_fit, samples=samples, idata=None)
+    table_bad, summary_bad = checks.steady_state_check(bad, ["control", "g0+g1", "g3"], rng_key=0, num_draws=3,
+                                                       num_starts=4)
+    assert summary_bad == 0.0 and table_bad.stable.max() < 1.0
+    with pytest.raises(Exception, match="no dynamics"):
+        checks.steady_state_check(sm.fit_svi(additive.SPEC, linear_fit.design, rng_key=0, num_steps=5,
+                                             num_samples=5, progress_bar=False), rng_key=0)

@@ -1,0 +1,140 @@
+"""Real-data benchmark of the steady-state models against the additive model and baselines.
+
+Tasks (data in ``../shared/data``; see its README for what each can and cannot show):
+
+- ``norman``: Norman 2019 K562 CRISPRa (shipped subset), hold out the 5 combinable doubles; the
+  genes detected in >= 0.5% of training cells (as ``semimech demo``). L2, Pearson-delta, 90%
+  coverage vs additive and no-change baselines (reference = training controls).
+- ``hepg2``: HepG2CancerRes2011 at t = 30 min, log10(x+1), every cell line x stimulus context;
+  train on no/single inhibitors, predict double/triple (RMSE; baselines incl. ``min_single``).
+- ``sachs``: Sachs 2005 (natural log), leave one intervention condition out (RMSE); the
+  network models get the consensus graph as a prior scale on ``W``. A held-out inhibitor of a
+  measured protein is an unseen target predicted through ``W``.
+
+Models are fitted by SVI on the training pseudobulk. HepG2 and Sachs folds and the scoring
+(predictions anchored to each context's observed training control) are shared with
+``benchmarks/accuracy.py``.
+
+    python benchmarks/steady_state.py --tasks norman --steps 2000
+    python benchmarks/steady_state.py --smoke
+
+Writes ``benchmarks/results/steady_state_<task>.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import semimech as sm  # noqa: E402
+from accuracy import contexts, score_model  # noqa: E402
+from accuracy_tasks import Fold, hepg2_combinations, sachs_loco  # noqa: E402
+from semimech import evaluate as ev  # noqa: E402
+from semimech.models import REGISTRY  # noqa: E402
+
+COLUMNS = ["l2", "rmse", "pearson_delta", "mse_top_de", "direction", "coverage_50", "coverage_90", "crps"]
+OUT = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def norman_fold() -> list[Fold]:
+    """Norman 2019: train on control, 19 singles and 9 doubles; predict the 5 combinable doubles."""
+    from semimech.datasets import NORMAN19_COMBINABLE_DOUBLES, norman19_devel
+
+    adata = norman19_devel()
+    full = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control")
+    train, _ = ev.split_combinations(full, test_labels=NORMAN19_COMBINABLE_DOUBLES)
+    detected = np.asarray((train.y > 0).mean(axis=0)).ravel() >= 0.005
+    genes = [g for g, keep in zip(full.genes, detected) if keep]
+    d = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control", genes=genes)
+    train, test = ev.split_combinations(d, test_labels=NORMAN19_COMBINABLE_DOUBLES)
+    return [Fold("norman", "5 doubles", train, test, train.pseudobulk(), (None,), ("no_change", "additive"), "l2")]
+
+
+TASKS = {"norman": lambda quick: norman_fold(),
+         "hepg2": lambda quick: hepg2_combinations(max_genes=None, quick=quick),
+         "sachs": lambda quick: sachs_loco(max_genes=None, quick=quick)}
+
+
+NETWORK_MODELS = ("linear_steady_state", "production_decay")
+
+
+def model_options(task: str, name: str, fold) -> dict:
+    """Sachs: the consensus graph as a prior scale on W (edges off the graph shrunk 10x)."""
+    if task == "sachs" and name in NETWORK_MODELS:
+        from semimech.datasets import read_sachs2005_graph
+        from semimech.models._network import network_matrix
+
+        return {"network": network_matrix(read_sachs2005_graph(), genes=fold.fit_design.genes),
+                "network_mode": "scale"}
+    return {}
+
+
+def run_task(task, models, *, seed, steps, draws, quick, log=print):
+    folds = TASKS[task](quick)
+    rows, notes, timings = [], [], []
+    for fold in folds:
+        log(f"[{task}] fold {fold.name}: {fold.fit_design!r}")
+        for ctx in contexts(fold):
+            t = ev.score_baselines(fold.train, fold.test, baselines=fold.baselines, batch=ctx, reference=fold.train)
+            rows.append(t[t.perturbation != "mean"].assign(fold=fold.name, context=str(ctx)))
+        for name in models:
+            t0 = time.time()
+            try:
+                fit = sm.fit_svi(REGISTRY[name], fold.fit_design, rng_key=seed, num_steps=steps, num_samples=draws,
+                                 progress_bar=False, **model_options(task, name, fold))
+                tables, note = score_model(fit, fold, seed=seed)
+                if "ok_fraction" in fit.samples:
+                    note = (note + " " if note else "") + f"ok_fraction={float(np.mean(fit.flat('ok_fraction'))):.3f}"
+            except Exception as err:  # report, keep going
+                tables, note = [], f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            dt = time.time() - t0
+            timings.append({"fold": fold.name, "model": name, "seconds": dt})
+            if note:
+                notes.append({"fold": fold.name, "model": name, "note": note})
+            for t in tables:
+                rows.append(t.assign(fold=fold.name, model=name))
+            log(f"  {fold.name} {name}: {dt:.0f}s {note}")
+    per = pd.concat(rows, ignore_index=True)
+    summary = per.groupby("model")[COLUMNS].mean().sort_values(folds[0].metric)
+    return per, summary, notes, timings
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--models", nargs="+", default=["additive", "linear_steady_state", "production_decay"])
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--draws", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="50 steps, 30 draws, quick folds")
+    a = p.parse_args(argv)
+    steps, draws = (50, 30) if a.smoke else (a.steps, a.draws)
+    OUT.mkdir(exist_ok=True)
+    for task in a.tasks:
+        t0 = time.time()
+        per, summary, notes, timings = run_task(task, a.models, seed=a.seed, steps=steps, draws=draws, quick=a.smoke)
+        print(f"\n{task}: mean over held-out perturbations (and contexts)")
+        print(summary.to_string(float_format=lambda x: f"{x:.3f}"))
+        for n in notes:
+            print("  note:", n)
+        name = f"steady_state_{task}{'_smoke' if a.smoke else ''}.json"
+        (OUT / name).write_text(json.dumps({
+            "task": task, "steps": steps, "draws": draws, "seed": a.seed, "seconds": time.time() - t0,
+            "machine": platform.platform(), "summary": summary.reset_index().to_dict(orient="records"),
+            "per_perturbation": per.to_dict(orient="records"), "notes": notes, "timings": timings,
+        }, indent=1, default=float))
+        print(f"wrote {OUT / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
