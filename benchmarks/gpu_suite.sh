@@ -11,11 +11,14 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-python3 -c "import semimech" 2>/dev/null || {
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/semimech-site . && export PYTHONPATH=/tmp/semimech-site:$PYTHONPATH; }
+if ! (cd /tmp && python3 -c "import semimech.models") 2>/dev/null; then  # not installed: lay it out as setuptools would
+  rm -rf /tmp/semimech-site && mkdir -p /tmp/semimech-site
+  cp -r semimech /tmp/semimech-site/ && cp -r models /tmp/semimech-site/semimech/models
+  export PYTHONPATH=/tmp/semimech-site:$PYTHONPATH
+fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTDIR/gpu.txt" || true
-python3 -c "import jax; print('jax', jax.__version__, jax.devices())" | tee -a "$OUTDIR/gpu.txt"
+(cd /tmp && python3 -c "import jax, numpyro, semimech.models; print('jax', jax.__version__, 'numpyro', numpyro.__version__, jax.devices())") | tee -a "$OUTDIR/gpu.txt"
 python3 benchmarks/scale.py --cells ${CELLS:-1e4 1e5 1e6} --epochs ${EPOCHS:-1} --batch-size ${BATCH:-4096} \
   --out "$OUTDIR/scale_gpu.json"
 if [ -n "${BIG_BATCH:-}" ]; then

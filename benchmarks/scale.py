@@ -122,6 +122,7 @@ def main(argv=None):
         if proc.returncode != 0 or not line:
             rows.append({"n_cells": int(n), "error": proc.stderr[-2000:]})
             print(f"{int(n):>9} cells: FAILED\n{proc.stderr[-2000:]}", flush=True)
+            _write(a.out, rows)
             continue
         rows.append(json.loads(line[0][4:]))
         r = rows[-1]
@@ -129,11 +130,15 @@ def main(argv=None):
               f"{r['cells_per_s']:>9,.0f} cells/s (cpu {r['steady_step_cpu_s']:.2f} s/step)  epoch {r['epoch_s']:>7.1f} s  peak {r['peak_rss_gb']:.2f} GB  "
               f"(sim {r['simulate_s']:.0f} s, design {r['design_s']:.0f} s, load {r['load_avg_start']:.1f})",
               flush=True)
+        _write(a.out, rows)  # after every size, so a cut-short run keeps what it measured
+    print(f"wrote {a.out}")
+
+
+def _write(path, rows):
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
-    print(f"wrote {a.out}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
 
 
 if __name__ == "__main__":
