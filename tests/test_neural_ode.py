@@ -1,0 +1,89 @@
+"""Neural ODE point estimate with and without the steady-state loss (tiny closed-form system)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from semimech.errors import DesignError, InferenceError
+from semimech.models.neural_ode import baseline_drift, fit_neural_ode, predict_neural_ode
+from semimech.timecourse import time_course_design
+
+K, C = 1.5, np.array([0.5, -0.3])
+B = np.array([[1.0, 0.0], [0.5, -1.0]])
+COVS = {"control": [0.0, 0.0], "A": [1.0, 0.0], "B": [0.0, 1.0], "A+B": [1.0, 1.0]}
+
+
+def linear_relaxation_design(seed=0, noise=0.02):
+    """dx/dt = -K (x - C - B u): x(t) = C + (1 - exp(-K t)) B u from the control fixed point C."""
+    rng = np.random.default_rng(seed)
+    times = np.array([0.0, 0.5, 1.0, 2.0, 3.0])
+    rows = [(c, t) for c in COVS for t in times for _ in range(2)]
+    y = np.array([C + (1 - np.exp(-K * t)) * (B @ np.asarray(COVS[c])) for c, t in rows])
+    y = y + noise * rng.normal(size=y.shape)
+    return time_course_design(y, time=[t for _, t in rows], condition=[c for c, _ in rows], covariates=COVS,
+                              control="control")
+
+
+@pytest.fixture(scope="module")
+def fits():
+    d = linear_relaxation_design()
+    held = d.conditions_mask(["A+B"])
+    train = d.subset(~held)
+    out = {w: fit_neural_ode(train, rng_key=0, steady_state_weight=w, width=8, num_steps=300, learning_rate=2e-2)
+           for w in (0.0, 1000.0)}
+    return d, train, d.subset(held & (d.time > 0)), out
+
+
+def test_fit_learns_the_time_courses(fits):
+    d, train, test, out = fits
+    fit = out[0.0]
+    assert fit.n_failed == 0
+    assert np.nanmean(fit.losses[-20:]) < np.nanmean(fit.losses[:20]) - 1.0
+    mu, ok = predict_neural_ode(fit, train)
+    assert ok.all()
+    rmse_train = np.sqrt(np.mean((mu - train.y) ** 2))
+    no_change = np.sqrt(np.mean((train.x0[train.condition_index] - train.y) ** 2))
+    assert rmse_train < 0.3 * no_change  # fits the training curves; a no-change predictor does not
+
+
+def test_steady_state_term_pins_the_baseline(fits):
+    d, _, _, out = fits
+    drift = {w: float(np.mean(baseline_drift(f.fn, f.params["field"], d.baseline_x, d.baseline_covariates)))
+             for w, f in out.items()}
+    assert drift[1000.0] < 0.5 * drift[0.0]
+    assert drift[1000.0] < 0.05
+    # negative control: under a perturbation the fitted field still moves the control state
+    f = out[1000.0]
+    pert = baseline_drift(f.fn, f.params["field"], d.baseline_x, np.repeat([[1.0, 0.0]], d.baseline_x.shape[0], 0))
+    assert float(np.mean(pert)) > 10 * drift[1000.0]
+
+
+def test_predicts_a_held_out_combination_better_than_no_change(fits):
+    _, _, test, out = fits
+    no_change = np.sqrt(np.mean((test.x0[test.condition_index] - test.y) ** 2))
+    for fit in out.values():
+        mu, ok = predict_neural_ode(fit, test)
+        assert ok.all() and np.sqrt(np.mean((mu - test.y) ** 2)) < no_change
+
+
+def test_failed_solves_are_counted_and_a_fit_with_no_good_step_is_a_clear_error():
+    d = linear_relaxation_design()
+    with pytest.raises(InferenceError, match="every optimisation step failed.*max_steps"):
+        fit_neural_ode(d.subset(~d.conditions_mask(['A+B'])), rng_key=0, width=8, num_steps=300, learning_rate=2e-2, max_steps=1)
+
+
+def test_bad_options_are_clear_errors():
+    d = linear_relaxation_design()
+    with pytest.raises(DesignError, match="steady_state_weight must be >= 0"):
+        fit_neural_ode(d, rng_key=0, steady_state_weight=-1.0)
+    with pytest.raises(DesignError, match="initial must be"):
+        fit_neural_ode(d, rng_key=0, initial="steady")
+    with pytest.raises(DesignError, match="non-negative states"):
+        fit_neural_ode(d, rng_key=0, field="production_decay")
+    with pytest.raises(DesignError, match="latent onset"):
+        fit_neural_ode(dataclasses.replace(d, differentiating=True), rng_key=0, onset="latent")
+    with pytest.raises(DesignError, match="prediction design"):
+        fit_neural_ode(dataclasses.replace(d, y=None), rng_key=0)
