@@ -209,7 +209,7 @@ def fit_guides(design: Design, guides: GuideDesign, *, rng_key, genes=None, num_
     optim = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(learning_rate))
     svi = SVI(mdl, guide, optim, Trace_ELBO())
     state = jax.jit(lambda key: svi.init(key, cells=None, y=None))(k_fit)
-    update = jax.jit(svi.update)
+    update = jax.jit(svi.stable_update)  # a step with a non-finite loss or gradient leaves the parameters as they were
     trace = []
     t0 = time.perf_counter()
     for step in range(int(num_steps)):
@@ -222,6 +222,7 @@ def fit_guides(design: Design, guides: GuideDesign, *, rng_key, genes=None, num_
     losses = np.asarray(jax.device_get(trace), dtype=np.float64) / n  # negative ELBO per cell
     seconds = time.perf_counter() - t0
     _check_losses(losses)
+    skipped = int((~np.isfinite(losses)).sum())
     params = svi.get_params(state)
     post = sample_posterior(k_draw, params, latents, int(num_samples))
     det = ["effect", "efficacy", "efficacy_target", "escaper_fraction"] + (["batch_effect"] if prep.batches else [])
@@ -240,7 +241,7 @@ def fit_guides(design: Design, guides: GuideDesign, *, rng_key, genes=None, num_
     options = {**opts, "genes": prep.genes, "targets": prep.targets, "guides": guides.guides, "placebo": placebo,
                "guide_targets": tuple(PLACEBO if c else t for t, c in zip(guides.guide_targets, guides.is_control_guide))
                if placebo else guides.guide_targets, "batches": prep.batches, "num_candidates": int(num_candidates), "batch_size": bsz, "sampler": sampler,
-               "num_steps": int(num_steps), "fit_seconds": seconds,
+               "num_steps": int(num_steps), "fit_seconds": seconds, "skipped_steps": skipped,
                "cells_per_second": (num_steps - 1) * bsz / seconds if num_steps > 1 else float("nan")}
     return Fit(spec=SPEC, design=design, samples=samples, dims=dims, method="svi", options=options,
                losses=losses, idata=idata)
