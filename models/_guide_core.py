@@ -20,6 +20,7 @@ from semimech.measurement.counts import rowwise_log_likelihood
 from semimech.measurement.likelihoods import batch_offsets
 
 _MAX_HIT = 1.0 - 1e-6  # cap on P(guide present and effective) so log(1 - q) stays finite
+_LOG_MU_BOUND = 30.0  # |log mean| cap (e^30 molecules): a no-op on real data, keeps exp finite in float32
 
 
 def nb_logpmf(c, mean, concentration):
@@ -34,8 +35,8 @@ def derive(raw, data):
     bg = raw["guide_bg_log_mean"]
     p = {
         "efficacy": raw["efficacy"],
-        "bg_mean": jnp.exp(bg),
-        "fg_mean": jnp.exp(bg + jax.nn.softplus(raw["guide_fg_log_gap"])),
+        "bg_mean": jnp.exp(jnp.clip(bg, -_LOG_MU_BOUND, _LOG_MU_BOUND)),
+        "fg_mean": jnp.exp(jnp.clip(bg + jax.nn.softplus(raw["guide_fg_log_gap"]), -_LOG_MU_BOUND, _LOG_MU_BOUND)),
         "bg_conc": raw["guide_bg_concentration"],
         "fg_conc": raw["guide_fg_concentration"],
         "presence": raw["presence_prob"],
@@ -110,6 +111,7 @@ def cell_terms(p, data, cells, y, *, likelihood: str):
         loc0 = loc0 + p["offsets"][cells["batch_index"]]
     shift = jnp.where(valid[..., None], p["effect"][ci], 0.0)  # (cells, M, genes)
     log_mu = jnp.concatenate([loc0[None], jnp.moveaxis(loc0[:, None] + shift, 1, 0)], axis=0)
+    log_mu = jnp.clip(log_mu, -_LOG_MU_BOUND, _LOG_MU_BOUND)  # guard: float32 exp overflows near 88
     ll = jax.vmap(lambda lm: rowwise_log_likelihood(likelihood, y, lm, concentration=p["concentration"],
                                                     gate=p["gate"]))(log_mu)  # (H, cells)
     joint = logw + ll.T
