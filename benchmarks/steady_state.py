@@ -85,6 +85,7 @@ def run_task(task, models, *, seed, steps, draws, quick, log=print):
         log(f"[{task}] fold {fold.name}: {fold.fit_design!r}")
         for ctx in contexts(fold):
             t = ev.score_baselines(fold.train, fold.test, baselines=fold.baselines, batch=ctx, reference=fold.train)
+            t = t.assign(model="baseline:" + t["model"].astype(str))
             rows.append(t[t.perturbation != "mean"].assign(fold=fold.name, context=str(ctx)))
         for name in models:
             t0 = time.time()
@@ -116,17 +117,19 @@ def main(argv=None) -> int:
     p.add_argument("--draws", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="50 steps, 30 draws, quick folds")
+    p.add_argument("--quick", action="store_true", help="quick folds (Sachs: akt and mek held out) at full steps")
     a = p.parse_args(argv)
     steps, draws = (50, 30) if a.smoke else (a.steps, a.draws)
     OUT.mkdir(exist_ok=True)
     for task in a.tasks:
         t0 = time.time()
-        per, summary, notes, timings = run_task(task, a.models, seed=a.seed, steps=steps, draws=draws, quick=a.smoke)
+        per, summary, notes, timings = run_task(task, a.models, seed=a.seed, steps=steps, draws=draws,
+                                                quick=a.smoke or a.quick)
         print(f"\n{task}: mean over held-out perturbations (and contexts)")
         print(summary.to_string(float_format=lambda x: f"{x:.3f}"))
         for n in notes:
             print("  note:", n)
-        name = f"steady_state_{task}{'_smoke' if a.smoke else ''}.json"
+        name = f"steady_state_{task}{'_smoke' if a.smoke else '_quick' if a.quick else ''}.json"
         (OUT / name).write_text(json.dumps({
             "task": task, "steps": steps, "draws": draws, "seed": a.seed, "seconds": time.time() - t0,
             "machine": platform.platform(), "summary": summary.reset_index().to_dict(orient="records"),

@@ -86,6 +86,12 @@ def time_nuts(model, data, y, *, samples: int = 10, max_tree_depth: int = 6):
     return (time.perf_counter() - t0) / samples, compile_s, float(np.mean(n_leap))
 
 
+def _write(rows) -> None:
+    OUT.mkdir(exist_ok=True)
+    (OUT / "steady_state_timing.json").write_text(json.dumps(
+        {"machine": platform.platform(), "cpu_count": os.cpu_count(), "rows": rows}, indent=1, default=float))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["additive", "linear_steady_state", "production_decay",
@@ -117,11 +123,9 @@ def main(argv=None) -> int:
                 row["nuts_note"] = f"skipped (> {a.nuts_max_genes} genes)"
             rows.append(row)
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+            _write(rows)  # after every row: a long run keeps what it measured
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    OUT.mkdir(exist_ok=True)
-    (OUT / "steady_state_timing.json").write_text(json.dumps(
-        {"machine": platform.platform(), "cpu_count": os.cpu_count(), "rows": rows}, indent=1, default=float))
     print(f"wrote {OUT / 'steady_state_timing.json'}")
     return 0
 
