@@ -92,7 +92,8 @@ def run_papalexi(*, smoke: bool) -> dict:
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 200)
     print(f"\n== Papalexi: {design.n_obs} cells, {len(fit.options['genes'])} genes, {steps} steps x {bsz} cells ==")
-    print(f"SVI loop {fit.options['cells_per_second']:.0f} cells/s; fit wall {wall:.1f} s (with compilation); "
+    print(f"SVI loop {fit.options['cells_per_second']:.0f} cells/s ({fit.options['skipped_steps']} non-finite steps "
+          f"skipped); fit wall {wall:.1f} s (with compilation); "
           f"per-cell posteriors {post_seconds:.1f} s; peak RSS {peak_rss_mb():.0f} MB")
     print("\nKnockout effects (log fold change, 90% interval):")
     print(eff.pivot(index="gene", columns="target", values="mean").round(2).loc[IFN_GENES])
@@ -108,6 +109,7 @@ def run_papalexi(*, smoke: bool) -> dict:
     print(reps[reps["gene"].isin(["STAT1", "PSMB9", "UBE2L6"])].round(3))
     return {"n_cells": design.n_obs, "genes": list(fit.options["genes"]), "num_steps": steps, "batch_size": bsz,
             "cells_per_second": fit.options["cells_per_second"], "fit_wall_seconds": wall,
+            "skipped_steps": fit.options["skipped_steps"],
             "posterior_seconds": post_seconds, "peak_rss_mb": peak_rss_mb(), "smoke": smoke,
             "effects": eff.to_dict("records"), "efficacy": guide_eff.to_dict("records"),
             "escapers": esc.to_dict("records"), "replicate_effects": reps.to_dict("records"),
