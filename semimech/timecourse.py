@@ -30,7 +30,8 @@ import pandas as pd
 
 from semimech.errors import DesignError
 
-__all__ = ["TimeCourseDesign", "check_time_grid", "design_from_midas", "time_course_design"]
+__all__ = ["TimeCourseDesign", "check_time_grid", "design_from_midas", "solve_conditions", "time_course_design",
+           "time_matched_effects"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -332,6 +333,33 @@ def design_from_midas(df: pd.DataFrame, *, time_unit: float = 60.0, transform: s
     base = ctrl_rows & ~np.isnan(v).any(1)
     des = dataclasses.replace(des, baseline_x=des.y[base], baseline_covariates=des.covariates[code[base]])
     return des, {"loc": loc, "scale": scale}
+
+
+def time_matched_effects(design: TimeCourseDesign) -> np.ndarray:
+    """Mean of each condition minus the control's mean *at the same time*: ``(conditions, times, readouts)``.
+
+    The comparison a differentiating system needs (FRAMEWORK.md sections 2 and 6): against a
+    control measured at another time the effect would absorb the control's own motion. NaN
+    where a condition was not measured at a time; a perturbed condition measured at a time
+    without a control is a :class:`DesignError`.
+    """
+    if design.y is None:
+        raise DesignError("time_matched_effects needs measurements (y).")
+    T, C = len(design.times), len(design.conditions)
+    means = np.full((C, T, design.n_readouts), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for c in range(C):
+            for t in range(T):
+                rows = (design.condition_index == c) & (design.time_index == t)
+                if rows.any():
+                    means[c, t] = np.nanmean(design.y[rows], 0)
+    missing = [float(design.times[t]) for t in range(T)
+               if np.isnan(means[0, t]).all() and not np.isnan(means[1:, t]).all()]
+    if missing:
+        raise DesignError(f"no control measured at {missing[:5]} h, where perturbed conditions were: effects need "
+                          "time-matched controls (add control samples at those times).")
+    return means - means[:1]
 
 
 def solve_conditions(field, params, *, x0, covariates, times, onset=None, max_steps: int = 512, rtol=None, atol=None):

@@ -62,6 +62,6 @@ def test_unique_attractor_and_a_bistable_negative_control(design):
 
 
 def test_check_assumptions_runs_all_three(design):
-    out = check_assumptions(relax, _params(), design, rng_key=0, num_starts=4)
+    out = check_assumptions(relax, _params(), design, rng_key=0, num_starts=6)
     assert set(out) == {"control_drift", "unique_attractor", "relaxation"}
     assert all(c.passed for c in out.values())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from semimech.errors import DesignError
-from semimech.timecourse import check_time_grid, time_course_design
+from semimech.timecourse import check_time_grid, time_course_design, time_matched_effects
 
 COVS = {"control": [0.0], "A": [1.0]}
 
@@ -77,3 +77,14 @@ def test_unmeasured_readouts_are_masked_and_initial_states_filled_from_the_contr
     with pytest.raises(DesignError, match="inf"):
         time_course_design(np.full((2, 1), np.inf), time=[0, 1], condition=["control"] * 2, covariates=COVS,
                            control="control")
+
+
+def test_time_matched_effects_subtract_the_control_at_the_same_time():
+    y = np.array([[0.0], [1.0], [5.0], [7.0]])  # control moves 0 -> 1; A moves 5 -> 7
+    d = time_course_design(y, time=[0, 1, 0, 1], condition=["control", "control", "A", "A"], covariates=COVS,
+                           control="control", differentiating=True)
+    np.testing.assert_allclose(time_matched_effects(d)[1, :, 0], [5.0, 6.0])  # not 7 - 0
+    np.testing.assert_allclose(time_matched_effects(d)[0], 0.0)
+    unmatched = _design([0, 0, 1], ["control", "A", "A"])  # allowed when not differentiating ...
+    with pytest.raises(DesignError, match=r"no control measured at \[1.0\] h"):
+        time_matched_effects(unmatched)  # ... but a time-matched effect cannot be formed
