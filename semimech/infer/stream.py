@@ -221,7 +221,7 @@ def _train(stream: _Stream, key, num_steps: int, *, guide="normal", learning_rat
     """Run the streamed SVI loop; returns ``(params, losses, guide, timings)``.
 
     ``place_batch(tree)`` puts a host minibatch on the device(s) and ``place_global(tree)``
-    the design-level arrays and the SVI state (default: ``jax.device_put`` for both);
+    the SVI state (default: ``jax.device_put`` for both);
     ``out_sharding`` fixes the sharding of the step's outputs (sharding replicates them).
     """
     place = place_batch or jax.device_put
@@ -229,10 +229,12 @@ def _train(stream: _Stream, key, num_steps: int, *, guide="normal", learning_rat
     g = _make_guide(stream.model, guide, rank)
     optim = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(learning_rate))
     svi = SVI(stream.model, g, optim, Trace_ELBO())
-    static = stream.static
+    # design-level arrays stay concrete numpy (closed over, as in fit_svi): models may use them
+    # in Python (index lists, structure); only per-row arrays and readouts are traced
+    fixed = {**stream.static, **stream.globals_}
 
-    def update(state, globals_, rows, y, cells):
-        return svi.stable_update(state, {**static, **globals_, **rows}, y=y, cells=cells)
+    def update(state, rows, y, cells):
+        return svi.stable_update(state, {**fixed, **rows}, y=y, cells=cells)
 
     step = jax.jit(update, donate_argnums=0) if out_sharding is None else \
         jax.jit(update, donate_argnums=0, out_shardings=out_sharding)
@@ -253,14 +255,13 @@ def _train(stream: _Stream, key, num_steps: int, *, guide="normal", learning_rat
     t0 = time.perf_counter()
     host = next_batch()
     rows, y, cells = jax.device_put(host)
-    state = place_global(svi.init(k_init, {**static, **stream.globals_, **rows}, y=y, cells=cells))
-    globals_ = place_global(stream.globals_)
+    state = place_global(svi.init(k_init, {**fixed, **rows}, y=y, cells=cells))
     rows, y, cells = place(host)
     t_init = time.perf_counter() - t0
     losses = []
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(num_steps):
-        state, loss = step(state, globals_, rows, y, cells)
+        state, loss = step(state, rows, y, cells)
         losses.append(loss)
         if i == 0:
             loss.block_until_ready()
