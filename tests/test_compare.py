@@ -108,3 +108,23 @@ def test_loo_of_different_rows_or_likelihoods_is_refused(split, fits):
         compare({})
     with pytest.raises(DesignError, match="not a semimech Fit"):
         compare({"x": object()})
+
+
+def test_a_failed_psis_estimate_is_ranked_last_and_said_so(split, fits, monkeypatch):
+    import importlib
+
+    cmp = importlib.import_module("semimech.evaluate.compare")  # the module (the package re-exports the function)
+
+    real = cmp.loo
+
+    def fake(fit, **kw):
+        res, s = real(fit, **kw)
+        if fit.spec.name == "additive":
+            s = {**s, "elpd_loo": float("nan"), "se": float("nan")}
+        return res, s
+
+    monkeypatch.setattr(cmp, "loo", fake)
+    table = cmp.compare(fits)
+    assert list(table.model) == ["null", "additive"]
+    assert "PSIS failed" in table.note.iloc[1] and np.isnan(table.dse).all()
+    assert "no LOO estimate" in reading(table)

@@ -266,7 +266,17 @@ def compare(fits: Mapping, *, test: Design | None = None, reference=None, batch:
         row["assumes"] = fit.spec.assumes
         rows.append(row)
     table = pd.DataFrame(rows).set_index("model")
-    if len(elpds) > 1:
+    finite = np.isfinite(table.elpd_loo.to_numpy(float))
+    for name in table.index[~finite]:
+        table.loc[name, "note"] = "; ".join(x for x in (table.loc[name, "note"], "PSIS failed (non-finite elpd): "
+                                            "the draws are far from the posterior; refit longer or use NUTS") if x)
+    if len(elpds) > 1 and not finite.all():
+        # arviz-stats cannot rank non-finite values: rank the finite ones, the rest last
+        order = table.elpd_loo.fillna(-np.inf).rank(ascending=False, method="first").astype(int) - 1
+        table["rank"] = order
+        table["elpd_diff"] = np.nanmax(table.elpd_loo) - table.elpd_loo
+        table["dse"], table["weight"] = np.nan, np.nan
+    elif len(elpds) > 1:
         cmp = _arviz.compare_elpd(elpds)
         table["rank"] = cmp["rank"].astype(int)
         table["elpd_diff"] = cmp["elpd_diff"].astype(float)
@@ -284,8 +294,12 @@ def reading(table: pd.DataFrame) -> str:
     lines = []
     best = table.iloc[0]
     for _, r in table.iterrows():
-        if r["rank"] == 0:
+        if not np.isfinite(r.elpd_loo):
+            verdict = "no LOO estimate (PSIS failed)"
+        elif r["rank"] == 0:
             verdict = "best by LOO"
+        elif not np.isfinite(r.dse):
+            verdict = f"below {best.model!r} by {r.elpd_diff:.1f} (no se of the difference)"
         elif r["dse"] > 0 and r["elpd_diff"] > 2 * r["dse"]:
             verdict = f"worse than {best.model!r} by {r.elpd_diff:.1f} (> 2 se of the difference, {r.dse:.1f})"
         else:
