@@ -57,7 +57,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_four_devices_match_one_device():
+def test_four_devices_match_one_device(tmp_path):
     """Known answer: same minibatches, same key -> same run up to float summation order.
 
     Tolerance: losses within 1e-5 relative, effect posterior means within 1e-4 (float32 sums
@@ -65,7 +65,9 @@ def test_four_devices_match_one_device():
     zero (a run that ignored the data would be within neither bound of a real run).
     """
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    # run outside the repository so the installed package, not the source folder, is imported
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
     out = json.loads(line[len("RESULT"):])
