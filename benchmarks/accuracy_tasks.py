@@ -99,7 +99,8 @@ def hepg2_combinations(*, max_genes: int | None, quick: bool) -> list[Fold]:
     def label(row):
         if row.inhibitors == "none":
             return "none"
-        return "+".join(f"{i}@{row.context}" for i in row.inhibitors.split("+"))
+        ctx = row.context.replace("+", "&")  # stimuli combine with "+", the target separator
+        return "+".join(f"{i}@{ctx}" for i in row.inhibitors.split("+"))
 
     wide["label"] = wide.apply(label, axis=1)
     wide.index = wide.context + "|" + wide.inhibitors
