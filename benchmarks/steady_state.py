@@ -38,6 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import semimech as sm  # noqa: E402
 from accuracy import contexts, score_model  # noqa: E402
 from accuracy_tasks import Fold, hepg2_combinations, sachs_loco  # noqa: E402
+from semimech import checks as sm_checks  # noqa: E402
 from semimech import evaluate as ev  # noqa: E402
 from semimech.models import REGISTRY  # noqa: E402
 
@@ -78,7 +79,7 @@ def model_options(task: str, name: str, fold) -> dict:
     return {}
 
 
-def run_task(task, models, *, seed, steps, draws, quick, log=print):
+def run_task(task, models, *, seed, steps, draws, quick, checks_draws=0, log=print):
     folds = TASKS[task](quick)
     rows, notes, timings = [], [], []
     for fold in folds:
@@ -95,6 +96,14 @@ def run_task(task, models, *, seed, steps, draws, quick, log=print):
                 tables, note = score_model(fit, fold, seed=seed)
                 if "ok_fraction" in fit.samples:
                     note = (note + " " if note else "") + f"ok_fraction={float(np.mean(fit.flat('ok_fraction'))):.3f}"
+                    if checks_draws:
+                        held = [lab for ctx in contexts(fold)
+                                for lab in ev._align.held_out_labels(fold.test, None, batch=ctx)]
+                        labels = [fold.train.control] + list(dict.fromkeys(held))
+                        table, frac = sm_checks.steady_state_check(fit, labels, rng_key=seed, num_draws=checks_draws,
+                                                                   num_starts=4)
+                        note += (f" stable_unique_all={frac:.2f} stable={table.stable.mean():.2f} "
+                                 f"unique={table.unique.mean():.2f} (held-out conditions, {checks_draws} draws)")
             except Exception as err:  # report, keep going
                 tables, note = [], f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
             dt = time.time() - t0
@@ -118,13 +127,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="50 steps, 30 draws, quick folds")
     p.add_argument("--quick", action="store_true", help="quick folds (Sachs: akt and mek held out) at full steps")
+    p.add_argument("--checks", type=int, default=0, metavar="DRAWS",
+                   help="steady-state checks (stable, unique attractor) of held-out conditions on DRAWS draws")
     a = p.parse_args(argv)
     steps, draws = (50, 30) if a.smoke else (a.steps, a.draws)
     OUT.mkdir(exist_ok=True)
     for task in a.tasks:
         t0 = time.time()
         per, summary, notes, timings = run_task(task, a.models, seed=a.seed, steps=steps, draws=draws,
-                                                quick=a.smoke or a.quick)
+                                                quick=a.smoke or a.quick, checks_draws=a.checks)
         print(f"\n{task}: mean over held-out perturbations (and contexts)")
         print(summary.to_string(float_format=lambda x: f"{x:.3f}"))
         for n in notes:
