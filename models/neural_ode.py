@@ -173,6 +173,10 @@ def _check(design: TimeCourseDesign, initial: str, onset: str, field: str) -> No
                           "it is not supported for a differentiating design.")
     if field not in FIELDS:
         raise DesignError(f"field must be one of {FIELDS}; got {field!r}.")
+    if design.differentiating and np.any(design.onset > 0):
+        raise DesignError("a perturbation after the cue (onset > 0) in a differentiating design needs two integration "
+                          "segments (control dynamics, then perturbed); build it with semimech.protocol.schedule. "
+                          "This model supports onsets only where the pre-onset state is a fixed point.")
     if field == "production_decay" and np.nanmin(design.y) < 0:
         raise DesignError("field='production_decay' needs non-negative states; use field='free' for standardised data.")
 

@@ -128,6 +128,10 @@ def _check(design: TimeCourseDesign, initial: str, onset: str) -> None:
         raise DesignError("initial='observed' needs time-0 samples; use initial='latent'.")
     if onset not in ("known", "latent"):
         raise DesignError(f"onset must be 'known' or 'latent'; got {onset!r}.")
+    if design.differentiating and np.any(design.onset > 0):
+        raise DesignError("a perturbation after the cue (onset > 0) in a differentiating design needs two integration "
+                          "segments (control dynamics, then perturbed); build it with semimech.protocol.schedule. "
+                          "This model supports onsets only where the pre-onset state is a fixed point.")
     if onset == "latent" and design.differentiating:
         raise DesignError("a latent onset needs the pre-onset state to be a fixed point: not for a differentiating design.")
 

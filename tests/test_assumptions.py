@@ -54,6 +54,7 @@ def test_control_drift(design):
     assert not moving.passed and moving.value > 0.2 and "time-matched" in moving.message
 
 
+@pytest.mark.slow
 def test_unique_attractor_and_a_bistable_negative_control(design):
     assert check_unique_attractor(relax, _params(), design, rng_key=0, num_starts=6).passed
     p = {"c": jnp.asarray(_tnode.C, jnp.float32), "B": jnp.asarray(_tnode.B, jnp.float32), "s": jnp.float32(1.0)}
@@ -61,6 +62,7 @@ def test_unique_attractor_and_a_bistable_negative_control(design):
     assert not chk.passed and chk.value >= 2
 
 
+@pytest.mark.slow
 def test_check_assumptions_runs_all_three(design):
     out = check_assumptions(relax, _params(), design, rng_key=0, num_starts=6)
     assert set(out) == {"control_drift", "unique_attractor", "relaxation"}

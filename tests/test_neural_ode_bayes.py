@@ -38,6 +38,7 @@ def svi_fits():
                                          steady_state_tau=tau) for tau in (None, 0.002)}
 
 
+@pytest.mark.slow
 def test_svi_fit_and_pseudo_observation_pins_the_baseline(svi_fits):
     d, fits = svi_fits
     van, ss = fits[None], fits[0.002]
@@ -66,6 +67,7 @@ def test_model_sites_and_tau_conversion():
         tau_from_weight(0.0, n_entries=10, n_baseline=1)
 
 
+@pytest.mark.slow
 def test_svi_with_every_solve_failing_is_a_clear_error_not_a_crash():
     with pytest.raises(InferenceError, match="every SVI step failed"):
         fit_neural_ode_bayes(design(), rng_key=0, width=8, num_steps=5, num_samples=2, max_steps=1)

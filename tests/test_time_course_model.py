@@ -31,6 +31,7 @@ def positive_design(delay=0.0, seed=0):
                               control="control")
 
 
+@pytest.mark.slow
 def test_fit_from_the_control_fixed_point_tracks_the_time_courses():
     d = positive_design()
     fit = fit_time_course(d, rng_key=0, initial="steady", num_steps=400, num_samples=20, learning_rate=0.03)
