@@ -79,6 +79,16 @@ def test_predict_refuses_what_it_cannot_answer(norman_fit, norman_design):
         sm.predict(norman_fit, other, rng_key=0)
 
 
+def test_predict_refuses_a_target_held_out_by_a_split(norman_fit):
+    """A split keeps encodings; a target whose rows were all held out is still unseen."""
+    d = norman_fit.design
+    keep = [p for p in d.perturbations if "KLF1" not in d.targets_of(p)]
+    held = dataclasses.replace(norman_fit, design=d.select_perturbations(keep))
+    with pytest.raises(PredictionError, match=r"targets \['KLF1'\] were never perturbed"):
+        sm.predict(held, ["KLF1"], rng_key=0)
+    sm.predict(held, ["MAPK1+TGFBR2"], rng_key=0)  # seen targets still predicted
+
+
 def _subset_genes(design):
     import anndata as ad
     import pandas as pd

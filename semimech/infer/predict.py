@@ -118,7 +118,10 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
             "Predict on the fitted genes: build the design with genes=fit.design.genes."
         )
     pdesign = train.with_perturbations(labels, batch=batch) if not _already(design, train) else design
-    new_targets = pdesign.targets[len(train.targets):]
+    # a target is seen when some observed training condition edits it (encodings kept by
+    # splits may list targets whose rows were all held out: those are unseen too)
+    seen = {t for p in train.observed_perturbations() for t in train.targets_of(p)}
+    new_targets = sorted({t for lab in pdesign.perturbations for t in pdesign.targets_of(lab)} - seen)
     if new_targets and not fit.spec.predicts_unseen_targets:
         raise PredictionError(
             f"targets {list(new_targets)} were never perturbed in training; the {fit.spec.name!r} model "
