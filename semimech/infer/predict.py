@@ -107,8 +107,14 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         If given (an int, or one int per label), also draw ``"observed_mean"``: the mean of
         that many new cells, to compare with an observed pseudobulk.
     batch
-        Predict in this training batch (default: the average batch, offsets zero).
+        Not supported yet: predictions are for the average batch (batch offsets zero), and
+        passing a batch raises rather than being silently ignored.
     """
+    if batch is not None:
+        raise PredictionError(
+            "batch-specific predictions are not supported yet: predict() returns the average batch "
+            "(batch offsets zero). Compare with controls of the same batch, or leave batch=None."
+        )
     labels = _labels(design)
     train = fit.design
     if isinstance(design, Design) and tuple(design.genes) != tuple(train.genes):
