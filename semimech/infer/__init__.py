@@ -4,7 +4,9 @@ from semimech.infer.diagnostics import diagnostics, format_diagnostics
 from semimech.infer.fit import Fit, fit_nuts, fit_svi
 from semimech.infer.io import load
 from semimech.infer.predict import Prediction, predict
+from semimech.infer.sharding import fit_svi_sharded
 from semimech.infer.spec import ModelSpec
+from semimech.infer.stream import fit_svi_minibatch
 
-__all__ = ["Fit", "ModelSpec", "Prediction", "diagnostics", "fit_nuts", "fit_svi", "format_diagnostics", "load",
+__all__ = ["Fit", "ModelSpec", "Prediction", "diagnostics", "fit_nuts", "fit_svi", "fit_svi_minibatch", "fit_svi_sharded", "format_diagnostics", "load",
            "predict"]
