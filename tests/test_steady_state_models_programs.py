@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 
 import semimech as sm
 from semimech.models import latent_programs
 
 
+@pytest.mark.slow  # ~75 s of compilation on 2 cores; the contract test fits latent_programs by default
 def test_latent_programs_fit_predict_unseen_gene_and_combination():
     rng = np.random.default_rng(0)
     genes = [f"g{i}" for i in range(6)]
