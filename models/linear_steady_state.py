@@ -1,11 +1,11 @@
 """Linear cyclic structural causal model with interventions, as the steady state of linear dynamics.
 
 Each gene's dimensionless state ``u`` (``loc = floor + scale * u``, see
-:mod:`semimech.models._network`) follows ``dx/dt = s_p * (W x + b) - x`` (decay rate 1 sets the time unit). With no edit the
-fixed point is the linear SCM ``x = W x + b``; ``b`` is chosen so that the control state is a
-fixed point, ``b = (I - W) u_ctrl``. A perturbation ``p`` scales production, ``s_p = exp(log_s)``:
-a target gene's own production by its efficacy, a non-gene target's direct effect on every
-gene. The perturbed fixed point ``u_p = (I - diag(s_p) W)^{-1} diag(s_p) b`` is solved in
+:mod:`semimech.models._network`) follows ``du/dt = s_p * (W u + b) - u`` (decay rate 1 sets the
+time unit). With no edit the fixed point is the linear SCM ``u = W u + b``; ``b`` is chosen so
+that the control state is a fixed point, ``b = (I - W) u_ctrl``. A perturbation ``p`` scales
+production, ``s_p = exp(log_s)``: a target gene's own production by its efficacy, a non-gene
+target's direct effect on every gene. The perturbed fixed point ``u_p = (I - diag(s_p) W)^{-1} diag(s_p) b`` is solved in
 closed form per condition (:func:`semimech.dynamics.linear_steady_state`, vmapped); draws where
 ``I - diag(s_p) W`` is singular are rejected. Edits propagate through ``W``: a modelled gene
 never perturbed in training can be predicted (fresh ``target_z``), and combinations compose
@@ -73,7 +73,8 @@ def steady_states_closed_form(W, b, log_s, *, check_stability: bool = False):
     params = LinearParams(W=W, b=b, gamma=jnp.ones((n,), b.dtype))
 
     def one(ls):
-        return linear_steady_state(params, intervention=Intervention.scale(jnp.exp(ls)), check_stability=check_stability)
+        edit = Intervention.scale(jnp.exp(ls))
+        return linear_steady_state(params, intervention=edit, check_stability=check_stability)
 
     return jax.vmap(one)(log_s)
 
