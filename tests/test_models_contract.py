@@ -11,8 +11,8 @@ import semimech as sm
 from semimech import models
 from semimech.infer._sites import plates, site_dims
 
-# "regulators": the source axis of a gene x gene network (W[regulator, gene]) in network models
-PLATE_NAMES = {"cells", "genes", "targets", "perturbations", "batches", "regulators"}
+# network models: "regulators" is the source axis of W[regulator, gene]; "programs" the latent program axis
+PLATE_NAMES = {"cells", "genes", "targets", "perturbations", "batches", "regulators", "programs"}
 
 
 @pytest.fixture(scope="module")
