@@ -3,7 +3,7 @@
 Public surface, re-exported explicitly. Models live in :mod:`semimech.models`.
 """
 
-from semimech import datasets, errors, evaluate, plots
+from semimech import checks, datasets, errors, evaluate, plots
 from semimech.data import Design
 from semimech.infer import (
     Fit,
@@ -20,5 +20,5 @@ from semimech.infer import (
 
 __version__ = "0.1.0"
 
-__all__ = ["Design", "Fit", "ModelSpec", "Prediction", "datasets", "diagnostics", "errors", "evaluate", "fit_nuts", "plots",
+__all__ = ["Design", "Fit", "ModelSpec", "Prediction", "checks", "datasets", "diagnostics", "errors", "evaluate", "fit_nuts", "plots",
            "fit_svi", "fit_svi_minibatch", "fit_svi_sharded", "load", "predict"]
