@@ -33,6 +33,9 @@ def test_notebooks_are_found_and_are_jupytext_percent_files():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_smoke_mode(path, tmp_path):
     env = dict(os.environ, SEMIMECH_SMOKE="1", TMPDIR=str(tmp_path), MPLBACKEND="Agg")
+    shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+    if "SEMIMECH_SHARED_DATA" not in env and shared.is_dir():  # notebooks run outside the repository
+        env["SEMIMECH_SHARED_DATA"] = str(shared)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S)
