@@ -37,7 +37,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from semimech.infer.spec import ModelSpec
-from semimech.measurement import batch_offsets, gene_noise, observe, to_data_scale
+from semimech.measurement import gene_noise, observe_conditions, to_data_scale
 
 
 def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, y=None):
@@ -66,15 +66,7 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
         loc_p = baseline + tm @ effect + interaction
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
 
-    offsets = batch_offsets(data, genes)
-    # rows given may be a minibatch of the n_obs rows: the plate scales the likelihood by n_obs / rows
-    pidx = jnp.asarray(data["perturbation_index"])
-    with numpyro.plate("cells", data["n_obs"], subsample_size=pidx.shape[0], dim=-2):
-        loc = loc_p[pidx]
-        if offsets is not None:
-            loc = loc + offsets[jnp.asarray(data["batch_index"])]
-        with genes:
-            observe(loc, noise, data, likelihood=likelihood, y=y)
+    observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y)
 
 
 SPEC = ModelSpec(

@@ -57,7 +57,7 @@ import numpyro
 
 from semimech.dynamics import Intervention, LinearParams, linear_field, linear_steady_state
 from semimech.infer.spec import ModelSpec
-from semimech.measurement import batch_offsets, gene_noise, observe, to_data_scale
+from semimech.measurement import gene_noise, observe_conditions, to_data_scale
 from semimech.models import _network as net
 
 
@@ -123,14 +123,7 @@ def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_sca
     with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
 
-    offsets = batch_offsets(data, genes)
-    pidx = jnp.asarray(data["perturbation_index"])
-    with numpyro.plate("cells", data["n_obs"], subsample_size=pidx.shape[0], dim=-2):
-        loc = loc_p[pidx]
-        if offsets is not None:
-            loc = loc + offsets[jnp.asarray(data["batch_index"])]
-        with genes:
-            observe(loc, noise, data, likelihood=likelihood, y=y)
+    observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y)
 
 
 SPEC = ModelSpec(

@@ -8,6 +8,7 @@ from semimech.measurement.likelihoods import (
     mean_of_cells,
     observation_dist,
     observe,
+    observe_conditions,
     to_data_scale,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "mean_of_cells",
     "observation_dist",
     "observe",
+    "observe_conditions",
     "to_data_scale",
 ]

@@ -187,6 +187,23 @@ def observe(loc, noise, data, *, likelihood: str, y=None):
         numpyro.factor("y_within", -(n[:, None] - 1.0) * jnp.log(noise) - ss / (2.0 * noise**2))
 
 
+def observe_conditions(loc_p, noise, data, genes_plate, *, likelihood: str, y=None):
+    """Observe rows whose latent location is their condition's ``loc_p`` plus their batch offset.
+
+    ``loc_p`` is ``(perturbations, genes)``. Samples the batch offsets (:func:`batch_offsets`),
+    then ``y`` in the ``cells`` plate; the rows in ``data`` may be a minibatch of the ``n_obs``
+    rows, which the plate scales by ``n_obs / rows``. The shared tail of every static model.
+    """
+    offsets = batch_offsets(data, genes_plate)
+    pidx = jnp.asarray(data["perturbation_index"])
+    with numpyro.plate("cells", data["n_obs"], subsample_size=pidx.shape[0], dim=-2):
+        loc = loc_p[pidx]
+        if offsets is not None:
+            loc = loc + offsets[jnp.asarray(data["batch_index"])]
+        with genes_plate:
+            observe(loc, noise, data, likelihood=likelihood, y=y)
+
+
 def mean_of_cells(rng_key, mean, noise, *, likelihood: str, num_cells: int):
     """Draw the observed mean of ``num_cells`` new cells (size factor 1) given population means."""
     import jax
