@@ -88,18 +88,23 @@ def score_model(fit, fold, *, seed: int) -> tuple[list[pd.DataFrame], str]:
     return tables, ""
 
 
-def run(tasks, models, *, seeds, num_steps, num_samples, max_genes, quick, max_folds=None, log=print):
+def run(tasks, models, *, seeds, num_steps, num_samples, max_genes, quick, max_folds=None, folds=None, log=print):
     rows, notes, timings = [], [], []
     for task in tasks:
         t0 = time.time()
         try:
-            folds = TASKS[task](max_genes=max_genes, quick=quick)[:max_folds]
+            task_folds = TASKS[task](max_genes=max_genes, quick=quick)[:max_folds]
+            if folds:
+                task_folds = [f for f in task_folds if f.name in folds]
         except Exception as err:  # a missing dataset must not stop the other tasks
             notes.append({"task": task, "model": "*", "note": f"task skipped: {type(err).__name__}: {err}"})
             log(f"[{task}] skipped: {err}")
             continue
-        log(f"[{task}] {len(folds)} fold(s), {folds[0].fit_design!r}")
-        for fold in folds:
+        if not task_folds:
+            log(f"[{task}] no fold selected")
+            continue
+        log(f"[{task}] {len(task_folds)} fold(s), {task_folds[0].fit_design!r}")
+        for fold in task_folds:
             for ctx in contexts(fold):
                 t = ev.score_baselines(fold.train, fold.test, baselines=fold.baselines, batch=ctx, reference=fold.train)
                 t = t[t.perturbation != "mean"].assign(task=task, fold=fold.name, seed=-1, context=str(ctx))
@@ -185,6 +190,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="SVI steps (default 3000; 300 with --quick)")
     ap.add_argument("--max-genes", type=int, default=None, help="genes per task (default all; 100 with --quick)")
     ap.add_argument("--max-folds", type=int, default=None, help="at most this many folds per task")
+    ap.add_argument("--folds", nargs="*", default=None, help="only the folds with these names (e.g. akt 'to A172')")
     ap.add_argument("--merge", nargs="*", default=None,
                     help="merge JSON outputs of runs over different tasks into --out (runs nothing)")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent / "results" / "accuracy.json"))
@@ -202,14 +208,14 @@ def main(argv=None) -> int:
     max_genes = args.max_genes or (100 if args.quick else None)
     t0 = time.time()
     per, notes, timings = run(tasks, models, seeds=seeds, num_steps=steps, num_samples=samples,
-                              max_genes=max_genes, quick=args.quick, max_folds=args.max_folds)
+                              max_genes=max_genes, quick=args.quick, max_folds=args.max_folds, folds=args.folds)
     table = summarise(per)
     _print(table, notes)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "config": {"quick": args.quick, "models": models, "tasks": tasks, "seeds": seeds, "steps": steps,
-                   "num_samples": samples, "max_genes": max_genes, "max_folds": args.max_folds, "semimech": sm.__version__,
+                   "num_samples": samples, "max_genes": max_genes, "max_folds": args.max_folds, "folds": args.folds, "semimech": sm.__version__,
                    "python": platform.python_version(), "machine": platform.machine(),
                    "total_seconds": round(time.time() - t0, 1)},
         "summary": json.loads(table.to_json(orient="records")),
