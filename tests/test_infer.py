@@ -164,3 +164,17 @@ def test_rng_key_is_required(norman_fit):
         sm.predict(norman_fit, ["KLF1"])  # keyword-only and required
     with pytest.raises(TypeError, match="rng_key is required"):
         sm.predict(norman_fit, ["KLF1"], rng_key=None)
+
+
+@pytest.mark.parametrize("guide", ["lowrank", "map"])
+def test_every_guide_fits_and_predicts(small_counts_adata, guide):
+    """Each autoguide returns draws of every latent and deterministic site (AutoDelta needs the
+    model's arguments to fill deterministic sites: it used to fail after the fit)."""
+    d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control")
+    fit = sm.fit_svi(additive.SPEC, d, rng_key=0, num_steps=30, num_samples=7, guide=guide, progress_bar=False)
+    assert fit.samples["mean"].shape == (1, 7, len(d.perturbations), d.n_genes)
+    assert "y" not in fit.samples
+    pred = sm.predict(fit, list(d.perturbations[:2]), rng_key=1)
+    assert np.all(np.isfinite(pred.draws["mean"]))
+    if guide == "map":  # a point estimate: every draw of a latent is the same
+        assert np.ptp(fit.samples["effect_z"], axis=1).max() == 0.0

@@ -171,7 +171,9 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
     losses = np.asarray(result.losses)
     _check_losses(losses)
     k_guide, k_det = jax.random.split(k_draw)
-    post = dict(g.sample_posterior(k_guide, result.params, sample_shape=(num_samples,)))
+    # AutoDelta runs the model to fill its deterministic sites, so it needs the model's arguments
+    post = dict(g.sample_posterior(k_guide, result.params, data, y=y, sample_shape=(num_samples,)))
+    post = {k: v for k, v in post.items() if k != "y"}
     post.update(Predictive(model, posterior_samples=post, return_sites=_deterministic(model, data))(k_det, data))
     post.pop("y", None)
     samples = {k: np.asarray(v)[None] for k, v in post.items()}
