@@ -178,3 +178,26 @@ def test_every_guide_fits_and_predicts(small_counts_adata, guide):
     assert np.all(np.isfinite(pred.draws["mean"]))
     if guide == "map":  # a point estimate: every draw of a latent is the same
         assert np.ptp(fit.samples["effect_z"], axis=1).max() == 0.0
+
+
+def test_unreplicated_design_warns_that_noise_is_not_identified():
+    import pandas as pd
+
+    from semimech.infer.fit import UnreplicatedWarning, _warn_unreplicated
+
+    rng = np.random.default_rng(0)
+    labels = ["control", "a", "b", "a+b"]
+    frame = pd.DataFrame(rng.normal(1.0, 0.2, (4, 3)), columns=["g1", "g2", "g3"]).assign(perturbation=labels)
+    one_each = sm.Design.from_frame(frame, readouts=["g1", "g2", "g3"], perturbation_key="perturbation", control="control")
+    with pytest.warns(UnreplicatedWarning, match="not separately identified"):
+        _warn_unreplicated(one_each)
+    # negative controls: replicate rows, or a pseudobulk of them, carry the noise information
+    twice = pd.concat([frame, frame.assign(g1=frame.g1 + 0.1)], ignore_index=True)
+    replicated = sm.Design.from_frame(twice, readouts=["g1", "g2", "g3"], perturbation_key="perturbation",
+                                      control="control")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_unreplicated(replicated)
+        _warn_unreplicated(replicated.pseudobulk())
