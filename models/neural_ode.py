@@ -35,8 +35,8 @@ from semimech.dynamics import NeuralField, neural_field
 from semimech.errors import DesignError, InferenceError
 from semimech.timecourse import TimeCourseDesign, solve_conditions
 
-__all__ = ["FreeField", "NeuralODEFit", "fit_neural_ode", "free_field", "make_field", "predict_neural_ode",
-           "field_fn", "steady_state_penalty", "baseline_drift"]
+__all__ = ["FreeField", "NeuralODEFit", "baseline_drift", "field_fn", "fit_neural_ode", "free_field", "init_params",
+           "make_field", "make_optimizer", "make_step", "predict_neural_ode", "steady_state_penalty"]
 
 FIELDS = ("free", "production_decay")
 
@@ -200,33 +200,52 @@ def init_params(design: TimeCourseDesign, *, rng_key, field: str = "free", width
 _FIT_CACHE: dict = {}
 
 
+def make_optimizer(num_steps: int, learning_rate: float):
+    """Adam on a cosine-decayed rate (to 5%), gradients clipped at global norm 10."""
+    schedule = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1), alpha=0.05)
+    return optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
+
+
+def make_step(static, opt, *, field: str, initial: str, onset: str, max_steps: int):
+    """One optimisation step ``step((arrays, opt_state), data, y, weight) -> ((arrays, opt_state), (loss, good))``.
+
+    ``static`` is the non-array part of the parameter pytree (``eqx.partition``). A step whose
+    solve failed or whose loss/gradient is not finite leaves parameters and optimiser state
+    unchanged and reports ``good=False`` (loss ``nan``). Pure; the fit scans it under ``jit``.
+    """
+    fn = field_fn(field)
+
+    def step(carry, data, y, weight):
+        a, s = carry
+
+        def loss_of(a):
+            return _loss(eqx.combine(a, static), data, y, fn=fn, weight=weight, initial=initial,
+                         onset=onset, max_steps=max_steps)
+
+        (loss, ok), g = jax.value_and_grad(loss_of, has_aux=True)(a)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(g)]))
+        good = ok & jnp.isfinite(loss) & finite
+        g = jax.tree.map(lambda x: jnp.where(good, x, 0.0), g)
+        upd, s_new = opt.update(g, s, a)
+        a_new = eqx.apply_updates(a, upd)
+        keep = lambda new, old: jax.tree.map(lambda p, q: jnp.where(good, p, q), new, old)  # noqa: E731
+        return (keep(a_new, a), keep(s_new, s)), (jnp.where(good, loss, jnp.nan), good)
+
+    return step
+
+
 def _compiled_fit(static, field, initial, onset, max_steps, num_steps, learning_rate):
     """One jitted optimisation loop per configuration, reused across seeds and weights."""
     key = (field, jax.tree.structure(static), initial, onset, max_steps, num_steps, learning_rate)
     if key in _FIT_CACHE:
         return _FIT_CACHE[key]
-    fn = field_fn(field)
-    schedule = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1), alpha=0.05)
-    opt = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
+    opt = make_optimizer(num_steps, learning_rate)
+    step = make_step(static, opt, field=field, initial=initial, onset=onset, max_steps=max_steps)
 
     @jax.jit
     def run(arrays, data, y, weight):
-        def loss_of(a):
-            return _loss(eqx.combine(a, static), data, y, fn=fn, weight=weight, initial=initial,
-                         onset=onset, max_steps=max_steps)
-
-        def step(carry, _):
-            a, s = carry
-            (loss, ok), g = jax.value_and_grad(loss_of, has_aux=True)(a)
-            finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(g)]))
-            good = ok & jnp.isfinite(loss) & finite
-            g = jax.tree.map(lambda x: jnp.where(good, x, 0.0), g)
-            upd, s_new = opt.update(g, s, a)
-            a_new = eqx.apply_updates(a, upd)
-            keep = lambda new, old: jax.tree.map(lambda p, q: jnp.where(good, p, q), new, old)  # noqa: E731
-            return (keep(a_new, a), keep(s_new, s)), (jnp.where(good, loss, jnp.nan), good)
-
-        (a, _), (losses, good) = jax.lax.scan(step, (arrays, opt.init(arrays)), None, length=num_steps)
+        (a, _), (losses, good) = jax.lax.scan(lambda c, _: step(c, data, y, weight), (arrays, opt.init(arrays)),
+                                              None, length=num_steps)
         return a, losses, good
 
     _FIT_CACHE[key] = run

@@ -48,7 +48,7 @@ from semimech.errors import DesignError, InferenceError
 from semimech.models.neural_ode import _check, field_fn, init_params, predicted_samples
 from semimech.timecourse import TimeCourseDesign
 
-__all__ = ["BayesNeuralODEFit", "fit_neural_ode_bayes", "model", "predict_neural_ode_bayes", "tau_from_weight"]
+__all__ = ["BayesNeuralODEFit", "fit_neural_ode_bayes", "make_svi", "model", "predict_neural_ode_bayes", "tau_from_weight"]
 
 
 def tau_from_weight(weight: float, *, n_entries: int, n_baseline: int) -> float:
@@ -140,29 +140,14 @@ def fit_neural_ode_bayes(
     vanilla model. Weights are initialised at a random Equinox initialisation (seeded by
     ``rng_key``) rather than at the prior mean, where every unit is dead.
     """
-    _check(design, initial, "known", field)
     if method not in ("svi", "nuts"):
         raise DesignError(f"method must be 'svi' or 'nuts'; got {method!r}.")
-    key = as_key(rng_key)
-    k_init, k_fit, k_draw = jax.random.split(key, 3)
-    template = init_params(design, rng_key=k_init, field=field, width=width, depth=depth, initial=initial)
-    data = design.model_data()
-    mask = data["mask"]
-    if steady_state_tau is None and steady_state_weight > 0:
-        steady_state_tau = tau_from_weight(steady_state_weight, n_entries=int(mask.sum()),
-                                           n_baseline=int(design.baseline_x.shape[0]))
-    opts = dict(template=template, field=field, prior_scale=prior_scale, steady_state_tau=steady_state_tau,
-                initial=initial, max_steps=max_steps)
-    y = jnp.asarray(np.where(mask, design.y, 0.0), jnp.float32)
-    flat0, _ = ravel_pytree(eqx.filter(template["field"], eqx.is_inexact_array))
-    values = {"field_params": flat0, "noise_sd": jnp.exp(template["log_sigma"])}
-    if initial == "latent":
-        values["x0"] = template["x0"]
-    bound = lambda data, y=None: model(data, y=y, **opts)  # noqa: E731
+    k_init, k_fit, k_draw = jax.random.split(as_key(rng_key), 3)
+    bound, values, data, y, template, opts = _setup(
+        design, k_init, steady_state_weight=steady_state_weight, steady_state_tau=steady_state_tau, field=field,
+        width=width, depth=depth, initial=initial, prior_scale=prior_scale, max_steps=max_steps)
     if method == "svi":
-        guide = autoguide.AutoNormal(bound, init_loc_fn=init_to_value(values=values), init_scale=0.01)
-        sched = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1), alpha=0.05)
-        svi = SVI(bound, guide, optax.chain(optax.clip_by_global_norm(10.0), optax.adam(sched)), Trace_ELBO())
+        svi, guide = _svi(bound, values, num_steps=num_steps, learning_rate=learning_rate)
         try:
             res = svi.run(k_fit, num_steps, data, y=y, progress_bar=False, stable_update=True)
         except RuntimeError as err:
@@ -184,9 +169,50 @@ def fit_neural_ode_bayes(
         n_rejected = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
         losses = np.zeros(0)
     samples = {k: np.asarray(v) for k, v in samples.items() if k in ("field_params", "noise_sd", "x0")}
-    opts.pop("template")
     return BayesNeuralODEFit(samples=samples, template=template, method=method, n_rejected=n_rejected,
                              losses=losses, options=opts)
+
+
+def _setup(design, k_init, *, steady_state_weight, steady_state_tau, field, width, depth, initial, prior_scale,
+           max_steps):
+    """The bound model, its initial values, data, masked readouts, weight template and options."""
+    _check(design, initial, "known", field)
+    template = init_params(design, rng_key=k_init, field=field, width=width, depth=depth, initial=initial)
+    data = design.model_data()
+    mask = data["mask"]
+    if steady_state_tau is None and steady_state_weight > 0:
+        steady_state_tau = tau_from_weight(steady_state_weight, n_entries=int(mask.sum()),
+                                           n_baseline=int(design.baseline_x.shape[0]))
+    opts = dict(field=field, prior_scale=prior_scale, steady_state_tau=steady_state_tau, initial=initial,
+                max_steps=max_steps)
+    y = jnp.asarray(np.where(mask, design.y, 0.0), jnp.float32)
+    flat0, _ = ravel_pytree(eqx.filter(template["field"], eqx.is_inexact_array))
+    values = {"field_params": flat0, "noise_sd": jnp.exp(template["log_sigma"])}
+    if initial == "latent":
+        values["x0"] = template["x0"]
+    bound = lambda data, y=None: model(data, y=y, template=template, **opts)  # noqa: E731
+    return bound, values, data, y, template, opts
+
+
+def _svi(bound, values, *, num_steps, learning_rate):
+    guide = autoguide.AutoNormal(bound, init_loc_fn=init_to_value(values=values), init_scale=0.01)
+    sched = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1), alpha=0.05)
+    return SVI(bound, guide, optax.chain(optax.clip_by_global_norm(10.0), optax.adam(sched)), Trace_ELBO()), guide
+
+
+def make_svi(design: TimeCourseDesign, *, rng_key, steady_state_weight: float = 0.0,
+             steady_state_tau: float | None = None, field: str = "free", width: int = 16, depth: int = 1,
+             initial: str = "observed", prior_scale: float = 1.0, num_steps: int = 1000,
+             learning_rate: float = 1e-2, max_steps: int = 256):
+    """The ``(svi, data, y)`` that :func:`fit_neural_ode_bayes` (``method="svi"``) runs, for timing a step.
+
+    ``rng_key`` seeds the weight initialisation (the fit splits its key; pass the same options
+    as the fit). Step with ``svi.stable_update(state, data, y=y)`` after ``svi.init(key, data, y=y)``.
+    """
+    bound, values, data, y, _, _ = _setup(
+        design, as_key(rng_key), steady_state_weight=steady_state_weight, steady_state_tau=steady_state_tau,
+        field=field, width=width, depth=depth, initial=initial, prior_scale=prior_scale, max_steps=max_steps)
+    return _svi(bound, values, num_steps=num_steps, learning_rate=learning_rate)[0], data, y
 
 
 def _reraise(err):

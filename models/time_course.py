@@ -61,7 +61,7 @@ from semimech.dynamics import ProductionDecayParams, production_decay_field, ste
 from semimech.errors import DesignError, InferenceError
 from semimech.timecourse import TimeCourseDesign, solve_conditions
 
-__all__ = ["TimeCourseFit", "fit_time_course", "model", "predict_time_course"]
+__all__ = ["TimeCourseFit", "fit_time_course", "make_svi", "model", "predict_time_course"]
 
 
 def model(data, *, y=None, initial: str = "steady", onset: str = "known", onset_scale: float = 1.0,
@@ -136,10 +136,7 @@ def _check(design: TimeCourseDesign, initial: str, onset: str) -> None:
         raise DesignError("a latent onset needs the pre-onset state to be a fixed point: not for a differentiating design.")
 
 
-def fit_time_course(design: TimeCourseDesign, *, rng_key, initial: str = "steady", onset: str = "known",
-                    onset_scale: float = 1.0, num_steps: int = 1000, learning_rate: float = 1e-2,
-                    num_samples: int = 200, max_steps: int = 512) -> TimeCourseFit:
-    """Fit :func:`model` by SVI (AutoNormal); failed solves skip the step (counted), never raise."""
+def _setup(design, *, initial, onset, onset_scale, num_steps, learning_rate, max_steps):
     if design.y is None:
         raise DesignError("cannot fit a prediction design (y is None).")
     _check(design, initial, onset)
@@ -150,6 +147,26 @@ def fit_time_course(design: TimeCourseDesign, *, rng_key, initial: str = "steady
     guide = autoguide.AutoNormal(bound, init_loc_fn=init_to_median(num_samples=15), init_scale=0.05)
     sched = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1), alpha=0.05)
     svi = SVI(bound, guide, optax.chain(optax.clip_by_global_norm(10.0), optax.adam(sched)), Trace_ELBO())
+    return svi, guide, data, y, opts
+
+
+def make_svi(design: TimeCourseDesign, *, initial: str = "steady", onset: str = "known", onset_scale: float = 1.0,
+             num_steps: int = 1000, learning_rate: float = 1e-2, max_steps: int = 512):
+    """The ``(svi, data, y)`` that :func:`fit_time_course` runs, for timing a step.
+
+    Step with ``svi.stable_update(state, data, y=y)`` after ``svi.init(key, data, y=y)``.
+    """
+    svi, _, data, y, _ = _setup(design, initial=initial, onset=onset, onset_scale=onset_scale, num_steps=num_steps,
+                                learning_rate=learning_rate, max_steps=max_steps)
+    return svi, data, y
+
+
+def fit_time_course(design: TimeCourseDesign, *, rng_key, initial: str = "steady", onset: str = "known",
+                    onset_scale: float = 1.0, num_steps: int = 1000, learning_rate: float = 1e-2,
+                    num_samples: int = 200, max_steps: int = 512) -> TimeCourseFit:
+    """Fit :func:`model` by SVI (AutoNormal); failed solves skip the step (counted), never raise."""
+    svi, guide, data, y, opts = _setup(design, initial=initial, onset=onset, onset_scale=onset_scale,
+                                       num_steps=num_steps, learning_rate=learning_rate, max_steps=max_steps)
     k_fit, k_draw = jax.random.split(as_key(rng_key))
     try:
         res = svi.run(k_fit, num_steps, data, y=y, progress_bar=False, stable_update=True)
