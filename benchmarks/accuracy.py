@@ -168,7 +168,9 @@ def merge(paths, out) -> int:
     per = per.drop_duplicates(subset=["task", "fold", "model", "seed", "context", "perturbation"])
     notes = [n for p in parts for n in p["notes"]]
     config = dict(parts[0]["config"])
-    config["tasks"] = [t for p in parts for t in p["config"]["tasks"]]
+    for key in ("models", "tasks", "folds"):  # union over parts, in first-seen order
+        config[key] = list(dict.fromkeys(v for p in parts for v in (p["config"].get(key) or [])))
+    config["machines"] = sorted({f'{p["config"].get("machine")} / python {p["config"].get("python")}' for p in parts})
     config["total_seconds"] = sum(p["config"]["total_seconds"] for p in parts)
     config["merged_from"] = [str(p) for p in paths]
     table = summarise(per)
