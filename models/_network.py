@@ -15,6 +15,12 @@ Conventions shared by :mod:`linear_steady_state`, :mod:`production_decay` and
   (a drug, an unmeasured gene) acts through a direct per-target log production scale on every
   gene (the row of ``target_z``), which the dynamics then propagate. Combinations compose their edits:
   production scales multiply.
+- **Variants and restrictions** (model options, off by default): :func:`shared_targets` makes
+  several design targets variants of one shared target — guides ``STAT1_g1``, ``STAT1_g2`` of gene
+  STAT1 each get an efficacy around the gene's (``guide_sd``), a drug labelled per context gets a
+  direct effect around the drug's (``context_sd``); :func:`target_gene_mask` restricts a non-gene
+  target's direct effect to listed genes (e.g. those downstream of its node in a prior network).
+  Both resolve names against a design and return arrays, since a model sees only arrays.
 - **Network** ``W`` is sampled as ``W_T[regulator, gene]`` (``regulators`` x ``genes`` plates);
   self-loops are zero (decay is the diagonal).
 """
@@ -56,14 +62,52 @@ def control_state(genes_plate):
         return numpyro.sample("control_state", dist.LogNormal(0.0, 0.5))
 
 
-def target_gene_onehot(data):
+def target_gene_onehot(data, gene_index=None):
     """``(targets, genes)`` 0/1: which gene each target edits (a zero row for non-gene targets)."""
-    tgi = np.asarray(data["target_gene_index"])
+    tgi = np.asarray(data["target_gene_index"] if gene_index is None else gene_index)
     return jnp.asarray((tgi[:, None] == np.arange(data["n_genes"])[None, :]).astype(np.float32))
 
 
+def _pad(arr, n: int, fill, what: str):
+    """Extend a per-target option to ``n`` targets (a prediction design appends new targets)."""
+    arr = np.asarray(arr)
+    if arr.shape[0] > n:
+        raise DesignError(f"{what} covers {arr.shape[0]} targets but the design has {n}; build it from the "
+                          "training design (it must list every target, in design.targets order).")
+    pad = np.full((n - arr.shape[0],) + arr.shape[1:], fill, dtype=arr.dtype)
+    return np.concatenate([arr, pad], axis=0)
+
+
+def _variants(data, variant_of, shared_gene_index):
+    """Validated ``(variant_of, shared_gene_index)`` padded to the design's targets (or Nones)."""
+    if variant_of is None and shared_gene_index is None:
+        return None, None
+    if variant_of is None or shared_gene_index is None:
+        raise DesignError("variant_of and shared_gene_index go together; build both with shared_targets(design, ...).")
+    n_t, n = len(np.asarray(data["target_gene_index"])), data["n_genes"]
+    var = _pad(np.asarray(variant_of, dtype=np.int64), n_t, -1, "variant_of")
+    sgi = np.asarray(shared_gene_index, dtype=np.int64)
+    if sgi.ndim != 1 or sgi.size == 0 or np.any(sgi < -1) or np.any(sgi >= n):
+        raise DesignError(f"shared_gene_index must list a gene column (or -1) per shared target, got {sgi}.")
+    if var.ndim != 1 or np.any(var < -1) or np.any(var >= sgi.size):
+        raise DesignError(f"variant_of must hold, per target, a shared-target index below {sgi.size} or -1.")
+    return var, sgi
+
+
+def direct_mask_array(data, direct_mask):
+    """Validated ``(targets, genes)`` 0/1 mask of direct effects, padded with ones (or None)."""
+    if direct_mask is None:
+        return None
+    n_t, n = len(np.asarray(data["target_gene_index"])), data["n_genes"]
+    m = np.asarray(direct_mask, dtype=np.float32)
+    if m.ndim != 2 or m.shape[1] != n:
+        raise DesignError(f"direct_mask has shape {m.shape}; it must be (targets, {n}) from "
+                          "target_gene_mask(design, target_genes).")
+    return _pad(m, n_t, 1.0, "direct_mask")
+
+
 def target_log_scales(data, genes_plate, *, efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5,
-                      split: bool = False):
+                      split: bool = False, variant_of=None, shared_gene_index=None, direct_mask=None):
     """Per-target log production scales, ``(targets, genes)``.
 
     One standardised site ``target_z`` (targets x genes) serves both kinds of target: a target
@@ -74,8 +118,26 @@ def target_log_scales(data, genes_plate, *, efficacy_prior_scale: float = 1.5, d
     another dim than the other target-level sites, which autoguides reject.)
     Sites: ``efficacy_loc``, ``efficacy_sd``, ``direct_scale`` (), ``direct_sd`` (genes),
     ``target_z`` (targets x genes). With ``split`` returns ``(own, direct)`` separately.
+
+    **Variants** (``variant_of``, ``shared_gene_index`` from :func:`shared_targets`; off by
+    default, no extra sites): several design targets that are variants of one shared target —
+    guides of a gene (``STAT1_g1``, ``STAT1_g2``), or one drug labelled per context — share its
+    effect and deviate from it. Site ``shared_z`` (shared_targets x genes) holds the shared
+    effects, laid out like ``target_z``. A guide of gene ``g`` has efficacy
+    ``efficacy_loc + efficacy_sd * shared_z[k, g] + guide_sd * target_z[t, g]`` on gene ``g``;
+    a variant of a non-gene target has direct log scales
+    ``direct_scale * direct_sd * (shared_z[k] + context_sd * target_z[t])``. ``guide_sd`` (log
+    production scale) and ``context_sd`` (relative to the shared effect) are sampled only when
+    such variants exist. An unseen guide of a seen gene keeps ``shared_z`` and draws a fresh
+    ``target_z`` row, so its interval adds the guide-to-guide spread.
+
+    ``direct_mask`` (targets x genes, from :func:`target_gene_mask`) restricts each non-gene
+    target's direct effect to its listed genes: elsewhere its log scale is exactly zero.
     """
     tgi = np.asarray(data["target_gene_index"])
+    var, sgi = _variants(data, variant_of, shared_gene_index)
+    mask = direct_mask_array(data, direct_mask)
+    gene_of = tgi if var is None else np.where(var >= 0, sgi[np.maximum(var, 0)], tgi)
     loc = numpyro.sample("efficacy_loc", dist.Normal(0.0, efficacy_prior_scale))
     sd = numpyro.sample("efficacy_sd", dist.HalfNormal(1.0))
     tau = numpyro.sample("direct_scale", dist.HalfNormal(direct_prior_scale))
@@ -83,11 +145,26 @@ def target_log_scales(data, genes_plate, *, efficacy_prior_scale: float = 1.5, d
         dsd = numpyro.sample("direct_sd", dist.HalfNormal(1.0))
     with numpyro.plate("targets", tgi.shape[0], dim=-2), genes_plate:
         z = numpyro.sample("target_z", dist.Normal(0.0, 1.0))
-    own = target_gene_onehot(data)
-    is_gene = jnp.asarray(tgi >= 0, dtype=jnp.float32)[:, None]
+    is_gene = gene_of >= 0
+    eff, direct_z = loc + sd * z, z
+    if var is not None:
+        with numpyro.plate("shared_targets", sgi.size, dim=-2), genes_plate:
+            shared = numpyro.sample("shared_z", dist.Normal(0.0, 1.0))
+        sz = shared[np.maximum(var, 0)]
+        guides, contexts = (var >= 0) & is_gene, (var >= 0) & ~is_gene
+        if guides.any():
+            gsd = numpyro.sample("guide_sd", dist.HalfNormal(0.5))
+            eff = jnp.where(guides[:, None], loc + sd * sz + gsd * z, eff)
+        if contexts.any():
+            csd = numpyro.sample("context_sd", dist.HalfNormal(1.0))
+            direct_z = jnp.where(contexts[:, None], sz + csd * z, direct_z)
+    own = target_gene_onehot(data, gene_of) * eff
+    direct = jnp.asarray(~is_gene, dtype=jnp.float32)[:, None] * tau * dsd * direct_z
+    if mask is not None:
+        direct = direct * jnp.asarray(mask)
     if split:
-        return own * (loc + sd * z), (1.0 - is_gene) * tau * dsd * z
-    return own * (loc + sd * z) + (1.0 - is_gene) * tau * dsd * z
+        return own, direct
+    return own + direct
 
 
 def gene_log_scales(data, genes_plate, **kw):
@@ -178,11 +255,106 @@ def network_matrix(network, *, genes) -> np.ndarray:
     return out
 
 
-def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5):
+def shared_targets(design, variants) -> dict:
+    """Model options that make design targets variants of shared targets (per-guide efficacy).
+
+    Parameters
+    ----------
+    design
+        The training design (its ``targets`` and ``genes``).
+    variants
+        ``{design target: shared target}`` (``{"STAT1_g1": "STAT1", "STAT1_g2": "STAT1"}``,
+        ``{"PI3K@HepG2|IGF1": "PI3K", ...}``), or a regular expression whose first group is the
+        shared target (``r"(.+)_g\\d+$"``); targets it does not match are their own target. A
+        shared target that is a modelled gene shares an efficacy on that gene (guides); any
+        other shares a direct effect (a drug labelled per context).
+
+    Returns
+    -------
+    dict
+        ``{"variant_of": (targets,) int, "shared_gene_index": (shared,) int}``: pass it to
+        ``fit_svi(..., **options)``. Shared targets are sorted by name.
+
+    Raises
+    ------
+    DesignError
+        When a key is not a target of the design, a pattern matches nothing, or the result
+        would share nothing.
+    """
+    import re
+
+    targets = list(design.targets)
+    if isinstance(variants, str):
+        pattern = re.compile(variants)
+        found = {t: m.group(1) for t in targets if (m := pattern.fullmatch(t)) is not None}
+        if not found:
+            raise DesignError(f"the pattern {variants!r} matches no target of the design (targets: {targets[:8]}...); "
+                              "its first group must capture the shared target, e.g. r'(.+)_g\\d+'.")
+        variants = found
+    unknown = sorted(set(variants) - set(targets))
+    if unknown:
+        raise DesignError(f"variants names {len(unknown)} target(s) not in the design: {unknown[:10]}. "
+                          f"Use design.targets (e.g. {targets[:5]}).")
+    shared = sorted({str(v) for v in variants.values()})
+    code = {s: k for k, s in enumerate(shared)}
+    col = {g: i for i, g in enumerate(design.genes)}
+    variant_of = np.array([code[str(variants[t])] if t in variants else -1 for t in targets], dtype=np.int32)
+    return {"variant_of": variant_of, "shared_gene_index": np.array([col.get(s, -1) for s in shared], dtype=np.int32)}
+
+
+def target_gene_mask(design, target_genes) -> np.ndarray:
+    """A ``(targets, genes)`` 0/1 mask restricting non-gene targets' direct effects (option ``direct_mask``).
+
+    ``target_genes`` is ``{target: [genes it acts on directly]}``; unlisted targets act on every
+    gene. Only targets that are not modelled genes have direct effects (a gene target edits its
+    own production), so listing a modelled-gene target is an error, as are unknown names.
+    """
+    targets, genes = list(design.targets), list(design.genes)
+    tcol, gcol = {t: i for i, t in enumerate(targets)}, {g: i for i, g in enumerate(genes)}
+    unknown = sorted(set(map(str, target_genes)) - set(tcol))
+    if unknown:
+        raise DesignError(f"target_genes names {len(unknown)} target(s) not in the design: {unknown[:10]}. "
+                          f"Targets: {targets[:8]}...")
+    mask = np.ones((len(targets), len(genes)), dtype=np.float32)
+    for t, gs in target_genes.items():
+        if str(t) in gcol:
+            raise DesignError(f"target {t!r} is a modelled gene: it edits its own production, not genes directly; "
+                              "drop it from target_genes.")
+        if isinstance(gs, str):
+            raise DesignError(f"target_genes[{t!r}] must be a list of genes, got the string {gs!r}.")
+        bad = [g for g in gs if g not in gcol]
+        if bad:
+            raise DesignError(f"target_genes[{t!r}] names genes that are not modelled: {bad[:10]}. "
+                              f"Genes: {genes[:8]}...")
+        mask[tcol[str(t)]] = 0.0
+        mask[tcol[str(t)], [gcol[g] for g in gs]] = 1.0
+    return mask
+
+
+def guide_own_entries(data, variant_of=None, shared_gene_index=None):
+    """``(perturbations, genes)`` bool: a single guide's own gene (None unless guides are given).
+
+    There the guide's own efficacy is already a free per-label parameter, so :func:`residual`
+    leaves that entry out: otherwise the two are confounded and the residual absorbs the
+    guide-to-guide spread (``guide_sd`` collapses, an unseen guide's interval is too narrow).
+    """
+    var, sgi = _variants(data, variant_of, shared_gene_index)
+    if var is None:
+        return None
+    gene = np.where(var >= 0, sgi[np.maximum(var, 0)], -1)
+    tm = np.asarray(data["target_matrix"]) > 0
+    single = tm.sum(1) == 1
+    g = np.where(single, gene[np.argmax(tm, axis=1)], -1)
+    return (g[:, None] == np.arange(data["n_genes"])[None, :]) & (g >= 0)[:, None]
+
+
+def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, exclude=None):
     """Per-perturbation misfit of the dynamics (non-control rows), learned from training conditions.
 
     Sites ``residual_scale`` (), ``residual_sd`` (genes), ``residual_z`` (perturbations x genes):
     an unseen condition gets a fresh draw, so its interval includes the misfit seen in training.
+    ``exclude`` (perturbations x genes, bool) marks entries without a residual
+    (:func:`guide_own_entries`).
     """
     rs = numpyro.sample("residual_scale", dist.HalfNormal(scale))
     with genes_plate:
@@ -191,6 +363,8 @@ def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5):
     with numpyro.plate("perturbations", n_pert, dim=-2), genes_plate:
         rz = numpyro.sample("residual_z", dist.Normal(0.0, 1.0))
     perturbed = (jnp.asarray(data["target_matrix"]).sum(1) > 0)[:, None]
+    if exclude is not None:
+        perturbed = perturbed & ~jnp.asarray(exclude)
     return loc_p + jnp.where(perturbed, rsd * rz, 0.0)
 
 

@@ -30,6 +30,13 @@ efficacy_loc, efficacy_sd, direct_scale, direct_sd, target_z
     The edits, see :func:`semimech.models._network.target_log_scales`.
 log_scale : (perturbations, genes), deterministic
     Gene-level log production scale of each condition (before projection onto programs).
+shared_z : (shared_targets, genes)
+    Only with ``variant_of``/``shared_gene_index`` (:func:`semimech.models._network.shared_targets`):
+    the effect shared by a target's variants — a gene's efficacy for its guides, a drug's direct
+    effect across the contexts it is labelled in.
+guide_sd, context_sd : ()
+    Spread of guides around their gene's efficacy (log production scale) and of a drug's contexts
+    around its shared direct effect (relative); each only when such variants exist.
 residual_scale, residual_sd, residual_z
     Misfit per perturbed condition (``residual=True``).
 ok_fraction : (), deterministic
@@ -84,8 +91,15 @@ def system(draw: dict):
 
 def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: float = 0.5,
           efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5, residual: bool = True,
-          fallback: bool = False, y=None):
-    """The latent-programs model; see the module docstring for the sites."""
+          variant_of=None, shared_gene_index=None, direct_mask=None, fallback: bool = False, y=None):
+    """The latent-programs model; see the module docstring for the sites.
+
+    Options shared by the steady-state models: ``variant_of`` and ``shared_gene_index`` (both
+    from :func:`semimech.models._network.shared_targets`; default off, no extra sites) make
+    design targets variants of a shared target — per-guide efficacy around the gene's, or one
+    drug across contexts; ``direct_mask`` (from :func:`semimech.models._network.target_gene_mask`)
+    restricts a non-gene target's direct effect to listed genes (exactly zero elsewhere).
+    """
     n = data["n_genes"]
     genes = numpyro.plate("genes", n, dim=-1)
     programs = numpyro.plate("programs", n_programs, dim=-2)
@@ -101,7 +115,9 @@ def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: flo
         R = numpyro.sample("regulation_z", dist.Normal(0.0, 1.0))
     W, b, alpha = program_system(ws, R, Z, h)
     own_t, direct_t = net.target_log_scales(data, genes, efficacy_prior_scale=efficacy_prior_scale,
-                                            direct_prior_scale=direct_prior_scale, split=True)
+                                            direct_prior_scale=direct_prior_scale, split=True,
+                                            variant_of=variant_of, shared_gene_index=shared_gene_index,
+                                            direct_mask=direct_mask)
     tm = jnp.asarray(data["target_matrix"])
     own, direct = tm @ own_t, tm @ direct_t
     net.record_scales(own + direct, genes)
@@ -112,7 +128,8 @@ def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: flo
     # the edited gene's own production change, as in the gene-level models (u_gene = s * 1)
     loc_p = baseline + lscale * unit * ((u - 1.0) @ Z) + 3.0 * unit * jnp.expm1(own)
     if residual:
-        loc_p = net.residual(loc_p, data, genes, unit=unit)
+        loc_p = net.residual(loc_p, data, genes, unit=unit,
+                             exclude=net.guide_own_entries(data, variant_of, shared_gene_index))
     with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
 

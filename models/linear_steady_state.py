@@ -37,6 +37,13 @@ direct_scale : (), direct_sd : (genes,)
 target_z : (targets, genes)
     Standardised target effects: entry ``[t, g_t]`` is the efficacy of a gene target ``t``
     (``efficacy_loc + efficacy_sd * z``); a non-gene target's row is its direct effect.
+shared_z : (shared_targets, genes)
+    Only with ``variant_of``/``shared_gene_index`` (:func:`semimech.models._network.shared_targets`):
+    the effect shared by a target's variants — a gene's efficacy for its guides, a drug's direct
+    effect across the contexts it is labelled in.
+guide_sd, context_sd : ()
+    Spread of guides around their gene's efficacy (log production scale) and of a drug's contexts
+    around its shared direct effect (relative); each only when such variants exist.
 residual_scale : (), residual_sd : (genes,), residual_z : (perturbations, genes)
     Misfit of the dynamics per perturbed condition (``residual=True``).
 ok_fraction : (), deterministic
@@ -93,11 +100,18 @@ def system(draw: dict):
 
 def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_scale: float = 0.1, network=None,
           network_mode: str = "mask", efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5,
-          residual: bool = True, check_stability: bool = False, y=None):
+          residual: bool = True, variant_of=None, shared_gene_index=None,
+          direct_mask=None, check_stability: bool = False, y=None):
     """The linear steady-state model; see the module docstring for the sites.
 
     ``network`` is a signed ``[regulator, gene]`` matrix from
     :func:`semimech.models._network.network_matrix` (``mask`` or ``scale`` by ``network_mode``).
+
+    Options shared by the steady-state models: ``variant_of`` and ``shared_gene_index`` (both
+    from :func:`semimech.models._network.shared_targets`; default off, no extra sites) make
+    design targets variants of a shared target — per-guide efficacy around the gene's, or one
+    drug across contexts; ``direct_mask`` (from :func:`semimech.models._network.target_gene_mask`)
+    restricts a non-gene target's direct effect to listed genes (exactly zero elsewhere).
     """
     n = data["n_genes"]
     genes = numpyro.plate("genes", n, dim=-1)
@@ -112,14 +126,16 @@ def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_sca
     with genes:
         numpyro.deterministic("bias", b)
     log_s = net.gene_log_scales(data, genes, efficacy_prior_scale=efficacy_prior_scale,
-                                direct_prior_scale=direct_prior_scale)
+                                direct_prior_scale=direct_prior_scale, variant_of=variant_of,
+                                shared_gene_index=shared_gene_index, direct_mask=direct_mask)
     net.record_scales(log_s, genes)
     ss = steady_states_closed_form(W, b, log_s, check_stability=check_stability)
     net.reject_failed(ss.ok)
     u = jnp.where(ss.ok[:, None], ss.x, u_ctrl)
     loc_p = floor + scale * u
     if residual:
-        loc_p = net.residual(loc_p, data, genes, unit=unit)
+        loc_p = net.residual(loc_p, data, genes, unit=unit,
+                             exclude=net.guide_own_entries(data, variant_of, shared_gene_index))
     with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
 
