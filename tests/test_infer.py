@@ -201,3 +201,31 @@ def test_unreplicated_design_warns_that_noise_is_not_identified():
         warnings.simplefilter("error")
         _warn_unreplicated(replicated)
         _warn_unreplicated(replicated.pseudobulk())
+
+
+def test_predict_in_a_batch_recovers_the_batch_shift():
+    """Known answer: batch b2 reads 1.5 units higher than b1 on every gene, so predictions in b2
+    minus predictions in b1 are about 1.5; a new batch widens the intervals; a fit without
+    batches refuses batch= (negative control: it must not silently return the average batch)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat(["control", "a", "b"], 40)
+    batch = np.tile(["b1", "b2"], 60)
+    y = rng.normal(0.0, 0.3, (120, 4)) + np.where(batch == "b2", 1.5, 0.0)[:, None]
+    y[labels == "a", 0] += 1.0
+    frame = pd.DataFrame(y, columns=["g1", "g2", "g3", "g4"]).assign(perturbation=labels, batch=batch)
+    kw = dict(readouts=["g1", "g2", "g3", "g4"], perturbation_key="perturbation", control="control")
+    d = sm.Design.from_frame(frame, batch_key="batch", **kw).pseudobulk()
+    fit = sm.fit_svi(additive.SPEC, d, rng_key=0, num_steps=1500, num_samples=200, progress_bar=False)
+    p1 = sm.predict(fit, ["control", "a"], rng_key=1, batch="b1").draws["mean"].mean(0)
+    p2 = sm.predict(fit, ["control", "a"], rng_key=1, batch="b2").draws["mean"].mean(0)
+    np.testing.assert_allclose(p2 - p1, 1.5, atol=0.15)
+    np.testing.assert_allclose(p1[1, 0] - p1[0, 0], 1.0, atol=0.2)  # the effect is the same in each batch
+    avg = sm.predict(fit, ["control"], rng_key=1)
+    new = sm.predict(fit, ["control"], rng_key=1, batch="never_seen")
+    assert new.draws["mean"].std(0).mean() > 2 * avg.draws["mean"].std(0).mean()
+    flat = sm.fit_svi(additive.SPEC, sm.Design.from_frame(frame, **kw).pseudobulk(), rng_key=0, num_steps=50,
+                      num_samples=20, progress_bar=False)
+    with pytest.raises(PredictionError, match="no batch offsets"):
+        sm.predict(flat, ["control"], rng_key=0, batch="b1")

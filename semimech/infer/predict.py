@@ -107,14 +107,11 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         If given (an int, or one int per label), also draw ``"observed_mean"``: the mean of
         that many new cells, to compare with an observed pseudobulk.
     batch
-        Not supported yet: predictions are for the average batch (batch offsets zero), and
-        passing a batch raises rather than being silently ignored.
+        ``None`` (default): the average batch (batch offsets zero). A training batch label: the
+        means in that batch (its fitted offsets added on the latent scale). Any other label: a
+        new batch, with a fresh offset drawn from the fitted batch distribution, so intervals
+        widen by the batch-to-batch spread.
     """
-    if batch is not None:
-        raise PredictionError(
-            "batch-specific predictions are not supported yet: predict() returns the average batch "
-            "(batch offsets zero). Compare with controls of the same batch, or leave batch=None."
-        )
     labels = _labels(design)
     train = fit.design
     if isinstance(design, Design) and tuple(design.genes) != tuple(train.genes):
@@ -123,7 +120,7 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
             f"the design's genes differ from the fitted genes ({len(extra)} not modelled, e.g. {extra[:5]}). "
             "Predict on the fitted genes: build the design with genes=fit.design.genes."
         )
-    pdesign = train.with_perturbations(labels, batch=batch) if not _already(design, train) else design
+    pdesign = train.with_perturbations(labels) if not _already(design, train) else design
     # a target is seen when some observed training condition edits it (encodings kept by
     # splits may list targets whose rows were all held out: those are unseen too)
     seen = {t for p in train.observed_perturbations() for t in train.targets_of(p)}
@@ -145,6 +142,8 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     noise_site = fit.spec.noise_site(fit.likelihood)
     out = Predictive(model, posterior_samples=post, return_sites=[fit.spec.mean_site, noise_site])(k_pred, data)
     mean = np.asarray(out[fit.spec.mean_site])
+    if batch is not None:
+        mean = _in_batch(fit, mean, str(batch), k_obs)
     draws = {"mean": mean}
     if num_cells is not None:
         n = np.broadcast_to(np.asarray(num_cells, dtype=float), (len(labels),))
@@ -157,6 +156,24 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
             mean_of_cells(k_obs, mean, noise, likelihood=fit.likelihood, num_cells=n[None, :, None]))
     return Prediction(perturbations=tuple(labels), genes=train.genes, draws=draws, control=train.control,
                       model=fit.spec.name)
+
+
+def _in_batch(fit, mean: np.ndarray, batch: str, rng_key) -> np.ndarray:
+    """Add one batch's offsets (``batch_sd * batch_z``, latent scale) to mean draws."""
+    if "batch_z" not in fit.samples or "batch_sd" not in fit.samples:
+        raise PredictionError(
+            f"batch={batch!r} was given but the {fit.spec.name!r} fit has no batch offsets (it was fitted on a "
+            "design without batch_key). Leave batch=None, or refit with batches."
+        )
+    z = fit.flat("batch_z")  # (draws, batches, genes)
+    batches = list(fit.design.batches or ())
+    if batch in batches:
+        zb = z[:, batches.index(batch), :]
+    else:  # a new batch: a fresh draw of its offsets
+        zb = np.asarray(jax.random.normal(jax.random.fold_in(rng_key, 7), (z.shape[0], z.shape[2])), dtype=z.dtype)
+    sd = fit.flat("batch_sd").reshape(z.shape[0], *([1] * (zb.ndim - 1)))
+    offset = (sd * zb)[:, None, :]
+    return mean * np.exp(offset) if fit.likelihood == "negbin" else mean + offset
 
 
 def _labels(design) -> list[str]:
