@@ -16,6 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from semimech.data import _validate as v
+from semimech.data._aggregate import control_summaries, pseudobulk
+from semimech.data._targets import encode_targets, parse_label, target_gene_index
 from semimech.errors import DesignError
 
 __all__ = ["Design"]
@@ -216,7 +218,7 @@ class Design:
         perturbations = (control,) + tuple(sorted(set(labels) - {control}))
         code = {p: i for i, p in enumerate(perturbations)}
         perturbation_index = np.array([code[p] for p in labels], dtype=np.int32)
-        targets, target_matrix = _encode_targets(perturbations, control, target_sep)
+        targets, target_matrix = encode_targets(perturbations, control, target_sep)
         batches = batch_index = None
         if batch_labels is not None:
             blabels = v.labels(batch_labels, what="batch label")
@@ -259,7 +261,7 @@ class Design:
 
     def targets_of(self, label: str) -> tuple[str, ...]:
         """The targets a condition label edits (empty for the control)."""
-        return _parse(label, self.control, self.target_sep)
+        return parse_label(label, self.control, self.target_sep)
 
     def model_data(self) -> dict[str, Any]:
         """The arrays-only view a model sees.
@@ -284,10 +286,10 @@ class Design:
             "n_genes": self.n_genes,
             "n_obs": self.n_obs,
             "y_ss": None if self.y_ss is None else np.asarray(self.y_ss, dtype=np.float32),
-            "target_gene_index": _target_gene_index(self.targets, self.genes),
+            "target_gene_index": target_gene_index(self.targets, self.genes),
         }
         if self.y is not None:
-            loc, scale, floor = _control_summaries(self)
+            loc, scale, floor = control_summaries(self)
             data["baseline_loc"], data["baseline_scale"], data["noise_floor"] = loc, scale, floor
         return data
 
@@ -340,7 +342,7 @@ class Design:
         known_targets = list(self.targets)
         genes = set(self.genes)
         for lab in labels:
-            for t in _parse(lab, self.control, self.target_sep):
+            for t in parse_label(lab, self.control, self.target_sep):
                 if t not in known_targets:
                     if t not in genes:
                         raise DesignError(
@@ -351,7 +353,7 @@ class Design:
         tcode = {t: i for i, t in enumerate(known_targets)}
         tm = np.zeros((len(labels), len(known_targets)), dtype=np.float32)
         for i, lab in enumerate(labels):
-            for t in _parse(lab, self.control, self.target_sep):
+            for t in parse_label(lab, self.control, self.target_sep):
                 tm[i, tcode[t]] = 1.0
         if len(set(labels)) != len(labels):
             raise DesignError("with_perturbations got duplicate labels.")
@@ -372,120 +374,13 @@ class Design:
         """Aggregate rows per perturbation (and batch): sums for counts, means otherwise.
 
         For counts the size factor of a group is the sum of its cells' size factors, so the
-        count model keeps its meaning; ``n_cells`` records group sizes.
+        count model keeps its meaning; ``n_cells`` records group sizes. Continuous designs keep
+        the within-group sums of squares (``y_ss``), so a Gaussian model of the pseudobulk is exact.
         """
-        if self.y is None:
-            raise DesignError("cannot pseudobulk a prediction design.")
-        b = self.batch_index if (by_batch and self.batch_index is not None) else np.zeros(self.n_obs, np.int32)
-        keys = np.stack([self.perturbation_index, b], axis=1)
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-        inverse = inverse.ravel()
-        G = sp.csr_matrix((np.ones(self.n_obs), (inverse, np.arange(self.n_obs))), shape=(len(uniq), self.n_obs))
-        n_cells = np.asarray(G @ self.n_cells).ravel()
-        sums = np.asarray((G @ self.y).todense()) if sp.issparse(self.y) else G @ np.asarray(self.y)
-        y = sums if self.is_counts else sums / np.asarray(G.sum(1))
-        y_ss = None
-        if not self.is_counts:
-            # within-group sum of squares, so a Gaussian model of the pseudobulk is exact
-            sq = self.y.multiply(self.y) if sp.issparse(self.y) else np.asarray(self.y) ** 2
-            sumsq = np.asarray((G @ sq).todense()) if sp.issparse(sq) else G @ sq
-            prev = 0.0 if self.y_ss is None else G @ np.asarray(self.y_ss)
-            # rows may already be means of n_cells cells: weight by n_cells
-            w = self.n_cells[:, None]
-            if np.any(self.n_cells != 1):
-                sums = G @ (w * self.dense_y())
-                sumsq = G @ (w * self.dense_y() ** 2)
-                y = sums / n_cells[:, None]
-            y_ss = np.maximum(sumsq - n_cells[:, None] * y**2, 0.0) + prev
-        sf = np.asarray(G @ self.size_factors).ravel() if self.is_counts else np.ones(len(uniq))
-        has_batch = by_batch and self.batches is not None
-        names = tuple(
-            self.perturbations[p] + (f"|{self.batches[bb]}" if has_batch else "") for p, bb in uniq
-        )
-        return dataclasses.replace(
-            self, y=np.asarray(y, dtype=float), obs_names=names, perturbation_index=uniq[:, 0].astype(np.int32),
-            batch_index=uniq[:, 1].astype(np.int32) if has_batch else None,
-            batches=self.batches if has_batch else None, size_factors=sf, n_cells=n_cells, y_ss=y_ss,
-        )
+        return pseudobulk(self, by_batch=by_batch)
 
     def __repr__(self) -> str:
         kind = "prediction design" if self.y is None else ("counts" if self.is_counts else "continuous")
         nb = 0 if self.batches is None else len(self.batches)
         return (f"Design({self.n_obs} rows x {self.n_genes} genes, {len(self.perturbations)} perturbations, "
                 f"{len(self.targets)} targets, {nb} batches, {kind}, control={self.control!r})")
-
-
-def _target_gene_index(targets, genes) -> np.ndarray:
-    col = {g: i for i, g in enumerate(genes)}
-    return np.array([col.get(t, -1) for t in targets], dtype=np.int32)
-
-
-def _parse(label: str, control: str, sep: str) -> tuple[str, ...]:
-    if label == control:
-        return ()
-    parts = tuple(p.strip() for p in str(label).split(sep))
-    if any(p == "" for p in parts):
-        raise DesignError(f"malformed perturbation label {label!r} (empty part around {sep!r}).")
-    if control in parts:
-        parts = tuple(p for p in parts if p != control)
-    return parts
-
-
-def _encode_targets(perturbations, control, sep):
-    parsed = [_parse(p, control, sep) for p in perturbations]
-    targets = tuple(sorted({t for parts in parsed for t in parts}))
-    code = {t: i for i, t in enumerate(targets)}
-    tm = np.zeros((len(perturbations), len(targets)), dtype=np.float32)
-    for i, parts in enumerate(parsed):
-        for t in parts:
-            tm[i, code[t]] = 1.0
-    seen = {}
-    for p, row in zip(perturbations, tm):
-        key = row.tobytes()
-        if key in seen and p != control:
-            raise DesignError(
-                f"labels {seen[key]!r} and {p!r} name the same set of targets; relabel them to one label."
-            )
-        seen[key] = p
-    return targets, tm
-
-
-def _control_summaries(design: Design) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per-gene control location and scale, and the readout's noise floor; the same for cells
-    and their pseudobulk.
-
-    Counts: log of the mean rate (per unit size factor), scale 1, floor 0. Continuous: the
-    cell-level mean and sd of the controls (pooled from means and within-group sums of squares
-    when rows are pseudobulks), falling back to all rows' sd where the controls do not vary.
-    The floor is ``s * sqrt(3 / N)`` over all ``N`` cells, with ``s`` the 90th percentile of
-    the genes' cell-level sd (a typical expressed gene): by the rule of three, a gene never seen
-    expressed in ``N`` cells is expressed in fewer than ``3 / N`` of them, so its cell-level sd
-    is at most about an expressed gene's sd times ``sqrt(3 / N)``.
-    """
-    ctrl = np.flatnonzero(design.perturbation_index == 0)
-    if design.is_counts:
-        y = design.y[ctrl]
-        y = y.toarray() if sp.issparse(y) else np.asarray(y, dtype=float)
-        rate = y.sum(0) / design.size_factors[ctrl].sum()
-        loc = np.log(rate + 1e-3 / max(design.size_factors[ctrl].mean(), 1e-12))
-        return loc.astype(np.float32), np.ones(design.n_genes, np.float32), 0.0
-    loc, sd = _pooled_moments(design, ctrl)
-    _, sd_all = _pooled_moments(design, np.arange(design.n_obs))
-    scale = np.maximum(np.where(sd > 0, sd, sd_all), 1e-3)
-    expressed = sd_all[sd_all > 0]
-    typical = float(np.quantile(expressed, 0.9)) if expressed.size else 1.0
-    floor = typical * float(np.sqrt(3.0 / max(design.n_cells.sum(), 3.0)))
-    return loc.astype(np.float32), scale.astype(np.float32), max(floor, 1e-6)
-
-
-def _pooled_moments(design: Design, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cell-level mean and sd of continuous readouts over ``rows`` (rows may be pseudobulks)."""
-    y = design.y[rows]
-    y = y.toarray() if sp.issparse(y) else np.asarray(y, dtype=float)
-    n = design.n_cells[rows][:, None]
-    total = n.sum()
-    mean = (n * y).sum(0) / total
-    ss = (n * (y - mean) ** 2).sum(0)
-    if design.y_ss is not None:
-        ss = ss + np.asarray(design.y_ss)[rows].sum(0)
-    return mean, np.sqrt(ss / max(total - 1.0, 1.0))
