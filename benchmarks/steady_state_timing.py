@@ -15,13 +15,22 @@ Writes ``benchmarks/results/steady_state_timing.json``.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# OpenBLAS (used by JAX's CPU LU) spins its threads: on a loaded shared machine a batched LU
+# ran ~7x slower with the default thread count than with one thread (measured). Set before
+# numpy/jax load it; --blas-threads 0 keeps the library default.
+_BLAS = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--blas-threads"), "1")
+if _BLAS != "0":
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", _BLAS)
+
 import argparse
 import functools
 import json
-import os
 import pathlib
 import platform
-import sys
+import subprocess
 import time
 
 import jax
@@ -86,10 +95,16 @@ def time_nuts(model, data, y, *, samples: int = 10, max_tree_depth: int = 6):
     return (time.perf_counter() - t0) / samples, compile_s, float(np.mean(n_leap))
 
 
-def _write(rows) -> None:
+def _write(rows, name: str = "steady_state_timing.json") -> None:
     OUT.mkdir(exist_ok=True)
-    (OUT / "steady_state_timing.json").write_text(json.dumps(
-        {"machine": platform.platform(), "cpu_count": os.cpu_count(), "rows": rows}, indent=1, default=float))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=OUT.parent).stdout.strip()
+    except OSError:
+        commit = None
+    (OUT / name).write_text(json.dumps(
+        {"machine": platform.platform(), "cpu_count": os.cpu_count(), "commit": commit,
+         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "rows": rows}, indent=1, default=float))
 
 
 def main(argv=None) -> int:
@@ -100,6 +115,8 @@ def main(argv=None) -> int:
     p.add_argument("--nuts-max-genes", type=int, default=100, help="skip NUTS above this many genes")
     p.add_argument("--svi-steps", type=int, default=20)
     p.add_argument("--nuts-samples", type=int, default=10)
+    p.add_argument("--blas-threads", default="1", help="OPENBLAS_NUM_THREADS (0: library default); read at start-up")
+    p.add_argument("--out", default="steady_state_timing.json", help="file name under benchmarks/results")
     a = p.parse_args(argv)
     rows = []
     for g in a.genes:
@@ -123,10 +140,10 @@ def main(argv=None) -> int:
                 row["nuts_note"] = f"skipped (> {a.nuts_max_genes} genes)"
             rows.append(row)
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-            _write(rows)  # after every row: a long run keeps what it measured
+            _write(rows, a.out)  # after every row: a long run keeps what it measured
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    print(f"wrote {OUT / 'steady_state_timing.json'}")
+    print(f"wrote {OUT / a.out}")
     return 0
 
 

@@ -16,6 +16,7 @@ alone is reliable (cheaper to compile and, under vmap, to run).
 
 from semimech.dynamics.fields import LinearParams, ProductionDecayParams, linear_field, production_decay_field
 from semimech.dynamics.intervention import Intervention, apply_clamp, compose
+from semimech.dynamics.jacobians import analytic_jacobian, linear_jacobian, production_decay_jacobian
 from semimech.dynamics.neural import NeuralField, neural_field
 from semimech.dynamics.stability import Attractors, attractors, eigenvalues, is_stable, jacobian, spectral_abscissa
 from semimech.dynamics.steady_state import (
@@ -23,8 +24,8 @@ from semimech.dynamics.steady_state import (
     default_tolerances,
     linear_steady_state,
     steady_state,
-    steady_states,
 )
+from semimech.dynamics.batched import steady_states
 from semimech.dynamics.trajectory import Trajectory, trajectory
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "ProductionDecayParams",
     "SteadyState",
     "Trajectory",
+    "analytic_jacobian",
     "apply_clamp",
     "attractors",
     "compose",
@@ -43,9 +45,11 @@ __all__ = [
     "is_stable",
     "jacobian",
     "linear_field",
+    "linear_jacobian",
     "linear_steady_state",
     "neural_field",
     "production_decay_field",
+    "production_decay_jacobian",
     "spectral_abscissa",
     "steady_state",
     "steady_states",

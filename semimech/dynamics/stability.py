@@ -18,7 +18,9 @@ from jaxtyping import Array, Bool, Complex, Float, Int
 
 from semimech._rng import as_key
 from semimech.dynamics import _diffrax
+from semimech.dynamics._newton import _newton_lu
 from semimech.dynamics.intervention import Intervention
+from semimech.dynamics.jacobians import analytic_jacobian
 from semimech.dynamics.steady_state import _integration_tolerances, _newton, _prepare, _stop, default_tolerances, highest_precision
 from semimech.errors import SemimechError
 
@@ -34,7 +36,10 @@ def jacobian(
     media: Float[Array, " m"] | None = None,
     intervention: Intervention | None = None,
 ) -> Float[Array, "n n"]:
-    """``J[i, j] = d f_i / d x_j`` at ``x`` (1/h), by forward-mode differentiation."""
+    """``J[i, j] = d f_i / d x_j`` at ``x`` (1/h): closed form for the package's fields, else ``jacfwd``."""
+    jac = analytic_jacobian(field)
+    if jac is not None:
+        return jac(jnp.asarray(x), params, media=media, intervention=intervention)
     return jax.jacfwd(lambda y: field(y, params, media=media, intervention=intervention))(jnp.asarray(x))
 
 
@@ -169,9 +174,15 @@ def attractors(
         return field(x, p, media=m, intervention=e)
 
     theta = _stop((params, media, intervention))
+    jac = analytic_jacobian(field)
+    if jac is None:
+        newton = _newton
+    else:
+        def newton(g, x, th, **kw):
+            return _newton_lu(g, lambda y, t: jac(y, t[0], media=t[1], intervention=t[2]), x, th, **kw)
 
     def stable(x):
-        J = jax.jacfwd(g)(x, theta)
+        J = jacobian(field, theta[0], x, media=theta[1], intervention=theta[2])
         abscissa = jnp.max(jnp.real(jnp.linalg.eigvals(jnp.where(jnp.isfinite(J), J, 0.0))))
         return jnp.all(jnp.isfinite(J)) & (abscissa < 0)
 
@@ -179,7 +190,7 @@ def attractors(
         x_int, reached = _diffrax.integrate_to_steady_state(
             g, x_start, theta, run=run, solver=solver, max_steps=max_steps, **_integration_tolerances(rtol, atol)
         )
-        x_pol, polished = _newton(g, jnp.where(reached, x_int, x_start), theta, rtol=rtol, atol=atol, max_steps=64)
+        x_pol, polished = newton(g, jnp.where(reached, x_int, x_start), theta, rtol=rtol, atol=atol, max_steps=64)[:2]
         # Newton from a settled point stays on its attractor; keep the integrated point if the
         # polish wandered further than the event tolerance allows.
         close = jnp.max(jnp.abs(x_pol - x_int)) <= distance_tol * (1 + jnp.max(jnp.abs(x_int)))

@@ -8,9 +8,8 @@ through the solver (STYLE.md, "Verified on this machine"): the root ``x*`` is fo
     x = x* - J^{-1} (f(x*, theta) - stop_gradient(f(x*, theta))),   J = df/dx (x*),
 
 whose value is exactly ``x*`` and whose first derivative is ``-J^{-1} df/dtheta``, the exact
-implicit derivative. Where the solve failed, ``J`` is replaced by the identity so that the
-backward pass stays finite; callers should use ``where(ok, x, fallback)`` and reject failed
-draws (for example a ``-inf`` factor).
+implicit derivative. Where the solve failed, ``J`` is replaced by the identity (a finite
+backward pass); callers use ``where(ok, x, fallback)`` and reject failed draws (``-inf``).
 """
 
 from __future__ import annotations
@@ -23,17 +22,18 @@ import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
-import optimistix as optx
 from jax.scipy.linalg import lu_factor, lu_solve
 from jaxtyping import Array, Bool, Float
 
 from semimech.dynamics import _diffrax
-from semimech.dynamics.fields import LinearParams, ProductionDecayParams, _check_square, _media_term
+from semimech.dynamics._newton import _newton, _newton_lu
+from semimech.dynamics.fields import LinearParams, ProductionDecayParams, _check_square, _media_term, linear_field
 from semimech.dynamics.intervention import Intervention
+from semimech.dynamics.jacobians import analytic_jacobian, linear_jacobian
 from semimech.dynamics.neural import NeuralField
 from semimech.errors import SemimechError
 
-__all__ = ["SteadyState", "default_tolerances", "linear_steady_state", "steady_state", "steady_states"]
+__all__ = ["SteadyState", "default_tolerances", "linear_steady_state", "steady_state"]
 
 
 class SteadyState(NamedTuple):
@@ -126,20 +126,33 @@ def _prepare(params, media, intervention, x0, caller: str):
     return dtype, n, _as_float(media, dtype), intervention, x0
 
 
-def _finish(g, x_star, theta, solved, *, rtol, atol, check_stability):
-    """The frozen Newton step at the root: value ``x_star``, exact implicit first derivative."""
+def _finish(g, x_star, theta, solved, *, rtol, atol, check_stability, jac=None, factors=None):
+    """The frozen Newton step at the root: value ``x_star``, implicit first derivative.
+
+    ``jac(x, theta)``: the Jacobian (default ``jax.jacfwd(g)``). ``factors``: its LU factors from
+    the solver (closed form, or Newton's last iterate): then none is built or factorised here.
+    """
     theta_sg = _stop(theta)
     x_star = jax.lax.stop_gradient(x_star)
     n = x_star.shape[0]
     f_star = g(x_star, theta_sg)
-    J = jax.jacfwd(g)(x_star, theta_sg)
-    finite = jnp.all(jnp.isfinite(x_star)) & jnp.all(jnp.isfinite(f_star)) & jnp.all(jnp.isfinite(J))
-    J = jnp.where(finite, J, -jnp.eye(n, dtype=J.dtype))
-    lu, piv = lu_factor(J)
+    jac = jax.jacfwd(g) if jac is None else jac
+    J = None
+    if factors is None:
+        J = jac(x_star, theta_sg)
+        finite_J = jnp.all(jnp.isfinite(J))
+        lu, piv = lu_factor(jnp.where(finite_J, J, -jnp.eye(n, dtype=J.dtype)))
+    else:
+        lu, piv = jax.lax.stop_gradient(factors[0]), factors[1]
+        finite_J = jnp.all(jnp.isfinite(lu))
+        lu = jnp.where(finite_J, lu, -jnp.eye(n, dtype=lu.dtype))
+    finite = jnp.all(jnp.isfinite(x_star)) & jnp.all(jnp.isfinite(f_star)) & finite_J
     increment = lu_solve((lu, piv), jnp.where(finite, f_star, 0.0))
     within = jnp.all(jnp.abs(increment) <= atol + rtol * jnp.abs(x_star))
     ok = solved & finite & jnp.all(jnp.isfinite(increment)) & within
     if check_stability:
+        J = jac(x_star, theta_sg) if J is None else J
+        J = jnp.where(jnp.all(jnp.isfinite(J)), J, jnp.eye(n, dtype=J.dtype))
         ok = ok & (jnp.max(jnp.real(jnp.linalg.eigvals(J))) < 0)
     # Identity factors where the solve failed keep the backward pass finite.
     lu = jnp.where(ok, lu, jnp.eye(n, dtype=lu.dtype))
@@ -162,14 +175,6 @@ def _integration_tolerances(rtol: float, atol: float) -> dict:
     return dict(rtol=min(10 * rtol, ev_r / 10), atol=min(10 * atol, ev_a / 10), event_rtol=ev_r, event_atol=ev_a)
 
 
-def _newton(g, x0, args, *, rtol, atol, max_steps):
-    # Cauchy termination: stop when the step is below atol + rtol |x| and |f| below atol.
-    # (The alternative rate-based test declared divergence after two steps on smooth problems.)
-    solver = optx.Newton(rtol=rtol, atol=atol)
-    sol = optx.root_find(g, solver, x0, args=args, max_steps=max_steps, throw=False)
-    return sol.value, (sol.result == optx.RESULTS.successful) & jnp.all(jnp.isfinite(sol.value))
-
-
 @highest_precision
 def steady_state(
     field: Callable,
@@ -185,6 +190,7 @@ def steady_state(
     fallback_solver: str = "tsit5",
     fallback_max_steps: int = 4096,
     check_stability: bool = False,
+    jacobian: Callable | None = None,
 ) -> SteadyState:
     """Fixed point of ``field`` under ``intervention``; differentiable, never raises under jit.
 
@@ -222,11 +228,18 @@ def steady_state(
     check_stability
         Also require every Jacobian eigenvalue at ``x`` to have negative real part (an
         ``eig`` per solve: CPU-cheap for small ``n``).
+    jacobian
+        Closed-form Jacobian ``jacobian(x, params, *, media, intervention) -> (n, n)`` of
+        ``field``. Default: :func:`~semimech.dynamics.jacobians.analytic_jacobian` for the
+        package's linear and production-decay fields (``O(n^2)`` per Newton step, and the last
+        Newton factorisation is reused for the implicit derivative), else ``jax.jacfwd``
+        through optimistix (``n`` Jacobian-vector products per step).
 
     Returns
     -------
     A :class:`SteadyState`. Gradients with respect to ``params``, ``media`` and the
-    intervention's ``production``/``clamp_value`` are the implicit derivatives.
+    intervention's ``production``/``clamp_value`` are the implicit derivatives (with a
+    closed-form Jacobian, taken at the last Newton iterate: exact to the solver tolerance).
     """
     dtype, n, media, intervention, x0 = _prepare(params, media, intervention, x0, "steady_state")
     d_rtol, d_atol = default_tolerances(dtype)
@@ -240,74 +253,48 @@ def steady_state(
     theta = (params, media, intervention)
     theta_sg = _stop(theta)
     start = jax.lax.stop_gradient(x0)
+    jac = jacobian if jacobian is not None else analytic_jacobian(field)
+    if jac is None:
+        jac_g = None
+
+        def solve(x):
+            return (*_newton(g, x, theta_sg, rtol=rtol, atol=atol, max_steps=max_steps), ())
+    else:
+        def jac_g(x, theta):
+            p, m, e = theta
+            return jac(x, p, media=m, intervention=e)
+
+        def solve(x):
+            return _newton_lu(g, jac_g, x, theta_sg, rtol=rtol, atol=atol, max_steps=max_steps)
+
     if not fallback:
-        x_star, solved = _newton(g, start, theta_sg, rtol=rtol, atol=atol, max_steps=max_steps)
+        x_star, solved, factors = solve(start)
     else:
         # Round 0: Newton from x0. Round 1, only where round 0 failed: integrate from x0 to a
         # steady-state event, then Newton polishes. One scan traces Newton and diffrax once;
         # the unvmapped cond skips round 1 when no member of a vmapped batch needs it.
         def round_(carry, first):
             def work(carry):
-                x_star, solved = carry
+                x_star, solved, factors = carry
                 x_int, reached = _diffrax.integrate_to_steady_state(
                     g, start, theta_sg, run=~first & ~solved, solver=fallback_solver,
                     max_steps=fallback_max_steps, **_integration_tolerances(rtol, atol),
                 )
-                x_try, ok_try = _newton(
-                    g, jnp.where(first, start, jnp.where(reached, x_int, x_star)), theta_sg,
-                    rtol=rtol, atol=atol, max_steps=max_steps,
-                )
+                x_try, ok_try, f_try = solve(jnp.where(first, start, jnp.where(reached, x_int, x_star)))
                 ok_try = ok_try & (first | reached)
-                return jnp.where(solved, x_star, x_try), solved | ok_try
+
+                def keep(old, new):
+                    return jnp.where(solved, old, new)
+
+                return keep(x_star, x_try), solved | ok_try, jax.tree.map(keep, factors, f_try)
 
             return jax.lax.cond(eqxi.unvmap_any(~carry[1]), work, lambda c: c, carry), None
 
-        init = (start, jnp.zeros((), dtype=bool))
-        (x_star, solved), _ = jax.lax.scan(round_, init, jnp.array([True, False]))
-    return _finish(g, x_star, theta, solved, rtol=rtol, atol=atol, check_stability=check_stability)
-
-
-def steady_states(
-    field: Callable,
-    params,
-    *,
-    interventions: Intervention,
-    media: Float[Array, "conditions m"] | Float[Array, " m"] | None = None,
-    x0: Float[Array, "conditions n"] | Float[Array, " n"] | None = None,
-    **options,
-) -> SteadyState:
-    """One :func:`steady_state` per condition, vmapped (never per cell).
-
-    Parameters
-    ----------
-    field, params
-        As in :func:`steady_state`; ``params`` are shared by all conditions.
-    interventions
-        An :class:`~semimech.dynamics.intervention.Intervention` whose arrays carry a leading
-        ``conditions`` axis.
-    media
-        Shared ``(m,)`` or per-condition ``(conditions, m)`` covariates, or ``None``.
-    x0
-        Shared ``(n,)`` or per-condition ``(conditions, n)`` initial guesses, or ``None``.
-    **options
-        Keyword options of :func:`steady_state`.
-
-    Returns
-    -------
-    A :class:`SteadyState` whose fields carry a leading ``conditions`` axis.
-    """
-    if jnp.ndim(interventions.production) != 2:
-        raise SemimechError(
-            "steady_states: interventions must be batched, production of shape (conditions, n); got "
-            f"{jnp.shape(interventions.production)}. Use steady_state for a single condition."
-        )
-    media_axis = None if media is None or jnp.ndim(media) == 1 else 0
-    x0_axis = None if x0 is None or jnp.ndim(x0) == 1 else 0
-
-    def one(e, m, x):
-        return steady_state(field, params, media=m, intervention=e, x0=x, **options)
-
-    return jax.vmap(one, in_axes=(0, media_axis, x0_axis))(interventions, media, x0)
+        factors0 = () if jac is None else (jnp.eye(n, dtype=dtype), jnp.arange(n, dtype=jnp.int32))
+        init = (start, jnp.zeros((), dtype=bool), factors0)
+        (x_star, solved, factors), _ = jax.lax.scan(round_, init, jnp.array([True, False]))
+    return _finish(g, x_star, theta, solved, rtol=rtol, atol=atol, check_stability=check_stability, jac=jac_g,
+                   factors=factors or None)
 
 
 @highest_precision
@@ -324,7 +311,8 @@ def linear_steady_state(
     production scale; a clamped row ``j`` becomes ``A_j = -e_j``, ``c_j = clamp_value_j``.
     With ``gamma = 1`` and no edit this is the linear SCM solution ``(I - W)^{-1} b``.
     Differentiable (implicit derivative, identical to differentiating the linear solve) and
-    safe: a singular ``A`` gives ``ok = False``, never a NaN gradient.
+    safe: a singular ``A`` gives ``ok = False``, never a NaN gradient. One LU factorisation of
+    ``A`` per call (no Jacobian is built): under ``vmap`` over conditions, a batched LU.
 
     Parameters
     ----------
@@ -339,8 +327,6 @@ def linear_steady_state(
     -------
     A :class:`SteadyState`.
     """
-    from semimech.dynamics.fields import linear_field
-
     n_params = _check_square(params.W, params.b, "linear_steady_state")
     if intervention is None:
         intervention = Intervention.none(n_params, dtype=_float_dtype(params))
@@ -353,10 +339,18 @@ def linear_steady_state(
     s, clamp = e.production, e.clamp_mask
     A = jnp.where(clamp[:, None], -jnp.eye(n, dtype=dtype), s[:, None] * p.W - jnp.diag(p.gamma))
     c = jnp.where(clamp, e.clamp_value, s * (p.b + _media_term(p.M, m, n, "linear_steady_state")))
-    x_star = jnp.linalg.solve(A, -c)
+    # One LU of A per condition serves the solve, the residual check and the implicit
+    # derivative (A is the field's Jacobian at every x).
+    lu, piv = lu_factor(A.astype(dtype))
+    x_star = lu_solve((lu, piv), -c.astype(dtype))
 
     def g(x, th):
         pp, mm, ee = th
         return linear_field(x, pp, media=mm, intervention=ee)
 
-    return _finish(g, x_star, theta, jnp.all(jnp.isfinite(x_star)), rtol=rtol, atol=atol, check_stability=check_stability)
+    def jac(x, th):
+        pp, mm, ee = th
+        return linear_jacobian(x, pp, media=mm, intervention=ee)
+
+    return _finish(g, x_star, theta, jnp.all(jnp.isfinite(x_star)), rtol=rtol, atol=atol,
+                   check_stability=check_stability, jac=jac, factors=(lu, piv))
