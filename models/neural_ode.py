@@ -33,6 +33,7 @@ import optax
 from semimech._rng import as_key
 from semimech.dynamics import NeuralField, neural_field
 from semimech.errors import DesignError, InferenceError
+from semimech.models._ode_inference import require_time_course_design
 from semimech.timecourse import TimeCourseDesign, solve_conditions
 
 __all__ = ["FreeField", "NeuralODEFit", "baseline_drift", "field_fn", "fit_neural_ode", "free_field", "init_params",
@@ -124,6 +125,12 @@ class NeuralODEFit:
     def fn(self):
         return field_fn(self.field)
 
+    def diagnostics(self) -> dict:
+        """``steps``, ``nan_steps`` (skipped: a failed solve or a non-finite loss/gradient), ``final_loss``."""
+        from semimech.models._ode_inference import diagnostics
+
+        return diagnostics("adam", losses=self.losses)
+
 
 def _initial_states(params, data, initial):
     C = data["covariates"].shape[0]
@@ -160,6 +167,7 @@ def _loss(params, data, y, *, fn, weight, initial, onset, max_steps):
 
 
 def _check(design: TimeCourseDesign, initial: str, onset: str, field: str) -> None:
+    require_time_course_design(design, "the neural ODE")
     if design.y is None:
         raise DesignError("cannot fit a prediction design (y is None).")
     if initial not in ("observed", "latent"):

@@ -7,8 +7,9 @@ baseline state. With the point estimate's loss ``mean NLL + lambda * mean_b ||f_
 ``tau = sqrt(B / (2 lambda N))`` (:func:`tau_from_weight`).
 
 A failed ODE solve adds a ``-inf`` factor (``solve_ok``): SVI skips that step
-(``stable_update``) and NUTS rejects the proposal (a divergence); both are counted in
-:class:`BayesNeuralODEFit` (``n_rejected``), never raised.
+(``stable_update``) and NUTS rejects the proposal (a divergence); neither raises. The fit counts
+skipped steps / divergences and, exactly, the log-density evaluations whose solve failed
+(:meth:`BayesNeuralODEFit.diagnostics`).
 
 Sample sites
 ------------
@@ -41,10 +42,11 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 from jax.flatten_util import ravel_pytree
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, autoguide, init_to_value
+from numpyro.infer import SVI, Trace_ELBO, autoguide, init_to_value
 
 from semimech._rng import as_key
 from semimech.errors import DesignError, InferenceError
+from semimech.models._ode_inference import diagnostics, report_solve, run_nuts, solve_counter
 from semimech.models.neural_ode import _check, field_fn, init_params, predicted_samples
 from semimech.timecourse import TimeCourseDesign
 
@@ -59,8 +61,12 @@ def tau_from_weight(weight: float, *, n_entries: int, n_baseline: int) -> float:
 
 
 def model(data, *, y=None, template, field: str = "free", prior_scale: float = 1.0, steady_state_tau=None,
-          initial: str = "observed", max_steps: int = 256):
-    """NumPyro neural ODE; ``template`` is the parameter pytree of :func:`models.neural_ode.init_params`."""
+          initial: str = "observed", max_steps: int = 256, on_solve=None):
+    """NumPyro neural ODE; ``template`` is the parameter pytree of :func:`models.neural_ode.init_params`.
+
+    ``on_solve`` (optional host function) receives each evaluation's solve status
+    (:func:`models._ode_inference.solve_counter`).
+    """
     fn = field_fn(field)
     arrays, static = eqx.partition(template["field"], eqx.is_inexact_array)
     flat0, unravel = ravel_pytree(arrays)
@@ -74,6 +80,7 @@ def model(data, *, y=None, template, field: str = "free", prior_scale: float = 1
             params["x0"] = numpyro.sample("x0", dist.Normal(jnp.asarray(template["x0"]), 2.0))
     mu, ok = predicted_samples(fn, params, data, initial=initial, onset="known", max_steps=max_steps)
     numpyro.factor("solve_ok", jnp.where(jnp.all(ok), 0.0, -jnp.inf))
+    report_solve(on_solve, ok)
     mask = jnp.asarray(data["mask"]) if data.get("mask") is not None else jnp.ones(mu.shape, bool)
     with numpyro.plate("cells", data["n_obs"], dim=-2), genes:
         numpyro.deterministic("mean", mu)
@@ -100,11 +107,13 @@ class BayesNeuralODEFit:
         ``"svi"`` or ``"nuts"``.
     n_rejected
         SVI steps skipped (non-finite loss, e.g. a failed solve) or NUTS divergent transitions
-        (a failed solve makes the proposal's density ``-inf``).
+        after warm-up (a failed solve makes the proposal's density ``-inf``).
     losses
         SVI losses (empty for NUTS).
     options
         Model options (``field``, ``steady_state_tau``, ``initial``, ...).
+    stats
+        :meth:`diagnostics`' content.
     """
 
     samples: dict
@@ -113,6 +122,12 @@ class BayesNeuralODEFit:
     n_rejected: int
     losses: np.ndarray
     options: dict
+    stats: dict = dataclasses.field(default_factory=dict)
+
+    def diagnostics(self) -> dict:
+        """Skipped SVI steps (``nan_steps``) or NUTS ``divergences``, and
+        ``failed_solves`` out of ``density_evaluations`` (exact; initialisation included)."""
+        return dict(self.stats)
 
 
 def fit_neural_ode_bayes(
@@ -143,9 +158,10 @@ def fit_neural_ode_bayes(
     if method not in ("svi", "nuts"):
         raise DesignError(f"method must be 'svi' or 'nuts'; got {method!r}.")
     k_init, k_fit, k_draw = jax.random.split(as_key(rng_key), 3)
+    record, counts = solve_counter()
     bound, values, data, y, template, opts = _setup(
         design, k_init, steady_state_weight=steady_state_weight, steady_state_tau=steady_state_tau, field=field,
-        width=width, depth=depth, initial=initial, prior_scale=prior_scale, max_steps=max_steps)
+        width=width, depth=depth, initial=initial, prior_scale=prior_scale, max_steps=max_steps, on_solve=record)
     if method == "svi":
         svi, guide = _svi(bound, values, num_steps=num_steps, learning_rate=learning_rate)
         try:
@@ -157,24 +173,24 @@ def fit_neural_ode_bayes(
             raise InferenceError("every SVI step failed (ODE solve or non-finite loss); try a smaller "
                                  "learning_rate, a larger max_steps, or rescale the readouts.")
         samples = guide.sample_posterior(k_draw, res.params, sample_shape=(num_samples,))
-        n_rejected = int((~np.isfinite(losses)).sum())
+        stats = diagnostics("svi", losses=losses, counts=counts)
+        n_rejected = stats["nan_steps"]
     else:
-        kernel = NUTS(bound, init_strategy=init_to_value(values=values), max_tree_depth=6)
-        mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, progress_bar=False)
         try:
-            mcmc.run(k_fit, data, y=y, extra_fields=("diverging",))
+            samples, nuts = run_nuts(bound, rng_key=k_fit, init_strategy=init_to_value(values=values), data=data, y=y,
+                                     num_warmup=num_warmup, num_samples=num_samples)
         except RuntimeError as err:
             _reraise(err)
-        samples = mcmc.get_samples()
-        n_rejected = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
         losses = np.zeros(0)
+        stats = diagnostics("nuts", stats=nuts, counts=counts, draws=num_samples)
+        n_rejected = nuts["divergences"]
     samples = {k: np.asarray(v) for k, v in samples.items() if k in ("field_params", "noise_sd", "x0")}
     return BayesNeuralODEFit(samples=samples, template=template, method=method, n_rejected=n_rejected,
-                             losses=losses, options=opts)
+                             losses=losses, options=opts, stats=stats)
 
 
 def _setup(design, k_init, *, steady_state_weight, steady_state_tau, field, width, depth, initial, prior_scale,
-           max_steps):
+           max_steps, on_solve=None):
     """The bound model, its initial values, data, masked readouts, weight template and options."""
     _check(design, initial, "known", field)
     template = init_params(design, rng_key=k_init, field=field, width=width, depth=depth, initial=initial)
@@ -190,7 +206,7 @@ def _setup(design, k_init, *, steady_state_weight, steady_state_tau, field, widt
     values = {"field_params": flat0, "noise_sd": jnp.exp(template["log_sigma"])}
     if initial == "latent":
         values["x0"] = template["x0"]
-    bound = lambda data, y=None: model(data, y=y, template=template, **opts)  # noqa: E731
+    bound = lambda data, y=None: model(data, y=y, template=template, on_solve=on_solve, **opts)  # noqa: E731
     return bound, values, data, y, template, opts
 
 
@@ -203,15 +219,18 @@ def _svi(bound, values, *, num_steps, learning_rate):
 def make_svi(design: TimeCourseDesign, *, rng_key, steady_state_weight: float = 0.0,
              steady_state_tau: float | None = None, field: str = "free", width: int = 16, depth: int = 1,
              initial: str = "observed", prior_scale: float = 1.0, num_steps: int = 1000,
-             learning_rate: float = 1e-2, max_steps: int = 256):
+             learning_rate: float = 1e-2, max_steps: int = 256, on_solve=None):
     """The ``(svi, data, y)`` that :func:`fit_neural_ode_bayes` (``method="svi"``) runs, for timing a step.
 
     ``rng_key`` seeds the weight initialisation (the fit splits its key; pass the same options
-    as the fit). Step with ``svi.stable_update(state, data, y=y)`` after ``svi.init(key, data, y=y)``.
+    as the fit); the fit also passes a failed-solve counter as ``on_solve``
+    (:func:`models._ode_inference.solve_counter`). Step with ``svi.stable_update(state, data, y=y)``
+    after ``svi.init(key, data, y=y)``.
     """
     bound, values, data, y, _, _ = _setup(
         design, as_key(rng_key), steady_state_weight=steady_state_weight, steady_state_tau=steady_state_tau,
-        field=field, width=width, depth=depth, initial=initial, prior_scale=prior_scale, max_steps=max_steps)
+        field=field, width=width, depth=depth, initial=initial, prior_scale=prior_scale, max_steps=max_steps,
+        on_solve=on_solve)
     return _svi(bound, values, num_steps=num_steps, learning_rate=learning_rate)[0], data, y
 
 

@@ -13,6 +13,10 @@ Initial state (``initial=``):
 - ``"observed"``: each condition's measured time-0 state (the design's ``x0``);
 - ``"latent"`` (differentiating, pre-cue state not measured): one shared initial state.
 
+Fitted by SVI or NUTS (:func:`fit_time_course`); a failed solve (fixed point or trajectory) is a
+``-inf`` factor: a skipped SVI step or a rejected NUTS proposal, counted in
+:meth:`TimeCourseFit.diagnostics`.
+
 Time-matched controls are part of the data (the control is a condition with its own
 trajectory); :func:`semimech.timecourse.time_course_design` refuses a differentiating design
 without them. ``onset="latent"`` learns a per-perturbation delay (in-vivo delivery): the
@@ -59,14 +63,25 @@ from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide, init_to_median
 from semimech._rng import as_key
 from semimech.dynamics import ProductionDecayParams, production_decay_field, steady_state
 from semimech.errors import DesignError, InferenceError
+from semimech.models._ode_inference import (
+    diagnostics,
+    report_solve,
+    require_time_course_design,
+    run_nuts,
+    solve_counter,
+)
 from semimech.timecourse import TimeCourseDesign, solve_conditions
 
 __all__ = ["TimeCourseFit", "fit_time_course", "make_svi", "model", "predict_time_course"]
 
 
 def model(data, *, y=None, initial: str = "steady", onset: str = "known", onset_scale: float = 1.0,
-          max_steps: int = 512):
-    """The time-course model; see the module docstring for its sites."""
+          max_steps: int = 512, on_solve=None):
+    """The time-course model; see the module docstring for its sites.
+
+    ``on_solve`` (optional host function) receives each evaluation's solve status (fixed point
+    and trajectories; :func:`models._ode_inference.solve_counter`).
+    """
     n = data["n_readouts"]
     U = jnp.asarray(data["covariates"])
     C, k = U.shape
@@ -86,10 +101,13 @@ def model(data, *, y=None, initial: str = "steady", onset: str = "known", onset_
         ss = steady_state(production_decay_field, params, media=U[0], x0=guess, fallback=False)
         numpyro.factor("steady_ok", jnp.where(ss.ok, 0.0, -jnp.inf))
         x0 = jnp.broadcast_to(jnp.where(ss.ok, ss.x, guess), (C, n))
-    elif initial == "latent":
+        steady_ok = ss.ok
+    else:
+        steady_ok = jnp.asarray(True)
+    if initial == "latent":
         with genes:
             x0 = jnp.broadcast_to(numpyro.sample("x0", dist.Normal(0.0, 3.0)), (C, n))
-    else:
+    elif initial == "observed":
         x0 = jnp.asarray(data["x0"])
     if onset == "latent":
         with numpyro.plate("perturbations", C, dim=-1):
@@ -101,6 +119,7 @@ def model(data, *, y=None, initial: str = "steady", onset: str = "known", onset_
     xs, ok = solve_conditions(production_decay_field, params, x0=x0, covariates=U, times=data["times"], onset=on,
                               max_steps=max_steps)
     numpyro.factor("solve_ok", jnp.where(jnp.all(ok), 0.0, -jnp.inf))
+    report_solve(on_solve, jnp.all(ok) & steady_ok)
     mu = xs[jnp.asarray(data["condition_index"]), jnp.asarray(data["time_index"])]
     mask = jnp.asarray(data["mask"]) if data.get("mask") is not None else jnp.ones(mu.shape, bool)
     with numpyro.plate("cells", data["n_obs"], dim=-2), genes:
@@ -110,12 +129,24 @@ def model(data, *, y=None, initial: str = "steady", onset: str = "known", onset_
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TimeCourseFit:
-    """Posterior draws (mean-field SVI) of :func:`model`; ``n_rejected`` counts skipped (failed) steps."""
+    """Posterior draws of :func:`model` (mean-field SVI or NUTS).
+
+    ``n_rejected`` counts skipped SVI steps (non-finite loss, e.g. a failed solve) or NUTS
+    divergent transitions (after warm-up; a failed solve is an infinite energy error);
+    :meth:`diagnostics` adds the exact count of log-density evaluations whose solve failed.
+    """
 
     samples: dict
     losses: np.ndarray
     n_rejected: int
     options: dict
+    method: str = "svi"
+    stats: dict = dataclasses.field(default_factory=dict)
+
+    def diagnostics(self) -> dict:
+        """``nan_steps`` (SVI) or ``divergences`` (NUTS), ``failed_solves``
+        out of ``density_evaluations``."""
+        return dict(self.stats)
 
 
 def _check(design: TimeCourseDesign, initial: str, onset: str) -> None:
@@ -136,14 +167,15 @@ def _check(design: TimeCourseDesign, initial: str, onset: str) -> None:
         raise DesignError("a latent onset needs the pre-onset state to be a fixed point: not for a differentiating design.")
 
 
-def _setup(design, *, initial, onset, onset_scale, num_steps, learning_rate, max_steps):
+def _setup(design, *, initial, onset, onset_scale, num_steps, learning_rate, max_steps, on_solve=None):
+    require_time_course_design(design, "the time_course model")
     if design.y is None:
         raise DesignError("cannot fit a prediction design (y is None).")
     _check(design, initial, onset)
     opts = dict(initial=initial, onset=onset, onset_scale=onset_scale, max_steps=max_steps)
     data = design.model_data()
     y = jnp.asarray(np.where(data["mask"], design.y, 0.0), jnp.float32)
-    bound = lambda data, y=None: model(data, y=y, **opts)  # noqa: E731
+    bound = lambda data, y=None: model(data, y=y, on_solve=on_solve, **opts)  # noqa: E731
     guide = autoguide.AutoNormal(bound, init_loc_fn=init_to_median(num_samples=15), init_scale=0.05)
     sched = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1), alpha=0.05)
     svi = SVI(bound, guide, optax.chain(optax.clip_by_global_norm(10.0), optax.adam(sched)), Trace_ELBO())
@@ -151,23 +183,42 @@ def _setup(design, *, initial, onset, onset_scale, num_steps, learning_rate, max
 
 
 def make_svi(design: TimeCourseDesign, *, initial: str = "steady", onset: str = "known", onset_scale: float = 1.0,
-             num_steps: int = 1000, learning_rate: float = 1e-2, max_steps: int = 512):
+             num_steps: int = 1000, learning_rate: float = 1e-2, max_steps: int = 512, on_solve=None):
     """The ``(svi, data, y)`` that :func:`fit_time_course` runs, for timing a step.
 
-    Step with ``svi.stable_update(state, data, y=y)`` after ``svi.init(key, data, y=y)``.
+    The fit also passes a failed-solve counter as ``on_solve``
+    (:func:`models._ode_inference.solve_counter`). Step with ``svi.stable_update(state, data, y=y)``
+    after ``svi.init(key, data, y=y)``.
     """
     svi, _, data, y, _ = _setup(design, initial=initial, onset=onset, onset_scale=onset_scale, num_steps=num_steps,
-                                learning_rate=learning_rate, max_steps=max_steps)
+                                learning_rate=learning_rate, max_steps=max_steps, on_solve=on_solve)
     return svi, data, y
 
 
 def fit_time_course(design: TimeCourseDesign, *, rng_key, initial: str = "steady", onset: str = "known",
-                    onset_scale: float = 1.0, num_steps: int = 1000, learning_rate: float = 1e-2,
-                    num_samples: int = 200, max_steps: int = 512) -> TimeCourseFit:
-    """Fit :func:`model` by SVI (AutoNormal); failed solves skip the step (counted), never raise."""
+                    onset_scale: float = 1.0, method: str = "svi", num_steps: int = 1000, learning_rate: float = 1e-2,
+                    num_samples: int = 200, num_warmup: int = 200, max_steps: int = 512) -> TimeCourseFit:
+    """Fit :func:`model` by SVI (AutoNormal) or NUTS; failed solves are rejected and counted, never raised.
+
+    ``num_steps``/``learning_rate`` are SVI's, ``num_warmup`` NUTS'; ``num_samples`` draws either way.
+    """
+    if method not in ("svi", "nuts"):
+        raise DesignError(f"method must be 'svi' or 'nuts'; got {method!r}.")
+    record, counts = solve_counter()
     svi, guide, data, y, opts = _setup(design, initial=initial, onset=onset, onset_scale=onset_scale,
-                                       num_steps=num_steps, learning_rate=learning_rate, max_steps=max_steps)
+                                       num_steps=num_steps, learning_rate=learning_rate, max_steps=max_steps,
+                                       on_solve=record)
     k_fit, k_draw = jax.random.split(as_key(rng_key))
+    if method == "nuts":
+        try:
+            post, nuts = run_nuts(svi.model, rng_key=k_fit, init_strategy=init_to_median(num_samples=15), data=data,
+                                  y=y, num_warmup=num_warmup, num_samples=num_samples)
+        except RuntimeError as err:
+            raise InferenceError(f"no valid initial parameters (every initial solve failed): {err}") from None
+        samples = {k: np.asarray(v) for k, v in post.items() if k not in ("mean", "onset")}
+        return TimeCourseFit(samples=samples, losses=np.zeros(0), options=opts, method="nuts",
+                             n_rejected=nuts["divergences"],
+                             stats=diagnostics("nuts", stats=nuts, counts=counts, draws=num_samples))
     try:
         res = svi.run(k_fit, num_steps, data, y=y, progress_bar=False, stable_update=True)
     except RuntimeError as err:
@@ -178,7 +229,8 @@ def fit_time_course(design: TimeCourseDesign, *, rng_key, initial: str = "steady
                              "or a larger max_steps.")
     post = guide.sample_posterior(k_draw, res.params, sample_shape=(num_samples,))
     samples = {k: np.asarray(v) for k, v in post.items()}
-    return TimeCourseFit(samples=samples, losses=losses, n_rejected=int((~np.isfinite(losses)).sum()), options=opts)
+    stats = diagnostics("svi", losses=losses, counts=counts)
+    return TimeCourseFit(samples=samples, losses=losses, n_rejected=stats["nan_steps"], options=opts, stats=stats)
 
 
 def predict_time_course(fit: TimeCourseFit, design: TimeCourseDesign, *, rng_key, num_draws: int | None = None):
