@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +28,18 @@ import pandas as pd
 from numpyro.infer import Predictive
 
 from semimech._rng import as_key
-from semimech.dynamics import Intervention, attractors
+from semimech.dynamics import Intervention, attractors, spectral_abscissa, steady_states
 from semimech.errors import InferenceError, SemimechError
 
-__all__ = ["prior_steady_states", "steady_state_check"]
+__all__ = ["is_steady_state_model", "prior_steady_states", "solve_fractions", "steady_state_check",
+           "steady_state_diagnostics"]
 
 _SYSTEM_SITES = ("W", "bias", "alpha", "control_state", "log_scale", "loadings")
+
+
+def is_steady_state_model(spec) -> bool:
+    """Whether ``spec``'s model solves steady states that these checks apply to (its module defines ``system``)."""
+    return callable(getattr(sys.modules.get(spec.model.__module__), "system", None))
 
 
 def _system_fn(spec):
@@ -77,6 +84,41 @@ def prior_steady_states(spec, design, *, rng_key, num_draws: int = 20, min_fract
     return frac
 
 
+@functools.lru_cache(maxsize=32)
+def _attractor_checker(system, num_starts: int, max_steps: int):
+    """One draw's check, jitted once per model (compiled once per shape, reused across calls)."""
+
+    @jax.jit
+    def check_draw(draw, key):
+        field, params, x0, log_scale = system(draw)
+
+        def one(ls, k):
+            a = attractors(field, params, rng_key=k, intervention=Intervention.scale(jnp.exp(ls)), x0=x0,
+                           num_starts=num_starts, max_steps=max_steps)
+            return a.ok[0], a.unique, a.num_attractors
+
+        keys = jax.random.split(key, log_scale.shape[0])
+        return jax.vmap(one)(log_scale, keys)
+
+    return check_draw
+
+
+@functools.lru_cache(maxsize=32)
+def _solver(system):
+    """One draw's solves (as in the model: Newton from the control state) and their stability, jitted once."""
+
+    @jax.jit
+    def solve_draw(draw):
+        field, params, x0, log_scale = system(draw)
+        edits = Intervention.scale(jnp.exp(log_scale))
+        ss = steady_states(field, params, interventions=edits, x0=x0, fallback=False)
+        x = jnp.where(ss.ok[:, None], ss.x, x0)
+        rate = jax.vmap(lambda x, e: spectral_abscissa(field, params, x, intervention=e))(x, edits)
+        return ss.ok, ss.ok & (rate < 0)
+
+    return solve_draw
+
+
 def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_starts: int = 8,
                        max_steps: int = 4096) -> tuple[pd.DataFrame, float]:
     """Per condition: fraction of posterior draws with a stable, unique steady state.
@@ -91,7 +133,8 @@ def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_st
     table
         One row per condition: ``stable`` (fraction of draws where the flow from the control
         state reaches a stable fixed point), ``unique`` (fraction where all starts reach one and
-        the same stable attractor) and ``mean_attractors`` (distinct attractors found).
+        the same stable attractor), ``stable_unique`` (fraction where both hold) and
+        ``mean_attractors`` (distinct attractors found).
     summary
         Fraction of draws in which *every* condition has a stable, unique steady state.
     """
@@ -115,18 +158,7 @@ def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_st
     sites = Predictive(model, posterior_samples=post, return_sites=list(site_names))(k_pred, data)
     sites = {k: np.asarray(v) for k, v in sites.items()}
 
-    @jax.jit
-    def check_draw(draw, key):
-        field, params, x0, log_scale = system(draw)
-
-        def one(ls, k):
-            a = attractors(field, params, rng_key=k, intervention=Intervention.scale(jnp.exp(ls)), x0=x0,
-                           num_starts=num_starts, max_steps=max_steps)
-            return a.ok[0], a.unique, a.num_attractors
-
-        keys = jax.random.split(key, log_scale.shape[0])
-        return jax.vmap(one)(log_scale, keys)
-
+    check_draw = _attractor_checker(system, num_starts, max_steps)
     stable, unique, count = [], [], []
     for d, k in zip(range(len(idx)), jax.random.split(k_att, len(idx))):
         s, u, c = check_draw({name: v[d] for name, v in sites.items()}, k)
@@ -135,6 +167,58 @@ def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_st
         count.append(np.asarray(c))
     stable, unique, count = np.array(stable), np.array(unique), np.array(count)
     table = pd.DataFrame({"perturbation": labels, "stable": stable.mean(0), "unique": unique.mean(0),
-                          "mean_attractors": count.mean(0)})
+                          "stable_unique": (stable & unique).mean(0), "mean_attractors": count.mean(0)})
+    table.attrs["draws"] = len(idx)
     summary = float(np.mean(np.all(stable & unique, axis=1)))
     return table, summary
+
+
+_DIAGNOSTICS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def steady_state_diagnostics(fit, *, rng_key=0, num_draws: int = 4, num_starts: int = 4,
+                             max_steps: int = 4096) -> tuple[pd.DataFrame, float]:
+    """:func:`steady_state_check` on the training conditions, cheap by default and cached per fit.
+
+    What :meth:`semimech.Fit.diagnostics` reports for steady-state models: ``num_draws``
+    posterior draws, ``num_starts`` starts per condition. The result is cached for the fit
+    object (the fit stays immutable; the cache forgets it when the fit is deleted). For a
+    firmer answer, call :func:`steady_state_check` with more draws and starts.
+    """
+    args = (np.asarray(jax.random.key_data(as_key(rng_key))).tobytes(), num_draws, num_starts, max_steps)
+    cached = _DIAGNOSTICS.setdefault(fit, {})
+    if args not in cached:
+        cached[args] = steady_state_check(fit, rng_key=rng_key, num_draws=num_draws, num_starts=num_starts,
+                                          max_steps=max_steps)
+    table, summary = cached[args]
+    return table.copy(), summary
+
+
+def solve_fractions(fit, posterior: dict, data: dict, labels, *, rng_key, num_draws: int = 20) -> pd.DataFrame:
+    """Per condition, the fraction of posterior draws whose steady-state solve converged, and was stable.
+
+    Used by :func:`semimech.predict`: ``posterior`` are its draws aligned to the prediction's
+    labels and ``data`` its model data. For ``num_draws`` of them the dynamics of each
+    condition (the model's ``system``) are solved as in the model, by Newton from the control
+    state, and the Jacobian's eigenvalues at the solution are checked (an ``eig`` per condition
+    and draw: for hundreds of genes, keep ``num_draws`` small).
+
+    Returns
+    -------
+    One row per label: ``converged`` (fraction of draws whose solve converged), ``stable``
+    (converged and every eigenvalue has negative real part) and ``draws`` (draws checked).
+    """
+    system, site_names = _system_fn(fit.spec)
+    key = as_key(rng_key)
+    k_sel, k_pred = jax.random.split(key)
+    total = next(iter(posterior.values())).shape[0]
+    idx = np.sort(np.asarray(jax.random.choice(k_sel, total, (min(num_draws, total),), replace=False)))
+    post = {k: v[idx] for k, v in posterior.items()}
+    model = functools.partial(fit.spec.model, **fit.options)
+    sites = {k: np.asarray(v) for k, v in
+             Predictive(model, posterior_samples=post, return_sites=list(site_names))(k_pred, data).items()}
+
+    solve_draw = _solver(system)
+    conv, stable = zip(*[solve_draw({k: v[d] for k, v in sites.items()}) for d in range(len(idx))])
+    return pd.DataFrame({"perturbation": list(labels), "converged": np.mean(np.array(conv), 0),
+                         "stable": np.mean(np.array(stable), 0), "draws": len(idx)})

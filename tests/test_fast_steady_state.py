@@ -59,7 +59,7 @@ def test_analytic_jacobian_equals_jacfwd_with_negative_control(kind):
                                    atol=1e-8)
 
 
-@pytest.mark.parametrize("mode", ["shared", "per_condition", "shared_falls_back"])
+@pytest.mark.parametrize("mode", ["shared", "shared_falls_back"])
 def test_production_decay_fast_paths_match_generic_path_values_and_gradients(mode):
     with jax.enable_x64(True):
         rng = np.random.default_rng(1)

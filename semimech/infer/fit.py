@@ -90,11 +90,16 @@ class Fit:
         a = self.samples[name]
         return a.reshape((-1,) + a.shape[2:])
 
-    def diagnostics(self) -> dict:
-        """Convergence summary: divergences, worst R-hat and ESS per site, ELBO trace summary."""
+    def diagnostics(self, *, steady_state: bool = True) -> dict:
+        """Convergence summary: divergences, worst R-hat and ESS per site, ELBO trace summary.
+
+        For steady-state models also the fraction of posterior draws with a stable, unique
+        steady state per condition (see :func:`semimech.infer.diagnostics.diagnostics`; computed
+        once per fit, ``steady_state=False`` skips it).
+        """
         from semimech.infer.diagnostics import diagnostics
 
-        return diagnostics(self)
+        return diagnostics(self, steady_state=steady_state)
 
     def summary(self, var_names=None):
         """ArviZ summary table of the posterior (mean, sd, intervals, ESS, R-hat)."""

@@ -12,6 +12,7 @@ import pandas as pd
 from numpyro.infer import Predictive
 
 from semimech._rng import as_key
+from semimech.checks import is_steady_state_model, solve_fractions
 from semimech.data.design import Design
 from semimech.errors import PredictionError
 from semimech.measurement import mean_of_cells
@@ -36,6 +37,10 @@ class Prediction:
         The control label (its row, when requested, gives the reference for deltas).
     model
         Name of the model that made the prediction.
+    steady_state
+        Steady-state models: one row per perturbation with ``converged`` and ``stable``, the
+        fractions of checked draws whose steady-state solve converged (and was stable), and
+        ``draws`` (see :func:`semimech.checks.solve_fractions`); ``None`` for other models.
     """
 
     perturbations: tuple[str, ...]
@@ -43,6 +48,7 @@ class Prediction:
     draws: dict
     control: str
     model: str
+    steady_state: pd.DataFrame | None = None
 
     def summary(self, *, kind: str = "mean") -> dict[str, np.ndarray]:
         """Posterior mean, sd and quantiles (``QUANTILES``) of a draw array."""
@@ -90,7 +96,8 @@ def _key(design: Design, label: str) -> frozenset:
     return frozenset(design.targets_of(label))
 
 
-def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, batch: str | None = None) -> Prediction:
+def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, batch: str | None = None,
+            steady_state_draws: int = 20) -> Prediction:
     """Predict perturbation means, with posterior predictive draws.
 
     Parameters
@@ -111,6 +118,9 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         means in that batch (its fitted offsets added on the latent scale). Any other label: a
         new batch, with a fresh offset drawn from the fitted batch distribution, so intervals
         widen by the batch-to-batch spread.
+    steady_state_draws
+        Steady-state models: how many draws to re-solve for ``Prediction.steady_state`` (the
+        per-condition fraction of draws whose solve converged and was stable); 0 skips it.
     """
     labels = _labels(design)
     train = fit.design
@@ -154,8 +164,12 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
             noise = np.asarray(total_sd(noise, tdata))
         draws["observed_mean"] = np.asarray(
             mean_of_cells(k_obs, mean, noise, likelihood=fit.likelihood, num_cells=n[None, :, None]))
+    ss = None
+    if steady_state_draws > 0 and is_steady_state_model(fit.spec):
+        ss = solve_fractions(fit, post, data, labels, rng_key=jax.random.fold_in(key, 11),
+                             num_draws=steady_state_draws)
     return Prediction(perturbations=tuple(labels), genes=train.genes, draws=draws, control=train.control,
-                      model=fit.spec.name)
+                      model=fit.spec.name, steady_state=ss)
 
 
 def _in_batch(fit, mean: np.ndarray, batch: str, rng_key) -> np.ndarray:
