@@ -27,9 +27,10 @@ the same data in the same run, and the ODE solver's steps per solve (median/max 
 conditions; Tsit5 with the models' tolerances) at the final parameters, counted by wrapping
 ``diffrax.diffeqsolve`` in one extra untimed evaluation.
 
-    python benchmarks/ode_cost.py                    # EGFR-ErbB + 10/20/50 genes, 20 timed steps
+    python benchmarks/ode_cost.py                    # EGFR-ErbB + 10/50 genes, 20 timed steps
+    python benchmarks/ode_cost.py --sizes 10 20 50   # what RESULTS_ode_cost.md reports
     python benchmarks/ode_cost.py --sizes 10 20 50 100 --steps 50 --liver
-    python benchmarks/ode_cost.py --smoke            # 10 genes, 3 steps, a few models
+    python benchmarks/ode_cost.py --smoke            # 10 genes, 3 steps, every model (about 6 min)
 
 Writes ``benchmarks/results/ode_cost.json`` (not in ``--smoke`` unless ``--out`` is given).
 """
@@ -332,7 +333,7 @@ def _write(a, meta, rows):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="*", default=[10, 20, 50], help="synthetic gene counts")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10, 50], help="synthetic gene counts")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per model")
     ap.add_argument("--train", type=int, default=SETTINGS["train"], help="untimed steps before the second timed block")
     ap.add_argument("--no-solve-counter", action="store_true",
