@@ -278,8 +278,7 @@ def shared_targets(design, variants) -> dict:
     Raises
     ------
     DesignError
-        When a key is not a target of the design, a pattern matches nothing, or the result
-        would share nothing.
+        When a key is not a target of the design or a pattern matches no target.
     """
     import re
 
