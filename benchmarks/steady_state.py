@@ -228,7 +228,8 @@ def main(argv=None) -> int:
                 f"{f'_seed{a.seed}' if a.seed else ''}.json")
         (OUT / name).write_text(json.dumps({
             "task": task, "steps": steps, "draws": draws, "seed": a.seed,
-            "pkn": {"parts": list(a.pkn_parts), "network_mode": a.network_mode} if task == "hepg2_pkn" else None, "seconds": time.time() - t0,
+            "pkn": {"parts": list(a.pkn_parts), "network_mode": a.network_mode} if task == "hepg2_pkn" else None,
+            "seconds": time.time() - t0,
             "machine": platform.platform(), "summary": summary.reset_index().to_dict(orient="records"),
             "per_perturbation": per.to_dict(orient="records"), "notes": notes, "timings": timings,
         }, indent=1, default=float))
