@@ -12,7 +12,7 @@ from semimech import models
 from semimech.infer._sites import plates, site_dims
 
 # network models: "regulators" is the source axis of W[regulator, gene]; "programs" the latent program axis
-PLATE_NAMES = {"cells", "genes", "targets", "perturbations", "batches", "regulators", "programs"}
+PLATE_NAMES = {"cells", "genes", "targets", "perturbations", "batches", "regulators", "programs", "shared_targets"}
 
 
 @pytest.fixture(scope="module")
