@@ -78,12 +78,16 @@ def test_nuts_runs_counts_rejections_and_fits():
     d = design()
     fit = fit_neural_ode_bayes(d, rng_key=1, method="nuts", width=4, num_warmup=150, num_samples=100,
                                steady_state_weight=1.0, max_steps=64)
-    assert fit.n_rejected >= 0 and fit.samples["field_params"].shape[0] == 100
+    diag = fit.diagnostics()
+    assert fit.samples["field_params"].shape[0] == 100 and diag["draws"] == 100
+    # 64 solver steps suffice where the posterior is; NUTS' step-size search may still probe a
+    # wild point now and then (observed: 1 failed solve in 14,877 evaluations)
+    assert diag["density_evaluations"] > 100 and diag["failed_solves"] <= 1e-3 * diag["density_evaluations"], diag
     mu, ok = predict_neural_ode_bayes(fit, d, num_draws=20)
     assert ok.mean() > 0.9
     no_change = np.sqrt(np.mean((d.x0[d.condition_index] - d.y) ** 2))
     assert np.sqrt(np.mean((mu.mean(0) - d.y) ** 2)) < 0.5 * no_change
     # a solver starved of steps fails already at the initial point: a clear error, not a crash
-    # (proposals that fail later are -inf densities, i.e. divergences counted in n_rejected)
+    # (proposals that fail later are rejected and counted: tests/test_ode_failures.py)
     with pytest.raises(InferenceError, match="ODE solve failed at the initial parameters"):
         fit_neural_ode_bayes(d, rng_key=1, method="nuts", width=4, num_warmup=20, num_samples=20, max_steps=2)
