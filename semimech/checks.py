@@ -194,7 +194,7 @@ def steady_state_diagnostics(fit, *, rng_key=0, num_draws: int = 4, num_starts: 
     return table.copy(), summary
 
 
-def solve_fractions(fit, posterior: dict, data: dict, labels, *, rng_key, num_draws: int = 20) -> pd.DataFrame:
+def solve_fractions(fit, posterior: dict, data: dict, labels, *, rng_key, num_draws: int = 8) -> pd.DataFrame:
     """Per condition, the fraction of posterior draws whose steady-state solve converged, and was stable.
 
     Used by :func:`semimech.predict`: ``posterior`` are its draws aligned to the prediction's
