@@ -131,3 +131,17 @@ def test_custom_jacobian_option_for_a_user_field():
         good = D.steady_state(field, a, x0=jnp.zeros(3), jacobian=jac, fallback=False)
         assert bool(good.ok)
         assert not bool(bad.ok) or not np.allclose(bad.x, a)
+
+
+def test_shared_solve_checks_stability_like_the_per_condition_path():
+    # u = 1 is a fixed point of 2 sigmoid(W u + b) - u for b = -W 1; J = 0.5 W - I there:
+    # a saddle under strong mutual inhibition (eigenvalues -1 -+ 6), stable under weak (-1 -+ 0.25)
+    edits = D.Intervention.scale(jnp.ones((2, 2)))
+    for mutual, stable in [(-12.0, False), (-0.5, True)]:
+        W = jnp.array([[0.0, mutual], [mutual, 0.0]])
+        p = D.ProductionDecayParams(W=W, b=-W @ jnp.ones(2), alpha=2 * jnp.ones(2), gamma=jnp.ones(2))
+        for shared in (True, False):
+            ss = D.steady_states(D.production_decay_field, p, interventions=edits, x0=jnp.ones(2), fallback=False,
+                                 check_stability=True, shared=shared)
+            assert bool(jnp.all(ss.ok)) is stable, (mutual, shared)
+            np.testing.assert_allclose(ss.x, 1.0, atol=1e-5)
