@@ -5,13 +5,16 @@ A vector field is a pure function ``f(x, params, *, media, intervention) -> dx/d
 
 Inside a NumPyro model (the shell, not this package), solve once per condition and guard::
 
-    ss = steady_states(production_decay_field, params, interventions=edits)   # vmapped
+    ss = steady_states(production_decay_field, params, interventions=edits)   # all conditions
     numpyro.factor("steady_state_ok", jnp.where(jnp.all(ss.ok), 0.0, -jnp.inf))
     mean = jnp.where(ss.ok[:, None], ss.x, fallback_value)                     # finite always
 
 Gradients are implicit (one frozen Newton step at the root), so NUTS never differentiates
 through the solver's iterations. ``fallback=False`` skips the diffrax integration when Newton
 alone is reliable (cheaper to compile and, under vmap, to run).
+For the linear and production-decay fields (closed-form Jacobians, :mod:`.jacobians`),
+``steady_states`` solves every condition with one LU of the control Jacobian
+(:mod:`.batched`), falling back to one Newton solve per condition where that stalls.
 """
 
 from semimech.dynamics.fields import LinearParams, ProductionDecayParams, linear_field, production_decay_field
