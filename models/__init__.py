@@ -19,6 +19,7 @@ import dataclasses
 from typing import Callable
 
 from semimech.errors import DesignError
+from semimech.models._network import network_matrix, shared_targets, target_gene_mask
 from semimech.models import (
     additive,
     latent_programs,
@@ -105,4 +106,5 @@ def get(name: str):
 
 
 __all__ = ["REGISTRY", "TIME_COURSE", "TimeCourseSpec", "additive", "get", "latent_programs", "linear_steady_state",
-           "neural_ode", "neural_ode_bayes", "production_decay", "time_course"]
+           "network_matrix", "neural_ode", "neural_ode_bayes", "production_decay", "shared_targets", "target_gene_mask",
+           "time_course"]

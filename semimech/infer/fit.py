@@ -118,6 +118,12 @@ class Fit:
 
 def _prepare(spec: ModelSpec, design: Design, options: dict):
     if not isinstance(design, Design):
+        if type(design).__name__ == "TimeCourseDesign":
+            raise DesignError(
+                f"the {spec.name!r} model takes a semimech.Design (conditions at steady state), not a TimeCourseDesign. "
+                "Fit time courses with a time-course model: semimech.models.TIME_COURSE[name].fit(design, rng_key=...) "
+                f"(available: time_course, neural_ode, neural_ode_bayes)."
+            )
         raise DesignError(f"expected a semimech.Design, got {type(design).__name__}; build one with Design.from_anndata.")
     if design.y is None:
         raise DesignError("cannot fit a prediction design (it has no readouts); fit the training design.")
