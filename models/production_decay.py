@@ -31,13 +31,10 @@ efficacy_loc, efficacy_sd, direct_scale, direct_sd, target_z
     The edits, see :func:`semimech.models._network.target_log_scales`.
 log_scale : (perturbations, genes), deterministic
     Log production scale of each condition.
-shared_z : (shared_targets, genes)
-    Only with ``variant_of``/``shared_gene_index`` (:func:`semimech.models._network.shared_targets`):
-    the effect shared by a target's variants — a gene's efficacy for its guides, a drug's direct
-    effect across the contexts it is labelled in.
-guide_sd, context_sd : ()
-    Spread of guides around their gene's efficacy (log production scale) and of a drug's contexts
-    around its shared direct effect (relative); each only when such variants exist.
+shared_z, guide_sd, context_sd
+    Only with ``variant_of``/``shared_gene_index``: the effect shared by a target's variants (guides
+    of a gene, one drug across contexts) and their spread, see
+    :func:`semimech.models._network.target_log_scales`.
 residual_scale, residual_sd, residual_z
     Misfit of the dynamics per perturbed condition (``residual=True``).
 ok_fraction : (), deterministic

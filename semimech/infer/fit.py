@@ -218,7 +218,6 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
     post = dict(g.sample_posterior(k_guide, result.params, data, y=y, sample_shape=(num_samples,)))
     post = {k: v for k, v in post.items() if k != "y"}
     post.update(Predictive(model, posterior_samples=post, return_sites=_deterministic(model, data))(k_det, data))
-    post.pop("y", None)
     samples = {k: np.asarray(v)[None] for k, v in post.items()}
     dims = site_dims(model, data, y)
     return Fit(spec=spec, design=design, samples=samples, dims=dims, method="svi", options=opts,
