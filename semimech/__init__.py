@@ -9,16 +9,23 @@ from semimech.infer import (
     Fit,
     ModelSpec,
     Prediction,
+    add_log_likelihood,
+    add_posterior_predictive,
+    add_predictions,
+    add_prior,
     diagnostics,
     fit_nuts,
     fit_svi,
     fit_svi_minibatch,
     fit_svi_sharded,
     load,
+    pointwise_log_likelihood,
     predict,
+    sample_prior,
 )
 
 __version__ = "0.1.0"
 
-__all__ = ["Design", "Fit", "ModelSpec", "Prediction", "checks", "datasets", "diagnostics", "errors", "evaluate", "fit_nuts", "plots",
+__all__ = ["add_log_likelihood", "add_posterior_predictive", "add_predictions", "add_prior", "pointwise_log_likelihood",
+           "sample_prior", "Design", "Fit", "ModelSpec", "Prediction", "checks", "datasets", "diagnostics", "errors", "evaluate", "fit_nuts", "plots",
            "fit_svi", "fit_svi_minibatch", "fit_svi_sharded", "load", "predict"]

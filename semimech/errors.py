@@ -15,3 +15,7 @@ class PredictionError(SemimechError):
 
 class InferenceError(RuntimeError):
     """Inference failed (non-finite loss, failed solves); the message says what to try."""
+
+
+class SavedFitError(SemimechError):
+    """A saved fit folder is damaged, was edited by hand, or is not a semimech fit."""

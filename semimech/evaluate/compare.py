@@ -28,21 +28,19 @@ a poor approximation.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from numpyro.infer import log_likelihood as _numpyro_log_likelihood
 
 from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import DesignError, PredictionError
 from semimech.infer import _arviz
-from semimech.infer._sites import abstract_trace
+from semimech.infer.idata import posterior_tree
+from semimech.infer.loglik import pointwise_log_likelihood  # public here too (moved to semimech.infer.loglik)
 
 __all__ = ["compare", "loo", "pointwise_log_likelihood", "reading"]
 
@@ -52,59 +50,8 @@ TEST_COLUMNS = ("l2", "pearson_delta", "mse_top_de", "direction", "coverage_90",
 AUTO_SUBSAMPLE_ROWS = 10_000
 
 
-def pointwise_log_likelihood(fit, *, max_chunk_elements: int = 20_000_000) -> np.ndarray:
-    """Log-likelihood of each training row under each posterior draw, ``(chains, draws, rows)``.
-
-    Computed with :func:`numpyro.infer.log_likelihood` on the fit's training design
-    (``fit.design.model_data()``, ``fit.design.dense_y()``, model options ``fit.options``).
-    Row ``i``'s value is the observed site ``y`` summed over genes, plus, for Gaussian
-    pseudobulk rows, the within-group term ``y_within`` and the constant
-    ``-(n_i - 1) / 2 * log(2 pi) - log(n_i) / 2`` per gene, so that it is the joint
-    log-density of the row's ``n_i`` cells. Draws are processed in chunks of at most
-    ``max_chunk_elements`` draw x row x gene values.
-    """
-    design = fit.design
-    data = design.model_data()
-    y = jnp.asarray(design.dense_y(), dtype=jnp.float32)
-    model = functools.partial(fit.spec.model, **fit.options)
-    trace = abstract_trace(model, data, y)
-    if "y" not in trace or trace["y"][0] != "observed":
-        raise DesignError(f"model {fit.spec.name!r} has no observed site 'y'; the model contract names the "
-                          "observed readouts 'y'.")
-    latent = [n for n in fit.samples if n in trace and trace[n][0] == "sample"]
-    if not latent:
-        raise DesignError(f"the fit of {fit.spec.name!r} holds no latent draws to compute a log-likelihood from.")
-    flat = {n: np.asarray(fit.flat(n)) for n in latent}
-    n_draws = next(iter(flat.values())).shape[0]
-    per_draw = max(1, design.n_obs * design.n_genes)
-    chunk = int(max(1, min(n_draws, max_chunk_elements // per_draw)))
-    has_within = "y_within" in trace
-
-    @jax.jit
-    def rows_ll(samples):
-        ll = _numpyro_log_likelihood(model, samples, data, y=y, parallel=True)
-        out = ll["y"].reshape(ll["y"].shape[:2] + (-1,)).sum(-1)
-        if has_within:
-            out = out + ll["y_within"].reshape(out.shape + (-1,)).sum(-1)
-        return out
-
-    pieces = []
-    for start in range(0, n_draws, chunk):
-        stop = min(start + chunk, n_draws)
-        pad = chunk - (stop - start)
-        sl = {n: a[start:stop] for n, a in flat.items()}
-        if pad:  # same shape every call: compile once
-            sl = {n: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for n, a in sl.items()}
-        pieces.append(np.asarray(rows_ll(sl))[: stop - start])
-    out = np.concatenate(pieces).astype(float)
-    if has_within:
-        n = np.asarray(design.n_cells, dtype=float)
-        out = out + design.n_genes * (-(n - 1.0) / 2.0 * np.log(2.0 * np.pi) - 0.5 * np.log(n))
-    return out.reshape(fit.num_chains, fit.num_draws, design.n_obs)
-
-
 def _idata_with_ll(fit, ll: np.ndarray):
-    return _arviz.with_log_likelihood(fit.idata, {"y": ll}, obs_dim="cells", obs_coords=fit.design.obs_names)
+    return _arviz.with_log_likelihood(posterior_tree(fit), {"y": ll}, obs_dim="cells", obs_coords=fit.design.obs_names)
 
 
 def _resolve_subsample(subsample, n_rows: int) -> int | None:

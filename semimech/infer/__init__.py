@@ -2,11 +2,14 @@
 
 from semimech.infer.diagnostics import diagnostics, format_diagnostics
 from semimech.infer.fit import Fit, fit_nuts, fit_svi
+from semimech.infer.idata import add_log_likelihood, add_posterior_predictive, add_predictions, add_prior, sample_prior
 from semimech.infer.io import load
+from semimech.infer.loglik import pointwise_log_likelihood
 from semimech.infer.predict import Prediction, predict
 from semimech.infer.sharding import fit_svi_sharded
 from semimech.infer.spec import ModelSpec
 from semimech.infer.stream import fit_svi_minibatch
 
-__all__ = ["Fit", "ModelSpec", "Prediction", "diagnostics", "fit_nuts", "fit_svi", "fit_svi_minibatch", "fit_svi_sharded", "format_diagnostics", "load",
+__all__ = ["add_log_likelihood", "add_posterior_predictive", "add_predictions", "add_prior", "pointwise_log_likelihood",
+           "sample_prior", "Fit", "ModelSpec", "Prediction", "diagnostics", "fit_nuts", "fit_svi", "fit_svi_minibatch", "fit_svi_sharded", "format_diagnostics", "load",
            "predict"]

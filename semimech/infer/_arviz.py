@@ -1,4 +1,10 @@
-"""The one adapter to ArviZ (arviz-base / arviz-stats): a version change touches this file only."""
+"""The one adapter to ArviZ (arviz-base / arviz-stats) and its xarray DataTree: a version change
+touches this file only.
+
+Groups are built one by one with ``arviz_base.dict_to_dataset`` (a variable's dims differ by
+group: ``y`` is ``(cells, genes)`` in ``observed_data`` but ``(cells,)`` in ``log_likelihood``)
+and assembled into one ``xarray.DataTree`` whose children are the ArviZ groups.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +12,61 @@ from typing import Mapping
 
 import numpy as np
 
+SAMPLE_DIMS = ("chain", "draw")
+#: Shown by ``xarray.open_dataset`` on a saved file (whose root holds only this note).
+OPEN_NOTE = ("the groups of this ArviZ file (posterior, sample_stats, log_likelihood, ...) are inside: open it with "
+             "xarray.open_datatree(path) (xarray.open_dataset shows only the empty root)")
+
+
+def dataset(variables: Mapping[str, np.ndarray], dims: Mapping[str, tuple], coords: Mapping[str, tuple], *,
+            sample: bool = True, attrs: Mapping | None = None):
+    """One ArviZ group: ``name -> array`` with ``(chain, draw, *dims)`` axes (``sample=False``: ``dims`` only).
+
+    Dims named in ``coords`` get those labels; others get integer positions.
+    """
+    import arviz_base as az
+
+    used = {d for name in variables for d in dims.get(name, ())}
+    crd = {d: list(coords[d]) for d in used if d in coords}
+    return az.dict_to_dataset({k: np.asarray(v) for k, v in variables.items()},
+                              dims={k: list(dims.get(k, ())) for k in variables}, coords=crd,
+                              sample_dims=list(SAMPLE_DIMS) if sample else [], attrs=dict(attrs or {}))
+
+
+def tree(groups: Mapping, *, attrs: Mapping | None = None):
+    """A DataTree whose children are ``groups`` (name -> Dataset), with root attributes."""
+    import xarray as xr
+
+    dt = xr.DataTree.from_dict(dict(groups))
+    dt.attrs = {"note": OPEN_NOTE, **dict(attrs or {})}
+    return dt
+
+
+def set_group(dt, name: str, ds) -> None:
+    """Add or replace the group ``name`` of ``dt`` in place."""
+    import xarray as xr
+
+    dt[name] = xr.DataTree(ds)
+
+
+def drop_group(dt, name: str) -> None:
+    """Remove the group ``name`` of ``dt`` in place, when present."""
+    if name in dt.children:
+        del dt[name]
+
+
+def group_names(dt) -> tuple[str, ...]:
+    return tuple(dt.children)
+
 
 def to_datatree(samples: Mapping[str, np.ndarray], dims: Mapping[str, tuple], coords: Mapping[str, tuple],
                 *, sample_stats: Mapping[str, np.ndarray] | None = None, attrs: Mapping | None = None):
-    """Build a DataTree with a ``posterior`` group (chain, draw, *dims) from numpy samples."""
-    import arviz_base as az
-
-    data = {"posterior": {k: np.asarray(v) for k, v in samples.items()}}
+    """A DataTree with a ``posterior`` group (chain, draw, *dims) from numpy samples (and ``sample_stats``)."""
+    attrs = dict(attrs or {})
+    groups = {"posterior": dataset(samples, dims, coords, attrs=attrs.get("posterior"))}
     if sample_stats:
-        data["sample_stats"] = {k: np.asarray(v) for k, v in sample_stats.items()}
-    used = {d for ds in dims.values() for d in ds}
-    crd = {d: list(coords[d]) for d in used if d in coords}
-    return az.from_dict(data, dims={k: list(v) for k, v in dims.items()}, coords=crd,
-                        attrs=dict(attrs or {}))
+        groups["sample_stats"] = dataset(sample_stats, {}, {})
+    return tree(groups)
 
 
 def summary(dt, var_names=None):
@@ -50,9 +98,11 @@ def write(dt, path) -> None:
 
 
 def read(path):
+    """Read a DataTree written by :func:`write` fully into memory (the file is closed after)."""
     import xarray as xr
 
-    return xr.open_datatree(str(path), engine="h5netcdf").load()
+    with xr.open_datatree(str(path), engine="h5netcdf") as dt:
+        return dt.load().copy()
 
 
 # ---------------------------------------------------------------------------- LOO (arviz-stats)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from semimech.infer import _arviz
+from semimech.infer.idata import posterior_tree
 
 
 def diagnostics(fit, *, steady_state: bool = True) -> dict:
@@ -29,7 +30,7 @@ def diagnostics(fit, *, steady_state: bool = True) -> dict:
     if fit.method == "nuts":
         out["divergences"] = int(np.asarray(fit.sample_stats["diverging"]).sum())
         latent = [k for k in fit.samples if not k.startswith("_")]
-        stats = _arviz.rhat_ess(fit.idata, latent)
+        stats = _arviz.rhat_ess(posterior_tree(fit), latent)
         rh = {k: v[0] for k, v in stats.items()}
         es = {k: v[1] for k, v in stats.items()}
         out["max_rhat"] = float(np.nanmax(list(rh.values()))) if fit.num_chains > 1 else float("nan")

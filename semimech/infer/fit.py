@@ -20,6 +20,7 @@ from semimech.data.design import Design
 from semimech.errors import DesignError, InferenceError
 from semimech.infer import _arviz
 from semimech.infer._sites import site_dims
+from semimech.infer.idata import NUTS_EXTRA_FIELDS, nuts_sample_stats
 from semimech.infer.spec import ModelSpec
 from semimech.measurement import check_likelihood
 
@@ -47,9 +48,15 @@ class Fit:
     losses
         SVI loss (negative ELBO) per step; ``None`` for NUTS.
     sample_stats
-        NUTS per-draw statistics (``diverging``, ...), ``(chains, draws)``.
+        NUTS per-draw statistics (``diverging``, ``energy``, ``lp``, ``step_size``,
+        ``acceptance_rate``, ``n_steps``, ``tree_depth``), ``(chains, draws)``.
     idata
-        The same posterior as an ArviZ ``DataTree``.
+        The fit as an ArviZ ``DataTree``, built on first access: ``posterior``, ``sample_stats``,
+        ``observed_data``, ``constant_data`` and ``log_likelihood`` (the last ones only when
+        small; see :mod:`semimech.infer.idata`), plus any group added on request
+        (:func:`semimech.add_posterior_predictive`, :func:`semimech.add_prior`, ...).
+        ``arviz_stats.loo(fit.idata)``, ``arviz_stats.summary(fit.idata)`` and arviz-plots
+        work on it directly.
     """
 
     spec: ModelSpec
@@ -68,10 +75,6 @@ class Fit:
         object.__setattr__(self, "samples", MappingProxyType(dict(self.samples)))
         object.__setattr__(self, "dims", MappingProxyType(dict(self.dims)))
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
-        if self.idata is None:
-            object.__setattr__(self, "idata", _arviz.to_datatree(
-                self.samples, self.dims, self.design.coords, sample_stats=self.sample_stats,
-                attrs={"posterior": {"model": self.spec.name, "method": self.method}}))
 
     @property
     def likelihood(self) -> str:
@@ -103,7 +106,9 @@ class Fit:
 
     def summary(self, var_names=None):
         """ArviZ summary table of the posterior (mean, sd, intervals, ESS, R-hat)."""
-        return _arviz.summary(self.idata, var_names=var_names)
+        from semimech.infer.idata import posterior_tree
+
+        return _arviz.summary(posterior_tree(self), var_names=var_names)
 
     def save(self, path) -> None:
         """Write the fit to a folder; :func:`semimech.load` restores it exactly."""
@@ -114,6 +119,26 @@ class Fit:
     def __repr__(self) -> str:
         return (f"Fit(model={self.spec.name!r}, method={self.method!r}, chains={self.num_chains}, "
                 f"draws={self.num_draws}, {self.design!r})")
+
+
+def _get_idata(fit):
+    tree = fit.__dict__.get("_idata")
+    if tree is None:
+        from semimech.infer.idata import build
+
+        tree = build(fit)
+        fit.__dict__["_idata"] = tree
+    return tree
+
+
+def _set_idata(fit, value) -> None:
+    fit.__dict__["_idata"] = value
+
+
+# ``idata`` stays a dataclass field (``Fit(..., idata=tree)``, ``dataclasses.replace(fit, idata=None)``)
+# but is read through this property: ``None`` means "build on first access", because the default
+# log-likelihood group costs a model evaluation per draw that most fits never need.
+Fit.idata = property(_get_idata, _set_idata, doc="The fit as an ArviZ DataTree (built on first access).")
 
 
 def _prepare(spec: ModelSpec, design: Design, options: dict):
@@ -261,14 +286,14 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method=chain_method, progress_bar=progress_bar)
     try:
-        mcmc.run(as_key(rng_key), data, y=y, extra_fields=("diverging", "num_steps"))
+        mcmc.run(as_key(rng_key), data, y=y, extra_fields=NUTS_EXTRA_FIELDS)
     except RuntimeError as err:
         if "valid initial parameters" not in str(err):
             raise
         raise InferenceError(_NO_INIT) from None
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
     extra = mcmc.get_extra_fields(group_by_chain=True)
-    stats = {"diverging": np.asarray(extra["diverging"]), "n_steps": np.asarray(extra["num_steps"])}
+    stats = nuts_sample_stats(extra)
     # deterministic sites are recorded by NUTS; keep everything but the observations
     samples.pop("y", None)
     dims = site_dims(model, data, y)

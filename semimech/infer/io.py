@@ -1,12 +1,31 @@
-"""Save and load fits: a folder with the posterior (netCDF), the design (npz) and metadata (JSON).
+"""Save and load fits: a folder with every ArviZ group (netCDF), the design (npz) and metadata (JSON).
 
-Model options are kept exactly: JSON values in ``meta.json``, arrays (a prior ``network``
-matrix, a ``direct_mask``) and tables (an edges DataFrame) column by column in ``options.npz``.
+Files:
+
+- ``posterior.nc``: ``fit.idata``, every group (``posterior``, ``sample_stats``,
+  ``log_likelihood``, ``observed_data``, ``constant_data``, and any added on request). It is an
+  ArviZ/xarray DataTree file: open it with ``xarray.open_datatree(path)`` (``xarray.open_dataset``
+  shows only the empty root, whose attributes say so).
+- ``design.npz``: the design's arrays (readouts, indices, size factors, ...), the SVI losses
+  and NUTS statistics.
+- ``options.npz``: model options that are arrays or tables (a prior ``network`` matrix, an
+  edges DataFrame, column by column); JSON values are kept in ``meta.json``.
+- ``meta.json``: labels (genes, perturbations, targets, batches, rows), dims, options and the
+  SHA-256 of every other file and of its own content. :func:`load` checks them all: a truncated
+  or edited file is an error naming it, never a silently relabelled fit.
+
+Saving is atomic: the folder is written beside the target and renamed into place, so an
+interrupted save leaves the previous fit (or nothing) there, never a mix of old and new files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +33,49 @@ import pandas as pd
 import scipy.sparse as sp
 
 from semimech.data.design import Design
-from semimech.errors import InferenceError
+from semimech.errors import InferenceError, SavedFitError
 from semimech.infer import _arviz
 
-_FORMAT = 1
+_FORMAT = 2  # 2: checksums in meta.json; 1 (read without checks): none
+_FILES = ("posterior.nc", "design.npz", "options.npz")
 
 
 def save(fit, path) -> None:
+    """Write ``fit`` to the folder ``path`` atomically (see the module docstring).
+
+    An existing saved fit at ``path`` is replaced; any other existing file or non-empty folder
+    is refused (nothing is written).
+    """
     plain, arrays_opt, kinds = _split_options(fit.options)  # first: an unsavable option writes nothing
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    _arviz.write(fit.idata, path / "posterior.nc")
+    _check_target(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.saving-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write(fit, tmp, plain, arrays_opt, kinds)
+        if path.exists():
+            old = path.parent / f".{path.name}.replaced-{uuid.uuid4().hex[:8]}"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:  # also Ctrl-C: never leave a half-written folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_target(path: Path) -> None:
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        raise SavedFitError(f"cannot save a fit to {path}: it is a file. Give a folder path.")
+    if path.is_dir() and any(path.iterdir()) and not (path / "meta.json").is_file():
+        raise SavedFitError(f"cannot save a fit to {path}: the folder holds other files and is not a saved fit. "
+                            "Give a new or empty folder (an existing saved fit is replaced).")
+
+
+def _write(fit, folder: Path, plain: dict, arrays_opt: dict, kinds: dict) -> None:
+    _arviz.write(fit.idata, folder / "posterior.nc")
     d = fit.design
     arrays = {"perturbation_index": d.perturbation_index, "target_matrix": d.target_matrix,
               "size_factors": d.size_factors, "n_cells": d.n_cells}
@@ -40,30 +91,96 @@ def save(fit, path) -> None:
         arrays.update(y_data=d.y.data, y_indices=d.y.indices, y_indptr=d.y.indptr, y_shape=np.array(d.y.shape))
     elif d.y is not None:
         arrays["y"] = d.y
-    np.savez_compressed(path / "design.npz", **arrays)
-    np.savez_compressed(path / "options.npz", **arrays_opt)
+    np.savez_compressed(folder / "design.npz", **arrays)
+    np.savez_compressed(folder / "options.npz", **arrays_opt)
     meta = {"format": _FORMAT, "model": fit.spec.name, "method": fit.method, "options": plain, "option_kinds": kinds,
             "dims": {k: list(v) for k, v in fit.dims.items()}, "sample_order": list(fit.samples),
             "design": {"obs_names": list(d.obs_names), "genes": list(d.genes), "perturbations": list(d.perturbations),
                        "targets": list(d.targets), "control": d.control,
                        "batches": None if d.batches is None else list(d.batches), "is_counts": d.is_counts,
                        "target_sep": d.target_sep}}
-    (path / "meta.json").write_text(json.dumps(meta, indent=1))
+    meta["checksums"] = {"files": {f: _sha256(folder / f) for f in _FILES}, "meta": _content_hash(meta)}
+    with open(folder / "meta.json", "w") as fh:
+        fh.write(json.dumps(meta, indent=1))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _content_hash(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "checksums"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _damaged(path: Path, why: str) -> SavedFitError:
+    return SavedFitError(f"this saved fit is damaged: {path} ({why}). Save the fit again, or restore the folder "
+                         "from a copy; a saved fit's files must not be edited.")
+
+
+def _read_meta(path: Path) -> dict:
+    file = path / "meta.json"
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _damaged(file, f"not valid JSON: {err}") from None
+    if not isinstance(meta, dict) or "format" not in meta:
+        raise _damaged(file, "not a semimech fit's metadata")
+    if meta["format"] > _FORMAT:
+        raise SavedFitError(f"{path} was saved by a newer semimech (format {meta['format']}); upgrade semimech.")
+    sums = meta.get("checksums")
+    if meta["format"] >= 2:
+        if not isinstance(sums, dict) or sums.get("meta") != _content_hash(meta):
+            raise _damaged(file, "its content does not match its checksum: it was edited or is incomplete")
+        for name, digest in sums["files"].items():
+            f = path / name
+            if not f.is_file():
+                raise _damaged(f, "missing")
+            if _sha256(f) != digest:
+                raise _damaged(f, "checksum mismatch: truncated, overwritten or edited")
+    return meta
+
+
+def _read_npz(file: Path) -> dict:
+    try:
+        with np.load(file) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as err:
+        raise _damaged(file, f"{type(err).__name__}: {err}") from None
+
+
+def _read_tree(file: Path):
+    try:
+        return _arviz.read(file)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise _damaged(file, f"{type(err).__name__}: {err}") from None
 
 
 def load(path, *, spec=None):
-    """Load a fit written by ``Fit.save``; ``spec`` is needed only for unregistered models."""
+    """Load a fit written by ``Fit.save``; ``spec`` is needed only for unregistered models.
+
+    Raises
+    ------
+    SavedFitError
+        When a file is truncated, missing or edited (checksums in ``meta.json``), naming it.
+    """
     from semimech.infer.fit import Fit
 
     path = Path(path)
     if not (path / "meta.json").exists():
         raise FileNotFoundError(f"{path} is not a saved semimech fit (no meta.json).")
-    meta = json.loads((path / "meta.json").read_text())
+    meta = _read_meta(path)
     if spec is None:
         from semimech import models
 
         spec = models.get(meta["model"])
-    arr = dict(np.load(path / "design.npz"))
+    arr = _read_npz(path / "design.npz")
     m = meta["design"]
     if "y_data" in arr:
         y = sp.csr_matrix((arr.pop("y_data"), arr.pop("y_indices"), arr.pop("y_indptr")), shape=tuple(arr.pop("y_shape")))
@@ -76,7 +193,7 @@ def load(path, *, spec=None):
                     batch_index=arr.get("batch_index"), size_factors=arr["size_factors"],
                     is_counts=m["is_counts"], n_cells=arr["n_cells"], target_sep=m["target_sep"],
                     y_ss=arr.get("y_ss"))
-    dt = _arviz.read(path / "posterior.nc")
+    dt = _read_tree(path / "posterior.nc")
     post = dt["posterior"]
     # the saved order of sites: predict draws fresh labels' keys in this order
     order = meta.get("sample_order") or [k for k in meta["dims"] if k in post]
@@ -131,7 +248,7 @@ def _join_options(plain: dict, kinds: dict, npz) -> dict:
     out = dict(plain)
     if not kinds:
         return out
-    arr = dict(np.load(npz)) if npz.exists() else {}
+    arr = _read_npz(npz) if npz.exists() else {}
     for k, info in kinds.items():
         if info["kind"] == "array":
             out[k] = arr[k]

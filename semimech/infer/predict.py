@@ -79,6 +79,17 @@ class Prediction:
             frame[k] = np.asarray(v).ravel()
         return frame
 
+    def to_datatree(self):
+        """The draws as an ArviZ ``DataTree`` with a ``predictions`` group.
+
+        ``mean`` (and ``observed_mean``) over ``(chain, draw, perturbations, genes)``, one chain
+        (the fit's chains merged), the predicted labels as coordinates. Add it to the fit's own
+        tree with :func:`semimech.add_predictions`.
+        """
+        from semimech.infer.idata import predictions_tree
+
+        return predictions_tree(self)
+
     def to_anndata(self, *, kind: str = "mean"):
         """AnnData (perturbations x genes): X = posterior mean, layers = sd and quantiles."""
         import anndata as ad
