@@ -93,7 +93,11 @@ def build(fit):
     groups["constant_data"] = _constant(design, with_ss=small)
     dt = _arviz.tree(groups, attrs={"model": fit.spec.name, "method": fit.method, "likelihood": fit.likelihood})
     if design.y is not None and _work(fit) <= AUTO_MAX_WORK and _has_observed_y(fit):
-        _arviz.set_group(dt, "log_likelihood", _log_likelihood_group(fit, "cells"))
+        try:
+            _arviz.set_group(dt, "log_likelihood", _log_likelihood_group(fit, "cells"))
+        except Exception as err:  # noqa: BLE001 - the other groups stay usable; the reason is recorded
+            dt.attrs["not_included"] = (f"log_likelihood: computing it failed ({type(err).__name__}: {err}); "
+                                        "sm.add_log_likelihood(fit) raises the full error")
     else:
         dt.attrs["not_included"] = ("log_likelihood (and observed_data above 1e7 rows x genes): large for this fit; "
                                     "add with sm.add_log_likelihood(fit, unit='cells' or 'pseudobulk') and "
