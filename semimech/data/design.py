@@ -73,6 +73,7 @@ class Design:
     n_cells: np.ndarray
     target_sep: str = "+"
     y_ss: np.ndarray | None = None
+    noise: Any = None
 
     def __post_init__(self):
         for name in ("perturbation_index", "target_matrix", "batch_index", "size_factors", "n_cells", "y_ss"):
@@ -289,9 +290,31 @@ class Design:
             "target_gene_index": target_gene_index(self.targets, self.genes),
         }
         if self.y is not None:
+            from semimech.measurement.noise import learned, use_floor
+
             loc, scale, floor = control_summaries(self)
-            data["baseline_loc"], data["baseline_scale"], data["noise_floor"] = loc, scale, floor
+            noise = self.noise if self.noise is not None else learned()
+            data["baseline_loc"], data["baseline_scale"] = loc, scale
+            data["noise_floor"] = floor if use_floor(noise, self) else 0.0
+            data.update(noise.model_data(self))
         return data
+
+    def with_noise(self, noise) -> "Design":
+        """The same design with a measurement-error model (:mod:`semimech.measurement.noise`).
+
+        ``noise``: e.g. ``semimech.measurement.xmap(additive=50, multiplicative=0.1)``,
+        ``fixed(0.1)``, ``from_replicates(replicate_design)`` or ``learned(resolution_floor=True)``.
+        """
+        from semimech.measurement.noise import NoiseModel
+
+        if not isinstance(noise, NoiseModel):
+            raise DesignError(f"noise must be a semimech.measurement NoiseModel (fixed, xmap, from_replicates, "
+                              f"learned), got {type(noise).__name__}.")
+        if self.is_counts and noise.kind != "learned":
+            raise DesignError("a known measurement sd applies to continuous readouts; this design holds counts "
+                              "(negative binomial: the noise is the dispersion, learned per gene).")
+        noise.model_data(self)  # per-readout values must name this design's readouts
+        return dataclasses.replace(self, noise=noise)
 
     # ------------------------------------------------------------------ derived designs
     def subset(self, rows) -> "Design":

@@ -155,6 +155,9 @@ def _prepare(spec: ModelSpec, design: Design, options: dict):
     opts = {**spec.default_options, **options}
     opts.setdefault("likelihood", "negbin" if design.is_counts else "normal")
     check_likelihood(opts["likelihood"], is_counts=design.is_counts)
+    if opts["likelihood"] != "normal" and design.noise is not None and design.noise.kind != "learned":
+        raise DesignError(f"the design's {design.noise.kind!r} noise model is for Gaussian readouts, but the "
+                          f"likelihood is {opts['likelihood']!r}; use likelihood='normal' or drop the noise model.")
     if opts["likelihood"] == "normal":
         _warn_unreplicated(design)
     data = design.model_data()
@@ -164,28 +167,38 @@ def _prepare(spec: ModelSpec, design: Design, options: dict):
 
 
 def _warn_unreplicated(design: Design) -> None:
-    """Warn when no condition has replicate information: the noise sd is then set by the priors.
+    """Warn when noise and effects are not separately identified, and about duplicated rows.
 
-    With one row per perturbation x batch, each of single cells (``n_cells == 1``) and without
-    within-group sums of squares, the likelihood cannot tell measurement noise from condition
-    effects. Measured on the HepG2 task (one measurement per condition): mean-field SVI shrank
-    every effect to zero (noise sd 0.19, predictions = no change), MAP fitted noise 0.002.
+    Identified: a known or replicate-based noise model (:meth:`Design.with_noise`), replicate
+    rows (exact copies excepted), cells behind a row, or effects shared across conditions
+    (residual degrees of freedom of the additive mean structure,
+    :func:`semimech.measurement.replicates.residual_df`). Otherwise the fitted noise sd, and with
+    it every interval, is set by the priors.
     """
-    has_ss = design.y_ss is not None and np.any(np.asarray(design.y_ss) > 0)
-    if has_ss or np.any(np.asarray(design.n_cells) > 1):
+    from semimech.measurement.replicates import duplicate_rows, has_replicates, residual_df
+
+    dups = duplicate_rows(design)
+    if dups:
+        shown = "; ".join(", ".join(map(str, d[:4])) for d in dups[:5])
+        warnings.warn(
+            f"{len(dups)} set(s) of rows of one condition are identical in every readout ({shown}). Copies of one "
+            "measurement are not replicates: read as replicates they claim zero noise. Keep one row of each "
+            "(Design.subset) if they are copies.", DuplicateRowsWarning, stacklevel=3)
+    if design.noise is not None and design.noise.kind != "learned":
         return
-    groups = design.perturbation_index.astype(np.int64)
-    if design.batch_index is not None:
-        groups = groups * (len(design.batches) + 1) + design.batch_index
-    if np.unique(groups).size < groups.size:
+    if has_replicates(design) or residual_df(design) > 0:
         return
     warnings.warn(
-        "every condition (perturbation x batch) is observed in a single row without replicates or "
-        "within-group sums of squares, so measurement noise and condition effects are not separately "
-        "identified: the fitted noise sd, and with it every interval, is set by the priors (mean-field SVI may "
-        "shrink all effects to zero; guide='map' may fit the noise to zero). Give replicate rows, cell-level "
-        "data or Design.pseudobulk() of cell-level data, or share effects across conditions.",
+        "every condition (perturbation x batch) is observed in a single row, without replicates, and no effect "
+        "is shared between conditions, so measurement noise and condition effects are not separately "
+        "identified: the fitted noise sd, and with it every interval, is set by the priors. Give replicate rows "
+        "or cell-level data, a known measurement error (Design.with_noise: semimech.measurement.fixed, xmap, "
+        "from_replicates), or a design whose effects are shared across conditions.",
         UnreplicatedWarning, stacklevel=3)
+
+
+class DuplicateRowsWarning(UserWarning):
+    """Rows of one condition are identical in every readout (copies, not replicates)."""
 
 
 class UnreplicatedWarning(UserWarning):

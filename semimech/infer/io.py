@@ -98,7 +98,8 @@ def _write(fit, folder: Path, plain: dict, arrays_opt: dict, kinds: dict) -> Non
             "design": {"obs_names": list(d.obs_names), "genes": list(d.genes), "perturbations": list(d.perturbations),
                        "targets": list(d.targets), "control": d.control,
                        "batches": None if d.batches is None else list(d.batches), "is_counts": d.is_counts,
-                       "target_sep": d.target_sep}}
+                       "target_sep": d.target_sep,
+                       "noise": None if d.noise is None else d.noise.to_dict()}}
     meta["checksums"] = {"files": {f: _sha256(folder / f) for f in _FILES}, "meta": _content_hash(meta)}
     with open(folder / "meta.json", "w") as fh:
         fh.write(json.dumps(meta, indent=1))
@@ -193,6 +194,10 @@ def load(path, *, spec=None):
                     batch_index=arr.get("batch_index"), size_factors=arr["size_factors"],
                     is_counts=m["is_counts"], n_cells=arr["n_cells"], target_sep=m["target_sep"],
                     y_ss=arr.get("y_ss"))
+    if m.get("noise") is not None:  # the measurement-error model (semimech.measurement.noise)
+        from semimech.measurement.noise import NoiseModel
+
+        design = design.with_noise(NoiseModel.from_dict(m["noise"]))
     dt = _read_tree(path / "posterior.nc")
     post = dt["posterior"]
     # the saved order of sites: predict draws fresh labels' keys in this order

@@ -159,8 +159,9 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     post = _align(fit, pdesign, k_align)
     data = pdesign.model_data()
     tdata = train.model_data()
-    for k in ("baseline_loc", "baseline_scale", "noise_floor"):
+    for k in ("baseline_loc", "baseline_scale"):
         data[k] = tdata[k]
+    data.update({k: v for k, v in tdata.items() if k.startswith("noise_")})  # the measurement model
     model = functools.partial(fit.spec.model, **fit.options)
     noise_site = fit.spec.noise_site(fit.likelihood)
     out = Predictive(model, posterior_samples=post, return_sites=[fit.spec.mean_site, noise_site])(k_pred, data)
@@ -174,7 +175,7 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
             raise PredictionError("num_cells must be positive.")
         noise = np.asarray(out[noise_site])[:, None, :]
         if fit.likelihood == "normal":
-            noise = np.asarray(total_sd(noise, tdata))
+            noise = np.asarray(total_sd(noise, tdata, mean))
         draws["observed_mean"] = np.asarray(
             mean_of_cells(k_obs, mean, noise, likelihood=fit.likelihood, num_cells=n[None, :, None]))
     ss = None

@@ -1,4 +1,5 @@
-"""Observation sub-models: counts, Gaussian readouts, batch offsets, size factors."""
+"""Observation sub-models: counts, Gaussian readouts (with known or partly known measurement error:
+:mod:`semimech.measurement.noise`), batch offsets, size factors."""
 
 from semimech.measurement.likelihoods import (
     LIKELIHOODS,
@@ -11,9 +12,17 @@ from semimech.measurement.likelihoods import (
     observe_conditions,
     to_data_scale,
 )
+from semimech.measurement.noise import NoiseModel, fixed, from_replicates, learned, xmap
+from semimech.measurement.replicates import duplicate_rows
 
 __all__ = [
     "LIKELIHOODS",
+    "NoiseModel",
+    "duplicate_rows",
+    "fixed",
+    "from_replicates",
+    "learned",
+    "xmap",
     "batch_offsets",
     "check_likelihood",
     "gene_noise",

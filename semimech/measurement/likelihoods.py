@@ -54,9 +54,20 @@ def to_data_scale(loc, likelihood: str):
 
 
 def gene_noise(data, *, likelihood: str):
-    """Sample the per-gene noise parameter (call inside the ``genes`` plate)."""
+    """Sample the per-gene noise parameter (call inside the ``genes`` plate).
+
+    Gaussian readouts follow the design's noise model (:mod:`semimech.measurement.noise`):
+    ``noise_sd`` is the learned part of the sd (HalfNormal prior; a LogNormal prior from
+    technical replicates; a deterministic 0 when the error is fully known).
+    """
     if likelihood == "normal":
         scale = jnp.asarray(data["baseline_scale"]) if "baseline_scale" in data else 1.0
+        kind = data.get("noise_kind", "learned")
+        if kind == "replicates":
+            return numpyro.sample("noise_sd", dist.LogNormal(jnp.asarray(data["noise_prior_loc"]),
+                                                             jnp.asarray(data["noise_prior_scale"])))
+        if kind in ("fixed", "xmap") and not data.get("noise_extra", False):
+            return numpyro.deterministic("noise_sd", jnp.zeros_like(jnp.asarray(data["baseline_loc"])))
         return numpyro.sample("noise_sd", dist.HalfNormal(2.0 * scale))
     return numpyro.sample("concentration", dist.LogNormal(1.0, 1.5))
 
@@ -71,10 +82,13 @@ def batch_offsets(data, genes_plate):
     return sd * z
 
 
-def total_sd(noise, data):
-    """Gaussian cell-level sd including the readout's resolution floor."""
+def total_sd(noise, data, loc=None):
+    """Gaussian sd of one observation: the learned ``noise``, the resolution floor (when on) and
+    the known part of the design's noise model (an xMAP error depends on the latent ``loc``)."""
+    from semimech.measurement.noise import known_variance
+
     floor = data.get("noise_floor", 0.0) or 0.0
-    return jnp.sqrt(noise**2 + floor**2)
+    return jnp.sqrt(noise**2 + floor**2 + known_variance(data, loc))
 
 
 def observation_dist(loc, noise, *, likelihood: str, size_factors, n_cells):
@@ -180,7 +194,7 @@ def observe(loc, noise, data, *, likelihood: str, y=None):
         numpyro.sample("y", fn, obs=y)
         return
     if likelihood == "normal":
-        noise = total_sd(noise, data)
+        noise = total_sd(noise, data, loc)
     numpyro.sample("y", observation_dist(loc, noise, likelihood=likelihood, size_factors=sf, n_cells=n), obs=y)
     if likelihood == "normal" and data.get("y_ss") is not None and y is not None:
         ss = jnp.asarray(data["y_ss"])
