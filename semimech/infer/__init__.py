@@ -1,5 +1,7 @@
 """Inference: fit_svi / fit_nuts -> Fit; predict; save/load; diagnostics."""
 
+from semimech.infer._compiled import cache_dir, set_cache_dir
+from semimech.infer._interrupt import FitInterrupted
 from semimech.infer.diagnostics import diagnostics, format_diagnostics
 from semimech.infer.fit import Fit, fit_nuts, fit_svi
 from semimech.infer.idata import add_log_likelihood, add_posterior_predictive, add_predictions, add_prior, sample_prior
@@ -11,5 +13,5 @@ from semimech.infer.spec import ModelSpec
 from semimech.infer.stream import fit_svi_minibatch
 
 __all__ = ["add_log_likelihood", "add_posterior_predictive", "add_predictions", "add_prior", "pointwise_log_likelihood",
-           "sample_prior", "Fit", "ModelSpec", "Prediction", "diagnostics", "fit_nuts", "fit_svi", "fit_svi_minibatch", "fit_svi_sharded", "format_diagnostics", "load",
-           "predict"]
+           "sample_prior", "Fit", "FitInterrupted", "ModelSpec", "Prediction", "cache_dir", "diagnostics", "fit_nuts",
+           "fit_svi", "fit_svi_minibatch", "fit_svi_sharded", "format_diagnostics", "load", "predict", "set_cache_dir"]

@@ -6,19 +6,21 @@ import dataclasses
 import functools
 import warnings
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import optax
-from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, autoguide, init_to_median
+from numpyro.infer import MCMC, NUTS, autoguide, init_to_median
 
 from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import DesignError, InferenceError
 from semimech.infer import _arviz
+from semimech.infer._interrupt import FitInterrupted, deferred_interrupt
+from semimech.infer._progress import Phases
 from semimech.infer._sites import site_dims
 from semimech.infer.idata import NUTS_EXTRA_FIELDS, nuts_sample_stats
 from semimech.infer.spec import ModelSpec
@@ -57,6 +59,10 @@ class Fit:
         (:func:`semimech.add_posterior_predictive`, :func:`semimech.add_prior`, ...).
         ``arviz_stats.loo(fit.idata)``, ``arviz_stats.summary(fit.idata)`` and arviz-plots
         work on it directly.
+    timings
+        Seconds per phase of the fit (``setup_s``, ``compile_s``, ``init_s``, ``steps_s``,
+        ``draws_s``, ``total_s``; ``compiled_reused`` is 1 when compiled programs of an earlier
+        fit were reused); ``None`` for a loaded fit.
     """
 
     spec: ModelSpec
@@ -68,6 +74,7 @@ class Fit:
     losses: np.ndarray | None = None
     sample_stats: Mapping[str, np.ndarray] | None = None
     idata: Any = None
+    timings: Mapping[str, float] | None = None
 
     def __post_init__(self):
         for a in self.samples.values():
@@ -205,9 +212,31 @@ class UnreplicatedWarning(UserWarning):
     """The design holds no replicate information (see :func:`fit_svi`)."""
 
 
+def _guide_factory(guide: str, *, rank: int, init_loc_fn) -> Callable:
+    """``model -> autoguide`` for a guide name (one place: the compiled machinery builds guides with it)."""
+    if guide not in GUIDES:
+        raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
+    if guide == "normal":
+        return functools.partial(autoguide.AutoNormal, init_loc_fn=init_loc_fn, init_scale=0.05)
+    if guide == "lowrank":
+        return functools.partial(autoguide.AutoLowRankMultivariateNormal, init_loc_fn=init_loc_fn, rank=rank,
+                                 init_scale=0.05)
+    return functools.partial(autoguide.AutoDelta, init_loc_fn=init_loc_fn)
+
+
+def _optimiser(learning_rate: float, num_steps: int):
+    # cosine decay to 1% of the rate: large steps early, then settle (a fixed rate leaves
+    # well-determined parameters dithering at the scale of the step)
+    schedule = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1), alpha=0.01)
+    return optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
+
+
+DEFAULT_INIT = init_to_median(num_samples=15)
+
+
 def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, guide: str = "normal",
             learning_rate: float = 0.02, num_samples: int = 400, rank: int = 10, progress_bar: bool = True,
-            **options) -> Fit:
+            resume=None, **options) -> Fit:
     """Fit by stochastic variational inference with an automatic guide.
 
     Parameters
@@ -226,52 +255,118 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
         ``rank``) or ``"map"`` (AutoDelta: a point estimate; intervals then reflect only noise).
     num_samples
         Posterior draws taken from the fitted guide.
+    progress_bar
+        Say what the fit is doing (compiling, initialising, steps with the loss, drawing) on stderr.
+    resume
+        The ``checkpoint`` of a :class:`~semimech.infer.FitInterrupted` raised by Ctrl-C during an
+        earlier call with the same arguments: the fit continues where it stopped and returns what
+        the uninterrupted fit would have.
     **options
         Model options, e.g. ``likelihood="negbin"``.
+
+    Notes
+    -----
+    The initialisation, a block of steps and the posterior draws are each one compiled program,
+    built once per model, options, guide, optimiser settings and data shapes in a process: a
+    later fit of the same shapes (another seed, a refit on same-shape data) reuses them.
+    ``fit.timings`` says where the time went (``setup_s``, ``compile_s``, ``init_s``,
+    ``steps_s``, ``draws_s``, ``total_s``). Compiled programs can also be kept across processes
+    (opt-in: ``SEMIMECH_CACHE_DIR``, see :func:`semimech.infer.set_cache_dir`).
     """
+    phases = Phases(show=progress_bar, label=f"fit_svi {spec.name}")
+    try:
+        return _fit_svi(spec, design, rng_key=rng_key, num_steps=num_steps, guide=guide, learning_rate=learning_rate,
+                        num_samples=num_samples, rank=rank, phases=phases, resume=resume, options=options)
+    except KeyboardInterrupt as err:
+        if isinstance(err, FitInterrupted):
+            raise
+        phases.end_steps()
+        raise FitInterrupted("fit_svi interrupted (Ctrl-C) before any step finished; nothing was returned. "
+                             "Run it again to start over.") from None
+
+
+def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samples, rank, phases, resume, options):
+    from semimech.infer import _svi
+    from semimech.infer._compiled import cache_key, signature, wait
+
     if guide not in GUIDES:
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
-    model, data, y, opts = _prepare(spec, design, options)
-    key = as_key(rng_key)
-    init = init_to_median(num_samples=15)
-    g = {"normal": lambda: autoguide.AutoNormal(model, init_loc_fn=init, init_scale=0.05),
-         "lowrank": lambda: autoguide.AutoLowRankMultivariateNormal(model, init_loc_fn=init, rank=rank, init_scale=0.05),
-         "map": lambda: autoguide.AutoDelta(model, init_loc_fn=init)}[guide]()
-    # cosine decay to 1% of the rate: large steps early, then settle (a fixed rate leaves
-    # well-determined parameters dithering at the scale of the step)
-    schedule = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1), alpha=0.01)
-    optim = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
-    svi = SVI(model, g, optim, Trace_ELBO())
-    k_fit, k_draw = jax.random.split(key)
-    try:
-        result = svi.run(k_fit, num_steps, data, y=y, progress_bar=progress_bar, stable_update=True)
-    except RuntimeError as err:
-        if "valid initial parameters" not in str(err):
-            raise
-        raise InferenceError(_NO_INIT) from None
-    losses = np.asarray(result.losses)
+    with phases.phase("setup_s", "preparing"):
+        model, data, y, opts = _prepare(spec, design, options)
+        static, traced = _svi.split_data(data, y)
+        make_guide = _guide_factory(guide, rank=rank, init_loc_fn=DEFAULT_INIT)
+        optim = _optimiser(learning_rate, num_steps)
+        key = cache_key("svi", spec.model, opts, guide, rank, DEFAULT_INIT, learning_rate, num_steps, static,
+                        signature(traced), jax.default_backend())
+        eng, hit = _svi.engine(model, static, traced, make_guide=make_guide, optim=optim, key=key)
+    phases.add("compiled_reused", float(hit))
+    k_fit, k_draw = jax.random.split(as_key(rng_key))
+    fingerprint = functools.partial(_fingerprint, key, traced, k_fit, num_steps)  # hashed only when needed
+    if resume is not None:
+        state, losses, done = _resume(resume, fingerprint(), num_steps)
+    else:
+        state = eng.init(k_fit, traced, phases=phases)
+        with phases.phase("init_s", "initialising"):
+            state = wait(state)
+        losses, done = [], 0
+    eng.compile_block(state, traced, phases=phases)
+    with deferred_interrupt() as flag:
+        state, losses, status = _svi.run_blocks(eng, state, traced, num_steps=num_steps, done=done, losses=losses,
+                                                phases=phases, flag=flag)
+    losses = np.concatenate(losses) if losses else np.zeros(0, np.float32)
+    if status == "no_init":
+        raise InferenceError(_NO_INIT)
+    if status == "interrupted":
+        ckpt = _svi.Checkpoint(fingerprint=fingerprint(), state=jax.device_get(state), losses=losses, done=len(losses),
+                               num_steps=num_steps)
+        raise FitInterrupted(
+            f"fit_svi interrupted (Ctrl-C) after {len(losses)} of {num_steps} steps; nothing was returned. "
+            "Continue with fit_svi(..., resume=err.checkpoint) (same arguments) or run it again.", ckpt) from None
     _check_losses(losses)
-    k_guide, k_det = jax.random.split(k_draw)
-    # AutoDelta runs the model to fill its deterministic sites, so it needs the model's arguments
-    post = dict(g.sample_posterior(k_guide, result.params, data, y=y, sample_shape=(num_samples,)))
-    post = {k: v for k, v in post.items() if k != "y"}
-    post.update(Predictive(model, posterior_samples=post, return_sites=_deterministic(model, data))(k_det, data))
+    try:
+        post = eng.draws(k_draw, state, traced, num_samples, phases=phases)
+        with phases.phase("draws_s", f"drawing {num_samples} posterior samples"):
+            post = wait(post)
+    except KeyboardInterrupt:
+        ckpt = _svi.Checkpoint(fingerprint=fingerprint(), state=jax.device_get(state), losses=losses, done=len(losses),
+                               num_steps=num_steps)
+        raise FitInterrupted("fit_svi interrupted (Ctrl-C) while drawing the posterior, after all steps; nothing was "
+                             "returned. fit_svi(..., resume=err.checkpoint) draws without repeating the steps.",
+                             ckpt) from None
     samples = {k: np.asarray(v)[None] for k, v in post.items()}
     dims = site_dims(model, data, y)
+    timings = phases.finish()
+    timings["steps"] = int(len(losses))
     return Fit(spec=spec, design=design, samples=samples, dims=dims, method="svi", options=opts,
-               losses=losses)
+               losses=losses, timings=timings)
+
+
+def _fingerprint(key, traced, k_fit, num_steps) -> str:
+    import hashlib
+
+    from semimech.infer._compiled import freeze
+
+    h = hashlib.sha256(repr((key, freeze(jax.device_get(traced)), np.asarray(k_fit).tolist(), num_steps)).encode())
+    return h.hexdigest()
+
+
+def _resume(ckpt, fingerprint: str, num_steps: int):
+    from semimech.infer._svi import Checkpoint
+
+    if not isinstance(ckpt, Checkpoint):
+        raise InferenceError(f"resume= takes the checkpoint of a FitInterrupted error (err.checkpoint), got "
+                             f"{type(ckpt).__name__}.")
+    if ckpt.fingerprint != fingerprint:
+        raise InferenceError("this checkpoint belongs to a different fit (model, options, guide, steps, data or "
+                             "rng_key differ); call fit_svi with the same arguments as the interrupted fit, or "
+                             "start over without resume=.")
+    return jax.device_put(ckpt.state), [np.asarray(ckpt.losses)], int(ckpt.done)
 
 
 _NO_INIT = (
     "the model's log density is NaN/inf at every initial point tried. Check the readouts for extreme values, "
     "that counts are raw counts for 'negbin' and log-normalised values for 'normal', and any custom prior."
 )
-
-
-def _deterministic(model, data) -> list[str]:
-    from semimech.infer._sites import abstract_trace
-
-    return [n for n, s in abstract_trace(model, data).items() if s[0] == "deterministic"]
 
 
 def _check_losses(losses: np.ndarray) -> None:

@@ -1,0 +1,170 @@
+"""Compilation paid once: cache keys, interruptible compiles, an opt-in persistent cache.
+
+- :func:`cache_key` turns a model, its options and the design's structural arrays into a
+  hashable key (arrays by content), or ``None`` when something cannot be keyed safely (then
+  nothing is reused).
+- :func:`compile_lowered` compiles a lowered JAX function in a worker thread while the caller
+  waits in short sleeps, so Ctrl-C stops the wait at once (the compile finishes in the
+  background); with a persistent cache folder (:func:`cache_dir`) the executable is stored
+  and loaded by the hash of its lowered program.
+- :func:`wait` blocks on device arrays in the same interruptible way.
+
+Persistent cache (opt-in). Set the environment variable ``SEMIMECH_CACHE_DIR`` to a folder,
+or call ``semimech.infer.set_cache_dir(path)``. semimech then serialises the executables of
+*its own* compiled functions (SVI init, step block, posterior draws, NUTS) there, keyed by a
+hash of the lowered program, the JAX version and the device. It never touches JAX's global
+configuration (``jax_compilation_cache_dir`` would also cache, and change, every other JAX
+program of the process); delete the folder to clear it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import hashlib
+import os
+import pickle
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+_UNKEYABLE = object()
+_CACHE_DIR: Path | None = None
+_CACHE_DIR_SET = False
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="semimech-compile")
+_LOCK = threading.Lock()
+
+
+# ------------------------------------------------------------------------------------- keys
+def freeze(value):
+    """A hashable, content-based stand-in for ``value``; ``_UNKEYABLE`` if there is none."""
+    if isinstance(value, (np.ndarray, jax.Array, np.generic)):
+        a = np.asarray(value)
+        if a.dtype == object:
+            return _UNKEYABLE
+        return ("array", a.shape, str(a.dtype), hashlib.blake2b(np.ascontiguousarray(a).tobytes(),
+                                                                  digest_size=16).hexdigest())
+    if isinstance(value, dict):
+        items = tuple(sorted((str(k), freeze(v)) for k, v in value.items()))
+        return _UNKEYABLE if any(v is _UNKEYABLE for _, v in items) else ("dict", items)
+    if isinstance(value, (list, tuple)):
+        items = tuple(freeze(v) for v in value)
+        return _UNKEYABLE if any(v is _UNKEYABLE for v in items) else (type(value).__name__, items)
+    if isinstance(value, functools.partial):
+        parts = (freeze(value.func), freeze(value.args), freeze(value.keywords))
+        return _UNKEYABLE if _UNKEYABLE in parts else ("partial",) + parts
+    if value is None or isinstance(value, (bool, int, float, str, complex)):
+        return (type(value).__name__, value)
+    if callable(value) and hasattr(value, "__qualname__"):
+        return ("callable", value)  # module-level functions hash by identity and stay alive in the key
+    return _UNKEYABLE
+
+
+def cache_key(*parts):
+    """A key for the compiled-function cache, or ``None`` when some part cannot be keyed."""
+    frozen = freeze(tuple(parts))
+    return None if frozen is _UNKEYABLE else frozen
+
+
+def signature(tree) -> tuple:
+    """Structure, shapes and dtypes of a pytree of arrays (what a compiled function depends on)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return (str(treedef), tuple((tuple(np.shape(x)), str(np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype))
+                                for x in leaves))
+
+
+# --------------------------------------------------------------------------- persistent cache
+def set_cache_dir(path) -> None:
+    """Store semimech's compiled programs in ``path`` (``None`` switches the cache off).
+
+    Overrides ``SEMIMECH_CACHE_DIR``. Only semimech's own compiled functions are stored; JAX's
+    global configuration is left alone.
+    """
+    global _CACHE_DIR, _CACHE_DIR_SET
+    _CACHE_DIR = None if path is None else Path(path).expanduser()
+    _CACHE_DIR_SET = True
+
+
+def cache_dir() -> Path | None:
+    """The persistent cache folder in use, or ``None`` (the default: no persistent cache)."""
+    if _CACHE_DIR_SET:
+        return _CACHE_DIR
+    env = os.environ.get("SEMIMECH_CACHE_DIR")
+    return Path(env).expanduser() if env else None
+
+
+def _disk_key(lowered) -> str:
+    dev = jax.devices()[0]
+    h = hashlib.sha256()
+    for part in (jax.__version__, getattr(jax.lib, "__version__", ""), dev.platform, dev.device_kind,
+                 lowered.as_text()):
+        h.update(str(part).encode())
+    return h.hexdigest()
+
+
+def _load(folder: Path, key: str, lowered):
+    from jax.experimental.serialize_executable import deserialize_and_load
+
+    path = folder / f"{key}.bin"
+    if not path.exists():
+        return None
+    try:
+        payload = pickle.loads(path.read_bytes())
+        return deserialize_and_load(payload, lowered.in_tree, lowered.out_tree)
+    except Exception:  # a damaged or incompatible entry is a cache miss, never an error
+        return None
+
+
+def _store(folder: Path, key: str, compiled) -> None:
+    from jax.experimental.serialize_executable import serialize
+
+    try:
+        payload, _, _ = serialize(compiled)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
+        with os.fdopen(fd, "wb") as f:
+            f.write(pickle.dumps(payload))
+        os.replace(tmp, folder / f"{key}.bin")  # atomic: a reader never sees half a file
+    except Exception:
+        pass  # an unwritable cache only costs the next process a compile
+
+
+# --------------------------------------------------------------------------------- waiting
+def wait_future(fut: concurrent.futures.Future):
+    """The future's result, waiting in short sleeps so that Ctrl-C interrupts the wait."""
+    while True:
+        try:
+            return fut.result(timeout=0.1)
+        except concurrent.futures.TimeoutError:
+            continue
+
+
+def wait(tree):
+    """Block until every array of ``tree`` is computed, interruptibly; returns ``tree``."""
+    leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+    delay = 0.001
+    while not all(x.is_ready() for x in leaves):
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return tree
+
+
+def compile_lowered(lowered, *, compiler_options: dict | None = None):
+    """Compile (or load from the persistent cache) a ``jax.stages.Lowered``; interruptible."""
+    folder = cache_dir()
+    key = _disk_key(lowered) if folder is not None else None
+    if key is not None:
+        hit = _load(folder, key, lowered)
+        if hit is not None:
+            return hit, True
+    compiled = wait_future(_POOL.submit(lowered.compile, compiler_options))
+    if key is not None:
+        _store(folder, key, compiled)
+    return compiled, False
+
+
+__all__ = ["cache_dir", "cache_key", "compile_lowered", "freeze", "set_cache_dir", "signature", "wait", "wait_future"]

@@ -1,0 +1,258 @@
+"""SVI compiled once per model and shapes: init, blocks of steps and posterior draws.
+
+An :class:`Engine` holds three compiled functions for one model (with its options), guide,
+optimiser and data *shapes*:
+
+- ``init(key, traced) -> state``: NumPyro's own ``SVI.init`` (the guide's set-up, the
+  ``init_loc_fn`` search for a valid starting point, the optimiser state) under ``jit``: one
+  compilation instead of hundreds of eager operations;
+- ``block(state, traced, n) -> (state, losses)``: ``n`` SVI steps in one ``fori_loop`` (any
+  ``n`` up to ``block_size`` without recompiling), so the host can show progress and stop on
+  Ctrl-C between blocks;
+- ``draws[num_samples](key, state, traced) -> samples``: posterior draws of every latent site
+  and every deterministic site in one call.
+
+``traced`` holds the readouts and the per-row arrays of ``Design.model_data()``; everything else
+of the model data is structural (closed over as constants and keyed by content). A second fit
+of the same model, options and shapes (another seed, a K-fold refit of same-shape data) finds
+the engine in a process-wide cache and compiles nothing.
+
+The guide used inside the compiled functions is set up by an abstract evaluation (no
+computation, no compilation): its prototype then holds abstract placeholders where NumPyro
+keeps initial values, which are never used (parameters always come from ``init``'s state).
+Guides whose supports depend on values (e.g. ``Uniform(low=a_sample, ...)``) are set up
+concretely instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro import handlers
+from numpyro.distributions import constraints
+from numpyro.infer import SVI, Predictive, Trace_ELBO
+
+from semimech.infer._compiled import compile_lowered
+
+ROW_KEYS = ("perturbation_index", "batch_index", "size_factors", "n_cells", "y_ss")
+BLOCK_SIZE = 256
+_ENGINES: "collections.OrderedDict[Any, Engine]" = collections.OrderedDict()
+MAX_ENGINES = 8
+
+
+def split_data(data: dict, y) -> tuple[dict, dict]:
+    """``(static, traced)``: structural model data, and readouts plus per-row arrays."""
+    traced = {k: data[k] for k in ROW_KEYS if data.get(k) is not None}
+    traced["y"] = y
+    static = {k: v for k, v in data.items() if k not in traced}
+    return static, traced
+
+
+def _assemble(static: dict, traced: dict):
+    data = dict(static)
+    data.update({k: v for k, v in traced.items() if k != "y"})
+    return data, traced["y"]
+
+
+@dataclasses.dataclass(eq=False)
+class Engine:
+    """Compiled SVI for one model, guide, optimiser and data signature (see the module docstring)."""
+
+    key: Any
+    model: Callable
+    static: dict
+    guide: Any
+    svi: SVI
+    latent: tuple[str, ...]
+    deterministic: tuple[str, ...]
+    make_guide: Callable
+    optim: Any
+    block_size: int = BLOCK_SIZE
+    compiled: dict = dataclasses.field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------ compile
+    def _get(self, name: str, fn: Callable, args: tuple, *, phases=None, text: str = "compiling"):
+        if name in self.compiled:
+            return self.compiled[name]
+        ctx = phases.phase("compile_s", text) if phases is not None else _null()
+        with ctx:
+            lowered = jax.jit(fn).lower(*args)
+            compiled, from_disk = compile_lowered(lowered)
+        if phases is not None and from_disk:
+            phases.add("compiled_from_disk", 1)
+        self.compiled[name] = compiled
+        return compiled
+
+    def _init_fn(self, key, traced):
+        data, y = _assemble(self.static, traced)
+        # a fresh guide: its set-up (the init_loc_fn search) is traced into this one program
+        return SVI(self.model, self.make_guide(self.model), self.optim, Trace_ELBO()).init(key, data, y=y)
+
+    def _block_fn(self, state, traced, n):
+        data, y = _assemble(self.static, traced)
+        svi = self.svi
+
+        def body(i, carry):
+            s, buf = carry
+            s, loss = svi.stable_update(s, data, y=y)
+            return s, buf.at[i].set(jnp.asarray(loss, buf.dtype))
+
+        return jax.lax.fori_loop(0, n, body, (state, jnp.full((self.block_size,), jnp.nan, jnp.float32)))
+
+    def _draw_fn(self, num_samples, key, state, traced):
+        data, y = _assemble(self.static, traced)
+        params = self.svi.get_params(state)
+        k_guide, k_det = jax.random.split(key)
+        post = Predictive(self.guide, params=params, num_samples=num_samples, parallel=True)(k_guide, data, y=y)
+        post = {k: post[k] for k in self.latent}
+        if self.deterministic:  # the model replayed per draw (sequentially: memory stays at one draw)
+            post.update(Predictive(self.model, posterior_samples=post, return_sites=list(self.deterministic))(k_det, data))
+        return post
+
+    def init(self, key, traced, *, phases=None):
+        """The initial SVI state (compiled on first use)."""
+        fn = self._get("init", self._init_fn, (key, traced), phases=phases, text="compiling the initialisation")
+        return fn(key, traced)
+
+    def compile_block(self, state, traced, *, phases=None) -> None:
+        self._get("block", self._block_fn, (state, traced, np.int32(1)), phases=phases, text="compiling the SVI step")
+
+    def block(self, state, traced, n: int):
+        """``n <= block_size`` steps from ``state``: ``(state, losses)`` (losses padded with NaN)."""
+        return self.compiled["block"](state, traced, np.int32(n))
+
+    def draws(self, key, state, traced, num_samples: int, *, phases=None):
+        """``num_samples`` draws of every latent and deterministic site (compiled per ``num_samples``)."""
+        fn = self._get(f"draws{num_samples}", functools.partial(self._draw_fn, num_samples), (key, state, traced),
+                       phases=phases, text=f"compiling the draw of {num_samples} posterior samples")
+        return fn(key, state, traced)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _dynamic_support(prototype_trace) -> bool:
+    for site in prototype_trace.values():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        support = site["fn"].support
+        bounds = ()
+        if isinstance(support, constraints._GreaterThan):
+            bounds = (support.lower_bound,)
+        elif isinstance(support, constraints._Interval):
+            bounds = (support.lower_bound, support.upper_bound)
+        if any(isinstance(b, jax.core.Tracer) for b in bounds):
+            return True
+    return False
+
+
+def engine(model: Callable, static: dict, traced: dict, *, make_guide: Callable, optim, key) -> tuple[Engine, bool]:
+    """The cached engine for ``key`` (``None``: never cached), or a new one; ``(engine, hit)``."""
+    if key is not None and key in _ENGINES:
+        _ENGINES.move_to_end(key)
+        return _ENGINES[key], True
+    guide = make_guide(model)
+    svi = SVI(model, guide, optim, Trace_ELBO())
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype)
+                            if not isinstance(a, jax.ShapeDtypeStruct) else a, traced)
+
+    def setup(tr):
+        data, y = _assemble(static, tr)
+        return svi.init(jax.random.PRNGKey(0), data, y=y)  # first guide call: sets up its prototype
+
+    jax.eval_shape(setup, abstract)
+    if _dynamic_support(guide.prototype_trace):
+        guide = make_guide(model)
+        svi = SVI(model, guide, optim, Trace_ELBO())
+        data, y = _assemble(static, traced)
+        svi.init(jax.random.PRNGKey(0), data, y=y)  # concrete set-up: the supports hold values
+    latent = tuple(n for n, s in guide.prototype_trace.items() if s["type"] == "sample" and not s["is_observed"])
+    det = tuple(n for n, s in guide.prototype_trace.items() if s["type"] == "deterministic")
+    eng = Engine(key=key, model=model, static=static, guide=guide, svi=svi, latent=latent, deterministic=det,
+                 make_guide=make_guide, optim=optim)
+    if key is not None:
+        _ENGINES[key] = eng
+        while len(_ENGINES) > MAX_ENGINES:
+            _ENGINES.popitem(last=False)
+    return eng, False
+
+
+def clear_cache() -> None:
+    """Forget every compiled SVI engine of this process (the next fit compiles again)."""
+    _ENGINES.clear()
+
+
+__all__ = ["BLOCK_SIZE", "Engine", "ROW_KEYS", "clear_cache", "engine", "split_data"]
+_ = handlers  # numpyro handlers are used by the guides' set-up inside SVI.init
+
+
+# ----------------------------------------------------------------------------------- the loop
+@dataclasses.dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """Where an interrupted ``fit_svi`` stopped: pass it back as ``resume=`` to continue.
+
+    Attributes
+    ----------
+    fingerprint
+        What the fit was (model, options, guide, optimiser, data, seed); a resume must match it.
+    state
+        The SVI state (parameters, optimiser moments, random key) after ``done`` steps, on the host.
+    losses
+        The loss of each of the ``done`` steps.
+    done, num_steps
+        Steps finished, steps asked for.
+    """
+
+    fingerprint: str
+    state: Any
+    losses: np.ndarray
+    done: int
+    num_steps: int
+
+
+def run_blocks(eng: Engine, state, traced, *, num_steps: int, done: int, losses: list, phases, flag,
+               target_s: float = 0.5):
+    """Run the remaining steps in blocks of about ``target_s`` seconds.
+
+    Returns ``(state, losses, status)``: ``"done"``, ``"interrupted"`` (``flag.set`` by Ctrl-C
+    ended the loop early) or ``"no_init"`` (every loss of the first block was NaN/inf: the
+    optimiser never left an invalid starting point). ``losses`` is the list of per-block numpy arrays (extended in place).
+    """
+    import time
+
+    from semimech.infer._compiled import wait
+
+    n = min(eng.block_size, 8)  # a short first block measures the step time
+    phases.start_steps(num_steps, done=done)
+    first = True
+    while done < num_steps and not flag.set:
+        n = max(1, min(n, num_steps - done, eng.block_size))
+        t = time.perf_counter()
+        new_state, buf = eng.block(state, traced, n)
+        wait((new_state, buf))
+        state = new_state
+        host = np.asarray(buf)[:n]
+        losses.append(host)
+        done += n
+        dt = time.perf_counter() - t
+        phases.add("steps_s", dt)
+        phases.steps_done(n, float(host[-1]))
+        if first:
+            first = False
+            if not np.isfinite(host).any() and done == n:
+                phases.end_steps()
+                return state, losses, "no_init"
+        n = int(n * target_s / max(dt, 1e-4))
+    phases.end_steps()
+    return state, losses, "interrupted" if flag.set else "done"

@@ -1,0 +1,173 @@
+"""The compiled fit machinery: reuse across fits, the reference NumPyro path, timings, Ctrl-C and resume."""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+
+import semimech as sm
+from semimech.infer import FitInterrupted, _svi
+from semimech.models import additive
+
+KW = dict(num_steps=40, num_samples=50, progress_bar=False)
+
+
+@pytest.fixture(scope="module")
+def design(small_counts_adata):
+    return sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control",
+                                  batch_key="batch")
+
+
+def _same(a, b):
+    assert set(a.samples) == set(b.samples)
+    for k in a.samples:
+        np.testing.assert_array_equal(a.samples[k], b.samples[k], err_msg=k)
+    np.testing.assert_array_equal(a.losses, b.losses)
+
+
+def test_cached_and_uncached_paths_give_identical_draws(design, tmp_path):
+    """A fresh compile, the in-process cache and the opt-in persistent cache give the same fit."""
+    from semimech.infer import set_cache_dir
+
+    set_cache_dir(tmp_path)
+    try:
+        _svi.clear_cache()
+        first = sm.fit_svi(additive.SPEC, design, rng_key=3, **KW)  # compiled (and stored on disk)
+        assert len(list(tmp_path.glob("*.bin"))) == 3  # init, step block, draws
+        again = sm.fit_svi(additive.SPEC, design, rng_key=3, **KW)  # compiled programs reused in memory
+        _svi.clear_cache()
+        loaded = sm.fit_svi(additive.SPEC, design, rng_key=3, **KW)  # compiled programs loaded from disk
+    finally:
+        set_cache_dir(None)
+    assert first.timings["compiled_reused"] == 0 and again.timings["compiled_reused"] == 1
+    assert "compile_s" not in again.timings and loaded.timings["compiled_from_disk"] == 3
+    _same(first, again)
+    _same(first, loaded)
+    # negative control: another seed through the same compiled programs gives other draws
+    other = sm.fit_svi(additive.SPEC, design, rng_key=4, **KW)
+    assert other.timings["compiled_reused"] == 1
+    assert not np.array_equal(other.samples["baseline"], first.samples["baseline"])
+
+
+def test_persistent_cache_is_off_unless_asked(monkeypatch, tmp_path):
+    from semimech.infer import _compiled, cache_dir, set_cache_dir
+
+    monkeypatch.setattr(_compiled, "_CACHE_DIR_SET", False)  # as in a fresh process
+    monkeypatch.delenv("SEMIMECH_CACHE_DIR", raising=False)
+    assert cache_dir() is None
+    monkeypatch.setenv("SEMIMECH_CACHE_DIR", str(tmp_path))
+    assert cache_dir() == tmp_path
+    set_cache_dir(None)  # an explicit choice overrides the environment
+    assert cache_dir() is None
+
+
+def test_timings_cover_the_phases(design):
+    fit = sm.fit_svi(additive.SPEC, design, rng_key=0, **KW)
+    t = fit.timings
+    for k in ("setup_s", "init_s", "steps_s", "draws_s", "total_s"):
+        assert t[k] >= 0, k
+    assert t["steps"] == KW["num_steps"]
+    assert t["setup_s"] + t["init_s"] + t["steps_s"] + t["draws_s"] + t.get("compile_s", 0) <= t["total_s"] + 1e-6
+
+
+def _reference_fit(design, *, seed, num_steps, num_samples):
+    """The pre-compilation path: NumPyro's eager SVI.run, guide.sample_posterior, Predictive."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide, init_to_median
+
+    model = functools.partial(additive.SPEC.model, likelihood="negbin")
+    data = design.model_data()
+    y = jnp.asarray(design.dense_y(), jnp.float32)
+    g = autoguide.AutoNormal(model, init_loc_fn=init_to_median(num_samples=15), init_scale=0.05)
+    optim = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(optax.cosine_decay_schedule(0.02, num_steps, 0.01)))
+    k_fit, k_draw = jax.random.split(jax.random.PRNGKey(seed))
+    res = SVI(model, g, optim, Trace_ELBO()).run(k_fit, num_steps, data, y=y, progress_bar=False, stable_update=True)
+    k_guide, k_det = jax.random.split(k_draw)
+    post = {k: v for k, v in g.sample_posterior(k_guide, res.params, data, y=y, sample_shape=(num_samples,)).items()
+            if k != "y"}
+    post.update(Predictive(model, posterior_samples=post, return_sites=["effect", "mean"])(k_det, data))
+    return {k: np.asarray(v) for k, v in post.items()}, np.asarray(res.losses)
+
+
+@pytest.mark.slow
+def test_fixed_seed_posterior_matches_the_eager_numpyro_path(design):
+    """Same seed, same guide and optimiser: the losses match the eager NumPyro run (the same
+    computation, compiled in one program), and the draws agree within Monte Carlo error
+    (they use the random key differently). Negative control: a fit stopped after 3 steps."""
+    n, steps = 400, 300
+    ref, ref_losses = _reference_fit(design, seed=5, num_steps=steps, num_samples=n)
+    fit = sm.fit_svi(additive.SPEC, design, rng_key=5, num_steps=steps, num_samples=n, progress_bar=False)
+    np.testing.assert_allclose(fit.losses, ref_losses, rtol=2e-4)
+
+    def z(samples):
+        out = []
+        for k in ("baseline", "effect", "concentration", "mean"):
+            a, b = samples[k].reshape(n, -1), ref[k].reshape(n, -1)
+            se = np.sqrt((a.var(0) + b.var(0)) / n) + 1e-12
+            out.append(np.abs(a.mean(0) - b.mean(0)) / se)
+        return np.concatenate(out)
+
+    zs = z({k: fit.flat(k) for k in fit.samples})
+    assert np.mean(zs > 3.5) < 0.01 and np.median(zs) < 1.0
+    short = sm.fit_svi(additive.SPEC, design, rng_key=5, num_steps=3, num_samples=n, progress_bar=False)
+    assert np.mean(z({k: short.flat(k) for k in short.samples}) > 3.5) > 0.2
+
+
+def test_ctrl_c_stops_between_blocks_and_resume_gives_the_uninterrupted_fit(design, monkeypatch):
+    from semimech.infer import _progress
+
+    whole = sm.fit_svi(additive.SPEC, design, rng_key=7, **KW)
+    calls = []
+    original = _progress.Phases.steps_done
+
+    def press_ctrl_c(self, n, loss=None):  # Ctrl-C arrives while the first block is reported
+        original(self, n, loss)
+        calls.append(n)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(_progress.Phases, "steps_done", press_ctrl_c)
+    with pytest.raises(FitInterrupted, match=r"interrupted \(Ctrl-C\) after \d+ of 40 steps") as err:
+        sm.fit_svi(additive.SPEC, design, rng_key=7, **KW)
+    monkeypatch.setattr(_progress.Phases, "steps_done", original)
+    ckpt = err.value.checkpoint
+    assert 0 < ckpt.done < 40 and len(ckpt.losses) == ckpt.done
+    assert isinstance(err.value, KeyboardInterrupt) and "\n" not in str(err.value)
+    resumed = sm.fit_svi(additive.SPEC, design, rng_key=7, resume=ckpt, **KW)
+    _same(whole, resumed)
+    # the checkpoint only resumes the fit it came from
+    with pytest.raises(sm.errors.InferenceError, match="different fit"):
+        sm.fit_svi(additive.SPEC, design, rng_key=8, resume=ckpt, **KW)
+    with pytest.raises(sm.errors.InferenceError, match="checkpoint of a FitInterrupted"):
+        sm.fit_svi(additive.SPEC, design, rng_key=7, resume="nope", **KW)
+
+
+def test_ctrl_c_before_any_step_leaves_nothing_to_resume(design, monkeypatch):
+    from semimech.infer import _svi as engine_module
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    engine_module.clear_cache()
+    monkeypatch.setattr(engine_module, "compile_lowered", interrupted)
+    with pytest.raises(FitInterrupted, match="before any step finished") as err:
+        sm.fit_svi(additive.SPEC, design, rng_key=1, **KW)
+    assert err.value.checkpoint is None
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    from semimech.infer._interrupt import deferred_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with deferred_interrupt() as flag:
+        signal.raise_signal(signal.SIGINT)
+        assert flag.set
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
