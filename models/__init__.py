@@ -27,6 +27,7 @@ from semimech.models import (
     neural_ode,
     neural_ode_bayes,
     production_decay,
+    signalling_network,
     time_course,
 )
 
@@ -35,6 +36,7 @@ REGISTRY = {
     linear_steady_state.SPEC.name: linear_steady_state.SPEC,
     production_decay.SPEC.name: production_decay.SPEC,
     latent_programs.SPEC.name: latent_programs.SPEC,
+    signalling_network.SPEC.name: signalling_network.SPEC,
 }
 
 
@@ -106,5 +108,5 @@ def get(name: str):
 
 
 __all__ = ["REGISTRY", "TIME_COURSE", "TimeCourseSpec", "additive", "get", "latent_programs", "linear_steady_state",
-           "network_matrix", "neural_ode", "neural_ode_bayes", "production_decay", "shared_targets", "target_gene_mask",
-           "time_course"]
+           "network_matrix", "neural_ode", "neural_ode_bayes", "production_decay", "shared_targets",
+           "signalling_network", "target_gene_mask", "time_course"]

@@ -11,8 +11,11 @@ import semimech as sm
 from semimech import models
 from semimech.infer._sites import plates, site_dims
 
-# network models: "regulators" is the source axis of W[regulator, gene]; "programs" the latent program axis
-PLATE_NAMES = {"cells", "genes", "targets", "perturbations", "batches", "regulators", "programs", "shared_targets"}
+# network models: "regulators" is the source axis of W[regulator, gene]; "programs" the latent program axis;
+# signalling_network: PKN "nodes" and "edges", "contexts" (cell lines), "off_targets" (inhibitor x node pairs),
+# "readout_blocks" (inhibitor x readout pairs)
+PLATE_NAMES = {"cells", "genes", "targets", "perturbations", "batches", "regulators", "programs", "shared_targets",
+               "nodes", "edges", "contexts", "off_targets", "readout_blocks"}
 
 
 @pytest.fixture(scope="module")

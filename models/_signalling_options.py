@@ -1,0 +1,129 @@
+"""The ``network`` option of :mod:`semimech.models.signalling_network`: a compiled PKN aligned with a design.
+
+A model sees arrays only, and a fit's options must be JSON values, arrays or tables (they are
+saved with the fit), so the option is a JSON dict: node names, edge index lists, each design
+target's role (the nodes it stimulates or inhibits) and each readout's node, plus the
+per-readout centre and spread of the training data that scale the measurement priors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from semimech.errors import DesignError
+from semimech.models import _logic
+from semimech.models._pkn import Network, as_arrays
+
+KINDS = {"pkn": 0, "and": 1, "extra": 2}
+
+
+def network_option(net: Network, *, design=None, targets: Sequence[str] | None = None,
+                   genes: Sequence[str] | None = None, y=None) -> dict:
+    """The model's ``network`` option for ``net`` and a design (or its ``targets``, ``genes``, ``y``).
+
+    Each target must be a stimulus or an inhibitor of ``net`` and each gene (readout) must be in
+    ``net.readouts``; otherwise a :class:`~semimech.errors.DesignError` names it. ``y`` (rows x
+    genes, the model's scale: log values for ``normal``) sets each readout's centre and spread.
+    """
+    if design is not None:
+        targets, genes = design.targets, design.genes
+        y = None if design.y is None else design.dense_y()
+        if design.is_counts:
+            y = np.log1p(y / np.asarray(design.size_factors)[:, None])
+    if targets is None or genes is None:
+        raise DesignError("network_option needs a design, or targets= and genes=.")
+    idx = {n: i for i, n in enumerate(net.nodes)}
+    stim, inh = [], []
+    for t in targets:
+        if t in net.stimuli:
+            stim.append([idx[n] for n in net.stimuli[t]])
+            inh.append([])
+        elif t in net.inhibitors:
+            stim.append([])
+            inh.append([idx[n] for n in net.inhibitors[t]])
+        else:
+            raise DesignError(f"target {t!r} is neither a stimulus nor an inhibitor of the network; give it a node "
+                              f"when compiling (stimuli={{{t!r}: '<node>'}} or inhibitors={{{t!r}: '<node>'}}).")
+    rnode, rsign = [], []
+    for g in genes:
+        if g not in net.readouts:
+            raise DesignError(f"readout {g!r} has no node in the network; map it when compiling "
+                              f"(readouts={{{g!r}: '<node>'}}, or None to model it by its offset only).")
+        n = net.readouts[g]
+        rnode.append(-1 if n is None or n not in idx else idx[n])
+        rsign.append(int(net.readout_signs.get(g, 1)))
+    if y is not None:
+        yy = np.asarray(y, dtype=float)
+        center = np.nanmean(yy, axis=0)
+        spread = np.nanstd(yy, axis=0)
+        spread = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+        spread = np.maximum(spread, 0.05 * np.nanmax(spread))
+    else:
+        center, spread = np.zeros(len(genes)), np.ones(len(genes))
+    a = as_arrays(net)
+    kind = np.where(a["extra"], KINDS["extra"], np.where(a["is_and"], KINDS["and"], KINDS["pkn"]))
+    return {"nodes": list(net.nodes), "src": a["src"].tolist(), "dst": a["dst"].tolist(),
+            "partner": a["partner"].tolist(), "sign": a["sign"].astype(int).tolist(), "kind": kind.tolist(),
+            "via": net.edges.via.tolist(), "acyclic": bool(net.acyclic), "targets": list(targets),
+            "stimulus_nodes": stim, "inhibitor_nodes": inh, "genes": list(genes), "readout_node": rnode,
+            "readout_sign": rsign, "center": center.tolist(), "spread": spread.tolist()}
+
+
+def default_network(data) -> dict:
+    """The PKN-free default: each target stimulates its own input node; each readout is a node
+    regulated by every target with either sign (all candidate edges at the PKN prior)."""
+    T = int(np.shape(data["target_matrix"])[1])
+    G = int(data["n_genes"])
+    nodes = [f"target{t}" for t in range(T)] + [f"readout{g}" for g in range(G)]
+    src, dst, sign = [], [], []
+    for t in range(T):
+        for g in range(G):
+            for s in (1, -1):
+                src.append(t)
+                dst.append(T + g)
+                sign.append(s)
+    loc = np.asarray(data.get("baseline_loc", np.zeros(G)), float)
+    scale = np.asarray(data.get("baseline_scale", np.ones(G)), float)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    return {"nodes": nodes, "src": src, "dst": dst, "partner": [-1] * len(src), "sign": sign, "kind": [0] * len(src),
+            "via": [f"{nodes[a]}>{nodes[b]}" for a, b in zip(src, dst)], "acyclic": True,
+            "targets": [f"target{t}" for t in range(T)], "stimulus_nodes": [[t] for t in range(T)],
+            "inhibitor_nodes": [[] for _ in range(T)], "genes": [f"readout{g}" for g in range(G)],
+            "readout_node": list(range(T, T + G)), "readout_sign": [1] * G, "center": (loc + scale).tolist(),
+            "spread": scale.tolist()}
+
+
+def network_arrays(net: dict, *, n_targets: int, n_genes: int) -> dict:
+    """Arrays the model uses: :class:`~semimech.models._logic.Structure`, ``stim_map`` and
+    ``inh_map`` (targets x nodes; a prediction design's extra targets get zero rows), ``off_pairs``
+    (inhibitor target, node) candidates for off-target inhibition, ``readout_pairs`` (inhibitor
+    target, gene) candidates for a direct readout block,
+    ``readout_node``, ``readout_sign``, ``edge_kind``, ``center``, ``spread``."""
+    N = len(net["nodes"])
+    if len(net["readout_node"]) != n_genes:
+        raise DesignError(f"the network option was built for {len(net['readout_node'])} readouts but the data have "
+                          f"{n_genes}; build it with network_option(net, design=<this design>).")
+    if len(net["stimulus_nodes"]) > n_targets:
+        raise DesignError(f"the network option lists {len(net['stimulus_nodes'])} targets but the data have "
+                          f"{n_targets}; build it from the training design (its targets, in order).")
+    st = _logic.structure({k: np.asarray(net[k]) for k in ("src", "dst", "partner", "sign")}, N, acyclic=net["acyclic"])
+    stim_map = np.zeros((n_targets, N), np.float32)
+    inh_map = np.zeros((n_targets, N), np.float32)
+    for t, nodes in enumerate(net["stimulus_nodes"]):
+        stim_map[t, nodes] = 1.0
+    for t, nodes in enumerate(net["inhibitor_nodes"]):
+        inh_map[t, nodes] = 1.0
+    is_inh = inh_map.any(1)
+    off_pairs = np.array([(t, n) for t in range(n_targets) if is_inh[t] for n in range(N) if inh_map[t, n] == 0],
+                         np.int32).reshape(-1, 2)
+    rnode = np.asarray(net["readout_node"], np.int32)
+    readout_pairs = np.array([(t, g) for t in range(n_targets) if is_inh[t] for g in range(n_genes) if rnode[g] >= 0],
+                             np.int32).reshape(-1, 2)
+    return {"structure": st, "stim_map": stim_map, "inh_map": inh_map, "off_pairs": off_pairs,
+            "readout_pairs": readout_pairs,
+            "readout_node": np.asarray(net["readout_node"], np.int32),
+            "readout_sign": np.asarray(net.get("readout_sign", [1] * n_genes), np.float32),
+            "edge_kind": np.asarray(net["kind"], np.int32),
+            "center": np.asarray(net["center"], np.float32), "spread": np.asarray(net["spread"], np.float32)}

@@ -1,0 +1,244 @@
+"""Signalling-network model: continuous logic on a prior-knowledge network (PKN).
+
+Nodes are the species of a signed PKN (SIF), measured or latent (PI3K, IKK, RAS, ...). Each
+node's steady-state activity in [0, 1] is a normalised-Hill combination of its regulators
+(CNORode's continuous logic, OR of single edges and AND pairs, inhibiting edges gating; see
+:mod:`semimech.models._logic`); stimuli switch their input nodes on; an inhibitor scales the
+*activity* of its target node, so a readout upstream of the block is untouched and the blocked
+kinase's own phosphorylation is its activation ``B``, not its activity
+(``inhibitor_readout="input"``, default). Each readout ``r`` measures node ``i(r)`` on the log scale:
+
+    loc[p, r] = offset[c, r] + scale[c, r] * B[p, i(r)]        (c: the condition's context)
+
+Edges shrink hard: an edge weight is ``w = sigmoid(mu + s z)``, a logit-normal with a large
+``s`` — a continuous spike-and-slab with mass near 0 (absent) and near 1 (active); PKN edges
+(``edge_prior``), AND pairs (``and_prior``) and optional non-PKN edges (``extra_prior``, much
+smaller) differ in ``mu``. Contexts (cell lines) share the structure and pool edge logits,
+basal activities, inhibitor efficacies and readout offsets/scales around shared values
+(non-centred, sd learned). With one context no context sites are sampled.
+
+Steady state: on an acyclic network the closed form in topological order (one pass, exact,
+differentiable, cheap enough for NUTS); with feedback (``cycles="solve"`` when compiling the
+network) the fixed point ``x = keep * B(x)`` by :func:`semimech.dynamics.steady_state`
+(implicit derivatives; a failed solve rejects the draw, ``ok_fraction`` records it). Build the
+``network`` option with :func:`network_option` (from a SIF table and the treatment/readout
+vocabulary); without it every target is a stimulus of its own input node and every
+target -> readout edge of either sign is a candidate (a PKN-free default).
+
+Sample sites
+------------
+edge_z : (edges,)
+    Standardised edge logits; ``logit w = mu + s * edge_z`` by edge kind.
+edge_context_sd, edge_context_z : (), (contexts, edges)
+    Context deviations of the edge logits (only with several contexts).
+edge_weight : (contexts, edges), deterministic
+    Edge weight in [0, 1] per context (``P(edge_weight > 0.5)`` is an edge's posterior probability of being active).
+hill_k : (edges,)
+    Normalised-Hill threshold in (0, 1).
+hill_excess : ()
+    Hill exponent ``n = 1 + hill_excess``.
+basal_z, basal_context_sd, basal_context_z
+    Basal activity logits per node (and context); ``basal`` : (contexts, nodes), deterministic.
+efficacy_z, efficacy_context_sd, efficacy_context_z
+    Inhibitor efficacy logits per target (and context); ``efficacy`` : (contexts, targets), deterministic.
+offset_z, scale_z, offset_context_sd, scale_context_sd, offset_context_z, scale_context_z
+    Readout measurement (see above), per gene (and context): ``offset`` around the readout's
+    training centre, ``scale = sign * spread * exp(log 2.5 + 0.6 scale_z)`` with the readout's
+    sign fixed (``readout_signs`` of :func:`compile_network`) and its spread from the training data.
+activity : (perturbations, nodes), deterministic
+    Steady-state activation ``B`` of every node per condition.
+off_target_z, off_target : (off_targets,)
+    Off-target inhibition logit and fraction for each (inhibitor, other node) pair
+    (``off_target=True``; pairs listed by :func:`semimech.models._signalling_options.network_arrays`).
+readout_block_z, readout_block : (readout_blocks,)
+    Direct block of a readout's measurement by an inhibitor (``readout_block=True``).
+ok_fraction : (), deterministic
+    Fraction of conditions whose fixed-point solve converged (feedback networks only).
+mean : (perturbations, genes), deterministic
+    Population mean per condition on the data scale.
+noise_sd / concentration, batch_sd, batch_z, y
+    Measurement sites, see :mod:`semimech.measurement`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+
+from semimech.infer.spec import ModelSpec
+from semimech.measurement import observe_conditions, to_data_scale
+from semimech.models import _logic
+from semimech.models._pkn import Network, NetworkWarning, compile_network, default_readouts
+from semimech.models._signalling_options import default_network, network_arrays, network_option
+from semimech.models._signalling_structure import edge_posteriors, plot_edge_posteriors, pruned_sif
+
+__all__ = ["SPEC", "Network", "NetworkWarning", "compile_network", "default_readouts", "edge_posteriors", "model",
+           "network_option", "plot_edge_posteriors", "pruned_sif"]
+
+
+def _logit_normal(name, mu, s, z_shape_plate, *, ctx, ctx_scale, plate_ctx):
+    """Non-centred logit ``mu + s z`` with optional context deviations; returns (contexts, ...) logits."""
+    with z_shape_plate:
+        z = numpyro.sample(f"{name}_z", dist.Normal(0.0, 1.0))
+    logit = mu + s * z
+    if ctx > 1:
+        sd = numpyro.sample(f"{name}_context_sd", dist.HalfNormal(ctx_scale))
+        with plate_ctx, z_shape_plate:
+            cz = numpyro.sample(f"{name}_context_z", dist.Normal(0.0, 1.0))
+        return logit + sd * cz
+    return logit[None]
+
+
+def _noise(data, genes, spread, *, likelihood: str, noise_sd):
+    if likelihood != "normal":
+        with genes:
+            return numpyro.sample("concentration", dist.LogNormal(1.0, 1.5))
+    with genes:
+        if noise_sd is None:
+            return numpyro.sample("noise_sd", dist.HalfNormal(spread))
+        loc, rel = (noise_sd, 0.3) if np.ndim(noise_sd) == 0 else noise_sd
+        return numpyro.sample("noise_sd", dist.LogNormal(jnp.log(loc), rel))
+
+
+def model(data, *, likelihood: str = "normal", network: dict | None = None, edge_prior=(-1.0, 2.5),
+          and_prior=(-2.0, 2.5), extra_prior=(-5.0, 2.0), off_target: bool = True, readout_block: bool = True,
+          off_target_prior=(-4.0, 2.0),
+          context_scale: float = 1.0, noise_sd=None,
+          inhibitor_readout: str = "input", y=None):
+    """The signalling-network model; see the module docstring for the sites.
+
+    Parameters
+    ----------
+    data
+        ``Design.model_data()`` or the same keys as plain arrays: ``target_matrix``
+        (perturbations x targets), ``perturbation_index`` (rows,), ``n_obs``, ``n_genes``,
+        ``size_factors``, ``n_cells``; optional ``perturbation_context`` (perturbations,) and
+        ``n_contexts`` (factorial designs).
+    network
+        :func:`network_option` output (JSON); default: :func:`default_network` of ``data``.
+    edge_prior, and_prior, extra_prior
+        ``(mu, s)`` of the logit-normal edge-weight prior for PKN edges, AND pairs, non-PKN edges.
+    off_target, off_target_prior
+        Let each inhibitor also scale other nodes' activity (kinase inhibitors are rarely
+        specific), with a logit-normal ``(mu, s)`` prior that keeps such effects absent unless
+        the data need them (sites ``off_target_z``, deterministic ``off_target``, over the
+        ``off_targets`` plate: every inhibitor x node pair but its named node(s)).
+    readout_block
+        Let each inhibitor also lower a readout's measured value directly (a block of the
+        phospho-site itself, or of an unmodelled route to it): ``m_r <- m_r * prod (1 - d)``,
+        same prior as off-targets (sites ``readout_block_z``, ``readout_block`` over the
+        ``readout_blocks`` plate: inhibitor x readout pairs).
+    context_scale
+        Half-normal scale of the context sds (logit units; readout spreads for offsets).
+    noise_sd
+        ``None``: half-normal noise sd per readout (scale: the readout's spread); a number, or
+        ``(sd, log-sd)``: a log-normal prior around a known measurement sd (data units), for
+        designs with one measurement per condition where the noise cannot be estimated.
+    inhibitor_readout
+        ``"input"``: a readout of an inhibited node measures its activation ``B``; ``"activity"``:
+        the scaled activity ``keep * B``.
+    """
+    if inhibitor_readout not in ("input", "activity"):
+        raise ValueError(f"inhibitor_readout must be 'input' or 'activity', got {inhibitor_readout!r}.")
+    tm = jnp.asarray(data["target_matrix"])
+    P, T = tm.shape
+    G = data["n_genes"]
+    net = default_network(data) if network is None else network
+    arr = network_arrays(net, n_targets=T, n_genes=G)
+    st = arr["structure"]
+    N, E = st.n_nodes, st.src.size
+    ctx = data.get("perturbation_context")
+    ctx = np.zeros(P, np.int32) if ctx is None else np.asarray(ctx)
+    C = int(data.get("n_contexts", 1) or 1)
+    genes = numpyro.plate("genes", G, dim=-1)
+    edges_pl = numpyro.plate("edges", E, dim=-1)
+    nodes_pl = numpyro.plate("nodes", N, dim=-1)
+    targets_pl = numpyro.plate("targets", T, dim=-1)
+    ctx_pl = numpyro.plate("contexts", C, dim=-2)
+    kw = dict(ctx=C, ctx_scale=context_scale, plate_ctx=ctx_pl)
+
+    # edges: logit-normal spike-and-slab by kind
+    kind = arr["edge_kind"]  # 0 pkn, 1 and, 2 extra
+    mus = jnp.asarray([edge_prior[0], and_prior[0], extra_prior[0]])[kind]
+    ss = jnp.asarray([edge_prior[1], and_prior[1], extra_prior[1]])[kind]
+    w = jax.nn.sigmoid(_logit_normal("edge", mus, ss, edges_pl, **kw))
+    with ctx_pl, edges_pl:
+        numpyro.deterministic("edge_weight", w)
+    with edges_pl:
+        k = numpyro.sample("hill_k", dist.Beta(2.0, 2.0))
+    n_hill = 1.0 + numpyro.sample("hill_excess", dist.LogNormal(0.3, 0.5))
+    basal = jax.nn.sigmoid(_logit_normal("basal", -3.0, 1.5, nodes_pl, **kw))
+    with ctx_pl, nodes_pl:
+        numpyro.deterministic("basal", basal)
+    eff = jax.nn.sigmoid(_logit_normal("efficacy", 2.0, 1.5, targets_pl, **kw))
+    with ctx_pl, targets_pl:
+        numpyro.deterministic("efficacy", eff)
+
+    # conditions -> node inputs
+    stim = jnp.clip(tm @ jnp.asarray(arr["stim_map"]), 0.0, 1.0)  # (P, N)
+    inh_map = jnp.asarray(arr["inh_map"])  # (T, N) 0/1: each inhibitor's named node(s)
+    block = eff[ctx][:, :, None] * inh_map  # (P, T, N): fraction of each node's activity removed
+    pairs = arr["off_pairs"]
+    if off_target and len(pairs):
+        with numpyro.plate("off_targets", len(pairs), dim=-1):
+            oz = numpyro.sample("off_target_z", dist.Normal(0.0, 1.0))
+            off = numpyro.deterministic("off_target", jax.nn.sigmoid(off_target_prior[0] + off_target_prior[1] * oz))
+        block = block + jnp.zeros((T, N)).at[pairs[:, 0], pairs[:, 1]].set(off)[None]
+    log_keep = jnp.log1p(-jnp.clip(block, 0.0, 1.0 - 1e-6))  # (P, T, N)
+    keep = jnp.exp(jnp.einsum("pt,ptn->pn", tm, log_keep))  # (P, N)
+    p = _logic.LogicParams(w=w[ctx], k=k, n=n_hill, basal=basal[ctx])
+    if st.levels:
+        x, B = _logic.closed_form(p, stim, keep, st)
+    else:
+        x, B, ok = _logic.fixed_point(p, stim, keep, st)
+        numpyro.deterministic("ok_fraction", jnp.mean(ok))
+        numpyro.factor("steady_state_ok", jnp.where(jnp.all(ok), 0.0, -jnp.inf))
+        B = jnp.where(ok[:, None], B, 0.0)
+        x = jnp.where(ok[:, None], x, 0.0)
+    with numpyro.plate("perturbations", P, dim=-2), nodes_pl:
+        numpyro.deterministic("activity", B)
+    m = B if inhibitor_readout == "input" else x
+
+    # measurement on the log scale
+    center, spread = jnp.asarray(arr["center"]), jnp.asarray(arr["spread"])
+    with genes:
+        off_z = numpyro.sample("offset_z", dist.Normal(0.0, 1.0))
+        sc_z = numpyro.sample("scale_z", dist.Normal(0.0, 1.0))
+    sign = jnp.asarray(arr["readout_sign"])
+    offset = (center - sign * spread + 1.5 * spread * off_z)[None]
+    scale = (sign * spread * jnp.exp(jnp.log(2.5) + 0.6 * sc_z))[None]  # sign fixed by the readout
+    if C > 1:
+        o_sd = numpyro.sample("offset_context_sd", dist.HalfNormal(context_scale))
+        s_sd = numpyro.sample("scale_context_sd", dist.HalfNormal(0.5 * context_scale))
+        with ctx_pl, genes:
+            oz = numpyro.sample("offset_context_z", dist.Normal(0.0, 1.0))
+            sz = numpyro.sample("scale_context_z", dist.Normal(0.0, 1.0))
+        offset = offset + o_sd * spread * oz
+        scale = scale * jnp.exp(s_sd * sz)
+    rnode = arr["readout_node"]
+    m_r = jnp.where(rnode >= 0, m[:, np.maximum(rnode, 0)], 0.0)  # (P, G)
+    rpairs = arr["readout_pairs"]
+    if readout_block and len(rpairs):
+        with numpyro.plate("readout_blocks", len(rpairs), dim=-1):
+            rz = numpyro.sample("readout_block_z", dist.Normal(0.0, 1.0))
+            d = numpyro.deterministic("readout_block", jax.nn.sigmoid(off_target_prior[0] + off_target_prior[1] * rz))
+        log_d = jnp.zeros((T, G)).at[rpairs[:, 0], rpairs[:, 1]].set(jnp.log1p(-jnp.clip(d, 0.0, 1.0 - 1e-6)))
+        m_r = m_r * jnp.exp(tm @ log_d)
+    loc_p = offset[ctx] + scale[ctx] * m_r
+    noise = _noise(data, genes, spread, likelihood=likelihood, noise_sd=noise_sd)
+    with numpyro.plate("perturbations", P, dim=-2), genes:
+        numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
+    observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y)
+
+
+SPEC = ModelSpec(
+    name="signalling_network",
+    model=model,
+    assumes="readouts measure nodes of a signed prior-knowledge network at steady state: continuous logic "
+    "(normalised Hill, OR/AND gates), stimuli switch input nodes on, inhibitors scale their node's activity; "
+    "edges shrink to absent unless the data need them",
+    predicts_unseen_targets=True,
+)

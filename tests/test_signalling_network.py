@@ -1,0 +1,189 @@
+"""Signalling-network model: the PKN compiler, the continuous-logic math, the model on tiny networks."""
+
+from __future__ import annotations
+
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from semimech.errors import DesignError
+from semimech.models import _logic, _pkn
+from semimech.models._signalling_options import network_arrays, network_option
+
+
+def sif(*edges):
+    return pd.DataFrame(edges, columns=["source", "sign", "target"])
+
+
+# s -> a -> b, readouts on a and b; inhibitors on a (upstream of b) and on b
+CHAIN = sif(("s", 1, "a"), ("a", 1, "b"))
+
+
+def chain(**kw):
+    return _pkn.compile_network(CHAIN, stimuli={"S": "s"}, inhibitors={"Ai": "a", "Bi": "b"},
+                                readouts={"A": "a", "B": "b"}, **kw)
+
+
+def steady(net, stim_nodes, keep_nodes, *, w=0.9, basal=0.05, solve=False):
+    arrays = network_arrays(network_option(net, targets=list(net.stimuli) + list(net.inhibitors), genes=["A", "B"]),
+                            n_targets=len(net.stimuli) + len(net.inhibitors), n_genes=2)
+    st = arrays["structure"]
+    N, E = st.n_nodes, st.src.size
+    p = _logic.LogicParams(w=jnp.full((E,), w), k=jnp.full((E,), 0.5), n=jnp.asarray(3.0), basal=jnp.full((N,), basal))
+    idx = {n: i for i, n in enumerate(net.nodes)}
+    stim = np.zeros((1, N))
+    keep = np.ones((1, N))
+    for n in stim_nodes:
+        stim[0, idx[n]] = 1.0
+    for n, k in keep_nodes.items():
+        keep[0, idx[n]] = k
+    if solve:
+        st_cyc = st._replace(levels=())
+        x, B, ok = _logic.fixed_point(p, jnp.asarray(stim), jnp.asarray(keep), st_cyc)
+        assert bool(ok.all())
+    else:
+        x, B = _logic.closed_form(p, jnp.asarray(stim), jnp.asarray(keep), st)
+    return {n: float(B[0, i]) for n, i in idx.items()}, {n: float(x[0, i]) for n, i in idx.items()}
+
+
+def test_hill_is_normalised_and_monotone():
+    x = jnp.linspace(0.0, 1.0, 21)
+    f = _logic.hill(x, 0.4, 2.5)
+    assert float(f[0]) == pytest.approx(0.0, abs=1e-9) and float(f[-1]) == pytest.approx(1.0, rel=1e-6)
+    assert bool(jnp.all(jnp.diff(f) > 0))
+
+
+@pytest.mark.parametrize("solve", [False, True])
+def test_inhibitor_upstream_lowers_downstream_leaves_unchanged(solve):
+    net = chain(compress=False)
+    B0, _ = steady(net, ["s"], {}, solve=solve)
+    Ba, _ = steady(net, ["s"], {"a": 0.1}, solve=solve)  # block a: upstream of b
+    Bb, _ = steady(net, ["s"], {"b": 0.1}, solve=solve)  # block b: downstream of a
+    assert B0["b"] > 0.5 and Ba["b"] < 0.5 * B0["b"]  # the readout below the block falls
+    assert Ba["a"] == pytest.approx(B0["a"], abs=1e-6)  # the blocked node's activation is untouched
+    assert Bb["a"] == pytest.approx(B0["a"], abs=1e-6)  # a block downstream leaves the readout unchanged
+    unstim, _ = steady(net, [], {}, solve=solve)
+    assert unstim["b"] < 0.2 * B0["b"]  # no stimulus, little signal (basal only)
+
+
+def test_fixed_point_matches_closed_form_and_solves_feedback():
+    net = chain(compress=False)
+    for keep in ({}, {"a": 0.3}):
+        c, _ = steady(net, ["s"], keep)
+        f, _ = steady(net, ["s"], keep, solve=True)
+        assert all(c[n] == pytest.approx(f[n], abs=1e-5) for n in c)
+    fb = _pkn.compile_network(sif(("s", 1, "a"), ("a", 1, "b"), ("b", -1, "a")), stimuli={"S": "s"},
+                              inhibitors={}, readouts={"A": "a", "B": "b"}, cycles="solve", compress=False)
+    assert not fb.acyclic
+    opt = network_option(fb, targets=["S"], genes=["A", "B"])
+    st = network_arrays(opt, n_targets=1, n_genes=2)["structure"]
+    E, N = st.src.size, st.n_nodes
+    p = _logic.LogicParams(w=jnp.full((E,), 0.9), k=jnp.full((E,), 0.5), n=jnp.asarray(3.0), basal=jnp.full((N,), 0.05))
+    stim = jnp.zeros((1, N)).at[0, fb.nodes.index("s")].set(1.0)
+    x, B, ok = _logic.fixed_point(p, stim, jnp.ones((1, N)), st)
+    assert bool(ok.all())
+    assert np.allclose(np.asarray(x), np.asarray(_logic.activation(x, p, stim, st)), atol=1e-5)  # x = B(x)
+    no_fb, _ = steady(net, ["s"], {})
+    assert float(x[0, fb.nodes.index("a")]) < no_fb["a"] - 0.05  # negative feedback lowers a
+
+
+def test_and_pair_needs_both_inputs():
+    net = _pkn.compile_network(sif(("s1", 1, "t"), ("s2", 1, "t")), stimuli={"S1": "s1", "S2": "s2"}, inhibitors={},
+                               readouts={"T": "t"}, compress=False)
+    assert (net.edges.gate == "and").sum() == 1
+    opt = network_option(net, targets=["S1", "S2"], genes=["T"])
+    st = network_arrays(opt, n_targets=2, n_genes=1)["structure"]
+    w = jnp.asarray(np.where(net.edges.gate == "and", 0.95, 0.0))
+    p = _logic.LogicParams(w=w, k=jnp.full(w.shape, 0.5), n=jnp.asarray(3.0), basal=jnp.zeros(st.n_nodes))
+    idx = {n: i for i, n in enumerate(net.nodes)}
+    stim = np.zeros((3, st.n_nodes))
+    stim[0, idx["s1"]] = 1
+    stim[1, [idx["s1"], idx["s2"]]] = 1
+    _, B = _logic.closed_form(p, jnp.asarray(stim), jnp.ones_like(jnp.asarray(stim)), st)
+    t = np.asarray(B[:, idx["t"]])
+    assert t[0] < 0.01 and t[1] > 0.9 and t[2] < 0.01
+
+
+def test_compression_keeps_the_path_and_multiplies_signs():
+    net = _pkn.compile_network(sif(("s", 1, "l1"), ("l1", -1, "l2"), ("l2", 1, "r")), stimuli={"S": "s"},
+                               inhibitors={}, readouts={"R": "r"})
+    assert net.nodes == ("s", "r")
+    (row,) = net.edges.itertuples()
+    assert (row.source, row.target, row.sign, row.via) == ("s", "r", -1, "s>l1>l2>r")
+    assert "s\t-1\tr" in net.to_sif()
+
+
+def test_bad_input_names_the_node():
+    with pytest.raises(DesignError, match="'zz'"):
+        _pkn.compile_network(CHAIN, stimuli={"S": "s"}, inhibitors={"Zi": "zz"}, readouts={"B": "b"})
+    with pytest.raises(DesignError, match="'nope'"):
+        _pkn.compile_network(CHAIN, stimuli={"S": "s"}, inhibitors={}, readouts={"B": "nope"})
+    with pytest.raises(DesignError, match="'Q'"):
+        _pkn.default_readouts(["B", "Q"], ["s", "a", "b"])
+    with pytest.warns(_pkn.NetworkWarning, match="orphan"):
+        _pkn.compile_network(pd.concat([CHAIN, sif(("orphan", 1, "x"))]), stimuli={"S": "s"}, inhibitors={},
+                             readouts={"B": "b"})
+    cyc = sif(("s", 1, "a"), ("a", 1, "b"), ("b", 1, "a"))
+    with pytest.raises(DesignError, match="cycle .*'a'|cycle .*'b'"):
+        _pkn.compile_network(cyc, stimuli={"S": "s"}, inhibitors={}, readouts={"B": "b"}, compress=False)
+    with pytest.warns(_pkn.NetworkWarning, match="b->a"):
+        net = _pkn.compile_network(cyc, stimuli={"S": "s"}, inhibitors={}, readouts={"B": "b"}, cycles="drop",
+                                   compress=False)
+    assert net.acyclic and ("b", "a") not in set(zip(net.edges.source, net.edges.target))
+    with pytest.raises(DesignError, match="'X'"):
+        network_option(chain(), targets=["S", "X"], genes=["A", "B"])
+    with pytest.raises(DesignError, match="'C'"):
+        network_option(chain(), targets=["S"], genes=["A", "C"])
+
+
+def test_clean_network_compiles_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net = chain()
+    assert net.acyclic and net.nodes == ("s", "a", "b")
+
+
+# ------------------------------------------------------------------ the fitted model (one short fit)
+@pytest.fixture(scope="module")
+def chain_fit():
+    import semimech as sm
+    from semimech.models import signalling_network as sn
+    from semimech.models._signalling_sim import simulate
+
+    net = chain(compress=False)
+    labels = ["none", "S", "S+Ai", "S+Bi", "Ai", "Bi"]
+    frame = simulate(net, labels, active=np.ones(len(net.edges), bool), rng_key=0, replicates=3, noise_sd=0.05)
+    design = sm.Design.from_frame(frame, readouts=["A", "B"], perturbation_key="label", control="none")
+    train = design.select_perturbations(["S", "S+Ai", "Ai", "Bi"])
+    # the mechanism alone (no off-target or readout-block candidates): what the network implies
+    fit = sm.fit_svi(sn.SPEC, train, rng_key=0, num_steps=400, num_samples=100, progress_bar=False,
+                     network=sn.network_option(net, design=train), learning_rate=0.03, off_target=False,
+                     readout_block=False)
+    return fit, frame
+
+
+def test_fitted_model_inhibitor_upstream_lowers_downstream_unchanged(chain_fit):
+    import semimech as sm
+
+    fit, frame = chain_fit
+    pred = sm.predict(fit, ["S", "S+Ai", "S+Bi"], rng_key=1).draws["mean"]  # (draws, 3, [A, B])
+    s, s_ai, s_bi = pred[:, 0], pred[:, 1], pred[:, 2]
+    assert np.mean(s_ai[:, 1] < s[:, 1] - 0.3) > 0.9  # Ai blocks a, upstream of readout B: B falls
+    assert abs(np.mean(s_bi[:, 0] - s[:, 0])) < 0.1  # Bi acts downstream of readout A (unseen with S): A unchanged
+    assert abs(np.mean(s_ai[:, 0] - s[:, 0])) < 0.1  # Ai's own node: its activation (readout A) unchanged
+    obs = frame.groupby("label")[["A", "B"]].mean()
+    assert abs(np.mean(s[:, 1]) - obs.loc["S", "B"]) < 0.15
+
+
+def test_edge_table_and_pruned_sif(chain_fit):
+    from semimech.models import signalling_network as sn
+
+    fit, _ = chain_fit
+    table = sn.edge_posteriors(fit)
+    assert list(table.columns[:3]) == ["source", "target", "sign"] and len(table) == len(fit.options["network"]["src"])
+    assert table.set_index(["source", "target"]).loc[("a", "b"), "p_active"] > 0.9  # needed by the data
+    sif_text = sn.pruned_sif(fit)
+    assert "a\t1\tb" in sif_text
