@@ -1,7 +1,9 @@
 """Model configurations of ``benchmarks/heldout.py``: NAME -> function(fold, *, seed, budget) -> Predicted.
 
 A configuration is a model *and* how it is fitted ("additive/default" is what a user gets from
-``sm.fit_svi`` with no options; "additive/map", "additive/nuts", ... name the alternatives).
+``sm.fit`` with no options: NUTS or SVI chosen from the design; "additive/svi" is ``sm.fit_svi``'s
+default; "additive/map", "additive/nuts", ... name the alternatives; "+noise": with the
+measurement-error model a task provides in ``fold.meta["noise"]``).
 It returns predictive draws **for an observation** of each held-out condition (the mean of
 ``fold.n_obs`` new observations: ``predict(..., num_cells=...)["observed_mean"]``), never for the
 population mean, and the seconds spent fitting. It must not anchor its predictions to observed
@@ -112,7 +114,7 @@ def predict_labels(fit, fold, *, seed: int, seconds: float, info: dict | None = 
 
 
 def svi_config(model: str, *, guide: str | None = None, **options) -> Callable[..., Predicted]:
-    """A configuration fitting a registered model by ``sm.fit_svi`` (``guide=None``: the default)."""
+    """A configuration fitting a registered model by ``sm.fit_svi`` (``guide=None``: its default)."""
 
     def run(fold, *, seed, budget):
         from semimech.models import REGISTRY
@@ -122,10 +124,38 @@ def svi_config(model: str, *, guide: str | None = None, **options) -> Callable[.
         fit = sm.fit_svi(REGISTRY[model], fold.train, rng_key=seed, num_steps=budget.num_steps,
                          num_samples=budget.num_samples, progress_bar=False, **kw, **options)
         seconds = time.perf_counter() - t0
-        return predict_labels(fit, fold, seed=seed, seconds=seconds,
-                              info={"guide": fit.options.get("guide", guide or "default")})
+        return predict_labels(fit, fold, seed=seed, seconds=seconds, info={"method": "svi", "guide": guide or "default"})
 
-    run.__doc__ = f"{model} fitted by sm.fit_svi ({'default guide' if guide is None else 'guide=' + guide})."
+    run.__doc__ = f"{model} fitted by sm.fit_svi ({'its default guide' if guide is None else 'guide=' + guide})."
+    return run
+
+
+def default_config(model: str, *, noise: bool = False) -> Callable[..., Predicted]:
+    """A configuration fitting a registered model by ``sm.fit``, the default (NUTS or SVI chosen from the design).
+
+    ``noise=True``: with the measurement error the task provides (``fold.meta["noise"]``, e.g. a
+    prior from technical replicates); not applicable to tasks without one.
+    """
+
+    def run(fold, *, seed, budget):
+        from semimech.models import REGISTRY
+
+        train = fold.train
+        if noise:
+            if "noise" not in fold.meta:
+                raise NotApplicable("the task provides no measurement-error model")
+            train = train.with_noise(fold.meta["noise"])
+        t0 = time.perf_counter()
+        fit = sm.fit(REGISTRY[model], train, rng_key=seed, num_steps=budget.num_steps, num_warmup=budget.num_warmup,
+                     num_samples=budget.num_samples // 2 if sm.choose_method(REGISTRY[model], train)[0] == "nuts"
+                     else budget.num_samples, progress_bar=False)
+        seconds = time.perf_counter() - t0
+        info = {"method": fit.method}
+        if fit.method == "nuts":
+            info["divergences"] = int(np.asarray(fit.sample_stats["diverging"]).sum())
+        return predict_labels(fit, fold, seed=seed, seconds=seconds, info=info)
+
+    run.__doc__ = f"{model} fitted by sm.fit (the default: NUTS or SVI from the design){' + task noise model' if noise else ''}."
     return run
 
 
@@ -140,18 +170,19 @@ def nuts_config(model: str, **options) -> Callable[..., Predicted]:
                           num_samples=max(budget.num_samples // 2, 50), num_chains=2, progress_bar=False, **options)
         seconds = time.perf_counter() - t0
         div = int(np.asarray(fit.sample_stats["diverging"]).sum())
-        return predict_labels(fit, fold, seed=seed, seconds=seconds, info={"divergences": div})
+        return predict_labels(fit, fold, seed=seed, seconds=seconds, info={"method": "nuts", "divergences": div})
 
     run.__doc__ = f"{model} fitted by sm.fit_nuts (2 chains)."
     return run
 
 
 for _name, _fn in {
-    "additive/default": svi_config("additive"),
+    "additive/default": default_config("additive"),
+    "additive/default+noise": default_config("additive", noise=True),
+    "additive/svi": svi_config("additive"),
     "additive/map": svi_config("additive", guide="map"),
-    "additive/normal": svi_config("additive", guide="normal"),
     "additive/nuts": nuts_config("additive"),
-    "linear_steady_state/default": svi_config("linear_steady_state"),
-    "production_decay/default": svi_config("production_decay"),
+    "linear_steady_state/default": default_config("linear_steady_state"),
+    "production_decay/default": default_config("production_decay"),
 }.items():
     register_model(_name)(_fn)

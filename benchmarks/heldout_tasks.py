@@ -228,7 +228,27 @@ def hepg2_combinations(*, quick: bool) -> list[Fold]:
     contexts = list(d.batches)[:5] if quick else list(d.batches)
     frame = wide.assign(split=np.where(wide.inhibitors.str.count(r"\+") >= 1, "test", "train"))
     return [make_fold("hepg2_combinations", "doubles+triples", train, test, contexts=contexts, frame=frame,
-                      meta={"pkn": "cellnopt_liver_phospho/HepG2CancerRes2011/PKN-HepG2CancerRes2011.sif"})]
+                      meta={"pkn": "cellnopt_liver_phospho/HepG2CancerRes2011/PKN-HepG2CancerRes2011.sif",
+                            "noise": hepg2_replicate_noise()})]
+
+
+def hepg2_replicate_noise():
+    """A prior on each readout's noise sd from the t = 0 rows: every cell line x inhibitor set is
+    measured twice before stimulation (40 pairs, 40 degrees of freedom per readout; pooled sd
+    0.06-0.19 in log10 units). Not used by the baselines; the "+noise" model configurations use it."""
+    from semimech import measurement as me
+    from semimech.datasets import read_midas, shared_data_dir
+
+    path = shared_data_dir() / "cellnopt_liver_phospho" / "HepG2CancerRes2011" / "MD-HepG2CancerRes2011.csv"
+    long = read_midas(path).query("time == 0")
+    w = np.log10(long.pivot_table(index=["cell_line", "inhibitors", "row"], columns="readout", values="value") + 1)
+    w = w.reset_index()
+    w.columns.name = None
+    w["condition"] = w.cell_line + "|" + w.inhibitors.str.replace("+", "&")
+    w.index = "t0_row" + w.row.astype(str)
+    readouts = [c for c in w.columns if c not in ("cell_line", "inhibitors", "row", "condition")]
+    control = str(w.condition.iloc[0])
+    return me.from_replicates(sm.Design.from_frame(w, readouts=readouts, perturbation_key="condition", control=control))
 
 
 #: Sachs 2005 conditions relabelled by the protein each reagent acts on.

@@ -48,7 +48,7 @@ import semimech as sm
 from semimech.models import additive
 
 BINS = 10
-QUANTITIES = ("effect_stimulus", "effect_inhibitor", "noise_sd", "effect_scale", "combination_mean")
+QUANTITIES = ("effect_a", "effect_b", "noise_sd", "effect_scale", "condition_mean")
 
 
 def factorial_design(n_stim: int, n_inhib: int, n_genes: int) -> sm.Design:
@@ -63,6 +63,20 @@ def factorial_design(n_stim: int, n_inhib: int, n_genes: int) -> sm.Design:
                                 control="control")
 
 
+def context_design(n_ctx: int, n_inhib: int, n_genes: int) -> sm.Design:
+    """HepG2-like: contexts (batches) x (control + each inhibitor alone), effects specific to a context."""
+    labels, ctx = [], []
+    for c in range(n_ctx):
+        labels += ["control"] + [f"i{j}@c{c}" for j in range(n_inhib)]
+        ctx += [f"c{c}"] * (n_inhib + 1)
+    values = np.random.default_rng(0).normal(0.0, 1.0, (len(labels), n_genes))
+    frame = pd.DataFrame(values, columns=[f"g{k}" for k in range(n_genes)])
+    frame["perturbation"], frame["context"] = labels, ctx
+    frame.index = [f"{c}|{lab}" for c, lab in zip(ctx, labels)]
+    return sm.Design.from_frame(frame, readouts=[f"g{k}" for k in range(n_genes)], perturbation_key="perturbation",
+                                control="control", batch_key="context")
+
+
 def fixed_data(design: sm.Design) -> dict:
     """Model data with the data-derived prior centres fixed (baseline 0, scale 1, no floor)."""
     data = design.model_data()
@@ -75,9 +89,12 @@ def fixed_data(design: sm.Design) -> dict:
 def quantities(draws: dict, design: sm.Design) -> np.ndarray:
     """(draws, QUANTITIES) from a dict of site draws (leading axis: draws)."""
     t = list(design.targets)
-    combo = design.perturbations.index("s0+i0")
-    return np.stack([draws["effect"][:, t.index("s0"), 0], draws["effect"][:, t.index("i0"), 0],
-                     draws["noise_sd"][:, 0], draws["effect_scale"], draws["mean"][:, combo, 0]], axis=-1)
+    if "s0" in t:  # factorial layout
+        a, b, cond = t.index("s0"), t.index("i0"), design.perturbations.index("s0+i0")
+    else:  # context layout: two inhibitors of context c0, and the mean of the first
+        a, b, cond = t.index("i0@c0"), t.index("i1@c0"), design.perturbations.index("i0@c0")
+    return np.stack([draws["effect"][:, a, 0], draws["effect"][:, b, 0],
+                     draws["noise_sd"][:, 0], draws["effect_scale"], draws["mean"][:, cond, 0]], axis=-1)
 
 
 def _guide(kind: str, model):
@@ -124,7 +141,7 @@ def _effect_summary(effect: np.ndarray) -> np.ndarray:
 
 
 def fit_nuts_each(data: dict, ys: np.ndarray, keys, *, warmup: int, samples: int, draws: int, design,
-                  effect_prior_scale: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                  effect_prior_scale: float = 0.5, partial: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fit each data set by NUTS (2 chains); return (datasets, draws, QUANTITIES) and divergences."""
     def model(y=None):  # the data dict is closed over (static sizes); only y changes between fits
         additive.model(data, likelihood="normal", effect_prior_scale=effect_prior_scale, y=y)
@@ -133,13 +150,20 @@ def fit_nuts_each(data: dict, ys: np.ndarray, keys, *, warmup: int, samples: int
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=samples, num_chains=2, chain_method="vectorized",
                 progress_bar=False, jit_model_args=True)
     out, eff, div = [], [], []
-    for key, y in zip(keys, ys):
+    done = dict(np.load(partial)) if partial and pathlib.Path(partial).exists() else {}
+    if done:
+        out, eff, div = list(done["q"]), list(done["eff"]), list(done["div"])
+    for i, (key, y) in enumerate(zip(keys, ys)):
+        if i < len(out):
+            continue
         mcmc.run(key, y=jnp.asarray(y), extra_fields=("diverging",))
         s = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
         idx = np.linspace(0, len(s["noise_sd"]) - 1, draws).astype(int)
         out.append(quantities({k: v[idx] for k, v in s.items()}, design))
         eff.append(_effect_summary(s["effect"][None])[0])
         div.append(int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum()))
+        if partial:  # checkpoint: a long run can be resumed
+            np.savez(partial, q=np.stack(out), eff=np.stack(eff), div=np.asarray(div))
     return np.stack(out), np.stack(eff), np.asarray(div)
 
 
@@ -179,7 +203,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="*", default=["normal", "lowrank", "mvn", "map", "laplace", "nuts", "nuts_wrong"])
     ap.add_argument("--datasets", type=int, default=200)
-    ap.add_argument("--design", type=int, nargs=3, default=(3, 3, 4), metavar=("STIMULI", "INHIBITORS", "GENES"))
+    ap.add_argument("--layout", choices=("factorial", "contexts"), default="factorial",
+                    help="factorial: S stimuli x I inhibitors with every pair; contexts: C contexts x I inhibitors alone")
+    ap.add_argument("--design", type=int, nargs=3, default=(3, 3, 4), metavar=("S_OR_C", "INHIBITORS", "GENES"))
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--samples", type=int, default=500, help="NUTS samples per chain")
@@ -190,7 +216,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.datasets, args.steps, args.warmup, args.samples = 20, 500, 200, 200
-    design = factorial_design(*args.design)
+    design = (factorial_design if args.layout == "factorial" else context_design)(*args.design)
+    tag = f"{args.layout}_{'x'.join(map(str, args.design))}_n{args.datasets}"
     data = fixed_data(design)
     sim = simulate(design, data, args.datasets, args.seed)
     truth_q = quantities(sim, design)
@@ -205,7 +232,8 @@ def main(argv=None) -> int:
         if m.startswith("nuts"):
             scale = 0.05 if m == "nuts_wrong" else 0.5
             dq, eff, div = fit_nuts_each(data, sim["y"], keys, warmup=args.warmup, samples=args.samples,
-                                         draws=args.draws, design=design, effect_prior_scale=scale)
+                                         draws=args.draws, design=design, effect_prior_scale=scale,
+                                         partial=str(out.with_suffix(f".{tag}.{m}.partial.npz")))
             extra = {"divergences_median": float(np.median(div)), "datasets_with_divergences": int((div > 0).sum()),
                      "effect_prior_scale": scale}
         else:
@@ -214,7 +242,7 @@ def main(argv=None) -> int:
             dq, eff = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
             extra = {"steps": args.steps}
         res = summarise(m, truth_q, dq, eff_true, eff, time.perf_counter() - t0, extra)
-        results[m] = {**res, "design": list(args.design)}
+        results[f"{tag}/{m}"] = {**res, "layout": args.layout, "design": list(args.design)}
         p = ", ".join(f"{q} {v:.3f}" for q, v in res["chi2_p"].items())
         print(f"{m:11s} calibrated {res['calibrated']!s:5s} slope {res['effect_slope_median']:.2f} "
               f"cov90(effects) {res['effect_coverage_90']:.2f} {res['seconds']:.0f}s  p: {p}", flush=True)

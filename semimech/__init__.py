@@ -13,6 +13,7 @@ from semimech.infer import (
     add_posterior_predictive,
     add_predictions,
     add_prior,
+    choose_method,
     diagnostics,
     fit_nuts,
     fit_svi,
@@ -23,6 +24,8 @@ from semimech.infer import (
     predict,
     sample_prior,
 )
+
+from semimech.infer.auto import fit  # noqa: E402  (the default fit; not in semimech.infer, where fit is a module)
 
 __version__ = "0.1.0"
 

@@ -148,7 +148,7 @@ def _set_idata(fit, value) -> None:
 Fit.idata = property(_get_idata, _set_idata, doc="The fit as an ArviZ DataTree (built on first access).")
 
 
-def _prepare(spec: ModelSpec, design: Design, options: dict):
+def _prepare(spec: ModelSpec, design: Design, options: dict, *, warn: bool = True):
     if not isinstance(design, Design):
         if type(design).__name__ == "TimeCourseDesign":
             raise DesignError(
@@ -165,7 +165,7 @@ def _prepare(spec: ModelSpec, design: Design, options: dict):
     if opts["likelihood"] != "normal" and design.noise is not None and design.noise.kind != "learned":
         raise DesignError(f"the design's {design.noise.kind!r} noise model is for Gaussian readouts, but the "
                           f"likelihood is {opts['likelihood']!r}; use likelihood='normal' or drop the noise model.")
-    if opts["likelihood"] == "normal":
+    if opts["likelihood"] == "normal" and warn:
         _warn_unreplicated(design)
     data = design.model_data()
     y = jnp.asarray(design.dense_y(), dtype=jnp.float32)
