@@ -31,4 +31,4 @@ __version__ = "0.1.0"
 
 __all__ = ["add_log_likelihood", "add_posterior_predictive", "add_predictions", "add_prior", "pointwise_log_likelihood",
            "sample_prior", "Design", "Fit", "ModelSpec", "Prediction", "checks", "datasets", "diagnostics", "errors", "evaluate", "fit_nuts", "plots",
-           "fit_svi", "fit_svi_minibatch", "fit_svi_sharded", "load", "predict"]
+           "fit_svi", "fit_svi_minibatch", "fit_svi_sharded", "load", "predict", "choose_method", "fit"]
