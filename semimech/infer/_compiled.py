@@ -35,7 +35,7 @@ import numpy as np
 _UNKEYABLE = object()
 _CACHE_DIR: Path | None = None
 _CACHE_DIR_SET = False
-_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="semimech-compile")
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="semimech-compile")
 _LOCK = threading.Lock()
 
 
@@ -97,11 +97,11 @@ def cache_dir() -> Path | None:
     return Path(env).expanduser() if env else None
 
 
-def _disk_key(lowered) -> str:
+def _disk_key(lowered, options=None) -> str:
     dev = jax.devices()[0]
     h = hashlib.sha256()
     for part in (jax.__version__, getattr(jax.lib, "__version__", ""), dev.platform, dev.device_kind,
-                 lowered.as_text()):
+                 sorted((options or {}).items()), lowered.as_text()):
         h.update(str(part).encode())
     return h.hexdigest()
 
@@ -154,17 +154,34 @@ def wait(tree):
 
 
 def compile_lowered(lowered, *, compiler_options: dict | None = None):
-    """Compile (or load from the persistent cache) a ``jax.stages.Lowered``; interruptible."""
+    """Compile (or load from the persistent cache) a ``jax.stages.Lowered``; interruptible.
+
+    Returns ``(compiled, loaded_from_disk)``.
+    """
+    return compile_all([(lowered, compiler_options)])[0]
+
+
+def compile_all(items) -> list:
+    """Compile several ``(lowered, compiler_options)`` at once, each in its own thread.
+
+    XLA compiles one program on one core; programs compiled side by side use the others. The
+    wait is interruptible (Ctrl-C), and the persistent cache (if any) is read and written.
+    Returns ``[(compiled, loaded_from_disk), ...]`` in order.
+    """
     folder = cache_dir()
-    key = _disk_key(lowered) if folder is not None else None
-    if key is not None:
-        hit = _load(folder, key, lowered)
-        if hit is not None:
-            return hit, True
-    compiled = wait_future(_POOL.submit(lowered.compile, compiler_options))
-    if key is not None:
-        _store(folder, key, compiled)
-    return compiled, False
+    out, futures = [], []
+    for lowered, options in items:
+        key = _disk_key(lowered, options) if folder is not None else None
+        hit = _load(folder, key, lowered) if key is not None else None
+        out.append([hit, hit is not None, key])
+        futures.append(None if hit is not None else _POOL.submit(lowered.compile, options))
+    for slot, fut in zip(out, futures):
+        if fut is None:
+            continue
+        slot[0] = wait_future(fut)
+        if slot[2] is not None:
+            _store(folder, slot[2], slot[0])
+    return [(c, hit) for c, hit, _ in out]
 
 
-__all__ = ["cache_dir", "cache_key", "compile_lowered", "freeze", "set_cache_dir", "signature", "wait", "wait_future"]
+__all__ = ["cache_dir", "cache_key", "compile_all", "compile_lowered", "freeze", "set_cache_dir", "signature", "wait", "wait_future"]
