@@ -30,24 +30,19 @@
 
 # %%
 import os
-import tempfile
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-import semimech as sm  # noqa: E402
-from semimech import evaluate as ev  # noqa: E402
-from semimech.datasets import NORMAN19_COMBINABLE_DOUBLES, norman19_devel  # noqa: E402
-from semimech.errors import SemimechError  # noqa: E402
-from semimech.evaluate.compare import reading  # noqa: E402
-from semimech.models import REGISTRY  # noqa: E402
+import semimech as sm
+from semimech import evaluate as ev
+from semimech.datasets import NORMAN19_COMBINABLE_DOUBLES, norman19_devel
+from semimech.errors import SemimechError
+from semimech.evaluate.compare import reading
+from semimech.models import REGISTRY
 
 SMOKE = os.environ.get("SEMIMECH_SMOKE") == "1"
 STEPS, DRAWS, N_GENES = (30, 50, 30) if SMOKE else (3000, 400, 100)
-FIGURES = tempfile.mkdtemp(prefix="semimech_compare_")
 pd.set_option("display.width", 200)
 pd.set_option("display.max_colwidth", 80)
 
@@ -114,5 +109,4 @@ preds = {name: sm.predict(fit, test, rng_key=1, num_cells=ev.cell_counts(test)) 
 for name, pred in preds.items():
     print(f"{name}: {ev.calibration(pred, test).verdict}")
 fig = sm.plots.calibration_curve(preds, test)
-fig.savefig(os.path.join(FIGURES, "calibration.png"))
-print("figures in", FIGURES)
+sm.plots.show(fig, "calibration.png")

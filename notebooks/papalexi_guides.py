@@ -20,6 +20,14 @@
 # cell's guide UMIs come from a present-vs-ambient mixture per guide, a present guide edits the
 # cell with its efficacy, and a cell whose guide failed (an *escaper*) is modelled as a control.
 #
+# Needs the Papalexi 2021 subset, which semimech does not ship (GPL-3 data): it is
+# `data/lowmoi_example_data.rda` of the sceptre R package at commit 823bcda, converted to the
+# `papalexi2021_lowmoi_subset.h5ad` layout that `semimech.datasets.read_papalexi2021` documents;
+# pass that file's path to `read_papalexi2021`, or set `SEMIMECH_SHARED_DATA` to a folder holding
+# `papalexi2021_sceptre_subset/`. Without it the first data cell stops with an error saying so,
+# and the notebook tests skip this notebook.
+# requires: shared third-party data
+#
 # Set `SEMIMECH_SMOKE=1` for a quick run (3,000 cells, 30 SVI steps): the numbers are then
 # meaningless, only the code path is exercised.
 
@@ -111,10 +119,7 @@ effects.pivot(index="gene", columns="target", values="mean").loc[IFN_GENES].roun
 effects[effects["gene"] == "STAT1"][["target", "mean", "lo", "hi", "fold_change"]].round(3)
 
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 fig, ax = plt.subplots(figsize=(8, 3.5))
 for j, t in enumerate(KNOCKOUTS):
@@ -126,6 +131,7 @@ ax.set_xticks(np.arange(len(IFN_GENES)), IFN_GENES, rotation=45)
 ax.set_ylabel("log fold change (perturbed vs control)")
 ax.legend(ncol=4, fontsize=8)
 fig.tight_layout()
+sm.plots.show(fig, "ifn_gene_effects.png")
 
 # %% [markdown]
 # ## Guide efficacy and escapers

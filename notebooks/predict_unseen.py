@@ -27,22 +27,17 @@
 
 # %%
 import os
-import tempfile
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-import semimech as sm  # noqa: E402
-from semimech import evaluate as ev  # noqa: E402
-from semimech.datasets import norman19_devel  # noqa: E402
-from semimech.models import REGISTRY, additive  # noqa: E402
+import semimech as sm
+from semimech import evaluate as ev
+from semimech.datasets import norman19_devel
+from semimech.models import REGISTRY, additive
 
 SMOKE = os.environ.get("SEMIMECH_SMOKE") == "1"
 STEPS, DRAWS, N_GENES = (30, 50, 30) if SMOKE else (3000, 400, 100)
-FIGURES = tempfile.mkdtemp(prefix="semimech_unseen_")
 pd.set_option("display.width", 160)
 
 adata = norman19_devel()
@@ -70,7 +65,7 @@ width = pd.Series(np.median(hi - lo, axis=1), index=pred.perturbations, name="me
 print(width.round(4))
 print("interaction scale (posterior mean):", float(fit.flat("interaction_scale").mean()))
 fig = sm.plots.predicted_vs_observed(pred, test, labels=["KLF1+MAP2K6"], reference=train)
-fig.savefig(os.path.join(FIGURES, "unseen_double.png"))
+sm.plots.show(fig, "unseen_double.png")
 
 # %% [markdown]
 # A combination never measured at all can be predicted the same way; there is no truth to
@@ -118,5 +113,4 @@ print(ev.score_baselines(train2, test2, reference=train2).query("perturbation ==
 # %%
 fig = sm.plots.calibration_curve(preds, test2) if preds else None
 if fig is not None:
-    fig.savefig(os.path.join(FIGURES, "unseen_single_calibration.png"))
-print("figures in", FIGURES)
+    sm.plots.show(fig, "unseen_single_calibration.png")

@@ -1,12 +1,16 @@
 """Plots of predictions, calibration and effects (matplotlib only; each returns the Figure).
 
 matplotlib is imported when a plot is made, never at ``import semimech``. Choose a backend
-yourself (``matplotlib.use("Agg")`` for files); close figures you no longer need.
+yourself (``matplotlib.use("Agg")`` for files); close figures you no longer need. :func:`show`
+is how the notebooks output a figure: inline in Jupyter, saved to a folder when asked.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -15,13 +19,60 @@ from semimech.errors import PredictionError
 from semimech.evaluate import probabilistic as cal
 from semimech.evaluate.score import align
 
-__all__ = ["calibration_curve", "forest", "posterior_predictive_check", "predicted_vs_observed"]
+__all__ = ["calibration_curve", "forest", "posterior_predictive_check", "predicted_vs_observed", "show"]
+
+FIGURES_ENV_VAR = "SEMIMECH_FIGURES"
+_NON_INTERACTIVE = {"agg", "pdf", "ps", "svg", "pgf", "cairo", "template"}
 
 
 def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def show(fig, name: str, *, folder: str | os.PathLike[str] | None = None) -> Path | None:
+    """Display a figure, or save it when a folder is given: how the notebooks output figures.
+
+    Parameters
+    ----------
+    fig
+        A matplotlib Figure.
+    name
+        File name used when saving (e.g. ``"calibration.png"``).
+    folder
+        Save ``folder / name`` and close the figure. Default: the folder named by the
+        environment variable ``SEMIMECH_FIGURES`` (the notebook tests set it); when neither is
+        given the figure is displayed: inline in Jupyter/IPython, in a window with an
+        interactive backend; with a non-interactive backend (a headless script) it is closed
+        and a one-line hint says how to keep it.
+
+    Returns
+    -------
+    The path written, or None when the figure was displayed.
+    """
+    plt = _plt()
+    folder = folder if folder is not None else os.environ.get(FIGURES_ENV_VAR) or None
+    if folder is not None:
+        path = Path(folder) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, bbox_inches="tight")
+        plt.close(fig)
+        print(f"figure saved: {path}")
+        return path
+    ipython = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    if ipython is not None:
+        from IPython.display import display
+
+        display(fig)
+        plt.close(fig)  # the inline backend would otherwise show it a second time at the end of the cell
+    elif plt.get_backend().lower() in _NON_INTERACTIVE:
+        plt.close(fig)
+        print(f"figure {name!r} not shown (non-interactive matplotlib backend); "
+              f"set {FIGURES_ENV_VAR}=<folder> to save the figures")
+    else:
+        plt.show()
+    return None
 
 
 def _grid(n: int, *, ncols: int = 4, size: float = 3.0):

@@ -1,10 +1,54 @@
-"""Shared fixtures: small real and synthetic designs, one cached short fit per session."""
+"""Shared fixtures: small real and synthetic designs, one cached short fit per session.
+
+Tests that need the third-party data of ``../shared/data`` (users of the repository do not have
+it) use the ``shared_data`` fixture (the data folder, or a skip) or the ``needs_shared`` marker;
+never ``shared_data_dir()`` directly. Either way they skip with :data:`SHARED_SKIP_REASON` when
+the folder is unreachable (``SEMIMECH_NO_SHARED_DATA=1`` simulates that; ``.ci/run`` runs the
+suite once this way), and ``pytest -m needs_shared`` selects exactly them.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+SHARED_SKIP_REASON = ("needs the shared third-party data (../shared/data or $SEMIMECH_SHARED_DATA); "
+                      "users of the repository do not have it")
+
+
+def _shared_data_or_skip() -> Path:
+    from semimech.datasets import DatasetNotFoundError, shared_data_dir
+
+    try:
+        return shared_data_dir()
+    except DatasetNotFoundError:
+        pytest.skip(SHARED_SKIP_REASON)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_shared: needs the shared third-party data; skips without it")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config, items):
+    # a test that asks for the `shared_data` fixture is a needs_shared test too (for `-m needs_shared`)
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("needs_shared") is None:
+            item.add_marker(pytest.mark.needs_shared)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("needs_shared") is not None:
+        _shared_data_or_skip()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of the shared third-party datasets; skips the test when it is unreachable."""
+    return _shared_data_or_skip()
 
 
 @pytest.fixture(scope="session")

@@ -33,11 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def shared() -> Path:
-    try:
-        return shared_data_dir()
-    except DatasetNotFoundError:
-        pytest.skip("../shared/data not available")
+def shared(shared_data) -> Path:
+    """The shared data folder (tests/conftest.py: skips when it is unreachable)."""
+    return shared_data
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +173,7 @@ def test_shipped_files_are_small_and_licensed():
 
 
 def test_shared_data_dir_env_var(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEMIMECH_NO_SHARED_DATA", raising=False)
     monkeypatch.setenv("SEMIMECH_SHARED_DATA", str(tmp_path))
     assert shared_data_dir() == tmp_path.resolve()
     monkeypatch.setenv("SEMIMECH_SHARED_DATA", str(tmp_path / "absent"))
@@ -182,13 +181,49 @@ def test_shared_data_dir_env_var(tmp_path, monkeypatch):
         shared_data_dir()
 
 
-def test_shared_data_dir_absent_everywhere(tmp_path, monkeypatch):
+def test_shared_data_dir_absent_everywhere_says_where_the_data_come_from(tmp_path, monkeypatch):
+    from semimech.datasets import SOURCES, _paths
+
+    monkeypatch.delenv("SEMIMECH_SHARED_DATA", raising=False)
+    monkeypatch.delenv("SEMIMECH_NO_SHARED_DATA", raising=False)
+    monkeypatch.setattr(_paths, "_candidates", lambda: [("nowhere", tmp_path / "absent")])
+    with pytest.raises(DatasetNotFoundError, match="set SEMIMECH_SHARED_DATA to that folder") as info:
+        shared_data_dir()
+    message = str(info.value)
+    assert "third-party datasets that semimech does not ship" in message
+    for folder in SOURCES:  # each dataset's origin is named
+        assert f"{folder}/: " in message
+    assert "Sachs et al., Science 308:523 (2005)" in message and "PerturBench" in message
+
+
+def test_no_shared_data_switch_hides_a_valid_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEMIMECH_SHARED_DATA", str(tmp_path))
+    monkeypatch.setenv("SEMIMECH_NO_SHARED_DATA", "1")
+    with pytest.raises(DatasetNotFoundError, match="SEMIMECH_NO_SHARED_DATA='1'"):
+        shared_data_dir()
+    with pytest.raises(DatasetNotFoundError, match="switched off"):
+        read_sachs2005()  # the readers' default path goes through the same check
+    monkeypatch.setenv("SEMIMECH_NO_SHARED_DATA", "0")  # "0" means off, like unset
+    assert shared_data_dir() == tmp_path.resolve()
+
+
+def test_candidates_never_point_inside_an_installed_package(tmp_path, monkeypatch):
     from semimech.datasets import _paths
 
     monkeypatch.delenv("SEMIMECH_SHARED_DATA", raising=False)
-    monkeypatch.setattr(_paths, "_candidates", lambda: [("nowhere", tmp_path / "absent")])
-    with pytest.raises(DatasetNotFoundError, match="Set the environment variable"):
-        shared_data_dir()
+    # an installed copy: .../lib/python3.11/site-packages/semimech/datasets/_paths.py
+    fake = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "semimech" / "datasets" / "_paths.py"
+    fake.parent.mkdir(parents=True)
+    monkeypatch.setattr(_paths, "__file__", str(fake))
+    labels = [(label, str(path)) for label, path in _paths._candidates()]
+    assert len(labels) == 1 and "working directory" in labels[0][0], labels
+    # a source checkout (pyproject.toml beside the package): its sibling ../shared/data is tried too
+    checkout = tmp_path / "repo"
+    (checkout / "semimech" / "datasets").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("")
+    monkeypatch.setattr(_paths, "__file__", str(checkout / "semimech" / "datasets" / "_paths.py"))
+    paths = [path for _, path in _paths._candidates()]
+    assert paths[-1] == tmp_path / "shared" / "data"
 
 
 @pytest.mark.parametrize(

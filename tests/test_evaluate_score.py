@@ -138,18 +138,15 @@ def test_score_baselines_reproduces_shared_readme_numbers_on_norman(norman_desig
     assert pb.iloc[-1].l2 == pytest.approx(mean.loc["additive", "l2"], rel=1e-9)
 
 
-def test_leave_one_condition_out_reproduces_shared_readme_numbers_on_sachs():
+def test_leave_one_condition_out_reproduces_shared_readme_numbers_on_sachs(shared_data):
     # ../shared/data/README.md: Sachs leave-one-condition-out on the natural log of raw values,
     # per-protein means, 8 conditions: no change RMSE 0.915, train mean 1.07
     import anndata as ad
 
-    from semimech.datasets import DatasetNotFoundError, read_sachs2005
+    from semimech.datasets import read_sachs2005
     from semimech.evaluate import leave_one_condition_out
 
-    try:
-        raw = read_sachs2005()
-    except DatasetNotFoundError:
-        pytest.skip("shared Sachs 2005 copy not available")
+    raw = read_sachs2005(shared_data / "sachs2005")
     logged = ad.AnnData(X=np.log(raw.X), obs=raw.obs.copy(), var=raw.var.copy())
     d = sm.Design.from_anndata(logged, perturbation_key="condition", control="cd3_cd28")
     rows = []
@@ -162,18 +159,14 @@ def test_leave_one_condition_out_reproduces_shared_readme_numbers_on_sachs():
     assert table["train_mean"] == pytest.approx(1.07, abs=5e-4)
 
 
-def test_transfer_to_an_unseen_cell_line_reproduces_shared_readme_on_mcfaline():
+def test_transfer_to_an_unseen_cell_line_reproduces_shared_readme_on_mcfaline(shared_data):
     # ../shared/data/README.md: McFaline-Figueroa cell-line transfer has essentially no signal;
     # no change (L2 2.08, each line's own control) beats every transfer baseline.
     import anndata as ad
 
-    from semimech.datasets import shared_data_dir
     from semimech.evaluate import transfer
 
-    path = shared_data_dir() / "perturbench_devel_norman19_mcfaline23" / "devel.h5ad"
-    if not path.exists():
-        pytest.skip("shared PerturBench devel copy not available")
-    full = ad.read_h5ad(path)
+    full = ad.read_h5ad(shared_data / "perturbench_devel_norman19_mcfaline23" / "devel.h5ad")
     mcf = full[full.obs["dataset"] == "mcfaline23"].copy()
     d = sm.Design.from_anndata(mcf, perturbation_key="perturbation", control="control", batch_key="cell_type")
     tables = []
@@ -194,15 +187,13 @@ def test_transfer_to_an_unseen_cell_line_reproduces_shared_readme_on_mcfaline():
     assert pooled_control > 2 * mean_l2["no_change"]
 
 
-def test_inhibitor_combinations_reproduce_shared_readme_on_hepg2():
+def test_inhibitor_combinations_reproduce_shared_readme_on_hepg2(shared_data):
     # ../shared/data/README.md: HepG2CancerRes2011 at t = 30 min, per cell line and stimulus,
     # train on no/single inhibitor, predict doubles/triple; RMSE on log10(x+1) over 18 readouts and
     # 200 held-out rows: no change 0.427, additive 0.284, strongest single ("min") 0.194.
-    from semimech.datasets import read_midas, shared_data_dir
+    from semimech.datasets import read_midas
 
-    path = shared_data_dir() / "cellnopt_liver_phospho" / "HepG2CancerRes2011" / "MD-HepG2CancerRes2011.csv"
-    if not path.exists():
-        pytest.skip("shared CellNOpt copy not available")
+    path = shared_data / "cellnopt_liver_phospho" / "HepG2CancerRes2011" / "MD-HepG2CancerRes2011.csv"
     long = read_midas(path).query("time == 30")
     wide = np.log10(long.pivot_table(index=["cell_line", "stimuli", "inhibitors"], columns="readout",
                                      values="value", aggfunc="mean") + 1).reset_index()

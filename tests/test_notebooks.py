@@ -4,6 +4,10 @@ Each runs as its own subprocess with ``SEMIMECH_SMOKE=1`` (a few optimisation st
 temporary working directory with ``TMPDIR`` pointing there, so anything a notebook writes lands
 in the temporary directory and never in the repository.
 
+A notebook that reads the shared third-party data (users of the repository do not have it)
+says so with the line ``# requires: shared third-party data``; it is then a ``needs_shared``
+test and skips when the data are unreachable (``tests/conftest.py``).
+
 Marked ``slow``: together the notebooks take several minutes on 2 cores (mostly JIT
 compilation of each model), beyond the default suite's budget. Run with ``pytest -m slow
 tests/test_notebooks.py``.
@@ -11,6 +15,7 @@ tests/test_notebooks.py``.
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +24,22 @@ import pytest
 
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.py"))
 TIMEOUT_S = 600
+REQUIRES_SHARED = "# requires: shared third-party data"
+# calls that read the shared data folder: a reader with no path, or the folder itself
+_READS_SHARED = re.compile(r"\b(read_(sachs2005|sachs2005_graph|papalexi2021|midas|sif)\(\s*\)|shared_data_dir\()")
+
+
+def _needs_shared(path: pathlib.Path) -> bool:
+    return REQUIRES_SHARED in path.read_text()
+
+
+def test_notebooks_that_read_the_shared_data_declare_it():
+    for path in NOTEBOOKS:
+        reads = _READS_SHARED.search(path.read_text())
+        assert not reads or _needs_shared(path), (
+            f"{path.name} calls {reads.group(0)!r} but lacks the line {REQUIRES_SHARED!r}: users without "
+            "the shared data would see the notebook test fail instead of skip")
+    assert _READS_SHARED.search("adata = read_papalexi2021()") and not _READS_SHARED.search("read_midas(path)")
 
 
 def test_notebooks_are_found_and_are_jupytext_percent_files():
@@ -30,12 +51,15 @@ def test_notebooks_are_found_and_are_jupytext_percent_files():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", [pytest.param(p, marks=[pytest.mark.needs_shared] if _needs_shared(p) else [])
+                                  for p in NOTEBOOKS], ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_smoke_mode(path, tmp_path):
-    env = dict(os.environ, SEMIMECH_SMOKE="1", TMPDIR=str(tmp_path), MPLBACKEND="Agg")
-    shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-    if "SEMIMECH_SHARED_DATA" not in env and shared.is_dir():  # notebooks run outside the repository
-        env["SEMIMECH_SHARED_DATA"] = str(shared)
+    env = dict(os.environ, SEMIMECH_SMOKE="1", TMPDIR=str(tmp_path), MPLBACKEND="Agg",
+               SEMIMECH_FIGURES=str(tmp_path / "figures"))
+    if _needs_shared(path):  # notebooks run outside the repository: tell them where the data are
+        from semimech.datasets import shared_data_dir
+
+        env.setdefault("SEMIMECH_SHARED_DATA", str(shared_data_dir()))  # reachable: the marker checked it
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S)

@@ -155,16 +155,12 @@ def test_build_group_accepts_arrays_and_checks_tables():
         build_group(pr.groups[0], pr, interventions=EDITS, media=media[:2])
 
 
-def test_real_cellnopt_design_reads_as_inhibitor_then_stimulus_protocols():
+def test_real_cellnopt_design_reads_as_inhibitor_then_stimulus_protocols(shared_data):
     """EGFR-ErbB (Saez-Rodriguez et al. 2009), HepG2: 7 inhibitor settings x TGFa/none x 0/30/180 min
     after the stimulus. We assume a 60 min inhibitor pre-incubation (the clock is the stimulus)."""
-    from semimech.datasets import DatasetNotFoundError, read_midas, shared_data_dir
+    from semimech.datasets import read_midas
 
-    try:
-        path = shared_data_dir() / "cellnopt_liver_phospho/EGFR-ErbB_PCB2009/data/RawData-Exp1.csv"
-        tidy = read_midas(path)
-    except DatasetNotFoundError:
-        pytest.skip("offline CellNOpt copy not available")
+    tidy = read_midas(shared_data / "cellnopt_liver_phospho/EGFR-ErbB_PCB2009/data/RawData-Exp1.csv")
     samples = tidy.drop_duplicates("row").query("cell_line == 'HepG2'").set_index("row")
     samples = samples.assign(onset=-60.0, stim_time=0.0)
     pr = protocols_from_frame(

@@ -17,7 +17,7 @@ Cite the original publications named in each docstring.
 from semimech.datasets._midas import MIDAS_COLUMNS, read_midas, read_sif
 from semimech.datasets._norman import NORMAN19_COMBINABLE_DOUBLES, norman19_devel
 from semimech.datasets._papalexi import read_papalexi2021
-from semimech.datasets._paths import DatasetFormatError, DatasetNotFoundError, shared_data_dir
+from semimech.datasets._paths import SOURCES, DatasetFormatError, DatasetNotFoundError, shared_data_dir
 from semimech.datasets._sachs import (
     SACHS2005_CONDITION_PARTS,
     SACHS2005_PROTEINS,
@@ -30,6 +30,7 @@ from semimech.datasets._sachs import (
 __all__ = [
     "MIDAS_COLUMNS",
     "NORMAN19_COMBINABLE_DOUBLES",
+    "SOURCES",
     "SACHS2005_CONDITION_PARTS",
     "SACHS2005_PROTEINS",
     "SACHS2005_TARGETS",
