@@ -1,0 +1,7 @@
+"""``python -m semimech``: the same command line as ``semimech``."""
+
+import sys
+
+from semimech.cli import main
+
+sys.exit(main())
