@@ -73,7 +73,7 @@ sm.plots.show(fig, "unseen_double.png")
 
 # %%
 never = sm.predict(fit, ["KLF1+SLC38A2"], rng_key=2)
-print(never.to_frame().sort_values("sd", ascending=False).head(5).round(3))
+print(never.to_frame(kind="mean").sort_values("sd", ascending=False).head(5).round(3))
 
 # %% [markdown]
 # ## 2. An unseen single target

@@ -5,6 +5,15 @@ Mechanistic steady-state models (``linear_steady_state``, ``production_decay``,
 learned dynamics and that each perturbation maps to a *unique* attractor (FRAMEWORK.md
 section 4). These checks test that assumption on posterior (or prior) draws.
 
+One definition, shared by :func:`semimech.predict` (``Prediction.steady_state``),
+:func:`steady_state_check` and ``Fit.diagnostics()``: for a draw and a condition, the
+*steady state* is the model's own solution (Newton from the control state, as in the model);
+it is **converged** when that solve converges, **stable** when it converged and every
+eigenvalue of the Jacobian there has a negative real part, and (multi-start checks only)
+**unique** when the flow from every start ends at a stable attractor that is that same state.
+A flow that leaves an unstable fixed point for some other attractor does not make the
+model's state stable: the model predicted the unstable one.
+
 A model supports the checks when its module defines ``system(draw) -> (field, params, x0,
 log_scale)`` (the vector field, its parameters for one draw, the control state and the log
 production scale of each condition, conditions x state) built from the sites named in its
@@ -29,6 +38,7 @@ from numpyro.infer import Predictive
 
 from semimech._rng import as_key
 from semimech.dynamics import Intervention, attractors, spectral_abscissa, steady_states
+from semimech.dynamics.steady_state import default_tolerances
 from semimech.errors import InferenceError, SemimechError
 
 __all__ = ["is_steady_state_model", "prior_steady_states", "solve_fractions", "steady_state_check",
@@ -86,26 +96,40 @@ def prior_steady_states(spec, design, *, rng_key, num_draws: int = 20, min_fract
 
 @functools.lru_cache(maxsize=32)
 def _attractor_checker(system, num_starts: int, max_steps: int):
-    """One draw's check, jitted once per model (compiled once per shape, reused across calls)."""
+    """One draw's multi-start check of each condition's steady state, jitted once per model.
+
+    Returns, per condition, ``(converged, stable, unique, num_attractors)``: the first two as in
+    :func:`_solver`; ``unique`` when every start's flow ends at one stable attractor and that
+    attractor is the model's steady state.
+    """
+    solve_draw = _solver(system)
 
     @jax.jit
     def check_draw(draw, key):
         field, params, x0, log_scale = system(draw)
+        converged, stable, x = solve_draw(draw)
+        tol = float(np.sqrt(default_tolerances(x.dtype)[0]))
 
-        def one(ls, k):
+        def one(ls, xs, k):
             a = attractors(field, params, rng_key=k, intervention=Intervention.scale(jnp.exp(ls)), x0=x0,
                            num_starts=num_starts, max_steps=max_steps)
-            return a.ok[0], a.unique, a.num_attractors
+            same = jnp.max(jnp.abs(a.states[0] - xs)) <= tol * (1 + jnp.max(jnp.abs(xs)))
+            return a.unique & same, a.num_attractors
 
         keys = jax.random.split(key, log_scale.shape[0])
-        return jax.vmap(one)(log_scale, keys)
+        unique, count = jax.vmap(one)(log_scale, x, keys)
+        return converged, stable, unique & stable, count
 
     return check_draw
 
 
 @functools.lru_cache(maxsize=32)
 def _solver(system):
-    """One draw's solves (as in the model: Newton from the control state) and their stability, jitted once."""
+    """One draw's steady states as in the model (Newton from the control state) and their stability.
+
+    Returns ``(converged, stable, x)`` per condition: the definition of this module's docstring,
+    shared by every check. Jitted once per model.
+    """
 
     @jax.jit
     def solve_draw(draw):
@@ -114,7 +138,7 @@ def _solver(system):
         ss = steady_states(field, params, interventions=edits, x0=x0, fallback=False)
         x = jnp.where(ss.ok[:, None], ss.x, x0)
         rate = jax.vmap(lambda x, e: spectral_abscissa(field, params, x, intervention=e))(x, edits)
-        return ss.ok, ss.ok & (rate < 0)
+        return ss.ok, ss.ok & jnp.isfinite(rate) & (rate < 0), x
 
     return solve_draw
 
@@ -124,17 +148,19 @@ def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_st
     """Per condition: fraction of posterior draws with a stable, unique steady state.
 
     For ``num_draws`` posterior draws and every condition in ``labels`` (default: the training
-    conditions; unseen labels are aligned as in :func:`semimech.predict`), the learned dynamics
-    under that condition's edit are integrated from ``num_starts`` starts (the control state and
-    random states in a box around it, :func:`semimech.dynamics.attractors`).
+    conditions; unseen labels are aligned as in :func:`semimech.predict`), the model's steady
+    state is solved and checked for stability (as in ``predict(...).steady_state``), and the
+    learned dynamics under that condition's edit are integrated from ``num_starts`` starts (the
+    control state and random states in a box around it, :func:`semimech.dynamics.attractors`).
 
     Returns
     -------
     table
-        One row per condition: ``stable`` (fraction of draws where the flow from the control
-        state reaches a stable fixed point), ``unique`` (fraction where all starts reach one and
-        the same stable attractor), ``stable_unique`` (fraction where both hold) and
-        ``mean_attractors`` (distinct attractors found).
+        One row per condition: ``converged`` and ``stable`` (fractions of draws whose steady
+        state converged, and converged and is stable: the module's definition, the same as
+        ``predict(...).steady_state``), ``unique`` (fraction where every start's flow ends at
+        that same stable state), ``stable_unique`` (both; equal to ``unique``, which implies
+        stability) and ``mean_attractors`` (distinct attractors found).
     summary
         Fraction of draws in which *every* condition has a stable, unique steady state.
     """
@@ -159,15 +185,12 @@ def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_st
     sites = {k: np.asarray(v) for k, v in sites.items()}
 
     check_draw = _attractor_checker(system, num_starts, max_steps)
-    stable, unique, count = [], [], []
-    for d, k in zip(range(len(idx)), jax.random.split(k_att, len(idx))):
-        s, u, c = check_draw({name: v[d] for name, v in sites.items()}, k)
-        stable.append(np.asarray(s))
-        unique.append(np.asarray(u))
-        count.append(np.asarray(c))
-    stable, unique, count = np.array(stable), np.array(unique), np.array(count)
-    table = pd.DataFrame({"perturbation": labels, "stable": stable.mean(0), "unique": unique.mean(0),
-                          "stable_unique": (stable & unique).mean(0), "mean_attractors": count.mean(0)})
+    converged, stable, unique, count = (np.array(a) for a in zip(*[
+        check_draw({name: v[d] for name, v in sites.items()}, k)
+        for d, k in zip(range(len(idx)), jax.random.split(k_att, len(idx)))]))
+    table = pd.DataFrame({"perturbation": labels, "converged": converged.mean(0), "stable": stable.mean(0),
+                          "unique": unique.mean(0), "stable_unique": (stable & unique).mean(0),
+                          "mean_attractors": count.mean(0)})
     table.attrs["draws"] = len(idx)
     summary = float(np.mean(np.all(stable & unique, axis=1)))
     return table, summary
@@ -219,6 +242,6 @@ def solve_fractions(fit, posterior: dict, data: dict, labels, *, rng_key, num_dr
              Predictive(model, posterior_samples=post, return_sites=list(site_names))(k_pred, data).items()}
 
     solve_draw = _solver(system)
-    conv, stable = zip(*[solve_draw({k: v[d] for k, v in sites.items()}) for d in range(len(idx))])
+    conv, stable, _ = zip(*[solve_draw({k: v[d] for k, v in sites.items()}) for d in range(len(idx))])
     return pd.DataFrame({"perturbation": list(labels), "converged": np.mean(np.array(conv), 0),
                          "stable": np.mean(np.array(stable), 0), "draws": len(idx)})

@@ -96,3 +96,26 @@ def test_prediction_carries_per_condition_solve_fractions(mutual, expect_stable)
         assert (ss["stable"] == 1.0).all()
     else:  # ... but under strong mutual inhibition the control's fixed point is a saddle
         assert ss.loc["control", "stable"] == 0.0
+
+
+@pytest.mark.parametrize("mutual", [-0.5, -12.0])
+def test_predict_and_diagnostics_share_one_definition_of_a_stable_steady_state(mutual):
+    """Issue 15: predict said 'stable 0.0' where diagnostics said 0.75 for the same fit. The
+    multi-start check counted a flow that leaves the model's unstable fixed point for another
+    attractor as 'stable'; now both report the model's own steady state (one definition)."""
+    from semimech.checks import steady_state_check
+
+    fit = _hand_fit(mutual)
+    labels = list(fit.design.perturbations)
+    ss = sm.predict(fit, labels, rng_key=0, steady_state_draws=DRAWS).steady_state.set_index("perturbation")
+    table, summary = steady_state_check(fit, labels, rng_key=0, num_draws=DRAWS, num_starts=4)
+    table = table.set_index("perturbation")
+    # both use every draw (DRAWS of DRAWS): the fractions must agree exactly
+    pd.testing.assert_series_equal(ss["converged"], table["converged"])
+    pd.testing.assert_series_equal(ss["stable"], table["stable"])
+    assert (table["stable_unique"] <= table["stable"]).all() and (table["unique"] <= table["stable"]).all()
+    if mutual > -2:  # known answer: one stable attractor, reached from every start
+        assert (table["stable_unique"] == 1.0).all() and summary == 1.0
+    else:  # the control state is a saddle: unstable, whichever attractor the flow then finds
+        assert table.loc["control", "stable"] == 0.0 and table.loc["control", "mean_attractors"] >= 1
+        assert summary == 0.0

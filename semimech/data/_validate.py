@@ -11,13 +11,81 @@ import scipy.sparse as sp
 from semimech.errors import DesignError
 
 
-def readouts(y):
-    """Return a copy of the readout matrix as float CSR or a float ndarray; reject NaN/inf."""
+#: The largest value taken for a count (int32): anything larger is not a plausible UMI or read
+#: count of one gene in one sample, and above 2**53 every float is a whole number anyway.
+MAX_COUNT = 2**31 - 1
+
+
+def unique_names(names, *, what: str, fix: str) -> None:
+    """Raise when ``names`` repeat: a repeated gene would be silently taken from one column."""
+    seen, dup = set(), []
+    for name in names:
+        if name in seen and name not in dup:
+            dup.append(name)
+        seen.add(name)
+    if dup:
+        raise DesignError(f"{what} are not unique: {dup[:10]}{' ...' if len(dup) > 10 else ''} occur more than "
+                          f"once. {fix}")
+
+
+def frame_readouts(frame, columns) -> np.ndarray:
+    """The readout columns of a DataFrame as a float array; a non-numeric value is an error naming its column."""
+    unique_names(list(columns), what="readouts", fix="Name each readout column once.")
+    in_frame = list(frame.columns)
+    dup = [c for c in columns if in_frame.count(c) > 1]
+    if dup:
+        raise DesignError(f"readout columns {dup[:10]} occur more than once in the frame, so their values are "
+                          "ambiguous. Rename or drop the duplicate columns (frame.loc[:, ~frame.columns.duplicated()]).")
+    out = np.empty((len(frame), len(columns)), dtype=np.float64)
+    for j, name in enumerate(columns):
+        col = frame[name]
+        try:
+            out[:, j] = col.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            _raise_non_numeric(col.to_numpy(dtype=object), name, index=frame.index, what="readout column")
+    return out
+
+
+def _not_a_number(x) -> bool:
+    if x is None:
+        return False  # NumPy reads None as NaN; the NaN check names it
+    try:
+        float(x)
+    except (TypeError, ValueError):
+        return True
+    return False
+
+
+def _raise_non_numeric(values, name, *, index=None, what: str):
+    bad = [i for i, x in enumerate(values) if _not_a_number(x)]
+    i = bad[0] if bad else 0
+    row = f" in row {index[i]!r}" if index is not None else f" in row {i}"
+    raise DesignError(
+        f"{what} {name!r} holds non-numeric values ({len(bad)} of {len(values)}, e.g. {values[i]!r}{row}). "
+        "Readouts must be numbers: convert the column (pd.to_numeric), mark missing values as NaN and drop or "
+        "impute them, or leave the column out."
+    )
+
+
+def readouts(y, *, genes=None, rows=None):
+    """Return a copy of the readout matrix as float CSR or a float ndarray; reject NaN/inf and non-numbers."""
     if sp.issparse(y):
         y = sp.csr_matrix(y, dtype=np.float64, copy=True)
         vals = y.data
     else:
-        y = np.array(y, dtype=np.float64, copy=True)
+        try:
+            y = np.array(y, dtype=np.float64, copy=True)
+        except (TypeError, ValueError):
+            raw = np.asarray(y, dtype=object)
+            if raw.ndim != 2:
+                raise DesignError(f"readouts must be a 2-D rows x genes matrix of numbers, got shape {raw.shape}.") from None
+            for j in range(raw.shape[1]):
+                try:
+                    raw[:, j].astype(np.float64)
+                except (TypeError, ValueError):
+                    name = genes[j] if genes is not None else j
+                    _raise_non_numeric(raw[:, j], name, index=rows, what="readout (gene)")
+            raise
         if y.ndim != 2:
             raise DesignError(f"readouts must be a 2-D rows x genes matrix, got shape {y.shape}.")
         vals = y
@@ -31,15 +99,26 @@ def readouts(y):
 
 
 def count_mode(y, counts: bool | None) -> bool:
+    """Whether the readouts are counts.
+
+    Counts are non-negative whole numbers no larger than :data:`MAX_COUNT` (2**31 - 1), held
+    in an integer or a float array. ``counts=None`` decides from the values (continuous data
+    that happen to exceed the bound, e.g. values around 1e30, are continuous: above 2**53 every
+    float is a whole number, so whole-ness says nothing there); ``counts=True`` insists and
+    raises when they are not.
+    """
     vals = y.data if sp.issparse(y) else y
-    is_int = bool(np.all(vals >= 0) and np.all(np.mod(vals, 1) == 0))
+    negative = bool(np.any(vals < 0))
+    fraction = not negative and bool(np.any(np.mod(vals, 1) != 0))
+    too_big = vals.size > 0 and float(np.max(vals)) > MAX_COUNT
+    is_int = not (negative or fraction or too_big)
     if counts is True and not is_int:
-        neg = bool(np.any(vals < 0))
+        why = ("negative values found" if negative else "non-integer values found" if fraction else
+               f"values up to {float(np.max(vals)):.3g}, above the largest plausible count {MAX_COUNT}")
         raise DesignError(
-            "counts=True but the readouts are not non-negative integers"
-            + (" (negative values found)" if neg else " (non-integer values found)")
-            + ". A count likelihood needs raw UMI counts: pass the raw-count layer (layer='counts'), "
-            "or use counts=False for log-normalised data with a Gaussian likelihood."
+            f"counts=True but the readouts are not counts ({why}). A count likelihood needs raw UMI or read "
+            "counts: pass the raw-count layer (layer='counts'), or use counts=False for continuous (e.g. "
+            "log-normalised) data with a Gaussian likelihood."
         )
     if counts is None:
         return is_int
@@ -51,6 +130,16 @@ def labels(values, *, what: str) -> list[str]:
     if s.isna().any():
         raise DesignError(f"{int(s.isna().sum())} rows have a missing {what}. Label every row (e.g. 'control').")
     return [str(x) for x in s.tolist()]
+
+
+def check_perturbed(perturbations, control: str) -> None:
+    """A design needs at least one perturbed condition besides the control."""
+    if len(perturbations) < 2:
+        raise DesignError(
+            f"every row has the control label {control!r}: the design has no perturbed condition, so there is no "
+            "effect to model (and no target to estimate). Pass control= the label of the unperturbed rows and "
+            "include rows of at least one perturbation."
+        )
 
 
 def check_control(lab: list[str], control: str) -> None:

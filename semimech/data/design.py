@@ -122,7 +122,8 @@ class Design:
             factors are total counts divided by their mean.
         counts
             Whether the readouts are counts. ``None`` (default) decides from the data: all
-            values non-negative integers. ``True`` insists and raises if they are not.
+            values non-negative whole numbers no larger than 2**31 - 1 (integer or float
+            dtype). ``True`` insists and raises if they are not.
         genes
             Optional subset of ``var_names`` to model.
         """
@@ -141,6 +142,9 @@ class Design:
             missing = [g for g in genes if g not in set(var_names)]
             if missing:
                 raise DesignError(f"genes not in adata.var_names: {missing[:10]}. Model only genes present in the data.")
+            v.unique_names(list(genes), what="genes=", fix="List each gene once.")
+            v.unique_names([g for g in var_names if g in set(genes)], what="adata.var_names of the genes= chosen",
+                           fix="Call adata.var_names_make_unique() (or pick the columns yourself) first.")
             col = {g: i for i, g in enumerate(var_names)}
             idx = [col[g] for g in genes]
             X = X[:, idx]
@@ -192,7 +196,7 @@ class Design:
             raise DesignError(f"readout columns not in the frame: {missing}.")
         if len(readouts) == 0:
             raise DesignError("readouts is empty: name at least one measured column.")
-        y = frame[list(readouts)].to_numpy(dtype=float, copy=True)
+        y = v.frame_readouts(frame, list(readouts))
         return cls._build(
             y=y,
             obs_names=[str(i) for i in frame.index],
@@ -212,11 +216,14 @@ class Design:
         n = len(obs_names)
         if n == 0 or len(genes) == 0:
             raise DesignError(f"empty design: {n} rows x {len(genes)} genes. Pass data with at least one cell and one gene.")
-        y = v.readouts(y)
+        v.unique_names(genes, what="gene names", fix="Call adata.var_names_make_unique(), or pass genes= / "
+                       "readouts= naming each gene once.")
+        y = v.readouts(y, genes=genes, rows=obs_names)
         is_counts = v.count_mode(y, counts)
         labels = v.labels(labels, what="perturbation label")
         v.check_control(labels, control)
         perturbations = (control,) + tuple(sorted(set(labels) - {control}))
+        v.check_perturbed(perturbations, control)
         code = {p: i for i, p in enumerate(perturbations)}
         perturbation_index = np.array([code[p] for p in labels], dtype=np.int32)
         targets, target_matrix = encode_targets(perturbations, control, target_sep)

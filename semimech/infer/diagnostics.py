@@ -14,7 +14,8 @@ def diagnostics(fit, *, steady_state: bool = True) -> dict:
     NUTS: ``divergences``, ``max_rhat`` and ``min_ess_bulk`` over all latent sites (R-hat
     needs two or more chains), ``worst_site``. SVI: ``final_loss``, ``loss_rel_change``
     (relative change of the mean loss between the last two tenths of the run; small means
-    converged), ``nan_steps``.
+    converged), ``nan_steps`` (steps whose loss or gradient was NaN/inf, e.g. a failed
+    steady-state solve: SVI skips them, leaving the parameters unchanged) and ``steps``.
 
     Models that record ``ok_fraction``: ``solved_draws``, the fraction of posterior draws
     whose steady-state solve converged for every training condition. Steady-state models
@@ -45,6 +46,7 @@ def diagnostics(fit, *, steady_state: bool = True) -> dict:
         out["final_loss"] = float(finite[-1]) if finite.size else float("nan")
         out["loss_rel_change"] = float(abs(prev - last) / max(abs(last), 1e-12))
         out["nan_steps"] = int(np.sum(~np.isfinite(losses)))
+        out["steps"] = int(losses.size)
     if "ok_fraction" in fit.samples:
         out["solved_draws"] = float(np.mean(fit.flat("ok_fraction") >= 1.0))
     if steady_state:
@@ -71,8 +73,10 @@ def format_diagnostics(d: dict) -> str:
         lines.append(f"  divergences: {d['divergences']}   max R-hat: {d['max_rhat']:.3f}   "
                      f"min bulk ESS: {d['min_ess_bulk']:.0f}   (worst: {d['worst_site']})")
     else:
+        steps = d.get("steps")
+        share = f" of {steps} ({d['nan_steps'] / steps:.2%})" if steps else ""
         lines.append(f"  final loss (-ELBO): {d['final_loss']:.4g}   relative change over the last tenth: "
-                     f"{d['loss_rel_change']:.2e}   NaN steps: {d['nan_steps']}")
+                     f"{d['loss_rel_change']:.2e}   non-finite steps skipped: {d['nan_steps']}{share}")
     if "solved_draws" in d:
         lines.append(f"  steady-state solve converged for every condition in {d['solved_draws']:.0%} of draws")
     if "steady_state_min_fraction" in d:

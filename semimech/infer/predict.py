@@ -33,6 +33,13 @@ class Prediction:
         ``"mean"``: population mean on the data scale, ``(draws, perturbations, genes)``;
         ``"observed_mean"`` (when ``num_cells`` was given): the mean of that many new cells,
         i.e. what a pseudobulk of a new experiment would show.
+
+        **Compare intervals with data using** ``"observed_mean"``, the default ``kind`` of
+        :meth:`summary`, :meth:`interval`, :meth:`to_frame` and :meth:`to_anndata` (as of
+        :func:`semimech.evaluate.score` and :mod:`semimech.plots`): it adds the sampling noise of
+        the observed cells. ``kind="mean"`` is the uncertainty about the population mean only;
+        its intervals are narrower and under-cover observations. Asking for the default of a prediction made without
+        ``num_cells`` is an error that says so.
     control
         The control label (its row, when requested, gives the reference for deltas).
     model
@@ -50,8 +57,8 @@ class Prediction:
     model: str
     steady_state: pd.DataFrame | None = None
 
-    def summary(self, *, kind: str = "mean") -> dict[str, np.ndarray]:
-        """Posterior mean, sd and quantiles (``QUANTILES``) of a draw array."""
+    def summary(self, *, kind: str = "observed_mean") -> dict[str, np.ndarray]:
+        """Posterior mean, sd and quantiles (``QUANTILES``) of the ``kind`` draws (see the class docstring)."""
         d = self._get(kind)
         out = {"mean": d.mean(0), "sd": d.std(0)}
         for q, val in zip(QUANTILES, np.quantile(d, QUANTILES, axis=0)):
@@ -60,18 +67,30 @@ class Prediction:
 
     def _get(self, kind: str) -> np.ndarray:
         if kind not in self.draws:
-            raise PredictionError(f"no {kind!r} draws; available: {sorted(self.draws)} "
-                                  "(pass num_cells= to predict for 'observed_mean').")
+            if kind == "observed_mean":
+                raise PredictionError(
+                    "this prediction has no 'observed_mean' draws, the interval to compare with observed data: "
+                    "predict(..., num_cells=...) draws the mean of that many new cells (for a test design, "
+                    "num_cells=semimech.evaluate.cell_counts(test)). For the population mean alone (narrower; it "
+                    "under-covers observations) pass kind='mean'.")
+            raise PredictionError(f"no {kind!r} draws; available: {sorted(self.draws)}.")
         return self.draws[kind]
 
-    def interval(self, prob: float = 0.9, *, kind: str = "mean") -> tuple[np.ndarray, np.ndarray]:
-        """Central ``prob`` predictive interval, each ``(perturbations, genes)``."""
+    def interval(self, prob: float = 0.9, *, kind: str = "observed_mean") -> tuple[np.ndarray, np.ndarray]:
+        """Central ``prob`` predictive interval of the ``kind`` draws, each ``(perturbations, genes)``.
+
+        The default, ``"observed_mean"``, is the interval for an observed mean of ``num_cells``
+        new cells: the one to compare with data. ``kind="mean"``: the population mean's.
+        """
         d = self._get(kind)
         lo, hi = np.quantile(d, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
         return lo, hi
 
-    def to_frame(self, *, kind: str = "mean") -> pd.DataFrame:
-        """Tidy table: one row per perturbation x gene with mean, sd, q05..q95."""
+    def to_frame(self, *, kind: str = "observed_mean") -> pd.DataFrame:
+        """Tidy table of the ``kind`` draws: one row per perturbation x gene with mean, sd, q05..q95.
+
+        The default, ``"observed_mean"``, gives quantiles to compare with an observed pseudobulk.
+        """
         s = self.summary(kind=kind)
         P, G = len(self.perturbations), len(self.genes)
         frame = pd.DataFrame({"perturbation": np.repeat(self.perturbations, G), "gene": np.tile(self.genes, P)})
@@ -90,7 +109,7 @@ class Prediction:
 
         return predictions_tree(self)
 
-    def to_anndata(self, *, kind: str = "mean"):
+    def to_anndata(self, *, kind: str = "observed_mean"):
         """AnnData (perturbations x genes): X = posterior mean, layers = sd and quantiles."""
         import anndata as ad
 
@@ -170,9 +189,7 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         mean = _in_batch(fit, mean, str(batch), k_obs)
     draws = {"mean": mean}
     if num_cells is not None:
-        n = np.broadcast_to(np.asarray(num_cells, dtype=float), (len(labels),))
-        if np.any(n <= 0):
-            raise PredictionError("num_cells must be positive.")
+        n = _num_cells(num_cells, labels)
         noise = np.asarray(out[noise_site])[:, None, :]
         if fit.likelihood == "normal":
             noise = np.asarray(total_sd(noise, tdata, mean))
@@ -202,6 +219,21 @@ def _in_batch(fit, mean: np.ndarray, batch: str, rng_key) -> np.ndarray:
     sd = fit.flat("batch_sd").reshape(z.shape[0], *([1] * (zb.ndim - 1)))
     offset = (sd * zb)[:, None, :]
     return mean * np.exp(offset) if fit.likelihood == "negbin" else mean + offset
+
+
+def _num_cells(num_cells, labels) -> np.ndarray:
+    """One positive number of cells per label (an int is used for every label)."""
+    try:
+        n = np.asarray(num_cells, dtype=float)
+    except (TypeError, ValueError):
+        raise PredictionError(f"num_cells must be a number or one number per label, got {num_cells!r}.") from None
+    if n.ndim > 1 or (n.ndim == 1 and n.shape[0] != len(labels)):
+        raise PredictionError(
+            f"num_cells has shape {n.shape}: expected one number, or {len(labels)} numbers (one per label, in the "
+            f"order of the labels predicted: {labels[:5]}{' ...' if len(labels) > 5 else ''}).")
+    if not np.all(np.isfinite(n)) or np.any(n <= 0):
+        raise PredictionError("num_cells must be positive and finite (the number of cells averaged in each new mean).")
+    return np.broadcast_to(n, (len(labels),))
 
 
 def _labels(design) -> list[str]:

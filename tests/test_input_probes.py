@@ -1,0 +1,168 @@
+"""Probes of the public API (issue 15): each bad input gets a clear semimech error, good input still works."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import semimech as sm
+from semimech.errors import DesignError, PredictionError
+
+LABELS = np.repeat(["control", "A", "B"], 4)
+
+
+def _adata(X, genes=("g0", "g1", "g2"), labels=LABELS):
+    obs = pd.DataFrame({"p": labels}, index=[f"c{i}" for i in range(len(labels))])
+    return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(genes)))
+
+
+def _counts(seed=0):
+    return np.random.default_rng(seed).poisson(5, size=(12, 3)).astype(np.float32)
+
+
+def _build(adata, **kw):
+    return sm.Design.from_anndata(adata, perturbation_key="p", control="control", **kw)
+
+
+# ---------------------------------------------------------------- duplicate gene names
+
+def test_duplicate_var_names_are_an_error_naming_them():
+    with pytest.warns(UserWarning, match="not unique"):  # anndata's own warning
+        dup = _adata(_counts(), genes=("g0", "g0", "g1"))
+    with pytest.raises(DesignError, match=r"gene names are not unique: \['g0'\].*var_names_make_unique"):
+        _build(dup)
+    with pytest.raises(DesignError, match=r"var_names of the genes= chosen are not unique: \['g0'\]"):
+        _build(dup, genes=["g0", "g1"])  # would silently take the last g0 column
+    assert _build(dup, genes=["g1"]).genes == ("g1",)  # negative control: the duplicate is not chosen
+
+
+def test_duplicate_genes_argument_is_an_error():
+    with pytest.raises(DesignError, match=r"genes= are not unique: \['g0'\]"):
+        _build(_adata(_counts()), genes=["g0", "g0"])
+    assert _build(_adata(_counts()), genes=["g2", "g0"]).genes == ("g2", "g0")
+
+
+def test_duplicate_readout_columns_of_a_frame_are_an_error():
+    frame = pd.DataFrame(_counts(), columns=["g0", "g1", "g2"]).assign(p=LABELS)
+    with pytest.raises(DesignError, match=r"readouts are not unique: \['g0'\]"):
+        sm.Design.from_frame(frame, readouts=["g0", "g0"], perturbation_key="p", control="control")
+    twice = frame.set_axis(["g0", "g0", "g2", "p"], axis=1)
+    with pytest.raises(DesignError, match=r"readout columns \['g0'\] occur more than once in the frame"):
+        sm.Design.from_frame(twice, readouts=["g0", "g2"], perturbation_key="p", control="control")
+    d = sm.Design.from_frame(frame, readouts=["g0", "g2"], perturbation_key="p", control="control")
+    assert d.dense_y().shape == (12, 2)
+
+
+# ---------------------------------------------------------------- counts or continuous
+
+def test_huge_whole_floats_are_not_counts():
+    rng = np.random.default_rng(1)
+    huge = np.abs(rng.normal(size=(12, 3))) * 1e30  # every float this large is a whole number
+    assert np.all(np.mod(huge, 1) == 0)
+    assert _build(_adata(huge)).is_counts is False
+    with pytest.raises(DesignError, match="above the largest plausible count 2147483647"):
+        _build(_adata(huge), counts=True)
+    # negative controls: real counts, as floats or integers, up to the bound, are counts
+    assert _build(_adata(_counts())).is_counts is True
+    assert _build(_adata(_counts().astype(np.int64))).is_counts is True
+    edge = _counts().astype(np.float64)  # float32 cannot hold 2**31 - 1 exactly
+    edge[0, 0] = 2**31 - 1
+    assert _build(_adata(edge)).is_counts is True
+    edge[0, 0] = 2**31
+    assert _build(_adata(edge)).is_counts is False
+
+
+# ---------------------------------------------------------------- a design with nothing perturbed
+
+def test_a_label_used_as_its_own_control_is_an_error_at_design_time():
+    only = _adata(_counts(), labels=np.repeat(["A"], 12))
+    with pytest.raises(DesignError, match="every row has the control label 'A': the design has no perturbed"):
+        sm.Design.from_anndata(only, perturbation_key="p", control="A")
+    frame = pd.DataFrame(_counts(), columns=["g0", "g1", "g2"]).assign(p="ctrl")
+    with pytest.raises(DesignError, match="no perturbed condition"):
+        sm.Design.from_frame(frame, readouts=["g0"], perturbation_key="p", control="ctrl")
+    two = _adata(_counts(), labels=np.repeat(["ctrl", "A"], 6))  # negative control: one perturbation suffices
+    assert sm.Design.from_anndata(two, perturbation_key="p", control="ctrl").targets == ("A",)
+
+
+# ---------------------------------------------------------------- strings among the readouts
+
+def test_strings_in_x_name_the_gene_and_row():
+    X = _counts().astype(object)
+    X[3, 1] = "n/a"
+    with pytest.raises(DesignError, match=r"readout \(gene\) 'g1' holds non-numeric values \(1 of 12, e.g. 'n/a' "
+                                          r"in row 'c3'\)"):
+        _build(_adata(X))
+
+
+def test_strings_in_a_frame_readout_column_name_the_column():
+    frame = pd.DataFrame(_counts(), columns=["g0", "g1", "g2"], index=[f"s{i}" for i in range(12)]).assign(p=LABELS)
+    frame["g2"] = frame["g2"].astype(object)
+    frame.loc["s5", "g2"] = "12,5"
+    frame.loc["s7", "g2"] = "high"
+    with pytest.raises(DesignError, match=r"readout column 'g2' holds non-numeric values \(2 of 12, e.g. '12,5' in "
+                                          r"row 's5'\)"):
+        sm.Design.from_frame(frame, readouts=["g0", "g2"], perturbation_key="p", control="control")
+    numeric = frame.assign(g2=pd.to_numeric(frame["g2"], errors="coerce").fillna(1.0))  # negative control
+    assert sm.Design.from_frame(numeric, readouts=["g0", "g2"], perturbation_key="p", control="control").n_genes == 2
+
+
+# ---------------------------------------------------------------- num_cells in predict
+
+def test_num_cells_must_match_the_labels():
+    from semimech.infer.predict import _num_cells
+
+    labels = ["A", "B"]
+    with pytest.raises(PredictionError, match=r"num_cells has shape \(3,\): expected one number, or 2 numbers"):
+        _num_cells([10, 20, 30], labels)
+    with pytest.raises(PredictionError, match=r"shape \(1, 2\)"):
+        _num_cells([[10, 20]], labels)
+    with pytest.raises(PredictionError, match="a number or one number per label"):
+        _num_cells(["a", "b"], labels)
+    with pytest.raises(PredictionError, match="positive and finite"):
+        _num_cells([10, 0], labels)
+    np.testing.assert_array_equal(_num_cells(7, labels), [7.0, 7.0])
+    np.testing.assert_array_equal(_num_cells([7, 9], labels), [7.0, 9.0])
+
+
+def test_predict_reports_a_num_cells_of_the_wrong_length(small_counts_adata):
+    from semimech.models import additive
+
+    d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control")
+    fit = sm.fit_svi(additive.SPEC, d.pseudobulk(), rng_key=0, num_steps=5, num_samples=5, progress_bar=False)
+    with pytest.raises(PredictionError, match="expected one number, or 2 numbers"):
+        sm.predict(fit, ["A", "B"], rng_key=0, num_cells=[10, 20, 30])
+    assert sm.predict(fit, ["A", "B"], rng_key=0, num_cells=[10, 20]).draws["observed_mean"].shape[1] == 2
+
+
+# ---------------------------------------------------------------- which interval a Prediction gives by default
+
+def _prediction(with_observed: bool):
+    rng = np.random.default_rng(0)
+    mean = rng.normal(size=(200, 2, 3))
+    draws = {"mean": mean}
+    if with_observed:
+        draws["observed_mean"] = mean + rng.normal(scale=2.0, size=mean.shape)
+    return sm.Prediction(perturbations=("A", "B"), genes=("g0", "g1", "g2"), draws=draws, control="control",
+                         model="test")
+
+
+def test_default_interval_is_the_one_for_an_observation():
+    p = _prediction(True)
+    lo, hi = p.interval(0.9)
+    np.testing.assert_array_equal(lo, p.interval(0.9, kind="observed_mean")[0])
+    assert np.all(hi - lo > p.interval(0.9, kind="mean")[1] - p.interval(0.9, kind="mean")[0])
+    pd.testing.assert_frame_equal(p.to_frame(), p.to_frame(kind="observed_mean"))
+    np.testing.assert_array_equal(p.to_anndata().layers["q95"], p.to_anndata(kind="observed_mean").layers["q95"])
+
+
+def test_without_num_cells_the_default_says_which_kind_to_ask_for():
+    p = _prediction(False)
+    for call in (lambda: p.interval(0.9), p.to_frame, p.summary, p.to_anndata):
+        with pytest.raises(PredictionError, match="num_cells=.*kind='mean'"):
+            call()
+    lo, hi = p.interval(0.9, kind="mean")  # explicit: the population mean
+    assert lo.shape == (2, 3) and np.all(hi > lo)
+    assert list(p.to_frame(kind="mean").columns)[:4] == ["perturbation", "gene", "mean", "sd"]
