@@ -25,8 +25,9 @@ import pytest
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.py"))
 TIMEOUT_S = 600
 REQUIRES_SHARED = "# requires: shared third-party data"
-# calls that read the shared data folder: a reader with no path, or the folder itself
-_READS_SHARED = re.compile(r"\b(read_(sachs2005|sachs2005_graph|papalexi2021|midas|sif)\(\s*\)|shared_data_dir\()")
+# what reads the shared data folder: a reader with no path, the folder itself, or a path to it
+_READS_SHARED = re.compile(r"\b(read_(sachs2005|sachs2005_graph|papalexi2021|midas|sif)\(\s*\)|shared_data_dir\()"
+                           r"|SEMIMECH_SHARED_DATA|\.\./shared|/work/shared")
 
 
 def _needs_shared(path: pathlib.Path) -> bool:
@@ -40,6 +41,7 @@ def test_notebooks_that_read_the_shared_data_declare_it():
             f"{path.name} calls {reads.group(0)!r} but lacks the line {REQUIRES_SHARED!r}: users without "
             "the shared data would see the notebook test fail instead of skip")
     assert _READS_SHARED.search("adata = read_papalexi2021()") and not _READS_SHARED.search("read_midas(path)")
+    assert _READS_SHARED.search('read_sif(shared_data_dir() / "x.sif")') and _READS_SHARED.search('"../shared/data/x"')
 
 
 def test_notebooks_are_found_and_are_jupytext_percent_files():
