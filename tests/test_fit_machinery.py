@@ -85,7 +85,7 @@ def _reference_fit(design, *, seed, num_steps, num_samples):
     model = functools.partial(additive.SPEC.model, likelihood="negbin")
     data = design.model_data()
     y = jnp.asarray(design.dense_y(), jnp.float32)
-    g = autoguide.AutoDiagonalNormal(model, init_loc_fn=init_to_median(num_samples=15), init_scale=0.05)
+    g = autoguide.AutoNormal(model, init_loc_fn=init_to_median(num_samples=15), init_scale=0.05)
     optim = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(optax.cosine_decay_schedule(0.02, num_steps, 0.01)))
     k_fit, k_draw = jax.random.split(jax.random.PRNGKey(seed))
     res = SVI(model, g, optim, Trace_ELBO()).run(k_fit, num_steps, data, y=y, progress_bar=False, stable_update=True)
@@ -98,15 +98,15 @@ def _reference_fit(design, *, seed, num_steps, num_samples):
 
 @pytest.mark.slow
 def test_fixed_seed_posterior_matches_the_eager_numpyro_path(design):
-    """Same seed, same guide and optimiser: the losses match the eager NumPyro run (the same
-    computation, compiled in one program, with the sparse NB log-likelihood), and the draws
-    agree within Monte Carlo error (they use the random key differently). Negative control: a
-    fit stopped after 3 steps."""
+    """Same seed, guide and optimiser as the eager NumPyro run: converged losses agree and the
+    draws agree within Monte Carlo error (they use the random key differently). Negative
+    control: a fit stopped after 3 steps."""
     n, steps = 400, 300
     ref, ref_losses = _reference_fit(design, seed=5, num_steps=steps, num_samples=n)
     fit = sm.fit_svi(additive.SPEC, design, rng_key=5, num_steps=steps, num_samples=n, progress_bar=False)
-    # the same computation (dense vs sparse NB log-likelihood: equal up to float rounding)
-    np.testing.assert_allclose(fit.losses[:50], ref_losses[:50], rtol=1e-3)
+    # the same computation from the same starting point (sparse vs dense NB: float rounding)
+    np.testing.assert_allclose(fit.losses[:20], ref_losses[:20], rtol=1e-3)
+    assert abs(fit.losses[-50:].mean() - ref_losses[-50:].mean()) < 0.01 * abs(ref_losses[-50:].mean())
 
     def z(samples):
         out = []
