@@ -189,7 +189,7 @@ def test_unreplicated_design_warns_that_noise_is_not_identified():
     labels = ["control", "a", "b", "a+b"]
     frame = pd.DataFrame(rng.normal(1.0, 0.2, (4, 3)), columns=["g1", "g2", "g3"]).assign(perturbation=labels)
     one_each = sm.Design.from_frame(frame, readouts=["g1", "g2", "g3"], perturbation_key="perturbation", control="control")
-    with pytest.warns(UnreplicatedWarning, match="not separately identified"):
+    with pytest.warns(UnreplicatedWarning, match="separated only by the priors"):
         _warn_unreplicated(one_each)
     # negative controls: replicate rows, or a pseudobulk of them, carry the noise information
     twice = pd.concat([frame, frame.assign(g1=frame.g1 + 0.1)], ignore_index=True)

@@ -197,11 +197,12 @@ def _warn_unreplicated(design: Design) -> None:
     if has_replicates(design) or residual_df(design) > 0:
         return
     warnings.warn(
-        "every condition (perturbation x batch) is observed in a single row, without replicates, and no effect "
-        "is shared between conditions, so measurement noise and condition effects are not separately "
-        "identified: the fitted noise sd, and with it every interval, is set by the priors. Give replicate rows "
-        "or cell-level data, a known measurement error (Design.with_noise: semimech.measurement.fixed, xmap, "
-        "from_replicates), or a design whose effects are shared across conditions.",
+        "every condition (perturbation x batch) is observed in a single row, without replicates, and every "
+        "condition can take its own mean (its targets' effects, or a combination's interaction), so measurement "
+        "noise and condition effects are separated only by the priors, which then set the fitted noise sd and "
+        "every interval. Give replicate rows or cell-level data, a known measurement error (Design.with_noise: "
+        "semimech.measurement.fixed, xmap, from_replicates), or a design whose effects are shared across "
+        "conditions. sm.fit uses NUTS for such designs (mean-field SVI over-shrinks their effects).",
         UnreplicatedWarning, stacklevel=3)
 
 
