@@ -248,6 +248,12 @@ def test_every_group_survives_save_and_load_exactly(fits, method, tmp_path):
     sm.add_predictions(fit, sm.predict(fit, ["A+B"], rng_key=2))
     groups = DEFAULT_GROUPS | {"posterior_predictive", "prior", "prior_predictive", "predictions"}
     assert set(fit.idata.children) == groups
+    dt = fit.idata
+    assert dt["posterior_predictive"]["y"].shape == (fit.num_chains, fit.num_draws, 48, 4)
+    assert _coords(dt["posterior_predictive"], "cells") == fit.design.obs_names
+    assert dt["prior"]["batch_z"].dims == ("chain", "draw", "batches", "genes")
+    assert dt["prior_predictive"]["y"].dims == ("chain", "draw", "cells", "genes")
+    assert _coords(dt["predictions"], "perturbations") == ("A+B",) and _coords(dt["predictions"], "genes") == fit.design.genes
     fit.save(tmp_path / "fit")
     back = sm.load(tmp_path / "fit")
     assert set(back.idata.children) == groups
