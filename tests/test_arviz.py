@@ -240,6 +240,32 @@ def test_nothing_large_is_computed_by_default(monkeypatch):
     assert sum(v.size for g in dt.children.values() for v in g.to_dataset().data_vars.values()) < 10 * n_cells
 
 
+def test_steady_state_fits_get_their_costly_log_likelihood_only_when_asked(monkeypatch):
+    """Their log-likelihood re-solves every condition per draw: above a tiny size, only on request."""
+    from semimech.infer import idata as idata_module
+    from semimech.models import linear_steady_state
+
+    rng = np.random.default_rng(0)
+    n, g = 40, 50
+    d = sm.Design(y=rng.normal(size=(n, g)), obs_names=tuple(f"c{i}" for i in range(n)),
+                  genes=tuple(f"g{i}" for i in range(g)), perturbations=("control", "g0"),
+                  perturbation_index=np.arange(n, dtype=np.int32) % 2, targets=("g0",),
+                  target_matrix=np.array([[0.0], [1.0]]), control="control", batches=None, batch_index=None,
+                  size_factors=np.ones(n), is_counts=False, n_cells=np.ones(n), target_sep="+")
+    fit = sm.Fit(spec=linear_steady_state.SPEC, design=d, samples={"baseline": np.zeros((1, 100, g), np.float32)},
+                 dims={"baseline": ("genes",)}, method="svi", options={"likelihood": "normal"}, losses=np.zeros(3))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a log-likelihood was computed without being asked for")
+
+    monkeypatch.setattr(idata_module, "pointwise_log_likelihood", refuse)
+    assert "log_likelihood" not in fit.idata.children and "add_log_likelihood" in fit.idata.attrs["not_included"]
+    assert "observed_data" in fit.idata.children  # small data are still there
+    # negative control: the same record under the additive model is small enough to get it
+    small = dataclasses.replace(fit, spec=additive.SPEC, idata=None)
+    assert "computing it failed (AssertionError" in small.idata.attrs["not_included"]  # it was attempted
+
+
 @pytest.mark.parametrize("method", ["svi", "nuts"])
 def test_every_group_survives_save_and_load_exactly(fits, method, tmp_path):
     fit = dataclasses.replace(fits[method], idata=fits[method].idata.copy())
