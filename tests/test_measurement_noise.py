@@ -41,7 +41,7 @@ def test_xmap_sd_on_the_log_scale_matches_simulated_assay_noise():
         data = me.xmap(additive=a, multiplicative=c).model_data(_design(_frame(["control", "a"])))
         model_sd = float(np.sqrt(known_variance(data, np.full(2, np.log10(x + 1)))[0]))
         assert model_sd == pytest.approx(emp, rel=0.03)
-        raw_data = me.xmap(additive=a, multiplicative=c, transform="identity").model_data(_design(_frame(["control"])))
+        raw_data = me.xmap(additive=a, multiplicative=c, transform="identity").model_data(_design(_frame(["control", "a"])))
         assert float(np.sqrt(known_variance(raw_data, np.full(2, x))[0])) == pytest.approx(np.hypot(a, c * x))
 
 
