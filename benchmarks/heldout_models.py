@@ -186,3 +186,6 @@ for _name, _fn in {
     "production_decay/default": default_config("production_decay"),
 }.items():
     register_model(_name)(_fn)
+
+# signalling_network configurations (PKN per task) live in heldout_signalling.py
+import heldout_signalling  # noqa: E402,F401

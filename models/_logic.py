@@ -73,6 +73,26 @@ class Structure(NamedTuple):
     levels: tuple  # ((node indices, edge indices), ...) in topological levels; () if cyclic
 
 
+def _key(st: Structure):
+    return (st.src.tobytes(), st.dst.tobytes(), st.partner.tobytes(), st.sign.tobytes(), st.n_nodes, bool(st.levels))
+
+
+_COMPILED: dict = {}
+
+
+def compiled(st: Structure, *, kind: str = "closed_form"):
+    """A jitted ``closed_form`` or ``fixed_point`` for this structure (cached by its arrays).
+
+    NumPyro runs a model eagerly while it initialises; one compiled call per forward pass keeps
+    those runs cheap (the unrolled levels are many small operations).
+    """
+    key = (kind, _key(st))
+    if key not in _COMPILED:
+        fn = closed_form if kind == "closed_form" else fixed_point
+        _COMPILED[key] = jax.jit(lambda p, stim, keep: fn(p, stim, keep, st))
+    return _COMPILED[key]
+
+
 def structure(arrays: dict, n_nodes: int, *, acyclic: bool) -> Structure:
     """Static structure from :func:`semimech.models._pkn.as_arrays`; ``levels`` when acyclic."""
     src, dst, partner, sign = (np.asarray(arrays[k]) for k in ("src", "dst", "partner", "sign"))

@@ -59,6 +59,10 @@ class Network:
         ``"a>b>c"``).
     stimuli, inhibitors
         Treatment name -> node names it acts on.
+    background
+        Nodes stimulated in every condition (the control included) unless a treatment withdraws them.
+    withdraws
+        Treatment name -> background nodes it removes (a condition without the common stimulus).
     readouts
         Readout name -> node name (``None``: a readout with no node, modelled by its offset).
     acyclic
@@ -71,6 +75,8 @@ class Network:
     edges: pd.DataFrame
     stimuli: Mapping[str, tuple[str, ...]]
     inhibitors: Mapping[str, tuple[str, ...]]
+    background: tuple[str, ...]
+    withdraws: Mapping[str, tuple[str, ...]]
     readouts: Mapping[str, str | None]
     readout_signs: Mapping[str, int]
     acyclic: bool
@@ -241,7 +247,8 @@ def _compress(e: pd.DataFrame, protected: set) -> pd.DataFrame:
 
 def compile_network(edges: pd.DataFrame, *, stimuli: Mapping[str, str | Sequence[str]],
                     inhibitors: Mapping[str, str | Sequence[str]], readouts: Mapping[str, str | None],
-                    readout_signs: Mapping[str, int] | None = None, extra_edges: pd.DataFrame | str | None = None,
+                    readout_signs: Mapping[str, int] | None = None, background: Sequence[str] = (),
+                    withdraws: Mapping[str, str | Sequence[str]] | None = None, extra_edges: pd.DataFrame | str | None = None,
                     compress: bool = True, and_gates: bool = True,
                     max_and_inputs: int = 4, cycles: str = "error") -> Network:
     """Check, prune and compress a PKN for the signalling model (see the module docstring).
@@ -256,6 +263,9 @@ def compile_network(edges: pd.DataFrame, *, stimuli: Mapping[str, str | Sequence
         Readout name -> its node (``None``: no node; the readout is modelled by its offset only).
     readout_signs
         Readout name -> -1 for a readout that falls as its node is active (default +1 each).
+    background, withdraws
+        Nodes stimulated in every condition (e.g. CD3/CD28 in Sachs 2005), and treatment name ->
+        background nodes that condition lacks (PMA and b2cAMP were given without CD3/CD28).
     extra_edges
         Candidate edges outside the PKN (a much smaller prior in the model): a table like
         ``edges`` (sign required); ``"stimuli"``: every stimulus node -> readout node, both signs
@@ -275,6 +285,15 @@ def compile_network(edges: pd.DataFrame, *, stimuli: Mapping[str, str | Sequence
     known = set(e.source) | set(e.target)
     stim = {str(k): _as_list(v) for k, v in stimuli.items()}
     inh = {str(k): _as_list(v) for k, v in inhibitors.items()}
+    wd = {str(k): _as_list(v) for k, v in (withdraws or {}).items()}
+    bg = _as_list(background)
+    for name, nodes in wd.items():
+        for n in nodes:
+            if n not in bg:
+                raise DesignError(f"treatment {name!r} withdraws {n!r}, which is not a background node ({list(bg)}).")
+    for n in bg:
+        if n not in known:
+            raise DesignError(f"background node {n!r} is not a node of the PKN; add its edges or remove it.")
     for kind, table in (("stimulus", stim), ("inhibitor", inh)):
         for name, nodes in table.items():
             for n in nodes:
@@ -290,7 +309,7 @@ def compile_network(edges: pd.DataFrame, *, stimuli: Mapping[str, str | Sequence
         if r not in readouts or sg not in (1, -1):
             raise DesignError(f"readout_signs[{r!r}] = {sg!r}: give +1 or -1 for a readout named in readouts.")
         signs[r] = int(sg)
-    stim_nodes = {n for v in stim.values() for n in v}
+    stim_nodes = {n for v in stim.values() for n in v} | set(bg)
     inh_nodes = {n for v in inh.values() for n in v}
     read_nodes = {n for n in readouts.values() if n is not None}
     dropped: dict[str, str] = {}
@@ -339,6 +358,7 @@ def compile_network(edges: pd.DataFrame, *, stimuli: Mapping[str, str | Sequence
     e = e[["source", "target", "sign", "prior", "gate", "partner", "via"]]
     return Network(nodes=tuple(nodes), edges=e, stimuli={k: tuple(n for n in v if n in rank) for k, v in stim.items()},
                    inhibitors={k: tuple(n for n in v if n in rank) for k, v in inh.items()},
+                   background=tuple(n for n in bg if n in rank), withdraws={k: tuple(v) for k, v in wd.items()},
                    readouts=dict(readouts), readout_signs=signs, acyclic=acyclic, dropped=dropped)
 
 

@@ -35,17 +35,14 @@ def network_option(net: Network, *, design=None, targets: Sequence[str] | None =
     if targets is None or genes is None:
         raise DesignError("network_option needs a design, or targets= and genes=.")
     idx = {n: i for i, n in enumerate(net.nodes)}
-    stim, inh = [], []
+    stim, inh, wd = [], [], []
     for t in targets:
-        if t in net.stimuli:
-            stim.append([idx[n] for n in net.stimuli[t]])
-            inh.append([])
-        elif t in net.inhibitors:
-            stim.append([])
-            inh.append([idx[n] for n in net.inhibitors[t]])
-        else:
+        if t not in net.stimuli and t not in net.inhibitors and t not in net.withdraws:
             raise DesignError(f"target {t!r} is neither a stimulus nor an inhibitor of the network; give it a node "
                               f"when compiling (stimuli={{{t!r}: '<node>'}} or inhibitors={{{t!r}: '<node>'}}).")
+        stim.append([idx[n] for n in net.stimuli.get(t, ())])
+        inh.append([idx[n] for n in net.inhibitors.get(t, ())])
+        wd.append([idx[n] for n in net.withdraws.get(t, ()) if n in idx])
     rnode, rsign = [], []
     for g in genes:
         if g not in net.readouts:
@@ -67,7 +64,8 @@ def network_option(net: Network, *, design=None, targets: Sequence[str] | None =
     return {"nodes": list(net.nodes), "src": a["src"].tolist(), "dst": a["dst"].tolist(),
             "partner": a["partner"].tolist(), "sign": a["sign"].astype(int).tolist(), "kind": kind.tolist(),
             "via": net.edges.via.tolist(), "acyclic": bool(net.acyclic), "targets": list(targets),
-            "stimulus_nodes": stim, "inhibitor_nodes": inh, "genes": list(genes), "readout_node": rnode,
+            "stimulus_nodes": stim, "inhibitor_nodes": inh, "withdraw_nodes": wd,
+            "background_nodes": [idx[n] for n in net.background], "genes": list(genes), "readout_node": rnode,
             "readout_sign": rsign, "center": center.tolist(), "spread": spread.tolist()}
 
 
@@ -97,7 +95,8 @@ def default_network(data) -> dict:
 
 def network_arrays(net: dict, *, n_targets: int, n_genes: int) -> dict:
     """Arrays the model uses: :class:`~semimech.models._logic.Structure`, ``stim_map`` and
-    ``inh_map`` (targets x nodes; a prediction design's extra targets get zero rows), ``off_pairs``
+    ``inh_map`` (targets x nodes; a prediction design's extra targets get zero rows), ``wd_map``
+    (targets x nodes: background stimuli a target withdraws), ``background`` (nodes,), ``off_pairs``
     (inhibitor target, node) candidates for off-target inhibition, ``readout_pairs`` (inhibitor
     target, gene) candidates for a direct readout block,
     ``readout_node``, ``readout_sign``, ``edge_kind``, ``center``, ``spread``."""
@@ -115,13 +114,19 @@ def network_arrays(net: dict, *, n_targets: int, n_genes: int) -> dict:
         stim_map[t, nodes] = 1.0
     for t, nodes in enumerate(net["inhibitor_nodes"]):
         inh_map[t, nodes] = 1.0
+    wd_map = np.zeros((n_targets, N), np.float32)
+    for t, nodes in enumerate(net.get("withdraw_nodes", ())):
+        wd_map[t, nodes] = 1.0
+    background = np.zeros(N, np.float32)
+    background[net.get("background_nodes", [])] = 1.0
     is_inh = inh_map.any(1)
     off_pairs = np.array([(t, n) for t in range(n_targets) if is_inh[t] for n in range(N) if inh_map[t, n] == 0],
                          np.int32).reshape(-1, 2)
     rnode = np.asarray(net["readout_node"], np.int32)
     readout_pairs = np.array([(t, g) for t in range(n_targets) if is_inh[t] for g in range(n_genes) if rnode[g] >= 0],
                              np.int32).reshape(-1, 2)
-    return {"structure": st, "stim_map": stim_map, "inh_map": inh_map, "off_pairs": off_pairs,
+    return {"structure": st, "stim_map": stim_map, "inh_map": inh_map, "wd_map": wd_map, "background": background,
+            "off_pairs": off_pairs,
             "readout_pairs": readout_pairs,
             "readout_node": np.asarray(net["readout_node"], np.int32),
             "readout_sign": np.asarray(net.get("readout_sign", [1] * n_genes), np.float32),

@@ -47,7 +47,7 @@ def simulate(net: Network, labels, *, active, rng_key, replicates: int = 1, weig
     w = np.where(np.asarray(active, bool), weight, 0.0)
     params = _logic.LogicParams(w=jnp.asarray(w), k=jnp.full(w.shape, k), n=jnp.asarray(n),
                                 basal=jnp.full((st.n_nodes,), basal))
-    stim = np.clip(tm @ arr["stim_map"], 0.0, 1.0)
+    stim = np.clip(tm @ arr["stim_map"] + arr["background"] * (1.0 - np.clip(tm @ arr["wd_map"], 0.0, 1.0)), 0.0, 1.0)
     keep = np.exp(tm @ (np.log1p(-efficacy) * arr["inh_map"]))
     if st.levels:
         _, B = _logic.closed_form(params, jnp.asarray(stim), jnp.asarray(keep), st)

@@ -52,6 +52,8 @@ off_target_z, off_target : (off_targets,)
     (``off_target=True``; pairs listed by :func:`semimech.models._signalling_options.network_arrays`).
 readout_block_z, readout_block : (readout_blocks,)
     Direct block of a readout's measurement by an inhibitor (``readout_block=True``).
+residual_scale, residual_sd, residual_z
+    Per-condition misfit (``residual=True``).
 ok_fraction : (), deterministic
     Fraction of conditions whose fixed-point solve converged (feedback networks only).
 mean : (perturbations, genes), deterministic
@@ -69,8 +71,9 @@ import numpyro
 import numpyro.distributions as dist
 
 from semimech.infer.spec import ModelSpec
-from semimech.measurement import observe_conditions, to_data_scale
+from semimech.measurement import gene_noise, observe_conditions, to_data_scale
 from semimech.models import _logic
+from semimech.models import _network as net_helpers
 from semimech.models._pkn import Network, NetworkWarning, compile_network, default_readouts
 from semimech.models._signalling_options import default_network, network_arrays, network_option
 from semimech.models._signalling_structure import edge_posteriors, plot_edge_posteriors, pruned_sif
@@ -93,9 +96,12 @@ def _logit_normal(name, mu, s, z_shape_plate, *, ctx, ctx_scale, plate_ctx):
 
 
 def _noise(data, genes, spread, *, likelihood: str, noise_sd):
-    if likelihood != "normal":
+    """Per-readout noise: the ``noise_sd`` option's prior, else the design's noise model
+    (:mod:`semimech.measurement.noise`: known, xMAP, from replicates), else learned (half-normal
+    on the readout's spread)."""
+    if likelihood != "normal" or (noise_sd is None and data.get("noise_kind", "learned") != "learned"):
         with genes:
-            return numpyro.sample("concentration", dist.LogNormal(1.0, 1.5))
+            return gene_noise(data, likelihood=likelihood)
     with genes:
         if noise_sd is None:
             return numpyro.sample("noise_sd", dist.HalfNormal(spread))
@@ -106,7 +112,7 @@ def _noise(data, genes, spread, *, likelihood: str, noise_sd):
 def model(data, *, likelihood: str = "normal", network: dict | None = None, edge_prior=(-1.0, 2.5),
           and_prior=(-2.0, 2.5), extra_prior=(-5.0, 2.0), off_target: bool = True, readout_block: bool = True,
           off_target_prior=(-4.0, 2.0),
-          context_scale: float = 1.0, noise_sd=None,
+          context_scale: float = 1.0, noise_sd=None, residual: bool = False,
           inhibitor_readout: str = "input", y=None):
     """The signalling-network model; see the module docstring for the sites.
 
@@ -134,9 +140,15 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     context_scale
         Half-normal scale of the context sds (logit units; readout spreads for offsets).
     noise_sd
-        ``None``: half-normal noise sd per readout (scale: the readout's spread); a number, or
-        ``(sd, log-sd)``: a log-normal prior around a known measurement sd (data units), for
-        designs with one measurement per condition where the noise cannot be estimated.
+        ``None``: the design's noise model (``Design.with_noise``: known, xMAP, from replicates),
+        or a half-normal sd per readout scaled by its spread; a number, or ``(sd, log-sd)``: a
+        log-normal prior around a known measurement sd (data units), for designs with one
+        measurement per condition where the noise cannot be estimated.
+    residual
+        Add a per-condition misfit (sites ``residual_scale``, ``residual_sd``, ``residual_z``, see
+        :func:`semimech.models._network.residual`; scale: the readouts' spreads): an unseen
+        condition's interval then includes the misfit of the network seen in training. Useful
+        when conditions are measured precisely (many cells), where noise cannot absorb it.
     inhibitor_readout
         ``"input"``: a readout of an inhibited node measures its activation ``B``; ``"activity"``:
         the scaled activity ``keep * B``.
@@ -178,7 +190,8 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         numpyro.deterministic("efficacy", eff)
 
     # conditions -> node inputs
-    stim = jnp.clip(tm @ jnp.asarray(arr["stim_map"]), 0.0, 1.0)  # (P, N)
+    withdrawn = jnp.clip(tm @ jnp.asarray(arr["wd_map"]), 0.0, 1.0)
+    stim = jnp.clip(tm @ jnp.asarray(arr["stim_map"]) + arr["background"] * (1.0 - withdrawn), 0.0, 1.0)  # (P, N)
     inh_map = jnp.asarray(arr["inh_map"])  # (T, N) 0/1: each inhibitor's named node(s)
     block = eff[ctx][:, :, None] * inh_map  # (P, T, N): fraction of each node's activity removed
     pairs = arr["off_pairs"]
@@ -191,9 +204,9 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     keep = jnp.exp(jnp.einsum("pt,ptn->pn", tm, log_keep))  # (P, N)
     p = _logic.LogicParams(w=w[ctx], k=k, n=n_hill, basal=basal[ctx])
     if st.levels:
-        x, B = _logic.closed_form(p, stim, keep, st)
+        x, B = _logic.compiled(st)(p, stim, keep)
     else:
-        x, B, ok = _logic.fixed_point(p, stim, keep, st)
+        x, B, ok = _logic.compiled(st, kind="fixed_point")(p, stim, keep)
         numpyro.deterministic("ok_fraction", jnp.mean(ok))
         numpyro.factor("steady_state_ok", jnp.where(jnp.all(ok), 0.0, -jnp.inf))
         B = jnp.where(ok[:, None], B, 0.0)
@@ -228,6 +241,8 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         log_d = jnp.zeros((T, G)).at[rpairs[:, 0], rpairs[:, 1]].set(jnp.log1p(-jnp.clip(d, 0.0, 1.0 - 1e-6)))
         m_r = m_r * jnp.exp(tm @ log_d)
     loc_p = offset[ctx] + scale[ctx] * m_r
+    if residual:
+        loc_p = net_helpers.residual(loc_p, data, genes, unit=spread, scale=0.5)
     noise = _noise(data, genes, spread, likelihood=likelihood, noise_sd=noise_sd)
     with numpyro.plate("perturbations", P, dim=-2), genes:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))

@@ -187,3 +187,37 @@ def test_edge_table_and_pruned_sif(chain_fit):
     assert table.set_index(["source", "target"]).loc[("a", "b"), "p_active"] > 0.9  # needed by the data
     sif_text = sn.pruned_sif(fit)
     assert "a\t1\tb" in sif_text
+
+
+def test_background_stimulus_is_on_unless_withdrawn():
+    net = _pkn.compile_network(sif(("bg", 1, "a"), ("p", 1, "a")), stimuli={"P": "p"}, inhibitors={},
+                               readouts={"A": "a"}, background=("bg",), withdraws={"P": "bg"}, compress=False,
+                               and_gates=False)
+    opt = network_option(net, targets=["P"], genes=["A"])
+    arr = network_arrays(opt, n_targets=1, n_genes=1)
+    tm = np.array([[0.0], [1.0]])  # control (background on), P (background withdrawn, p on)
+    stim = np.clip(tm @ arr["stim_map"] + arr["background"] * (1 - np.clip(tm @ arr["wd_map"], 0, 1)), 0, 1)
+    idx = {n: i for i, n in enumerate(net.nodes)}
+    assert stim[0, idx["bg"]] == 1 and stim[0, idx["p"]] == 0
+    assert stim[1, idx["bg"]] == 0 and stim[1, idx["p"]] == 1
+    with pytest.raises(DesignError, match="'zz'"):
+        _pkn.compile_network(sif(("bg", 1, "a")), stimuli={}, inhibitors={}, readouts={"A": "a"}, background=("bg",),
+                             withdraws={"P": "zz"})
+
+
+def test_shipped_hepg2_subset_compiles_with_its_vocabulary():
+    from semimech.datasets import HEPG2_NETWORK, hepg2_cancerres2011, hepg2_cancerres2011_pkn
+
+    tidy = hepg2_cancerres2011()
+    assert tidy.shape == (400 * 18, 8) and set(tidy.time) == {30.0} and tidy.cell_line.nunique() == 5
+    pkn = hepg2_cancerres2011_pkn()
+    nodes = set(pkn.source) | set(pkn.target)
+    reads = _pkn.default_readouts(sorted(set(tidy.readout)), nodes, HEPG2_NETWORK["readout_aliases"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = _pkn.compile_network(pkn, stimuli=HEPG2_NETWORK["stimuli"], inhibitors=HEPG2_NETWORK["inhibitors"],
+                                   readouts=reads, readout_signs=HEPG2_NETWORK["readout_signs"], cycles="drop")
+    messages = [str(w.message) for w in caught if issubclass(w.category, _pkn.NetworkWarning)]
+    assert any("feedback" in m for m in messages) and any("pp2a" in m for m in messages)
+    assert net.acyclic and {"pi3k", "mek", "ikk", "akt", "erk"} <= set(net.nodes)
+    assert {"akt->ras", "erk->ras"} <= {k.replace(">", "->") for k, v in net.dropped.items() if v == "feedback"}

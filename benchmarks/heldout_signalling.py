@@ -1,0 +1,185 @@
+"""``signalling_network`` configurations of ``benchmarks/heldout.py`` (registered on import).
+
+Each configuration builds its own design from the fold (its ``frame`` or ``train``), compiles the
+task's prior-knowledge network, fits, and predicts every held-out condition for an observation
+(``observed_mean`` of ``fold.n_obs`` new observations). Networks:
+
+- ``hepg2_combinations``: the HepG2CancerRes2011 PKN (:data:`semimech.datasets.HEPG2_NETWORK`:
+  stimuli and inhibitors on their nodes, p-GSK3 and p-IkB falling with their node's activity),
+  feedback edges dropped for the closed form, candidate edges from every stimulus to every
+  readout (non-PKN prior). One fit per cell line (a single context), until the factorial
+  design's contexts are on main. Measurement noise: log-normal prior around 0.12 log10 units,
+  the sd of the duplicated t = 0 samples of the same file (the t = 30 rows have no replicates).
+- ``sachs_loco``: the 20-edge consensus graph with both signs per edge, a ``cd3cd28`` input node
+  (-> pip3, plc) stimulated in every condition but PMA and b2cAMP (which withdraw it), ICAM-2 as
+  a second input (candidate edges to pip3 and plc), inhibitors on their protein, activators on
+  theirs; no off-target or readout-block candidates (the held-out reagent is never seen, so
+  they would be pure prior draws); a per-condition residual (``residual=True``): with ~800
+  cells per condition the noise cannot absorb the network's misfit, the residual can, and an
+  unseen condition's interval includes it.
+- ``liverdream_loco``: the LiverDREAM PKN, its stimuli and inhibitors on their nodes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+import semimech as sm
+from heldout_models import NotApplicable, Predicted, register_model
+from semimech.datasets import HEPG2_NETWORK, read_sif, shared_data_dir
+
+TASKS = ("hepg2_combinations", "sachs_loco", "liverdream_loco")
+NOISE_LOG10 = (0.12, 0.3)
+
+
+def _label(stimuli: str, inhibitors: str) -> str:
+    parts = [p for p in stimuli.split("+") + inhibitors.split("+") if p != "none"]
+    return "+".join(parts) if parts else "none"
+
+
+def _fit(design, network, *, method: str, seed: int, budget, **options):
+    from semimech.models import signalling_network as sn
+
+    t0 = time.perf_counter()
+    if method == "nuts":
+        fit = sm.fit_nuts(sn.SPEC, design, rng_key=seed, num_warmup=budget.num_warmup,
+                          num_samples=max(budget.num_samples // 2, 50), num_chains=2, progress_bar=False,
+                          network=network, **options)
+    else:
+        fit = sm.fit_svi(sn.SPEC, design, rng_key=seed, num_steps=budget.num_steps, num_samples=budget.num_samples,
+                         progress_bar=False, guide=method, network=network, **options)
+    return fit, time.perf_counter() - t0
+
+
+def _info(fit) -> dict:
+    if fit.method != "nuts":
+        return {"guide": fit.options.get("guide")}
+    return {"divergences": int(np.asarray(fit.sample_stats["diverging"]).sum())}
+
+
+# ------------------------------------------------------------------------------ HepG2
+def hepg2_network(readouts, *, extra: str | None = "stimuli", pkn=None):
+    """The compiled HepG2CancerRes2011 network for these readouts (feedback dropped)."""
+    import warnings
+
+    from semimech.models import signalling_network as sn
+
+    edges = read_sif(shared_data_dir() / "cellnopt_liver_phospho" / "HepG2CancerRes2011" /
+                     "PKN-HepG2CancerRes2011.sif") if pkn is None else pkn
+    nodes = set(edges.source.str.strip()) | set(edges.target.str.strip())
+    reads = sn.default_readouts(readouts, nodes, HEPG2_NETWORK["readout_aliases"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sn.NetworkWarning)
+        return sn.compile_network(edges, stimuli=HEPG2_NETWORK["stimuli"], inhibitors=HEPG2_NETWORK["inhibitors"],
+                                  readouts=reads, readout_signs=HEPG2_NETWORK["readout_signs"], cycles="drop",
+                                  extra_edges=extra)
+
+
+def _hepg2(fold, *, seed, budget, method: str, **options) -> Predicted:
+    from semimech.models import signalling_network as sn
+
+    frame = fold.frame
+    readouts = list(fold.readouts)
+    net = hepg2_network(readouts)
+    held = frame.set_index(["label", "context"])
+    want = [held.loc[(lab, ctx)] for lab, ctx in zip(fold.labels, fold.contexts)]
+    obs = np.empty((budget.num_samples if method != "nuts" else 2 * max(budget.num_samples // 2, 50),
+                    len(fold.labels), len(readouts)))
+    mean = np.empty_like(obs)
+    seconds, info = 0.0, {}
+    for line in dict.fromkeys(r.cell_line for r in want):
+        rows = frame[(frame.cell_line == line) & (frame.split == "train")]
+        rows = rows.assign(label=[_label(s, i) for s, i in zip(rows.stimuli, rows.inhibitors)]).set_index("label",
+                                                                                                          drop=False)
+        design = sm.Design.from_frame(rows, readouts=readouts, perturbation_key="label", control="none")
+        fit, secs = _fit(design, sn.network_option(net, design=design), method=method, seed=seed, budget=budget,
+                         noise_sd=NOISE_LOG10, **options)
+        seconds += secs
+        info[line] = _info(fit)
+        idx = [i for i, r in enumerate(want) if r.cell_line == line]
+        labels = [_label(want[i].stimuli, want[i].inhibitors) for i in idx]
+        p = sm.predict(fit, labels, rng_key=seed + 1000, num_cells=fold.n_obs[idx], steady_state_draws=0)
+        cols = [p.genes.index(g) for g in readouts]
+        obs[:, idx] = p.draws["observed_mean"][:, :, cols]
+        mean[:, idx] = p.draws["mean"][:, :, cols]
+    return Predicted(observed=obs, mean=mean, seconds=seconds, info=info)
+
+
+# ------------------------------------------------------------------------------ Sachs 2005
+SACHS_STIMULI = {"pma": "pkc", "pka": "pka", "icam2": "icam2"}
+SACHS_INHIBITORS = {"akt": "akt", "pkc": "pkc", "pip2": "pip2", "mek": "mek", "pip3": "pip3"}
+
+
+def sachs_network():
+    """Consensus graph, both signs per edge, with the CD3/CD28 and ICAM-2 inputs (see the module docstring)."""
+    import warnings
+
+    from semimech.datasets import SACHS2005_PROTEINS, read_sachs2005_graph
+    from semimech.models import signalling_network as sn
+
+    g = read_sachs2005_graph()
+    edges = pd.concat([g.assign(sign=1), g.assign(sign=-1),
+                       pd.DataFrame({"source": ["cd3cd28", "cd3cd28"], "target": ["pip3", "plc"], "sign": [1, 1]})])
+    edges = pd.concat([edges, pd.DataFrame({"source": ["icam2", "icam2"], "target": ["pip3", "plc"], "sign": [1, 1]})])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sn.NetworkWarning)
+        return sn.compile_network(edges, stimuli=SACHS_STIMULI, inhibitors=SACHS_INHIBITORS,
+                                  readouts={p: p for p in SACHS2005_PROTEINS}, background=("cd3cd28",),
+                                  withdraws={"pma": "cd3cd28", "pka": "cd3cd28"}, compress=False, and_gates=False)
+
+
+def _sachs(fold, *, seed, budget, method: str, **options) -> Predicted:
+    from semimech.models import signalling_network as sn
+
+    net = sachs_network()
+    design = fold.train
+    opts = dict(off_target=False, readout_block=False, residual=True)
+    opts.update(options)
+    fit, secs = _fit(design, sn.network_option(net, design=design), method=method, seed=seed, budget=budget, **opts)
+    p = sm.predict(fit, list(fold.labels), rng_key=seed + 1000, num_cells=fold.n_obs, steady_state_draws=0)
+    cols = [p.genes.index(g) for g in fold.readouts]
+    return Predicted(observed=p.draws["observed_mean"][:, :, cols], mean=p.draws["mean"][:, :, cols],
+                     seconds=secs, info=_info(fit))
+
+
+# ------------------------------------------------------------------------------ LiverDREAM
+LIVER_STIMULI = {"igf1": "igf1", "il1a": "il1a", "tgfa": "tgfa", "tnfa": "tnfa"}
+LIVER_INHIBITORS = {"ikki": "ikk", "mek12i": "mek12", "pi3ki": "pi3k", "p38i": "p38"}
+
+
+def _liver(fold, *, seed, budget, method: str, **options) -> Predicted:
+    import warnings
+
+    from semimech.models import signalling_network as sn
+
+    edges = read_sif(shared_data_dir() / fold.meta["pkn"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sn.NetworkWarning)
+        net = sn.compile_network(edges, stimuli=LIVER_STIMULI, inhibitors=LIVER_INHIBITORS,
+                                 readouts={r: r for r in fold.readouts}, cycles="drop")
+    fit, secs = _fit(fold.train, sn.network_option(net, design=fold.train), method=method, seed=seed, budget=budget,
+                     noise_sd=(0.1, 0.5), **options)
+    p = sm.predict(fit, list(fold.labels), rng_key=seed + 1000, num_cells=fold.n_obs, steady_state_draws=0)
+    cols = [p.genes.index(g) for g in fold.readouts]
+    return Predicted(observed=p.draws["observed_mean"][:, :, cols], mean=p.draws["mean"][:, :, cols],
+                     seconds=secs, info=_info(fit))
+
+
+_RUNNERS = {"hepg2_combinations": _hepg2, "sachs_loco": _sachs, "liverdream_loco": _liver}
+
+
+def _config(method: str, **options):
+    def run(fold, *, seed, budget):
+        if fold.task not in _RUNNERS:
+            raise NotApplicable(f"no network configured for task {fold.task!r}")
+        return _RUNNERS[fold.task](fold, seed=seed, budget=budget, method=method, **options)
+
+    run.__doc__ = f"signalling_network on the task's PKN, fitted by {'NUTS' if method == 'nuts' else method + ' SVI'}."
+    return run
+
+
+for _method in ("map", "normal", "lowrank", "nuts"):
+    register_model(f"signalling_network/{_method}", tasks=TASKS)(_config(_method))
