@@ -8,8 +8,9 @@ task's prior-knowledge network, fits, and predicts every held-out condition for 
   stimuli and inhibitors on their nodes, p-GSK3 and p-IkB falling with their node's activity),
   feedback edges dropped for the closed form, candidate edges from every stimulus to every
   readout (non-PKN prior). One fit per cell line (a single context), until the factorial
-  design's contexts are on main. Measurement noise: log-normal prior around 0.12 log10 units,
-  the sd of the duplicated t = 0 samples of the same file (the t = 30 rows have no replicates).
+  design's contexts are on main. Measurement noise: a per-readout prior from technical
+  replicates (:func:`semimech.measurement.from_replicates`), the duplicated t = 0 samples of the
+  same file (the t = 30 rows have no replicates).
 - ``sachs_loco``: the 20-edge consensus graph with both signs per edge, a ``cd3cd28`` input node
   (-> pip3, plc) stimulated in every condition but PMA and b2cAMP (which withdraw it), ICAM-2 as
   a second input (candidate edges to pip3 and plc), inhibitors on their protein, activators on
@@ -32,7 +33,6 @@ from heldout_models import NotApplicable, Predicted, register_model
 from semimech.datasets import HEPG2_NETWORK, read_sif, shared_data_dir
 
 TASKS = ("hepg2_combinations", "sachs_loco", "liverdream_loco")
-NOISE_LOG10 = (0.12, 0.3)
 
 
 def _label(stimuli: str, inhibitors: str) -> str:
@@ -78,12 +78,31 @@ def hepg2_network(readouts, *, extra: str | None = "stimuli", pkn=None):
                                   extra_edges=extra)
 
 
+def hepg2_replicate_noise():
+    """Noise prior per readout from the duplicated t = 0 samples (5 lines x 8 inhibitor sets x 2), log10(x + 1)."""
+    from semimech.datasets import read_midas
+    from semimech.measurement import from_replicates
+
+    long = read_midas(shared_data_dir() / "cellnopt_liver_phospho" / "HepG2CancerRes2011" /
+                      "MD-HepG2CancerRes2011.csv").query("time == 0")
+    wide = long.pivot_table(index=["row", "cell_line", "inhibitors"], columns="readout", values="value").reset_index()
+    wide.columns.name = None
+    readouts = [c for c in wide.columns if c not in ("row", "cell_line", "inhibitors")]
+    wide[readouts] = np.log10(wide[readouts] + 1.0)
+    wide["label"] = np.where(wide.inhibitors == "none", "none", wide.inhibitors)
+    wide.index = [f"r{i}" for i in wide.row]
+    reps = sm.Design.from_frame(wide, readouts=readouts, perturbation_key="label", control="none",
+                                batch_key="cell_line")
+    return from_replicates(reps)
+
+
 def _hepg2(fold, *, seed, budget, method: str, **options) -> Predicted:
     from semimech.models import signalling_network as sn
 
     frame = fold.frame
     readouts = list(fold.readouts)
     net = hepg2_network(readouts)
+    noise = hepg2_replicate_noise()
     held = frame.set_index(["label", "context"])
     want = [held.loc[(lab, ctx)] for lab, ctx in zip(fold.labels, fold.contexts)]
     obs = np.empty((budget.num_samples if method != "nuts" else 2 * max(budget.num_samples // 2, 50),
@@ -95,8 +114,9 @@ def _hepg2(fold, *, seed, budget, method: str, **options) -> Predicted:
         rows = rows.assign(label=[_label(s, i) for s, i in zip(rows.stimuli, rows.inhibitors)]).set_index("label",
                                                                                                           drop=False)
         design = sm.Design.from_frame(rows, readouts=readouts, perturbation_key="label", control="none")
+        design = design.with_noise(noise)
         fit, secs = _fit(design, sn.network_option(net, design=design), method=method, seed=seed, budget=budget,
-                         noise_sd=NOISE_LOG10, **options)
+                         **options)
         seconds += secs
         info[line] = _info(fit)
         idx = [i for i, r in enumerate(want) if r.cell_line == line]
@@ -183,3 +203,4 @@ def _config(method: str, **options):
 
 for _method in ("map", "normal", "lowrank", "nuts"):
     register_model(f"signalling_network/{_method}", tasks=TASKS)(_config(_method))
+    register_model(f"signalling_network+residual/{_method}", tasks=TASKS)(_config(_method, residual=True))

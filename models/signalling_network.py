@@ -112,7 +112,8 @@ def _noise(data, genes, spread, *, likelihood: str, noise_sd):
 def model(data, *, likelihood: str = "normal", network: dict | None = None, edge_prior=(-1.0, 2.5),
           and_prior=(-2.0, 2.5), extra_prior=(-5.0, 2.0), off_target: bool = True, readout_block: bool = True,
           off_target_prior=(-4.0, 2.0),
-          context_scale: float = 1.0, noise_sd=None, residual: bool = False,
+          basal_prior=(-2.0, 2.0), hill_prior=(-0.5, 1.0), context_scale: float = 1.0, noise_sd=None,
+          residual: bool = False,
           inhibitor_readout: str = "input", y=None):
     """The signalling-network model; see the module docstring for the sites.
 
@@ -137,6 +138,11 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         phospho-site itself, or of an unmodelled route to it): ``m_r <- m_r * prod (1 - d)``,
         same prior as off-targets (sites ``readout_block_z``, ``readout_block`` over the
         ``readout_blocks`` plate: inhibitor x readout pairs).
+    basal_prior
+        ``(mu, s)``: logit-normal prior of each node's basal activity (cell lines often signal
+        without a stimulus; inhibitors then act in unstimulated cells too).
+    hill_prior
+        ``(mu, s)``: log-normal prior of ``n - 1`` (the Hill exponent, shared by all edges).
     context_scale
         Half-normal scale of the context sds (logit units; readout spreads for offsets).
     noise_sd
@@ -181,8 +187,8 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         numpyro.deterministic("edge_weight", w)
     with edges_pl:
         k = numpyro.sample("hill_k", dist.Beta(2.0, 2.0))
-    n_hill = 1.0 + numpyro.sample("hill_excess", dist.LogNormal(0.3, 0.5))
-    basal = jax.nn.sigmoid(_logit_normal("basal", -3.0, 1.5, nodes_pl, **kw))
+    n_hill = 1.0 + numpyro.sample("hill_excess", dist.LogNormal(*hill_prior))
+    basal = jax.nn.sigmoid(_logit_normal("basal", basal_prior[0], basal_prior[1], nodes_pl, **kw))
     with ctx_pl, nodes_pl:
         numpyro.deterministic("basal", basal)
     eff = jax.nn.sigmoid(_logit_normal("efficacy", 2.0, 1.5, targets_pl, **kw))
