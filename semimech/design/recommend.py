@@ -104,7 +104,8 @@ def recommend(fit, candidates, *, budget: int, objective: str = "predictive", rn
         error; NaN for the Gaussian update), ``gain_alone`` (measured on its own),
         ``num_cells``, ``batch``, ``population_only`` (an unseen target answered from the
         model's population of effects), ``reason``. ``frame.attrs`` holds ``objective``,
-        ``unit``, ``estimator``, ``ranking`` (every candidate's gain alone, best first),
+        ``unit``, ``estimator``, ``ranking`` (every candidate's gain alone, best first: a dict of
+        lists, ``pd.DataFrame(frame.attrs["ranking"])`` makes it a table),
         ``total_before`` (predictive: the targets' summed variance before the experiment),
         ``min_ess`` (reweighting: the smallest mean effective sample size) and ``allocation``
         (the control allocation's explanation).
@@ -136,6 +137,7 @@ def recommend(fit, candidates, *, budget: int, objective: str = "predictive", rn
     budget = _budget(budget, len(labels))
     design = fit.design
     population = _check_targets(fit, labels, what="candidates")
+    _same_condition(design, labels)
     tlabels = labels if targets is None else _labels(targets, what="targets")
     if targets is not None:
         _check_targets(fit, tlabels, what="targets")
@@ -238,6 +240,17 @@ def _check_targets(fit, labels, *, what: str) -> list[bool]:
                           + f"; the {fit.spec.name!r} model cannot predict them. Drop those conditions, or use a "
                           "model that answers unseen targets (from a network or a population of effects).")
     return population
+
+
+def _same_condition(design, labels) -> None:
+    """Two labels naming one condition (``"A+B"`` and ``"B+A"``) are one candidate."""
+    first = {}
+    for lab in labels:
+        key = frozenset(design.targets_of(lab))
+        if key in first:
+            raise DesignError(f"candidates {first[key]!r} and {lab!r} are the same condition; list it once (ask for "
+                              "more cells with num_cells=).")
+        first[key] = lab
 
 
 def _check_other(fit, other) -> None:
@@ -392,9 +405,10 @@ def _frame(rank, labels, population, alloc, n_p, batches, objective, unit, estim
                          reason="controls in every batch (design tools' rule): " + alloc.explanation))
     frame = pd.DataFrame(rows)
     order = np.argsort(-np.asarray(rank.alone), kind="stable")
-    ranking = pd.DataFrame({"condition": [labels[i] for i in order], "gain_alone": np.asarray(rank.alone)[order],
-                            "gain_se": np.asarray(rank.alone_se)[order],
-                            "population_only": [bool(population[i]) for i in order]})
+    ranking = {"condition": [labels[i] for i in order],
+               "gain_alone": [float(x) for x in np.asarray(rank.alone)[order]],
+               "gain_se": [float(x) for x in np.asarray(rank.alone_se)[order]],
+               "population_only": [bool(population[i]) for i in order]}
     frame.attrs.update(objective=objective, unit=unit, estimator=estimator, ranking=ranking,
                        total_before=rank.total_before, min_ess=rank.min_ess, allocation=alloc.explanation)
     return frame
