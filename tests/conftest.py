@@ -91,3 +91,37 @@ def norman_fit(norman_design):
 
     return sm.fit_svi(additive.SPEC, norman_design.pseudobulk(), rng_key=0, num_steps=300, num_samples=100,
                       progress_bar=False)
+
+
+def additive_cells(*, seed=0, n_targets=5, n_genes=6, cells=8, noise=0.4, pairs_every=2):
+    """Cells from the additive model without interaction: control, every single, every other double."""
+    import itertools
+
+    import semimech as sm
+
+    rng = np.random.default_rng(seed)
+    targets = [f"T{i}" for i in range(n_targets)]
+    eff = rng.normal(0, 1.0, (n_targets, n_genes)) * (rng.random((n_targets, n_genes)) < 0.7)
+    pairs = list(itertools.combinations(range(n_targets), 2))[::pairs_every]
+    labels = ["control"] + targets + [f"{targets[a]}+{targets[b]}" for a, b in pairs]
+    blocks, lab = [], []
+    for p in labels:
+        parts = [] if p == "control" else [targets.index(t) for t in p.split("+")]
+        blocks.append(2.0 + eff[parts].sum(0) + noise * rng.normal(size=(cells, n_genes)))
+        lab += [p] * cells
+    y = np.vstack(blocks)
+    genes = [f"g{i}" for i in range(n_genes)]
+    frame = pd.DataFrame(y, columns=genes, index=[f"c{i}" for i in range(len(y))]).assign(p=lab)
+    return sm.Design.from_frame(frame, readouts=genes, perturbation_key="p", control="control")
+
+
+@pytest.fixture(scope="session")
+def simulate_additive():
+    """:func:`additive_cells` (a function: pass seed, n_targets, ...)."""
+    return additive_cells
+
+
+@pytest.fixture(scope="session")
+def additive_screen():
+    """Cells of :func:`additive_cells` (5 targets, 6 genes, 8 cells per condition, 5 doubles)."""
+    return additive_cells()

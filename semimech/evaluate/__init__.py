@@ -26,8 +26,10 @@ Pure numpy/pandas on top of :class:`semimech.Design` and :class:`semimech.Predic
   :func:`coverage`, :func:`pit`, :func:`pit_histogram`, :func:`crps`,
   :func:`log_predictive_density`, :func:`calibration_report`.
 - tables: :func:`score`, :func:`score_baselines`, :func:`score_distribution`, :func:`calibration`.
-- comparison of assumptions: :func:`compare` (PSIS-LOO via arviz-stats next to held-out metrics,
-  with what each model assumes), :func:`loo`, :func:`pointwise_log_likelihood`.
+- comparison of assumptions: :func:`compare` (cross-validated elpd over held-out perturbations,
+  combinations or contexts via arviz-stats, ties within 2 SE, calibration and assumption checks
+  beside it), :func:`cross_validate` (one model), :func:`loo` (PSIS-LOO over rows),
+  :func:`pointwise_log_likelihood`.
 """
 
 from semimech.evaluate._align import (
@@ -52,6 +54,7 @@ from semimech.evaluate.probabilistic import (
     CalibrationReport,
     calibration_report,
     coverage,
+    pit_calibration,
     crps,
     log_predictive_density,
     pit,
@@ -70,6 +73,7 @@ from semimech.evaluate.metrics import (
     top_expressed_genes,
 )
 from semimech.evaluate.compare import compare, loo, pointwise_log_likelihood
+from semimech.evaluate.cv import CrossValidation, cross_validate, unit_labels
 from semimech.evaluate.score import Aligned, align, calibration, score, score_baselines
 from semimech.evaluate.splits import (
     leave_one_condition_out,
@@ -82,10 +86,10 @@ from semimech.evaluate.splits import (
 )
 
 __all__ = [
-    "BASELINES", "DEFAULT_BASELINES", "LEVELS", "Aligned", "CalibrationReport", "PointPrediction", "additive", "align", "calibration",
-    "calibration_report", "cell_counts", "compare", "loo", "pointwise_log_likelihood", "cells_of", "centroid_accuracy", "control_mean", "coverage", "crps", "direction_accuracy",
+    "BASELINES", "DEFAULT_BASELINES", "LEVELS", "Aligned", "CalibrationReport", "CrossValidation", "PointPrediction", "additive", "align", "calibration",
+    "calibration_report", "cell_counts", "compare", "cross_validate", "loo", "pointwise_log_likelihood", "cells_of", "centroid_accuracy", "control_mean", "coverage", "crps", "direction_accuracy",
     "energy_distance", "l2", "leave_one_condition_out", "leave_one_perturbation_out", "leave_one_target_out",
     "linear", "log_predictive_density", "min_single", "mse_top_de", "no_change", "pearson_delta", "perturbation_effects", "perturbation_means", "rmse", "pit",
-    "pit_histogram", "score", "score_baselines", "score_distribution", "shifted_control_cells", "single_effects", "singles_seen", "split_combinations",
-    "split_rows", "top_de_genes", "top_expressed_genes", "train_mean", "transfer",
+    "pit_calibration", "pit_histogram", "score", "score_baselines", "score_distribution", "shifted_control_cells", "single_effects", "singles_seen", "split_combinations",
+    "split_rows", "top_de_genes", "top_expressed_genes", "train_mean", "transfer", "unit_labels",
 ]

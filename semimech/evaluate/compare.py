@@ -1,29 +1,34 @@
-"""Comparison of model assumptions: PSIS-LOO next to held-out metrics, in one tidy table.
+"""Comparison of model assumptions: cross-validation at the level of the question, with checks beside it.
 
-Two questions, two columns of evidence:
+The question users ask is "which assumption predicts perturbations I have not measured?". The
+comparison answers it with :func:`semimech.evaluate.cv.cross_validate`: the expected log
+predictive density (elpd) of held-out **units** (perturbations, combinations, contexts), by
+PSIS-LOO over units with exact refits wherever Pareto k-hat is bad, or by grouped K-fold
+refits. The models are then compared with arviz-stats (``arviz_stats.compare``: differences
+from the best, their standard errors from the paired pointwise values, stacking weights), and
+ranked only where the evidence separates them: a model's rank is one plus the number of models
+whose elpd is higher by more than two standard errors of the paired difference, so models
+closer than that share a rank (a tie). A model that could not be scored (its fit or a refit
+gives no finite log-likelihood) gets no rank and the reason.
 
-- *How well does each model predict a left-out row of its own training data?* PSIS-LOO
-  (Vehtari, Gelman & Gabry 2017) through arviz-stats, from the posterior draws: ``elpd_loo``
-  (higher is better), its standard error, the effective number of parameters ``p_loo``, and the
-  Pareto k-hat diagnostics (k-hat above ``good_k`` means the importance sampling is unreliable
-  for that row and the elpd estimate is optimistic).
-- *How well does it predict perturbations it never saw?* The held-out metrics of
-  :func:`semimech.evaluate.score` on a test design (L2, Pearson-delta, coverage, CRPS, lpd).
+Beside the elpd, per model: the calibration of its held-out predictive (coverage of the
+central intervals implied by the leave-out PIT), PSIS-LOO over the training rows where every
+row's k-hat allows it (a different question: a new row of a seen perturbation), the
+assumption checks (a unique, stable steady state per condition for steady-state models, from
+:meth:`semimech.Fit.diagnostics`; control drift), and held-out metrics on a test design.
 
-The unit of LOO is a **row** of the training design (a cell, or a pseudobulk sample): the
-pointwise log-likelihood of row ``i`` is the log-density of all its readouts, summed over
-genes. For Gaussian pseudobulk rows that carry their within-group sum of squares the row's
-log-likelihood includes the within-group term (the ``y_within`` factor of
-:func:`semimech.measurement.observe`) and its constant, so it equals the joint log-density
-of the row's cells: leaving a pseudobulk row out is leaving its group of cells out. Other
-factor sites (penalties, rejected solves) are part of the prior and are not counted.
+Every comparison needs fits of the same rows with the same likelihood; :func:`compare`
+checks both and raises :class:`~semimech.errors.DesignError` otherwise.
 
-LOO values compare only between fits of the **same rows** with the **same likelihood**;
-:func:`compare` checks both and raises :class:`~semimech.errors.DesignError` otherwise.
+The row log-likelihood (:func:`pointwise_log_likelihood`): row ``i``'s value is the
+log-density of all its readouts, summed over genes; for Gaussian pseudobulk rows that carry
+their within-group sum of squares it includes the within-group term (the ``y_within`` factor
+of :func:`semimech.measurement.observe`) and its constant, so it equals the joint
+log-density of the row's cells. Other factor sites (penalties, rejected solves) are part of
+the prior and are not counted.
 
 SVI fits: the draws come from the variational approximation, not the exact posterior; they
-are used as posterior draws (independent, so ``reff = 1``). Large k-hat values then also flag
-a poor approximation.
+are used as posterior draws (independent, so ``reff = 1``).
 """
 
 from __future__ import annotations
@@ -133,6 +138,20 @@ def _check_comparable(fits: Mapping) -> None:
                 "likelihood= option.")
 
 
+def _check_test(fits: Mapping, test: Design | None) -> None:
+    if test is None:
+        return
+    if not isinstance(test, Design) or test.y is None:
+        raise DesignError("test must be a data Design with readouts (the held-out rows of a split).")
+    train = next(iter(fits.values())).design
+    shared = sorted(set(train.observed_perturbations()) & set(test.observed_perturbations()) - {train.control})
+    if shared:
+        raise DesignError(
+            f"the test design shares perturbations with the training design ({shared[:5]}{'...' if len(shared) > 5 else ''}): "
+            "held-out scores of seen perturbations measure recall, not prediction. Split with "
+            "semimech.evaluate.split_combinations / leave_one_perturbation_out and fit on the training side only.")
+
+
 def _held_out(fit, test: Design, *, reference, batch, rng_key) -> tuple[dict, str]:
     from semimech.evaluate._align import cell_counts, held_out_labels
     from semimech.evaluate.score import score
@@ -144,114 +163,232 @@ def _held_out(fit, test: Design, *, reference, batch, rng_key) -> tuple[dict, st
         pred = predict(fit, labels, rng_key=rng_key, num_cells=counts, batch=batch)
         row = score(pred, test, reference=reference, batch=batch).iloc[-1]
     except PredictionError as err:
-        return {c: np.nan for c in TEST_COLUMNS}, f"cannot predict the test set: {err}"
-    return {c: float(row[c]) for c in TEST_COLUMNS}, ""
+        return {}, f"no held-out score: {err}"
+    vals = {c: float(row[c]) for c in TEST_COLUMNS}
+    bad = [c for c, v in vals.items() if not np.isfinite(v)]
+    return {c: v for c, v in vals.items() if np.isfinite(v)}, (f"held-out {bad} not finite" if bad else "")
 
 
-def compare(fits: Mapping, *, test: Design | None = None, reference=None, batch: str | None = None,
-            subsample: int | str | None = "auto", rng_key=0) -> pd.DataFrame:
-    """Compare fitted models: PSIS-LOO on the training rows next to held-out metrics.
+def _assumption_checks(fit) -> dict:
+    """Unique stable steady state (steady-state models, from ``fit.diagnostics()``) and control drift."""
+    from semimech.checks import is_steady_state_model
+
+    if not is_steady_state_model(fit.spec):
+        return {"steady_state": None, "assumption_checks": "no dynamics: no steady state or drift to check"}
+    d = fit.diagnostics()
+    frac, worst = d.get("steady_state_all"), d.get("steady_state_worst")
+    text = (f"stable unique steady state for every condition in {frac:.0%} of checked draws "
+            f"(worst condition {worst!r}: {d.get('steady_state_min_fraction', float('nan')):.0%}); "
+            "control drift: none by construction (the control is a fixed point of the fitted dynamics)")
+    return {"steady_state": frac, "assumption_checks": text}
+
+
+def _pairwise_se(a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error of the sum of paired pointwise differences: ``sqrt(n var(a - b))``."""
+    d = np.asarray(a) - np.asarray(b)
+    return float(np.sqrt(d.size * np.var(d)))
+
+
+def _ranks(cvs: Mapping, tie_se: float) -> tuple[dict, dict]:
+    """Rank = 1 + the number of models better by more than ``tie_se`` standard errors of the paired difference."""
+    names = list(cvs)
+    pw = {n: cvs[n].pointwise for n in names}
+    rank, ties = {}, {}
+    for a in names:
+        better, tied = 0, []
+        for b in names:
+            if a == b:
+                continue
+            diff = float(pw[b].sum() - pw[a].sum())
+            se = _pairwise_se(pw[b], pw[a])
+            if diff > tie_se * se and diff > 0:
+                better += 1
+            elif abs(diff) <= tie_se * se:
+                tied.append(b)
+        rank[a], ties[a] = better + 1, tied
+    return rank, ties
+
+
+def _scored_table(cvs: Mapping) -> pd.DataFrame:
+    """arviz-stats' comparison of the cross-validated elpds: elpd_diff and dSE vs the best, stacking weights."""
+    if len(cvs) == 1:
+        (name,) = cvs
+        return pd.DataFrame({"elpd_diff": [0.0], "dse": [0.0], "weight": [1.0]}, index=[name])
+    cmp = _arviz.compare_elpd({n: cv.elpd for n, cv in cvs.items()})
+    return pd.DataFrame({"elpd_diff": cmp["elpd_diff"].astype(float), "dse": cmp["dse"].astype(float),
+                         "weight": cmp["weight"].astype(float)})
+
+
+def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, test: Design | None = None,
+            reference=None, batch: str | None = None, num_steps: int | None = None,
+            refit_options: dict | None = None, row_loo: bool = True, checks: bool = True, tie_se: float = 2.0,
+            rng_key=0) -> pd.DataFrame:
+    """Compare fitted models by cross-validation over held-out units, with their checks beside it.
 
     Parameters
     ----------
     fits
-        ``{name: Fit}``, every fit on the same training Design with the same likelihood.
+        ``{name: Fit}``, two or more, every fit on the same training Design with the same likelihood.
+    unit, k, num_steps, refit_options
+        What is left out and how (:func:`semimech.evaluate.cv.cross_validate`): ``unit`` is
+        ``"perturbation"`` (default), ``"combination"``, ``"single"``, ``"context"`` or one label
+        per row; ``k`` folds (default leave-one-unit-out up to 10 units).
     test
-        Optional held-out design: each model predicts its held-out perturbations and is scored
-        with :func:`semimech.evaluate.score` (the ``"mean"`` row).
+        Optional held-out design (no perturbation shared with training): each model predicts
+        it and is scored with :func:`semimech.evaluate.score` (``test_*`` columns).
     reference, batch
-        Passed to :func:`score` (``reference=train`` uses training controls and centroids;
-        ``batch`` scores within one context).
-    subsample
-        LOO subsampling, see :func:`loo` (the same rows are used for every fit).
+        Passed to :func:`score`.
+    row_loo
+        Also PSIS-LOO over the training rows (cells, or pseudobulk rows): reported only where
+        every row's Pareto k-hat is acceptable (a different question: a new row of a seen
+        perturbation).
+    checks
+        Assumption checks as columns (``fit.diagnostics()``: unique stable steady states).
+    tie_se
+        Models closer than ``tie_se`` standard errors of their paired difference share a rank.
     rng_key
-        Int seed for the LOO subsample and the predictive draws.
+        Int seed.
 
     Returns
     -------
     pandas.DataFrame
-        One row per model, best LOO first: ``model``, ``rank``, ``elpd_loo``, ``se``, ``elpd_diff``
-        and ``dse`` (difference from the best and its standard error, from the pointwise
-        values), ``p_loo``, ``weight`` (stacking), ``khat_max``, ``n_khat_bad`` (rows with k-hat
-        above ``good_k``), ``loo_warning``, ``loo`` (``"psis"`` or ``"psis-subsample(m)"``),
-        ``n_rows``, ``method``, then the held-out metrics (``test_l2``, ``test_pearson_delta``,
-        ``test_mse_top_de``, ``test_direction``, ``test_coverage_90``, ``test_crps``,
-        ``test_lpd``; NaN without ``test``), ``note`` and ``assumes`` (the model's
-        assumption in one sentence). A difference is clear when ``elpd_diff`` is several ``dse``.
+        One row per model, best first; models that could not be scored last, with ``rank``
+        missing (``<NA>``) and the reason in ``note``. Columns: ``model``, ``rank`` (1 + the
+        number of models better by more than ``tie_se`` SE), ``tied_with``, ``elpd_cv``,
+        ``se``, ``elpd_diff`` and ``dse`` (vs the best, arviz-stats), ``weight`` (stacking),
+        ``p_cv``, ``left_out`` (the unit and scheme), ``n_units``, ``n_refits``, ``cv_coverage_90``
+        and ``cv_calibration`` (held-out PIT), ``elpd_loo_rows``/``loo_rows_se``/``loo_rows_status``
+        (PSIS-LOO over rows), ``steady_state`` and ``assumption_checks``, ``test_*``,
+        ``method``, ``note``, ``assumes``. Numbers that could not be estimated are ``<NA>``
+        (nullable dtypes), never NaN.
 
     Raises
     ------
     DesignError
-        When fits differ in rows, readouts or likelihood (their LOO values are not comparable).
+        Fewer than two fits, objects that are not fits, fits on different rows / readouts /
+        likelihoods, a test design that shares perturbations with training.
     """
+    from semimech.errors import InferenceError, SemimechError
+    from semimech.evaluate.cv import cross_validate, unit_labels
+
     if not isinstance(fits, Mapping) or not fits:
         raise DesignError("compare needs a non-empty dict {name: Fit}.")
     bad = [n for n, f in fits.items() if not (hasattr(f, "design") and hasattr(f, "spec") and hasattr(f, "samples"))]
     if bad:
         raise DesignError(f"not a semimech Fit: {bad}. Pass {{name: fit}} with fits from fit_svi / fit_nuts.")
+    if len(fits) < 2:
+        raise DesignError("compare needs two or more fits to compare; to score one model use "
+                          "semimech.evaluate.cross_validate(fit, unit=...).")
     _check_comparable(fits)
+    _check_test(fits, test)
+    unit_labels(next(iter(fits.values())).design, unit)   # a unit the design does not have: refused before any refit
     key = as_key(rng_key)
-    k_pred = jax.random.split(key, len(fits))
-    elpds, rows = {}, []
-    for (name, fit), kp in zip(fits.items(), k_pred):
-        res, s = loo(fit, subsample=subsample, rng_key=rng_key)
-        elpds[str(name)] = res
-        row = {"model": str(name), **{k: s[k] for k in ("elpd_loo", "se", "p_loo", "khat_max", "n_khat_bad")},
-               "loo_warning": s["warning"],
-               "loo": "psis" if s["subsample"] is None else f"psis-subsample({s['subsample']})",
-               "n_rows": s["n_rows"], "method": fit.method}
-        note = ""
+    cvs, rows = {}, []
+    for i, (name, fit) in enumerate(fits.items()):
+        name = str(name)
+        row, notes = {"model": name, "method": fit.method}, []
+        try:
+            cv = cross_validate(fit, unit=unit, k=k, num_steps=num_steps, refit_options=refit_options,
+                                rng_key=jax.random.fold_in(key, 0))
+        except (SemimechError, InferenceError) as err:
+            notes.append(f"not ranked: cross-validation failed ({err})")
+            cv = None
+        if cv is not None:
+            cvs[name] = cv
+            cal = cv.calibration.table.set_index("nominal")
+            row.update({"elpd_cv": float(cv.elpd.elpd), "se": float(cv.elpd.se), "p_cv": float(cv.elpd.p),
+                        "left_out": cv.describe(), "n_units": len(cv.units), "n_refits": cv.n_refits,
+                        "cv_coverage_90": float(cal.loc[0.9, "empirical"]) if 0.9 in cal.index else None,
+                        "cv_calibration": cv.calibration.verdict})
+        if row_loo:
+            row.update(_row_loo(fit, rng_key=rng_key))
+        if checks:
+            row.update(_assumption_checks(fit))
         if test is not None:
-            metrics, note = _held_out(fit, test, reference=reference, batch=batch, rng_key=kp)
-            row.update({f"test_{k}": v for k, v in metrics.items()})
-        else:
-            row.update({f"test_{k}": np.nan for k in TEST_COLUMNS})
-        if s["warning"]:
-            note = "; ".join(x for x in (note, f"{s['n_khat_bad']} rows with k-hat > {s['good_k']:.2f}: "
-                                         "LOO unreliable there (optimistic)") if x)
-        row["note"] = note
+            metrics, note = _held_out(fit, test, reference=reference, batch=batch,
+                                      rng_key=jax.random.fold_in(key, i + 1))
+            row.update({f"test_{c}": metrics.get(c) for c in TEST_COLUMNS})
+            if note:
+                notes.append(note)
+        row["note"] = "; ".join(notes)
         row["assumes"] = fit.spec.assumes
         rows.append(row)
     table = pd.DataFrame(rows).set_index("model")
-    finite = np.isfinite(table.elpd_loo.to_numpy(float))
-    for name in table.index[~finite]:
-        table.loc[name, "note"] = "; ".join(x for x in (table.loc[name, "note"], "PSIS failed (non-finite elpd): "
-                                            "the draws are far from the posterior; refit longer or use NUTS") if x)
-    if len(elpds) > 1 and not finite.all():
-        # arviz-stats cannot rank non-finite values: rank the finite ones, the rest last
-        order = table.elpd_loo.fillna(-np.inf).rank(ascending=False, method="first").astype(int) - 1
-        table["rank"] = order
-        table["elpd_diff"] = np.nanmax(table.elpd_loo) - table.elpd_loo
-        table["dse"], table["weight"] = np.nan, np.nan
-    elif len(elpds) > 1:
-        cmp = _arviz.compare_elpd(elpds)
-        table["rank"] = cmp["rank"].astype(int)
-        table["elpd_diff"] = cmp["elpd_diff"].astype(float)
-        table["dse"] = cmp["dse"].astype(float)
-        table["weight"] = cmp["weight"].astype(float)
-    else:
-        table["rank"], table["elpd_diff"], table["dse"], table["weight"] = 0, 0.0, 0.0, 1.0
-    table = table.sort_values("rank").reset_index()
-    first = ["model", "rank", "elpd_loo", "se", "elpd_diff", "dse", "p_loo", "weight"]
-    return table[first + [c for c in table.columns if c not in first]]
+    if cvs:
+        rank, ties = _ranks(cvs, tie_se)
+        scored = _scored_table(cvs)
+        for name in cvs:
+            table.loc[name, "rank"] = rank[name]
+            table.loc[name, "tied_with"] = ", ".join(ties[name])
+            for c in ("elpd_diff", "dse", "weight"):
+                table.loc[name, c] = scored.loc[name, c]
+        if len(cvs) == 1:
+            table.loc[next(iter(cvs)), "note"] = "the only model that could be scored: nothing to rank it against"
+    return _tidy(table, has_test=test is not None)
+
+
+def _row_loo(fit, *, rng_key) -> dict:
+    try:
+        _, s = loo(fit, rng_key=rng_key)
+    except (DesignError, PredictionError) as err:
+        return {"loo_rows_status": f"not estimated: {err}"}
+    if s["n_khat_bad"] > 0:
+        return {"loo_rows_status": f"not reported: Pareto k-hat above {s['good_k']:.2f} on {s['n_khat_bad']} of "
+                                   f"{s['n_rows']} rows (max {s['khat_max']:.1f}); the importance weights are "
+                                   "unreliable there"}
+    return {"elpd_loo_rows": s["elpd_loo"], "loo_rows_se": s["se"],
+            "loo_rows_status": f"psis over {s['n_rows']} rows, every k-hat <= {s['good_k']:.2f}"}
+
+
+COLUMNS = ("model", "rank", "tied_with", "elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "left_out", "n_units",
+           "n_refits", "cv_coverage_90", "cv_calibration", "elpd_loo_rows", "loo_rows_se", "loo_rows_status",
+           "steady_state", "assumption_checks")
+_NUMERIC = ("elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "cv_coverage_90", "elpd_loo_rows", "loo_rows_se",
+            "steady_state") + tuple(f"test_{c}" for c in TEST_COLUMNS)
+
+
+def _tidy(table: pd.DataFrame, *, has_test: bool) -> pd.DataFrame:
+    cols = list(COLUMNS) + ([f"test_{c}" for c in TEST_COLUMNS] if has_test else []) + ["method", "note", "assumes"]
+    table = table.reset_index().reindex(columns=cols)
+    for c in cols:
+        if c in _NUMERIC:
+            table[c] = pd.array([None if v is None or not np.isfinite(v) else float(v)
+                                 for v in pd.to_numeric(table[c], errors="coerce").astype(float)], dtype="Float64")
+        elif c in ("rank", "n_units", "n_refits"):
+            table[c] = pd.array([None if pd.isna(v) else int(v) for v in table[c]], dtype="Int64")
+        else:
+            table[c] = [("" if c in ("tied_with", "note") else "-") if (v is None or (isinstance(v, float) and np.isnan(v)))
+                        else v for v in table[c]]
+    order = table.assign(_r=table["rank"].fillna(10**6), _e=-table["elpd_cv"].fillna(-np.inf))
+    order = order.sort_values(["_r", "_e"], kind="stable")
+    return table.loc[order.index].reset_index(drop=True)
 
 
 def reading(table: pd.DataFrame) -> str:
-    """A plain-language reading of a :func:`compare` table (one line per model)."""
+    """A plain-language reading of a :func:`compare` table (one line per model, no more than it shows)."""
     lines = []
-    best = table.iloc[0]
+    ranked = table[table["rank"].notna()]
+    best = ranked.iloc[0] if len(ranked) else None
     for _, r in table.iterrows():
-        if not np.isfinite(r.elpd_loo):
-            verdict = "no LOO estimate (PSIS failed)"
-        elif r["rank"] == 0:
-            verdict = "best by LOO"
-        elif not np.isfinite(r.dse):
-            verdict = f"below {best.model!r} by {r.elpd_diff:.1f} (no se of the difference)"
-        elif r["dse"] > 0 and r["elpd_diff"] > 2 * r["dse"]:
-            verdict = f"worse than {best.model!r} by {r.elpd_diff:.1f} (> 2 se of the difference, {r.dse:.1f})"
+        if pd.isna(r["rank"]):
+            verdict = f"no rank ({r.note or 'not scored'})"
+        elif r["model"] == best["model"]:
+            others = r.tied_with
+            verdict = ("best cross-validated elpd" + (f", but not separable from {others} (within 2 SE)" if others
+                                                        else ", clearly ahead of the others"))
+        elif r["rank"] == 1:
+            verdict = (f"tied with {best.model!r} (difference {r.elpd_diff:.1f}, SE {r.dse:.1f}): the evidence cannot "
+                       "separate them")
         else:
-            verdict = f"indistinguishable from {best.model!r} (difference {r.elpd_diff:.1f}, se {r.dse:.1f})"
-        held = "" if np.isnan(r.get("test_l2", np.nan)) else f"; held-out L2 {r.test_l2:.3f}"
-        lines.append(f"{r.model}: {verdict}{held}. Assumes: {r.assumes}.")
+            verdict = f"rank {r['rank']}: below {best.model!r} by {r.elpd_diff:.1f} (SE of the difference {r.dse:.1f})"
+        extra = []
+        if not pd.isna(r.get("cv_coverage_90", pd.NA)):
+            extra.append(f"held-out 90% intervals cover {r.cv_coverage_90:.0%} ({r.cv_calibration})")
+        if "test_l2" in r and not pd.isna(r["test_l2"]):
+            extra.append(f"test L2 {r.test_l2:.3f}")
+        if not pd.isna(r.get("steady_state", pd.NA)):
+            extra.append(f"stable unique steady state in {r.steady_state:.0%} of draws")
+        lines.append(f"{r.model}: {verdict}" + (f"; {'; '.join(extra)}" if extra else "") + f". Assumes: {r.assumes}.")
+    if len(table):
+        lines.append(f"Left out: {table.left_out.iloc[0] if table.left_out.iloc[0] != '-' else 'see notes'}.")
     return "\n".join(lines)
-

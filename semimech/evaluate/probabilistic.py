@@ -18,7 +18,7 @@ from scipy import special, stats
 from semimech.errors import PredictionError
 
 __all__ = ["LEVELS", "CalibrationReport", "calibration_report", "coverage", "crps", "log_predictive_density", "pit",
-           "pit_histogram"]
+           "pit_calibration", "pit_histogram"]
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 
@@ -158,6 +158,27 @@ def calibration_report(truth: Matrix, draws: Draws, *, levels: Sequence[float] =
     truth, draws = _check(truth, draws)
     n = truth.size
     covered = (coverage(truth, draws, levels) * truth.shape[1]).sum(axis=1).round().astype(int)
+    return _report(covered, n, levels, alpha)
+
+
+def pit_calibration(pit_values, *, levels: Sequence[float] = LEVELS, alpha: float = 0.05) -> CalibrationReport:
+    """:func:`calibration_report` from PIT values: the central interval at level ``l`` covers a
+    value when its PIT lies in ``[(1 - l) / 2, (1 + l) / 2]``.
+
+    Use it for predictives known only through their PIT (leave-out predictives of
+    :func:`semimech.evaluate.cv.cross_validate`, weighted by PSIS). With no values the
+    verdict is ``"not estimated"``.
+    """
+    u = np.asarray(pit_values, float).ravel()
+    u = u[np.isfinite(u)]
+    if u.size == 0:
+        table = pd.DataFrame({"nominal": list(levels)})
+        return CalibrationReport(table=table, verdict="not estimated", alpha=alpha)
+    covered = np.array([int(np.sum((u >= (1 - lv) / 2) & (u <= (1 + lv) / 2))) for lv in levels])
+    return _report(covered, u.size, levels, alpha)
+
+
+def _report(covered, n: int, levels: Sequence[float], alpha: float) -> CalibrationReport:
     rows = []
     for level, k in zip(levels, covered):
         test = stats.binomtest(int(k), n, level)

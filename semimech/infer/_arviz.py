@@ -158,3 +158,85 @@ def compare_elpd(elpds: Mapping):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return arviz_stats.compare(dict(elpds))
+
+
+# ---------------------------------------------------------------------------- exact refits (arviz-stats)
+def _refit_wrapper(dt, refit, obs_dim: str):
+    """An arviz-stats ``SamplingWrapper`` whose refits are ``refit(positions) -> (chain, draw, len)``.
+
+    ``refit`` receives the positions (along ``obs_dim``) of the held-out observations and
+    returns their log-likelihood under the posterior fitted without them.
+    """
+    import arviz_stats
+    import xarray as xr
+
+    coords = np.asarray(dt["log_likelihood"][obs_dim].values)
+
+    class _Refit(arviz_stats.SamplingWrapper):
+        def sel_observations(self, idx):
+            pos = np.atleast_1d(np.asarray(idx, dtype=int))
+            return pos, pos
+
+        def sample(self, modified_observed_data):
+            return modified_observed_data  # the refit needs the held-out positions: done in log_likelihood__i
+
+        def get_inference_data(self, fitted_model):
+            return fitted_model
+
+        def log_likelihood__i(self, excluded_obs, idata__i):
+            ll = np.asarray(refit(np.asarray(excluded_obs)), dtype=float)
+            return xr.DataArray(ll, dims=["chain", "draw", obs_dim], coords={obs_dim: coords[excluded_obs]})
+
+    return _Refit(model=None, idata_orig=dt)
+
+
+def kfold(dt, *, var_name: str, obs_dim: str, folds, refit):
+    """Exact K-fold cross-validation (``arviz_stats.loo_kfold``) with the given fold of each observation.
+
+    ``folds``: one integer in ``1..k`` per observation; ``refit`` as in :func:`_refit_wrapper`.
+    Returns the ``ELPDData`` (pointwise ``elpd_i`` and ``p_kfold_i``).
+    """
+    import arviz_stats
+
+    wrapper = _refit_wrapper(dt, refit, obs_dim)
+    return arviz_stats.loo_kfold(dt, wrapper, pointwise=True, var_name=var_name, folds=np.asarray(folds, dtype=int))
+
+
+def reloo(dt, loo_res, *, var_name: str, obs_dim: str, refit, k_threshold: float):
+    """PSIS-LOO with exact refits for the observations whose Pareto k-hat exceeds ``k_threshold``."""
+    import arviz_stats
+
+    wrapper = _refit_wrapper(dt, refit, obs_dim)
+    with _quiet():
+        return arviz_stats.reloo(wrapper, loo_orig=loo_res, var_name=var_name, k_threshold=float(k_threshold),
+                                 pointwise=True)
+
+
+def pointwise_elpd(res) -> np.ndarray:
+    """The pointwise elpd values of an ``ELPDData`` as a flat numpy array."""
+    return np.asarray(res.elpd_i, dtype=float).ravel()
+
+
+def loo_log_weights(res) -> np.ndarray | None:
+    """Normalised PSIS log weights ``(observations, chain * draw)`` of a pointwise ``loo``; None if absent."""
+    from scipy.special import logsumexp
+
+    lw = getattr(res, "log_weights", None)
+    if lw is None:
+        return None
+    obs = [d for d in lw.dims if d not in ("chain", "draw")]
+    arr = np.asarray(lw.transpose(*obs, "chain", "draw"), dtype=float).reshape(int(np.prod([lw.sizes[d] for d in obs])), -1)
+    return arr - logsumexp(arr, axis=1, keepdims=True)
+
+
+def _quiet():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def cm():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+
+    return cm()

@@ -40,7 +40,11 @@ from numpyro.infer import SVI, Predictive, Trace_ELBO
 
 from semimech.infer._compiled import compile_all, compile_lowered
 
-ROW_KEYS = ("perturbation_index", "batch_index", "size_factors", "n_cells", "y_ss")
+ROW_KEYS = ("perturbation_index", "batch_index", "size_factors", "n_cells", "y_ss", "row_mask")
+#: Traced (not keyed) when rows are masked: the data-centred priors of a cross-validation fold.
+FOLD_KEYS = ("baseline_loc", "baseline_scale", "noise_floor")
+#: Key of the warm-start values in ``traced`` (``fit_svi(init_values=...)``), read by the compiled init.
+INIT_KEY = "_init_values"
 BLOCK_SIZE = 256
 # the initialisation runs once per fit: compile it for compile speed (measured on the additive
 # NB model, 2,000 x 200: 3.5 instead of 5.1 CPU-s to compile, 0.14 instead of 0.09 s to run)
@@ -52,6 +56,8 @@ MAX_ENGINES = 8
 def split_data(data: dict, y) -> tuple[dict, dict]:
     """``(static, traced)``: structural model data, and readouts plus per-row arrays."""
     traced = {k: data[k] for k in ROW_KEYS if data.get(k) is not None}
+    if data.get("row_mask") is not None:  # folds of one design differ only in these: one engine for all
+        traced.update({k: np.asarray(data[k], np.float32) for k in FOLD_KEYS if data.get(k) is not None})
     traced["y"] = y
     static = {k: v for k, v in data.items() if k not in traced}
     return static, traced
@@ -59,7 +65,7 @@ def split_data(data: dict, y) -> tuple[dict, dict]:
 
 def _assemble(static: dict, traced: dict):
     data = dict(static)
-    data.update({k: v for k, v in traced.items() if k != "y"})
+    data.update({k: v for k, v in traced.items() if k not in ("y", INIT_KEY)})
     return data, traced["y"]
 
 
@@ -120,7 +126,13 @@ class Engine:
     def _init_fn(self, key, traced):
         data, y = _assemble(self.static, traced)
         # a fresh guide: its set-up (the init_loc_fn search) is traced into this one program
-        return SVI(self.model, self.make_guide(self.model), self.optim, Trace_ELBO()).init(key, data, y=y)
+        if INIT_KEY in traced:  # warm start: values are data of this program, not constants
+            from semimech.infer.fit import warm_init
+
+            guide = self.make_guide(self.model, init_loc_fn=warm_init(traced[INIT_KEY]))
+        else:
+            guide = self.make_guide(self.model)
+        return SVI(self.model, guide, self.optim, Trace_ELBO()).init(key, data, y=y)
 
     def _block_fn(self, state, traced, n):
         data, y = _assemble(self.static, traced)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import optax
-from numpyro.infer import MCMC, NUTS, autoguide, init_to_median
+from numpyro.infer import MCMC, NUTS, autoguide, init_to_median, init_to_value
 
 from semimech._rng import as_key
 from semimech.data.design import Design
@@ -149,7 +149,8 @@ def _set_idata(fit, value) -> None:
 Fit.idata = property(_get_idata, _set_idata, doc="The fit as an ArviZ DataTree (built on first access).")
 
 
-def _prepare(spec: ModelSpec, design: Design, options: dict, *, warn: bool = True, with_y: bool = True):
+def _prepare(spec: ModelSpec, design: Design, options: dict, row_mask=None, *, warn: bool = True,
+             with_y: bool = True):
     if not isinstance(design, Design):
         if type(design).__name__ == "TimeCourseDesign":
             raise DesignError(
@@ -169,9 +170,45 @@ def _prepare(spec: ModelSpec, design: Design, options: dict, *, warn: bool = Tru
     if opts["likelihood"] == "normal" and warn:
         _warn_unreplicated(design)
     data = design.model_data()
+    if row_mask is not None:
+        data["row_mask"] = _row_mask(row_mask, design)
+        data.update(fold_summaries(design, data["row_mask"]))
     y = jnp.asarray(design.dense_y(), dtype=jnp.float32) if with_y else None
     model = functools.partial(spec.model, **opts)
     return model, data, y, opts
+
+
+#: Data-centred prior constants of ``Design.model_data()`` (control summaries, noise floor).
+DATA_SUMMARIES = ("baseline_loc", "baseline_scale", "noise_floor")
+
+
+def fold_summaries(design: Design, row_mask: np.ndarray) -> dict:
+    """The data-centred prior constants computed from the kept rows only (as a fit of the subset)."""
+    sub = design.subset(row_mask).model_data()
+    return {k: sub[k] for k in DATA_SUMMARIES if k in sub}
+
+
+def _row_mask(row_mask, design: Design) -> np.ndarray:
+    mask = np.asarray(row_mask)
+    if mask.dtype != bool or mask.shape != (design.n_obs,):
+        raise DesignError(f"row_mask must be a boolean array with one entry per row ({design.n_obs}), "
+                          f"got dtype {mask.dtype} and shape {mask.shape}.")
+    if not mask[design.perturbation_index == 0].any():
+        raise DesignError("row_mask leaves out every control row; keep the controls (the baseline of every change).")
+    return mask.copy()
+
+
+def warm_init(values) -> Callable:
+    """An ``init_loc_fn``: each site in ``values`` starts there, the others at the prior median."""
+    return functools.partial(_warm_site, values=values)  # NumPyro reads init strategies as partials
+
+
+def _warm_site(site=None, values=None):
+    if site is None:
+        return functools.partial(_warm_site, values=values)
+    if site["name"] in values:
+        return init_to_value(site, values={site["name"]: values[site["name"]]})
+    return init_to_median(site, num_samples=15)
 
 
 def _warn_unreplicated(design: Design) -> None:
@@ -241,7 +278,7 @@ DEFAULT_INIT = init_to_median(num_samples=15)
 
 def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, guide: str = "normal",
             learning_rate: float = 0.02, num_samples: int = 400, rank: int = 10, progress_bar: bool = True,
-            resume=None, **options) -> Fit:
+            resume=None, row_mask=None, init_values: Mapping[str, Any] | None = None, **options) -> Fit:
     """Fit by stochastic variational inference with an automatic guide.
 
     Parameters
@@ -266,6 +303,17 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
         The ``checkpoint`` of a :class:`~semimech.infer.FitInterrupted` raised by Ctrl-C during an
         earlier call with the same arguments: the fit continues where it stopped and returns what
         the uninterrupted fit would have.
+    row_mask
+        Optional boolean per row of ``design``: rows marked False are left out of the
+        likelihood, and the data-centred priors are computed from the kept rows (a fit of
+        ``design.subset(row_mask)`` with the shapes of ``design``). Cross-validation folds keep every
+        row so that they share shapes and compiled code (:mod:`semimech.evaluate.cv`); a
+        perturbation with no row left has no data on its latents.
+    init_values
+        Optional warm start: site name -> value on the constrained scale (e.g. the posterior
+        medians of an earlier fit of the same model and design); other sites start at the prior
+        median. The values are data of the compiled initialisation: fits with different values
+        share it.
     **options
         Model options, e.g. ``likelihood="negbin"``.
 
@@ -281,7 +329,8 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
     phases = Phases(show=progress_bar, label=f"fit_svi {spec.name}")
     try:
         return _fit_svi(spec, design, rng_key=rng_key, num_steps=num_steps, guide=guide, learning_rate=learning_rate,
-                        num_samples=num_samples, rank=rank, phases=phases, resume=resume, options=options)
+                        num_samples=num_samples, rank=rank, phases=phases, resume=resume, options=options,
+                        row_mask=row_mask, init_values=init_values)
     except KeyboardInterrupt as err:
         if isinstance(err, FitInterrupted):
             raise
@@ -290,16 +339,19 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
                              "Run it again to start over.") from None
 
 
-def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samples, rank, phases, resume, options):
+def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samples, rank, phases, resume, options,
+             row_mask=None, init_values=None):
     from semimech.infer import _svi
     from semimech.infer._compiled import cache_key, signature, wait
 
     if guide not in GUIDES:
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
     with phases.phase("setup_s", "preparing"):
-        model, data, _, opts = _prepare(spec, design, options, with_y=False)
+        model, data, _, opts = _prepare(spec, design, options, row_mask, with_y=False)
         y, _ = observed(model, design, data, opts["likelihood"], key=cache_key("observed", spec.model, opts))
         static, traced = _svi.split_data(data, y)
+        if init_values is not None:
+            traced[_svi.INIT_KEY] = {k: jnp.asarray(v) for k, v in init_values.items()}
         make_guide = _guide_factory(guide, rank=rank, init_loc_fn=DEFAULT_INIT)
         optim = _optimiser(learning_rate, num_steps)
         key = cache_key("svi", spec.model, opts, guide, rank, DEFAULT_INIT, learning_rate, num_steps, static,
@@ -389,15 +441,17 @@ def _check_losses(losses: np.ndarray) -> None:
 
 def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500, num_samples: int = 500,
              num_chains: int = 2, target_accept_prob: float = 0.85, max_tree_depth: int = 8,
-             chain_method: str = "sequential", progress_bar: bool = True, **options) -> Fit:
+             chain_method: str = "sequential", progress_bar: bool = True, row_mask=None,
+             init_values: Mapping[str, Any] | None = None, **options) -> Fit:
     """Fit by the No-U-Turn sampler (NumPyro NUTS).
 
     Chains run ``"sequential"`` (default) or ``"vectorized"``; divergences are counted in
-    :meth:`Fit.diagnostics`.
+    :meth:`Fit.diagnostics`. ``row_mask`` and ``init_values`` as in :func:`fit_svi`.
     """
-    model, data, y, opts = _prepare(spec, design, options)
-    kernel = NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
-                  init_strategy=init_to_median(num_samples=15))
+    model, data, y, opts = _prepare(spec, design, options, row_mask)
+    init = init_to_median(num_samples=15) if init_values is None else warm_init(
+        {k: jnp.asarray(v) for k, v in init_values.items()})
+    kernel = NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, init_strategy=init)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method=chain_method, progress_bar=progress_bar)
     try:

@@ -87,7 +87,8 @@ def total_sd(noise, data, loc=None):
     the known part of the design's noise model (an xMAP error depends on the latent ``loc``)."""
     from semimech.measurement.noise import known_variance
 
-    floor = data.get("noise_floor", 0.0) or 0.0
+    floor = data.get("noise_floor")
+    floor = 0.0 if floor is None else floor  # may be a traced array: no truth test
     return jnp.sqrt(noise**2 + floor**2 + known_variance(data, loc))
 
 
@@ -182,7 +183,20 @@ def observe(loc, noise, data, *, likelihood: str, y=None):
     (``data["y_ss"]``, from :meth:`Design.pseudobulk`), the factor ``y_within`` adds the
     within-group part of the cell-level likelihood, so fitting the pseudobulk gives exactly
     the posterior of fitting every cell (the mean and the sum of squares are sufficient).
+
+    Rows with ``data["row_mask"]`` False (a boolean per row; absent or None: every row) are
+    left out of the likelihood, ``y_within`` included: cross-validation keeps every row, so
+    each fold has the same shapes, and masks the held-out ones (:mod:`semimech.evaluate.cv`).
     """
+    row_mask = data.get("row_mask")
+    if row_mask is None:
+        _observe(loc, noise, data, likelihood=likelihood, y=y)
+        return
+    with numpyro.handlers.mask(mask=jnp.asarray(row_mask, dtype=bool)[:, None]):
+        _observe(loc, noise, data, likelihood=likelihood, y=y)
+
+
+def _observe(loc, noise, data, *, likelihood: str, y=None):
     sf = jnp.asarray(data["size_factors"])
     n = jnp.asarray(data["n_cells"])
     if isinstance(y, SparseCounts):

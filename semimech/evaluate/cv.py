@@ -1,0 +1,350 @@
+"""Cross-validation at the level of the question: leave out whole perturbations, combinations or contexts.
+
+"Which assumption predicts perturbations I have not measured?" is answered by leaving
+perturbations out, not rows: with pseudobulk rows a row *is* a perturbation, and with cells,
+leaving one cell out keeps everything the model knows about its perturbation.
+:func:`cross_validate` estimates the expected log predictive density (elpd) of held-out
+**units** — a perturbation label, a combination, a single, a context, or any grouping of rows —
+with the unit's rows scored jointly (their log-likelihoods summed within each draw).
+
+How:
+
+- Leave-one-unit-out (``k`` equal to the number of units): PSIS-LOO over units from the full
+  fit (``arviz_stats.loo`` on the unit-level log-likelihood), then **exact refits** for every
+  unit whose Pareto k-hat is above the threshold (``arviz_stats.reloo``), so no number rests
+  on an unreliable importance-sampling estimate.
+- Grouped K-fold (``k`` smaller): exact refits of every fold (``arviz_stats.loo_kfold``).
+
+A refit keeps every row and masks the held-out rows' likelihood (``fit_svi(row_mask=...)``),
+so all folds share array shapes (and compiled code), and starts from the full fit's posterior
+medians (``init_values``). Latents of held-out perturbations, unseen targets or contexts (sites
+over those plates) get no information from the masked rows; their draws are replaced by draws
+from the prior given the fold's other latents, which is exactly their posterior in the fold
+(and removes any trace of the warm start from them). The held-out predictive is then the
+fold's posterior predictive for those units.
+
+Calibration comes with it: the PIT of every held-out row x gene under its leave-out predictive
+(PSIS weights for units scored by PSIS, the refit's draws otherwise) and the interval coverage
+it implies (:func:`semimech.evaluate.probabilistic.pit_calibration`).
+
+SVI fits: the draws are from the variational approximation; they are treated as posterior
+draws (``reff = 1``), and large k-hat values also flag a poor approximation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from numpyro.infer import Predictive
+
+from semimech._rng import as_key
+from semimech.errors import DesignError, InferenceError
+from semimech.evaluate._pointwise import RowEngine, flat_latent
+from semimech.evaluate.probabilistic import CalibrationReport, pit_calibration
+from semimech.infer import _arviz
+from semimech.infer.fit import fold_summaries
+from semimech.infer.idata import posterior_tree
+
+__all__ = ["UNITS", "CrossValidation", "cross_validate", "unit_labels"]
+
+#: Named units of cross-validation (or pass one label per row).
+UNITS = ("perturbation", "combination", "combinable", "single", "context")
+#: Plates whose entries lose all their data when their rows are held out.
+MASKABLE = ("perturbations", "targets", "batches", "contexts")
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossValidation:
+    """Cross-validated elpd of one fit over held-out units.
+
+    Attributes
+    ----------
+    model
+        The model's name.
+    unit
+        What a held-out unit is (``"combination"``, ``"perturbation"``, ..., ``"custom"``).
+    scheme
+        ``"leave-one-out"`` or ``"K-fold"`` with K.
+    units
+        The unit labels, in the order of the pointwise values.
+    elpd
+        arviz-stats ``ELPDData`` (``elpd``, ``se``, ``p``, pointwise ``elpd_i`` over ``units``).
+    pit
+        PIT of each held-out row x gene under its leave-out predictive, ``(rows, genes)``.
+    calibration
+        Interval coverage implied by ``pit`` (:func:`pit_calibration`).
+    n_psis, n_refits
+        Units scored by PSIS from the full fit, and refits made.
+    khat_max
+        Largest Pareto k-hat of the PSIS stage over units (NaN for K-fold, which uses none).
+    """
+
+    model: str
+    unit: str
+    scheme: str
+    units: tuple[str, ...]
+    elpd: Any
+    pit: np.ndarray
+    calibration: CalibrationReport
+    n_psis: int
+    n_refits: int
+    khat_max: float
+
+    @property
+    def pointwise(self) -> np.ndarray:
+        """Pointwise elpd per unit (same order as ``units``)."""
+        return _arviz.pointwise_elpd(self.elpd)
+
+    def describe(self) -> str:
+        """What was left out and how it was scored, in words."""
+        how = (f"PSIS for {self.n_psis}, exact refits for {self.n_refits}" if self.scheme == "leave-one-out"
+               else f"{self.n_refits} refits")
+        return f"{self.unit} left out ({self.scheme} over {len(self.units)} units; {how})"
+
+
+def unit_labels(design, unit: str | Sequence) -> np.ndarray:
+    """The held-out unit of each row (``None``: the row is always in training).
+
+    ``unit``: ``"perturbation"`` (each non-control label), ``"combination"`` (labels with two or
+    more targets; singles stay in training), ``"combinable"`` (combinations each of whose targets
+    is also observed as a single perturbation, so it stays seen when the combination is left
+    out: the question of :func:`semimech.evaluate.split_combinations`), ``"single"`` (labels with one target),
+    ``"context"`` (the perturbed rows of each batch / context; controls stay in training), or
+    one label per row (``None`` or ``""`` for rows never left out). Control rows are never left
+    out: they are the reference of every change.
+    """
+    ctrl = np.asarray(design.perturbation_index) == 0
+    labels = np.asarray(design.perturbations, dtype=object)[design.perturbation_index]
+    n_targets = np.asarray(design.target_matrix).sum(1)[design.perturbation_index]
+    if isinstance(unit, str):
+        if unit == "perturbation":
+            out = np.where(ctrl, None, labels)
+        elif unit == "combination":
+            out = np.where(n_targets >= 2, labels, None)
+        elif unit == "combinable":
+            out = np.where(n_targets >= 2, labels, None)
+            ok = _combinable(design)
+            out = np.where([u in ok for u in out], out, None)
+        elif unit == "single":
+            out = np.where(n_targets == 1, labels, None)
+        elif unit == "context":
+            if design.batch_index is None:
+                raise DesignError("unit='context' needs contexts: build the Design with batch_key= (the context column).")
+            out = np.where(ctrl, None, np.asarray(design.batches, dtype=object)[design.batch_index])
+        else:
+            raise DesignError(f"unknown unit {unit!r}; choose one of {UNITS} or pass one label per row.")
+    else:
+        out = np.asarray([None if u is None or str(u) == "" else str(u) for u in unit], dtype=object)
+        if out.shape != (design.n_obs,):
+            raise DesignError(f"unit labels must have one entry per row ({design.n_obs}), got {out.shape}.")
+        out = np.where(ctrl, None, out)
+    n_units = len({u for u in out if u is not None})
+    if n_units < 2:
+        name = unit if isinstance(unit, str) else "custom"
+        raise DesignError(f"cross-validation over {name!r} units needs at least two units in the training design, "
+                          f"found {n_units}. Choose another unit (e.g. 'perturbation').")
+    return out
+
+
+def _combinable(design) -> set:
+    observed = design.observed_perturbations()
+    singles = {design.targets_of(p)[0] for p in observed if len(design.targets_of(p)) == 1}
+    return {p for p in observed if len(design.targets_of(p)) >= 2 and set(design.targets_of(p)) <= singles}
+
+
+def _unseen(design, data: dict, train_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per maskable plate: True for entries with no training row in the fold."""
+    n_p = len(design.perturbations)
+    seen_p = np.zeros(n_p, bool)
+    seen_p[np.asarray(design.perturbation_index)[train_rows]] = True
+    out = {"perturbations": ~seen_p, "targets": np.asarray(design.target_matrix)[seen_p].sum(0) == 0}
+    if design.batch_index is not None:
+        out["batches"] = np.bincount(np.asarray(design.batch_index)[train_rows], minlength=len(design.batches)) == 0
+    if data.get("perturbation_context") is not None:
+        ctx = np.asarray(data["perturbation_context"])
+        seen_c = np.zeros(int(data.get("n_contexts", ctx.max() + 1)), bool)
+        seen_c[ctx[seen_p]] = True
+        out["contexts"] = ~seen_c
+    return out
+
+
+def _entry_mask(dims: tuple[str, ...], shape: tuple[int, ...], unseen: dict) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    for axis, dim in enumerate(dims):
+        if dim in unseen and len(unseen[dim]) == shape[axis]:
+            view = [1] * len(shape)
+            view[axis] = shape[axis]
+            m = m | unseen[dim].reshape(view)
+    return m
+
+
+class _Folds:
+    """Refits of one fit with held-out units masked; collects the PIT of held-out rows."""
+
+    def __init__(self, fit, engine: RowEngine, row_unit: np.ndarray, *, num_steps, refit_options, key, max_pit_rows):
+        self.fit, self.engine, self.row_unit, self.key = fit, engine, row_unit, key
+        self.num_steps, self.options, self.max_pit_rows = num_steps, dict(refit_options or {}), max_pit_rows
+        self.full = flat_latent(fit, engine.latent)
+        self.warm = {k: np.median(v, axis=0) for k, v in self.full.items()}
+        self.resample = [n for n in engine.latent if set(fit.dims.get(n, ())) & set(MASKABLE)]
+        kept = [n for n in engine.latent if n not in self.resample]
+        self.kept = kept
+        model, data, resample = engine.model, engine.data, self.resample
+
+        @jax.jit
+        def prior_given(key, samples, summaries):
+            pred = Predictive(model, posterior_samples=samples, return_sites=resample)
+            return pred(key, {**data, **summaries})
+
+        self._prior_given = prior_given
+        self.pit: dict[int, np.ndarray] = {}
+        self.y = np.asarray(engine.y)
+        self.n_refits = 0
+
+    def pit_rows(self, rows: np.ndarray, rep: np.ndarray, log_w: np.ndarray | None) -> None:
+        """Store the PIT of ``rows`` from replicate draws ``rep`` (draws, rows, genes), weighted."""
+        y = self.y[rows]
+        below = (rep < y[None]) + 0.5 * (rep == y[None])
+        if log_w is None:
+            vals = below.mean(0)
+        else:
+            w = np.exp(log_w)  # (rows, draws), normalised
+            vals = np.einsum("rs,srg->rg", w, below)
+        for r, v in zip(rows, vals):
+            self.pit[int(r)] = v
+
+    def _refit(self, train_rows: np.ndarray, key):
+        from semimech.infer.fit import UnreplicatedWarning, fit_nuts, fit_svi
+
+        fit = self.fit
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnreplicatedWarning)  # said once, by the full fit
+            if fit.method == "nuts":
+                kw = {"num_warmup": 300, "num_samples": fit.num_draws, "num_chains": fit.num_chains,
+                      **self.options}
+                return fit_nuts(fit.spec, fit.design, rng_key=key, progress_bar=False, row_mask=train_rows,
+                                init_values=self.warm, **kw, **fit.options)
+            kw = {"num_steps": self.num_steps, "num_samples": fit.num_draws, **self.options}
+            return fit_svi(fit.spec, fit.design, rng_key=key, progress_bar=False, row_mask=train_rows,
+                           init_values=self.warm, **kw, **fit.options)
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        """Refit without the units at ``positions``; their log-likelihood ``(1, draws, len(positions))``."""
+        positions = np.atleast_1d(np.asarray(positions, dtype=int))
+        held = np.isin(self.row_unit, positions)
+        train_rows = ~held
+        key = jax.random.fold_in(self.key, int(positions.min()) + 1)
+        k_fit, k_prior, k_rep = jax.random.split(key, 3)
+        refit = self._refit(train_rows, k_fit)
+        self.n_refits += 1
+        samples = flat_latent(refit, self.engine.latent)
+        summaries = self.engine._summaries(fold_summaries(self.fit.design, train_rows))
+        if self.resample:
+            unseen = _unseen(self.fit.design, self.engine.data, train_rows)
+            drawn = self.engine.apply(lambda k, part: self._prior_given(k, part, summaries), k_prior, samples,
+                                      self.kept)
+            for name in self.resample:
+                m = _entry_mask(self.fit.dims[name], samples[name].shape[1:], unseen)
+                if m.any():
+                    samples[name] = np.where(m[None], drawn[name], samples[name])
+        ll = self.engine.log_likelihood(samples, summaries)
+        rows = np.flatnonzero(held)
+        rep = self.engine.replicates(k_rep, samples, rows=rows[: self.max_pit_rows], summaries=summaries)
+        self.pit_rows(rows[: self.max_pit_rows], rep, None)
+        out = np.stack([ll[:, self.row_unit == p].sum(1) for p in positions], axis=-1)
+        return out[None]
+
+
+def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None = None, num_steps: int | None = None,
+                   refit_options: dict | None = None, max_pit_rows: int = 2000, rng_key=0) -> CrossValidation:
+    """Cross-validated elpd of a fit over held-out units (see the module docstring).
+
+    Parameters
+    ----------
+    fit
+        A :class:`semimech.Fit` on the training design (all units present).
+    unit
+        What to leave out: see :func:`unit_labels`.
+    k
+        Number of folds. ``None`` (default): leave-one-unit-out up to 10 units, else 10-fold.
+        Equal to the number of units: leave-one-unit-out (PSIS, with exact refits where
+        k-hat is bad). Smaller: grouped K-fold, every fold refit.
+    num_steps
+        SVI steps of each warm-started refit (default: a third of the full fit's, at least 300).
+    refit_options
+        Other keywords for the refits' ``fit_svi`` (e.g. ``guide``, ``learning_rate``) or
+        ``fit_nuts`` (``num_warmup``); give the ones the full fit used.
+    max_pit_rows
+        Held-out rows per refit whose PIT is computed (all units' rows up to this many).
+    rng_key
+        Int seed or key for fold assignment, refits and replicate draws.
+
+    Raises
+    ------
+    DesignError
+        Fewer than two units, an unknown unit, ``k`` out of range.
+    InferenceError
+        The fit or a refit gives a non-finite log-likelihood: the model cannot be scored.
+    """
+    design = fit.design
+    labels = unit_labels(design, unit)
+    units = tuple(dict.fromkeys(u for u in labels if u is not None))
+    pos = {u: i for i, u in enumerate(units)}
+    row_unit = np.array([pos[u] if u is not None else -1 for u in labels])
+    n_u = len(units)
+    k = min(n_u, 10) if k is None else int(k)
+    if not 2 <= k <= n_u:
+        raise DesignError(f"k must be between 2 and the number of units ({n_u}), got {k}.")
+    key = as_key(rng_key)
+    engine = RowEngine(fit)
+    folds = _Folds(fit, engine, row_unit, num_steps=_steps(fit, num_steps), refit_options=refit_options,
+                   key=jax.random.fold_in(key, 1), max_pit_rows=max_pit_rows)
+    ll_rows = engine.log_likelihood(folds.full)
+    if not np.all(np.isfinite(ll_rows)):
+        raise InferenceError(f"the log-likelihood of {fit.spec.name!r} is not finite for some draws and rows; the fit "
+                             "did not converge or a draw is degenerate. Refit with more steps.")
+    ll_units = np.stack([ll_rows[:, row_unit == p].sum(1) for p in range(n_u)], axis=-1)
+    dt = _arviz.with_log_likelihood(posterior_tree(fit), {"y": ll_units.reshape(fit.num_chains, fit.num_draws, n_u)},
+                                    obs_dim="units", obs_coords=units)
+    reff = 1.0 if fit.method == "svi" else None
+    unit_name = unit if isinstance(unit, str) else "custom"
+    if k == n_u:
+        res, _ = _arviz.loo(dt, var_name="y", reff=reff)
+        khat = np.asarray(res.pareto_k, dtype=float).ravel()
+        lw = _arviz.loo_log_weights(res)
+        rows = np.flatnonzero(row_unit >= 0)[:max_pit_rows]
+        rep = engine.replicates(jax.random.fold_in(key, 2), folds.full, rows=rows)
+        folds.pit_rows(rows, rep, None if lw is None else lw[row_unit[rows]])
+        bad = khat > float(res.good_k)
+        if bad.any():
+            res = _arviz.reloo(dt, res, var_name="y", obs_dim="units", refit=folds, k_threshold=float(res.good_k))
+        scheme, n_psis, khat_max = "leave-one-out", int((~bad).sum()), float(np.nanmax(khat))
+    else:
+        order = np.random.default_rng(np.asarray(key, dtype=np.uint32)).permutation(n_u)
+        assign = np.empty(n_u, int)
+        assign[order] = np.arange(n_u) % k + 1
+        res = _arviz.kfold(dt, var_name="y", obs_dim="units", folds=assign, refit=folds)
+        scheme, n_psis, khat_max = f"{k}-fold", 0, float("nan")
+    elpd_i = _arviz.pointwise_elpd(res)
+    if not np.all(np.isfinite(elpd_i)):
+        bad_units = [u for u, e in zip(units, elpd_i) if not np.isfinite(e)]
+        raise InferenceError(f"the held-out log predictive density of {fit.spec.name!r} is not finite for units "
+                             f"{bad_units[:5]}: a refit failed or predicts them with zero density.")
+    pit = np.stack([folds.pit[r] for r in sorted(folds.pit)]) if folds.pit else np.empty((0, design.n_genes))
+    return CrossValidation(model=fit.spec.name, unit=unit_name, scheme=scheme, units=units, elpd=res, pit=pit,
+                           calibration=pit_calibration(pit), n_psis=n_psis, n_refits=folds.n_refits,
+                           khat_max=khat_max)
+
+
+def _steps(fit, num_steps: int | None) -> int:
+    if num_steps is not None:
+        if int(num_steps) < 1:
+            raise DesignError(f"num_steps must be positive, got {num_steps}.")
+        return int(num_steps)
+    full = len(fit.losses) if fit.losses is not None else 900
+    return max(300, full // 3)

@@ -1,0 +1,117 @@
+"""Cross-validation over held-out units: row masks, prior draws for unseen latents, refits.
+
+Known answers: a masked row contributes nothing to the log density (exactly the log density
+of the design without it); after a refit the interaction of a held-out combination is drawn
+from its prior N(0, 1) whatever the warm start said; on additive data the additive model
+predicts held-out combinations of seen singles far better than a model whose effects are
+forced to zero (the negative control).
+"""
+
+import numpy as np
+import pytest
+from numpyro.infer.util import log_density
+
+import semimech as sm
+from semimech.errors import DesignError
+from semimech.evaluate import cross_validate, unit_labels
+from semimech.evaluate.cv import _unseen
+from semimech.models import additive
+
+
+@pytest.fixture(scope="module")
+def design(additive_screen):
+    return additive_screen.pseudobulk()
+
+
+@pytest.fixture(scope="module")
+def fit(design):
+    return sm.fit_svi(additive.SPEC, design, rng_key=0, num_steps=400, num_samples=100, progress_bar=False)
+
+
+def test_unit_labels(design):
+    combos = [p for p in design.perturbations if "+" in p]
+    labs = unit_labels(design, "combination")
+    assert set(labs[labs != None]) == set(combos)  # noqa: E711
+    assert set(unit_labels(design, "combinable")[labs != None]) == set(combos)  # every single observed  # noqa: E711
+    pert = unit_labels(design, "perturbation")
+    assert pert[design.perturbation_index == 0].tolist() == [None]            # controls never left out
+    singles = unit_labels(design, "single")
+    assert {u for u in singles if u is not None} == {f"T{i}" for i in range(5)}
+    # without its singles no combination is combinable: a clear error, not an empty CV
+    no_singles = design.subset(np.array([("+" in p) or p == "control" for p in
+                                         np.asarray(design.perturbations)[design.perturbation_index]]))
+    with pytest.raises(DesignError, match="at least two units"):
+        unit_labels(no_singles, "combinable")
+    with pytest.raises(DesignError, match="unknown unit"):
+        unit_labels(design, "gene")
+    with pytest.raises(DesignError, match="batch_key"):
+        unit_labels(design, "context")
+    with pytest.raises(DesignError, match="one entry per row"):
+        unit_labels(design, ["a", "b"])
+
+
+def test_a_masked_row_adds_exactly_nothing_to_the_log_density(fit, design):
+    from semimech.infer.fit import _prepare
+
+    held = design.perturbation_index == design.perturbations.index("T0+T3")
+    model, data, y, _ = _prepare(additive.SPEC, design, {}, row_mask=~held)
+    params = {k: np.asarray(fit.flat(k)[0]) for k in fit.samples if k not in ("effect", "mean")}
+    masked, _ = log_density(model, (data,), {"y": y}, params)
+    sub = design.subset(~held)
+    model_s, data_s, y_s, _ = _prepare(additive.SPEC, sub, {})
+    for k in ("baseline_loc", "baseline_scale", "noise_floor"):   # same controls: same data-centred priors
+        np.testing.assert_allclose(data_s[k], data[k])
+    dropped, _ = log_density(model_s, (data_s,), {"y": y_s}, params)
+    np.testing.assert_allclose(float(masked), float(dropped), rtol=1e-5)
+    full, _ = log_density(*_prepare(additive.SPEC, design, {})[:1], (data | {"row_mask": None},), {"y": y}, params)
+    assert abs(float(full) - float(masked)) > 1.0                     # the row did count before masking
+
+
+def test_row_mask_input_is_checked(design):
+    with pytest.raises(DesignError, match="one entry per row"):
+        sm.fit_svi(additive.SPEC, design, rng_key=0, num_steps=2, row_mask=np.ones(3, bool), progress_bar=False)
+    with pytest.raises(DesignError, match="control"):
+        sm.fit_svi(additive.SPEC, design, rng_key=0, num_steps=2, row_mask=design.perturbation_index != 0,
+                   progress_bar=False)
+
+
+def test_unseen_entries_of_a_fold(design):
+    held = np.isin(design.perturbation_index, [design.perturbations.index("T0+T3")])
+    unseen = _unseen(design, design.model_data(), ~held)
+    assert np.flatnonzero(unseen["perturbations"]).tolist() == [design.perturbations.index("T0+T3")]
+    assert not unseen["targets"].any()                                 # T0 and T3 seen as singles
+    with_t1 = [i for i, p in enumerate(design.perturbations) if "T1" in p.split("+")]
+    single = np.isin(design.perturbation_index, with_t1)
+    unseen = _unseen(design, design.model_data(), ~single)
+    assert design.targets[int(np.flatnonzero(unseen["targets"])[0])] == "T1"
+
+
+def test_two_fold_cv_scores_every_unit_and_draws_held_out_latents_from_the_prior(fit, design, monkeypatch):
+    from semimech.evaluate._pointwise import RowEngine
+
+    captured = []
+    real = RowEngine.log_likelihood
+
+    def keep(self, samples, summaries=None):
+        if summaries is not None:                                          # a refit's draws (not the full fit's)
+            captured.append({k: np.array(v) for k, v in samples.items()})
+        return real(self, samples, summaries)
+
+    monkeypatch.setattr(RowEngine, "log_likelihood", keep)
+    cv = cross_validate(fit, unit="combination", k=2, num_steps=150, rng_key=0)
+    assert cv.scheme == "2-fold" and cv.n_refits == 2 == len(captured)
+    assert len(cv.units) == sum("+" in p for p in design.perturbations) and np.all(np.isfinite(cv.pointwise))
+    assert np.isfinite(cv.elpd.se) and cv.elpd.se > 0
+    assert cv.pit.shape == (len(cv.units), design.n_genes) and ((cv.pit >= 0) & (cv.pit <= 1)).all()
+    assert "combination left out (2-fold over" in cv.describe()
+    # every combination is held out in one of the two refits: there its interaction is a prior draw,
+    # N(0, 1) whatever the warm start (the full fit's median) said; in the other refit it is fitted
+    combos = [design.perturbations.index(u) for u in cv.units]
+    held_z = []
+    for samples in captured:
+        z = samples["interaction_z"]
+        fresh = [p for p in combos if abs(z[:, p, :].mean()) < 0.25 and 0.8 < z[:, p, :].std() < 1.2]
+        held_z.append(set(fresh))
+    assert held_z[0] | held_z[1] == set(combos) and not held_z[0] & held_z[1]
+    with pytest.raises(DesignError, match="between 2"):
+        cross_validate(fit, unit="combination", k=1)
