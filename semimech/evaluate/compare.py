@@ -170,17 +170,20 @@ def _held_out(fit, test: Design, *, reference, batch, rng_key) -> tuple[dict, st
 
 
 def _assumption_checks(fit) -> dict:
-    """Unique stable steady state (steady-state models, from ``fit.diagnostics()``) and control drift."""
+    """Unique stable steady states (steady-state models, ``fit.diagnostics()``) and the control's own."""
     from semimech.checks import is_steady_state_model
 
     if not is_steady_state_model(fit.spec):
-        return {"steady_state": None, "assumption_checks": "no dynamics: no steady state or drift to check"}
+        return {"steady_state": None, "control_stable": None,
+                "assumption_checks": "no dynamics: no steady state or control drift to check"}
     d = fit.diagnostics()
     frac, worst = d.get("steady_state_all"), d.get("steady_state_worst")
+    ctrl = d.get("steady_state_by_condition", {}).get(fit.design.control)
     text = (f"stable unique steady state for every condition in {frac:.0%} of checked draws "
-            f"(worst condition {worst!r}: {d.get('steady_state_min_fraction', float('nan')):.0%}); "
-            "control drift: none by construction (the control is a fixed point of the fitted dynamics)")
-    return {"steady_state": frac, "assumption_checks": text}
+            f"(worst condition {worst!r}: {d.get('steady_state_min_fraction', float('nan')):.0%}); control drift: "
+            "the control is a fixed point of the fitted dynamics by construction, stable and unique in "
+            f"{'-' if ctrl is None else f'{ctrl:.0%}'} of draws (else it would drift away)")
+    return {"steady_state": frac, "control_stable": ctrl, "assumption_checks": text}
 
 
 def _pairwise_se(a: np.ndarray, b: np.ndarray) -> float:
@@ -258,7 +261,9 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         ``se``, ``elpd_diff`` and ``dse`` (vs the best, arviz-stats), ``weight`` (stacking),
         ``p_cv``, ``left_out`` (the unit and scheme), ``n_units``, ``n_refits``, ``cv_coverage_90``
         and ``cv_calibration`` (held-out PIT), ``elpd_loo_rows``/``loo_rows_se``/``loo_rows_status``
-        (PSIS-LOO over rows), ``steady_state`` and ``assumption_checks``, ``test_*``,
+        (PSIS-LOO over rows), ``steady_state`` (fraction of checked draws where every
+        condition has a stable, unique steady state), ``control_stable`` (the same for the
+        control alone) and ``assumption_checks`` (in words), ``test_*``,
         ``method``, ``note``, ``assumes``. Numbers that could not be estimated are ``<NA>``
         (nullable dtypes), never NaN.
 
@@ -342,9 +347,9 @@ def _row_loo(fit, *, rng_key) -> dict:
 
 COLUMNS = ("model", "rank", "tied_with", "elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "left_out", "n_units",
            "n_refits", "cv_coverage_90", "cv_calibration", "elpd_loo_rows", "loo_rows_se", "loo_rows_status",
-           "steady_state", "assumption_checks")
+           "steady_state", "control_stable", "assumption_checks")
 _NUMERIC = ("elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "cv_coverage_90", "elpd_loo_rows", "loo_rows_se",
-            "steady_state") + tuple(f"test_{c}" for c in TEST_COLUMNS)
+            "steady_state", "control_stable") + tuple(f"test_{c}" for c in TEST_COLUMNS)
 
 
 def _tidy(table: pd.DataFrame, *, has_test: bool) -> pd.DataFrame:
