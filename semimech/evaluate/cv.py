@@ -197,8 +197,10 @@ class _Folds:
         model, data, resample = engine.model, engine.data, self.resample
 
         @jax.jit
-        def prior_given(key, samples, summaries):
-            pred = Predictive(model, posterior_samples=samples, return_sites=resample)
+        def prior_given(chunk, summaries):  # one key per draw; a chunk draws with its first draw's key
+            chunk = dict(chunk)
+            key = chunk.pop("__key")[0]
+            pred = Predictive(model, posterior_samples=chunk, return_sites=resample)
             return pred(key, {**data, **summaries})
 
         self._prior_given = prior_given
@@ -246,8 +248,8 @@ class _Folds:
         summaries = self.engine._summaries(fold_summaries(self.fit.design, train_rows))
         if self.resample:
             unseen = _unseen(self.fit.design, self.engine.data, train_rows)
-            drawn = self.engine.apply(lambda k, part: self._prior_given(k, part, summaries), k_prior, samples,
-                                      self.kept)
+            drawn = self.engine.apply(lambda part: self._prior_given(part, summaries), samples, self.kept,
+                                      key=k_prior)
             for name in self.resample:
                 m = _entry_mask(self.fit.dims[name], samples[name].shape[1:], unseen)
                 if m.any():

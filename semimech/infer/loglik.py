@@ -60,15 +60,56 @@ def unit_index(design, unit: str) -> tuple[np.ndarray | None, tuple[str, ...]]:
     raise DesignError(f"unknown log-likelihood unit {unit!r}; choose one of {UNITS}.")
 
 
-def _latent_draws(fit, trace) -> dict[str, np.ndarray]:
+def row_setup(fit, data: dict | None = None) -> tuple:
+    """``(model, data, y, latent site names, has_within)`` of a fit at its training design, checked.
+
+    ``data``: the model data to use (default ``fit.design.model_data()``).
+    """
+    design = fit.design
+    data = design.model_data() if data is None else data
+    y = jnp.asarray(design.dense_y(), dtype=jnp.float32)
+    model = functools.partial(fit.spec.model, **fit.options)
+    trace = abstract_trace(model, data, y)
+    if "y" not in trace or trace["y"][0] != "observed":
+        raise DesignError(f"model {fit.spec.name!r} has no observed site 'y'; the model contract names the "
+                          "observed readouts 'y'.")
     latent = [n for n in fit.samples if n in trace and trace[n][0] == "sample"]
     if not latent:
         raise DesignError(f"the fit of {fit.spec.name!r} holds no latent draws to compute a log-likelihood from.")
-    return {n: np.asarray(fit.flat(n)) for n in latent}
+    return model, data, y, latent, "y_within" in trace
 
 
-def chunked_draws(fn, flat: dict[str, np.ndarray], *, per_draw: int, max_chunk_elements: int) -> np.ndarray:
-    """Apply a jitted ``fn(samples) -> (draws, ...)`` to draws in equal chunks (compiled once)."""
+def within_constant(design) -> np.ndarray:
+    """Per row and gene, ``-(n - 1) / 2 * log(2 pi) - log(n) / 2``: with ``y_within``, the rest of
+    the joint Gaussian density of a pseudobulk row's ``n`` cells."""
+    n = np.asarray(design.n_cells, dtype=float)
+    return -(n - 1.0) / 2.0 * np.log(2.0 * np.pi) - 0.5 * np.log(n)
+
+
+def row_log_likelihood_fn(model, data: dict, y, *, shape: tuple[int, int], has_within: bool,
+                          entries: bool = False):
+    """Jitted ``fn(samples, overrides) -> (draws, rows)`` (``(draws, rows, genes)`` with ``entries``).
+
+    The observed site ``y`` (plus ``y_within``) per row, summed over genes, without the
+    :func:`within_constant`. ``overrides``: model data replacing ``data``'s entries of the same
+    name (traced: e.g. the data-centred priors of a cross-validation fold); ``{}`` for none.
+    """
+
+    @jax.jit
+    def ll_fn(samples, overrides):
+        ll = _numpyro_log_likelihood(model, samples, {**data, **overrides}, y=y, parallel=True)
+        out = ll["y"] if not has_within else ll["y"] + ll["y_within"]
+        out = out.reshape(out.shape[:1] + tuple(shape))
+        return out if entries else out.sum(-1)
+
+    return ll_fn
+
+
+def chunked_draws(fn, flat: dict[str, np.ndarray], *, per_draw: int, max_chunk_elements: int):
+    """Apply a jitted ``fn(samples) -> (draws, ...)`` to draws in equal chunks (compiled once).
+
+    ``fn`` may return a dict of such arrays; the result is then a dict of the concatenations.
+    """
     n_draws = next(iter(flat.values())).shape[0]
     chunk = int(max(1, min(n_draws, max_chunk_elements // max(1, per_draw))))
     pieces = []
@@ -78,8 +119,8 @@ def chunked_draws(fn, flat: dict[str, np.ndarray], *, per_draw: int, max_chunk_e
         sl = {n: a[start:stop] for n, a in flat.items()}
         if pad:  # same shape every call: compile once
             sl = {n: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for n, a in sl.items()}
-        pieces.append(np.asarray(fn(sl))[: stop - start])
-    return np.concatenate(pieces)
+        pieces.append(jax.tree.map(lambda a, m=stop - start: np.asarray(a)[:m], fn(sl)))
+    return jax.tree.map(lambda *p: np.concatenate(p), *pieces)
 
 
 def pointwise_log_likelihood(fit, *, unit: str = "cells", max_chunk_elements: int = MAX_CHUNK_ELEMENTS) -> np.ndarray:
@@ -103,29 +144,15 @@ def pointwise_log_likelihood(fit, *, unit: str = "cells", max_chunk_elements: in
     """
     groups, labels = unit_index(fit.design, unit)  # validates unit before any work
     design = fit.design
-    data = design.model_data()
-    y = jnp.asarray(design.dense_y(), dtype=jnp.float32)
-    model = functools.partial(fit.spec.model, **fit.options)
-    trace = abstract_trace(model, data, y)
-    if "y" not in trace or trace["y"][0] != "observed":
-        raise DesignError(f"model {fit.spec.name!r} has no observed site 'y'; the model contract names the "
-                          "observed readouts 'y'.")
-    flat = _latent_draws(fit, trace)
-    has_within = "y_within" in trace
+    model, data, y, latent, has_within = row_setup(fit)
+    flat = {n: np.asarray(fit.flat(n)) for n in latent}
     entries = unit == "entries"
-
-    @jax.jit
-    def ll_fn(samples):
-        ll = _numpyro_log_likelihood(model, samples, data, y=y, parallel=True)
-        out = ll["y"] if not has_within else ll["y"] + ll["y_within"]
-        out = out.reshape(out.shape[:1] + (design.n_obs, design.n_genes))
-        return out if entries else out.sum(-1)
-
-    out = chunked_draws(ll_fn, flat, per_draw=design.n_obs * design.n_genes,
+    ll_fn = row_log_likelihood_fn(model, data, y, shape=(design.n_obs, design.n_genes), has_within=has_within,
+                                  entries=entries)
+    out = chunked_draws(lambda s: ll_fn(s, {}), flat, per_draw=design.n_obs * design.n_genes,
                         max_chunk_elements=max_chunk_elements).astype(float)
     if has_within:
-        n = np.asarray(design.n_cells, dtype=float)
-        const = -(n - 1.0) / 2.0 * np.log(2.0 * np.pi) - 0.5 * np.log(n)  # per gene
+        const = within_constant(design)  # per gene
         out = out + (const[:, None] if entries else design.n_genes * const)
     if entries:
         return out.reshape(fit.num_chains, fit.num_draws, design.n_obs, design.n_genes)
