@@ -1,7 +1,7 @@
 """Does the comparison of assumptions agree with held-out evidence, and what does it cost?
 
-    python benchmarks/compare_cv.py TASK [--unit U] [--k K] [--steps 2000] [--refit-steps N]
-                                         [--heldout-json PATH] [--heldout-steps 3000] [--json PATH]
+    python benchmarks/compare_cv.py TASK [--design train|full] [--unit U] [--k K] [--steps 2000] [--refit-steps N]
+                                         [--heldout-json PATH] [--heldout-steps STEPS] [--json PATH]
 
 Tasks (from ``benchmarks/heldout_tasks.py``): ``norman_doubles`` (shipped data),
 ``hepg2_combinations``, ``sachs_loco``. For each, every registered static model
@@ -57,8 +57,30 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def comparison_design(task: str, folds) -> sm.Design:
-    """The design every model is fitted on for the comparison."""
+def comparison_design(task: str, folds, *, full: bool = False) -> sm.Design:
+    """The design every model is fitted on for the comparison.
+
+    Norman / HepG2: the held-out task's training design, or with ``full`` the whole table
+    (training and held-out rows: cross-validation then asks the held-out question itself, over
+    every combination, with refits; the held-out values come from separate fits of the training
+    design). Sachs: every condition (its held-out task is itself leave-one-condition-out).
+    """
+    if task == "hepg2_combinations" and full:
+        wide = ht._hepg2_frame()
+        readouts = [c for c in wide.columns if c not in ("cell_line", "stimuli", "inhibitors")]
+        wide["context"] = wide.cell_line + "|" + wide.stimuli
+        wide["label"] = ht._context_labels(wide, "inhibitors", wide.context)
+        wide.index = wide.context + "|" + wide.inhibitors
+        return sm.Design.from_frame(wide, readouts=readouts, perturbation_key="label", control="none",
+                                    batch_key="context")
+    if task == "norman_doubles" and full:
+        from semimech.datasets import NORMAN19_COMBINABLE_DOUBLES, norman19_devel
+
+        adata = norman19_devel()
+        test_mask = adata.obs["perturbation"].isin(NORMAN19_COMBINABLE_DOUBLES).to_numpy()
+        genes = ht.norman_genes(adata, ~test_mask)
+        return sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control",
+                                      genes=genes).pseudobulk()
     if task != "sachs_loco":
         return folds[0].train
     import anndata as ad
@@ -71,12 +93,14 @@ def comparison_design(task: str, folds) -> sm.Design:
     return sm.Design.from_anndata(logged, perturbation_key="target", control="cd3_cd28").pseudobulk()
 
 
-def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, steps: int, log) -> dict:
+def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, steps: int, log,
+                    same_design: bool = True) -> dict:
     """Held-out value per model, by the contract of ``benchmarks/heldout.py``.
 
     From its JSON when given; else, when the task has one fold whose training design is the
     comparison design (Norman, HepG2), from the comparison's own fits (the same fit predicts the
-    held-out conditions); else (Sachs: one refit per held-out condition) one seed computed here.
+    held-out conditions); else (Sachs: one refit per held-out condition; ``--design full``: fits
+    of the training design) one seed computed here, fitted as the comparison's fits.
     """
     if path:
         res = json.loads(pathlib.Path(path).read_text())
@@ -84,7 +108,7 @@ def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, step
     task = ht.TASKS[task_name]
     truth, ref = heldout._stack(folds, "truth"), heldout._stack(folds, "reference")
     out = {}
-    if len(folds) == 1 and task_name != "sachs_loco":
+    if len(folds) == 1 and task_name != "sachs_loco" and same_design:
         from heldout_models import NotApplicable, predict_labels
 
         for name, fit in fits.items():
@@ -130,13 +154,13 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
 
 
 def run(task_name: str, *, unit: str | None, k: int | None, steps: int, draws: int, refit_steps: int | None,
-        heldout_json: str | None, heldout_steps: int, models, log=print) -> dict:
+        heldout_json: str | None, heldout_steps: int, models, full: bool = False, log=print) -> dict:
     task = ht.TASKS[task_name]
     folds = task.build(quick=False)
-    design = comparison_design(task_name, folds)
+    design = comparison_design(task_name, folds, full=full)
     unit = unit or UNITS[task_name]
     log(f"[{task_name}] comparison design {design}; unit {unit!r}; load {os.getloadavg()[0]:.1f}")
-    result = {"task": task_name, "unit": unit, "design": repr(design), "metric": task.metric,
+    result = {"task": task_name, "unit": unit, "design_kind": "full" if full else "train", "design": repr(design), "metric": task.metric,
               "higher_is_better": task.higher_is_better, "load_start": os.getloadavg()[0]}
     t0, c0 = time.time(), cpu_seconds()
     fits, fit_notes = {}, {}
@@ -157,7 +181,8 @@ def run(task_name: str, *, unit: str | None, k: int | None, steps: int, draws: i
         log(f"  the comparison cannot ask this question: {err}")
     result["compare_wall_s"], result["compare_cpu_s"] = time.time() - t1, cpu_seconds() - c1
     result["load_end"] = os.getloadavg()[0]
-    held = held_out_values(task_name, folds, fits, path=heldout_json, steps=heldout_steps, log=log)
+    held = held_out_values(task_name, folds, fits, path=heldout_json, steps=heldout_steps, log=log,
+                           same_design=not full)
     result["held_out"] = held
     if table is not None:
         cols = ["model", "rank", "tied_with", "elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "left_out",
@@ -174,7 +199,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, steps: int, draws: i
 
 
 def markdown(r: dict) -> str:
-    lines = [f"### {r['task']} (unit: {r['unit']})", "",
+    lines = [f"### {r['task']} (unit: {r['unit']}, comparison design: {r.get('design_kind', 'train')})", "",
              f"fits {r['fit_wall_s']:.0f} s wall / {r['fit_cpu_s']:.0f} s CPU; comparison {r['compare_wall_s']:.0f} s wall "
              f"/ {r['compare_cpu_s']:.0f} s CPU; load {r['load_start']:.1f} -> {r['load_end']:.1f} on {r['config']['cpus']} cores", ""]
     if r.get("cannot_rank"):
@@ -198,18 +223,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("task", choices=sorted(UNITS))
     ap.add_argument("--unit", default=None)
+    ap.add_argument("--design", choices=("train", "full"), default="train",
+                    help="fit the comparison on the task's training design (default) or on all its rows")
     ap.add_argument("--k", type=int, default=None)
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--draws", type=int, default=200)
     ap.add_argument("--refit-steps", type=int, default=None)
     ap.add_argument("--heldout-json", default=None)
-    ap.add_argument("--heldout-steps", type=int, default=3000)
+    ap.add_argument("--heldout-steps", type=int, default=None, help="default: --steps")
     ap.add_argument("--models", nargs="*", default=list(REGISTRY))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     r = run(args.task, unit=args.unit, k=args.k, steps=args.steps, draws=args.draws, refit_steps=args.refit_steps,
-            heldout_json=args.heldout_json, heldout_steps=args.heldout_steps, models=args.models)
-    out = pathlib.Path(args.json or pathlib.Path(__file__).resolve().parent / "results" / f"compare_{args.task}.json")
+            heldout_json=args.heldout_json, heldout_steps=args.heldout_steps or args.steps, models=args.models,
+            full=args.design == "full")
+    stem = f"compare_{args.task}" + ("_full" if args.design == "full" else "")
+    out = pathlib.Path(args.json or pathlib.Path(__file__).resolve().parent / "results" / f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(heldout._finite(r), indent=1, default=str))
     print(markdown(r))
