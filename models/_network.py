@@ -21,6 +21,9 @@ Conventions shared by :mod:`linear_steady_state`, :mod:`production_decay` and
   direct effect around the drug's (``context_sd``); :func:`target_gene_mask` restricts a non-gene
   target's direct effect to listed genes (e.g. those downstream of its node in a prior network).
   Both resolve names against a design and return arrays, since a model sees only arrays.
+- **Contexts** (factor designs with a context column): each context scales every gene's
+  production (:func:`context_log_scales`), so a cell line is a shift of the dynamics, pooled
+  across contexts; edits and the network are shared across contexts.
 - **Network** ``W`` is sampled as ``W_T[regulator, gene]`` (``regulators`` x ``genes`` plates);
   self-loops are zero (decay is the diagonal).
 """
@@ -168,8 +171,30 @@ def target_log_scales(data, genes_plate, *, efficacy_prior_scale: float = 1.5, d
 
 
 def gene_log_scales(data, genes_plate, **kw):
-    """``(perturbations, genes)`` log production scale of every condition (control row zero)."""
-    return jnp.asarray(data["target_matrix"]) @ target_log_scales(data, genes_plate, **kw)
+    """``(perturbations, genes)`` log production scale of every condition (the reference control row zero).
+
+    With contexts (cell lines, :class:`semimech.Design` ``context_key``) each condition's scale
+    adds its context's (:func:`context_log_scales`).
+    """
+    return jnp.asarray(data["target_matrix"]) @ target_log_scales(data, genes_plate, **kw) + context_log_scales(
+        data, genes_plate)
+
+
+def context_log_scales(data, genes_plate, *, prior_scale: float = 0.5):
+    """``(perturbations, genes)`` log production scale of each condition's context, or 0 without contexts.
+
+    A context (cell line) scales every gene's production, ``context_log_sd * context_log_z[c]`` (sites
+    ``context_log_sd`` (), ``context_log_z`` (contexts, genes)), around the shared control state: the
+    dynamics then carry the context's baseline and how edits act in it. Pooled: the spread of
+    contexts is learned. Designs without contexts sample nothing.
+    """
+    n_ctx = int(data.get("n_contexts", 1))
+    if n_ctx <= 1:
+        return 0.0
+    sd = numpyro.sample("context_log_sd", dist.HalfNormal(prior_scale))
+    with numpyro.plate("contexts", n_ctx, dim=-2), genes_plate:
+        z = numpyro.sample("context_log_z", dist.Normal(0.0, 1.0))
+    return (sd * z)[jnp.asarray(data["perturbation_context"])]
 
 
 def network_weights(data, *, n: int, regulators_plate, genes_plate, w_prior: str, w_scale: float, network=None,

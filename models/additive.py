@@ -1,10 +1,13 @@
-"""Additive model: log-mean = baseline + sum of per-target effects (+ interaction, + batch).
+"""Additive model: log-mean = baseline + sum of per-target effects (+ interactions, + contexts, + batch).
 
 This is the "effects add in a latent space" assumption of mean-shift predictors made explicit
-(FRAMEWORK.md section 4). A combination's effect is the sum of its targets' effects plus an
-interaction term whose scale is learned from the combinations seen in training; for an unseen
-combination the interaction is drawn from that learned distribution, so the predictive
-interval says how far from additive training combinations were.
+(FRAMEWORK.md section 4). A combination's effect is the sum of its levels' effects plus one
+interaction term per pair of levels (reused wherever the pair occurs, with a learned scale per
+pair of factors) and, for three or more levels, a residual with a learned scale; an unseen pair
+draws its interaction from the learned scale, so the predictive interval says how far from
+additive training combinations were. With contexts (cell lines), baselines, effects and pair
+interactions are pooled across contexts (shared value + context deviation with a learned
+scale). See :mod:`semimech.models._treatments` for the formula.
 
 Sample sites
 ------------
@@ -18,12 +21,14 @@ effect_z : (targets, genes)
     Standardised effects; ``effect = effect_scale * effect_local * effect_z``.
 effect : (targets, genes), deterministic
     Effect of each target on the latent scale (data units or log fold change).
-interaction_scale : ()
-    Hierarchical scale of the per-gene interaction sd.
-interaction_sd : (genes,)
-    Sd of the non-additive residual of combinations.
-interaction_z : (perturbations, genes)
-    Standardised interaction (used only for perturbations with two or more targets).
+context_sd, context_z, effect_context_sd, effect_context_z
+    Context baselines and context deviations of effects (designs with contexts only).
+interaction_scale : (factor_pairs,), interaction_sd : (genes,), pair_z : (target_pairs, genes)
+    Pairwise interactions: ``interaction_scale[factor pair] * interaction_sd * unit * pair_z``.
+pair_context_sd, pair_context_z
+    Context deviations of pair interactions (designs with contexts only).
+higher_scale : (), higher_z : (perturbations, genes)
+    Residual of conditions with three or more levels.
 mean : (perturbations, genes), deterministic
     Population mean of each perturbation on the data scale (per unit size factor).
 noise_sd / concentration, batch_sd, batch_z, y
@@ -38,6 +43,7 @@ import numpyro.distributions as dist
 
 from semimech.infer.spec import ModelSpec
 from semimech.measurement import gene_noise, observe_conditions, to_data_scale
+from semimech.models import _treatments
 
 
 def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, y=None):
@@ -57,13 +63,11 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
         z = numpyro.sample("effect_z", dist.Normal(0.0, 1.0))
         effect = numpyro.deterministic("effect", tau * local * z * unit)
 
-    int_scale = numpyro.sample("interaction_scale", dist.HalfNormal(effect_prior_scale))
-    with genes:
-        int_sd = numpyro.sample("interaction_sd", dist.HalfNormal(1.0)) * int_scale * unit
+    base = _treatments.context_baseline(baseline, data, genes, unit=unit)[jnp.asarray(data["perturbation_context"])]
+    ctx_eff = _treatments.context_effects(data, genes, unit=unit, prior_scale=effect_prior_scale)
+    interaction = _treatments.interactions(data, genes, unit=unit, prior_scale=effect_prior_scale)
     with numpyro.plate("perturbations", n_pert, dim=-2), genes:
-        iz = numpyro.sample("interaction_z", dist.Normal(0.0, 1.0))
-        interaction = jnp.asarray(data["is_combination"])[:, None] * int_sd * iz
-        loc_p = baseline + tm @ effect + interaction
+        loc_p = base + tm @ effect + ctx_eff + interaction
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
 
     observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y)
@@ -72,7 +76,8 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
 SPEC = ModelSpec(
     name="additive",
     model=model,
-    assumes="effects add on the latent (log) scale; combinations deviate by a learned interaction scale; "
+    assumes="effects add on the latent (log) scale; combinations deviate by pairwise interactions (one per pair "
+    "of levels, scale learned per pair of factors) and higher-order residuals; contexts pooled; "
     "no dynamics, one attractor per perturbation",
     predicts_unseen_targets=False,
 )

@@ -28,6 +28,8 @@ w_scale : (), regulation_z : (programs, genes)
     Program regulation ``R`` and its scale.
 efficacy_loc, efficacy_sd, direct_scale, direct_sd, target_z
     The edits, see :func:`semimech.models._network.target_log_scales`.
+context_sd : (), context_z : (contexts, genes)
+    Designs with contexts only: each context's baseline, pooled (``baseline + context_sd * unit * context_z``).
 log_scale : (perturbations, genes), deterministic
     Gene-level log production scale of each condition (before projection onto programs).
 shared_z, guide_sd, context_sd
@@ -55,6 +57,7 @@ from semimech.dynamics import ProductionDecayParams, production_decay_field
 from semimech.infer.spec import ModelSpec
 from semimech.measurement import gene_noise, observe_conditions, to_data_scale
 from semimech.models import _network as net
+from semimech.models._treatments import context_baseline
 from semimech.models.production_decay import solve_conditions
 
 SYSTEM_SITES = ("w_scale", "regulation_z", "loadings_z", "operating_point", "log_scale")
@@ -122,8 +125,9 @@ def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: flo
     ss = solve_conditions(W, b, alpha, program_log_scales(own, direct, Z), ones, fallback=fallback)
     net.reject_failed(ss.ok)
     u = jnp.where(ss.ok[:, None], ss.x, ones)
-    # the edited gene's own production change, as in the gene-level models (u_gene = s * 1)
-    loc_p = baseline + lscale * unit * ((u - 1.0) @ Z) + 3.0 * unit * jnp.expm1(own)
+    # the edited gene's own production change, as in the gene-level models (u_gene = s * 1); with contexts,
+    # each context shifts the baseline (pooled across contexts), programs and edits are shared
+    loc_p = context_baseline(baseline, data, genes, unit=unit)[jnp.asarray(data["perturbation_context"])] + lscale * unit * ((u - 1.0) @ Z) + 3.0 * unit * jnp.expm1(own)
     if residual:
         loc_p = net.residual(loc_p, data, genes, unit=unit,
                              exclude=net.guide_own_entries(data, variant_of, shared_gene_index))

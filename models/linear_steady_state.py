@@ -37,6 +37,9 @@ direct_scale : (), direct_sd : (genes,)
 target_z : (targets, genes)
     Standardised target effects: entry ``[t, g_t]`` is the efficacy of a gene target ``t``
     (``efficacy_loc + efficacy_sd * z``); a non-gene target's row is its direct effect.
+context_log_sd : (), context_log_z : (contexts, genes)
+    Designs with contexts only: each context's log production scale of every gene, pooled
+    (:func:`semimech.models._network.context_log_scales`).
 shared_z, guide_sd, context_sd
     Only with ``variant_of``/``shared_gene_index``: the effect shared by a target's variants (guides
     of a gene, one drug across contexts) and their spread, see

@@ -31,6 +31,9 @@ efficacy_loc, efficacy_sd, direct_scale, direct_sd, target_z
     The edits, see :func:`semimech.models._network.target_log_scales`.
 log_scale : (perturbations, genes), deterministic
     Log production scale of each condition.
+context_log_sd : (), context_log_z : (contexts, genes)
+    Designs with contexts only: each context's log production scale of every gene, pooled
+    (:func:`semimech.models._network.context_log_scales`).
 shared_z, guide_sd, context_sd
     Only with ``variant_of``/``shared_gene_index``: the effect shared by a target's variants (guides
     of a gene, one drug across contexts) and their spread, see

@@ -33,7 +33,7 @@ def test_encodings_from_real_data(norman_design):
     # every double's row in target_matrix has two ones, singles one, control none
     rows = {p: d.target_matrix[i].sum() for i, p in enumerate(d.perturbations)}
     assert rows["control"] == 0 and rows["KLF1"] == 1 and rows["KLF1+MAP2K6"] == 2
-    assert set(d.coords) == {"cells", "genes", "perturbations", "targets"}
+    assert set(d.coords) == {"cells", "genes", "perturbations", "targets"}  # label designs: no factor coords
     assert d.targets_of("KLF1+MAP2K6") == ("KLF1", "MAP2K6")
 
 
@@ -173,8 +173,8 @@ def test_gaussian_pseudobulk_is_exact(norman_design):
         for _ in range(3):
             params = {"baseline": rng.normal(0, 1, G), "noise_sd": rng.uniform(0.3, 1.0, G),
                       "effect_scale": 0.3, "effect_local": rng.uniform(0.5, 2, (T, G)),
-                      "effect_z": rng.normal(size=(T, G)), "interaction_scale": 0.2,
-                      "interaction_sd": rng.uniform(0.1, 1, G), "interaction_z": rng.normal(size=(P, G))}
+                      "effect_z": rng.normal(size=(T, G)), "interaction_scale": np.array([0.2]),
+                      "interaction_sd": rng.uniform(0.1, 1, G), "pair_z": rng.normal(size=(1, G))}
             a, _ = log_density(model, (sub.model_data(),), {"y": np.asarray(sub.dense_y())}, params)
             b, _ = log_density(model, (pb.model_data(),), {"y": np.asarray(pb.dense_y())}, params)
             diffs.append(float(a - b))
@@ -186,6 +186,7 @@ def test_gaussian_pseudobulk_is_exact(norman_design):
         c = [float(log_density(model, (sub.model_data(),), {"y": np.asarray(sub.dense_y())}, p)[0]
                    - log_density(model, (data,), {"y": np.asarray(pb.dense_y())}, p)[0])
              for p in [{"noise_sd": np.full(G, s), "baseline": np.zeros(G), "effect_scale": 0.3,
-                        "effect_local": np.ones((T, G)), "effect_z": np.zeros((T, G)), "interaction_scale": 0.2,
-                        "interaction_sd": np.ones(G), "interaction_z": np.zeros((P, G))} for s in (0.3, 0.9)]]
+                        "effect_local": np.ones((T, G)), "effect_z": np.zeros((T, G)),
+                        "interaction_scale": np.array([0.2]), "interaction_sd": np.ones(G), "pair_z": np.zeros((1, G))}
+                       for s in (0.3, 0.9)]]
     assert abs(c[0] - c[1]) > 1.0

@@ -15,7 +15,9 @@ from semimech.infer._sites import plates, site_dims
 # signalling_network: PKN "nodes" and "edges", "contexts" (cell lines), "off_targets" (inhibitor x node pairs),
 # "readout_blocks" (inhibitor x readout pairs)
 PLATE_NAMES = {"cells", "genes", "targets", "perturbations", "batches", "regulators", "programs", "shared_targets",
-               "nodes", "edges", "contexts", "off_targets", "readout_blocks"}
+               "nodes", "edges", "contexts", "off_targets", "readout_blocks",
+               # factor designs (treatments): factors, their pairs, level pairs, (context, level/pair) cells
+               "factors", "factor_pairs", "target_pairs", "context_targets", "context_pairs"}
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,9 @@ def control_summaries(design) -> tuple[np.ndarray, np.ndarray, float]:
     expressed in ``N`` cells is expressed in fewer than ``3 / N`` of them, so its cell-level sd
     is at most about an expressed gene's sd times ``sqrt(3 / N)``.
     """
-    ctrl = np.flatnonzero(design.perturbation_index == 0)
+    # every untreated row: the control of a label design, each context's untreated condition in a factor design
+    untreated = np.asarray(design.target_matrix).sum(1) == 0
+    ctrl = np.flatnonzero(untreated[design.perturbation_index])
     if design.is_counts:
         y = design.y[ctrl]
         y = y.toarray() if sp.issparse(y) else np.asarray(y, dtype=float)

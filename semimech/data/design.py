@@ -8,15 +8,20 @@ and the category encodings. Models see only ``design.model_data()``, a dict of a
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any, Mapping
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
+from semimech.data import _conditions
+from semimech.data import _factors as fx
 from semimech.data import _validate as v
 from semimech.data._aggregate import control_summaries, pseudobulk
+from semimech.data._structure import context_cells, factor_pair_names, level_pairs, pair_labels, structure
 from semimech.data._targets import encode_targets, parse_label, target_gene_index
 from semimech.errors import DesignError
 
@@ -25,10 +30,39 @@ __all__ = ["Design"]
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Design:
-    """A frozen perturbation design: readouts, perturbations, batches, encodings.
+    """A frozen perturbation design: readouts, conditions, batches, encodings.
 
-    Build it with :meth:`from_anndata` or :meth:`from_frame`; do not call the constructor
-    directly. Rows are cells (or pseudobulk samples); columns are genes (readouts).
+    Build it with :meth:`from_anndata`, :meth:`from_frame` or :meth:`from_midas`; do not call
+    the constructor directly. Rows are cells (or pseudobulk samples); columns are genes (readouts).
+
+    **Conditions.** A condition is a set of treatments plus a context. Two ways to say it:
+
+    - *labels* (``perturbation_key``): one column with a label per row, combinations joined by
+      ``target_sep`` (``"KLF1+MAP2K6"``); ``control`` labels untreated rows.
+    - *factors* (``factors``, ``context_key``): each treatment is a level of a named factor
+      (stimulus, inhibitor, genetic perturbation, dose, ...); ``factors={"stimulus": "stim",
+      "inhibitor": ["inh1", "inh2"]}`` maps factor names to one or several columns. A cell holds
+      one level, several levels (a list/tuple/set, or a string joined by ``target_sep``:
+      ``"IL1a+INS"`` is two stimulus levels), or none (a missing value, ``""``, a value in
+      ``none`` or the control label). ``context_key`` names a column with one context (cell
+      line) per row. ``perturbation_key`` may be combined with factors: it becomes the factor
+      ``"perturbation"``.
+
+    A condition is identified by its set of levels and its context: labels, aliases and the
+    order of levels never matter. Factor designs get canonical labels: levels in factor order
+    joined by ``target_sep``, ``control`` for no level, and ``"@context"`` with contexts
+    (``"TGFa+MEK12i+PI3Ki@HepG2"``, ``"control@HepG2"``). Untreated conditions come first, one
+    per context; ``control`` is the first of them. MIDAS tables map directly:
+    ``Design.from_midas(read_midas(path), time=30)`` (stimuli and inhibitors become factors
+    ``"stimulus"`` and ``"inhibitor"``, the cell line the context; to model log10 values, pass
+    ``table.assign(value=np.log10(table["value"] + 1))``).
+
+    **Prediction.** :func:`semimech.predict` takes labels (``"TGFa+MEK12i@HepG2"``), or a whole
+    table of conditions across contexts in one call: a DataFrame with the training factor columns
+    (or columns named after the factors) and the context column (or ``"context"``), or a list of
+    dicts such as ``{"stimulus": ["IL1a", "TGFa"], "inhibitor": "MEK12i", "context": "HepG2"}``
+    (missing factors mean no level). Any set of seen levels can be asked for, including
+    combinations never seen together. See :meth:`with_conditions`.
 
     Attributes
     ----------
@@ -42,11 +76,11 @@ class Design:
     perturbation_index
         For each row, its index into ``perturbations``.
     targets
-        Sorted names of the perturbed targets (genes or drugs).
+        Sorted names of the treatment levels (perturbed genes, drugs, stimuli).
     target_matrix
-        ``perturbations x targets`` 0/1 matrix: which targets each condition edits.
+        ``perturbations x targets`` 0/1 matrix: which levels each condition holds.
     control
-        The control label.
+        The control label (factor designs with contexts: the first context's untreated condition).
     batches, batch_index
         Batch labels and each row's batch index; ``None`` when no batch is given.
     size_factors
@@ -56,6 +90,16 @@ class Design:
     n_cells
         Number of single cells behind each row (1 for single-cell data; group sizes after
         :meth:`pseudobulk`).
+    target_factors
+        Factor of each target, aligned with ``targets``; ``None`` for label designs (one factor,
+        ``"perturbation"``).
+    contexts, perturbation_context
+        Sorted context labels and each condition's index into them; ``None`` without contexts.
+    factor_spec
+        The factor columns, context column and "none" values the design was read with (a
+        prediction table is read the same way); ``None`` for label designs.
+
+    Models see ``model_data()``; its treatment keys are documented there.
     """
 
     y: np.ndarray | sp.csr_matrix | None
@@ -74,9 +118,14 @@ class Design:
     target_sep: str = "+"
     y_ss: np.ndarray | None = None
     noise: Any = None
+    target_factors: tuple[str, ...] | None = None
+    contexts: tuple[str, ...] | None = None
+    perturbation_context: np.ndarray | None = None
+    factor_spec: fx.FactorSpec | None = None
 
     def __post_init__(self):
-        for name in ("perturbation_index", "target_matrix", "batch_index", "size_factors", "n_cells", "y_ss"):
+        for name in ("perturbation_index", "target_matrix", "batch_index", "size_factors", "n_cells", "y_ss",
+                     "perturbation_context"):
             arr = getattr(self, name)
             if arr is not None:
                 arr = np.array(arr)
@@ -93,14 +142,18 @@ class Design:
         cls,
         adata,
         *,
-        perturbation_key: str,
-        control: str,
+        perturbation_key: str | None = None,
+        control: str | None = None,
+        factors=None,
+        context_key: str | None = None,
         batch_key: str | None = None,
         layer: str | None = None,
         size_factor_key: str | None = None,
         target_sep: str = "+",
         counts: bool | None = None,
         genes: Sequence[str] | None = None,
+        none: Sequence[str] = ("none",),
+        single_valued: Sequence[str] = (),
     ) -> "Design":
         """Read a design from an AnnData object (never modified).
 
@@ -112,7 +165,12 @@ class Design:
             ``obs`` column with the condition label of each cell; combinations join their
             targets with ``target_sep`` (``"KLF1+MAP2K6"``).
         control
-            The label of unperturbed (control) cells; it must occur in the column.
+            The label of unperturbed (control) cells; it must occur in the column. With
+            ``factors`` (default ``"control"``): the label of untreated conditions.
+        factors, context_key, none, single_valued
+            Treatment factors (see the class docstring): ``{factor: column(s)}`` of ``obs``,
+            the context (cell line) column, values meaning "no level", and factors that allow
+            at most one level per row (the context always does).
         batch_key
             Optional ``obs`` column with the batch (replicate, lane, plate) of each cell.
         layer
@@ -127,11 +185,12 @@ class Design:
         genes
             Optional subset of ``var_names`` to model.
         """
-        if perturbation_key not in adata.obs.columns:
+        if perturbation_key is not None and perturbation_key not in adata.obs.columns:
             raise DesignError(
                 f"perturbation_key {perturbation_key!r} is not a column of adata.obs "
                 f"(columns: {list(adata.obs.columns)}). Pass the column that holds each cell's perturbation label."
             )
+        spec = _factor_spec(adata.obs.columns, perturbation_key, factors, context_key, none, single_valued, "adata.obs")
         if batch_key is not None and batch_key not in adata.obs.columns:
             raise DesignError(f"batch_key {batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
         if layer is not None and layer not in adata.layers:
@@ -158,8 +217,10 @@ class Design:
             y=X,
             obs_names=[str(o) for o in adata.obs_names],
             genes=var_names,
-            labels=adata.obs[perturbation_key],
+            labels=None if perturbation_key is None else adata.obs[perturbation_key],
             control=control,
+            spec=spec,
+            table=adata.obs,
             batch_labels=None if batch_key is None else adata.obs[batch_key],
             size_factors=sf,
             counts=counts,
@@ -173,20 +234,27 @@ class Design:
         frame,
         *,
         readouts: Sequence[str],
-        perturbation_key: str,
-        control: str,
+        perturbation_key: str | None = None,
+        control: str | None = None,
+        factors=None,
+        context_key: str | None = None,
         batch_key: str | None = None,
         size_factor_key: str | None = None,
         n_cells_key: str | None = None,
         target_sep: str = "+",
         counts: bool | None = None,
+        none: Sequence[str] = ("none",),
+        single_valued: Sequence[str] = (),
     ) -> "Design":
         """Read a bulk or pseudobulk design from a pandas DataFrame (never modified).
 
         Rows are samples; ``readouts`` name the measured columns; ``perturbation_key``,
-        ``batch_key``, ``size_factor_key`` and ``n_cells_key`` name condition columns.
+        ``batch_key``, ``size_factor_key`` and ``n_cells_key`` name condition columns;
+        ``factors``, ``context_key``, ``none`` and ``single_valued`` describe treatment factors
+        (see the class docstring and :meth:`from_anndata`).
         """
         cols = list(frame.columns)
+        spec = _factor_spec(cols, perturbation_key, factors, context_key, none, single_valued, "the frame")
         for key, what in ((perturbation_key, "perturbation_key"), (batch_key, "batch_key"),
                           (size_factor_key, "size_factor_key"), (n_cells_key, "n_cells_key")):
             if key is not None and key not in cols:
@@ -201,8 +269,10 @@ class Design:
             y=y,
             obs_names=[str(i) for i in frame.index],
             genes=[str(r) for r in readouts],
-            labels=frame[perturbation_key],
+            labels=None if perturbation_key is None else frame[perturbation_key],
             control=control,
+            spec=spec,
+            table=frame,
             batch_labels=None if batch_key is None else frame[batch_key],
             size_factors=None if size_factor_key is None else frame[size_factor_key].to_numpy(float),
             counts=counts,
@@ -211,8 +281,24 @@ class Design:
         )
 
     @classmethod
+    def from_midas(cls, table, *, time=None, readouts: Sequence[str] | None = None,
+                   control: str = "control") -> "Design":
+        """A factor design from a MIDAS table (:func:`semimech.datasets.read_midas` output, never modified).
+
+        Each sample (MIDAS row) at the chosen ``time`` becomes a row; its stimuli and inhibitors
+        become levels of the factors ``"stimulus"`` and ``"inhibitor"`` (a combined stimulus such
+        as ``"IL1a+INS"`` is two stimulus levels; ``"none"`` is no level) and its cell line the
+        context (when the file names cell lines). Values are taken as they are: for log10 values
+        pass ``table.assign(value=np.log10(table["value"] + 1))``. ``time`` is required when the
+        table holds several time points; ``readouts`` selects and orders readouts.
+        """
+        frame, reads, has_cells = _conditions.midas_frame(table, time=time, readouts=readouts)
+        return cls.from_frame(frame, readouts=reads, factors={"stimulus": "stimuli", "inhibitor": "inhibitors"},
+                              context_key="cell_line" if has_cells else None, control=control)
+
+    @classmethod
     def _build(cls, *, y, obs_names, genes, labels, control, batch_labels, size_factors, counts,
-               target_sep, n_cells) -> "Design":
+               target_sep, n_cells, spec=None, table=None) -> "Design":
         n = len(obs_names)
         if n == 0 or len(genes) == 0:
             raise DesignError(f"empty design: {n} rows x {len(genes)} genes. Pass data with at least one cell and one gene.")
@@ -220,27 +306,44 @@ class Design:
                        "readouts= naming each gene once.")
         y = v.readouts(y, genes=genes, rows=obs_names)
         is_counts = v.count_mode(y, counts)
-        labels = v.labels(labels, what="perturbation label")
-        v.check_control(labels, control)
-        perturbations = (control,) + tuple(sorted(set(labels) - {control}))
-        v.check_perturbed(perturbations, control)
-        code = {p: i for i, p in enumerate(perturbations)}
-        perturbation_index = np.array([code[p] for p in labels], dtype=np.int32)
-        targets, target_matrix = encode_targets(perturbations, control, target_sep)
+        extra = {}
+        if spec is None:  # a label design, exactly as before factors existed
+            if control is None:
+                raise DesignError("control= is required with perturbation_key: the label of unperturbed rows.")
+            labels = v.labels(labels, what="perturbation label")
+            v.check_control(labels, control)
+            perturbations = (control,) + tuple(sorted(set(labels) - {control}))
+            v.check_perturbed(perturbations, control)
+            code = {p: i for i, p in enumerate(perturbations)}
+            perturbation_index = np.array([code[p] for p in labels], dtype=np.int32)
+            targets, target_matrix = encode_targets(perturbations, control, target_sep)
+        else:
+            if labels is not None and control is not None:
+                v.check_control(v.labels(labels, what="perturbation label"), control)
+            control = "control" if control is None else str(control)
+            keys, inverse, _ = fx.row_conditions({c: table[c].tolist() for c in spec.columns},
+                                                 row_names=list(obs_names), spec=spec, control=control, sep=target_sep)
+            cond = fx.encode(keys, inverse, factor_names=spec.names, control=control, sep=target_sep,
+                             has_context=spec.context_key is not None)
+            perturbations, perturbation_index, control = cond.perturbations, cond.perturbation_index, cond.control
+            targets, target_matrix = cond.targets, cond.target_matrix
+            extra = dict(target_factors=cond.target_factors, contexts=cond.contexts,
+                         perturbation_context=cond.perturbation_context, factor_spec=spec)
+        untreated = np.asarray(target_matrix).sum(1)[perturbation_index] == 0
         batches = batch_index = None
         if batch_labels is not None:
             blabels = v.labels(batch_labels, what="batch label")
             batches = tuple(sorted(set(blabels)))
             bcode = {b: i for i, b in enumerate(batches)}
             batch_index = np.array([bcode[b] for b in blabels], dtype=np.int32)
-            v.warn_batches_without_controls(batches, batch_index, perturbation_index == 0)
+            v.warn_batches_without_controls(batches, batch_index, untreated)
         size_factors = v.size_factors(size_factors, y, is_counts, n)
         n_cells = np.ones(n) if n_cells is None else v.positive(n_cells, "n_cells")
         return cls(
             y=y, obs_names=tuple(obs_names), genes=tuple(genes), perturbations=perturbations,
             perturbation_index=perturbation_index, targets=targets, target_matrix=target_matrix,
             control=control, batches=batches, batch_index=batch_index, size_factors=size_factors,
-            is_counts=is_counts, n_cells=n_cells, target_sep=target_sep,
+            is_counts=is_counts, n_cells=n_cells, target_sep=target_sep, **extra,
         )
 
     # ------------------------------------------------------------------ views
@@ -259,7 +362,22 @@ class Design:
              "targets": self.targets}
         if self.batches is not None:
             c["batches"] = self.batches
+        if self.factor_spec is not None:
+            c["factors"] = self.factor_names
+            c["factor_pairs"] = factor_pair_names(self.factor_names)
+            c["target_pairs"] = pair_labels(self.targets, level_pairs(self.target_matrix))
+        if self.contexts is not None:
+            c["contexts"] = self.contexts
+            ct, cp = context_cells(self.target_matrix, self.perturbation_context)
+            pairs = pair_labels(self.targets, level_pairs(self.target_matrix))
+            c["context_targets"] = tuple(f"{self.targets[t]}@{self.contexts[k]}" for k, t in ct)
+            c["context_pairs"] = tuple(f"{pairs[q]}@{self.contexts[k]}" for k, q in cp)
         return MappingProxyType(c)
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        """Factor names in order (``("perturbation",)`` for a label design)."""
+        return (fx.PERTURBATION_FACTOR,) if self.factor_spec is None else self.factor_spec.names
 
     def dense_y(self) -> np.ndarray:
         """Readouts as a dense float array (a copy); raises on a prediction design."""
@@ -269,7 +387,41 @@ class Design:
 
     def targets_of(self, label: str) -> tuple[str, ...]:
         """The targets a condition label edits (empty for the control)."""
-        return parse_label(label, self.control, self.target_sep)
+        if self.factor_spec is None:
+            return parse_label(label, self.control, self.target_sep)
+        i = self._label_code.get(label)
+        if i is not None:
+            return tuple(t for t, on in zip(self.targets, self.target_matrix[i]) if on)
+        base, _ = fx.split_context(label, self.contexts)
+        return parse_label(base, self.untreated_label, self.target_sep)
+
+    @property
+    def untreated_label(self) -> str:
+        """The label of no treatment, without the context (``"control"``)."""
+        return fx.split_context(self.control, self.contexts)[0] if self.contexts is not None else self.control
+
+    @functools.cached_property
+    def _label_code(self) -> dict[str, int]:
+        return {p: i for i, p in enumerate(self.perturbations)}
+
+    def condition_keys(self) -> list[tuple[frozenset, str | None]]:
+        """Per condition, its identity: ``(frozenset of target names, context or None)``."""
+        tm = np.asarray(self.target_matrix) > 0
+        ctx = [None] * tm.shape[0] if self.contexts is None else [self.contexts[c] for c in self.perturbation_context]
+        return [(frozenset(self.targets[j] for j in np.flatnonzero(row)), c) for row, c in zip(tm, ctx)]
+
+    def condition_table(self) -> pd.DataFrame:
+        """One row per condition (index: its label): a column per factor with the tuple of its
+        levels (sorted), and ``"context"`` when the design has contexts."""
+        tf = self.target_factors or (fx.PERTURBATION_FACTOR,) * len(self.targets)
+        cols = {f: [] for f in self.factor_names}
+        for levels, _ in self.condition_keys():
+            for f in cols:
+                cols[f].append(tuple(sorted(t for t in levels if tf[self.targets.index(t)] == f)))
+        frame = pd.DataFrame(cols, index=pd.Index(self.perturbations, name="perturbation"))
+        if self.contexts is not None:
+            frame[fx.CONTEXT_COLUMN] = [self.contexts[c] for c in self.perturbation_context]
+        return frame
 
     def model_data(self) -> dict[str, Any]:
         """The arrays-only view a model sees.
@@ -282,6 +434,23 @@ class Design:
         continuous readout (see :func:`semimech.measurement.observe`), and
         ``target_gene_index`` (targets,): each target's column among ``genes``, -1 for a
         target that is not a modelled gene (network models propagate edits through it).
+
+        Treatment structure (defaults for label designs: one factor, one context):
+        ``target_factor`` (targets,) factor code of each target; ``factor_names``,
+        ``n_factors``; ``perturbation_context`` (perturbations,) context code; ``n_contexts``;
+        ``context_control`` (contexts,) index of each context's untreated condition among
+        perturbations (-1 if absent); ``n_levels`` (perturbations,) levels per condition and
+        ``max_levels`` (int) their maximum;
+        ``level_rows``, ``level_cols`` (nonzeros of ``target_matrix``); ``pair_index``
+        (pairs, 2) target indices of each level pair occurring in some condition (the
+        ``target_pairs`` plate); ``pair_factor_pair`` (pairs,) the code of its pair of factors
+        among ``n_factor_pairs`` (order of :func:`factor_pair_names`: (0,0), (0,1), ...,
+        (1,1), ...); ``pair_rows``, ``pair_cols``: which condition holds which pair;
+        ``context_targets`` (n, 2) the (context, target) combinations occurring in some
+        condition (plate ``context_targets``), ``context_target_factor`` their factor codes and
+        ``level_context_col`` the index of each ``(level_rows, level_cols)`` incidence among them;
+        ``context_pairs`` (n, 2) the (context, pair) combinations (plate ``context_pairs``) and
+        ``pair_context_col`` the index of each ``(pair_rows, pair_cols)`` incidence among them.
         """
         data = {
             "perturbation_index": np.asarray(self.perturbation_index),
@@ -295,7 +464,12 @@ class Design:
             "n_obs": self.n_obs,
             "y_ss": None if self.y_ss is None else np.asarray(self.y_ss, dtype=np.float32),
             "target_gene_index": target_gene_index(self.targets, self.genes),
+            "factor_names": self.factor_names,
         }
+        fcode = {f: i for i, f in enumerate(self.factor_names)}
+        tf = np.zeros(len(self.targets), np.int32) if self.target_factors is None else \
+            np.array([fcode[f] for f in self.target_factors], dtype=np.int32)
+        data.update(structure(self.target_matrix, tf, len(self.factor_names), self.perturbation_context, self.contexts))
         if self.y is not None:
             from semimech.measurement.noise import learned, use_floor
 
@@ -365,7 +539,10 @@ class Design:
         Labels may be new combinations (``"KLF1+TGFBR2"``) whose targets the design knows,
         in any order of their parts; targets that are modelled genes but were never
         perturbed are appended to ``targets`` (only mechanistic models can predict those).
+        In a design with contexts a label ends with ``@context`` (``"TGFa+MEK12i@HepG2"``).
         """
+        if self.factor_spec is not None:
+            return _conditions.from_labels(self, labels, batch=batch)
         labels = [str(lab) for lab in labels]
         if not labels:
             raise DesignError("with_perturbations needs at least one label.")
@@ -400,6 +577,30 @@ class Design:
             n_cells=np.ones(len(labels)), target_sep=self.target_sep,
         )
 
+    def with_conditions(self, conditions, *, batch: str | None = None) -> "Design":
+        """A prediction design from a table of conditions: one row per distinct condition, in table order.
+
+        ``conditions`` is a DataFrame holding the training factor columns (or columns named
+        after the factors) and the context column (or ``"context"``), read exactly like the
+        training table; a list of dicts ``{factor: level(s), "context": ...}`` (missing factors
+        mean no level); or another :class:`Design` of the same experiment (its observed
+        conditions). Rows naming the same condition are predicted once. Any set of seen levels
+        may be asked for, in combinations never seen together; an unknown level, a level in the
+        wrong factor's column or a context never seen is an error naming the row.
+        """
+        if isinstance(conditions, Design):
+            if conditions.factor_spec is None and self.factor_spec is None:
+                return self.with_perturbations(
+                    conditions.perturbations if conditions.y is None else conditions.observed_perturbations(),
+                    batch=batch)
+            if self.factor_spec is None:
+                raise DesignError("the training design has no factors; predict label designs by label.")
+            return _conditions.from_design(self, conditions, batch=batch)
+        if self.factor_spec is None:
+            raise DesignError("a table of conditions needs a factor design (built with factors= or context_key=); "
+                              "this design has labels only: pass labels such as 'A+B'.")
+        return _conditions.from_table(self, conditions, batch=batch)
+
     def pseudobulk(self, *, by_batch: bool = True) -> "Design":
         """Aggregate rows per perturbation (and batch): sums for counts, means otherwise.
 
@@ -414,3 +615,20 @@ class Design:
         nb = 0 if self.batches is None else len(self.batches)
         return (f"Design({self.n_obs} rows x {self.n_genes} genes, {len(self.perturbations)} perturbations, "
                 f"{len(self.targets)} targets, {nb} batches, {kind}, control={self.control!r})")
+
+
+def _factor_spec(columns, perturbation_key, factors, context_key, none, single_valued, where):
+    """The :class:`FactorSpec` of a factor design, or None for a label design."""
+    if factors is None and context_key is None:
+        if perturbation_key is None:
+            raise DesignError("say what each row received: perturbation_key= (a column of condition labels) and/or "
+                              "factors= (treatment factor columns, e.g. {'inhibitor': 'inhibitors'}).")
+        return None
+    cols = [str(c) for c in columns]
+    if context_key is not None and str(context_key) not in cols:
+        raise DesignError(f"context_key {context_key!r} is not a column of {where} (columns: {cols}).")
+    if isinstance(none, str):
+        none = (none,)
+    return fx.FactorSpec(factors=fx.factor_columns(factors, cols, perturbation_key=perturbation_key),
+                         context_key=None if context_key is None else str(context_key),
+                         none=tuple(str(x) for x in none), single_valued=tuple(str(x) for x in single_valued))

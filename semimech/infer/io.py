@@ -83,6 +83,8 @@ def _write(fit, folder: Path, plain: dict, arrays_opt: dict, kinds: dict) -> Non
         arrays["batch_index"] = d.batch_index
     if d.y_ss is not None:
         arrays["y_ss"] = d.y_ss
+    if d.perturbation_context is not None:
+        arrays["perturbation_context"] = d.perturbation_context
     if fit.losses is not None:
         arrays["losses"] = fit.losses
     for k, v in (fit.sample_stats or {}).items():
@@ -99,7 +101,7 @@ def _write(fit, folder: Path, plain: dict, arrays_opt: dict, kinds: dict) -> Non
                        "targets": list(d.targets), "control": d.control,
                        "batches": None if d.batches is None else list(d.batches), "is_counts": d.is_counts,
                        "target_sep": d.target_sep,
-                       "noise": None if d.noise is None else d.noise.to_dict()}}
+                       "noise": None if d.noise is None else d.noise.to_dict(), **_factor_meta(d)}}
     meta["checksums"] = {"files": {f: _sha256(folder / f) for f in _FILES}, "meta": _content_hash(meta)}
     with open(folder / "meta.json", "w") as fh:
         fh.write(json.dumps(meta, indent=1))
@@ -193,7 +195,7 @@ def load(path, *, spec=None):
                     batches=None if m["batches"] is None else tuple(m["batches"]),
                     batch_index=arr.get("batch_index"), size_factors=arr["size_factors"],
                     is_counts=m["is_counts"], n_cells=arr["n_cells"], target_sep=m["target_sep"],
-                    y_ss=arr.get("y_ss"))
+                    y_ss=arr.get("y_ss"), **_factor_fields(m, arr))
     if m.get("noise") is not None:  # the measurement-error model (semimech.measurement.noise)
         from semimech.measurement.noise import NoiseModel
 
@@ -208,6 +210,28 @@ def load(path, *, spec=None):
     return Fit(spec=spec, design=design, samples=samples, dims={k: tuple(v) for k, v in meta["dims"].items()},
                method=meta["method"], options=options, losses=arr.get("losses"), sample_stats=stats,
                idata=dt)
+
+
+def _factor_meta(d) -> dict:
+    """The factor structure of a design as JSON (absent for label designs)."""
+    if d.factor_spec is None:
+        return {}
+    spec = d.factor_spec
+    return {"target_factors": list(d.target_factors), "contexts": None if d.contexts is None else list(d.contexts),
+            "factor_spec": {"factors": [[f, list(c)] for f, c in spec.factors], "context_key": spec.context_key,
+                            "none": list(spec.none), "single_valued": list(spec.single_valued)}}
+
+
+def _factor_fields(m: dict, arr: dict) -> dict:
+    from semimech.data._factors import FactorSpec
+
+    if m.get("factor_spec") is None:
+        return {}
+    fs = m["factor_spec"]
+    spec = FactorSpec(factors=tuple((f, tuple(c)) for f, c in fs["factors"]), context_key=fs["context_key"],
+                      none=tuple(fs["none"]), single_valued=tuple(fs["single_valued"]))
+    return {"target_factors": tuple(m["target_factors"]), "contexts": None if m["contexts"] is None else tuple(m["contexts"]),
+            "perturbation_context": arr.get("perturbation_context"), "factor_spec": spec}
 
 
 def _split_options(options) -> tuple[dict, dict, dict]:

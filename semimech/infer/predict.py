@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -15,6 +15,7 @@ from semimech._rng import as_key
 from semimech.checks import is_steady_state_model, solve_fractions
 from semimech.data.design import Design
 from semimech.errors import PredictionError
+from semimech.infer._alignment import alignment, fresh_normal
 from semimech.measurement import mean_of_cells
 from semimech.measurement.likelihoods import total_sd
 
@@ -122,10 +123,6 @@ class Prediction:
         return a
 
 
-def _key(design: Design, label: str) -> frozenset:
-    return frozenset(design.targets_of(label))
-
-
 def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, batch: str | None = None,
             steady_state_draws: int = 8) -> Prediction:
     """Predict perturbation means, with posterior predictive draws.
@@ -135,9 +132,14 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     fit
         A :class:`semimech.Fit`.
     design
-        What to predict: a list of labels (``["KLF1+MAP2K6", "control"]``), a prediction
-        design from ``Design.with_perturbations``, or a data design (its observed labels are
-        predicted). Combinations of seen targets may be new; their parts may come in any order.
+        What to predict: a list of labels (``["KLF1+MAP2K6", "control"]``; with contexts
+        ``"TGFa+MEK12i@HepG2"``), a prediction design from ``Design.with_perturbations`` or
+        ``Design.with_conditions``, a data design (its observed conditions are predicted), or,
+        for a factor design, a table of conditions across contexts in one call: a DataFrame
+        with the factor and context columns, or a list of dicts (see
+        :meth:`semimech.Design.with_conditions`). Combinations of seen levels may be new; their
+        parts may come in any order. Rows of the prediction: one per distinct condition, in
+        the order asked; ``Prediction.perturbations`` holds their labels.
     rng_key
         Int seed or JAX key.
     num_cells
@@ -154,7 +156,6 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         draw costs a solve and an ``eig`` per condition (~1.3 s per draw for 26 conditions at
         500 genes on one CPU core).
     """
-    labels = _labels(design)
     train = fit.design
     if isinstance(design, Design) and tuple(design.genes) != tuple(train.genes):
         extra = [g for g in design.genes if g not in set(train.genes)]
@@ -162,11 +163,13 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
             f"the design's genes differ from the fitted genes ({len(extra)} not modelled, e.g. {extra[:5]}). "
             "Predict on the fitted genes: build the design with genes=fit.design.genes."
         )
-    pdesign = train.with_perturbations(labels) if not _already(design, train) else design
+    pdesign = _prediction_design(train, design)
+    labels = list(pdesign.perturbations)
     # a target is seen when some observed training condition edits it (encodings kept by
     # splits may list targets whose rows were all held out: those are unseen too)
-    seen = {t for p in train.observed_perturbations() for t in train.targets_of(p)}
-    new_targets = sorted({t for lab in pdesign.perturbations for t in pdesign.targets_of(lab)} - seen)
+    observed = np.unique(train.perturbation_index)
+    seen = {t for t, on in zip(train.targets, np.asarray(train.target_matrix)[observed].any(0)) if on}
+    new_targets = sorted({t for t, on in zip(pdesign.targets, np.asarray(pdesign.target_matrix).any(0)) if on} - seen)
     if new_targets and not fit.spec.predicts_unseen_targets:
         raise PredictionError(
             f"targets {list(new_targets)} were never perturbed in training; the {fit.spec.name!r} model "
@@ -236,12 +239,22 @@ def _num_cells(num_cells, labels) -> np.ndarray:
     return np.broadcast_to(n, (len(labels),))
 
 
-def _labels(design) -> list[str]:
+def _prediction_design(train: Design, design) -> Design:
+    """The prediction design of whatever ``predict`` was given (labels, a design, a table)."""
+    if _already(design, train):
+        return design
     if isinstance(design, Design):
-        return list(design.perturbations if design.y is None else design.observed_perturbations())
+        if train.factor_spec is not None:
+            return train.with_conditions(design)
+        return train.with_perturbations(design.perturbations if design.y is None else design.observed_perturbations())
     if isinstance(design, str):
-        return [design]
-    return [str(x) for x in design]
+        return train.with_perturbations([design])
+    if isinstance(design, (pd.DataFrame, Mapping)):
+        return train.with_conditions(design)
+    items = list(design)
+    if items and all(isinstance(x, Mapping) for x in items):
+        return train.with_conditions(items)
+    return train.with_perturbations([str(x) for x in items])
 
 
 def _already(design, train) -> bool:
@@ -251,18 +264,15 @@ def _already(design, train) -> bool:
 def _align(fit, pdesign: Design, rng_key) -> dict[str, np.ndarray]:
     """Posterior draws re-indexed to the prediction design's labels.
 
-    Sites over ``perturbations`` or ``targets`` are gathered by label (a combination matches
-    a training label with the same set of targets). Labels absent from training get fresh
-    standard-normal draws for non-centred ``*_z`` sites; any other site cannot be extended.
+    Sites over ``perturbations``, ``targets``, level pairs and context cells are gathered by
+    name (a combination matches a training condition with the same set of levels and context;
+    see :mod:`semimech.infer._alignment`). Entries absent from training get fresh
+    standard-normal draws for non-centred ``*_z`` sites, keyed by site and entry name; any
+    other site cannot be extended.
     """
-    train = fit.design
-    tkey = {_key(train, p): i for i, p in enumerate(train.perturbations)}
-    pert_map = [tkey.get(_key(pdesign, p), -1) for p in pdesign.perturbations]
-    targ_map = [train.targets.index(t) if t in train.targets else -1 for t in pdesign.targets]
-    maps = {"perturbations": np.array(pert_map), "targets": np.array(targ_map)}
+    maps, names = alignment(fit.design, pdesign)
     deterministic = {fit.spec.mean_site} | _deterministic_sites(fit)
     out = {}
-    keys = iter(jax.random.split(rng_key, max(1, len(fit.samples))))
     for name, arr in fit.samples.items():
         if name in deterministic:
             continue
@@ -275,12 +285,13 @@ def _align(fit, pdesign: Design, rng_key) -> dict[str, np.ndarray]:
             taken = np.take(flat, np.maximum(m, 0), axis=axis + 1)
             if np.any(m < 0):
                 if not name.endswith("_z"):
-                    missing = [lab for lab, i in zip(pdesign.coords[dim], m) if i < 0]
+                    missing = [lab for lab, i in zip(pdesign.coords.get(dim, range(len(m))), m) if i < 0]
                     raise PredictionError(f"site {name!r} has no draws for unseen {dim} {missing}.")
-                fresh = np.asarray(jax.random.normal(next(keys), taken.shape), dtype=taken.dtype)
-                shape = [1] * taken.ndim
-                shape[axis + 1] = len(m)
-                taken = np.where((m < 0).reshape(shape), fresh, taken)
+                unseen = np.flatnonzero(m < 0)
+                idx = [slice(None)] * taken.ndim
+                idx[axis + 1] = unseen
+                taken[tuple(idx)] = fresh_normal(rng_key, name, [names[dim][i] for i in unseen], taken.shape,
+                                                 axis + 1, taken.dtype)
             flat = taken
         out[name] = flat
     return out

@@ -1,0 +1,217 @@
+"""Prediction designs of factor designs (labels, tables, other designs) and the MIDAS mapping.
+
+:meth:`semimech.Design.with_perturbations` and :meth:`semimech.Design.with_conditions` call in;
+each error names the row, the level or the context that cannot be answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from semimech.data import _factors as fx
+from semimech.data._targets import parse_label
+from semimech.errors import DesignError
+
+
+def _resolve(train, key: tuple[tuple[str | None, str], ...], context: str | None, where: str,
+             extra: list[tuple[str, str]]) -> tuple[tuple[str, ...], int | None]:
+    """Check a requested condition against the training design: levels (target names) and context code.
+
+    ``key`` holds ``(factor or None, level)`` pairs; a level unknown to training but a modelled
+    gene is appended to ``extra`` (only network models can predict it).
+    """
+    tf = dict(zip(train.targets, train.target_factors))
+    genes = set(train.genes)
+    known_extra = dict(extra)
+    levels = []
+    for f, x in key:
+        if x in tf:
+            if f is not None and tf[x] != f:
+                raise DesignError(f"{where}: level {x!r} is a {tf[x]!r} level in training, not a {f!r} level; "
+                                  f"put it in the {tf[x]!r} column.")
+        elif x in known_extra:
+            pass
+        elif x in genes:
+            known_extra[x] = f or fx.PERTURBATION_FACTOR
+            extra.append((x, known_extra[x]))
+        else:
+            of = [t for t, g in tf.items() if f is None or g == f]
+            raise DesignError(f"{where}: unknown level {x!r}" + ("" if f is None else f" of factor {f!r}")
+                              + f": it is neither a treatment level of the training design nor a modelled gene. "
+                              f"Known levels: {of[:20]}{' ...' if len(of) > 20 else ''}.")
+        levels.append(x)
+    c = None
+    if train.contexts is not None:
+        if context is None:
+            raise DesignError(f"{where}: no context given; the design has contexts {list(train.contexts)[:10]}.")
+        if context not in train.contexts:
+            raise DesignError(f"{where}: context {context!r} was never seen in training (contexts: "
+                              f"{list(train.contexts)[:20]}). This model cannot answer an unseen context.")
+        c = train.contexts.index(context)
+    elif context is not None:
+        raise DesignError(f"{where}: context {context!r} given, but the training design has no contexts.")
+    return tuple(levels), c
+
+
+def build(train, requests, *, labels=None, batch=None):
+    """A prediction design from ``[(key, context, where)]`` requests (see :func:`_resolve`)."""
+    from semimech.data.design import Design
+
+    if not requests:
+        raise DesignError("nothing to predict: no conditions were given.")
+    extra: list[tuple[str, str]] = []
+    resolved = [_resolve(train, key, ctx, where, extra) for key, ctx, where in requests]
+    targets = tuple(train.targets) + tuple(t for t, _ in extra)
+    factors = tuple(train.target_factors) + tuple(f for _, f in extra)
+    order = {f: i for i, f in enumerate(train.factor_names)}
+    unknown_f = sorted({f for f in factors if f not in order})
+    if unknown_f:
+        raise DesignError(f"factors {unknown_f} are not factors of the training design ({list(order)}).")
+    tcode = {t: i for i, t in enumerate(targets)}
+    seen, rows = {}, []
+    for (levels, c), (_, _, where) in zip(resolved, requests):
+        k = (frozenset(levels), c)
+        if k not in seen:
+            seen[k] = len(rows)
+            rows.append((levels, c))
+    tm = np.zeros((len(rows), len(targets)), dtype=np.float32)
+    for i, (levels, _) in enumerate(rows):
+        tm[i, [tcode[t] for t in levels]] = 1.0
+    ctx = None if train.contexts is None else np.array([c for _, c in rows], dtype=np.int32)
+    if labels is None:
+        base = train.untreated_label
+        labels = []
+        for levels, c in rows:
+            srt = sorted(levels, key=lambda t: (order[factors[tcode[t]]], t))
+            labels.append(fx.label(srt, None if c is None else train.contexts[c], control=base, sep=train.target_sep))
+    elif len(labels) != len(rows):
+        raise DesignError("with_perturbations got duplicate labels (two labels name the same condition).")
+    bidx = None
+    if batch is not None:
+        if train.batches is None or batch not in train.batches:
+            raise DesignError(f"batch {batch!r} is not a batch of this design ({train.batches}).")
+        bidx = np.full(len(rows), train.batches.index(batch), dtype=np.int32)
+    n = len(rows)
+    return Design(
+        y=None, obs_names=tuple(labels), genes=train.genes, perturbations=tuple(labels),
+        perturbation_index=np.arange(n, dtype=np.int32), targets=targets, target_matrix=tm, control=train.control,
+        batches=train.batches if batch is not None else None, batch_index=bidx, size_factors=np.ones(n),
+        is_counts=train.is_counts, n_cells=np.ones(n), target_sep=train.target_sep, target_factors=factors,
+        contexts=train.contexts, perturbation_context=ctx, factor_spec=train.factor_spec,
+    )
+
+
+def from_labels(train, labels: Sequence[str], *, batch=None):
+    """Canonical or hand-written labels (``"TGFa+MEK12i@HepG2"``, any order of levels)."""
+    labels = [str(lab) for lab in labels]
+    if not labels:
+        raise DesignError("with_perturbations needs at least one label.")
+    keys = {p: k for p, k in zip(train.perturbations, train.condition_keys())}
+    requests = []
+    for lab in labels:
+        if lab in keys:
+            levels, ctx = keys[lab]
+        else:
+            base, ctx = fx.split_context(lab, train.contexts)
+            levels = parse_label(base, train.untreated_label, train.target_sep)
+        requests.append((tuple((None, t) for t in sorted(levels)), ctx, f"label {lab!r}"))
+    return build(train, requests, labels=labels, batch=batch)
+
+
+def from_design(train, design, *, batch=None):
+    """The observed conditions of another design of the same experiment (a test split)."""
+    keys = design.condition_keys()
+    present = np.unique(design.perturbation_index) if design.y is not None else np.arange(len(keys))
+    tf = dict(zip(design.targets, design.target_factors or [None] * len(design.targets)))
+    requests = [(tuple((tf[t], t) for t in sorted(keys[i][0])), keys[i][1], f"condition {design.perturbations[i]!r}")
+                for i in present]
+    return build(train, requests, batch=batch)
+
+
+def from_table(train, conditions, *, batch=None):
+    """A DataFrame or a list of dicts, read with the training design's factor columns."""
+    spec = train.factor_spec
+    if isinstance(conditions, Mapping):
+        conditions = [conditions]
+    if isinstance(conditions, pd.DataFrame):
+        frame, strict = conditions, True
+    else:
+        items = list(conditions)
+        bad = [x for x in items if not isinstance(x, Mapping)]
+        if bad:
+            raise DesignError(f"a condition spec must be a dict of factor -> level(s), got {bad[0]!r}.")
+        frame, strict = pd.DataFrame.from_records([dict(x) for x in items]), False
+    if len(frame) == 0:
+        raise DesignError("nothing to predict: the table of conditions is empty.")
+    cols = [str(c) for c in frame.columns]
+    factors = []
+    for f, fcols in spec.factors:
+        if all(c in cols for c in fcols):
+            factors.append((f, fcols))
+        elif f in cols:
+            factors.append((f, (f,)))
+        elif strict:
+            raise DesignError(f"the table has no column for factor {f!r} (expected {list(fcols)} or {f!r}); add it "
+                              f"(an empty value means no {f!r} level).")
+    known = {c for _, fc in spec.factors for c in fc} | set(spec.names) | {spec.context_key, fx.CONTEXT_COLUMN}
+    stray = [c for c in cols if c not in known]
+    if not strict and stray:
+        raise DesignError(f"condition specs name {stray}, which are neither factors ({list(spec.names)}) nor the "
+                          f"context ({spec.context_key or fx.CONTEXT_COLUMN!r}).")
+    context_key = None
+    if train.contexts is not None:
+        context_key = next((c for c in (spec.context_key, fx.CONTEXT_COLUMN) if c in cols), None)
+        if context_key is None:
+            raise DesignError(f"the table has no context column ({spec.context_key!r} or {fx.CONTEXT_COLUMN!r}); "
+                              f"every condition needs a context (one of {list(train.contexts)[:10]}).")
+    read = fx.FactorSpec(factors=tuple(factors), context_key=context_key, none=spec.none,
+                         single_valued=tuple(f for f in spec.single_valued if f in dict(factors)))
+    row_names = [str(i) for i in frame.index]
+    keys, inverse, first = fx.row_conditions({c: frame[c].tolist() for c in read.columns}, row_names=row_names,
+                                             spec=read, control=train.untreated_label, sep=train.target_sep)
+    # requests in the order of the table's rows (first appearance of each condition)
+    order = np.argsort(first, kind="stable")
+    requests = []
+    for k in order:
+        levels, ctx = keys[k]
+        requests.append((tuple(levels), ctx, f"row {row_names[first[k]]!r}"))
+    return build(train, requests, batch=batch)
+
+
+def midas_frame(table: pd.DataFrame, *, time=None, readouts=None) -> tuple[pd.DataFrame, list[str], bool]:
+    """``read_midas`` output -> (one row per sample with readout columns, readouts, has cell lines)."""
+    need = {"cell_line", "stimuli", "inhibitors", "time", "readout", "value", "row"}
+    if not isinstance(table, pd.DataFrame) or not need <= set(table.columns):
+        raise DesignError(f"from_midas takes the table of semimech.datasets.read_midas (columns {sorted(need)}).")
+    times = sorted(pd.unique(table["time"].astype(float)))
+    if time is None:
+        if len(times) > 1:
+            raise DesignError(f"the MIDAS table holds several time points {times}; pick one with time= "
+                              f"(e.g. time={times[-1]:g}).")
+    else:
+        if float(time) not in times:
+            raise DesignError(f"time={time!r} is not in the MIDAS table (times: {times}).")
+        table = table[table["time"].astype(float) == float(time)]
+    if readouts is not None:
+        missing = sorted(set(readouts) - set(table["readout"].astype(str)))
+        if missing:
+            raise DesignError(f"readouts {missing} are not in the MIDAS table.")
+        table = table[table["readout"].astype(str).isin(list(readouts))]
+    wide = table.pivot_table(index="row", columns="readout", values="value", aggfunc="first", observed=True)
+    reads = [str(r) for r in (readouts if readouts is not None else pd.unique(table["readout"].astype(str)))]
+    wide.columns = [str(c) for c in wide.columns]
+    wide = wide[reads]
+    if wide.isna().to_numpy().any():
+        r, c = np.argwhere(wide.isna().to_numpy())[0]
+        raise DesignError(f"sample (row {wide.index[r]}) has no value for readout {reads[c]!r}: drop those samples, "
+                          "or choose readouts= measured in every sample.")
+    cond = table.drop_duplicates("row").set_index("row").loc[wide.index, ["cell_line", "stimuli", "inhibitors"]]
+    has_cells = bool(cond["cell_line"].notna().all())
+    if cond["cell_line"].notna().any() and not has_cells:
+        raise DesignError("some MIDAS samples name a cell line and others do not; give every sample a cell line.")
+    frame = pd.concat([cond.astype(object), wide], axis=1)
+    frame.index = [f"row{r}" for r in wide.index]
+    return frame, reads, has_cells
