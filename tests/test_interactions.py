@@ -125,7 +125,7 @@ def test_predict_errors_name_level_and_context(small_fit):
         sm.predict(small_fit, pd.DataFrame({"stim": ["EGF"], "inh": [[]], "line": ["L9"]}), rng_key=0)
 
 
-@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+@pytest.mark.parametrize("name", sorted(set(models.REGISTRY) - {"additive"}))  # additive: small_fit above
 def test_every_model_fits_and_predicts_a_factor_design_with_contexts(name):
     frame, _ = simulate(rng_key=2, reps=2, max_inhibitors=1, contexts=("L1", "L2"))
     d = design_of(frame)
@@ -135,3 +135,70 @@ def test_every_model_fits_and_predicts_a_factor_design_with_contexts(name):
     p = sm.predict(fit, table, rng_key=1)
     assert p.perturbations == ("EGF+TNFa+MEKi+PI3Ki@L2", "p38i@L1")
     assert p.draws["mean"].shape == (10, 2, 3) and np.all(np.isfinite(p.draws["mean"]))
+
+
+def test_factor_fit_saves_and_loads(small_fit, tmp_path):
+    small_fit.save(tmp_path / "fit")
+    back = sm.load(tmp_path / "fit")
+    d, e = small_fit.design, back.design
+    assert e.contexts == d.contexts and e.target_factors == d.target_factors and e.factor_spec == d.factor_spec
+    np.testing.assert_array_equal(e.perturbation_context, d.perturbation_context)
+    table = _table()
+    np.testing.assert_array_equal(sm.predict(back, table, rng_key=2).draws["mean"],
+                                  sm.predict(small_fit, table, rng_key=2).draws["mean"])
+
+
+def _pair_draws(fit):
+    """Draws of the shared pair interactions on the data scale, ``(draws, pairs, genes)``, and pair names."""
+    d = fit.design
+    md = d.model_data()
+    unit = np.asarray(md["baseline_scale"])
+    scale = fit.flat("interaction_scale")[:, md["pair_factor_pair"]]  # (draws, pairs)
+    draws = scale[:, :, None] * fit.flat("interaction_sd")[:, None, :] * unit * fit.flat("pair_z")
+    names = [frozenset((d.targets[i], d.targets[j])) for i, j in md["pair_index"]]
+    return draws, names
+
+
+TRUE_PAIRS = {("EGF", "MEKi"): [1.0, 0.0, -0.8], ("MEKi", "PI3Ki"): [-1.0, 0.7, 0.0]}
+
+
+@pytest.mark.slow
+def test_pairwise_interactions_recovered_and_not_invented_from_shuffled_data():
+    """NUTS on a replicated 2-context stimulus x inhibitor design with two known non-additive pairs.
+
+    Known answer: the entries of the two true pairs with |interaction| >= 0.7 have 90% intervals
+    that exclude zero with the right sign and cover the truth; the other pair entries (truly zero)
+    rarely exclude zero. Negative control: the same rows with readouts shuffled across rows (no
+    structure left): the true pairs are no longer found and almost no entry excludes zero.
+    """
+    frame, _ = simulate(contexts=("L1", "L2"), reps=3, pairs=TRUE_PAIRS, noise=0.15, context_sd=0.2, rng_key=4)
+    truth = {frozenset(k): np.asarray(v) for k, v in TRUE_PAIRS.items()}
+
+    def fit_of(f):
+        return sm.fit_nuts(additive.SPEC, design_of(f), rng_key=0, num_warmup=400, num_samples=400, num_chains=1,
+                           progress_bar=False)
+
+    draws, names = _pair_draws(fit_of(frame))
+    lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
+    found, covered, false_hits, n_zero = 0, 0, 0, 0
+    for q, name in enumerate(names):
+        t = truth.get(name, np.zeros(3))
+        for g in range(3):
+            if abs(t[g]) >= 0.7:
+                found += (lo[q, g] > 0) if t[g] > 0 else (hi[q, g] < 0)
+                covered += lo[q, g] <= t[g] <= hi[q, g]
+            elif t[g] == 0:
+                n_zero += 1
+                false_hits += (lo[q, g] > 0) or (hi[q, g] < 0)
+    assert found == 4 and covered >= 3, (found, covered)
+    assert false_hits <= max(2, 0.15 * n_zero), (false_hits, n_zero)
+
+    shuffled = frame.copy()
+    genes = [c for c in frame.columns if c.startswith("g")]
+    shuffled[genes] = frame[genes].to_numpy()[np.random.default_rng(0).permutation(len(frame))]
+    draws, names = _pair_draws(fit_of(shuffled))
+    lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
+    excl = (lo > 0) | (hi < 0)
+    assert excl.sum() <= max(2, 0.1 * excl.size), excl.sum()
+    for name in truth:
+        assert not excl[names.index(name)].any()
