@@ -32,7 +32,7 @@ effect_context_sd : (factors,), effect_context_z : (context_targets, genes)
     Context deviations of effects, one per (context, level) occurring in the design:
     ``effect_context_sd[factor(t)] * unit * effect_context_z[(c, t)]``.
 interaction_scale : (factor_pairs,), interaction_sd : (genes,)
-    Scale of the interaction per pair of factors, and its per-gene profile.
+    Scale of the interaction per pair of factors (a scalar with one factor), and its per-gene profile.
 pair_z : (target_pairs, genes)
     Standardised pair interactions: ``interaction_scale[fp] * interaction_sd * unit * pair_z``.
 pair_context_sd : (), pair_context_z : (context_pairs, genes)
@@ -84,8 +84,12 @@ def interactions(data, genes, *, unit, prior_scale: float):
     """``(perturbations, genes)``: pairwise interactions (with context deviations) plus higher orders."""
     n_pert = jnp.shape(data["target_matrix"])[0]
     n_ctx = int(data["n_contexts"])
-    with _plate("factor_pairs", int(data["n_factor_pairs"]), -1):
-        scale = numpyro.sample("interaction_scale", dist.HalfNormal(prior_scale))
+    n_fp = int(data["n_factor_pairs"])
+    if n_fp == 1:  # one factor (label designs): a scalar, as before factors existed
+        scale = jnp.reshape(numpyro.sample("interaction_scale", dist.HalfNormal(prior_scale)), (1,))
+    else:
+        with _plate("factor_pairs", n_fp, -1):
+            scale = numpyro.sample("interaction_scale", dist.HalfNormal(prior_scale))
     with genes:
         gene_sd = numpyro.sample("interaction_sd", dist.HalfNormal(1.0)) * unit
     out = jnp.zeros((n_pert, data["n_genes"]))

@@ -62,7 +62,7 @@ def test_every_default_group_has_the_design_dims_and_labels(fits, design, method
     post = dt["posterior"]
     assert post["effect"].dims == ("chain", "draw", "targets", "genes")
     assert post["batch_z"].dims == ("chain", "draw", "batches", "genes")
-    assert post["interaction_z"].dims == ("chain", "draw", "perturbations", "genes")
+    assert post["pair_z"].dims == ("chain", "draw", "target_pairs", "genes")  # one interaction per pair of levels
     assert _coords(post, "targets") == design.targets and _coords(post, "genes") == design.genes
     assert _coords(post, "perturbations") == design.perturbations and _coords(post, "batches") == design.batches
     obs = dt["observed_data"]

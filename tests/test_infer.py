@@ -45,8 +45,7 @@ def test_unseen_combination_is_additive_plus_interaction(norman_fit):
     eff = norman_fit.flat("effect")
     additive_part = norman_fit.flat("baseline") + eff[:, k] + eff[:, t]
     resid = p.draws["mean"][:, 0] - additive_part
-    # one factor ("perturbation"), so one factor pair: interaction_scale has shape (draws, 1)
-    sd = norman_fit.flat("interaction_sd") * norman_fit.flat("interaction_scale")[:, 0, None] \
+    sd = norman_fit.flat("interaction_sd") * norman_fit.flat("interaction_scale")[:, None] \
         * np.asarray(d.model_data()["baseline_scale"])
     z = resid / sd
     assert abs(z.mean()) < 0.05 and 0.9 < z.std() < 1.1  # fresh standard-normal interaction draws
