@@ -80,6 +80,8 @@ def test_unseen_entries_of_a_fold(design):
     unseen = _unseen(design, design.model_data(), ~held)
     assert np.flatnonzero(unseen["perturbations"]).tolist() == [design.perturbations.index("T0+T3")]
     assert not unseen["targets"].any()                                 # T0 and T3 seen as singles
+    pair_of = {tuple(design.targets[i] for i in ij): q for q, ij in enumerate(design.model_data()["pair_index"])}
+    assert np.flatnonzero(unseen["target_pairs"]).tolist() == [pair_of[("T0", "T3")]]
     with_t1 = [i for i, p in enumerate(design.perturbations) if "T1" in p.split("+")]
     single = np.isin(design.perturbation_index, with_t1)
     unseen = _unseen(design, design.model_data(), ~single)
@@ -106,10 +108,13 @@ def test_two_fold_cv_scores_every_unit_and_draws_held_out_latents_from_the_prior
     assert "combination left out (2-fold over" in cv.describe()
     # every combination is held out in one of the two refits: there its interaction is a prior draw,
     # N(0, 1) whatever the warm start (the full fit's median) said; in the other refit it is fitted
-    combos = [design.perturbations.index(u) for u in cv.units]
+    # (doubles: one pair of levels each, plate target_pairs)
+    pairs = ["|".join(design.targets[i] for i in ij) for ij in design.model_data()["pair_index"]]
+    combos = [pairs.index("|".join(sorted(design.targets_of(u)))) for u in cv.units]
+    assert len(set(combos)) == len(combos) == len(pairs)
     held_z = []
     for samples in captured:
-        z = samples["interaction_z"]
+        z = samples["pair_z"]
         fresh = [p for p in combos if abs(z[:, p, :].mean()) < 0.25 and 0.8 < z[:, p, :].std() < 1.2]
         held_z.append(set(fresh))
     assert held_z[0] | held_z[1] == set(combos) and not held_z[0] & held_z[1]

@@ -17,8 +17,8 @@ How:
 
 A refit keeps every row and masks the held-out rows' likelihood (``fit_svi(row_mask=...)``),
 so all folds share array shapes (and compiled code), and starts from the full fit's posterior
-medians (``init_values``). Latents of held-out perturbations, unseen targets or contexts (sites
-over those plates) get no information from the masked rows; their draws are replaced by draws
+medians (``init_values``). Latents of held-out perturbations, unseen targets, pairs of levels or
+contexts (sites over those plates) get no information from the masked rows; their draws are replaced by draws
 from the prior given the fold's other latents, which is exactly their posterior in the fold
 (and removes any trace of the warm start from them). The held-out predictive is then the
 fold's posterior predictive for those units.
@@ -55,7 +55,7 @@ __all__ = ["UNITS", "CrossValidation", "cross_validate", "unit_labels"]
 #: Named units of cross-validation (or pass one label per row).
 UNITS = ("perturbation", "combination", "combinable", "single", "context")
 #: Plates whose entries lose all their data when their rows are held out.
-MASKABLE = ("perturbations", "targets", "batches", "contexts")
+MASKABLE = ("perturbations", "targets", "batches", "contexts", "target_pairs", "context_targets", "context_pairs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +170,14 @@ def _unseen(design, data: dict, train_rows: np.ndarray) -> dict[str, np.ndarray]
         seen_c = np.zeros(int(data.get("n_contexts", ctx.max() + 1)), bool)
         seen_c[ctx[seen_p]] = True
         out["contexts"] = ~seen_c
+    # treatment structure (Design.model_data): pairs of levels and (context, level / pair) cells
+    for plate, rows, cols, n in (("target_pairs", "pair_rows", "pair_cols", "pair_index"),
+                                 ("context_targets", "level_rows", "level_context_col", "context_targets"),
+                                 ("context_pairs", "pair_rows", "pair_context_col", "context_pairs")):
+        if data.get(n) is not None and data.get(rows) is not None and data.get(cols) is not None:
+            seen = np.zeros(len(data[n]), bool)
+            seen[np.asarray(data[cols])[seen_p[np.asarray(data[rows])]]] = True
+            out[plate] = ~seen
     return out
 
 
