@@ -189,3 +189,5 @@ for _name, _fn in {
 
 # signalling_network configurations (PKN per task) live in heldout_signalling.py
 import heldout_signalling  # noqa: E402,F401
+# factor-design configurations (stimulus x inhibitor x cell line) live in heldout_factorial.py
+import heldout_factorial  # noqa: E402,F401
