@@ -127,9 +127,12 @@ def test_negative_control_no_interaction_ranks_like_random(fits):
     g, se = ranking["gain_alone"].to_numpy(), ranking["gain_se"].to_numpy()
     assert np.all(np.abs(g - g.mean()) < 3 * se)
     assert _z_lead(ranking, "A+B") < 2.0
+    # the contrast, in standard errors: the same call on the large-interaction fit puts A+B ahead by
+    # > 2.5 SE. (Raw gain ranges are not compared: their ratio large/null moved between 0.8 and 3.6
+    # with the fits' seed, on main's per-condition interactions as with per-pair ones.)
     big = pd.DataFrame(recommend(fits["large"], COMBOS, budget=1, objective="information", rng_key=1,
                                  num_outcomes=128).attrs["ranking"])
-    assert big["gain_alone"].max() - big["gain_alone"].min() > 2 * (g.max() - g.min())
+    assert big["condition"].iloc[0] == "A+B" and _z_lead(big, "A+B") > 2.5
 
 
 def test_reported_error_matches_repeat_spread(fits):
