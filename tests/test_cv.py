@@ -120,3 +120,21 @@ def test_two_fold_cv_scores_every_unit_and_draws_held_out_latents_from_the_prior
     assert held_z[0] | held_z[1] == set(combos) and not held_z[0] & held_z[1]
     with pytest.raises(DesignError, match="between 2"):
         cross_validate(fit, unit="combination", k=1)
+
+
+def _reads_priors_as_constants(data, **kw):
+    np.asarray(data["baseline_loc"], float)          # a model building structure from the data-centred priors
+    return additive.model(data, **kw)
+
+
+def test_a_model_reading_its_data_priors_as_constants_is_refused_before_any_refit(fit):
+    import dataclasses
+
+    spec = dataclasses.replace(additive.SPEC, name="static_priors", model=_reads_priors_as_constants)
+    from semimech.errors import InferenceError
+    from semimech.evaluate._pointwise import RowEngine, flat_latent
+
+    with pytest.raises(InferenceError, match="cannot be cross-validated with masked rows"):
+        cross_validate(dataclasses.replace(fit, spec=spec, idata=None), unit="combination", k=2, num_steps=5)
+    engine = RowEngine(fit)                      # negative control: the additive model takes them as arrays
+    assert np.isfinite(engine.log_likelihood(flat_latent(fit, engine.latent), {"baseline_loc": np.zeros(fit.design.n_genes)})).all()

@@ -298,6 +298,11 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         except (SemimechError, InferenceError) as err:
             notes.append(f"not ranked: cross-validation failed ({err})")
             cv = None
+        except Exception as err:  # noqa: BLE001 - one model's failure must not lose the others' scores
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+            notes.append(f"not ranked: cross-validation failed with an unexpected {type(err).__name__}: {first} "
+                         "(a bug: please report it)")
+            cv = None
         if cv is not None:
             cvs[name] = cv
             cal = cv.calibration.table.set_index("nominal")

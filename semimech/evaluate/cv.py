@@ -54,6 +54,9 @@ __all__ = ["UNITS", "CrossValidation", "cross_validate", "unit_labels"]
 
 #: Named units of cross-validation (or pass one label per row).
 UNITS = ("perturbation", "combination", "combinable", "single", "context")
+#: A model that turns traced model data into Python / numpy constants raises one of these.
+_CONSTANT_ERRORS = (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError,
+                    jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
 #: Plates whose entries lose all their data when their rows are held out.
 MASKABLE = ("perturbations", "targets", "batches", "contexts", "target_pairs", "context_targets", "context_pairs")
 
@@ -314,7 +317,14 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     engine = RowEngine(fit)
     folds = _Folds(fit, engine, row_unit, num_steps=_steps(fit, num_steps), refit_options=refit_options,
                    key=jax.random.fold_in(key, 1), max_pit_rows=max_pit_rows)
-    ll_rows = engine.log_likelihood(folds.full)
+    try:
+        ll_rows = engine.log_likelihood(folds.full)
+    except _CONSTANT_ERRORS as err:
+        raise InferenceError(
+            f"{fit.spec.name!r} cannot be cross-validated with masked rows: it reads its data-centred prior "
+            f"constants ({', '.join(sorted(engine.summaries))}) as fixed numbers while building the model, but each "
+            "fold computes them from its own kept rows (they are traced). The model would need to take them as "
+            f"arrays (jnp, not np.asarray / float). ({type(err).__name__})") from None
     if not np.all(np.isfinite(ll_rows)):
         raise InferenceError(f"the log-likelihood of {fit.spec.name!r} is not finite for some draws and rows; the fit "
                              "did not converge or a draw is degenerate. Refit with more steps.")
