@@ -1,0 +1,332 @@
+"""Which experiment next, retrospectively: does choosing by design.recommend beat a random choice?
+
+For each task and seed: start from a small training set, then for ``--rounds`` rounds choose
+``--budget`` candidates from the pool by each objective (and at random), "run" them from the
+held-back data, refit, and record the held-out error and the 90% coverage of the intervals for an
+observation after every round. The held-out conditions are fixed per seed and never in the pool.
+
+Tasks
+-----
+``norman_cells`` (shipped data): Norman 2019 subset, the 105 detected genes. Every condition has
+a pilot of 10 cells (control 30); a candidate is "20 more cells of condition X" (at most twice
+per condition, from cells 10-49); held out: cells 50+ of every double (15 doubles), scored by the
+RMSE of their means. Objectives: ``predictive`` (targets = the doubles), ``information`` about
+the doubles' interactions. One pseudobulk row per condition, so every fit has the same shape.
+
+``hepg2_pool`` (needs ../shared/data): HepG2CancerRes2011, t = 30 min, the first ``--contexts``
+cell line x stimulus contexts (a label design with context-specific inhibitor targets as in
+``heldout_tasks.hepg2_combinations``). Start: no/single inhibitors; per context the
+double/triple inhibitor rows are split at random into pool and held out (half each). Objectives:
+``predictive`` (targets = held-out labels), ``information`` about their interactions. Noise:
+the technical-replicate prior of ``heldout_tasks.hepg2_replicate_noise``.
+
+Also (``--extras``): the rank correlation between a candidate's expected and realised reduction
+of the targets' summed posterior variance (Norman, round 0, one refit per candidate), and the
+cost of ranking 1,000 unseen Norman combinations.
+
+Run from outside the repository root: ``cd /tmp && nice -n 10 python .../next_experiment.py --json out.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import pathlib
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import semimech as sm  # noqa: E402
+from semimech.design import recommend  # noqa: E402
+from semimech.models import additive  # noqa: E402
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    build: object  # state -> training Design
+    pool: object  # state -> candidate labels available
+    add: object  # (state, labels) -> state
+    score: object  # fit -> (rmse, coverage_90)
+    targets: list  # the labels whose predictions matter (predictive objective)
+    start: object
+
+
+# ------------------------------------------------------------------------------ Norman
+def norman_cells(seed: int, *, pilot: int = 10, chunk: int = 20, chunks: int = 2):
+    from heldout_tasks import norman_genes
+
+    from semimech.datasets import norman19_devel
+
+    adata = norman19_devel()
+    genes = norman_genes(adata, np.ones(adata.n_obs, bool))
+    adata = adata[:, genes].copy()
+    rng = np.random.default_rng(seed)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    order = {lab: rng.permutation(np.flatnonzero(labels == lab)) for lab in np.unique(labels)}
+    doubles = sorted(lab for lab in order if "+" in lab)
+    held = np.concatenate([order[lab][pilot + chunk * chunks:] for lab in doubles])
+    full = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control")
+    test = full.subset(held)
+    x = np.asarray(adata.X[held].todense() if hasattr(adata.X, "todense") else adata.X[held])
+    truth = np.stack([x[labels[held] == lab].mean(0) for lab in doubles])
+    n_obs = np.array([(labels[held] == lab).sum() for lab in doubles], float)
+    del test
+
+    def rows(state):
+        out = [order["control"][:3 * pilot]]
+        for lab, idx in order.items():
+            if lab != "control":
+                out.append(idx[:pilot + chunk * state.get(lab, 0)])
+        return np.concatenate(out)
+
+    def build(state):
+        return full.subset(rows(state)).pseudobulk(by_batch=False)
+
+    def pool(state):
+        return [lab for lab in order if lab != "control" and state.get(lab, 0) < chunks]
+
+    def add(state, picks):
+        new = dict(state)
+        for lab in picks:
+            new[lab] = new.get(lab, 0) + 1
+        return new
+
+    def score(fit, key):
+        p = sm.predict(fit, doubles, rng_key=key, num_cells=n_obs)
+        return _score(p, truth)
+
+    return Task("norman_cells", build, pool, add, score, doubles, {})
+
+
+# ------------------------------------------------------------------------------ HepG2
+def hepg2_pool(seed: int, *, contexts: int = 10):
+    import heldout_tasks as ht
+
+    wide = ht._hepg2_frame()
+    readouts = [c for c in wide.columns if c not in ("cell_line", "stimuli", "inhibitors")]
+    wide["context"] = wide.cell_line + "|" + wide.stimuli
+    wide = wide[wide.context.isin(list(dict.fromkeys(wide.context))[:contexts])].reset_index(drop=True)
+    wide["label"] = ht._context_labels(wide, "inhibitors", wide.context)
+    wide.index = wide.context + "|" + wide.inhibitors
+    full = sm.Design.from_frame(wide, readouts=readouts, perturbation_key="label", control="none",
+                                batch_key="context").with_noise(ht.hepg2_replicate_noise())
+    rng = np.random.default_rng(seed)
+    combo = wide.inhibitors.str.contains(r"\+").to_numpy()
+    held, pooled = [], []
+    for ctx in dict.fromkeys(wide.context):
+        idx = rng.permutation(np.flatnonzero(combo & (wide.context == ctx).to_numpy()))
+        held += list(idx[: len(idx) // 2])
+        pooled += list(idx[len(idx) // 2:])
+    base = np.flatnonzero(~combo)
+    lab = wide.label.to_numpy()
+    truth = wide.loc[:, readouts].to_numpy()[held]
+    row_of = {lab[i]: i for i in pooled}
+
+    def build(state):
+        return full.subset(np.concatenate([base, [row_of[x] for x in sorted(state)]]).astype(int))
+
+    def pool(state):
+        return [lab[i] for i in pooled if lab[i] not in state]
+
+    def add(state, picks):
+        return {**state, **{p: 1 for p in picks}}
+
+    def score(fit, key):
+        obs = []
+        for ctx in dict.fromkeys(wide.context.iloc[held]):
+            sel = [j for j, i in enumerate(held) if wide.context.iloc[i] == ctx]
+            p = sm.predict(fit, [lab[held[j]] for j in sel], rng_key=key, num_cells=1, batch=ctx)
+            obs.append((sel, p))
+        out_obs = np.empty((obs[0][1].draws["observed_mean"].shape[0], len(held), len(readouts)))
+        out_mean = np.empty_like(out_obs)
+        for sel, p in obs:
+            out_obs[:, sel], out_mean[:, sel] = p.draws["observed_mean"], p.draws["mean"]
+        return _score_arrays(out_obs, out_mean, truth)
+
+    return Task("hepg2_pool", build, pool, add, score, [lab[i] for i in held], {})
+
+
+# ------------------------------------------------------------------------------ shared
+def _score(p, truth):
+    return _score_arrays(p.draws["observed_mean"], p.draws["mean"], truth)
+
+
+def _score_arrays(observed, mean, truth):
+    rmse = float(np.sqrt(np.mean((mean.mean(0) - truth) ** 2)))
+    lo, hi = np.quantile(observed, [0.05, 0.95], axis=0)
+    return rmse, float(np.mean((truth >= lo) & (truth <= hi)))
+
+
+def _fit(design, seed, steps):
+    return sm.fit_svi(additive.SPEC, design, rng_key=seed, num_steps=steps, num_samples=256, progress_bar=False)
+
+
+def _choose(task, fit, state, objective, budget, seed, rnd):
+    pool = task.pool(state)
+    if objective == "random":
+        rng = np.random.default_rng([seed, rnd])
+        return list(rng.choice(pool, size=budget, replace=False)), None
+    kw = dict(targets=task.targets)
+    if objective == "information":
+        kw["about"] = "interactions"
+    t0 = time.perf_counter()
+    r = recommend(fit, pool, budget=budget, objective=objective, rng_key=seed * 100 + rnd, **kw)
+    cand = r[r.role == "candidate"]
+    return list(cand.condition), {"seconds": time.perf_counter() - t0, "gain": cand.expected_gain.tolist(),
+                                  "gain_se": cand.gain_se.tolist()}
+
+
+def run_task(make, *, seeds, rounds, budget, steps, objectives):
+    error = {o: [] for o in objectives}
+    cover = {o: [] for o in objectives}
+    picks = {o: [] for o in objectives}
+    for seed in range(seeds):
+        task = make(seed)
+        fit0 = _fit(task.build(task.start), seed, steps)
+        e0, c0 = task.score(fit0, seed)
+        for obj in objectives:
+            state, fit, errs, covs, chosen = task.start, fit0, [e0], [c0], []
+            for rnd in range(rounds):
+                labels, info = _choose(task, fit, state, obj, budget, seed, rnd)
+                chosen.append({"labels": labels, **(info or {})})
+                state = task.add(state, labels)
+                fit = _fit(task.build(state), seed, steps)
+                e, c = task.score(fit, seed)
+                errs.append(e)
+                covs.append(c)
+            error[obj].append(errs)
+            cover[obj].append(covs)
+            picks[obj].append(chosen)
+            print(f"{task.name} seed {seed} {obj:12s} rmse " + " ".join(f"{x:.4f}" for x in errs)
+                  + "  cov90 " + " ".join(f"{x:.2f}" for x in covs), flush=True)
+    return {"task": task.name, "rounds": rounds, "budget": budget, "seeds": seeds, "steps": steps,
+            "error": error, "coverage_90": cover, "picks": picks,
+            "ratio_last_round_vs_random": {o: float(np.mean([e[-1] for e in error[o]])
+                                                    / np.mean([e[-1] for e in error["random"]]))
+                                           for o in objectives if "random" in error}}
+
+
+def realised_vs_expected(steps, n_cand=10, seed=0):
+    """Spearman correlation of expected and realised reduction of the doubles' summed variance."""
+    from scipy.stats import spearmanr
+
+    task = norman_cells(seed)
+    fit = _fit(task.build(task.start), seed, steps)
+    pool = task.pool(task.start)
+    r = recommend(fit, pool, budget=1, objective="predictive", targets=task.targets, rng_key=seed)
+    rank = r.attrs["ranking"]
+    pick = np.unique(np.linspace(0, len(rank["condition"]) - 1, n_cand).round().astype(int))
+    total = _summed_var(fit, task.targets)
+    exp, real = [], []
+    for i in pick:
+        lab = rank["condition"][i]
+        refit = _fit(task.build(task.add(task.start, [lab])), seed, steps)
+        exp.append(rank["gain_alone"][i])
+        real.append(total - _summed_var(refit, task.targets))
+    rho = spearmanr(exp, real).statistic
+    return {"spearman": float(rho), "expected": exp, "realised": real,
+            "candidates": [rank["condition"][i] for i in pick], "total_before": total}
+
+
+def _summed_var(fit, labels):
+    p = sm.predict(fit, labels, rng_key=0)
+    return float(np.sum(np.var(p.draws["mean"], axis=0, ddof=1)))
+
+
+def ranking_cost(steps, n=1000):
+    """Seconds to rank ``n`` unseen combinations of a Norman fit (predictive and information)."""
+    from heldout_tasks import norman_doubles
+
+    fold = norman_doubles(quick=False)[0]
+    fit = _fit(fold.train, 0, steps)
+    d = fit.design
+    seen = sorted({t for p in d.observed_perturbations() for t in d.targets_of(p)})
+    have = {frozenset(d.targets_of(p)) for p in d.observed_perturbations()}
+    cands = [a + "+" + b for a, b in itertools.combinations(seen, 2) if frozenset((a, b)) not in have]
+    cands += ["+".join(c) for c in itertools.combinations(seen, 3)][: max(0, n - len(cands))]
+    cands = cands[:n]
+    out = {"candidates": len(cands), "genes": len(d.genes), "draws": 256}
+    # predictive (Gaussian update): every candidate, the summed variance of all 1,000, budget 10
+    # information (reweighting): cost ~ candidates x outcomes x draws x quantities x genes per pick,
+    # so the ranking alone (budget 1) about the interactions of 10 of the candidates, 32 outcomes
+    runs = (("predictive", dict(budget=10)),
+            ("information", dict(budget=1, targets=cands[:10], num_outcomes=32)))
+    for obj, kw in runs:
+        for rep in range(2):  # the first includes compilation
+            t0 = time.perf_counter()
+            recommend(fit, cands, objective=obj, rng_key=rep, **kw)
+            out[f"{obj}_s_{'first' if rep == 0 else 'warm'}"] = time.perf_counter() - t0
+            print(obj, rep, out[f"{obj}_s_{'first' if rep == 0 else 'warm'}"], flush=True)
+    out["settings"] = {k: {a: (len(b) if isinstance(b, list) else b) for a, b in kw.items()} for k, kw in runs}
+    return out
+
+
+TASKS = {"norman_cells": norman_cells, "hepg2_pool": hepg2_pool}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", required=True, help="write the result here")
+    ap.add_argument("--tasks", nargs="*", default=list(TASKS))
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--budget", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--contexts", type=int, default=10, help="hepg2_pool: contexts used")
+    ap.add_argument("--objectives", nargs="*", default=["random", "predictive", "information"])
+    ap.add_argument("--extras", action="store_true", help="also the expected-vs-realised correlation and cost")
+    ap.add_argument("--plot", help="write a PNG of error and coverage per round")
+    args = ap.parse_args(argv)
+    out = {"platform": platform.platform(), "python": platform.python_version(), "results": []}
+    t0 = time.perf_counter()
+    for name in args.tasks:
+        make = TASKS[name] if name != "hepg2_pool" else (lambda s: hepg2_pool(s, contexts=args.contexts))
+        try:
+            res = run_task(make, seeds=args.seeds, rounds=args.rounds, budget=args.budget, steps=args.steps,
+                           objectives=args.objectives)
+        except sm.datasets.DatasetNotFoundError as err:
+            print(f"{name}: skipped ({str(err).splitlines()[0]})")
+            continue
+        out["results"].append(res)
+        print(json.dumps({k: res[k] for k in ("task", "ratio_last_round_vs_random")}))
+    if args.extras:
+        out["correlation"] = realised_vs_expected(args.steps)
+        print("expected vs realised:", out["correlation"]["spearman"])
+        out["cost"] = ranking_cost(args.steps)
+        print("cost:", out["cost"])
+    out["wall_s"] = time.perf_counter() - t0
+    pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
+    if args.plot:
+        _plot(out["results"], args.plot)
+
+
+def _plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, max(1, len(results)), figsize=(4.5 * max(1, len(results)), 6), squeeze=False)
+    for j, res in enumerate(results):
+        for obj, errs in res["error"].items():
+            e, c = np.asarray(errs), np.asarray(res["coverage_90"][obj])
+            x = np.arange(e.shape[1])
+            axes[0, j].errorbar(x, e.mean(0), e.std(0), label=obj, capsize=3)
+            axes[1, j].plot(x, c.mean(0), marker="o", label=obj)
+        axes[0, j].set(title=res["task"], ylabel="held-out RMSE")
+        axes[1, j].set(xlabel="round", ylabel="90% coverage", ylim=(0.5, 1.0))
+        axes[1, j].axhspan(0.85, 0.95, color="0.9")
+        axes[0, j].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
