@@ -206,3 +206,23 @@ def test_bad_input_is_a_clear_error(fits):
         recommend(fit, ["A+B", "B+A"], budget=1, rng_key=0)
     with pytest.raises(DesignError, match="control"):
         recommend(fit, ["control", "A+B"], budget=1, rng_key=0)
+
+
+def test_factor_design_conditions_and_parts_keep_their_context():
+    """Factor designs with contexts: one treatment set in two contexts is two candidates; the
+    interaction of a combination is taken against its own context's singles and untreated mean."""
+    from types import SimpleNamespace
+
+    from semimech.design.recommend import _about, _same_condition
+
+    frame = pd.DataFrame({"stim": ["none", "EGF", "none", "EGF", "none", "EGF"],
+                          "inh": [[], [], ["MEKi"], ["MEKi", "PI3Ki"], [], ["PI3Ki"]],
+                          "line": ["L1", "L1", "L1", "L1", "L2", "L2"], "g0": np.arange(6.0) + 0.5})
+    d = sm.Design.from_frame(frame, readouts=["g0"], factors={"stimulus": "stim", "inhibitor": "inh"},
+                             context_key="line")
+    _same_condition(d, ["EGF+MEKi+PI3Ki@L1", "EGF+MEKi+PI3Ki@L2"])  # two contexts: two conditions
+    with pytest.raises(DesignError, match="the same condition"):
+        _same_condition(d, ["EGF+MEKi+PI3Ki@L1", "EGF+PI3Ki+MEKi@L1"])
+    about = _about(SimpleNamespace(design=d), "interactions", ["EGF+MEKi+PI3Ki@L2", "MEKi@L1"])
+    assert about.targets == ["EGF+MEKi+PI3Ki@L2"]
+    assert about.parts == ["EGF@L2", "MEKi@L2", "PI3Ki@L2", "control@L2"]

@@ -216,8 +216,9 @@ def _budget(budget, pool: int) -> int:
 def _check_targets(fit, labels, *, what: str) -> list[bool]:
     """Which labels need a population answer; an error naming targets the model cannot answer."""
     design = fit.design
-    if design.control in labels and what == "candidates":
-        raise DesignError(f"the control {design.control!r} is among the candidates: every batch gets controls by "
+    untreated = [lab for lab in labels if not design.targets_of(lab)]
+    if untreated and what == "candidates":
+        raise DesignError(f"the control {untreated[0]!r} is among the candidates: every batch gets controls by "
                           "the allocation rule (returned as control rows); remove it from the candidates.")
     seen = {t for p in design.observed_perturbations() for t in design.targets_of(p)}
     known = set(design.targets) | set(design.genes)
@@ -246,7 +247,7 @@ def _same_condition(design, labels) -> None:
     """Two labels naming one condition (``"A+B"`` and ``"B+A"``) are one candidate."""
     first = {}
     for lab in labels:
-        key = frozenset(design.targets_of(lab))
+        key = (frozenset(design.targets_of(lab)), _context(design, lab))
         if key in first:
             raise DesignError(f"candidates {first[key]!r} and {lab!r} are the same condition; list it once (ask for "
                               "more cells with num_cells=).")
@@ -338,16 +339,19 @@ def _about(fit, about, tlabels) -> _About:
         if about == "means":
             return _About("means", [], f"the means of {len(tlabels)} target condition(s)", tlabels)
         if about == "effects":
-            singles = sorted({t for lab in tlabels for t in design.targets_of(lab)})
+            singles = list(dict.fromkeys(_single(design, t, lab) for lab in tlabels for t in design.targets_of(lab)))
             if not singles:
                 raise PredictionError("about='effects' needs targets that perturb something (only the control given).")
-            return _About("effects", singles, f"the effects of {len(singles)} target(s)", tlabels)
+            controls = [_untreated(design, _context(design, lab)) for lab in singles]
+            return _About("effects", singles + controls, f"the effects of {len(singles)} target(s)", singles)
         combos = [lab for lab in tlabels if len(design.targets_of(lab)) >= 2]
         if not combos:
             raise PredictionError("about='interactions' needs combinations (two or more targets) among the targets; "
                                   "none given. Pass targets=[...] with combinations, or about='effects'/'means'.")
-        singles = sorted({t for lab in combos for t in design.targets_of(lab)})
-        return _About("interactions", singles, f"the interactions of {len(combos)} combination(s)", combos)
+        parts = [_single(design, t, lab) for lab in combos for t in design.targets_of(lab)]
+        parts += [_untreated(design, _context(design, lab)) for lab in combos]
+        return _About("interactions", list(dict.fromkeys(parts)), f"the interactions of {len(combos)} combination(s)",
+                      combos)
     names = [about] if isinstance(about, str) else list(about)
     sites = []
     for name in names:
@@ -373,13 +377,14 @@ def _quantities(fit, about: _About, mean, idx):
         return mean[:, [idx[lab] for lab in about.targets]], False
     if about.kind in ("effects", "interactions"):
         lat = np.log(np.maximum(mean, 1e-30)) if fit.likelihood == "negbin" else mean
-        ctrl = lat[:, idx[design.control]]
-        if about.kind == "effects":
-            return np.stack([lat[:, idx[t]] - ctrl for t in about.parts], axis=1), False
         out = []
         for lab in about.targets:
+            ctrl = lat[:, idx[_untreated(design, _context(design, lab))]]
+            if about.kind == "effects":
+                out.append(lat[:, idx[lab]] - ctrl)
+                continue
             ts = design.targets_of(lab)
-            out.append(lat[:, idx[lab]] - sum(lat[:, idx[t]] for t in ts) + (len(ts) - 1) * ctrl)
+            out.append(lat[:, idx[lab]] - sum(lat[:, idx[_single(design, t, lab)]] for t in ts) + (len(ts) - 1) * ctrl)
         return np.stack(out, axis=1), False
     per_gene = all(fit.dims[s] and fit.dims[s][-1] == "genes" for s in about.sites)
     arrays = []
@@ -387,6 +392,25 @@ def _quantities(fit, about: _About, mean, idx):
         a = np.asarray(fit.flat(s), dtype=np.float64)
         arrays.append(a.reshape(a.shape[0], -1, a.shape[-1]) if per_gene else a.reshape(a.shape[0], -1, 1))
     return np.concatenate(arrays, axis=1), not per_gene
+
+
+def _context(design, lab: str):
+    """The context a label names (factor designs with contexts), else None."""
+    if getattr(design, "contexts", None) is None:
+        return None
+    from semimech.data._factors import split_context
+
+    return split_context(lab, design.contexts)[1]
+
+
+def _single(design, target: str, lab: str) -> str:
+    """The label of ``target`` alone, in the context of ``lab``."""
+    ctx = _context(design, lab)
+    return target if ctx is None else f"{target}@{ctx}"
+
+
+def _untreated(design, ctx) -> str:
+    return design.control if ctx is None else f"{design.untreated_label}@{ctx}"
 
 
 # ------------------------------------------------------------------------------ output
