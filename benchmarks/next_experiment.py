@@ -296,6 +296,7 @@ def main(argv=None):
             continue
         out["results"].append(res)
         print(json.dumps({k: res[k] for k in ("task", "ratio_last_round_vs_random")}))
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=1))  # each task as soon as it is done
     if args.extras:
         out["correlation"] = realised_vs_expected(args.steps)
         print("expected vs realised:", out["correlation"]["spearman"])
