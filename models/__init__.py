@@ -19,6 +19,7 @@ import dataclasses
 from typing import Callable
 
 from semimech.errors import DesignError
+from semimech.models._embeddings import target_embedding
 from semimech.models._network import network_matrix, shared_targets, target_gene_mask
 from semimech.models import (
     additive,
@@ -109,4 +110,4 @@ def get(name: str):
 
 __all__ = ["REGISTRY", "TIME_COURSE", "TimeCourseSpec", "additive", "get", "latent_programs", "linear_steady_state",
            "network_matrix", "neural_ode", "neural_ode_bayes", "production_decay", "shared_targets",
-           "signalling_network", "target_gene_mask", "time_course"]
+           "signalling_network", "target_embedding", "target_gene_mask", "time_course"]

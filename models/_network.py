@@ -372,14 +372,31 @@ def guide_own_entries(data, variant_of=None, shared_gene_index=None):
     return (g[:, None] == np.arange(data["n_genes"])[None, :]) & (g >= 0)[:, None]
 
 
-def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, exclude=None):
+def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, exclude=None, mode=True, embedding=None,
+             gene_embedding=None, effect_programs: int = 2):
     """Per-perturbation misfit of the dynamics (non-control rows), learned from training conditions.
 
     Sites ``residual_scale`` (), ``residual_sd`` (genes), ``residual_z`` (perturbations x genes):
     an unseen condition gets a fresh draw, so its interval includes the misfit seen in training.
     ``exclude`` (perturbations x genes, bool) marks entries without a residual
     (:func:`guide_own_entries`).
+
+    ``mode="population"`` (the model option ``residual="population"``): the misfit is a per-target
+    effect from a learned effect population (:func:`semimech.models._effects.target_effects`:
+    shared mean response, ``effect_programs`` programs, optional ``embedding`` regression,
+    deviations), summed over a condition's targets. An unseen target then gets the part of the
+    response the dynamics do not explain — most knockouts of one screen share a large common
+    response — from the population. A gene target's own gene is left to its efficacy.
     """
+    if mode == "population":
+        from semimech.models import _effects
+
+        eff = _effects.target_effects(data, genes_plate, unit=unit, prior_scale=scale, n_programs=effect_programs,
+                                      embedding=embedding, gene_embedding=gene_embedding)
+        eff = eff * (1.0 - target_gene_onehot(data))
+        return loc_p + jnp.asarray(data["target_matrix"]) @ eff
+    if mode is not True:
+        raise DesignError(f"residual must be True, False or 'population', got {mode!r}.")
     rs = numpyro.sample("residual_scale", dist.HalfNormal(scale))
     with genes_plate:
         rsd = numpyro.sample("residual_sd", dist.HalfNormal(1.0)) * rs * unit

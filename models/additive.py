@@ -13,12 +13,14 @@ Sample sites
 ------------
 baseline : (genes,)
     Control mean on the latent scale (data units for ``normal``, log rate for ``negbin``).
-effect_scale : ()
-    Global shrinkage scale of the effects (horseshoe tau).
-effect_local : (targets, genes)
-    Local horseshoe scales.
-effect_z : (targets, genes)
-    Standardised effects; ``effect = effect_scale * effect_local * effect_z``.
+effect_centre, effect_mean, program_scale, program_loadings, program_z,
+embedding_scale, embedding_coef, effect_scale, effect_sd, effect_z
+    The effect population (``effects="population"``, the default for label designs): a shared mean response, ``effect_programs``
+    programs, an optional embedding regression (side information) and per-target deviations, see
+    :mod:`semimech.models._effects`. A target never perturbed in training draws its effect from it.
+    With ``effects="horseshoe"`` (the default for factor designs): ``effect_scale`` (), ``effect_local`` and ``effect_z`` (targets,
+    genes), ``effect = effect_scale * effect_local * effect_z`` (sparse, but an unseen target has
+    no finite predictive mean on the log scale, so it cannot be predicted).
 effect : (targets, genes), deterministic
     Effect of each target on the latent scale (data units or log fold change).
 context_sd, context_z, effect_context_sd, effect_context_z
@@ -41,13 +43,26 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
+from semimech.errors import DesignError
 from semimech.infer.spec import ModelSpec
 from semimech.measurement import gene_noise, observe_conditions, to_data_scale
-from semimech.models import _treatments
+from semimech.models import _effects, _treatments
+
+EFFECTS = ("population", "horseshoe")
 
 
-def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, y=None):
-    """The additive perturbation model; see the module docstring for the sites."""
+def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, effects: str | None = None,
+          effect_programs: int = 2, embedding=None, gene_embedding=None, y=None):
+    """The additive perturbation model; see the module docstring for the sites.
+
+    ``effects``: ``"population"`` or ``"horseshoe"``; ``None`` (default) chooses ``"population"`` for
+    label designs and ``"horseshoe"`` for factor designs (one population across stimuli and
+    inhibitors is not a sensible assumption, and the factor-design results were measured with
+    the horseshoe).
+    ``embedding`` and ``gene_embedding`` (side information) come from
+    :func:`semimech.models.target_embedding`; ``effect_programs`` is the number of shared programs of
+    the effect population.
+    """
     n_genes = data["n_genes"]
     tm = jnp.asarray(data["target_matrix"])
     n_pert, n_targets = tm.shape
@@ -57,11 +72,21 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     with genes:
         baseline = numpyro.sample("baseline", dist.Normal(jnp.asarray(data["baseline_loc"]), 2.0 * unit))
         noise = gene_noise(data, likelihood=likelihood)
-    tau = numpyro.sample("effect_scale", dist.HalfNormal(effect_prior_scale))
+    if effects is None:
+        effects = "population" if tuple(data.get("factor_names", ("perturbation",))) == ("perturbation",) else "horseshoe"
+    if effects not in EFFECTS:
+        raise DesignError(f"effects must be one of {EFFECTS}, got {effects!r}.")
+    if effects == "population":
+        effect = _effects.target_effects(data, genes, unit=unit, prior_scale=effect_prior_scale,
+                                         n_programs=effect_programs, embedding=embedding, gene_embedding=gene_embedding,
+                                         baseline=baseline)
+    else:
+        tau = numpyro.sample("effect_scale", dist.HalfNormal(effect_prior_scale))
     with numpyro.plate("targets", n_targets, dim=-2), genes:
-        local = numpyro.sample("effect_local", dist.HalfCauchy(1.0))
-        z = numpyro.sample("effect_z", dist.Normal(0.0, 1.0))
-        effect = numpyro.deterministic("effect", tau * local * z * unit)
+        if effects == "horseshoe":
+            local = numpyro.sample("effect_local", dist.HalfCauchy(1.0))
+            effect = tau * local * numpyro.sample("effect_z", dist.Normal(0.0, 1.0)) * unit
+        numpyro.deterministic("effect", effect)
 
     base = _treatments.context_baseline(baseline, data, genes, unit=unit)[jnp.asarray(data["perturbation_context"])]
     ctx_eff = _treatments.context_effects(data, genes, unit=unit, prior_scale=effect_prior_scale)
@@ -76,8 +101,10 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
 SPEC = ModelSpec(
     name="additive",
     model=model,
-    assumes="effects add on the latent (log) scale; combinations deviate by pairwise interactions (one per pair "
-    "of levels, scale learned per pair of factors) and higher-order residuals; contexts pooled; "
-    "no dynamics, one attractor per perturbation",
-    predicts_unseen_targets=False,
+    assumes="effects add on the latent (log) scale (label designs: drawn from a learned population of target effects, "
+    "so an unseen target draws from it); combinations deviate by pairwise interactions (one per pair of levels, "
+    "scale learned per pair of factors) and higher-order residuals; contexts pooled; no dynamics, one attractor "
+    "per perturbation",
+    predicts_unseen_targets=True,
+    side_information=_effects.has_embedding,
 )

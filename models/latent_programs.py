@@ -38,6 +38,11 @@ shared_z, guide_sd, context_sd
     :func:`semimech.models._network.target_log_scales`.
 residual_scale, residual_sd, residual_z
     Misfit per perturbed condition (``residual=True``).
+effect_mean, program_scale, program_loadings, program_z, embedding_scale, embedding_coef, effect_scale,
+effect_sd, effect_z
+    With ``residual="population"`` instead: the misfit is a per-target effect from a learned population
+    (:mod:`semimech.models._effects`; ``effect_programs``, ``embedding``), so an unseen target gets the
+    response the dynamics do not explain from it (see :func:`semimech.models._network.residual`).
 ok_fraction : (), deterministic
     Fraction of conditions whose steady-state solve converged.
 mean : (perturbations, genes), deterministic
@@ -56,6 +61,7 @@ import numpyro.distributions as dist
 from semimech.dynamics import ProductionDecayParams, production_decay_field
 from semimech.infer.spec import ModelSpec
 from semimech.measurement import gene_noise, observe_conditions, to_data_scale
+from semimech.models import _effects
 from semimech.models import _network as net
 from semimech.models._treatments import context_baseline
 from semimech.models.production_decay import solve_conditions
@@ -90,7 +96,8 @@ def system(draw: dict):
 
 
 def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: float = 0.5,
-          efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5, residual: bool = True,
+          efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5, residual: bool | str = True,
+          embedding=None, gene_embedding=None, effect_programs: int = 2,
           variant_of=None, shared_gene_index=None, direct_mask=None, fallback: bool = False, y=None):
     """The latent-programs model; see the module docstring for the sites.
 
@@ -129,7 +136,8 @@ def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: flo
     # each context shifts the baseline (pooled across contexts), programs and edits are shared
     loc_p = context_baseline(baseline, data, genes, unit=unit)[jnp.asarray(data["perturbation_context"])] + lscale * unit * ((u - 1.0) @ Z) + 3.0 * unit * jnp.expm1(own)
     if residual:
-        loc_p = net.residual(loc_p, data, genes, unit=unit,
+        loc_p = net.residual(loc_p, data, genes, unit=unit, mode=residual, embedding=embedding,
+                             gene_embedding=gene_embedding, effect_programs=effect_programs,
                              exclude=net.guide_own_entries(data, variant_of, shared_gene_index))
     with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
@@ -143,4 +151,5 @@ SPEC = ModelSpec(
     assumes="each condition is the fixed point of production-decay dynamics of K latent programs with gene "
     "loadings; a gene's edit acts through its loadings (and on itself); combinations compose edits",
     predicts_unseen_targets=True,
+    side_information=_effects.has_embedding,
 )

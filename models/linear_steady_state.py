@@ -46,6 +46,11 @@ shared_z, guide_sd, context_sd
     :func:`semimech.models._network.target_log_scales`.
 residual_scale : (), residual_sd : (genes,), residual_z : (perturbations, genes)
     Misfit of the dynamics per perturbed condition (``residual=True``).
+effect_mean, program_scale, program_loadings, program_z, embedding_scale, embedding_coef, effect_scale,
+effect_sd, effect_z
+    With ``residual="population"`` instead: the misfit is a per-target effect from a learned population
+    (:mod:`semimech.models._effects`; ``effect_programs``, ``embedding``), so an unseen target gets the
+    response the dynamics do not explain from it (see :func:`semimech.models._network.residual`).
 ok_fraction : (), deterministic
     Fraction of conditions whose steady state was solved (draws with any failure are rejected).
 mean : (perturbations, genes), deterministic
@@ -65,6 +70,7 @@ import numpyro
 from semimech.dynamics import Intervention, LinearParams, linear_field, linear_steady_state
 from semimech.infer.spec import ModelSpec
 from semimech.measurement import gene_noise, observe_conditions, to_data_scale
+from semimech.models import _effects
 from semimech.models import _network as net
 
 
@@ -100,7 +106,8 @@ def system(draw: dict):
 
 def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_scale: float = 0.1, network=None,
           network_mode: str = "mask", efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5,
-          residual: bool = True, variant_of=None, shared_gene_index=None,
+          residual: bool | str = True, embedding=None, gene_embedding=None,
+          effect_programs: int = 2, variant_of=None, shared_gene_index=None,
           direct_mask=None, check_stability: bool = False, y=None):
     """The linear steady-state model; see the module docstring for the sites.
 
@@ -134,7 +141,8 @@ def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_sca
     u = jnp.where(ss.ok[:, None], ss.x, u_ctrl)
     loc_p = floor + scale * u
     if residual:
-        loc_p = net.residual(loc_p, data, genes, unit=unit,
+        loc_p = net.residual(loc_p, data, genes, unit=unit, mode=residual, embedding=embedding,
+                             gene_embedding=gene_embedding, effect_programs=effect_programs,
                              exclude=net.guide_own_entries(data, variant_of, shared_gene_index))
     with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
@@ -148,4 +156,5 @@ SPEC = ModelSpec(
     assumes="each condition is the fixed point of linear dynamics dx/dt = s_p (W x + b) - x (a linear cyclic SCM); "
     "edits scale production and propagate through W; combinations compose edits",
     predicts_unseen_targets=True,
+    side_information=_effects.has_embedding,
 )

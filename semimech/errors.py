@@ -19,3 +19,7 @@ class InferenceError(RuntimeError):
 
 class SavedFitError(SemimechError):
     """A saved fit folder is damaged, was edited by hand, or is not a semimech fit."""
+
+
+class PopulationOnlyWarning(UserWarning):
+    """A prediction answers some conditions from a learned population alone (no data, no side information)."""

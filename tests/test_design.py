@@ -165,7 +165,7 @@ def test_gaussian_pseudobulk_is_exact(norman_design):
 
     sub = norman_design.select_perturbations(["KLF1", "MAP2K6", "KLF1+MAP2K6"])
     pb = sub.pseudobulk()
-    model = functools.partial(additive.model, likelihood="normal")
+    model = functools.partial(additive.model, likelihood="normal", effects="horseshoe")
     G, T, P = sub.n_genes, len(sub.targets), len(sub.perturbations)
     rng = np.random.default_rng(1)
     diffs = []

@@ -58,7 +58,8 @@ def test_unseen_combination_is_additive_plus_interaction(norman_fit):
 def test_prediction_tables(norman_fit):
     p = sm.predict(norman_fit, ["KLF1+TGFBR2", "control"], rng_key=0, num_cells=100)
     frame = p.to_frame(kind="observed_mean")
-    assert list(frame.columns) == ["perturbation", "gene", "mean", "sd", "q05", "q25", "q50", "q75", "q95"]
+    assert list(frame.columns) == ["perturbation", "gene", "mean", "sd", "q05", "q25", "q50", "q75", "q95", "source"]
+    assert set(frame.source) == {"data"}
     assert len(frame) == 2 * 500 and (frame["q05"] <= frame["q95"]).all()
     a = p.to_anndata()
     assert a.shape == (2, 500) and "q95" in a.layers
@@ -72,8 +73,14 @@ def test_predict_refuses_what_it_cannot_answer(norman_fit, norman_design):
     with pytest.raises(sm.errors.DesignError, match="unknown target 'NOPE'"):
         sm.predict(norman_fit, ["NOPE"], rng_key=0)
     gene = next(g for g in norman_design.genes if g not in norman_design.targets)
+    no_population = dataclasses.replace(norman_fit, spec=dataclasses.replace(norman_fit.spec,
+                                                                             predicts_unseen_targets=False))
     with pytest.raises(PredictionError, match="never perturbed in training"):
-        sm.predict(norman_fit, [gene], rng_key=0)
+        sm.predict(no_population, [gene], rng_key=0)
+    # the additive model answers a never-perturbed gene from its effect population, and says so
+    with pytest.warns(sm.errors.PopulationOnlyWarning, match="population"):
+        p = sm.predict(norman_fit, [gene], rng_key=0)
+    assert p.sources.source.tolist() == ["population"]
     other = sm.Design.from_anndata(_subset_genes(norman_design), perturbation_key="perturbation", control="control")
     with pytest.raises(PredictionError, match="not modelled"):
         sm.predict(norman_fit, other, rng_key=0)
@@ -84,8 +91,11 @@ def test_predict_refuses_a_target_held_out_by_a_split(norman_fit):
     d = norman_fit.design
     keep = [p for p in d.perturbations if "KLF1" not in d.targets_of(p)]
     held = dataclasses.replace(norman_fit, design=d.select_perturbations(keep))
+    no_population = dataclasses.replace(held, spec=dataclasses.replace(held.spec, predicts_unseen_targets=False))
     with pytest.raises(PredictionError, match=r"targets \['KLF1'\] were never perturbed"):
-        sm.predict(held, ["KLF1"], rng_key=0)
+        sm.predict(no_population, ["KLF1"], rng_key=0)
+    with pytest.warns(sm.errors.PopulationOnlyWarning):
+        assert sm.predict(held, ["KLF1"], rng_key=0).sources.source.tolist() == ["population"]
     sm.predict(held, ["MAPK1+TGFBR2"], rng_key=0)  # seen targets still predicted
 
 

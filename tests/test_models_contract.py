@@ -13,9 +13,11 @@ from semimech.infer._sites import plates, site_dims
 
 # network models: "regulators" is the source axis of W[regulator, gene]; "programs" the latent program axis;
 # signalling_network: PKN "nodes" and "edges", "contexts" (cell lines), "off_targets" (inhibitor x node pairs),
-# "readout_blocks" (inhibitor x readout pairs)
+# "readout_blocks" (inhibitor x readout pairs); effect populations: "effect_programs" / "effect_scores" the
+# programs' axis of their loadings / of the targets' scores, "embedding" the side information's dims
 PLATE_NAMES = {"cells", "genes", "targets", "perturbations", "batches", "regulators", "programs", "shared_targets",
-               "nodes", "edges", "contexts", "off_targets", "readout_blocks",
+               "nodes", "edges", "contexts", "off_targets", "readout_blocks", "effect_programs", "effect_scores",
+               "embedding",
                # factor designs (treatments): factors, their pairs, level pairs, (context, level/pair) cells
                "factors", "factor_pairs", "target_pairs", "context_targets", "context_pairs"}
 

@@ -101,10 +101,14 @@ def test_unseen_gene_and_new_combination_are_predicted(linear_fit, design):
     assert "ok_fraction" in linear_fit.samples
 
 
-def test_additive_cannot_predict_unseen_gene(design):
+def test_additive_answers_an_unseen_gene_from_its_population(design):
     fit = sm.fit_svi(additive.SPEC, design, rng_key=0, num_steps=20, num_samples=10, progress_bar=False)
-    with pytest.raises(PredictionError, match="never perturbed"):
-        sm.predict(fit, ["g3"], rng_key=0)
+    with pytest.warns(sm.errors.PopulationOnlyWarning, match="never perturbed"):
+        assert sm.predict(fit, ["g3"], rng_key=0).sources.source.tolist() == ["population"]
+    horseshoe = sm.fit_svi(additive.SPEC, design, rng_key=0, num_steps=20, num_samples=10, progress_bar=False,
+                           effects="horseshoe")
+    with pytest.raises(PredictionError, match="effect_local"), pytest.warns(sm.errors.PopulationOnlyWarning):
+        sm.predict(horseshoe, ["g3"], rng_key=0)
 
 
 def test_unknown_target_is_a_clear_error(linear_fit):

@@ -16,6 +16,7 @@ from semimech.checks import is_steady_state_model, solve_fractions
 from semimech.data.design import Design
 from semimech.errors import PredictionError
 from semimech.infer._alignment import alignment, fresh_normal
+from semimech.infer._sources import condition_sources, warn_population_only
 from semimech.measurement import mean_of_cells
 from semimech.measurement.likelihoods import total_sd
 
@@ -49,6 +50,12 @@ class Prediction:
         Steady-state models: one row per perturbation with ``converged`` and ``stable``, the
         fractions of checked draws whose steady-state solve converged (and was stable), and
         ``draws`` (see :func:`semimech.checks.solve_fractions`); ``None`` for other models.
+    sources
+        One row per perturbation: ``source`` — where its answer comes from: ``data`` (targets
+        perturbed in training), ``side information`` (an unseen target covered by an embedding),
+        ``network`` (an unseen gene propagated through a learned network), ``population`` (an
+        unseen target's effect drawn from the learned population alone), joined by ``+`` when its
+        parts differ — ``parts`` (``target: source`` per target) and ``population_only``.
     """
 
     perturbations: tuple[str, ...]
@@ -57,6 +64,7 @@ class Prediction:
     control: str
     model: str
     steady_state: pd.DataFrame | None = None
+    sources: pd.DataFrame | None = None
 
     def summary(self, *, kind: str = "observed_mean") -> dict[str, np.ndarray]:
         """Posterior mean, sd and quantiles (``QUANTILES``) of the ``kind`` draws (see the class docstring)."""
@@ -97,6 +105,8 @@ class Prediction:
         frame = pd.DataFrame({"perturbation": np.repeat(self.perturbations, G), "gene": np.tile(self.genes, P)})
         for k, v in s.items():
             frame[k] = np.asarray(v).ravel()
+        if self.sources is not None:
+            frame["source"] = np.repeat(self.sources["source"].to_numpy(), G)
         return frame
 
     def to_datatree(self):
@@ -176,9 +186,11 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
             "cannot predict them (it has no network to propagate an unseen edit). Use a mechanistic model "
             "such as 'production_decay', or predict only combinations of seen targets."
         )
+    sources = condition_sources(fit, pdesign, labels, seen)
+    warn_population_only(sources, fit.spec.name)
     key = as_key(rng_key)
     k_align, k_pred, k_obs = jax.random.split(key, 3)
-    post = _align(fit, pdesign, k_align)
+    post = _align(fit, pdesign, k_align, seen)
     data = pdesign.model_data()
     tdata = train.model_data()
     for k in ("baseline_loc", "baseline_scale"):
@@ -203,7 +215,7 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         ss = solve_fractions(fit, post, data, labels, rng_key=jax.random.fold_in(key, 11),
                              num_draws=steady_state_draws)
     return Prediction(perturbations=tuple(labels), genes=train.genes, draws=draws, control=train.control,
-                      model=fit.spec.name, steady_state=ss)
+                      model=fit.spec.name, steady_state=ss, sources=sources)
 
 
 def _in_batch(fit, mean: np.ndarray, batch: str, rng_key) -> np.ndarray:
@@ -261,16 +273,26 @@ def _already(design, train) -> bool:
     return isinstance(design, Design) and design.y is None and design.targets[: len(train.targets)] == train.targets
 
 
-def _align(fit, pdesign: Design, rng_key) -> dict[str, np.ndarray]:
+def _align(fit, pdesign: Design, rng_key, seen: set[str] | None = None) -> dict[str, np.ndarray]:
     """Posterior draws re-indexed to the prediction design's labels.
 
     Sites over ``perturbations``, ``targets``, level pairs and context cells are gathered by
     name (a combination matches a training condition with the same set of levels and context;
-    see :mod:`semimech.infer._alignment`). Entries absent from training get fresh
-    standard-normal draws for non-centred ``*_z`` sites, keyed by site and entry name; any
-    other site cannot be extended.
+    see :mod:`semimech.infer._alignment`). Entries absent from training, and conditions and
+    targets in its encoding without an observed row (``seen``: targets of observed conditions),
+    get fresh standard-normal draws for non-centred ``*_z`` sites, keyed by site and entry name —
+    exact prior draws, where a fitted guide of a site without data may not have relaxed to the
+    prior; any other site cannot be extended.
     """
-    maps, names = alignment(fit.design, pdesign)
+    train = fit.design
+    maps, names = alignment(train, pdesign)
+    observed = np.zeros(len(train.perturbations), dtype=bool)
+    observed[np.unique(train.perturbation_index)] = True
+    if seen is None:
+        seen = {t for t, on in zip(train.targets, np.asarray(train.target_matrix)[observed].any(0)) if on}
+    pm, tm = maps["perturbations"], maps["targets"]
+    maps["perturbations"] = np.where((pm >= 0) & observed[np.maximum(pm, 0)], pm, -1)
+    maps["targets"] = np.where(np.array([t in seen for t in pdesign.targets], dtype=bool), tm, -1).astype(np.int64)
     deterministic = {fit.spec.mean_site} | _deterministic_sites(fit)
     out = {}
     for name, arr in fit.samples.items():

@@ -28,6 +28,11 @@ class ModelSpec:
         the additive model cannot.
     default_options
         Keyword options passed to ``model`` unless the user overrides them.
+    side_information
+        ``side_information(options, data) -> (targets,) bool``: which targets of a design's model
+        data the model's side information (e.g. an embedding option) covers; ``predict`` uses it
+        to say whether an unseen target is answered from side information or from the population
+        alone. ``None``: the model has no side information.
     """
 
     name: str
@@ -36,6 +41,7 @@ class ModelSpec:
     mean_site: str = "mean"
     predicts_unseen_targets: bool = False
     default_options: dict = dataclasses.field(default_factory=dict)
+    side_information: Callable | None = None
 
     def noise_site(self, likelihood: str) -> str:
         return "noise_sd" if likelihood == "normal" else "concentration"

@@ -1,0 +1,70 @@
+"""Where each part of a prediction comes from: data, side information, a network, or the population."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from semimech.errors import PopulationOnlyWarning
+
+#: Sources of a target's effect, from the best informed to the least.
+SOURCES = ("data", "side information", "network", "population")
+
+
+def target_sources(fit, pdesign, seen: set[str]) -> dict[str, str]:
+    """Source of each target of the prediction design.
+
+    ``data``: perturbed in training. ``side information``: unseen, but the model's side
+    information (an embedding) covers it. ``network``: unseen, a modelled gene of a model that
+    propagates edits through a learned network (its efficacy still comes from the population).
+    ``population``: unseen, its effect is a draw from the learned population of target effects.
+    """
+    data = pdesign.model_data()
+    hook = getattr(fit.spec, "side_information", None)
+    covered = np.zeros(len(pdesign.targets), dtype=bool) if hook is None else np.asarray(hook(fit.options, data))
+    from semimech.checks import is_steady_state_model
+
+    network = is_steady_state_model(fit.spec)
+    gene_of = np.asarray(data["target_gene_index"])
+    out = {}
+    for i, t in enumerate(pdesign.targets):
+        if t in seen:
+            out[t] = "data"
+        elif covered[i]:
+            out[t] = "side information"
+        elif network and gene_of[i] >= 0:
+            out[t] = "network"
+        else:
+            out[t] = "population"
+    return out
+
+
+def condition_sources(fit, pdesign, labels, seen: set[str]) -> pd.DataFrame:
+    """One row per requested label: ``source`` (the sources of its parts, best first, joined by
+    ``+``), ``parts`` (``target: source`` for each target) and ``population_only`` (every part is
+    answered from the population alone; never for the control)."""
+    per_target = target_sources(fit, pdesign, seen)
+    rows = []
+    for lab in labels:
+        parts = pdesign.targets_of(lab)
+        kinds = [per_target[t] for t in parts] or ["data"]
+        rows.append({"perturbation": lab,
+                     "source": "+".join(s for s in SOURCES if s in kinds),
+                     "parts": "; ".join(f"{t}: {per_target[t]}" for t in parts),
+                     "population_only": bool(parts) and all(k == "population" for k in kinds)})
+    return pd.DataFrame(rows)
+
+
+def warn_population_only(sources: pd.DataFrame, model: str) -> None:
+    """Warn once when any requested condition is answered from the population alone."""
+    only = list(sources.loc[sources.population_only, "perturbation"])
+    if only:
+        warnings.warn(
+            f"{len(only)} of {len(sources)} requested conditions ({only[:5]}{'...' if len(only) > 5 else ''}) edit "
+            f"only targets never perturbed in training, with no side information: the {model!r} model answers them "
+            "from its learned population of target effects (prediction = the population mean, interval = the "
+            "population's spread). Prediction.sources says which parts of each answer come from data; pass an "
+            "embedding (semimech.models.target_embedding) to inform unseen targets.",
+            PopulationOnlyWarning, stacklevel=3)
