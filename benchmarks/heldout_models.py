@@ -191,3 +191,5 @@ for _name, _fn in {
 import heldout_signalling  # noqa: E402,F401
 # factor-design configurations (stimulus x inhibitor x cell line) live in heldout_factorial.py
 import heldout_factorial  # noqa: E402,F401
+# effect-population tasks and configurations (issue 13) live in heldout_population.py
+import heldout_population  # noqa: E402,F401

@@ -284,7 +284,7 @@ PAPALEXI_HELD_OUT = ("JAK2", "IFNGR2", "STAT1", "IFNGR1", "IRF1", "STAT2", "CMTM
 @register_task("papalexi_loto", metric="pearson_delta", higher_is_better=True, aggregation="mean_over_conditions",
                gene_set="40 genes: the 9 targets that are readouts + the 31 most expressed others",
                scale="UMI counts per unit size factor (NB likelihood)",
-               baselines={k: label_baseline(k) for k in ("no_change", "train_mean")})
+               baselines={k: label_baseline(k) for k in ("no_change", "train_mean", "linear")})
 def papalexi_loto(*, quick: bool) -> list[Fold]:
     """Papalexi 2021 (UMI counts): leave one knockout target out (8 folds), pseudobulk per target x replicate."""
     from semimech.datasets import read_papalexi2021

@@ -86,7 +86,7 @@ def test_unseen_target_follows_the_population(structured):
     pred = structured["pred"]
     assert list(pred.sources.source) == ["data"] + ["population"] * 5
     assert pred.sources.population_only.tolist() == [False] + [True] * 5
-    assert set(pred.to_frame().source) == {"data", "population"}
+    assert set(pred.to_frame(kind="mean").source) == {"data", "population"}
 
 
 def test_unseen_target_without_population_structure_gets_wide_honest_intervals(structured, unstructured):
