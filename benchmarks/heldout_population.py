@@ -34,7 +34,7 @@ import numpy as np
 
 import semimech as sm
 from heldout_models import Predicted, predict_labels, register_model
-from heldout_tasks import PAPALEXI_TARGETS_IN_GENES, Fold, label_baseline, make_fold, register_task
+from heldout_tasks import Fold, papalexi_design, label_baseline, make_fold, register_task
 from semimech import evaluate as ev
 
 POPULATION_TASKS = ("papalexi_loto", "papalexi_loto_all", "norman_singles", "mcfaline_transfer", "norman_doubles",
@@ -42,19 +42,6 @@ POPULATION_TASKS = ("papalexi_loto", "papalexi_loto_all", "norman_singles", "mcf
 
 
 # ------------------------------------------------------------------------------ tasks
-def _papalexi_design() -> sm.Design:
-    from semimech.datasets import read_papalexi2021
-
-    adata = read_papalexi2021()
-    mean = np.asarray(adata.X.mean(0)).ravel()
-    keep = set(PAPALEXI_TARGETS_IN_GENES)
-    order = [adata.var_names[i] for i in np.argsort(-mean) if adata.var_names[i] not in keep]
-    chosen = keep | set(order[: 40 - len(keep)])
-    genes = [g for g in adata.var_names if g in chosen]
-    return sm.Design.from_anndata(adata, perturbation_key="target", control="non-targeting", batch_key="bio_rep",
-                                  genes=genes, counts=True)
-
-
 def _linear_pca(fold: Fold) -> np.ndarray:
     """Ahlmann-Eltze et al. (2025) linear baseline (K = 10, ridge 0.1) per context."""
     return label_baseline("linear")(fold)
@@ -68,7 +55,7 @@ def _linear_pca(fold: Fold) -> np.ndarray:
                           "linear": _linear_pca})
 def papalexi_loto_all(*, quick: bool) -> list[Fold]:
     """Papalexi 2021 (UMI counts): leave one knockout target out, all 25 targets in turn."""
-    d = _papalexi_design()
+    d = papalexi_design()
     folds = []
     for t in (("JAK2", "SMAD4") if quick else d.targets):
         train, test = ev.leave_one_target_out(d, t)

@@ -281,12 +281,9 @@ PAPALEXI_TARGETS_IN_GENES = ("STAT1", "JAK2", "STAT2", "STAT3", "UBE2L6", "IFNGR
 PAPALEXI_HELD_OUT = ("JAK2", "IFNGR2", "STAT1", "IFNGR1", "IRF1", "STAT2", "CMTM6", "SMAD4")
 
 
-@register_task("papalexi_loto", metric="pearson_delta", higher_is_better=True, aggregation="mean_over_conditions",
-               gene_set="40 genes: the 9 targets that are readouts + the 31 most expressed others",
-               scale="UMI counts per unit size factor (NB likelihood)",
-               baselines={k: label_baseline(k) for k in ("no_change", "train_mean", "linear")})
-def papalexi_loto(*, quick: bool) -> list[Fold]:
-    """Papalexi 2021 (UMI counts): leave one knockout target out (8 folds), pseudobulk per target x replicate."""
+def papalexi_design() -> sm.Design:
+    """Papalexi 2021 cells (UMI counts, batch = replicate) on the task's 40 genes: the targets that are
+    readouts plus the most expressed others."""
     from semimech.datasets import read_papalexi2021
 
     adata = read_papalexi2021()
@@ -295,8 +292,17 @@ def papalexi_loto(*, quick: bool) -> list[Fold]:
     order = [adata.var_names[i] for i in np.argsort(-mean) if adata.var_names[i] not in keep]
     chosen = keep | set(order[: 40 - len(keep)])
     genes = [g for g in adata.var_names if g in chosen]
-    d = sm.Design.from_anndata(adata, perturbation_key="target", control="non-targeting", batch_key="bio_rep",
-                               genes=genes, counts=True)
+    return sm.Design.from_anndata(adata, perturbation_key="target", control="non-targeting", batch_key="bio_rep",
+                                  genes=genes, counts=True)
+
+
+@register_task("papalexi_loto", metric="pearson_delta", higher_is_better=True, aggregation="mean_over_conditions",
+               gene_set="40 genes: the 9 targets that are readouts + the 31 most expressed others",
+               scale="UMI counts per unit size factor (NB likelihood)",
+               baselines={k: label_baseline(k) for k in ("no_change", "train_mean", "linear")})
+def papalexi_loto(*, quick: bool) -> list[Fold]:
+    """Papalexi 2021 (UMI counts): leave one knockout target out (8 folds), pseudobulk per target x replicate."""
+    d = papalexi_design()
     folds = []
     for t in (PAPALEXI_HELD_OUT[:2] if quick else PAPALEXI_HELD_OUT):
         train, test = ev.leave_one_target_out(d, t)

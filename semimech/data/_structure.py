@@ -40,6 +40,18 @@ def pair_labels(targets, pairs) -> tuple[str, ...]:
     return tuple(f"{targets[i]}|{targets[j]}" for i, j in np.asarray(pairs))
 
 
+def _pair_incidence(tm, pairs) -> tuple[list[int], list[int]]:
+    """(condition, pair) incidence: for each condition with two or more levels, the index in ``pairs``
+    of every pair of its levels."""
+    code = {(int(i), int(j)): q for q, (i, j) in enumerate(pairs)}
+    rows, cols = [], []
+    for p in np.flatnonzero(tm.sum(1) >= 2):
+        for ij in combinations(np.flatnonzero(tm[p]).tolist(), 2):
+            rows.append(p)
+            cols.append(code[ij])
+    return rows, cols
+
+
 def _occurring(ctx_of_rows, cols) -> tuple[np.ndarray, np.ndarray]:
     """Distinct ``(context, col)`` pairs among incidences (sorted) and each incidence's index among them."""
     keys = np.stack([np.asarray(ctx_of_rows, np.int64), np.asarray(cols, np.int64)], axis=1).reshape(-1, 2)
@@ -55,13 +67,7 @@ def context_cells(target_matrix, perturbation_context) -> tuple[np.ndarray, np.n
     ctx = np.zeros(tm.shape[0], np.int64) if perturbation_context is None else np.asarray(perturbation_context)
     rows, cols = np.nonzero(tm)
     ct, _ = _occurring(ctx[rows], cols)
-    pairs = level_pairs(tm)
-    code = {(int(i), int(j)): q for q, (i, j) in enumerate(pairs)}
-    prow, pcol = [], []
-    for p in np.flatnonzero(tm.sum(1) >= 2):
-        for ij in combinations(np.flatnonzero(tm[p]).tolist(), 2):
-            prow.append(p)
-            pcol.append(code[ij])
+    prow, pcol = _pair_incidence(tm, level_pairs(tm))
     cp, _ = _occurring(ctx[np.asarray(prow, np.int64)], pcol)
     return ct, cp
 
@@ -72,12 +78,7 @@ def structure(target_matrix, target_factor, n_factors: int, perturbation_context
     n_pert = tm.shape[0]
     level_rows, level_cols = np.nonzero(tm)
     pairs = level_pairs(tm)
-    code = {(int(i), int(j)): q for q, (i, j) in enumerate(pairs)}
-    pair_rows, pair_cols = [], []
-    for p in np.flatnonzero(tm.sum(1) >= 2):
-        for ij in combinations(np.flatnonzero(tm[p]).tolist(), 2):
-            pair_rows.append(p)
-            pair_cols.append(code[ij])
+    pair_rows, pair_cols = _pair_incidence(tm, pairs)
     tf = np.asarray(target_factor, dtype=np.int32)
     ctx = np.zeros(n_pert, np.int32) if perturbation_context is None else np.asarray(perturbation_context, np.int32)
     n_ctx = 1 if contexts is None else len(contexts)
