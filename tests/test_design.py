@@ -43,6 +43,10 @@ def test_counts_design_with_batches(small_counts_adata):
     assert d.is_counts and d.batches == ("b1", "b2")
     assert np.isclose(d.size_factors.mean(), 1.0)
     assert d.model_data()["n_batches"] == 2
+    new = d.with_perturbations(["control", d.perturbations[1]], batch="b2")
+    assert new.batches == ("b1", "b2") and new.batch_index.tolist() == [1, 1]
+    with pytest.raises(DesignError, match="batch 'b3' is not a batch of this design"):
+        d.with_perturbations(["control"], batch="b3")
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,15 @@ def _resolve(train, key: tuple[tuple[str | None, str], ...], context: str | None
     return tuple(levels), c
 
 
+def batch_index(train, batch, n: int):
+    """Every one of ``n`` prediction rows in the training ``batch`` (None: no batch), checked."""
+    if batch is None:
+        return None
+    if train.batches is None or batch not in train.batches:
+        raise DesignError(f"batch {batch!r} is not a batch of this design ({train.batches}).")
+    return np.full(n, train.batches.index(batch), dtype=np.int32)
+
+
 def build(train, requests, *, labels=None, batch=None):
     """A prediction design from ``[(key, context, where)]`` requests (see :func:`_resolve`)."""
     from semimech.data.design import Design
@@ -89,11 +98,7 @@ def build(train, requests, *, labels=None, batch=None):
             labels.append(fx.label(srt, None if c is None else train.contexts[c], control=base, sep=train.target_sep))
     elif len(labels) != len(rows):
         raise DesignError("with_perturbations got duplicate labels (two labels name the same condition).")
-    bidx = None
-    if batch is not None:
-        if train.batches is None or batch not in train.batches:
-            raise DesignError(f"batch {batch!r} is not a batch of this design ({train.batches}).")
-        bidx = np.full(len(rows), train.batches.index(batch), dtype=np.int32)
+    bidx = batch_index(train, batch, len(rows))
     n = len(rows)
     return Design(
         y=None, obs_names=tuple(labels), genes=train.genes, perturbations=tuple(labels),

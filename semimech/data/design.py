@@ -564,11 +564,7 @@ class Design:
                 tm[i, tcode[t]] = 1.0
         if len(set(labels)) != len(labels):
             raise DesignError("with_perturbations got duplicate labels.")
-        bidx = None
-        if batch is not None:
-            if self.batches is None or batch not in self.batches:
-                raise DesignError(f"batch {batch!r} is not a batch of this design ({self.batches}).")
-            bidx = np.full(len(labels), self.batches.index(batch), dtype=np.int32)
+        bidx = _conditions.batch_index(self, batch, len(labels))
         return Design(
             y=None, obs_names=tuple(labels), genes=self.genes, perturbations=tuple(labels),
             perturbation_index=np.arange(len(labels), dtype=np.int32), targets=tuple(known_targets),
