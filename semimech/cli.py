@@ -79,8 +79,16 @@ def main(argv=None) -> int:
             return 2
         if args.force and out.is_dir() and any(out.iterdir()):
             print(f"--force: overwriting the results in {out}")
-        return demo(out=out, steps=200 if args.smoke else args.steps,
-                    draws=100 if args.smoke else args.draws, seed=args.seed, progress=not args.no_progress)
+        existed = out.exists()
+        try:
+            return demo(out=out, steps=200 if args.smoke else args.steps,
+                        draws=100 if args.smoke else args.draws, seed=args.seed, progress=not args.no_progress)
+        except KeyboardInterrupt as err:  # FitInterrupted is one: its message says what was stopped
+            reason = (str(err) or "interrupted (Ctrl-C).").splitlines()[0]
+            written = (f"the results in {out} may be incomplete." if out.exists() and (not existed or args.force)
+                       else f"nothing was written to {out}.")
+            print(f"semimech demo: stopped: {reason} {written}", file=sys.stderr)
+            return 130  # the shell's convention for SIGINT
     return 2
 
 

@@ -96,3 +96,28 @@ def test_summary_values_are_strict_json():
                                 "arr": [1.0, None]}
     with pytest.raises(ValueError):  # negative control: the raw record is not strict JSON
         json.dumps(record, allow_nan=False, default=float)
+
+
+def test_ctrl_c_during_the_demo_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import semimech.cli as cli
+    from semimech.infer import FitInterrupted
+
+    def stopped(**kw):
+        raise FitInterrupted("fit_svi interrupted (Ctrl-C) at step 120 of 3000; resume with fit_svi(..., resume=err.checkpoint).")
+
+    monkeypatch.setattr(cli, "demo", stopped)
+    out = tmp_path / "results"
+    assert main(["demo", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "stopped: fit_svi interrupted (Ctrl-C) at step 120" in err and f"nothing was written to {out}" in err
+    assert not out.exists()
+
+    def stopped_while_writing(**kw):  # negative control: a folder was created before the stop
+        kw["out"].mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "demo", stopped_while_writing)
+    assert main(["demo", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C)." in err and f"the results in {out} may be incomplete" in err
