@@ -132,7 +132,6 @@ def test_bad_factor_input_names_the_row_or_level(frame_edit, kwargs, match):
 
 @pytest.mark.parametrize("table, match", [
     (pd.DataFrame({"stim": ["EGF"], "inh": ["AKTi"], "line": ["L1"]}), "row '0'.*unknown level 'AKTi' of factor 'inhibitor'"),
-    (pd.DataFrame({"stim": ["EGF"], "inh": ["none"], "line": ["L9"]}), "row '0'.*context 'L9' was never seen"),
     (pd.DataFrame({"stim": ["MEKi"], "inh": ["none"], "line": ["L1"]}), "'MEKi' is a 'inhibitor' level in training"),
     (pd.DataFrame({"stim": ["EGF"], "line": ["L1"]}), "no column for factor 'inhibitor'"),
     (pd.DataFrame({"stim": ["EGF"], "inh": ["none"]}), "no context column"),
@@ -142,10 +141,20 @@ def test_bad_prediction_tables(table, match):
         _design().with_conditions(table)
 
 
+def test_an_unseen_context_is_appended_and_needs_a_population_of_contexts():
+    d = _design()
+    p = d.with_perturbations(["EGF@L9", "control@L2", "MEKi@L9"])
+    assert p.contexts == ("L1", "L2", "L9") and p.perturbation_context.tolist() == [2, 1, 2]
+    assert p.perturbations == ("EGF@L9", "control@L2", "MEKi@L9")
+    t = d.with_conditions(pd.DataFrame({"stim": ["EGF", "none"], "inh": ["none", "MEKi"], "line": ["L8", "L1"]}))
+    assert t.contexts == ("L1", "L2", "L8") and t.perturbations == ("EGF@L8", "MEKi@L1")
+    one = _design(_frame().query("line == 'L1'"))  # negative control: one training context, no population
+    with pytest.raises(DesignError, match="context 'L9' was never seen in training, and the training design has one"):
+        one.with_perturbations(["EGF@L9"])
+
+
 def test_bad_prediction_labels():
     d = _design()
-    with pytest.raises(DesignError, match="context 'L9' was never seen"):
-        d.with_perturbations(["EGF@L9"])
     with pytest.raises(DesignError, match="names no context"):
         d.with_perturbations(["EGF"])
     with pytest.raises(DesignError, match="unknown level 'AKTi'"):

@@ -17,11 +17,13 @@ from semimech.errors import DesignError
 
 
 def _resolve(train, key: tuple[tuple[str | None, str], ...], context: str | None, where: str,
-             extra: list[tuple[str, str]]) -> tuple[tuple[str, ...], int | None]:
+             extra: list[tuple[str, str]], new_contexts: list[str]) -> tuple[tuple[str, ...], int | None]:
     """Check a requested condition against the training design: levels (target names) and context code.
 
     ``key`` holds ``(factor or None, level)`` pairs; a level unknown to training but a modelled
-    gene is appended to ``extra`` (only network models can predict it).
+    gene is appended to ``extra`` (only network models can predict it). A context never seen in
+    training is appended to ``new_contexts`` (its code follows the training contexts): models
+    answer it from their learned population of contexts (fresh draws of its context deviations).
     """
     tf = dict(zip(train.targets, train.target_factors))
     genes = set(train.genes)
@@ -47,10 +49,17 @@ def _resolve(train, key: tuple[tuple[str | None, str], ...], context: str | None
     if train.contexts is not None:
         if context is None:
             raise DesignError(f"{where}: no context given; the design has contexts {list(train.contexts)[:10]}.")
-        if context not in train.contexts:
-            raise DesignError(f"{where}: context {context!r} was never seen in training (contexts: "
-                              f"{list(train.contexts)[:20]}). This model cannot answer an unseen context.")
-        c = train.contexts.index(context)
+        if context in train.contexts:
+            c = train.contexts.index(context)
+        else:
+            if len(train.contexts) < 2:
+                raise DesignError(
+                    f"{where}: context {context!r} was never seen in training, and the training design has one "
+                    f"context ({train.contexts[0]!r}): there is no population of contexts to draw a new one from. "
+                    "Fit on several contexts, or predict in the training context.")
+            if context not in new_contexts:
+                new_contexts.append(context)
+            c = len(train.contexts) + new_contexts.index(context)
     elif context is not None:
         raise DesignError(f"{where}: context {context!r} given, but the training design has no contexts.")
     return tuple(levels), c
@@ -72,7 +81,9 @@ def build(train, requests, *, labels=None, batch=None):
     if not requests:
         raise DesignError("nothing to predict: no conditions were given.")
     extra: list[tuple[str, str]] = []
-    resolved = [_resolve(train, key, ctx, where, extra) for key, ctx, where in requests]
+    new_contexts: list[str] = []
+    resolved = [_resolve(train, key, ctx, where, extra, new_contexts) for key, ctx, where in requests]
+    contexts = None if train.contexts is None else tuple(train.contexts) + tuple(new_contexts)
     targets = tuple(train.targets) + tuple(t for t, _ in extra)
     factors = tuple(train.target_factors) + tuple(f for _, f in extra)
     order = {f: i for i, f in enumerate(train.factor_names)}
@@ -95,7 +106,7 @@ def build(train, requests, *, labels=None, batch=None):
         labels = []
         for levels, c in rows:
             srt = sorted(levels, key=lambda t: (order[factors[tcode[t]]], t))
-            labels.append(fx.label(srt, None if c is None else train.contexts[c], control=base, sep=train.target_sep))
+            labels.append(fx.label(srt, None if c is None else contexts[c], control=base, sep=train.target_sep))
     elif len(labels) != len(rows):
         raise DesignError("with_perturbations got duplicate labels (two labels name the same condition).")
     bidx = batch_index(train, batch, len(rows))
@@ -105,7 +116,7 @@ def build(train, requests, *, labels=None, batch=None):
         perturbation_index=np.arange(n, dtype=np.int32), targets=targets, target_matrix=tm, control=train.control,
         batches=train.batches if batch is not None else None, batch_index=bidx, size_factors=np.ones(n),
         is_counts=train.is_counts, n_cells=np.ones(n), target_sep=train.target_sep, target_factors=factors,
-        contexts=train.contexts, perturbation_context=ctx, factor_spec=train.factor_spec,
+        contexts=contexts, perturbation_context=ctx, factor_spec=train.factor_spec,
     )
 
 

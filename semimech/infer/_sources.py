@@ -46,13 +46,19 @@ def condition_sources(fit, pdesign, labels, seen: set[str]) -> pd.DataFrame:
     ``+``), ``parts`` (``target: source`` for each target) and ``population_only`` (every part is
     answered from the population alone; never for the control)."""
     per_target = target_sources(fit, pdesign, seen)
+    train_contexts = set(fit.design.contexts or ())
+    row_of = {lab: i for i, lab in enumerate(pdesign.perturbations)}
     rows = []
     for lab in labels:
-        parts = pdesign.targets_of(lab)
-        kinds = [per_target[t] for t in parts] or ["data"]
+        parts = [(t, per_target[t]) for t in pdesign.targets_of(lab)]
+        if pdesign.contexts is not None:
+            ctx = pdesign.contexts[int(pdesign.perturbation_context[row_of[lab]])]
+            if ctx not in train_contexts:  # its baseline and the deviations of its effects: the context population
+                parts.append((f"context {ctx}", "population"))
+        kinds = [k for _, k in parts] or ["data"]
         rows.append({"perturbation": lab,
                      "source": "+".join(s for s in SOURCES if s in kinds),
-                     "parts": "; ".join(f"{t}: {per_target[t]}" for t in parts),
+                     "parts": "; ".join(f"{t}: {k}" for t, k in parts),
                      "population_only": bool(parts) and all(k == "population" for k in kinds)})
     return pd.DataFrame(rows)
 
@@ -63,8 +69,9 @@ def warn_population_only(sources: pd.DataFrame, model: str) -> None:
     if only:
         warnings.warn(
             f"{len(only)} of {len(sources)} requested conditions ({only[:5]}{'...' if len(only) > 5 else ''}) edit "
-            f"only targets never perturbed in training, with no side information: the {model!r} model answers them "
-            "from its learned population of target effects (prediction = the population mean, interval = the "
-            "population's spread). Prediction.sources says which parts of each answer come from data; pass an "
-            "embedding (semimech.models.target_embedding) to inform unseen targets.",
+            f"only targets never perturbed in training (or sit in a context never seen in training), with no side "
+            f"information: the {model!r} model answers them from its learned population of target effects (or of "
+            "contexts): prediction = the population mean, interval = the population's spread. "
+            "Prediction.sources says which parts of each answer come from data; pass an embedding "
+            "(semimech.models.target_embedding) to inform unseen targets.",
             PopulationOnlyWarning, stacklevel=3)
