@@ -143,9 +143,22 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
         return out
     value = np.array([held[n] for n in names], float)
     good = value if higher_is_better else -value                  # higher is better
+    best = float(value[np.argmax(good)])
     if len(names) >= 3:
         out["spearman"] = float(stats.spearmanr(ranked.loc[names, "elpd_cv"].astype(float), good).statistic)
-    best = float(value[np.argmax(good)])
+    cvs = table.attrs.get("cross_validations", {})
+    l2 = {n: cvs[n].l2 for n in names if n in cvs and cvs[n].l2 is not None and np.isfinite(cvs[n].l2).all()}
+    if len(l2) == len(names) >= 2:  # the contract's error, cross-validated: the same refits ranked by it
+        from semimech.evaluate.compare import _ranks
+
+        rank_l2, _, _ = _ranks({n: -v for n, v in l2.items()}, 2.0)
+        first_l2 = [n for n in names if rank_l2[n] == 1]
+        out["rank_l2"] = rank_l2
+        out["first_ranked_l2"] = first_l2
+        out["first_within_10pct_l2"] = bool(all((held[n] >= best - 0.1 * abs(best)) if higher_is_better
+                                                else (held[n] <= 1.1 * best) for n in first_l2))
+        if len(names) >= 3:
+            out["spearman_cv_l2"] = float(stats.spearmanr([-l2[n].mean() for n in names], good).statistic)
     first = [n for n in names if ranked.loc[n, "rank"] == 1]
     within = [(held[n] >= best - 0.1 * abs(best)) if higher_is_better else (held[n] <= 1.1 * best) for n in first]
     out.update({"best_held_out_model": names[int(np.argmax(good))], "best_held_out": best, "first_ranked": first,
@@ -153,14 +166,14 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
     return out
 
 
-def run(task_name: str, *, unit: str | None, k: int | None, steps: int, draws: int, refit_steps: int | None,
+def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means", steps: int, draws: int, refit_steps: int | None,
         heldout_json: str | None, heldout_steps: int, models, full: bool = False, log=print) -> dict:
     task = ht.TASKS[task_name]
     folds = task.build(quick=False)
     design = comparison_design(task_name, folds, full=full)
     unit = unit or UNITS[task_name]
     log(f"[{task_name}] comparison design {design}; unit {unit!r}; load {os.getloadavg()[0]:.1f}")
-    result = {"task": task_name, "unit": unit, "design_kind": "full" if full else "train", "design": repr(design), "metric": task.metric,
+    result = {"task": task_name, "unit": unit, "score": score, "design_kind": "full" if full else "train", "design": repr(design), "metric": task.metric,
               "higher_is_better": task.higher_is_better, "load_start": os.getloadavg()[0]}
     t0, c0 = time.time(), cpu_seconds()
     fits, fit_notes = {}, {}
@@ -174,7 +187,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, steps: int, draws: i
     result["fit_wall_s"], result["fit_cpu_s"] = time.time() - t0, cpu_seconds() - c0
     t1, c1 = time.time(), cpu_seconds()
     try:
-        table = ev.compare(fits, unit=unit, k=k, num_steps=refit_steps)
+        table = ev.compare(fits, unit=unit, k=k, score=score, num_steps=refit_steps)
         result["cannot_rank"] = None
     except DesignError as err:
         table, result["cannot_rank"] = None, str(err)
@@ -185,11 +198,11 @@ def run(task_name: str, *, unit: str | None, k: int | None, steps: int, draws: i
                            same_design=not full)
     result["held_out"] = held
     if table is not None:
-        cols = ["model", "rank", "tied_with", "elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "left_out",
-                "n_refits", "cv_coverage_90", "cv_calibration", "loo_rows_status", "steady_state", "note"]
+        cols = ["model", "rank", "tied_with", "below", "elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv",
+                "left_out", "n_refits", "cv_coverage_90", "cv_calibration", "cv_l2", "loo_rows_status", "steady_state", "note"]
         result["table"] = json.loads(table[cols].to_json(orient="records"))
         result["agreement"] = agreement(table, held, higher_is_better=task.higher_is_better)
-        log(table[cols[:13]].to_string(index=False))
+        log(table[[c for c in cols if c not in ("left_out", "cv_calibration", "below")]][:15].to_string(index=False))
         log(reading(table))
     result["fit_notes"] = fit_notes
     result["config"] = {"steps": steps, "draws": draws, "refit_steps": refit_steps, "k": k,
@@ -199,13 +212,14 @@ def run(task_name: str, *, unit: str | None, k: int | None, steps: int, draws: i
 
 
 def markdown(r: dict) -> str:
-    lines = [f"### {r['task']} (unit: {r['unit']}, comparison design: {r.get('design_kind', 'train')})", "",
+    lines = [f"### {r['task']} (unit: {r['unit']}, comparison design: {r.get('design_kind', 'train')}, "
+             f"score: {r.get('score', 'cells')})", "",
              f"fits {r['fit_wall_s']:.0f} s wall / {r['fit_cpu_s']:.0f} s CPU; comparison {r['compare_wall_s']:.0f} s wall "
              f"/ {r['compare_cpu_s']:.0f} s CPU; load {r['load_start']:.1f} -> {r['load_end']:.1f} on {r['config']['cpus']} cores", ""]
     if r.get("cannot_rank"):
         lines += [f"**Cannot rank**: {r['cannot_rank']}", ""]
     if "table" in r:
-        lines += ["| model | rank | elpd_cv | se | dse | cov90 | held-out |", "|---|---|---|---|---|---|---|"]
+        lines += ["| model | rank | elpd_cv | se | dse | cov90 | cv L2 | held-out |", "|---|---|---|---|---|---|---|---|"]
         for row in r["table"]:
             h = r["held_out"].get(row["model"])
 
@@ -213,7 +227,7 @@ def markdown(r: dict) -> str:
                 return "-" if x is None else f"{x:.{p}f}"
 
             lines.append(f"| {row['model']} | {row['rank'] or '-'} | {f(row['elpd_cv'])} | {f(row['se'])} | "
-                         f"{f(row['dse'])} | {f(row['cv_coverage_90'], 2)} | {f(h, 3)} |")
+                         f"{f(row['dse'])} | {f(row['cv_coverage_90'], 2)} | {f(row.get('cv_l2'), 3)} | {f(h, 3)} |")
         a = r["agreement"]
         lines += ["", f"agreement: {json.dumps(a)}"]
     return "\n".join(lines)
@@ -226,6 +240,8 @@ def main(argv=None) -> int:
     ap.add_argument("--design", choices=("train", "full"), default="train",
                     help="fit the comparison on the task's training design (default) or on all its rows")
     ap.add_argument("--k", type=int, default=None)
+    ap.add_argument("--score", choices=("means", "cells"), default="means",
+                    help="what a held-out unit is scored on (semimech.evaluate.cross_validate)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--draws", type=int, default=200)
     ap.add_argument("--refit-steps", type=int, default=None)
@@ -234,10 +250,10 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="*", default=list(REGISTRY))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    r = run(args.task, unit=args.unit, k=args.k, steps=args.steps, draws=args.draws, refit_steps=args.refit_steps,
+    r = run(args.task, unit=args.unit, k=args.k, score=args.score, steps=args.steps, draws=args.draws, refit_steps=args.refit_steps,
             heldout_json=args.heldout_json, heldout_steps=args.heldout_steps or args.steps, models=args.models,
             full=args.design == "full")
-    stem = f"compare_{args.task}" + ("_full" if args.design == "full" else "")
+    stem = f"compare_{args.task}" + ("_full" if args.design == "full" else "") + f"_{args.score}"
     out = pathlib.Path(args.json or pathlib.Path(__file__).resolve().parent / "results" / f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(heldout._finite(r), indent=1, default=str))

@@ -79,6 +79,8 @@ def test_generating_model_beats_the_wrong_one_by_more_than_two_se(table):
     null = by.loc["null"]
     assert null.elpd_diff > 2 * null.dse > 0                              # negative control loses clearly
     assert by.loc["additive", "test_l2"] < null.test_l2                   # and on the held-out doubles
+    assert by.loc["additive", "cv_l2"] < by.loc["null", "cv_l2"]          # and by its cross-validated point error
+    assert set(table.attrs["cross_validations"]) >= {"additive", "null"} and table.attrs["score"] == "means"
     assert (by.loc[["additive", "additive_seed1", "null"], "n_refits"] == 2).all()
     assert by.loc["additive", "left_out"].startswith("combinable left out (2-fold over 7 units")
     assert by.loc["additive", "n_units"] == 7
@@ -138,5 +140,30 @@ def test_bad_input_is_refused(split, pair):
         compare(good, test=train)
     with pytest.raises(DesignError, match="batch_key"):
         compare(good, unit="context")                                     # refused before any refit
+    with pytest.raises(DesignError, match="unknown score"):
+        compare(good, unit="combinable", score="rows")
+    with pytest.raises(DesignError, match="unknown rank_by"):
+        compare(good, unit="combinable", rank_by="pearson")
     with pytest.raises(DesignError, match="at least two units"):
         compare(good, unit=["T0"] * fits["null"].design.n_obs)
+
+
+def test_reading_names_the_models_that_separate_a_rank_two_model():
+    """Ties are not transitive: C is within 2 SE of the best (A) but B beats it clearly; C's line names B."""
+    from semimech.evaluate.compare import _ranks, _tidy
+
+    base = np.linspace(-1.0, 1.0, 10)
+    noisy = np.tile([3.5, -2.5], 5)                     # mean 0.5, sd 3: A vs anything is noisy
+    pw = {"A": base + noisy, "B": base, "C": base - 1.0}  # B - C = 1 on every unit: separated (SE 0)
+    rank, tied, above = _ranks(pw, 2.0)
+    assert rank == {"A": 1, "B": 1, "C": 2}
+    assert "A" in tied["C"] and [b for b, _, _ in above["C"]] == ["B"]
+    assert above["A"] == [] and above["B"] == []
+    rows = [{"model": n, "rank": rank[n], "tied_with": ", ".join(tied[n]), "elpd_cv": float(pw[n].sum()), "se": 1.0,
+             "elpd_diff": float(pw["A"].sum() - pw[n].sum()), "dse": 1.0, "left_out": "custom left out",
+             "below": "; ".join(f"{b} by {d:.1f} (SE {s:.1f})" for b, d, s in above[n]), "note": "",
+             "assumes": "x"} for n in pw]
+    text = reading(_tidy(pd.DataFrame(rows).set_index("model"), has_test=False))
+    line_c = next(ln for ln in text.splitlines() if ln.startswith("C:"))
+    assert "rank 2: below B by 10.0 (SE 0.0)" in line_c and "within 2 SE of A" in line_c
+    assert "below A" not in line_c and "below 'A'" not in line_c     # the best does not separate it

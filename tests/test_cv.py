@@ -89,23 +89,44 @@ def test_unseen_entries_of_a_fold(design):
 
 
 def test_two_fold_cv_scores_every_unit_and_draws_held_out_latents_from_the_prior(fit, design, monkeypatch):
+    import functools
+
+    from numpyro.infer import log_likelihood
+    from scipy.special import logsumexp
+
     from semimech.evaluate._pointwise import RowEngine
 
     captured = []
-    real = RowEngine.log_likelihood
+    real = RowEngine.entry_log_likelihood
 
-    def keep(self, samples, summaries=None):
+    def keep(self, samples, rows, summaries=None):
         if summaries is not None:                                          # a refit's draws (not the full fit's)
-            captured.append({k: np.array(v) for k, v in samples.items()})
-        return real(self, samples, summaries)
+            captured.append(({k: np.array(v) for k, v in samples.items()}, np.array(rows), dict(summaries)))
+        return real(self, samples, rows, summaries)
 
-    monkeypatch.setattr(RowEngine, "log_likelihood", keep)
+    monkeypatch.setattr(RowEngine, "entry_log_likelihood", keep)
     cv = cross_validate(fit, unit="combination", k=2, num_steps=150, rng_key=0)
+    # known answer (score="means"): a unit's elpd is the sum over its rows x genes of log E[p(y_rg | draw)]
+    # over the draws of the refit that left it out, with y's own density (no within-group term)
+    model = functools.partial(fit.spec.model, **fit.options)
+    data = {k: v for k, v in design.model_data().items() if k != "row_mask"}
+    y = np.asarray(design.dense_y(), dtype=np.float32)
+    labels = np.asarray(design.perturbations, dtype=object)[design.perturbation_index]
+    by_hand = {}
+    for samples, rows, summaries in captured:
+        ll = np.asarray(log_likelihood(model, samples, {**data, **summaries}, y=y, parallel=True)["y"])
+        ll = ll.reshape(ll.shape[0], design.n_obs, design.n_genes)[:, rows]
+        marginal = (logsumexp(ll, axis=0) - np.log(ll.shape[0])).sum(1)
+        for r, v in zip(rows, marginal):
+            by_hand[labels[r]] = by_hand.get(labels[r], 0.0) + v
+    np.testing.assert_allclose(cv.pointwise, [by_hand[u] for u in cv.units], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(cv.elpd.se, np.sqrt(len(cv.units) * np.var(cv.pointwise)), rtol=1e-6)
+    captured = [c[0] for c in captured]
     assert cv.scheme == "2-fold" and cv.n_refits == 2 == len(captured)
     assert len(cv.units) == sum("+" in p for p in design.perturbations) and np.all(np.isfinite(cv.pointwise))
     assert np.isfinite(cv.elpd.se) and cv.elpd.se > 0
     assert cv.pit.shape == (len(cv.units), design.n_genes) and ((cv.pit >= 0) & (cv.pit <= 1)).all()
-    assert "combination left out (2-fold over" in cv.describe()
+    assert "combination left out (2-fold over" in cv.describe() and "observed mean" in cv.describe()
     # every combination is held out in one of the two refits: there its interaction is a prior draw,
     # N(0, 1) whatever the warm start (the full fit's median) said; in the other refit it is fitted
     # (doubles: one pair of levels each, plate target_pairs)

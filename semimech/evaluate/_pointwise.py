@@ -36,6 +36,8 @@ class RowEngine:
         self.summaries = {k: data[k] for k in DATA_SUMMARIES if k in data}
         self._ll = row_log_likelihood_fn(self.model, data, self.y, shape=(design.n_obs, design.n_genes),
                                          has_within=self.has_within)
+        self._entries = row_log_likelihood_fn(self.model, data, self.y, shape=(design.n_obs, design.n_genes),
+                                              has_within=False, entries=True)
         model = self.model
 
         @jax.jit
@@ -67,6 +69,15 @@ class RowEngine:
         """
         s = self._summaries(summaries)
         return self.apply(lambda part: self._ll(part, s), samples, self.latent).astype(float) + self.constant
+
+    def entry_log_likelihood(self, samples: dict, rows, summaries: dict | None = None) -> np.ndarray:
+        """``(draws, len(rows), genes)``: the observed site ``y`` alone at each readout of ``rows``.
+
+        For a Gaussian pseudobulk row this is the density of the row's observed *mean* (its cells'
+        scatter around the mean, the ``y_within`` factor, is left out); otherwise the row's own density.
+        """
+        s, keep = self._summaries(summaries), np.asarray(rows)
+        return self.apply(lambda part: self._entries(part, s)[:, keep], samples, self.latent).astype(float)
 
     def replicates(self, key, samples: dict, rows=None, summaries: dict | None = None) -> np.ndarray:
         """``(draws, rows, genes)`` replicate rows (a new pseudobulk of each row's size) per draw.

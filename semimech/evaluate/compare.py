@@ -2,7 +2,9 @@
 
 The question users ask is "which assumption predicts perturbations I have not measured?". The
 comparison answers it with :func:`semimech.evaluate.cv.cross_validate`: the expected log
-predictive density (elpd) of held-out **units** (perturbations, combinations, contexts), by
+predictive density (elpd) of held-out **units** (perturbations, combinations, contexts) — by
+default of their observed means, each row x readout under its marginal predictive, the
+quantity a prediction of an unmeasured perturbation is compared with (``score=``) — by
 PSIS-LOO over units with exact refits wherever Pareto k-hat is bad, or by grouped K-fold
 refits. The models are then compared with arviz-stats (``arviz_stats.compare``: differences
 from the best, their standard errors from the paired pointwise values, stacking weights), and
@@ -192,24 +194,32 @@ def _pairwise_se(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(d.size * np.var(d)))
 
 
-def _ranks(cvs: Mapping, tie_se: float) -> tuple[dict, dict]:
-    """Rank = 1 + the number of models better by more than ``tie_se`` standard errors of the paired difference."""
-    names = list(cvs)
-    pw = {n: cvs[n].pointwise for n in names}
-    rank, ties = {}, {}
+def _ranks(pointwise: Mapping, tie_se: float) -> tuple[dict, dict, dict]:
+    """Rank = 1 + the number of models better by more than ``tie_se`` standard errors of the paired difference.
+
+    ``pointwise``: model -> per-unit values, higher is better (elpd, or minus the L2 error).
+
+    Returns ``(rank, tied, above)``: ``tied[a]`` the models within ``tie_se`` SE of ``a``;
+    ``above[a]`` the models that separate ``a`` (better by more than ``tie_se`` SE), each as
+    ``(name, difference, SE of the paired difference)``, largest difference first. Ties are not
+    transitive: ``a`` can be tied with the best model yet ranked below another one.
+    """
+    names = list(pointwise)
+    pw = {n: np.asarray(pointwise[n], dtype=float) for n in names}
+    rank, ties, above = {}, {}, {}
     for a in names:
-        better, tied = 0, []
+        better, tied = [], []
         for b in names:
             if a == b:
                 continue
             diff = float(pw[b].sum() - pw[a].sum())
             se = _pairwise_se(pw[b], pw[a])
             if diff > tie_se * se and diff > 0:
-                better += 1
+                better.append((b, diff, se))
             elif abs(diff) <= tie_se * se:
                 tied.append(b)
-        rank[a], ties[a] = better + 1, tied
-    return rank, ties
+        rank[a], ties[a], above[a] = len(better) + 1, tied, sorted(better, key=lambda t: -t[1])
+    return rank, ties, above
 
 
 def _scored_table(cvs: Mapping) -> pd.DataFrame:
@@ -222,7 +232,8 @@ def _scored_table(cvs: Mapping) -> pd.DataFrame:
                          "weight": cmp["weight"].astype(float)})
 
 
-def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, test: Design | None = None,
+def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, score: str = "means",
+            rank_by: str = "elpd", test: Design | None = None,
             reference=None, batch: str | None = None, num_steps: int | None = None,
             refit_options: dict | None = None, row_loo: bool = True, checks: bool = True, tie_se: float = 2.0,
             rng_key=0) -> pd.DataFrame:
@@ -236,6 +247,16 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         What is left out and how (:func:`semimech.evaluate.cv.cross_validate`): ``unit`` is
         ``"perturbation"`` (default), ``"combination"``, ``"single"``, ``"context"`` or one label
         per row; ``k`` folds (default leave-one-unit-out up to 10 units).
+    score
+        ``"means"`` (default): a held-out unit is scored on the log predictive density of its
+        observed means (each pseudobulk row x readout); ``"cells"``: on its cells' joint density,
+        which is mostly a score of the noise model (see :mod:`semimech.evaluate.cv`).
+    rank_by
+        ``"elpd"`` (default): rank on the cross-validated log score of the whole predictive
+        distribution (intervals included). ``"l2"``: rank on ``cv_l2``, the cross-validated
+        distance between the leave-out predictive mean and the observed means, i.e. the held-out
+        contract's point error; use it when the question is the predicted mean alone. Either way
+        ties are within ``tie_se`` SE of the paired per-unit difference.
     test
         Optional held-out design (no perturbation shared with training): each model predicts
         it and is scored with :func:`semimech.evaluate.score` (``test_*`` columns).
@@ -257,10 +278,14 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
     pandas.DataFrame
         One row per model, best first; models that could not be scored last, with ``rank``
         missing (``<NA>``) and the reason in ``note``. Columns: ``model``, ``rank`` (1 + the
-        number of models better by more than ``tie_se`` SE), ``tied_with``, ``elpd_cv``,
+        number of models better by more than ``tie_se`` SE), ``tied_with``, ``below`` (the models
+        that separate it: better by more than ``tie_se`` SE, with the paired difference and its SE;
+        ties are not transitive, so a model tied with the best can still rank 2), ``elpd_cv``,
         ``se``, ``elpd_diff`` and ``dse`` (vs the best, arviz-stats), ``weight`` (stacking),
         ``p_cv``, ``left_out`` (the unit and scheme), ``n_units``, ``n_refits``, ``cv_coverage_90``
-        and ``cv_calibration`` (held-out PIT), ``elpd_loo_rows``/``loo_rows_se``/``loo_rows_status``
+        and ``cv_calibration`` (held-out PIT), ``cv_l2`` (mean over units of the L2 distance between
+        the leave-out predictive mean and the observed rows: the held-out contract's error,
+        cross-validated; not used for the rank), ``elpd_loo_rows``/``loo_rows_se``/``loo_rows_status``
         (PSIS-LOO over rows), ``steady_state`` (fraction of checked draws where every
         condition has a stable, unique steady state), ``control_stable`` (the same for the
         control alone) and ``assumption_checks`` (in words), ``test_*``,
@@ -274,7 +299,7 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         likelihoods, a test design that shares perturbations with training.
     """
     from semimech.errors import InferenceError, SemimechError
-    from semimech.evaluate.cv import cross_validate, unit_labels
+    from semimech.evaluate.cv import SCORES, cross_validate, unit_labels
 
     if not isinstance(fits, Mapping) or not fits:
         raise DesignError("compare needs a non-empty dict {name: Fit}.")
@@ -287,13 +312,17 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
     _check_comparable(fits)
     _check_test(fits, test)
     unit_labels(next(iter(fits.values())).design, unit)   # a unit the design does not have: refused before any refit
+    if score not in SCORES:
+        raise DesignError(f"unknown score {score!r}; choose one of {SCORES}.")
+    if rank_by not in ("elpd", "l2"):
+        raise DesignError(f"unknown rank_by {rank_by!r}; choose 'elpd' or 'l2'.")
     key = as_key(rng_key)
     cvs, rows = {}, []
     for i, (name, fit) in enumerate(fits.items()):
         name = str(name)
         row, notes = {"model": name, "method": fit.method}, []
         try:
-            cv = cross_validate(fit, unit=unit, k=k, num_steps=num_steps, refit_options=refit_options,
+            cv = cross_validate(fit, unit=unit, k=k, score=score, num_steps=num_steps, refit_options=refit_options,
                                 rng_key=jax.random.fold_in(key, 0))
         except (SemimechError, InferenceError) as err:
             notes.append(f"not ranked: cross-validation failed ({err})")
@@ -309,6 +338,7 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
             row.update({"elpd_cv": float(cv.elpd.elpd), "se": float(cv.elpd.se), "p_cv": float(cv.elpd.p),
                         "left_out": cv.describe(), "n_units": len(cv.units), "n_refits": cv.n_refits,
                         "cv_coverage_90": float(cal.loc[0.9, "empirical"]) if 0.9 in cal.index else None,
+                        "cv_l2": float(np.nanmean(cv.l2)) if cv.l2 is not None and np.isfinite(cv.l2).any() else None,
                         "cv_calibration": cv.calibration.verdict})
         if row_loo:
             row.update(_row_loo(fit, rng_key=rng_key))
@@ -325,16 +355,27 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         rows.append(row)
     table = pd.DataFrame(rows).set_index("model")
     if cvs:
-        rank, ties = _ranks(cvs, tie_se)
         scored = _scored_table(cvs)
         for name in cvs:
-            table.loc[name, "rank"] = rank[name]
-            table.loc[name, "tied_with"] = ", ".join(ties[name])
             for c in ("elpd_diff", "dse", "weight"):
                 table.loc[name, c] = scored.loc[name, c]
-        if len(cvs) == 1:
-            table.loc[next(iter(cvs)), "note"] = "the only model that could be scored: nothing to rank it against"
-    return _tidy(table, has_test=test is not None)
+        values = {n: cv.pointwise for n, cv in cvs.items()}
+        if rank_by == "l2":
+            values = {n: -cv.l2 for n, cv in cvs.items() if cv.l2 is not None and np.all(np.isfinite(cv.l2))}
+            for name in set(cvs) - set(values):
+                table.loc[name, "note"] = "; ".join(filter(None, [table.loc[name, "note"], "not ranked: no L2 for "
+                                                               "every unit (raise max_pit_rows)"]))
+        rank, ties, above = _ranks(values, tie_se)
+        fmt = ".1f" if rank_by == "elpd" else ".3f"
+        for name in values:
+            table.loc[name, "rank"] = rank[name]
+            table.loc[name, "tied_with"] = ", ".join(ties[name])
+            table.loc[name, "below"] = "; ".join(f"{b} by {d:{fmt}} (SE {se:{fmt}})" for b, d, se in above[name])
+        if len(values) == 1:
+            table.loc[next(iter(values)), "note"] = "the only model that could be scored: nothing to rank it against"
+    out = _tidy(table, has_test=test is not None, rank_by=rank_by)
+    out.attrs.update({"rank_by": rank_by, "score": score, "cross_validations": cvs})
+    return out
 
 
 def _row_loo(fit, *, rng_key) -> dict:
@@ -350,14 +391,14 @@ def _row_loo(fit, *, rng_key) -> dict:
             "loo_rows_status": f"psis over {s['n_rows']} rows, every k-hat <= {s['good_k']:.2f}"}
 
 
-COLUMNS = ("model", "rank", "tied_with", "elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "left_out", "n_units",
-           "n_refits", "cv_coverage_90", "cv_calibration", "elpd_loo_rows", "loo_rows_se", "loo_rows_status",
+COLUMNS = ("model", "rank", "tied_with", "below", "elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "left_out", "n_units",
+           "n_refits", "cv_coverage_90", "cv_calibration", "cv_l2", "elpd_loo_rows", "loo_rows_se", "loo_rows_status",
            "steady_state", "control_stable", "assumption_checks")
-_NUMERIC = ("elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "cv_coverage_90", "elpd_loo_rows", "loo_rows_se",
+_NUMERIC = ("elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "cv_coverage_90", "cv_l2", "elpd_loo_rows", "loo_rows_se",
             "steady_state", "control_stable") + tuple(f"test_{c}" for c in TEST_COLUMNS)
 
 
-def _tidy(table: pd.DataFrame, *, has_test: bool) -> pd.DataFrame:
+def _tidy(table: pd.DataFrame, *, has_test: bool, rank_by: str = "elpd") -> pd.DataFrame:
     cols = list(COLUMNS) + ([f"test_{c}" for c in TEST_COLUMNS] if has_test else []) + ["method", "note", "assumes"]
     table = table.reset_index().reindex(columns=cols)
     for c in cols:
@@ -367,9 +408,10 @@ def _tidy(table: pd.DataFrame, *, has_test: bool) -> pd.DataFrame:
         elif c in ("rank", "n_units", "n_refits"):
             table[c] = pd.array([None if pd.isna(v) else int(v) for v in table[c]], dtype="Int64")
         else:
-            table[c] = [("" if c in ("tied_with", "note") else "-") if (v is None or (isinstance(v, float) and np.isnan(v)))
+            table[c] = [("" if c in ("tied_with", "below", "note") else "-") if (v is None or (isinstance(v, float) and np.isnan(v)))
                         else v for v in table[c]]
-    order = table.assign(_r=table["rank"].fillna(10**6), _e=-table["elpd_cv"].fillna(-np.inf))
+    second = -table["elpd_cv"].fillna(-np.inf) if rank_by == "elpd" else table["cv_l2"].fillna(np.inf)
+    order = table.assign(_r=table["rank"].fillna(10**6), _e=second)
     order = order.sort_values(["_r", "_e"], kind="stable")
     return table.loc[order.index].reset_index(drop=True)
 
@@ -384,14 +426,21 @@ def reading(table: pd.DataFrame) -> str:
             verdict = f"no rank ({r.note or 'not scored'})"
         elif r["model"] == best["model"]:
             others = r.tied_with
-            verdict = ("best cross-validated elpd" + (f", but not separable from {others} (within 2 SE)" if others
+            what = "lowest cross-validated L2" if table.attrs.get("rank_by") == "l2" else "best cross-validated elpd"
+            verdict = (what + (f", but not separable from {others} (within 2 SE)" if others
                                                         else ", clearly ahead of the others"))
         elif r["rank"] == 1:
-            verdict = (f"tied with {best.model!r} (difference {r.elpd_diff:.1f}, SE {r.dse:.1f}): the evidence cannot "
+            verdict = (f"tied with {best.model!r} (within 2 SE of the paired difference): the evidence cannot "
                        "separate them")
-        else:
-            verdict = f"rank {r['rank']}: below {best.model!r} by {r.elpd_diff:.1f} (SE of the difference {r.dse:.1f})"
+        else:  # name the models that separate it (> 2 SE), not the best: ties are not transitive
+            sep = r.get("below", "")
+            verdict = (f"rank {r['rank']}: below {sep} (paired difference, its SE)" if sep else
+                       f"rank {r['rank']}: below {best.model!r} by {r.elpd_diff:.1f} (SE of the difference {r.dse:.1f})")
+            if r.tied_with:
+                verdict += f"; within 2 SE of {r.tied_with}"
         extra = []
+        if not pd.isna(r.get("cv_l2", pd.NA)):
+            extra.append(f"cross-validated L2 {r.cv_l2:.3f}")
         if not pd.isna(r.get("cv_coverage_90", pd.NA)):
             extra.append(f"held-out 90% intervals cover {r.cv_coverage_90:.0%} ({r.cv_calibration})")
         if "test_l2" in r and not pd.isna(r["test_l2"]):

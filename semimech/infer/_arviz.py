@@ -212,6 +212,25 @@ def reloo(dt, loo_res, *, var_name: str, obs_dim: str, refit, k_threshold: float
                                  pointwise=True)
 
 
+def grouped_elpd(res, elpd_obs: np.ndarray, groups: np.ndarray, *, obs_dim: str, coords, p: float, pareto_k=None):
+    """An ``ELPDData`` over groups of observations: the pointwise ``elpd_obs`` summed per group.
+
+    ``res``: the ``ELPDData`` the values come from (its kind, draws, k-hat threshold are kept);
+    ``groups``: the group code (``0..len(coords)-1``) of each observation. The
+    standard error is then over groups (``sqrt(n var)`` of the group sums), as arviz-stats
+    computes it for any pointwise elpd; ``p`` is the effective number of parameters to report.
+    """
+    import xarray as xr
+    from arviz_stats.utils import ELPDData
+
+    elpd_i = np.bincount(np.asarray(groups), weights=np.asarray(elpd_obs, dtype=float), minlength=len(coords))
+    n = elpd_i.size
+    return ELPDData(kind=res.kind, elpd=float(elpd_i.sum()), se=float(np.sqrt(n * np.var(elpd_i))), p=float(p),
+                    n_samples=res.n_samples, n_data_points=n, scale="log", warning=bool(res.warning),
+                    good_k=res.good_k, elpd_i=xr.DataArray(elpd_i, dims=[obs_dim], coords={obs_dim: list(coords)}),
+                    pareto_k=pareto_k, n_folds=getattr(res, "n_folds", None))
+
+
 def pointwise_elpd(res) -> np.ndarray:
     """The pointwise elpd values of an ``ELPDData`` as a flat numpy array."""
     return np.asarray(res.elpd_i, dtype=float).ravel()
