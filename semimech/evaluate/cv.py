@@ -30,16 +30,22 @@ each held-out row x readout's observed value (a pseudobulk row's mean) under its
 leave-out predictive, ``log E[p(y_rg | draw)]``, and sums over the unit's entries (the unit
 stays the left-out and resampled thing: its standard error is over units). It replaced the
 joint density of the unit's cells (``"cells"``, kept for comparison) after measuring on Norman
-doubles (pseudobulk rows of 100 cells x 105 genes, ``benchmarks/RESULTS_compare.md``):
-the cells' scatter around their mean (the ``y_within`` term) was ~99% of each unit's score
-and depends only on the noise scale, so the noise model, not the prediction, decided the
-ranking; and the joint density over 105 genes of a mean known to within ``sigma / sqrt(100)``
-rests on a single posterior draw (effective sample size of the draws' weights ~1), an
-estimate that cannot be trusted. A marginal entry's density is a one-dimensional average
-over draws, well estimated. What it does not see: correlation between readouts in the
-predictive. The log score still rewards sharp, calibrated intervals on readouts that barely
-change as much as small errors on the ones that change: it measures the predictive
-distribution, not only the predicted mean (a squared-error ranking can differ).
+doubles (pseudobulk rows of 100 cells x 105 genes, leaving out each of the 5 combinable doubles;
+``benchmarks/compare_diagnose.py``, ``benchmarks/RESULTS_compare.md``): the cells' scatter around
+their mean (the ``y_within`` term) was 98-101% of every model's score and depends only on the
+noise scale, so the noise posterior, not the prediction, moved the ranking; and the joint
+density over 105 genes of a mean known to within ``sigma / sqrt(100)`` rested on one or two
+posterior draws (effective number of draws behind the estimate 1.0-1.9), a number that cannot
+be trusted. A marginal entry's density is a one-dimensional average over draws, well
+estimated. What it does not see: correlation between readouts in the predictive.
+
+The log score measures the whole predictive distribution, not only the predicted mean: with
+many readouts that barely change, sharp honest intervals on them weigh as much as the error on
+the few that change. On Norman doubles every model's median error is ~0.01 and the held-out L2
+is carried by a handful of genes, so the elpd of the means and the L2 can rank models
+differently (the additive model: best L2, widest intervals, lowest elpd). For the point error,
+the comparison also reports ``l2`` per unit (the leave-out predictive mean against the observed
+rows) and :func:`semimech.evaluate.compare` can rank on it (``rank_by="l2"``).
 
 Calibration comes with it: the PIT of every held-out row x gene under its leave-out predictive
 (PSIS weights for units scored by PSIS, the refit's draws otherwise) and the interval coverage
@@ -62,6 +68,7 @@ from numpyro.infer import Predictive
 
 from semimech._rng import as_key
 from semimech.errors import DesignError, InferenceError
+from semimech.evaluate._cv_scores import fold_of_unit, psis_pit, score_means
 from semimech.evaluate._pointwise import RowEngine, flat_latent
 from semimech.evaluate.probabilistic import CalibrationReport, pit_calibration
 from semimech.infer import _arviz
@@ -74,8 +81,6 @@ __all__ = ["UNITS", "CrossValidation", "cross_validate", "unit_labels"]
 UNITS = ("perturbation", "combination", "combinable", "single", "context")
 #: What is scored for a held-out unit (see the module docstring).
 SCORES = ("means", "cells")
-#: Bound on held-out entries x draws for ``score="means"`` (the entries' log densities are held in memory).
-MAX_ENTRY_VALUES = 50_000_000
 #: A model that turns traced model data into Python / numpy constants raises one of these.
 _CONSTANT_ERRORS = (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError,
                     jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
@@ -395,7 +400,7 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     reff = 1.0 if fit.method == "svi" else None
     unit_name = unit if isinstance(unit, str) else "custom"
     if score == "means":
-        res, scheme, n_psis, khat_max = _score_means(fit, engine, folds, row_unit, units, k, key=key, reff=reff)
+        res, scheme, n_psis, khat_max = score_means(fit, engine, folds, row_unit, units, k, key=key, reff=reff)
     else:
         ll_units = np.stack([ll_rows[:, row_unit == p].sum(1) for p in range(n_u)], axis=-1)
         dt = _arviz.with_log_likelihood(posterior_tree(fit), {"y": ll_units.reshape(fit.num_chains, fit.num_draws, n_u)},
@@ -403,13 +408,13 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
         if k == n_u:
             res, _ = _arviz.loo(dt, var_name="y", reff=reff)
             khat = np.asarray(res.pareto_k, dtype=float).ravel()
-            _psis_pit(engine, folds, row_unit, _arviz.loo_log_weights(res), key=key)
+            psis_pit(engine, folds, row_unit, _arviz.loo_log_weights(res), key=key)
             bad = khat > float(res.good_k)
             if bad.any():
                 res = _arviz.reloo(dt, res, var_name="y", obs_dim="units", refit=folds, k_threshold=float(res.good_k))
             scheme, n_psis, khat_max = "leave-one-out", int((~bad).sum()), float(np.nanmax(khat))
         else:
-            res = _arviz.kfold(dt, var_name="y", obs_dim="units", folds=_fold_of_unit(n_u, k, key), refit=folds)
+            res = _arviz.kfold(dt, var_name="y", obs_dim="units", folds=fold_of_unit(n_u, k, key), refit=folds)
             scheme, n_psis, khat_max = f"{k}-fold", 0, float("nan")
     elpd_i = _arviz.pointwise_elpd(res)
     if not np.all(np.isfinite(elpd_i)):
@@ -424,69 +429,6 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     return CrossValidation(model=fit.spec.name, unit=unit_name, scheme=scheme, units=units, elpd=res, pit=pit,
                            calibration=pit_calibration(pit), n_psis=n_psis, n_refits=folds.n_refits,
                            khat_max=khat_max, score=score, l2=l2)
-
-
-def _fold_of_unit(n_u: int, k: int, key) -> np.ndarray:
-    """Fold (``1..k``) of each unit: a random permutation dealt round-robin."""
-    order = np.random.default_rng(np.asarray(key, dtype=np.uint32)).permutation(n_u)
-    assign = np.empty(n_u, int)
-    assign[order] = np.arange(n_u) % k + 1
-    return assign
-
-
-def _psis_pit(engine, folds, row_unit, lw, *, key) -> None:
-    """PIT of every held-out row under the full fit's draws, weighted by its unit's PSIS weights."""
-    rows = np.flatnonzero(row_unit >= 0)[: folds.max_pit_rows]
-    rep = engine.replicates(jax.random.fold_in(key, 2), folds.full, rows=rows)
-    folds.pit_rows(rows, rep, None if lw is None else lw[row_unit[rows]])
-
-
-def _score_means(fit, engine, folds, row_unit, units, k, *, key, reff):
-    """``score="means"``: the held-out log density of each row x readout's observed value (a pseudobulk
-    row's mean), each entry scored marginally, summed per unit. Returns ``(ELPDData over units,
-    scheme, units scored by PSIS, largest k-hat)``."""
-    from scipy.special import logsumexp
-
-    design, n_u = fit.design, len(units)
-    rows = np.flatnonzero(row_unit >= 0)
-    g = design.n_genes
-    n_e = rows.size * g
-    if n_e * fit.num_draws > MAX_ENTRY_VALUES:
-        raise DesignError(f"score='means' scores every held-out row x readout ({rows.size} x {g} under "
-                          f"{fit.num_draws} draws): too many values. Fit a pseudobulk (design.pseudobulk()) so that a "
-                          "row is a perturbation's mean, or pass score='cells'.")
-    folds.entry_row, folds.entry_gene = np.repeat(rows, g), np.tile(np.arange(g), rows.size)
-    entry_unit = row_unit[folds.entry_row]
-    ll = engine.entry_log_likelihood(folds.full, rows).reshape(-1, n_e)  # (draws, entries)
-    if not np.all(np.isfinite(ll)):
-        raise InferenceError(f"the log density of {fit.spec.name!r}'s held-out means is not finite for some draws; "
-                             "the fit did not converge or a draw is degenerate. Refit with more steps.")
-    lpd_full = logsumexp(ll, axis=0) - np.log(ll.shape[0])
-    tree = posterior_tree(fit)
-    if k == n_u:  # PSIS over units (the weights of leaving a unit out), then exact refits where k-hat is bad
-        ll_u = np.stack([ll[:, entry_unit == p].sum(1) for p in range(n_u)], axis=-1)
-        dt = _arviz.with_log_likelihood(tree, {"y": ll_u.reshape(fit.num_chains, fit.num_draws, n_u)},
-                                        obs_dim="units", obs_coords=units)
-        loo_u, _ = _arviz.loo(dt, var_name="y", reff=reff)
-        khat = np.asarray(loo_u.pareto_k, dtype=float).ravel()
-        lw = _arviz.loo_log_weights(loo_u)
-        _psis_pit(engine, folds, row_unit, lw, key=key)
-        elpd_e = logsumexp(lw[entry_unit] + ll.T, axis=1)
-        bad = khat > float(loo_u.good_k)
-        for p in np.flatnonzero(bad):
-            pos = np.flatnonzero(entry_unit == p)
-            lli = folds.entries(pos)[0]
-            elpd_e[pos] = logsumexp(lli, axis=0) - np.log(lli.shape[0])
-        res = _arviz.grouped_elpd(loo_u, elpd_e, entry_unit, obs_dim="units", coords=units,
-                                  p=float((lpd_full - elpd_e).sum()), pareto_k=loo_u.pareto_k)
-        return res, "leave-one-out", int((~bad).sum()), float(np.nanmax(khat))
-    dt = _arviz.with_log_likelihood(tree, {"y": ll.reshape(fit.num_chains, fit.num_draws, n_e)},
-                                    obs_dim="entries", obs_coords=np.arange(n_e))
-    res_e = _arviz.kfold(dt, var_name="y", obs_dim="entries", folds=_fold_of_unit(n_u, k, key)[entry_unit],
-                         refit=folds.entries)
-    elpd_e = _arviz.pointwise_elpd(res_e)
-    res = _arviz.grouped_elpd(res_e, elpd_e, entry_unit, obs_dim="units", coords=units, p=float((lpd_full - elpd_e).sum()))
-    return res, f"{k}-fold", 0, float("nan")
 
 
 def _steps(fit, num_steps: int | None) -> int:
