@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from semimech.errors import DesignError
@@ -71,7 +72,11 @@ def network_option(net: Network, *, design=None, targets: Sequence[str] | None =
 
 def default_network(data) -> dict:
     """The PKN-free default: each target stimulates its own input node; each readout is a node
-    regulated by every target with either sign (all candidate edges at the PKN prior)."""
+    regulated by every target with either sign (all candidate edges at the PKN prior).
+
+    The structure comes from static shapes; ``center``/``spread`` are arrays from the control
+    summaries (``baseline_loc``, ``baseline_scale``), which may be traced (a cross-validation fold's
+    priors), so this dict is for the model's own use, not a JSON option."""
     T = int(np.shape(data["target_matrix"])[1])
     G = int(data["n_genes"])
     nodes = [f"target{t}" for t in range(T)] + [f"readout{g}" for g in range(G)]
@@ -82,15 +87,17 @@ def default_network(data) -> dict:
                 src.append(t)
                 dst.append(T + g)
                 sign.append(s)
-    loc = np.asarray(data.get("baseline_loc", np.zeros(G)), float)
-    scale = np.asarray(data.get("baseline_scale", np.ones(G)), float)
-    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    # the control summaries may be traced (a cross-validation fold's priors, computed from the kept rows):
+    # jnp keeps them arrays; everything else comes from static shapes
+    loc = jnp.asarray(data["baseline_loc"], jnp.float32) if data.get("baseline_loc") is not None else jnp.zeros(G)
+    scale = jnp.asarray(data["baseline_scale"], jnp.float32) if data.get("baseline_scale") is not None \
+        else jnp.ones(G)
+    scale = jnp.where(jnp.isfinite(scale) & (scale > 0), scale, 1.0)
     return {"nodes": nodes, "src": src, "dst": dst, "partner": [-1] * len(src), "sign": sign, "kind": [0] * len(src),
             "via": [f"{nodes[a]}>{nodes[b]}" for a, b in zip(src, dst)], "acyclic": True,
             "targets": [f"target{t}" for t in range(T)], "stimulus_nodes": [[t] for t in range(T)],
             "inhibitor_nodes": [[] for _ in range(T)], "genes": [f"readout{g}" for g in range(G)],
-            "readout_node": list(range(T, T + G)), "readout_sign": [1] * G, "center": (loc + scale).tolist(),
-            "spread": scale.tolist()}
+            "readout_node": list(range(T, T + G)), "readout_sign": [1] * G, "center": loc + scale, "spread": scale}
 
 
 def network_arrays(net: dict, *, n_targets: int, n_genes: int) -> dict:
@@ -131,4 +138,4 @@ def network_arrays(net: dict, *, n_targets: int, n_genes: int) -> dict:
             "readout_node": np.asarray(net["readout_node"], np.int32),
             "readout_sign": np.asarray(net.get("readout_sign", [1] * n_genes), np.float32),
             "edge_kind": np.asarray(net["kind"], np.int32),
-            "center": np.asarray(net["center"], np.float32), "spread": np.asarray(net["spread"], np.float32)}
+            "center": jnp.asarray(net["center"], jnp.float32), "spread": jnp.asarray(net["spread"], jnp.float32)}

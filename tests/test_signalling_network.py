@@ -221,3 +221,29 @@ def test_shipped_hepg2_subset_compiles_with_its_vocabulary():
     assert any("feedback" in m for m in messages) and any("pp2a" in m for m in messages)
     assert net.acyclic and {"pi3k", "mek", "ikk", "akt", "erk"} <= set(net.nodes)
     assert {"akt->ras", "erk->ras"} <= {k.replace(">", "->") for k, v in net.dropped.items() if v == "feedback"}
+
+
+def test_default_network_refits_with_a_row_mask():
+    """Cross-validation masks rows, so the control summaries reach the model traced: the PKN-free
+    default network must build from static shapes (np.asarray of a tracer used to fail here)."""
+    import semimech as sm
+    from semimech.models import signalling_network as sn
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["none", "S", "T", "S+T"], 2)
+    frame = pd.DataFrame({"label": labels, "A": rng.normal(size=8), "B": rng.normal(size=8)},
+                         index=[f"r{i}" for i in range(8)])
+    design = sm.Design.from_frame(frame, readouts=["A", "B"], perturbation_key="label", control="none")
+    mask = np.ones(design.n_obs, bool)
+    mask[np.flatnonzero(np.asarray(design.perturbation_index) == 3)[0]] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = sm.fit_svi(sn.SPEC, design, rng_key=0, num_steps=3, num_samples=5, progress_bar=False, row_mask=mask,
+                         off_target=False, readout_block=False)
+    assert np.isfinite(np.asarray(fit.samples["offset_z"])).all()
+    # without a mask the default network's centre and spread are the control summaries, as before
+    from semimech.models._signalling_options import default_network
+
+    data = design.model_data()
+    net = default_network(data)
+    np.testing.assert_allclose(np.asarray(net["spread"]), np.asarray(data["baseline_scale"]), rtol=1e-6)
