@@ -10,8 +10,8 @@ task's prior-knowledge network, fits, and predicts every held-out condition for 
   readout (non-PKN prior). One fit per cell line (a single context), until the factorial
   design's contexts are on main. Measurement noise: a per-readout prior from technical
   replicates (:func:`semimech.measurement.from_replicates`), the duplicated t = 0 samples of the
-  same file (the t = 30 rows have no replicates), plus the model's learned structural error
-  (``misfit``, its default; ``+no_misfit`` holds the sd at the replicates', the old default).
+  same file (the t = 30 rows have no replicates); ``+misfit`` adds the model's learned
+  structural error (``misfit=1.0``), ``+no_misfit`` holds the sd at the replicates' explicitly.
 - ``sachs_loco``: the 20-edge consensus graph with both signs per edge, a ``cd3cd28`` input node
   (-> pip3, plc) stimulated in every condition but PMA and b2cAMP (which withdraw it), ICAM-2 as
   a second input (candidate edges to pip3 and plc), inhibitors on their protein, activators on
@@ -213,3 +213,5 @@ register_model("signalling_network+learned_noise/normal", tasks=("hepg2_combinat
 for _method in ("normal", "lowrank"):
     register_model(f"signalling_network+no_misfit/{_method}", tasks=("hepg2_combinations",))(
         _config(_method, misfit=None))
+    register_model(f"signalling_network+misfit/{_method}", tasks=("hepg2_combinations",))(
+        _config(_method, misfit=1.0))

@@ -55,8 +55,8 @@ readout_block_z, readout_block : (readout_blocks,)
 residual_scale, residual_sd, residual_z
     Per-condition misfit (``residual=True``).
 assay_sd, misfit_sd : (genes,)
-    With a given measurement noise (``noise_sd`` option or the design's noise model) and
-    ``misfit`` (default): the measurement part (sampled for replicate priors and the option) and
+    With a given measurement noise (``noise_sd`` option or the design's noise model) and a
+    ``misfit`` scale: the measurement part (sampled for replicate priors and the option) and
     the learned structural error; ``noise_sd`` is then their total, ``sqrt(assay^2 + misfit^2)``.
 ok_fraction : (), deterministic
     Fraction of conditions whose fixed-point solve converged (feedback networks only).
@@ -137,7 +137,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
           and_prior=(-2.0, 2.5), extra_prior=(-5.0, 2.0), off_target: bool = True, readout_block: bool = True,
           off_target_prior=(-4.0, 2.0),
           basal_prior=(-2.0, 2.0), hill_prior=(-0.5, 1.0), context_scale: float = 1.0, noise_sd=None,
-          residual: bool = False, misfit: float | None = 1.0,
+          residual: bool = False, misfit: float | None = None,
           inhibitor_readout: str = "input", y=None):
     """The signalling-network model; see the module docstring for the sites.
 
@@ -186,7 +186,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         sampled), ``misfit_sd``, and ``noise_sd`` (deterministic total)). Technical replicates
         describe the assay, not how far the network's steady states are from the data; without
         this term an unseen condition's interval is as narrow as the assay's (HepG2 inhibitor
-        combinations: 90% intervals covered 0.82). ``None``: the given noise is the whole sd.
+        combinations: 90% intervals covered 0.82). ``None`` (default): the given noise is the whole sd.
         Each row counts as one measurement of its condition (bulk assays); for rows that are
         means of many cells use ``residual=True``, whose misfit does not shrink with ``n_cells``.
     inhibitor_readout

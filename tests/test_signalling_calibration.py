@@ -2,7 +2,7 @@
 
 Known answer: data = network steady state + a per-condition misfit (sd 0.2, what no network
 explains) + assay noise (sd 0.05, which technical replicates measure). With the replicate prior
-and the learned structural error (``misfit``, the default) the 90% intervals of unseen inhibitor
+and the learned structural error (``misfit=1.0``) the 90% intervals of unseen inhibitor
 combinations cover near 90%; the negative control holds the noise at the replicate level
 (``misfit=None``) and must under-cover. The quick test checks the sites; the fits are slow.
 """
@@ -100,8 +100,8 @@ def test_noise_held_at_the_replicates_under_covers(problem):
 
 
 def test_misfit_sites_follow_the_noise_source():
-    """Quick: with a replicate prior the total sd is a deterministic of assay and misfit; learned
-    noise has no misfit; ``misfit=None`` keeps the replicate prior as the whole sd."""
+    """Quick: with a replicate prior and ``misfit`` the total sd is a deterministic of assay and
+    misfit; learned noise has no misfit; ``misfit=None`` keeps the replicate prior as the whole sd."""
     import jax
     from numpyro import handlers
 
@@ -123,13 +123,13 @@ def test_misfit_sites_follow_the_noise_source():
             d.model_data(), network=opt, y=d.dense_y(), **kw)
         return tr
 
-    tr = sites(design.with_noise(_replicate_noise(readouts, rng)))
+    tr = sites(design.with_noise(_replicate_noise(readouts, rng)), misfit=1.0)
     assert tr["noise_sd"]["type"] == "deterministic" and tr["misfit_sd"]["type"] == "sample"
     total = np.sqrt(np.asarray(tr["assay_sd"]["value"]) ** 2 + np.asarray(tr["misfit_sd"]["value"]) ** 2)
     np.testing.assert_allclose(np.asarray(tr["noise_sd"]["value"]), total, rtol=1e-6)
     plain = sites(design.with_noise(_replicate_noise(readouts, rng)), misfit=None)
     assert "misfit_sd" not in plain and plain["noise_sd"]["type"] == "sample"
-    learned = sites(design)
+    learned = sites(design, misfit=1.0)
     assert "misfit_sd" not in learned and learned["noise_sd"]["type"] == "sample"
-    option = sites(design, noise_sd=0.1)
+    option = sites(design, noise_sd=0.1, misfit=1.0)
     assert option["noise_sd"]["type"] == "deterministic" and "assay_sd" in option
