@@ -148,44 +148,18 @@ def closed_form(p: LogicParams, stim: Float[Array, "... nodes"], keep: Float[Arr
     """Steady state on a DAG, level by level: ``(x, B)``, activity and activation, each (..., nodes).
 
     ``stim``: stimulus input per node in [0, 1]; ``keep``: activity scale per node (1 - inhibition).
-
-    The levels are unrolled (each is a few array operations); to keep the program small (it is
-    compiled with its gradient in every fit) each level's outputs are concatenated in level order
-    (no scatters), with a shared Hill exponent ``x^n`` is taken once per node and ``k^n`` once per
-    edge, and one gather restores the node order at the end.
     """
     if not st.levels:
         raise ValueError("closed_form needs an acyclic structure (levels); use fixed_point for feedback networks.")
-    order = np.concatenate([nodes for nodes, _ in st.levels])
-    pos = np.empty(st.n_nodes, int)
-    pos[order] = np.arange(st.n_nodes)  # a node's place in level order
     shape = jnp.broadcast_shapes(jnp.shape(stim), jnp.shape(keep), jnp.shape(p.basal))
-    shared_n = jnp.ndim(p.n) == 0 or jnp.shape(p.n)[-1] != st.src.size
-    kn = jnp.exp(p.n * jnp.log(p.k)) if shared_n else None
-    xs, bs, xns = [], [], []
+    x = jnp.zeros(shape)
+    B = jnp.zeros(shape)
     for nodes, edges in st.levels:
-        terms = None
-        if edges.size and shared_n:
-            xn = jnp.concatenate(xns, axis=-1)
-            kne = kn[..., edges]
-            a = xn[..., pos[st.src[edges]]]
-            a = a / (a + kne) * (1.0 + kne)
-            part = st.partner[edges]
-            if np.any(part >= 0):
-                b = xn[..., pos[np.maximum(part, 0)]]
-                a = a * jnp.where(part >= 0, b / (b + kne) * (1.0 + kne), 1.0)
-            terms = jnp.log1p(-jnp.clip(p.w[..., edges] * a, 0.0, 1.0 - _EPS))
-        elif edges.size:  # per-edge exponents: the general edge terms on the nodes so far
-            done = jnp.concatenate(xs, axis=-1)
-            pad = jnp.zeros(shape[:-1] + (st.n_nodes - done.shape[-1],))
-            terms = _edge_terms(jnp.concatenate([done, pad], axis=-1)[..., pos], p, st, edges)
-        b = jnp.broadcast_to(_combine(terms, edges, nodes, p, stim, st), shape[:-1] + (nodes.size,))
-        x = keep[..., nodes] * b
-        xs.append(x)
-        bs.append(b)
-        if shared_n:
-            xns.append(jnp.exp(p.n * jnp.log(jnp.maximum(jnp.clip(x, 0.0, 1.0), 1e-12))))
-    return jnp.concatenate(xs, axis=-1)[..., pos], jnp.concatenate(bs, axis=-1)[..., pos]
+        terms = _edge_terms(x, p, st, edges) if edges.size else None
+        b = _combine(terms, edges, nodes, p, stim, st)
+        B = B.at[..., nodes].set(b)
+        x = x.at[..., nodes].set(keep[..., nodes] * b)
+    return x, B
 
 
 def activation(x, p: LogicParams, stim, st: Structure):
