@@ -215,3 +215,5 @@ for _method in ("normal", "lowrank"):
         _config(_method, misfit=None))
     register_model(f"signalling_network+misfit/{_method}", tasks=("hepg2_combinations",))(
         _config(_method, misfit=1.0))
+    register_model(f"signalling_network+misfit_cut/{_method}", tasks=("hepg2_combinations",))(
+        _config(_method, misfit=1.0, misfit_cut=True))

@@ -58,6 +58,8 @@ assay_sd, misfit_sd : (genes,)
     With a given measurement noise (``noise_sd`` option or the design's noise model) and a
     ``misfit`` scale: the measurement part (sampled for replicate priors and the option) and
     the learned structural error; ``noise_sd`` is then their total, ``sqrt(assay^2 + misfit^2)``.
+misfit_cut : factor
+    ``misfit_cut=True``: the residuals' likelihood that alone informs ``misfit_sd`` (cut posterior).
 ok_fraction : (), deterministic
     Fraction of conditions whose fixed-point solve converged (feedback networks only).
 mean : (perturbations, genes), deterministic
@@ -76,6 +78,7 @@ import numpyro.distributions as dist
 
 from semimech.infer.spec import ModelSpec
 from semimech.measurement import gene_noise, observe_conditions, to_data_scale
+from semimech.measurement.likelihoods import total_sd
 from semimech.models import _logic
 from semimech.models import _network as net_helpers
 from semimech.models._pkn import Network, NetworkWarning, compile_network, default_readouts
@@ -99,8 +102,8 @@ def _logit_normal(name, mu, s, z_shape_plate, *, ctx, ctx_scale, plate_ctx):
     return logit[None]
 
 
-def _noise(data, genes, spread, *, likelihood: str, noise_sd, misfit):
-    """Per-readout sd of one observation.
+def _noise(data, genes, spread, *, likelihood: str, noise_sd, misfit, cut: bool = False):
+    """Per-readout sd of one observation: ``(sd the rows are observed with, cut)``.
 
     The measurement part: the ``noise_sd`` option's prior, else the design's noise model
     (:mod:`semimech.measurement.noise`: known, xMAP, from replicates), else learned (half-normal on
@@ -108,6 +111,8 @@ def _noise(data, genes, spread, *, likelihood: str, noise_sd, misfit):
     ``misfit`` is a number, the network's structural error is learned on top, in quadrature:
     ``misfit_sd ~ HalfNormal(misfit * spread)`` per readout (site ``assay_sd`` then holds the
     measurement part, ``noise_sd`` the total). A learned noise already absorbs the misfit.
+    With ``cut`` the rows are observed with the measurement part only and ``cut`` is
+    ``(assay, misfit_sd)`` for :func:`_misfit_cut`; otherwise ``cut`` is None.
     """
     kind = data.get("noise_kind", "learned")
     known = noise_sd is not None or kind != "learned"
@@ -115,29 +120,49 @@ def _noise(data, genes, spread, *, likelihood: str, noise_sd, misfit):
         noise_sd is None and kind in ("fixed", "xmap") and data.get("noise_extra", False))
     if likelihood != "normal" or (noise_sd is None and kind != "learned" and not add_misfit):
         with genes:
-            return gene_noise(data, likelihood=likelihood)
+            return gene_noise(data, likelihood=likelihood), None
     with genes:
         if noise_sd is None and not known:
-            return numpyro.sample("noise_sd", dist.HalfNormal(spread))
+            return numpyro.sample("noise_sd", dist.HalfNormal(spread)), None
         if noise_sd is None and kind == "replicates":
             assay = numpyro.sample("assay_sd", dist.LogNormal(jnp.asarray(data["noise_prior_loc"]),
                                                               jnp.asarray(data["noise_prior_scale"])))
         elif noise_sd is None:  # fixed / xMAP: the known part enters through total_sd
-            assay = 0.0
+            assay = jnp.zeros_like(spread)
         else:
             loc, rel = (noise_sd, 0.3) if np.ndim(noise_sd) == 0 else noise_sd
             assay = numpyro.sample("assay_sd" if add_misfit else "noise_sd", dist.LogNormal(jnp.log(loc), rel))
             if not add_misfit:
-                return assay
+                return assay, None
         mis = numpyro.sample("misfit_sd", dist.HalfNormal(misfit * spread))
-        return numpyro.deterministic("noise_sd", jnp.sqrt(assay**2 + mis**2))
+        total = numpyro.deterministic("noise_sd", jnp.sqrt(assay**2 + mis**2))
+    return (assay, (assay, mis)) if cut else (total, None)
+
+
+def _misfit_cut(loc_p, assay, mis, data, y):
+    """The structural error's likelihood, cut from the network (modular inference).
+
+    The rows' residuals from the fitted network (``stop_gradient``: no feedback into the
+    network's parameters or the measurement part) observed with ``sqrt(measurement^2 +
+    misfit_sd^2)``; only ``misfit_sd`` learns from this factor. Batch offsets are not removed.
+    """
+    if y is None:
+        return
+    pidx = jnp.asarray(data["perturbation_index"])
+    loc = jax.lax.stop_gradient(loc_p)[pidx]
+    meas = jax.lax.stop_gradient(total_sd(assay, data, loc))
+    sd = jnp.sqrt(meas**2 + mis**2) / jnp.sqrt(jnp.asarray(data["n_cells"]))[:, None]
+    lp = dist.Normal(loc, sd).log_prob(jnp.asarray(y))
+    if data.get("row_mask") is not None:
+        lp = jnp.where(jnp.asarray(data["row_mask"], bool)[:, None], lp, 0.0)
+    numpyro.factor("misfit_cut", jnp.sum(lp))
 
 
 def model(data, *, likelihood: str = "normal", network: dict | None = None, edge_prior=(-1.0, 2.5),
           and_prior=(-2.0, 2.5), extra_prior=(-5.0, 2.0), off_target: bool = True, readout_block: bool = True,
           off_target_prior=(-4.0, 2.0),
           basal_prior=(-2.0, 2.0), hill_prior=(-0.5, 1.0), context_scale: float = 1.0, noise_sd=None,
-          residual: bool = False, misfit: float | None = None,
+          residual: bool = False, misfit: float | None = None, misfit_cut: bool = False,
           inhibitor_readout: str = "input", y=None):
     """The signalling-network model; see the module docstring for the sites.
 
@@ -189,6 +214,12 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         combinations: 90% intervals covered 0.82). ``None`` (default): the given noise is the whole sd.
         Each row counts as one measurement of its condition (bulk assays); for rows that are
         means of many cells use ``residual=True``, whose misfit does not shrink with ``n_cells``.
+    misfit_cut
+        Estimate ``misfit_sd`` in a cut (modular) posterior: the network is fitted with the
+        measurement noise alone, as if it were right, and ``misfit_sd`` from its residuals
+        without feedback (factor ``misfit_cut``; Plummer, Stat Comput 25:37, 2015), so a larger
+        total sd does not loosen the network's own fit; predictions use the total sd. The
+        pointwise log-likelihood (LOO) then holds the measurement part only.
     inhibitor_readout
         ``"input"``: a readout of an inhibited node measures its activation ``B``; ``"activity"``:
         the scaled activity ``keep * B``.
@@ -283,7 +314,10 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     loc_p = offset[ctx] + scale[ctx] * m_r
     if residual:
         loc_p = net_helpers.residual(loc_p, data, genes, unit=spread, scale=0.5)
-    noise = _noise(data, genes, spread, likelihood=likelihood, noise_sd=noise_sd, misfit=misfit)
+    noise, cut = _noise(data, genes, spread, likelihood=likelihood, noise_sd=noise_sd, misfit=misfit,
+                        cut=misfit_cut)
+    if cut is not None:
+        _misfit_cut(loc_p, *cut, data, y)
     with numpyro.plate("perturbations", P, dim=-2), genes:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
     observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y)

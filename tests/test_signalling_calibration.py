@@ -133,3 +133,42 @@ def test_misfit_sites_follow_the_noise_source():
     assert "misfit_sd" not in learned and learned["noise_sd"]["type"] == "sample"
     option = sites(design, noise_sd=0.1, misfit=1.0)
     assert option["noise_sd"]["type"] == "deterministic" and "assay_sd" in option
+
+
+def test_cut_misfit_leaves_the_network_fit_to_the_measurement_noise():
+    """Quick: with ``misfit_cut`` the gradient of the log density in the network's parameters is
+    that of the model observed with the measurement sd alone (the misfit does not feed back);
+    the joint misfit (control) changes it."""
+    import jax
+    from numpyro import handlers
+    from numpyro.infer.util import log_density
+
+    import semimech as sm
+    from semimech.models import signalling_network as sn
+
+    rng = np.random.default_rng(0)
+    net = _network()
+    readouts = list(net.readouts)
+    labels = ["none", "S0", "S1", "S0+A0i", "S1+A1i", "S2+A2i"]
+    frame = pd.DataFrame(rng.normal(2.0, 0.3, (6, len(readouts))), columns=readouts, index=[f"r{i}" for i in range(6)])
+    frame["label"] = labels
+    design = sm.Design.from_frame(frame, readouts=readouts, perturbation_key="label", control="none")
+    design = design.with_noise(_replicate_noise(readouts, rng))
+    data, y = design.model_data(), design.dense_y()
+    opt = dict(network=sn.network_option(net, design=design), off_target=False, readout_block=False, y=y)
+    tr = handlers.trace(handlers.seed(sn.model, jax.random.PRNGKey(0))).get_trace(data, misfit=1.0, **opt)
+    params = {k: v["value"] for k, v in tr.items() if v["type"] == "sample" and not v["is_observed"]}
+    params["misfit_sd"] = 0.3 * np.ones(len(readouts), np.float32)  # a misfit that matters
+
+    def grad(p, **kw):
+        return jax.grad(lambda q: log_density(sn.model, (data,), {**opt, **kw}, q)[0])(p)
+
+    cut = grad(params, misfit=1.0, misfit_cut=True)
+    joint = grad(params, misfit=1.0)
+    plain = {k: v for k, v in params.items() if k not in ("assay_sd", "misfit_sd")}
+    plain["noise_sd"] = params["assay_sd"]
+    alone = grad(plain, misfit=None)
+    for site in ("offset_z", "scale_z", "edge_z", "basal_z"):
+        np.testing.assert_allclose(np.asarray(cut[site]), np.asarray(alone[site]), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(np.asarray(joint["offset_z"]), np.asarray(alone["offset_z"]), atol=1e-3)
+    assert np.all(np.asarray(cut["misfit_sd"]) != 0)
