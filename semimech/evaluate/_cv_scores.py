@@ -28,13 +28,10 @@ def psis_pit(engine, folds, row_unit, lw, *, key) -> None:
     folds.pit_rows(rows, rep, None if lw is None else lw[row_unit[rows]])
 
 
-def score_means(fit, engine, folds, row_unit, units, k, *, key, reff):
-    """``score="means"``: the held-out log density of each row x readout's observed value (a pseudobulk
-    row's mean), each entry scored marginally, summed per unit. Returns ``(ELPDData over units,
-    scheme, units scored by PSIS, largest k-hat)``."""
-    from scipy.special import logsumexp
-
-    design, n_u = fit.design, len(units)
+def entry_values(fit, engine, folds, row_unit) -> np.ndarray:
+    """``(draws, entries)``: the full fit's log density of every held-out row x readout (sets the
+    entries' rows and genes on ``folds``). The first evaluation of the model for ``score="means"``."""
+    design = fit.design
     rows = np.flatnonzero(row_unit >= 0)
     g = design.n_genes
     n_e = rows.size * g
@@ -43,11 +40,21 @@ def score_means(fit, engine, folds, row_unit, units, k, *, key, reff):
                           f"{fit.num_draws} draws): too many values. Fit a pseudobulk (design.pseudobulk()) so that a "
                           "row is a perturbation's mean, or pass score='cells'.")
     folds.entry_row, folds.entry_gene = np.repeat(rows, g), np.tile(np.arange(g), rows.size)
-    entry_unit = row_unit[folds.entry_row]
-    ll = engine.entry_log_likelihood(folds.full, rows).reshape(-1, n_e)  # (draws, entries)
+    ll = engine.entry_log_likelihood(folds.full, rows).reshape(-1, n_e)
     if not np.all(np.isfinite(ll)):
         raise InferenceError(f"the log density of {fit.spec.name!r}'s held-out means is not finite for some draws; "
                              "the fit did not converge or a draw is degenerate. Refit with more steps.")
+    return ll
+
+
+def score_means(fit, engine, folds, row_unit, units, k, ll, *, key, reff):
+    """``score="means"``: the held-out log density of each row x readout's observed value (a pseudobulk
+    row's mean), each entry scored marginally, summed per unit; ``ll`` from :func:`entry_values`.
+    Returns ``(ELPDData over units, scheme, units scored by PSIS, largest k-hat)``."""
+    from scipy.special import logsumexp
+
+    n_u, n_e = len(units), ll.shape[1]
+    entry_unit = row_unit[folds.entry_row]
     lpd_full = logsumexp(ll, axis=0) - np.log(ll.shape[0])
     tree = posterior_tree(fit)
     if k == n_u:  # PSIS over units (the weights of leaving a unit out), then exact refits where k-hat is bad

@@ -68,7 +68,7 @@ from numpyro.infer import Predictive
 
 from semimech._rng import as_key
 from semimech.errors import DesignError, InferenceError
-from semimech.evaluate._cv_scores import fold_of_unit, psis_pit, score_means
+from semimech.evaluate._cv_scores import entry_values, fold_of_unit, psis_pit, score_means
 from semimech.evaluate._pointwise import RowEngine, flat_latent
 from semimech.evaluate.probabilistic import CalibrationReport, pit_calibration
 from semimech.infer import _arviz
@@ -386,8 +386,11 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     engine = RowEngine(fit)
     folds = _Folds(fit, engine, row_unit, num_steps=_steps(fit, num_steps), refit_options=refit_options,
                    key=jax.random.fold_in(key, 1), max_pit_rows=max_pit_rows)
-    try:
-        ll_rows = engine.log_likelihood(folds.full)
+    try:  # the first evaluation of the model at the fold-wise (traced) prior constants
+        if score == "means":
+            ll_rows = entry_values(fit, engine, folds, row_unit)
+        else:
+            ll_rows = engine.log_likelihood(folds.full)
     except _CONSTANT_ERRORS as err:
         raise InferenceError(
             f"{fit.spec.name!r} cannot be cross-validated with masked rows: it reads its data-centred prior "
@@ -400,7 +403,7 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     reff = 1.0 if fit.method == "svi" else None
     unit_name = unit if isinstance(unit, str) else "custom"
     if score == "means":
-        res, scheme, n_psis, khat_max = score_means(fit, engine, folds, row_unit, units, k, key=key, reff=reff)
+        res, scheme, n_psis, khat_max = score_means(fit, engine, folds, row_unit, units, k, ll_rows, key=key, reff=reff)
     else:
         ll_units = np.stack([ll_rows[:, row_unit == p].sum(1) for p in range(n_u)], axis=-1)
         dt = _arviz.with_log_likelihood(posterior_tree(fit), {"y": ll_units.reshape(fit.num_chains, fit.num_draws, n_u)},
