@@ -70,7 +70,7 @@ def problem():
     return net, train, double, truth
 
 
-def _coverage(problem, *, misfit, prob=0.9):
+def _coverage(problem, *, misfit, prob=0.9, **options):
     import semimech as sm
     from semimech.models import signalling_network as sn
 
@@ -79,7 +79,7 @@ def _coverage(problem, *, misfit, prob=0.9):
         warnings.simplefilter("ignore")
         fit = sm.fit_svi(sn.SPEC, train, rng_key=0, num_steps=2000, num_samples=300, progress_bar=False,
                          network=sn.network_option(net, design=train), off_target=False, readout_block=False,
-                         misfit=misfit)
+                         misfit=misfit, **options)
         pred = sm.predict(fit, double, rng_key=1, num_cells=1, steady_state_draws=0)
     lo, hi = pred.interval(prob)
     return float(np.mean((truth >= lo) & (truth <= hi))), fit
@@ -91,6 +91,12 @@ def test_learned_misfit_covers_unseen_combinations(problem):
     assert 0.8 <= cov <= 0.98, cov
     misfit = np.asarray(fit.samples["misfit_sd"]).reshape(-1, 9).mean(0)
     assert 0.1 < np.median(misfit) < 0.35  # the structural error found, near its 0.2
+
+
+@pytest.mark.slow
+def test_cut_misfit_covers_unseen_combinations(problem):
+    cov, fit = _coverage(problem, misfit=1.0, misfit_cut=True)
+    assert 0.8 <= cov <= 0.98, cov
 
 
 @pytest.mark.slow
