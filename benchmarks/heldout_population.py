@@ -140,3 +140,10 @@ def additive_pca(fold, *, seed, budget):
 def additive_horseshoe(fold, *, seed, budget):
     """additive model with horseshoe effects (before issue 13): cannot predict unseen targets."""
     return _additive(fold, seed=seed, budget=budget, effects="horseshoe")
+
+
+
+@register_model("additive/no-knockdown", tasks=POPULATION_TASKS)
+def additive_no_knockdown(fold, *, seed, budget):
+    """additive model without the knockdown population (a target's own gene is one more population entry)."""
+    return _additive(fold, seed=seed, budget=budget, effect_knockdown=False)

@@ -14,10 +14,12 @@ Sample sites
 baseline : (genes,)
     Control mean on the latent scale (data units for ``normal``, log rate for ``negbin``).
 effect_centre, effect_mean, program_scale, program_loadings, program_z,
-embedding_scale, embedding_coef, effect_scale, effect_sd, effect_z
+embedding_scale, embedding_coef, effect_scale, effect_sd, effect_z, knockdown_mean, knockdown_sd
     The effect population (``effects="population"``, the default for label designs): a shared mean response, ``effect_programs``
     programs, an optional embedding regression (side information) and per-target deviations, see
     :mod:`semimech.models._effects`. A target never perturbed in training draws its effect from it.
+    A gene target's effect on its own gene is a knockdown from its own population (``knockdown_mean``, ``knockdown_sd``;
+    ``effect_knockdown=False`` leaves it to the effect population).
     With ``effects="horseshoe"`` (the default for factor designs): ``effect_scale`` (), ``effect_local`` and ``effect_z`` (targets,
     genes), ``effect = effect_scale * effect_local * effect_z`` (sparse, but an unseen target has
     no finite predictive mean on the log scale, so it cannot be predicted).
@@ -52,7 +54,7 @@ EFFECTS = ("population", "horseshoe")
 
 
 def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, effects: str | None = None,
-          effect_programs: int = 2, embedding=None, gene_embedding=None, y=None):
+          effect_programs: int = 2, effect_knockdown: bool = True, embedding=None, gene_embedding=None, y=None):
     """The additive perturbation model; see the module docstring for the sites.
 
     ``effects``: ``"population"`` or ``"horseshoe"``; ``None`` (default) chooses ``"population"`` for
@@ -61,7 +63,9 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     the horseshoe).
     ``embedding`` and ``gene_embedding`` (side information) come from
     :func:`semimech.models.target_embedding`; ``effect_programs`` is the number of shared programs of
-    the effect population.
+    the effect population; ``effect_knockdown`` (default True): a gene target's effect on its own
+    gene comes from a knockdown population of its own (``knockdown_*`` sites) instead of the
+    effect population's deviations.
     """
     n_genes = data["n_genes"]
     tm = jnp.asarray(data["target_matrix"])
@@ -79,7 +83,7 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     if effects == "population":
         effect = _effects.target_effects(data, genes, unit=unit, prior_scale=effect_prior_scale,
                                          n_programs=effect_programs, embedding=embedding, gene_embedding=gene_embedding,
-                                         baseline=baseline)
+                                         baseline=baseline, own_gene=effect_knockdown)
     else:
         tau = numpyro.sample("effect_scale", dist.HalfNormal(effect_prior_scale))
     with numpyro.plate("targets", n_targets, dim=-2), genes:
