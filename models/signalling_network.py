@@ -56,10 +56,10 @@ residual_scale, residual_sd, residual_z
     Per-condition misfit (``residual=True``).
 assay_sd, misfit_sd : (genes,)
     With a given measurement noise (``noise_sd`` option or the design's noise model) and a
-    ``misfit`` scale: the measurement part (sampled for replicate priors and the option) and
+    ``misfit`` scale (default): the measurement part (sampled for replicate priors and the option) and
     the learned structural error; ``noise_sd`` is then their total, ``sqrt(assay^2 + misfit^2)``.
 misfit_cut : factor
-    ``misfit_cut=True``: the residuals' likelihood that alone informs ``misfit_sd`` (cut posterior).
+    ``misfit_cut=True`` (default): the residuals' likelihood that alone informs ``misfit_sd`` (cut posterior).
 ok_fraction : (), deterministic
     Fraction of conditions whose fixed-point solve converged (feedback networks only).
 mean : (perturbations, genes), deterministic
@@ -162,7 +162,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
           and_prior=(-2.0, 2.5), extra_prior=(-5.0, 2.0), off_target: bool = True, readout_block: bool = True,
           off_target_prior=(-4.0, 2.0),
           basal_prior=(-2.0, 2.0), hill_prior=(-0.5, 1.0), context_scale: float = 1.0, noise_sd=None,
-          residual: bool = False, misfit: float | None = None, misfit_cut: bool = False,
+          residual: bool = False, misfit: float | None = 1.0, misfit_cut: bool = True,
           inhibitor_readout: str = "input", y=None):
     """The signalling-network model; see the module docstring for the sites.
 
@@ -211,15 +211,20 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         sampled), ``misfit_sd``, and ``noise_sd`` (deterministic total)). Technical replicates
         describe the assay, not how far the network's steady states are from the data; without
         this term an unseen condition's interval is as narrow as the assay's (HepG2 inhibitor
-        combinations: 90% intervals covered 0.82). ``None`` (default): the given noise is the whole sd.
+        combinations: 90% intervals covered 0.82; with the default cut misfit 0.85, same RMSE).
+        ``None``: the given noise is the whole sd.
         Each row counts as one measurement of its condition (bulk assays); for rows that are
         means of many cells use ``residual=True``, whose misfit does not shrink with ``n_cells``.
     misfit_cut
-        Estimate ``misfit_sd`` in a cut (modular) posterior: the network is fitted with the
+        (Default.) Estimate ``misfit_sd`` in a cut (modular) posterior: the network is fitted with the
         measurement noise alone, as if it were right, and ``misfit_sd`` from its residuals
         without feedback (factor ``misfit_cut``; Plummer, Stat Comput 25:37, 2015), so a larger
         total sd does not loosen the network's own fit; predictions use the total sd. The
-        pointwise log-likelihood (LOO) then holds the measurement part only.
+        pointwise log-likelihood (LOO) then holds the measurement part only. The cut lives in
+        the gradient (``stop_gradient``), so it is exact for SVI (``fit_svi``); under NUTS the
+        factor would enter the target density itself: use ``misfit_cut=False`` with ``fit_nuts``. ``False``: the
+        joint model, where the wider sd also loosens the network's fit (HepG2: learning the
+        whole noise cost accuracy, 0.2045 vs 0.1831).
     inhibitor_readout
         ``"input"``: a readout of an inhibited node measures its activation ``B``; ``"activity"``:
         the scaled activity ``keep * B``.
