@@ -167,3 +167,12 @@ def test_reading_names_the_models_that_separate_a_rank_two_model():
     line_c = next(ln for ln in text.splitlines() if ln.startswith("C:"))
     assert "rank 2: below B by 10.0 (SE 0.0)" in line_c and "within 2 SE of A" in line_c
     assert "below A" not in line_c and "below 'A'" not in line_c     # the best does not separate it
+
+
+@pytest.mark.slow  # refits of two models
+def test_rank_by_l2_ranks_on_the_cross_validated_point_error(pair):
+    table = compare(pair, unit="combinable", k=2, num_steps=120, rank_by="l2", row_loo=False, checks=False)
+    by = table.set_index("model")
+    assert by.loc["additive", "rank"] == 1 and by.loc["null", "rank"] == 2     # generating model vs forced-zero
+    assert by.loc["additive", "cv_l2"] < by.loc["null", "cv_l2"] and by.loc["null", "below"].startswith("additive by ")
+    assert table.attrs["rank_by"] == "l2" and "lowest cross-validated L2" in reading(table)
