@@ -63,8 +63,15 @@ def test_a_masked_row_adds_exactly_nothing_to_the_log_density(fit, design):
         np.testing.assert_allclose(data_s[k], data[k])
     dropped, _ = log_density(model_s, (data_s,), {"y": y_s}, params)
     np.testing.assert_allclose(float(masked), float(dropped), rtol=1e-5)
-    full, _ = log_density(*_prepare(additive.SPEC, design, {})[:1], (data | {"row_mask": None},), {"y": y}, params)
-    assert abs(float(full) - float(masked)) > 1.0                     # the row did count before masking
+    # negative control: moving the held-out row's readouts changes the unmasked density a lot, the masked not at all
+    y_moved = np.asarray(y).copy()
+    y_moved[held] += 5.0
+    full_model = _prepare(additive.SPEC, design, {})[0]
+    full, _ = log_density(full_model, (data | {"row_mask": None},), {"y": y}, params)
+    full_moved, _ = log_density(full_model, (data | {"row_mask": None},), {"y": y_moved}, params)
+    masked_moved, _ = log_density(model, (data,), {"y": y_moved}, params)
+    assert abs(float(full_moved) - float(full)) > 10.0                # the row counts when it is not masked
+    np.testing.assert_allclose(float(masked_moved), float(masked), rtol=1e-6)
 
 
 def test_row_mask_input_is_checked(design):
