@@ -335,4 +335,5 @@ SPEC = ModelSpec(
     "(normalised Hill, OR/AND gates), stimuli switch input nodes on, inhibitors scale their node's activity; "
     "edges shrink to absent unless the data need them",
     predicts_unseen_targets=True,
+    cut_sites=("misfit_cut",),
 )

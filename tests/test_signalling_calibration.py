@@ -178,3 +178,29 @@ def test_cut_misfit_leaves_the_network_fit_to_the_measurement_noise():
         np.testing.assert_allclose(np.asarray(cut[site]), np.asarray(alone[site]), rtol=1e-4, atol=1e-4)
     assert not np.allclose(np.asarray(joint["offset_z"]), np.asarray(alone["offset_z"]), atol=1e-3)
     assert np.all(np.asarray(cut["misfit_sd"]) != 0)
+
+
+def test_a_cut_posterior_is_fitted_by_svi_and_refused_by_nuts():
+    """Quick: with the measurement noise given, the default structural error is a cut factor:
+    ``sm.fit`` chooses SVI and says why, ``fit_nuts`` refuses with the fix; negative controls:
+    ``misfit_cut=False`` and a learned noise (no cut factor) leave NUTS available."""
+    import semimech as sm
+    from semimech.errors import InferenceError
+    from semimech.infer.auto import choose_method
+    from semimech.models import signalling_network as sn
+
+    rng = np.random.default_rng(0)
+    net = _network()
+    readouts = list(net.readouts)
+    frame = pd.DataFrame(rng.normal(2.0, 0.3, (6, len(readouts))), columns=readouts, index=[f"r{i}" for i in range(6)])
+    frame["label"] = ["none", "S0", "S1", "S0+A0i", "S1+A1i", "S2+A2i"]
+    plain = sm.Design.from_frame(frame, readouts=readouts, perturbation_key="label", control="none")
+    design = plain.with_noise(_replicate_noise(readouts, rng))
+    opts = dict(network=sn.network_option(net, design=design), off_target=False, readout_block=False)
+    method, reason = choose_method(sn.SPEC, design, **opts)
+    assert method == "svi" and "cut posterior" in reason and "misfit_cut" in reason
+    with pytest.raises(InferenceError, match="cut posterior.*misfit_cut=False"):
+        sm.fit_nuts(sn.SPEC, design, rng_key=0, num_warmup=2, num_samples=2, progress_bar=False, **opts)
+    assert choose_method(sn.SPEC, design, misfit_cut=False, **opts)[0] != "svi" or \
+        "cut" not in choose_method(sn.SPEC, design, misfit_cut=False, **opts)[1]
+    assert "cut" not in choose_method(sn.SPEC, plain, **{**opts, "network": sn.network_option(net, design=plain)})[1]

@@ -39,11 +39,27 @@ def latent_size(spec: ModelSpec, design, **options) -> int:
     return int(sum(np.prod(shape, dtype=np.int64) for kind, shape, _, _ in sites.values() if kind == "sample"))
 
 
+def cut_sites_present(spec: ModelSpec, design, **options) -> list[str]:
+    """The ``spec.cut_sites`` in the model's trace on this design with these options (see ModelSpec)."""
+    if not spec.cut_sites:
+        return []
+    from semimech.infer._sites import abstract_trace
+    from semimech.infer.fit import _prepare
+
+    model, data, y, _ = _prepare(spec, design, options, warn=False)
+    sites = abstract_trace(model, data, y)
+    return [name for name in spec.cut_sites if name in sites]
+
+
 def choose_method(spec: ModelSpec, design, **options) -> tuple[str, str]:
     """``("nuts" | "svi", reason)`` for the default fit of ``spec`` on ``design``."""
     from semimech.checks import is_steady_state_model
     from semimech.measurement.replicates import has_replicates
 
+    cut = cut_sites_present(spec, design, **options)
+    if cut:
+        return "svi", (f"the model's density is a cut posterior here (site {cut[0]!r}), which SVI fits as intended and "
+                       "NUTS cannot; see the model's options to turn the cut off for NUTS")
     if is_steady_state_model(spec):
         return "svi", "a steady-state model: NUTS would cost a steady-state solve per gradient evaluation"
     if has_replicates(design):

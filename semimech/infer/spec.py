@@ -33,6 +33,12 @@ class ModelSpec:
         data the model's side information (e.g. an embedding option) covers; ``predict`` uses it
         to say whether an unseen target is answered from side information or from the population
         alone. ``None``: the model has no side information.
+    cut_sites
+        Factor sites that make the model's density a *cut* posterior (a factor whose gradient is
+        stopped on purpose, e.g. a structural-error term learned from residuals without feeding
+        back into the rest of the model). SVI fits it as intended; NUTS cannot (its gradient
+        would not be the gradient of its density), so :func:`semimech.fit` chooses SVI and
+        :func:`semimech.fit_nuts` refuses while such a site is in the traced model.
     """
 
     name: str
@@ -42,6 +48,7 @@ class ModelSpec:
     predicts_unseen_targets: bool = False
     default_options: dict = dataclasses.field(default_factory=dict)
     side_information: Callable | None = None
+    cut_sites: tuple[str, ...] = ()
 
     def noise_site(self, likelihood: str) -> str:
         return "noise_sd" if likelihood == "normal" else "concentration"
