@@ -41,14 +41,15 @@ def latent_size(spec: ModelSpec, design, **options) -> int:
 
 def cut_sites_present(spec: ModelSpec, design, **options) -> list[str]:
     """The ``spec.cut_sites`` in the model's trace on this design with these options (see ModelSpec)."""
-    if not spec.cut_sites:
+    names = getattr(spec, "cut_sites", ())  # time-course specs have none (and take other designs)
+    if not names:
         return []
     from semimech.infer._sites import abstract_trace
     from semimech.infer.fit import _prepare
 
     model, data, y, _ = _prepare(spec, design, options, warn=False)
     sites = abstract_trace(model, data, y)
-    return [name for name in spec.cut_sites if name in sites]
+    return [name for name in names if name in sites]
 
 
 def choose_method(spec: ModelSpec, design, **options) -> tuple[str, str]:
