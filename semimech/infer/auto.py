@@ -39,17 +39,25 @@ def latent_size(spec: ModelSpec, design, **options) -> int:
     return int(sum(np.prod(shape, dtype=np.int64) for kind, shape, _, _ in sites.values() if kind == "sample"))
 
 
-def cut_sites_present(spec: ModelSpec, design, **options) -> list[str]:
-    """The ``spec.cut_sites`` in the model's trace on this design with these options (see ModelSpec)."""
+def cut_sites_in(spec: ModelSpec, model, data, y) -> list[str]:
+    """The ``spec.cut_sites`` in the trace of an already prepared ``model`` (see ModelSpec)."""
     names = getattr(spec, "cut_sites", ())  # time-course specs have none (and take other designs)
     if not names:
         return []
     from semimech.infer._sites import abstract_trace
+
+    sites = abstract_trace(model, data, y)
+    return [name for name in names if name in sites]
+
+
+def cut_sites_present(spec: ModelSpec, design, **options) -> list[str]:
+    """The ``spec.cut_sites`` in the model's trace on this design with these options (see ModelSpec)."""
+    if not getattr(spec, "cut_sites", ()):
+        return []
     from semimech.infer.fit import _prepare
 
     model, data, y, _ = _prepare(spec, design, options, warn=False)
-    sites = abstract_trace(model, data, y)
-    return [name for name in names if name in sites]
+    return cut_sites_in(spec, model, data, y)
 
 
 def choose_method(spec: ModelSpec, design, **options) -> tuple[str, str]:

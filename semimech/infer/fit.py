@@ -448,15 +448,15 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     Chains run ``"sequential"`` (default) or ``"vectorized"``; divergences are counted in
     :meth:`Fit.diagnostics`. ``row_mask`` and ``init_values`` as in :func:`fit_svi`.
     """
-    from semimech.infer.auto import cut_sites_present
+    from semimech.infer.auto import cut_sites_in
 
-    cut = cut_sites_present(spec, design, **options)
+    model, data, y, opts = _prepare(spec, design, options, row_mask)
+    cut = cut_sites_in(spec, model, data, y)
     if cut:
         raise InferenceError(
             f"fit_nuts: the {spec.name!r} model's density is a cut posterior with these options (site {cut[0]!r}: its "
             "gradient is stopped on purpose), so NUTS would sample with a gradient that is not its density's. Fit it "
             "with fit_svi (or sm.fit), or turn the cut off for NUTS (signalling_network: misfit_cut=False).")
-    model, data, y, opts = _prepare(spec, design, options, row_mask)
     init = init_to_median(num_samples=15) if init_values is None else warm_init(
         {k: jnp.asarray(v) for k, v in init_values.items()})
     kernel = NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, init_strategy=init)
