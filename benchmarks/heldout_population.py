@@ -175,7 +175,7 @@ def additive_contexts(fold, *, seed, budget):
                      num_steps=budget.num_steps, num_samples=budget.num_samples, progress_bar=False)
     seconds = time.perf_counter() - t0
     table = [{"perturbation": lab, "context": ctx} for lab, ctx in zip(fold.labels, fold.contexts)]
-    p = sm.predict(fit, table, rng_key=seed + 1000, num_cells=fold.n_obs)
+    p = sm.predict(fit, table, rng_key=seed + 1000, num_cells=fold.n_obs, new_contexts="population")
     if len(p.perturbations) != len(table):
         raise ValueError(f"{len(p.perturbations)} predicted conditions for {len(table)} held-out ones.")
     cols = [p.genes.index(g) for g in fold.readouts]

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import semimech as sm
-from semimech.errors import PopulationOnlyWarning
+from semimech.errors import PopulationOnlyWarning, PredictionError
 from semimech.models import additive
 
 LEVELS = ("A", "B", "C", "D")
@@ -47,7 +47,7 @@ def _held_out_effects(ctx_sd: float):
     fit = sm.fit_svi(additive.SPEC, train, rng_key=0, num_steps=1000, num_samples=300, progress_bar=False)
     labels = [f"{lv}@{c}" for c in HELD for lv in ("control",) + LEVELS]
     with pytest.warns(PopulationOnlyWarning, match="context never seen"):
-        pred = sm.predict(fit, labels, rng_key=1)
+        pred = sm.predict(fit, labels, rng_key=1, new_contexts="population")
     m = pred.draws["mean"].reshape(pred.draws["mean"].shape[0], len(HELD), 1 + len(LEVELS), len(GENES))
     draws = m[:, :, 1:] - m[:, :, :1]  # effects relative to each held-out line's own untreated state
     true = np.array([[truth[c][lv] for lv in LEVELS] for c in HELD])
@@ -100,5 +100,17 @@ def test_seen_lines_are_unchanged_by_asking_for_an_unseen_one(structured):
         alone = sm.predict(fit, ["A@L1", "control@L1"], rng_key=3)
     assert list(alone.sources.source) == ["data", "data"]
     with pytest.warns(PopulationOnlyWarning):
-        mixed = sm.predict(fit, ["A@L1", "control@L1", "A@L9", "control@L9"], rng_key=3)
+        mixed = sm.predict(fit, ["A@L1", "control@L1", "A@L9", "control@L9"], rng_key=3, new_contexts="population")
     np.testing.assert_allclose(mixed.draws["mean"][:, :2], alone.draws["mean"], rtol=1e-5, atol=1e-5)
+
+
+def test_an_unseen_context_is_refused_unless_the_population_answer_is_asked_for(structured):
+    """A misspelt cell line must not silently become a new one: the default names it and the fix."""
+    fit = structured["fit"]
+    with pytest.raises(PredictionError, match=r"\['L9'\] were never seen in training \(asked for by \['A@L9'\]\).*"
+                                              r"new_contexts='population'"):
+        sm.predict(fit, ["A@L1", "A@L9"], rng_key=3)
+    with pytest.raises(PredictionError, match="new_contexts must be 'error' or 'population'"):
+        sm.predict(fit, ["A@L1"], rng_key=3, new_contexts="draw")
+    # negative control: seen contexts pass with the default
+    assert sm.predict(fit, ["A@L1"], rng_key=3).draws["mean"].shape[1] == 1

@@ -581,8 +581,10 @@ class Design:
         training table; a list of dicts ``{factor: level(s), "context": ...}`` (missing factors
         mean no level); or another :class:`Design` of the same experiment (its observed
         conditions). Rows naming the same condition are predicted once. Any set of seen levels
-        may be asked for, in combinations never seen together; an unknown level, a level in the
-        wrong factor's column or a context never seen is an error naming the row.
+        may be asked for, in combinations never seen together; an unknown level or a level in the
+        wrong factor's column is an error naming the row. A context never seen in training is
+        kept as a new context after the training ones (an error when training had one context);
+        :func:`semimech.predict` refuses it unless ``new_contexts="population"`` is passed.
         """
         if isinstance(conditions, Design):
             if conditions.factor_spec is None and self.factor_spec is None:

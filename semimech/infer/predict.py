@@ -134,7 +134,7 @@ class Prediction:
 
 
 def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, batch: str | None = None,
-            steady_state_draws: int = 8) -> Prediction:
+            new_contexts: str = "error", steady_state_draws: int = 8) -> Prediction:
     """Predict perturbation means, with posterior predictive draws.
 
     Parameters
@@ -160,6 +160,13 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         means in that batch (its fitted offsets added on the latent scale). Any other label: a
         new batch, with a fresh offset drawn from the fitted batch distribution, so intervals
         widen by the batch-to-batch spread.
+    new_contexts
+        What to do with a context (cell line) never seen in training: ``"error"`` (default: a
+        :class:`semimech.errors.PredictionError` naming the context and the rows asking for it,
+        so a misspelt cell line is not silently treated as a new one) or ``"population"``: answer
+        it from the model's learned population of contexts (fresh draws of its context
+        deviations; the interval includes the context-to-context spread; ``Prediction.sources``
+        marks it and a :class:`semimech.errors.PopulationOnlyWarning` is issued).
     steady_state_draws
         Steady-state models: how many draws to re-solve for ``Prediction.steady_state`` (the
         per-condition fraction of draws whose solve converged and was stable); 0 skips it. Each
@@ -173,8 +180,11 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
             f"the design's genes differ from the fitted genes ({len(extra)} not modelled, e.g. {extra[:5]}). "
             "Predict on the fitted genes: build the design with genes=fit.design.genes."
         )
+    if new_contexts not in ("error", "population"):
+        raise PredictionError(f"new_contexts must be 'error' or 'population', got {new_contexts!r}.")
     pdesign = _prediction_design(train, design)
     labels = list(pdesign.perturbations)
+    _check_new_contexts(train, pdesign, labels, new_contexts)
     # a target is seen when some observed training condition edits it (encodings kept by
     # splits may list targets whose rows were all held out: those are unseen too)
     observed = np.unique(train.perturbation_index)
@@ -216,6 +226,23 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
                              num_draws=steady_state_draws)
     return Prediction(perturbations=tuple(labels), genes=train.genes, draws=draws, control=train.control,
                       model=fit.spec.name, steady_state=ss, sources=sources)
+
+
+def _check_new_contexts(train: Design, pdesign: Design, labels: list[str], new_contexts: str) -> None:
+    """Refuse contexts never seen in training unless the population answer was asked for."""
+    if new_contexts == "population" or train.contexts is None or pdesign.contexts is None:
+        return
+    unseen = list(pdesign.contexts[len(train.contexts):])
+    if not unseen:
+        return
+    ctx = np.asarray(pdesign.perturbation_context)
+    rows = [lab for lab, c in zip(labels, ctx) if c >= len(train.contexts)]
+    raise PredictionError(
+        f"context(s) {unseen[:5]}{' ...' if len(unseen) > 5 else ''} were never seen in training (asked for by "
+        f"{rows[:5]}{' ...' if len(rows) > 5 else ''}); the training contexts are {list(train.contexts)[:10]}"
+        f"{' ...' if len(train.contexts) > 10 else ''}. If the name is misspelt, use a training context; to answer a "
+        "new context from the model's learned population of contexts (wider intervals), pass "
+        "new_contexts='population'.")
 
 
 def _in_batch(fit, mean: np.ndarray, batch: str, rng_key) -> np.ndarray:
