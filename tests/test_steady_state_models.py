@@ -40,6 +40,57 @@ def test_linear_steady_state_is_the_scm_solution_float64():
     assert not np.allclose(x[0], np.linalg.solve(np.eye(n) - 0.5 * W, b), rtol=1e-3)
 
 
+def _ss_problem(n=8, seed=4):
+    rng = np.random.default_rng(seed)
+    W, b = _rng_W(rng, n, scale=0.3), rng.normal(1.0, 0.3, n)
+    log_s = np.stack([np.zeros(n), np.where(np.arange(n) == 2, -1.5, 0.0), np.where(np.arange(n) < 2, 1.0, 0.0),
+                      rng.normal(0, 0.5, n), rng.normal(0, 2.0, n)])  # the last: far from control (fallback)
+    return W, b, log_s
+
+
+def test_linear_shared_lu_solve_equals_the_closed_form_float64():
+    W, b, log_s = _ss_problem()
+    with jax.enable_x64(True):
+        args = (jnp.asarray(W), jnp.asarray(b), jnp.asarray(log_s))
+        old = linear_steady_state.steady_states_closed_form(*args)
+        new = linear_steady_state.steady_states_shared(*args)
+        assert bool(np.all(new.ok)) and bool(np.all(old.ok))
+        np.testing.assert_allclose(np.asarray(new.x), np.asarray(old.x), rtol=1e-9, atol=1e-10)
+
+        def loss(solve):  # a scalar of the states, differentiated in every input
+            return lambda *a: jnp.sum(jnp.sin(solve(*a).x))
+
+        g_old = jax.grad(loss(linear_steady_state.steady_states_closed_form), argnums=(0, 1, 2))(*args)
+        g_new = jax.grad(loss(linear_steady_state.steady_states_shared), argnums=(0, 1, 2))(*args)
+        for a, c in zip(g_new, g_old):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-7, atol=1e-9)
+        # negative control: a slightly different edit moves the states far beyond the tolerance
+        moved = linear_steady_state.steady_states_shared(args[0], args[1], args[2].at[1, 2].add(0.01))
+        assert np.max(np.abs(np.asarray(moved.x) - np.asarray(old.x))) > 1e-4
+    with pytest.raises(DesignError, match="solver"):
+        linear_steady_state.model({"n_genes": 3}, solver="lu")
+
+
+def test_linear_model_density_is_the_same_with_either_solver(design):
+    # the model's log density at a prior draw is the same with the shared LU and the closed form (float32)
+    from numpyro import handlers
+    from numpyro.infer.util import log_density
+
+    data = design.model_data()
+    with handlers.seed(rng_seed=1):
+        tr = handlers.trace(linear_steady_state.model).get_trace(data)
+    params = {k: v["value"] for k, v in tr.items() if v["type"] == "sample" and not v["is_observed"]}
+
+    def density(p, solver):
+        return float(log_density(linear_steady_state.model, (data,), {"y": design.y, "solver": solver}, p)[0])
+
+    shared, closed = density(params, "shared"), density(params, "closed_form")
+    assert np.isfinite(shared) and abs(shared - closed) < 1e-4 * max(1.0, abs(closed))
+    # negative control: the density depends on the solved states (a stronger edit changes it)
+    moved = dict(params, efficacy_loc=params["efficacy_loc"] - 0.5)
+    assert abs(density(moved, "shared") - shared) > 1.0
+
+
 def test_production_decay_without_regulation_scales_the_control_float64():
     # W = 0: du/dt = alpha s sigmoid(b) - u, fixed point u = s * alpha * sigmoid(b) = s * u_ctrl
     n = 4
