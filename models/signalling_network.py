@@ -220,7 +220,9 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         measurement noise alone, as if it were right, and ``misfit_sd`` from its residuals
         without feedback (factor ``misfit_cut``; Plummer, Stat Comput 25:37, 2015), so a larger
         total sd does not loosen the network's own fit; predictions use the total sd. The
-        pointwise log-likelihood (LOO) then holds the measurement part only. The cut lives in
+        pointwise log-likelihood (LOO) then holds the measurement part only; cross-validation
+        (:mod:`semimech.evaluate.cv`) scores held-out rows with the total sd, as predicted (model data
+        flag ``observe_predictive``), and refits every fold. The cut lives in
         the gradient (``stop_gradient``), so it is exact for SVI (``fit_svi``); under NUTS the
         factor would enter the target density itself: use ``misfit_cut=False`` with ``fit_nuts``. ``False``: the
         joint model, where the wider sd also loosens the network's fit (HepG2: learning the
@@ -319,8 +321,9 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     loc_p = offset[ctx] + scale[ctx] * m_r
     if residual:
         loc_p = net_helpers.residual(loc_p, data, genes, unit=spread, scale=0.5)
+    # held-out rows scored as new observations (cross-validation) are observed with the predictive's total sd
     noise, cut = _noise(data, genes, spread, likelihood=likelihood, noise_sd=noise_sd, misfit=misfit,
-                        cut=misfit_cut)
+                        cut=misfit_cut and not data.get("observe_predictive", False))
     if cut is not None:
         _misfit_cut(loc_p, *cut, data, y)
     with numpyro.plate("perturbations", P, dim=-2), genes:

@@ -166,3 +166,71 @@ def test_a_model_reading_its_data_priors_as_constants_is_refused_before_any_refi
         cross_validate(dataclasses.replace(fit, spec=spec, idata=None), unit="combination", k=2, num_steps=5)
     engine = RowEngine(fit)                      # negative control: the additive model takes them as arrays
     assert np.isfinite(engine.log_likelihood(flat_latent(fit, engine.latent), {"baseline_loc": np.zeros(fit.design.n_genes)})).all()
+
+
+def _cut_fit():
+    """signalling_network with a given noise on a tiny chain: sm.fit takes the cut-posterior SVI path."""
+    import warnings
+
+    import pandas as pd
+
+    from semimech.models import _pkn
+    from semimech.models import signalling_network as sn
+
+    chain = pd.DataFrame([("s", 1, "a"), ("a", 1, "b")], columns=["source", "sign", "target"])
+    net = _pkn.compile_network(chain, stimuli={"S": "s"}, inhibitors={"Ai": "a", "Bi": "b"},
+                               readouts={"A": "a", "B": "b"}, compress=False)
+    rng = np.random.default_rng(0)
+    labels = ["none", "S", "S+Ai", "S+Bi", "Ai", "Bi"]
+    frame = pd.DataFrame({"label": labels, "A": rng.normal(size=6), "B": rng.normal(size=6)},
+                         index=[f"r{i}" for i in range(6)])
+    design = sm.Design.from_frame(frame, readouts=["A", "B"], perturbation_key="label", control="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = sm.fit(sn.SPEC, design, rng_key=0, num_steps=20, num_samples=100, progress_bar=False, noise_sd=0.05,
+                     network=sn.network_option(net, design=design), off_target=False, readout_block=False)
+    assert fit.method == "svi" and "misfit_sd" in fit.samples          # the cut path, as sm.fit chooses
+    return fit
+
+
+def test_a_cut_posterior_is_scored_with_its_predictive_sd():
+    """signalling_network with a given noise fits in a cut posterior: its rows are observed with the
+    measurement sd only, but it predicts with the total (measurement and structural error, site
+    ``noise_sd``). Held-out rows must be scored under that predictive (known answer: Normal(mean,
+    noise_sd)); the measurement-only density is the negative control."""
+    from scipy import stats
+
+    from semimech.evaluate._pointwise import RowEngine, flat_latent
+
+    fit = _cut_fit()
+    engine = RowEngine(fit)
+    assert engine.cut == ["misfit_cut"]
+    ll = engine.entry_log_likelihood(flat_latent(fit, engine.latent), np.arange(fit.design.n_obs))
+    mean = np.asarray(fit.flat("mean"))[:, np.asarray(fit.design.perturbation_index)]
+    y = fit.design.dense_y()[None]
+    total = stats.norm.logpdf(y, mean, np.asarray(fit.flat("noise_sd"))[:, None])
+    assay = stats.norm.logpdf(y, mean, np.asarray(fit.flat("assay_sd"))[:, None])
+    np.testing.assert_allclose(ll, total, rtol=1e-3, atol=1e-3)
+    assert np.abs(ll - assay).max() > 1.0                            # negative control: the assay sd alone
+    assert RowEngine(fit_without_cut := _replace_options(fit, misfit_cut=False)).cut == []   # no cut, no flag effect
+    assert fit_without_cut.options["misfit_cut"] is False
+
+
+def _replace_options(fit, **options):
+    import dataclasses
+
+    return dataclasses.replace(fit, options={**fit.options, **options}, idata=None)
+
+
+@pytest.mark.slow
+def test_a_cut_posterior_is_refit_for_every_unit():
+    """PSIS weights from the predictive density are not the cut posterior's leave-out weights:
+    leave-one-out refits every unit (no PSIS)."""
+    import warnings
+
+    fit = _cut_fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cv = cross_validate(fit, unit="combination", k=2, num_steps=5)   # leave-one-out over the 2 combinations
+    assert cv.scheme == "leave-one-out" and cv.n_psis == 0 and cv.n_refits == 2
+    assert np.isfinite(cv.pointwise).all() and cv.pit.shape == (2, 2)

@@ -66,7 +66,8 @@ def score_means(fit, engine, folds, row_unit, units, k, ll, *, key, reff):
         lw = _arviz.loo_log_weights(loo_u)
         psis_pit(engine, folds, row_unit, lw, key=key)
         elpd_e = logsumexp(lw[entry_unit] + ll.T, axis=1)
-        bad = khat > float(loo_u.good_k)
+        # a cut posterior's leave-out weights are not 1 / its predictive density: refit every unit
+        bad = khat > float(loo_u.good_k) if not engine.cut else np.ones(n_u, bool)
         for p in np.flatnonzero(bad):
             pos = np.flatnonzero(entry_unit == p)
             lli = folds.entries(pos)[0]

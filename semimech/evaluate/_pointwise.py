@@ -14,8 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import Predictive
 
+from semimech.infer.auto import cut_sites_in
 from semimech.infer.fit import DATA_SUMMARIES
 from semimech.infer.loglik import MAX_CHUNK_ELEMENTS, chunked_draws, row_log_likelihood_fn, row_setup, within_constant
+
+#: Model-data flag the engine sets: the observed site is evaluated as the predictive of a *new*
+#: observation. A model with a cut posterior (``ModelSpec.cut_sites``, e.g. ``signalling_network``'s
+#: ``misfit_cut``) observes its training rows with part of its sd (the measurement noise) and
+#: predicts with the whole (measurement and structural error, as ``sm.predict`` does); with this
+#: flag it observes with the whole, so held-out rows are scored under the predictive that
+#: predictions use. Models without a cut ignore it.
+PREDICTIVE_FLAG = "observe_predictive"
 
 
 class RowEngine:
@@ -23,14 +32,19 @@ class RowEngine:
 
     Built from a fit's model, options and training design (every row, no mask). Row ``i``'s
     value is that of :func:`semimech.pointwise_log_likelihood` (``unit="cells"``): the joint
-    log-density of the row's cells.
+    log-density of the row's cells. The model sees :data:`PREDICTIVE_FLAG` (held-out rows are
+    scored as new observations); ``cut`` lists the spec's cut sites present in the model (their
+    PSIS weights from this log-likelihood are not the cut posterior's leave-out weights).
     """
 
     def __init__(self, fit, *, max_chunk_elements: int = MAX_CHUNK_ELEMENTS):
         design = fit.design
         self.design = design
         data = {k: v for k, v in design.model_data().items() if k != "row_mask"}
-        self.model, self.data, self.y, self.latent, self.has_within = row_setup(fit, data)
+        self.model, _, self.y, self.latent, self.has_within = row_setup(fit, {**data, PREDICTIVE_FLAG: True})
+        self.cut = cut_sites_in(fit.spec, self.model, data, self.y)  # the model as fitted (without the flag)
+        data[PREDICTIVE_FLAG] = True
+        self.data = data
         self.per_draw, self.max_chunk = max(1, design.n_obs * design.n_genes), max_chunk_elements
         self.constant = (design.n_genes * within_constant(design) if self.has_within else np.zeros(design.n_obs))
         self.summaries = {k: data[k] for k in DATA_SUMMARIES if k in data}

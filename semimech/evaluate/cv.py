@@ -51,6 +51,13 @@ Calibration comes with it: the PIT of every held-out row x gene under its leave-
 (PSIS weights for units scored by PSIS, the refit's draws otherwise) and the interval coverage
 it implies (:func:`semimech.evaluate.probabilistic.pit_calibration`).
 
+Cut posteriors (``ModelSpec.cut_sites``, e.g. ``signalling_network``'s ``misfit_cut`` with a given
+measurement noise): refits take the fit's own path (``fit.method``, SVI as ``sm.fit`` chooses);
+held-out rows are scored as new observations (the model sees the data flag
+:data:`~semimech.evaluate._pointwise.PREDICTIVE_FLAG` and observes with its total predictive sd,
+as ``sm.predict`` does, not the measurement part it is fitted with), and leave-one-out refits
+every unit (PSIS weights from that density are not the cut posterior's leave-out weights).
+
 SVI fits: the draws are from the variational approximation; they are treated as posterior
 draws (``reff = 1``), and large k-hat values also flag a poor approximation.
 """
@@ -412,9 +419,10 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
             res, _ = _arviz.loo(dt, var_name="y", reff=reff)
             khat = np.asarray(res.pareto_k, dtype=float).ravel()
             psis_pit(engine, folds, row_unit, _arviz.loo_log_weights(res), key=key)
-            bad = khat > float(res.good_k)
+            thr = float(res.good_k) if not engine.cut else -np.inf   # a cut posterior: refit every unit
+            bad = khat > thr
             if bad.any():
-                res = _arviz.reloo(dt, res, var_name="y", obs_dim="units", refit=folds, k_threshold=float(res.good_k))
+                res = _arviz.reloo(dt, res, var_name="y", obs_dim="units", refit=folds, k_threshold=thr)
             scheme, n_psis, khat_max = "leave-one-out", int((~bad).sum()), float(np.nanmax(khat))
         else:
             res = _arviz.kfold(dt, var_name="y", obs_dim="units", folds=fold_of_unit(n_u, k, key), refit=folds)
