@@ -1,7 +1,8 @@
 """Does the comparison of assumptions agree with held-out evidence, and what does it cost?
 
-    python benchmarks/compare_cv.py TASK [--design train|full] [--unit U] [--k K] [--steps 2000] [--refit-steps N]
-                                         [--heldout-json PATH] [--heldout-steps STEPS] [--json PATH]
+    python benchmarks/compare_cv.py TASK [--design train|full|factor] [--unit U] [--k K] [--steps 2000] [--refit-steps N]
+                                         [--method svi|auto] [--heldout-json PATH | --heldout NAME=VALUE ...]
+                                         [--heldout-steps STEPS] [--json PATH]
 
 Tasks (from ``benchmarks/heldout_tasks.py``): ``norman_doubles`` (shipped data),
 ``hepg2_combinations``, ``sachs_loco``. For each, every registered static model
@@ -18,6 +19,16 @@ units. The held-out number of each model is the task's metric from ``benchmarks/
 - cost: wall and CPU seconds of the fits and of the comparison, with the machine's load
   (``os.getloadavg``) at the start and end: wall times on a shared machine are inflated by
   the load, CPU seconds much less so.
+
+HepG2 with ``--design factor``: every row (training and held-out) as the factor design of
+``benchmarks/heldout_factorial.py`` (stimulus, inhibitor; cell lines as contexts) with the task's
+replicate noise prior (``Design.with_noise``), so that ``signalling_network`` (on the HepG2 PKN,
+its ``network`` option built from the training rows only) and the other models share one design;
+the unit is the multi-inhibitor set of a row (``IKKi+MEK12i``, ...: 4 units of 50 rows, every
+cell line and stimulus), left out one at a time: the held-out task's question (inhibitor
+combinations not seen together), with the other combinations in training.
+``--method auto`` fits each model as ``sm.fit`` chooses (NUTS for the additive model on this
+unreplicated design, SVI for the cut-posterior and steady-state models); refits take the same path.
 
 Writes JSON (default ``benchmarks/results/compare_TASK.json``) and prints a Markdown block for
 ``benchmarks/RESULTS_compare.md``.
@@ -65,6 +76,15 @@ def comparison_design(task: str, folds, *, full: bool = False) -> sm.Design:
     every combination, with refits; the held-out values come from separate fits of the training
     design). Sachs: every condition (its held-out task is itself leave-one-condition-out).
     """
+    if full == "factor" and task != "hepg2_combinations":
+        raise SystemExit("--design factor is the HepG2 factor design (hepg2_combinations only).")
+    if task == "hepg2_combinations" and full == "factor":
+        import heldout_factorial as hf
+
+        frame = folds[0].frame
+        design = sm.Design.from_frame(frame, readouts=list(folds[0].readouts), factors=hf.FACTORS,
+                                      context_key="cell_line")
+        return design.with_noise(folds[0].meta["noise"])
     if task == "hepg2_combinations" and full:
         wide = ht._hepg2_frame()
         readouts = [c for c in wide.columns if c not in ("cell_line", "stimuli", "inhibitors")]
@@ -91,6 +111,61 @@ def comparison_design(task: str, folds, *, full: bool = False) -> sm.Design:
     obs = raw.obs.assign(target=[ht.SACHS_LABELS[c] for c in raw.obs.condition])
     logged = ad.AnnData(X=np.log(raw.X), obs=obs, var=raw.var.copy())
     return sm.Design.from_anndata(logged, perturbation_key="target", control="cd3_cd28").pseudobulk()
+
+
+def hepg2_factor_units(design, inhibitors) -> np.ndarray:
+    """The multi-inhibitor set of each row of the HepG2 factor design (None: no or one inhibitor)."""
+    out = []
+    for p in np.asarray(design.perturbations, dtype=object)[design.perturbation_index]:
+        held = sorted(set(design.targets_of(p)) & set(inhibitors))
+        out.append("+".join(held) if len(held) >= 2 else None)
+    return np.asarray(out, dtype=object)
+
+
+def model_options(task: str, name: str, design, *, train_rows=None) -> dict:
+    """Model options per task: the signalling network's PKN (HepG2, Sachs), as in ``heldout_signalling.py``.
+
+    The ``network`` option's readout centres and spreads come from ``train_rows`` only (the held-out
+    task's training rows), so no held-out unit informs any fold's priors through them.
+    """
+    if name != "signalling_network" or task not in ("hepg2_combinations", "sachs_loco"):
+        return {}
+    import heldout_signalling as hs
+
+    from semimech.models import signalling_network as sn
+
+    y = design.dense_y()
+    y = y if train_rows is None else y[train_rows]
+    if task == "hepg2_combinations":
+        net = hs.hepg2_network(list(design.genes))
+        return {"network": sn.network_option(net, targets=list(design.targets), genes=list(design.genes), y=y)}
+    net = hs.sachs_network()
+    return {"network": sn.network_option(net, targets=list(design.targets), genes=list(design.genes), y=y),
+            "off_target": False, "readout_block": False, "residual": True}
+
+
+def held_out_by_refit(fit, train_rows: np.ndarray, *, refit_steps: int | None) -> float:
+    """The held-out task as one more fold of the comparison's own refits: RMSE of the leave-out
+    predictive mean of every non-training row (pooled over rows x readouts).
+
+    The fold is refit exactly as a cross-validation fold (same fit path, warm start, latents of
+    unseen entries drawn from their prior given the rest; ``semimech.evaluate.cv``), so the held-out
+    number belongs to the same model configuration as the comparison's.
+    """
+    import jax
+
+    from semimech.evaluate._pointwise import RowEngine
+    from semimech.evaluate.cv import _Folds, _steps
+
+    engine = RowEngine(fit)
+    row_unit = np.where(train_rows, -1, 0)
+    folds = _Folds(fit, engine, row_unit, num_steps=_steps(fit, refit_steps), refit_options=None,
+                   key=jax.random.PRNGKey(7), max_pit_rows=10**6)
+    folds._fold(np.array([0]))
+    rows = np.flatnonzero(~train_rows)
+    pred = np.stack([folds.mean[int(r)] for r in rows])
+    y = np.asarray(fit.design.dense_y(), float)[rows]
+    return float(np.sqrt(np.mean((pred - y) ** 2)))
 
 
 def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, steps: int, log,
@@ -167,41 +242,78 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
 
 
 def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means", steps: int, draws: int, refit_steps: int | None,
-        heldout_json: str | None, heldout_steps: int, models, full: bool = False, log=print) -> dict:
+        heldout_json: str | None, heldout_steps: int, models, full: bool | str = False, method: str = "svi",
+        heldout: dict | None = None, log=print) -> dict:
     task = ht.TASKS[task_name]
     folds = task.build(quick=False)
     design = comparison_design(task_name, folds, full=full)
-    unit = unit or UNITS[task_name]
+    kind = full if isinstance(full, str) else ("full" if full else "train")
+    train_rows = None
+    if kind == "factor":
+        inhibitors = {x for v in folds[0].frame.inhibitors for x in str(v).split("+") if x != "none"}
+        units = hepg2_factor_units(design, inhibitors)
+        train_rows = np.array([u is None for u in units])
+        unit_arg, unit = units, unit or "inhibitor set"
+    else:
+        unit = unit or UNITS[task_name]
+        unit_arg = unit
     log(f"[{task_name}] comparison design {design}; unit {unit!r}; load {os.getloadavg()[0]:.1f}")
-    result = {"task": task_name, "unit": unit, "score": score, "design_kind": "full" if full else "train", "design": repr(design), "metric": task.metric,
-              "higher_is_better": task.higher_is_better, "load_start": os.getloadavg()[0]}
+    result = {"task": task_name, "unit": unit, "score": score, "design_kind": kind, "design": repr(design), "metric": task.metric,
+              "higher_is_better": task.higher_is_better, "method": method, "load_start": os.getloadavg()[0]}
     t0, c0 = time.time(), cpu_seconds()
-    fits, fit_notes = {}, {}
+    fits, fit_notes, fit_s = {}, {}, {}
     for name in models:
+        opts = model_options(task_name, name, design, train_rows=train_rows)
+        t_m, c_m = time.time(), cpu_seconds()
         try:
-            fits[name] = sm.fit_svi(REGISTRY[name], design, rng_key=0, num_steps=steps, num_samples=draws,
-                                    progress_bar=False)
+            if method == "auto":  # as sm.fit chooses (NUTS: one chain of `draws`)
+                fits[name] = sm.fit(REGISTRY[name], design, rng_key=0, num_steps=steps, num_samples=draws, num_chains=1,
+                                    progress_bar=False, **opts)
+            else:
+                fits[name] = sm.fit_svi(REGISTRY[name], design, rng_key=0, num_steps=steps, num_samples=draws,
+                                        progress_bar=False, **opts)
         except SemimechError as err:
             fit_notes[name] = str(err)
-        log(f"  fitted {name} ({time.time() - t0:.0f}s)")
+        fit_s[name] = {"wall": time.time() - t_m, "cpu": cpu_seconds() - c_m,
+                       "method": getattr(fits.get(name), "method", None)}
+        log(f"  fitted {name} ({fit_s[name]['method']}, {fit_s[name]['wall']:.0f}s wall, {fit_s[name]['cpu']:.0f}s CPU)")
+    result["fit_seconds"] = fit_s
     result["fit_wall_s"], result["fit_cpu_s"] = time.time() - t0, cpu_seconds() - c0
     t1, c1 = time.time(), cpu_seconds()
     try:
-        table = ev.compare(fits, unit=unit, k=k, score=score, num_steps=refit_steps)
+        table = ev.compare(fits, unit=unit_arg, k=k, score=score, num_steps=refit_steps)
         result["cannot_rank"] = None
     except DesignError as err:
         table, result["cannot_rank"] = None, str(err)
         log(f"  the comparison cannot ask this question: {err}")
     result["compare_wall_s"], result["compare_cpu_s"] = time.time() - t1, cpu_seconds() - c1
     result["load_end"] = os.getloadavg()[0]
-    held = held_out_values(task_name, folds, fits, path=heldout_json, steps=heldout_steps, log=log,
-                           same_design=not full)
+    if kind == "factor":  # the held-out task as one more refit of each compared model
+        t2, c2 = time.time(), cpu_seconds()
+        held = {}
+        for name, fit in fits.items():
+            try:
+                held[name] = held_out_by_refit(fit, train_rows, refit_steps=refit_steps)
+            except SemimechError as err:
+                log(f"  held-out refit of {name} failed: {err}")
+                held[name] = None
+            log(f"  held-out (refit without the 200 combination rows) {name}: {held[name]}")
+        result["heldout_wall_s"], result["heldout_cpu_s"] = time.time() - t2, cpu_seconds() - c2
+        result["held_out_reference"] = heldout
+    elif heldout is not None:
+        held = {name: heldout.get(name) for name in fits}
+    else:
+        held = held_out_values(task_name, folds, fits, path=heldout_json, steps=heldout_steps, log=log,
+                               same_design=not full)
     result["held_out"] = held
     if table is not None:
         cols = ["model", "rank", "tied_with", "below", "elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv",
                 "left_out", "n_refits", "cv_coverage_90", "cv_calibration", "cv_l2", "loo_rows_status", "steady_state", "note"]
         result["table"] = json.loads(table[cols].to_json(orient="records"))
         result["agreement"] = agreement(table, held, higher_is_better=task.higher_is_better)
+        if result.get("held_out_reference"):
+            result["agreement_reference"] = agreement(table, {n: result["held_out_reference"].get(n) for n in fits},
+                                                      higher_is_better=task.higher_is_better)
         log(table[[c for c in cols if c not in ("left_out", "cv_calibration", "below")]][:15].to_string(index=False))
         log(reading(table))
     result["fit_notes"] = fit_notes
@@ -230,6 +342,9 @@ def markdown(r: dict) -> str:
                          f"{f(row['dse'])} | {f(row['cv_coverage_90'], 2)} | {f(row.get('cv_l2'), 3)} | {f(h, 3)} |")
         a = r["agreement"]
         lines += ["", f"agreement: {json.dumps(a)}"]
+        if r.get("agreement_reference"):
+            lines += ["", f"reference held-out values {json.dumps(r['held_out_reference'])}; "
+                          f"agreement with them: {json.dumps(r['agreement_reference'])}"]
     return "\n".join(lines)
 
 
@@ -237,8 +352,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("task", choices=sorted(UNITS))
     ap.add_argument("--unit", default=None)
-    ap.add_argument("--design", choices=("train", "full"), default="train",
-                    help="fit the comparison on the task's training design (default) or on all its rows")
+    ap.add_argument("--design", choices=("train", "full", "factor"), default="train",
+                    help="fit the comparison on the task's training design (default) or on all its rows "
+                         "(factor: HepG2 as a factor design, see the module docstring)")
+    ap.add_argument("--method", choices=("svi", "auto"), default="svi",
+                    help="svi: sm.fit_svi for every model; auto: as sm.fit chooses (refits follow)")
+    ap.add_argument("--heldout", nargs="*", default=None, metavar="NAME=VALUE",
+                    help="held-out values per model (e.g. from RESULTS_heldout.md) instead of computing them")
     ap.add_argument("--k", type=int, default=None)
     ap.add_argument("--score", choices=("means", "cells"), default="means",
                     help="what a held-out unit is scored on (semimech.evaluate.cross_validate)")
@@ -252,8 +372,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     r = run(args.task, unit=args.unit, k=args.k, score=args.score, steps=args.steps, draws=args.draws, refit_steps=args.refit_steps,
             heldout_json=args.heldout_json, heldout_steps=args.heldout_steps or args.steps, models=args.models,
-            full=args.design == "full")
-    stem = f"compare_{args.task}" + ("_full" if args.design == "full" else "") + f"_{args.score}"
+            full=args.design if args.design == "factor" else args.design == "full", method=args.method,
+            heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
+    stem = f"compare_{args.task}" + ("" if args.design == "train" else f"_{args.design}") + f"_{args.score}"
     out = pathlib.Path(args.json or pathlib.Path(__file__).resolve().parent / "results" / f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(heldout._finite(r), indent=1, default=str))
