@@ -83,6 +83,9 @@ def main(argv=None):
     ap.add_argument("--chains", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3000, help="SVI steps of the comparison fit")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--guides", nargs="+", default=["normal"], help="SVI guides to compare (normal, lowrank, ...)")
+    ap.add_argument("--no-nuts", action="store_true", help="SVI fits only")
+    ap.add_argument("--svi-seeds", type=int, default=1, help="SVI fits per guide (seeds seed, seed + 1, ...)")
     args = ap.parse_args(argv)
 
     import semimech as sm
@@ -92,22 +95,25 @@ def main(argv=None):
     train, held, obs, rule, readouts = hepg2_one_line()
     net = network(train, readouts)
     rows = []
-    t0 = time.perf_counter()
-    nuts = sm.fit_nuts(sn.SPEC, train, rng_key=args.seed, num_warmup=args.warmup, num_samples=args.samples,
-                       num_chains=args.chains, progress_bar=False, network=net, noise_sd=(0.12, 0.3),
-                       misfit_cut=False)
-    t_nuts = time.perf_counter() - t0
-    dn = nuts.diagnostics()
-    rows.append({"fit": f"NUTS {args.chains}x({args.warmup}+{args.samples}), joint misfit", "seconds": t_nuts,
-                 "divergences": dn["divergences"], "max_rhat": dn["max_rhat"], "min_ess_bulk": dn["min_ess_bulk"],
-                 "worst_site": dn["worst_site"], "min_ess_per_s": dn["min_ess_bulk"] / t_nuts,
-                 **score(nuts, held, obs, readouts, args.seed)})
-    t0 = time.perf_counter()
-    svi = sm.fit_svi(sn.SPEC, train, rng_key=args.seed, num_steps=args.steps, num_samples=400, progress_bar=False,
-                     network=net, noise_sd=(0.12, 0.3))
-    t_svi = time.perf_counter() - t0
-    rows.append({"fit": f"SVI {args.steps} steps (default: cut misfit)", "seconds": t_svi,
-                 **score(svi, held, obs, readouts, args.seed)})
+    if not args.no_nuts:
+        t0 = time.perf_counter()
+        nuts = sm.fit_nuts(sn.SPEC, train, rng_key=args.seed, num_warmup=args.warmup, num_samples=args.samples,
+                           num_chains=args.chains, progress_bar=False, network=net, noise_sd=(0.12, 0.3),
+                           misfit_cut=False)
+        t_nuts = time.perf_counter() - t0
+        dn = nuts.diagnostics()
+        rows.append({"fit": f"NUTS {args.chains}x({args.warmup}+{args.samples}), joint misfit", "seconds": t_nuts,
+                     "divergences": dn["divergences"], "max_rhat": dn["max_rhat"], "min_ess_bulk": dn["min_ess_bulk"],
+                     "worst_site": dn["worst_site"], "min_ess_per_s": dn["min_ess_bulk"] / t_nuts,
+                     **score(nuts, held, obs, readouts, args.seed)})
+    for guide in args.guides:
+        for seed in range(args.seed, args.seed + args.svi_seeds):
+            t0 = time.perf_counter()
+            svi = sm.fit_svi(sn.SPEC, train, rng_key=seed, num_steps=args.steps, num_samples=400, guide=guide,
+                             progress_bar=False, network=net, noise_sd=(0.12, 0.3))
+            t_svi = time.perf_counter() - t0
+            rows.append({"fit": f"SVI {guide}, {args.steps} steps, seed {seed} (cut misfit)", "seconds": t_svi,
+                         **score(svi, held, obs, readouts, seed)})
     rule_rmse = float(np.sqrt(np.mean((rule - obs) ** 2)))
     load1 = os.getloadavg()[0]
     print(f"HepG2 one context: {train.n_obs} training rows, {len(held)} held-out rows x {len(readouts)} readouts; "
