@@ -38,6 +38,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from semimech.errors import DesignError
+from semimech.measurement import observe_conditions, to_data_scale
 
 W_PRIORS = ("horseshoe", "laplace", "normal")
 NETWORK_MODES = ("mask", "scale")
@@ -409,6 +410,9 @@ def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, exclude=None
     return loc_p + jnp.where(perturbed, rsd * rz, 0.0)
 
 
+_residual = residual  # for :func:`observe`, whose ``residual`` option shadows the name
+
+
 def record_scales(log_s, genes_plate, *, plate_name: str = "perturbations"):
     """Deterministic ``log_scale`` (perturbations x state): the edit of each condition (for checks)."""
     with numpyro.plate(plate_name, log_s.shape[0], dim=-2), genes_plate:
@@ -419,3 +423,15 @@ def reject_failed(ok, *, name: str = "steady_state_ok"):
     """Record the fraction of converged solves and reject draws where any failed (``-inf``)."""
     numpyro.deterministic("ok_fraction", jnp.mean(ok.astype(jnp.float32)))
     numpyro.factor(name, jnp.where(jnp.all(ok), 0.0, -jnp.inf))
+
+
+def observe(loc_p, noise, data, genes_plate, *, likelihood: str, y, unit, residual=False, embedding=None,
+            gene_embedding=None, effect_programs: int = 2, variant_of=None, shared_gene_index=None):
+    """The steady-state models' common tail: optional :func:`residual`, the ``mean`` site, the likelihood."""
+    if residual:
+        loc_p = _residual(loc_p, data, genes_plate, unit=unit, mode=residual, embedding=embedding,
+                          gene_embedding=gene_embedding, effect_programs=effect_programs,
+                          exclude=guide_own_entries(data, variant_of, shared_gene_index))
+    with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes_plate:
+        numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
+    observe_conditions(loc_p, noise, data, genes_plate, likelihood=likelihood, y=y)

@@ -60,7 +60,7 @@ import numpyro.distributions as dist
 
 from semimech.dynamics import ProductionDecayParams, production_decay_field
 from semimech.infer.spec import ModelSpec
-from semimech.measurement import gene_noise, observe_conditions, to_data_scale
+from semimech.measurement import gene_noise
 from semimech.models import _effects
 from semimech.models import _network as net
 from semimech.models._treatments import context_baseline
@@ -135,14 +135,9 @@ def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: flo
     # the edited gene's own production change, as in the gene-level models (u_gene = s * 1); with contexts,
     # each context shifts the baseline (pooled across contexts), programs and edits are shared
     loc_p = context_baseline(baseline, data, genes, unit=unit)[jnp.asarray(data["perturbation_context"])] + lscale * unit * ((u - 1.0) @ Z) + 3.0 * unit * jnp.expm1(own)
-    if residual:
-        loc_p = net.residual(loc_p, data, genes, unit=unit, mode=residual, embedding=embedding,
-                             gene_embedding=gene_embedding, effect_programs=effect_programs,
-                             exclude=net.guide_own_entries(data, variant_of, shared_gene_index))
-    with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes:
-        numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
-
-    observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y)
+    net.observe(loc_p, noise, data, genes, likelihood=likelihood, y=y, unit=unit, residual=residual,
+                embedding=embedding, gene_embedding=gene_embedding, effect_programs=effect_programs,
+                variant_of=variant_of, shared_gene_index=shared_gene_index)
 
 
 SPEC = ModelSpec(

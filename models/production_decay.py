@@ -64,7 +64,7 @@ import numpyro.distributions as dist
 
 from semimech.dynamics import Intervention, ProductionDecayParams, production_decay_field, steady_states
 from semimech.infer.spec import ModelSpec
-from semimech.measurement import gene_noise, observe_conditions, to_data_scale
+from semimech.measurement import gene_noise
 from semimech.models import _effects
 from semimech.models import _network as net
 
@@ -127,14 +127,9 @@ def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_sca
     net.reject_failed(ss.ok)
     u = jnp.where(ss.ok[:, None], ss.x, u_ctrl)
     loc_p = floor + scale * u
-    if residual:
-        loc_p = net.residual(loc_p, data, genes, unit=unit, mode=residual, embedding=embedding,
-                             gene_embedding=gene_embedding, effect_programs=effect_programs,
-                             exclude=net.guide_own_entries(data, variant_of, shared_gene_index))
-    with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes:
-        numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
-
-    observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y)
+    net.observe(loc_p, noise, data, genes, likelihood=likelihood, y=y, unit=unit, residual=residual,
+                embedding=embedding, gene_embedding=gene_embedding, effect_programs=effect_programs,
+                variant_of=variant_of, shared_gene_index=shared_gene_index)
 
 
 SPEC = ModelSpec(
