@@ -194,3 +194,46 @@ def test_gaussian_pseudobulk_is_exact(norman_design):
                         "interaction_scale": 0.2, "interaction_sd": np.ones(G), "pair_z": np.zeros((1, G))}
                        for s in (0.3, 0.9)]]
     assert abs(c[0] - c[1]) > 1.0
+
+
+@pytest.mark.parametrize("kind", ["csr_float32", "csr_int64", "dense_int64", "dense_float64"])
+def test_counts_are_stored_as_int32_without_a_float64_copy(kind):
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(2.0, (40, 6)) * (rng.random((40, 6)) < 0.5)
+    counts[:, 1] += 1  # no empty row
+    counts[0, 0] = 2**24  # a large count, exact in float32 and int32
+    labels = np.repeat(["control", "g0", "g1", "g0+g1"], 10)
+    dtype = np.float32 if "float32" in kind else np.float64 if "float64" in kind else np.int64
+    X = sp.csr_matrix(counts.astype(dtype)) if kind.startswith("csr") else counts.astype(dtype)
+    frozen = X.copy()
+    adata = ad_from(X, labels)
+    d = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control")
+    assert d.is_counts and d.y.dtype == np.int32 and sp.issparse(d.y) == kind.startswith("csr")
+    np.testing.assert_array_equal(d.dense_y(), counts)  # exact, and dense_y is float64 as documented
+    assert d.dense_y().dtype == np.float64 and d.dense_y(np.float32).dtype == np.float32
+    if kind.startswith("csr"):  # the user's matrix is not the design's and is unchanged
+        assert d.y.data is not X.data and (X != frozen).nnz == 0 and X.dtype == dtype
+    else:
+        assert not np.shares_memory(d.y, X) and np.array_equal(X, frozen)
+    # pseudobulk sums are exact (int64 accumulation of int32 counts would not overflow either)
+    pb = d.pseudobulk()
+    np.testing.assert_array_equal(pb.y[0], counts[:10].sum(0))
+    # negative control: continuous data are not counts and stay float64
+    cont = sm.Design.from_anndata(ad_from(np.asarray(counts, float) + 0.5, labels), perturbation_key="perturbation",
+                                  control="control")
+    assert not cont.is_counts and cont.y.dtype == np.float64
+
+
+def test_counts_false_keeps_whole_numbers_float64():
+    labels = np.repeat(["control", "g0"], 5)
+    d = sm.Design.from_anndata(ad_from(np.arange(20, dtype=np.int64).reshape(10, 2), labels),
+                               perturbation_key="perturbation", control="control", counts=False)
+    assert not d.is_counts and d.y.dtype == np.float64
+
+
+def ad_from(X, labels):
+    import anndata as ad
+
+    n, g = X.shape
+    return ad.AnnData(X=X, obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(n)]),
+                      var=pd.DataFrame(index=[f"g{j}" for j in range(g)]))

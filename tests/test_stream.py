@@ -122,7 +122,7 @@ def test_bad_input_is_named(design):
     with pytest.raises(DesignError, match="sparse=True"):
         _setup(TINY, d, batch_size=10, options={"likelihood": "normal"}, sparse=True, n_blocks=1)
     neg = d.y.copy()
-    neg.data[::7] *= -1.0
+    neg.data[::7] *= -1  # counts are stored as int32
     bad = dataclasses.replace(d, y=neg)
     with pytest.raises(DesignError, match="negative entries"):
         fit_svi_minibatch(TINY, bad, rng_key=0, batch_size=10, num_steps=1, likelihood="negbin")

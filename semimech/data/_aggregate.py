@@ -67,7 +67,7 @@ def control_summaries(design) -> tuple[np.ndarray, np.ndarray, float]:
     ctrl = np.flatnonzero(untreated[design.perturbation_index])
     if design.is_counts:
         y = design.y[ctrl]
-        y = y.toarray() if sp.issparse(y) else np.asarray(y, dtype=float)
+        y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=float)
         rate = y.sum(0) / design.size_factors[ctrl].sum()
         loc = np.log(rate + 1e-3 / max(design.size_factors[ctrl].mean(), 1e-12))
         return loc.astype(np.float32), np.ones(design.n_genes, np.float32), 0.0
@@ -83,7 +83,7 @@ def control_summaries(design) -> tuple[np.ndarray, np.ndarray, float]:
 def pooled_moments(design, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cell-level mean and sd of continuous readouts over ``rows`` (rows may be pseudobulks)."""
     y = design.y[rows]
-    y = y.toarray() if sp.issparse(y) else np.asarray(y, dtype=float)
+    y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=float)
     n = design.n_cells[rows][:, None]
     total = n.sum()
     mean = (n * y).sum(0) / total

@@ -68,34 +68,61 @@ def _raise_non_numeric(values, name, *, index=None, what: str):
 
 
 def readouts(y, *, genes=None, rows=None):
-    """Return a copy of the readout matrix as float CSR or a float ndarray; reject NaN/inf and non-numbers."""
+    """The readout matrix checked (NaN/inf and non-numbers rejected), in the input's own numeric dtype.
+
+    Returns a CSR matrix or an ndarray of an integer or float dtype; it may be the caller's own
+    object (never written to): :func:`stored` makes the design's copy once the count mode is
+    known, so no float64 copy of a count matrix is ever made.
+    """
     if sp.issparse(y):
-        y = sp.csr_matrix(y, dtype=np.float64, copy=True)
+        y = y.tocsr()
+        if y.dtype.kind not in "iuf" or y.dtype.itemsize < 4:
+            y = sp.csr_matrix(y, dtype=np.float64)
         vals = y.data
     else:
-        try:
-            y = np.array(y, dtype=np.float64, copy=True)
-        except (TypeError, ValueError):
-            raw = np.asarray(y, dtype=object)
-            if raw.ndim != 2:
-                raise DesignError(f"readouts must be a 2-D rows x genes matrix of numbers, got shape {raw.shape}.") from None
-            for j in range(raw.shape[1]):
-                try:
-                    raw[:, j].astype(np.float64)
-                except (TypeError, ValueError):
-                    name = genes[j] if genes is not None else j
-                    _raise_non_numeric(raw[:, j], name, index=rows, what="readout (gene)")
-            raise
+        native = np.asarray(y) if not isinstance(y, np.ndarray) else y
+        if native.dtype.kind in "iu" or (native.dtype.kind == "f" and native.dtype.itemsize >= 4):
+            y = native
+        else:
+            try:
+                y = np.array(y, dtype=np.float64, copy=True)
+            except (TypeError, ValueError):
+                raw = np.asarray(y, dtype=object)
+                if raw.ndim != 2:
+                    raise DesignError(f"readouts must be a 2-D rows x genes matrix of numbers, got shape {raw.shape}.") from None
+                for j in range(raw.shape[1]):
+                    try:
+                        raw[:, j].astype(np.float64)
+                    except (TypeError, ValueError):
+                        name = genes[j] if genes is not None else j
+                        _raise_non_numeric(raw[:, j], name, index=rows, what="readout (gene)")
+                raise
         if y.ndim != 2:
             raise DesignError(f"readouts must be a 2-D rows x genes matrix, got shape {y.shape}.")
         vals = y
-    if not np.all(np.isfinite(vals)):
+    if vals.dtype.kind == "f" and not np.all(np.isfinite(vals)):
         bad = int(np.size(vals) - np.isfinite(vals).sum())
         raise DesignError(
             f"readouts contain {bad} NaN or infinite values. Remove or impute them before building a Design "
             "(semimech never fills missing values silently)."
         )
     return y
+
+
+def stored(y, is_counts: bool):
+    """The design's own read-only copy of checked readouts: counts as int32, anything else float64.
+
+    Counts (whole numbers in ``[0, MAX_COUNT]``, see :func:`count_mode`) are exact in int32 and
+    take half the memory of float64 (a CSR matrix two thirds); likelihoods cast them where they
+    use them. A CSR matrix stays CSR. The input is never changed.
+    """
+    dtype = np.dtype(np.int32) if is_counts else np.dtype(np.float64)
+    if sp.issparse(y):
+        out = sp.csr_matrix((y.data.astype(dtype, copy=True), y.indices.copy(), y.indptr.copy()), shape=y.shape)
+        return out
+    out = np.array(y, dtype=dtype, copy=True)
+    out.setflags(write=False)
+    return out
 
 
 def count_mode(y, counts: bool | None) -> bool:

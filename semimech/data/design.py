@@ -67,8 +67,9 @@ class Design:
     Attributes
     ----------
     y
-        Readouts, rows x genes: a numpy array or a scipy CSR matrix; ``None`` in a
-        prediction design (:meth:`with_perturbations`).
+        Readouts, rows x genes: a numpy array or a scipy CSR matrix (CSR stays CSR); ``None`` in a
+        prediction design (:meth:`with_perturbations`). Counts are held as int32 (exact, no
+        float64 copy of a large count matrix), other readouts as float64; :meth:`dense_y` gives floats.
     obs_names, genes
         Row and column labels.
     perturbations
@@ -306,6 +307,7 @@ class Design:
                        "readouts= naming each gene once.")
         y = v.readouts(y, genes=genes, rows=obs_names)
         is_counts = v.count_mode(y, counts)
+        y = v.stored(y, is_counts)
         extra = {}
         if spec is None:  # a label design, exactly as before factors existed
             if control is None:
@@ -379,11 +381,15 @@ class Design:
         """Factor names in order (``("perturbation",)`` for a label design)."""
         return (fx.PERTURBATION_FACTOR,) if self.factor_spec is None else self.factor_spec.names
 
-    def dense_y(self) -> np.ndarray:
-        """Readouts as a dense float array (a copy); raises on a prediction design."""
+    def dense_y(self, dtype=np.float64) -> np.ndarray:
+        """Readouts as a dense float array (a copy, float64 unless ``dtype``); raises on a prediction design.
+
+        ``y`` itself holds counts as int32 (dense or CSR) and other readouts as float64.
+        """
         if self.y is None:
             raise DesignError("this is a prediction design: it holds no readouts.")
-        return self.y.toarray() if sp.issparse(self.y) else np.array(self.y)
+        y = self.y.astype(dtype) if sp.issparse(self.y) else self.y
+        return y.toarray() if sp.issparse(y) else np.array(y, dtype=dtype)
 
     def targets_of(self, label: str) -> tuple[str, ...]:
         """The targets a condition label edits (empty for the control)."""

@@ -86,7 +86,7 @@ def perturbation_means(design: Design, labels: Sequence[str] | None = None, *, b
     for r, lab in enumerate(labels):
         rows = np.flatnonzero((design.perturbation_index == code[lab]) & in_batch)
         y = design.y[rows]
-        y = y.toarray() if hasattr(y, "toarray") else np.asarray(y, dtype=float)
+        y = np.asarray(y.toarray() if hasattr(y, "toarray") else y, dtype=float)
         if design.is_counts:
             out[r] = y.sum(0) / design.size_factors[rows].sum()
         else:

@@ -25,7 +25,7 @@ def cells_of(design: Design, label: str) -> np.ndarray:
         raise DesignError(f"{label!r} is not a perturbation of the design.")
     rows = design.perturbation_index == design.perturbations.index(label)
     y = design.y[np.flatnonzero(rows)]
-    return y.toarray() if hasattr(y, "toarray") else np.array(y, dtype=float)
+    return np.array(y.toarray() if hasattr(y, "toarray") else y, dtype=float)
 
 
 def _subsample(x: np.ndarray, n: int | None, rng: np.random.Generator) -> np.ndarray:

@@ -80,7 +80,7 @@ def observed(model, design, data: dict, likelihood: str, *, key=None):
         ys = sparse_counts(design.y)
         if accepts_sparse(model, data, ys, key=key):
             return ys, True
-    return np.asarray(design.dense_y(), dtype=np.float32), False
+    return design.dense_y(np.float32), False
 
 
 __all__ = ["accepts_sparse", "capacity", "observed", "sparse_counts"]

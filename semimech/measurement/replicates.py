@@ -24,7 +24,7 @@ def condition_groups(design) -> np.ndarray:
 
 def _dense(design) -> np.ndarray:
     y = design.y
-    return y.toarray() if sp.issparse(y) else np.asarray(y, dtype=float)
+    return np.asarray(y.toarray() if sp.issparse(y) else y, dtype=float)
 
 
 def duplicate_rows(design) -> list[tuple[str, ...]]:
