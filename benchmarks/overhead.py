@@ -109,6 +109,10 @@ def _one(a) -> dict:
 
         out["first"] = timed(fit(a.seed))
         out["second"] = timed(fit(a.seed + 1))
+        if a.other_steps:  # a later fit with another number of steps (shares the compiled programs since 2026-12-04)
+            steps, a.steps = a.steps, a.other_steps
+            out["other_steps"] = dict(timed(fit(a.seed + 2)), num_steps=a.other_steps)
+            a.steps = steps
     else:
         def run():
             d = design.model_data()
@@ -128,7 +132,7 @@ def fresh(a) -> dict:
         order = ("semimech", "raw") if r % 2 == 0 else ("raw", "semimech")
         for which in order:
             cmd = [sys.executable, __file__, "--one", which, "--seed", str(r), "--cells", str(a.cells), "--genes",
-                   str(a.genes), "--targets", str(a.targets), "--steps", str(a.steps)]
+                   str(a.genes), "--targets", str(a.targets), "--steps", str(a.steps), "--other-steps", str(a.other_steps)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/tmp")
             if proc.returncode != 0:
                 raise RuntimeError(proc.stderr[-3000:])
@@ -169,6 +173,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--mode", choices=("fresh", "warm"), default="fresh")
+    p.add_argument("--other-steps", type=int, default=0,
+                   help="semimech processes also fit once more with this many steps (a third fit)")
     p.add_argument("--one", choices=("semimech", "raw"), help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None)

@@ -174,3 +174,46 @@ def test_a_second_ctrl_c_stops_at_once():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_schedule_in_the_state_is_optax_cosine_adam():
+    """The optimiser whose rate and length are state gives optax's updates (incl. clipping, past the end)."""
+    import jax
+    import jax.numpy as jnp
+
+    from semimech.infer import _optim
+
+    rng = np.random.default_rng(0)
+    params = {"a": jnp.zeros(5), "b": jnp.zeros((2, 3))}
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(0, 6.0, p.shape), jnp.float32), params) for _ in range(30)]
+
+    def run(tx, state):
+        out = []
+        for g in grads:
+            u, state = tx.update(g, state, params)
+            out.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(u)]))
+        return np.stack(out)
+
+    ref = run(_optim.reference(0.02, 25), _optim.reference(0.02, 25).init(params))
+    tx = _optim.optimiser()
+    ours = run(tx, _optim.set_schedule(tx.init(params), learning_rate=0.02, num_steps=25))
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-12)
+    # negative control: another length gives other updates
+    other = run(tx, _optim.set_schedule(tx.init(params), learning_rate=0.02, num_steps=10))
+    assert np.max(np.abs(other - ref)) > 1e-4
+
+
+def test_other_num_steps_and_rate_reuse_the_compiled_programs(design):
+    """num_steps and learning_rate are data of the compiled programs: a fit with others compiles nothing
+    and gives what a fresh compilation gives."""
+    _svi.clear_cache()
+    first = sm.fit_svi(additive.SPEC, design, rng_key=5, **KW)
+    kw = dict(KW, num_steps=25, learning_rate=0.01)
+    reused = sm.fit_svi(additive.SPEC, design, rng_key=5, **kw)
+    assert first.timings["compiled_reused"] == 0 and reused.timings["compiled_reused"] == 1
+    assert len(reused.losses) == 25 and reused.losses[0] == first.losses[0]  # same start, other schedule
+    assert not np.allclose(reused.losses[5:25], first.losses[5:25])  # negative control: the rate did change
+    _svi.clear_cache()
+    fresh = sm.fit_svi(additive.SPEC, design, rng_key=5, **kw)
+    assert fresh.timings["compiled_reused"] == 0
+    _same(reused, fresh)

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import optax
 from numpyro.infer import MCMC, NUTS, autoguide, init_to_median, init_to_value
 
 from semimech._rng import as_key
@@ -266,13 +265,6 @@ def _guide_factory(guide: str, *, rank: int, init_loc_fn) -> Callable:
     return functools.partial(autoguide.AutoDelta, init_loc_fn=init_loc_fn)
 
 
-def _optimiser(learning_rate: float, num_steps: int):
-    # cosine decay to 1% of the rate: large steps early, then settle (a fixed rate leaves
-    # well-determined parameters dithering at the scale of the step)
-    schedule = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1), alpha=0.01)
-    return optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
-
-
 DEFAULT_INIT = init_to_median(num_samples=15)
 
 
@@ -341,7 +333,7 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
 
 def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samples, rank, phases, resume, options,
              row_mask=None, init_values=None):
-    from semimech.infer import _svi
+    from semimech.infer import _optim, _svi
     from semimech.infer._compiled import cache_key, signature, wait
 
     if guide not in GUIDES:
@@ -353,14 +345,17 @@ def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samp
         if init_values is not None:
             traced[_svi.INIT_KEY] = {k: jnp.asarray(v) for k, v in init_values.items()}
         make_guide = _guide_factory(guide, rank=rank, init_loc_fn=DEFAULT_INIT)
-        optim = _optimiser(learning_rate, num_steps)
-        key = cache_key("svi", spec.model, opts, guide, rank, DEFAULT_INIT, learning_rate, num_steps, static,
-                        signature(traced), jax.default_backend())
+        # cosine decay to 1% of the rate: large steps early, then settle (a fixed rate leaves
+        # well-determined parameters dithering at the scale of the step). Rate and length live in
+        # the optimiser state (_optim.set_schedule), so fits with other num_steps share the programs.
+        optim = _optim.optimiser()
+        key = cache_key("svi", spec.model, opts, guide, rank, DEFAULT_INIT, static, signature(traced),
+                        jax.default_backend())
         eng, hit = _svi.engine(model, static, traced, make_guide=make_guide, optim=optim, key=key)
     phases.add("compiled_reused", float(hit))
     eng.prepare(traced, num_samples, init=resume is None, phases=phases)
     k_fit, k_draw = jax.random.split(as_key(rng_key))
-    fingerprint = functools.partial(_fingerprint, key, traced, k_fit, num_steps)  # hashed only when needed
+    fingerprint = functools.partial(_fingerprint, key, traced, k_fit, (num_steps, learning_rate))  # hashed when needed
     if resume is not None:
         state, losses, done = _resume(resume, fingerprint(), num_steps)
     else:
@@ -368,6 +363,7 @@ def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samp
         with phases.phase("init_s", "initialising"):
             state = wait(state)
         losses, done = [], 0
+    state = _optim.set_schedule(state, learning_rate=learning_rate, num_steps=num_steps)
     eng.compile_block(state, traced, phases=phases)
     with deferred_interrupt() as flag:
         state, losses, status = _svi.run_blocks(eng, state, traced, num_steps=num_steps, done=done, losses=losses,
