@@ -16,6 +16,11 @@ as
   per-gene profile; context deviations of pairs are pooled with their own learned scale.
   A pair never seen in training draws its term from the learned scale of its factor pair (from
   the prior when that factor pair never occurred): intervals widen honestly.
+  By default (``tails="horseshoe"``) each pair x gene entry also has a local scale from a
+  regularised horseshoe: most entries of a pair are near zero and a few are large, as in
+  measured genetic-interaction screens, so an unseen pair's interval is narrow on most genes
+  and heavy-tailed; the slab bounds an entry's sd (``exp`` of a draw keeps a finite mean).
+  ``tails="normal"``: one Gaussian per entry with the pair's and gene's scales (the earlier model).
 - **Higher orders.** Conditions with three or more levels get a condition-specific residual
   whose scale is learned from the training conditions with three or more levels.
 
@@ -34,7 +39,12 @@ effect_context_sd : (factors,), effect_context_z : (context_targets, genes)
 interaction_scale : (factor_pairs,), interaction_sd : (genes,)
     Scale of the interaction per pair of factors (a scalar with one factor), and its per-gene profile.
 pair_z : (target_pairs, genes)
-    Standardised pair interactions: ``interaction_scale[fp] * interaction_sd * unit * pair_z``.
+    Standardised pair interactions: ``interaction_scale[fp] * interaction_sd * unit * pair_z``
+    (times the local scale with ``tails="horseshoe"``).
+pair_local_z : (target_pairs, genes)
+    Only with ``tails="horseshoe"`` (the default): standard normal; the entry's local scale is
+    :func:`local_scale` of it (a half-Cauchy draw, bounded by the slab ``interaction_slab``).
+    Sampled as a standard normal so that an unseen pair gets fresh prior draws at prediction.
 pair_context_sd : (), pair_context_z : (context_pairs, genes)
     Context deviations of pair interactions, one per (context, pair) occurring in the design:
     ``pair_context_sd * unit * pair_context_z``.
@@ -48,6 +58,23 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
+
+from semimech.errors import DesignError
+
+TAILS = ("horseshoe", "normal")
+
+
+def local_scale(local_z, tau, *, slab):
+    """Regularised horseshoe local scale from a standard normal ``local_z``.
+
+    ``lam = tan(pi/2 * Phi(local_z))`` is a half-Cauchy(0, 1) draw (its quantile function at a
+    standard-normal draw's cdf), and ``lam * slab / sqrt(slab**2 + (tau * lam)**2)`` bounds
+    ``tau * lam`` by ``slab`` (Piironen & Vehtari 2017): most entries near zero, a few up to
+    ``slab`` (in ``unit``), never a draw so large that ``exp`` of it has no finite mean.
+    """
+    u = jnp.clip(jax.scipy.stats.norm.cdf(local_z), 0.0, 1.0 - 1e-6)
+    lam = jnp.tan(0.5 * jnp.pi * u)
+    return lam * slab / jnp.sqrt(slab**2 + (tau * lam) ** 2)
 
 
 def _plate(name, size, dim):
@@ -80,8 +107,14 @@ def context_effects(data, genes, *, unit, prior_scale: float):
     return jax.ops.segment_sum(dev[jnp.asarray(data["level_context_col"])], rows, num_segments=n_pert)
 
 
-def interactions(data, genes, *, unit, prior_scale: float):
-    """``(perturbations, genes)``: pairwise interactions (with context deviations) plus higher orders."""
+def interactions(data, genes, *, unit, prior_scale: float, tails: str = "horseshoe", slab: float = 2.0):
+    """``(perturbations, genes)``: pairwise interactions (with context deviations) plus higher orders.
+
+    ``tails``: ``"horseshoe"`` (default: a regularised-horseshoe local scale per pair x gene entry,
+    slab ``slab`` in ``unit``) or ``"normal"`` (Gaussian entries).
+    """
+    if tails not in TAILS:
+        raise DesignError(f"interactions must be one of {TAILS}, got {tails!r}.")
     n_pert = jnp.shape(data["target_matrix"])[0]
     n_ctx = int(data["n_contexts"])
     n_fp = int(data["n_factor_pairs"])
@@ -91,13 +124,17 @@ def interactions(data, genes, *, unit, prior_scale: float):
         with _plate("factor_pairs", n_fp, -1):
             scale = numpyro.sample("interaction_scale", dist.HalfNormal(prior_scale))
     with genes:
-        gene_sd = numpyro.sample("interaction_sd", dist.HalfNormal(1.0)) * unit
+        gene_sd0 = numpyro.sample("interaction_sd", dist.HalfNormal(1.0))
+    gene_sd = gene_sd0 * unit
     out = jnp.zeros((n_pert, data["n_genes"]))
     n_pairs = jnp.shape(data["pair_index"])[0]
     if n_pairs > 0:
+        tau = scale[jnp.asarray(data["pair_factor_pair"])][:, None] * gene_sd0  # (pairs, genes), in unit
         with _plate("target_pairs", n_pairs, -2), genes:
             z = numpyro.sample("pair_z", dist.Normal(0.0, 1.0))
-        pair = scale[jnp.asarray(data["pair_factor_pair"])][:, None] * gene_sd * z  # (pairs, genes)
+            if tails == "horseshoe":
+                z = z * local_scale(numpyro.sample("pair_local_z", dist.Normal(0.0, 1.0)), tau, slab=slab)
+        pair = tau * unit * z  # (pairs, genes)
         rows, cols = jnp.asarray(data["pair_rows"]), jnp.asarray(data["pair_cols"])
         out = out + jax.ops.segment_sum(pair[cols], rows, num_segments=n_pert)
         if n_ctx > 1:

@@ -28,7 +28,11 @@ effect : (targets, genes), deterministic
 context_sd, context_z, effect_context_sd, effect_context_z
     Context baselines and context deviations of effects (designs with contexts only).
 interaction_scale : (factor_pairs,), interaction_sd : (genes,), pair_z : (target_pairs, genes)
-    Pairwise interactions: ``interaction_scale[factor pair] * interaction_sd * unit * pair_z``.
+    Pairwise interactions: ``interaction_scale[factor pair] * interaction_sd * unit * pair_z``, times a
+    regularised-horseshoe local scale per entry with ``interactions="horseshoe"`` (the default).
+pair_local_z : (target_pairs, genes)
+    Only with ``interactions="horseshoe"``: the standard-normal draw behind each entry's local scale
+    (a half-Cauchy draw, bounded so that the entry's sd is at most ``interaction_slab * unit``).
 pair_context_sd, pair_context_z
     Context deviations of pair interactions (designs with contexts only).
 higher_scale : (), higher_z : (perturbations, genes)
@@ -54,7 +58,8 @@ EFFECTS = ("population", "horseshoe")
 
 
 def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, effects: str | None = None,
-          effect_programs: int = 2, effect_knockdown: bool = True, embedding=None, gene_embedding=None, y=None):
+          effect_programs: int = 2, effect_knockdown: bool = True, interactions: str = "horseshoe", interaction_slab: float = 2.0,
+          embedding=None, gene_embedding=None, y=None):
     """The additive perturbation model; see the module docstring for the sites.
 
     ``effects``: ``"population"`` or ``"horseshoe"``; ``None`` (default) chooses ``"population"`` for
@@ -66,6 +71,9 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     the effect population; ``effect_knockdown`` (default True): a gene target's effect on its own
     gene comes from a knockdown population of its own (``knockdown_*`` sites) instead of the
     effect population's deviations.
+    ``interactions``: ``"horseshoe"`` (default): pair interactions are sparse per gene (a
+    regularised-horseshoe local scale per pair x gene entry, slab ``interaction_slab`` in units of
+    the gene's control scale); ``"normal"``: Gaussian entries with the pair's and gene's scales.
     """
     n_genes = data["n_genes"]
     tm = jnp.asarray(data["target_matrix"])
@@ -94,7 +102,8 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
 
     base = _treatments.context_baseline(baseline, data, genes, unit=unit)[jnp.asarray(data["perturbation_context"])]
     ctx_eff = _treatments.context_effects(data, genes, unit=unit, prior_scale=effect_prior_scale)
-    interaction = _treatments.interactions(data, genes, unit=unit, prior_scale=effect_prior_scale)
+    interaction = _treatments.interactions(data, genes, unit=unit, prior_scale=effect_prior_scale, tails=interactions,
+                                           slab=interaction_slab)
     with numpyro.plate("perturbations", n_pert, dim=-2), genes:
         loc_p = base + tm @ effect + ctx_eff + interaction
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))

@@ -125,3 +125,28 @@ def simulate_additive():
 def additive_screen():
     """Cells of :func:`additive_cells` (5 targets, 6 genes, 8 cells per condition, 5 doubles)."""
     return additive_cells()
+
+
+def fresh_pair_terms(fit, tau, *, seed=0):
+    """Reference draws of an unseen pair's standardised interaction ``local * z`` given ``tau``.
+
+    ``tau`` (draws, genes): the pair's scale in units of the gene's control scale
+    (``interaction_scale * interaction_sd``). Prior draws of the additive model's pair term
+    divided by ``tau * unit``: a regularised-horseshoe local scale times a standard normal
+    (``interactions="horseshoe"``, the default), a standard normal with ``"normal"``.
+    """
+    import numpy as np
+
+    from semimech.models._treatments import local_scale
+
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=tau.shape)
+    if fit.options.get("interactions", "horseshoe") == "normal":
+        return z
+    return np.asarray(local_scale(rng.normal(size=tau.shape), tau, slab=fit.options.get("interaction_slab", 2.0))) * z
+
+
+@pytest.fixture
+def pair_terms():
+    """:func:`fresh_pair_terms` (a function: pass fit, tau)."""
+    return fresh_pair_terms
