@@ -178,7 +178,8 @@ def test_gaussian_pseudobulk_is_exact(norman_design):
             params = {"baseline": rng.normal(0, 1, G), "noise_sd": rng.uniform(0.3, 1.0, G),
                       "effect_scale": 0.3, "effect_local": rng.uniform(0.5, 2, (T, G)),
                       "effect_z": rng.normal(size=(T, G)), "interaction_scale": 0.2,
-                      "interaction_sd": rng.uniform(0.1, 1, G), "pair_z": rng.normal(size=(1, G))}
+                      "interaction_sd": rng.uniform(0.1, 1, G), "pair_z": rng.normal(size=(1, G)),
+                      "pair_local_z": rng.normal(size=(1, G))}
             a, _ = log_density(model, (sub.model_data(),), {"y": np.asarray(sub.dense_y())}, params)
             b, _ = log_density(model, (pb.model_data(),), {"y": np.asarray(pb.dense_y())}, params)
             diffs.append(float(a - b))
@@ -191,7 +192,8 @@ def test_gaussian_pseudobulk_is_exact(norman_design):
                    - log_density(model, (data,), {"y": np.asarray(pb.dense_y())}, p)[0])
              for p in [{"noise_sd": np.full(G, s), "baseline": np.zeros(G), "effect_scale": 0.3,
                         "effect_local": np.ones((T, G)), "effect_z": np.zeros((T, G)),
-                        "interaction_scale": 0.2, "interaction_sd": np.ones(G), "pair_z": np.zeros((1, G))}
+                        "interaction_scale": 0.2, "interaction_sd": np.ones(G), "pair_z": np.zeros((1, G)),
+                        "pair_local_z": np.zeros((1, G))}
                        for s in (0.3, 0.9)]]
     assert abs(c[0] - c[1]) > 1.0
 
