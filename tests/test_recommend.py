@@ -46,9 +46,14 @@ def fits():
     """One fit of the screen with a large A+B interaction, one with none (same compiled model)."""
     out = {}
     for name, big in (("large", 2.0), ("null", 0.0)):
-        # horseshoe effects: the screen's singles are sparse and unrelated (no shared population response)
+        # horseshoe effects: the screen's singles are sparse and unrelated (no shared population response).
+        # Gaussian interactions (interactions="normal", the additive model's default before the
+        # horseshoe interactions): the known answers below were set for them. With the horseshoe
+        # default the information ranking differs (measured: the large fit ranks B+D first, the null
+        # fit's gains spread 0.1-1.6 nats, beyond 3 Monte Carlo SE): an open question for recommend
+        # with heavy-tailed posteriors (/work/notes/treatments.md), not checked by these tests.
         out[name] = sm.fit_svi(additive.SPEC, _screen(big), rng_key=0, num_steps=800, progress_bar=False,
-                               effects="horseshoe")
+                               effects="horseshoe", interactions="normal")
     return out
 
 
