@@ -148,7 +148,7 @@ def model_options(task: str, name: str, design, *, train_rows=None) -> dict:
             "off_target": False, "readout_block": False, "residual": True}
 
 
-def held_out_by_refit(fit, train_rows: np.ndarray, *, refit_steps: int | None) -> float:
+def held_out_by_refit(fit, train_rows: np.ndarray, *, refit_steps: int | None, cold: bool = False) -> float:
     """The held-out task as one more fold of the comparison's own refits: RMSE of the leave-out
     predictive mean of every non-training row (pooled over rows x readouts).
 
@@ -163,7 +163,8 @@ def held_out_by_refit(fit, train_rows: np.ndarray, *, refit_steps: int | None) -
 
     engine = RowEngine(fit)
     row_unit = np.where(train_rows, -1, 0)
-    folds = _Folds(fit, engine, row_unit, num_steps=_steps(fit, refit_steps), refit_options=None,
+    folds = _Folds(fit, engine, row_unit, num_steps=_steps(fit, refit_steps),
+                   refit_options={"warm_start": False} if cold else None,
                    key=jax.random.PRNGKey(7), max_pit_rows=10**6)
     folds._fold(np.array([0]))
     rows = np.flatnonzero(~train_rows)
@@ -256,7 +257,7 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
 
 def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means", steps: int, draws: int, refit_steps: int | None,
         heldout_json: str | None, heldout_steps: int, models, full: bool | str = False, method: str = "svi",
-        heldout: dict | None = None, log=print) -> dict:
+        heldout: dict | None = None, cold: bool = False, log=print) -> dict:
     task = ht.TASKS[task_name]
     folds = task.build(quick=False)
     design = comparison_design(task_name, folds, full=full)
@@ -271,7 +272,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
         unit = unit or UNITS[task_name]
         unit_arg = unit
     log(f"[{task_name}] comparison design {design}; unit {unit!r}; load {os.getloadavg()[0]:.1f}")
-    result = {"task": task_name, "unit": unit, "score": score, "design_kind": kind, "design": repr(design), "metric": task.metric,
+    result = {"task": task_name, "unit": unit, "score": score, "design_kind": kind, "cold_refits": cold, "design": repr(design), "metric": task.metric,
               "higher_is_better": task.higher_is_better, "method": method, "load_start": os.getloadavg()[0]}
     t0, c0 = time.time(), cpu_seconds()
     fits, fit_notes, fit_s = {}, {}, {}
@@ -294,7 +295,8 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
     result["fit_wall_s"], result["fit_cpu_s"] = time.time() - t0, cpu_seconds() - c0
     t1, c1 = time.time(), cpu_seconds()
     try:
-        table = ev.compare(fits, unit=unit_arg, k=k, score=score, num_steps=refit_steps)
+        table = ev.compare(fits, unit=unit_arg, k=k, score=score, num_steps=refit_steps,
+                           refit_options={"warm_start": False} if cold else None)
         result["cannot_rank"] = None
     except DesignError as err:
         table, result["cannot_rank"] = None, str(err)
@@ -306,7 +308,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
         held = {}
         for name, fit in fits.items():
             try:
-                held[name] = held_out_by_refit(fit, train_rows, refit_steps=refit_steps)
+                held[name] = held_out_by_refit(fit, train_rows, refit_steps=refit_steps, cold=cold)
             except SemimechError as err:
                 log(f"  held-out refit of {name} failed: {err}")
                 held[name] = None
@@ -385,12 +387,14 @@ def main(argv=None) -> int:
     ap.add_argument("--heldout-json", default=None)
     ap.add_argument("--heldout-steps", type=int, default=None, help="default: --steps")
     ap.add_argument("--models", nargs="*", default=list(REGISTRY))
+    ap.add_argument("--cold", action="store_true",
+                    help="cold-started refits (refit_options={'warm_start': False}); give --refit-steps as for a fit")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     r = run(args.task, unit=args.unit, k=args.k, score=args.score, steps=args.steps, draws=args.draws, refit_steps=args.refit_steps,
             heldout_json=args.heldout_json, heldout_steps=args.heldout_steps or args.steps, models=args.models,
             full=args.design if args.design.startswith("factor") else args.design == "full", method=args.method,
-            heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
+            cold=args.cold, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
     stem = f"compare_{args.task}" + ("" if args.design == "train" else f"_{args.design}") + f"_{args.score}"
     out = pathlib.Path(args.json or pathlib.Path(__file__).resolve().parent / "results" / f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -234,3 +234,22 @@ def test_a_cut_posterior_is_refit_for_every_unit():
         cv = cross_validate(fit, unit="combination", k=2, num_steps=5)   # leave-one-out over the 2 combinations
     assert cv.scheme == "leave-one-out" and cv.n_psis == 0 and cv.n_refits == 2
     assert np.isfinite(cv.pointwise).all() and cv.pit.shape == (2, 2)
+
+
+def test_refits_start_cold_on_request(fit, monkeypatch):
+    """refit_options={'warm_start': False}: the refit gets no init_values (a fresh fit's start);
+    by default it starts at the full fit's posterior medians (negative control)."""
+    import semimech.infer.fit as fit_module
+    from semimech.evaluate._pointwise import RowEngine
+    from semimech.evaluate.cv import _Folds
+
+    seen = []
+    monkeypatch.setattr(fit_module, "fit_svi", lambda *a, **kw: seen.append(kw) or "refit")
+    engine = RowEngine(fit)
+    rows = np.ones(fit.design.n_obs, bool)
+    for opts in ({}, {"warm_start": False}):
+        folds = _Folds(fit, engine, np.full(fit.design.n_obs, -1), num_steps=5, refit_options=opts, key=0,
+                       max_pit_rows=10)
+        assert folds._refit(rows, 0) == "refit"
+    assert set(seen[0]["init_values"]) == set(folds.warm) and seen[0]["init_values"] is not None
+    assert seen[1]["init_values"] is None and "warm_start" not in seen[1]
