@@ -109,6 +109,8 @@ def _jsonable(obj):
 
 def demo(*, out: Path, steps: int, draws: int, seed: int, progress: bool = True) -> int:
     """Fit, predict the held-out doubles, score against baselines, write a results folder."""
+    # the imports (JAX, NumPyro) and reading the data take ~2 s: say so before they start
+    print("semimech demo: loading JAX and the shipped Norman 2019 subset...", flush=True)
     import numpy as np
 
     import semimech as sm
