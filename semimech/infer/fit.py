@@ -167,7 +167,9 @@ def _prepare(spec: ModelSpec, design: Design, options: dict, row_mask=None, *, w
         raise DesignError(f"the design's {design.noise.kind!r} noise model is for Gaussian readouts, but the "
                           f"likelihood is {opts['likelihood']!r}; use likelihood='normal' or drop the noise model.")
     if opts["likelihood"] == "normal" and warn:
-        _warn_unreplicated(design)
+        # a model option that sets the measurement noise (the signalling model's noise_sd prior) identifies
+        # the noise as a known noise model on the design does
+        _warn_unreplicated(design, noise_given=opts.get("noise_sd") is not None)
     data = design.model_data()
     if row_mask is not None:
         data["row_mask"] = _row_mask(row_mask, design)
@@ -210,10 +212,11 @@ def _warm_site(site=None, values=None):
     return init_to_median(site, num_samples=15)
 
 
-def _warn_unreplicated(design: Design) -> None:
+def _warn_unreplicated(design: Design, *, noise_given: bool = False) -> None:
     """Warn when noise and effects are not separately identified, and about duplicated rows.
 
-    Identified: a known or replicate-based noise model (:meth:`Design.with_noise`), replicate
+    Identified: a known or replicate-based noise model (:meth:`Design.with_noise`) or one given
+    as a model option (``noise_given``, e.g. the signalling model's ``noise_sd``), replicate
     rows (exact copies excepted), cells behind a row, or effects shared across conditions
     (residual degrees of freedom of the additive mean structure,
     :func:`semimech.measurement.replicates.residual_df`). Otherwise the fitted noise sd, and with
@@ -228,7 +231,7 @@ def _warn_unreplicated(design: Design) -> None:
             f"{len(dups)} set(s) of rows of one condition are identical in every readout ({shown}). Copies of one "
             "measurement are not replicates: read as replicates they claim zero noise. Keep one row of each "
             "(Design.subset) if they are copies.", DuplicateRowsWarning, stacklevel=3)
-    if design.noise is not None and design.noise.kind != "learned":
+    if noise_given or (design.noise is not None and design.noise.kind != "learned"):
         return
     if has_replicates(design) or residual_df(design) > 0:
         return
