@@ -193,3 +193,5 @@ import heldout_signalling  # noqa: E402,F401
 import heldout_factorial  # noqa: E402,F401
 # effect-population tasks and configurations (issue 13) live in heldout_population.py
 import heldout_population  # noqa: E402,F401
+# one fit across cell lines (contexts), unseen lines from the population, live in heldout_contexts.py
+import heldout_contexts  # noqa: E402,F401

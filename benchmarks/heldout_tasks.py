@@ -310,5 +310,57 @@ def papalexi_loto(*, quick: bool) -> list[Fold]:
     return folds
 
 
+def _loclo_rule(rule: str) -> Callable[[Fold], np.ndarray]:
+    """Rules for an unseen cell line: the same condition's mean over the training lines
+    (``other_lines``), or the training lines' mean untreated row (``other_lines_control``)."""
+    def baseline(fold: Fold) -> np.ndarray:
+        tr = fold.frame[fold.frame.split == "train"]
+        by = tr.groupby(["stimuli", "inhibitors"])[list(fold.readouts)].mean()
+        held = fold.frame.set_index(["label", "context"])
+        keys = [tuple(held.loc[(lab, ctx), ["stimuli", "inhibitors"]]) for lab, ctx in zip(fold.labels, fold.contexts)]
+        if rule == "other_lines_control":
+            keys = [("none", "none")] * len(keys)
+        return np.stack([by.loc[k].to_numpy(float) for k in keys])
+
+    baseline.__name__ = rule
+    return baseline
+
+
+@register_task("hepg2_loclo", metric="rmse", higher_is_better=False, aggregation="pooled",
+               gene_set="all 18 phospho readouts", scale="log10(x + 1) of raw xMAP values, t = 30 min",
+               baselines={"other_lines": _loclo_rule("other_lines"),
+                          "other_lines_control": _loclo_rule("other_lines_control")})
+def hepg2_loclo(*, quick: bool) -> list[Fold]:
+    """HepG2CancerRes2011: leave one cell line out (5 folds); predict all 80 of its rows from the other 4 lines.
+
+    Blind: no row of the held-out line (not even its untreated one) is seen. A model answers from
+    its population of cell lines (``sm.predict(..., new_contexts="population")``). Rules: the same
+    stimulus x inhibitor condition averaged over the 4 training lines, or their untreated mean
+    (``fold.reference``). One measurement per condition (no replicates).
+    """
+    wide = _hepg2_frame()
+    readouts = [c for c in wide.columns if c not in ("cell_line", "stimuli", "inhibitors")]
+    wide["context"] = wide.cell_line
+    wide["label"] = [_label_of(s, i) for s, i in zip(wide.stimuli, wide.inhibitors)]
+    wide.index = wide.cell_line + "|" + wide.stimuli + "|" + wide.inhibitors
+    folds = []
+    for line in (["HepG2"] if quick else sorted(wide.cell_line.unique())):
+        frame = wide.assign(split=np.where(wide.cell_line == line, "test", "train"))
+        tr = frame[frame.split == "train"]
+        train = sm.Design.from_frame(tr, readouts=readouts, perturbation_key="label", control="none",
+                                     batch_key="cell_line")
+        te = frame[frame.split == "test"]
+        control = tr[tr.label == "none"][readouts].to_numpy(float).mean(axis=0)
+        folds.append(Fold("hepg2_loclo", line, train, tuple(te.label), tuple(te.context),
+                          te[readouts].to_numpy(float), np.ones(len(te)), np.tile(control, (len(te), 1)),
+                          tuple(readouts), frame, {"noise": hepg2_replicate_noise()}))
+    return folds
+
+
+def _label_of(stimuli: str, inhibitors: str) -> str:
+    parts = [p for p in stimuli.split("+") + inhibitors.split("+") if p != "none"]
+    return "+".join(parts) if parts else "none"
+
+
 # the factorial MIDAS tasks (LiverDREAM, EGFR-ErbB) live in heldout_midas.py
 import heldout_midas  # noqa: E402,F401
