@@ -21,6 +21,12 @@ task's prior-knowledge network, fits, and predicts every held-out condition for 
   cells per condition the noise cannot absorb the network's misfit, the residual can, and an
   unseen condition's interval includes it.
 - ``liverdream_loco``: the LiverDREAM PKN, its stimuli and inhibitors on their nodes.
+- ``egfr_erbb_combinations``: the EGFR-ErbB PKN (Samaga et al. 2009; its ``andNN`` hyperedge
+  nodes are compressed to single edges, AND pairs re-offered as candidates), the five ligands on
+  their nodes, PI3Ki on PI3K, p-GSK3 falling with GSK3's activity (AKT and p90RSK inhibit it),
+  feedback dropped for the closed form. One fit per time point (a single context each, like
+  HepG2's per cell line), noise prior ``noise_sd=(0.05, 0.5)`` (log10 units: xMAP's ~10% CV; the
+  file has no replicates) plus the default structural error in a cut posterior.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ import semimech as sm
 from heldout_models import NotApplicable, Predicted, register_model
 from semimech.datasets import HEPG2_NETWORK, read_sif, shared_data_dir
 
-TASKS = ("hepg2_combinations", "sachs_loco", "liverdream_loco")
+CNO = "cellnopt_liver_phospho"
+
+TASKS = ("hepg2_combinations", "sachs_loco", "liverdream_loco", "egfr_erbb_combinations")
 
 
 def _label(stimuli: str, inhibitors: str) -> str:
@@ -192,7 +200,61 @@ def _liver(fold, *, seed, budget, method: str, **options) -> Predicted:
                      seconds=secs, info=_info(fit))
 
 
-_RUNNERS = {"hepg2_combinations": _hepg2, "sachs_loco": _sachs, "liverdream_loco": _liver}
+# ------------------------------------------------------------------------------ EGFR-ErbB
+EGFR_STIMULI = {"EGF": "egf", "NRG1a": "nrg1a", "AR": "ar", "EPR": "epr", "TGFa": "TGFa"}
+EGFR_INHIBITORS = {"PI3Ki": "PI3K"}
+EGFR_READOUT_SIGNS = {"GSK3": -1}  # p-GSK3 (inactivating site): falls as GSK3 is active
+
+
+def egfr_network(readouts, *, pkn: str = f"{CNO}/EGFR-ErbB_PCB2009/PKN-EGFR-ErbB_PCB2009.sif", cycles="drop"):
+    """The compiled EGFR-ErbB network for these readouts (each readout is the PKN node of its name)."""
+    import warnings
+
+    from semimech.models import signalling_network as sn
+
+    edges = read_sif(shared_data_dir() / pkn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sn.NetworkWarning)
+        return sn.compile_network(edges, stimuli=EGFR_STIMULI, inhibitors=EGFR_INHIBITORS,
+                                  readouts={r: r for r in readouts},
+                                  readout_signs={r: s for r, s in EGFR_READOUT_SIGNS.items() if r in readouts},
+                                  cycles=cycles)
+
+
+def _egfr(fold, *, seed, budget, method: str, **options) -> Predicted:
+    from semimech.models import signalling_network as sn
+
+    frame = fold.frame
+    readouts = list(fold.readouts)
+    net = egfr_network(readouts, pkn=fold.meta["pkn"])
+    held = frame.set_index(["label", "context"])
+    want = [held.loc[(lab, ctx)] for lab, ctx in zip(fold.labels, fold.contexts)]
+    n_draws = budget.num_samples if method != "nuts" else 2 * max(budget.num_samples // 2, 50)
+    obs = np.empty((n_draws, len(fold.labels), len(readouts)))
+    mean = np.empty_like(obs)
+    seconds, info = 0.0, {}
+    opts = dict(noise_sd=(0.05, 0.5))
+    opts.update(options)
+    for ctx in dict.fromkeys(fold.contexts):
+        rows = frame[(frame.context == ctx) & (frame.split == "train")]
+        rows = rows.assign(label=[_label(s, i) for s, i in zip(rows.stimuli, rows.inhibitors)]).set_index("label",
+                                                                                                          drop=False)
+        design = sm.Design.from_frame(rows, readouts=readouts, perturbation_key="label", control="none")
+        fit, secs = _fit(design, sn.network_option(net, design=design), method=method, seed=seed, budget=budget,
+                         **opts)
+        seconds += secs
+        info[ctx] = _info(fit)
+        idx = [i for i, c in enumerate(fold.contexts) if c == ctx]
+        labels = [_label(want[i].stimuli, want[i].inhibitors) for i in idx]
+        p = sm.predict(fit, labels, rng_key=seed + 1000, num_cells=fold.n_obs[idx], steady_state_draws=0)
+        cols = [p.genes.index(g) for g in readouts]
+        obs[:, idx] = p.draws["observed_mean"][:, :, cols]
+        mean[:, idx] = p.draws["mean"][:, :, cols]
+    return Predicted(observed=obs, mean=mean, seconds=seconds, info=info)
+
+
+_RUNNERS = {"hepg2_combinations": _hepg2, "sachs_loco": _sachs, "liverdream_loco": _liver,
+            "egfr_erbb_combinations": _egfr}
 
 
 def _config(method: str, **options):
