@@ -333,6 +333,9 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
         if result.get("held_out_reference"):
             result["agreement_reference"] = agreement(table, {n: result["held_out_reference"].get(n) for n in fits},
                                                       higher_is_better=task.higher_is_better)
+        result["warm_resets"] = {n: [dict(r) for r in cv.resets] for n, cv in table.attrs.get("cross_validations", {}).items()}
+        for n, r in result["warm_resets"].items():
+            log(f"  {n}: entries started cold per refit (informed by the held-out rows only): {r}")
         log(table[[c for c in cols if c not in ("left_out", "cv_calibration", "below")]][:15].to_string(index=False))
         log(reading(table))
     result["fit_notes"] = fit_notes

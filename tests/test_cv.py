@@ -253,3 +253,46 @@ def test_refits_start_cold_on_request(fit, monkeypatch):
         assert folds._refit(rows, 0) == "refit"
     assert set(seen[0]["init_values"]) == set(folds.warm) and seen[0]["init_values"] is not None
     assert seen[1]["init_values"] is None and "warm_start" not in seen[1]
+
+
+def test_a_warm_start_resets_what_only_the_held_out_rows_inform(fit, design):
+    """Known answer: holding out the double T0+T3, the entries of its pair interaction (pair_z,
+    pair_local_z at that pair: no other row reads them) start cold (NaN -> the prior median in the
+    compiled init) and every other entry at the full fit's median. Negative control: holding out
+    the single T1, whose effect the doubles T1+T2 and T1+T4 also inform, resets nothing."""
+    import jax
+    from numpyro.infer.util import initialize_model
+
+    from semimech.evaluate._pointwise import RowEngine
+    from semimech.evaluate.cv import _Folds
+    from semimech.infer.fit import _prepare, fold_summaries, warm_init
+
+    engine = RowEngine(fit)
+    folds = _Folds(fit, engine, np.full(design.n_obs, -1), num_steps=5, refit_options={}, key=0, max_pit_rows=10)
+    pairs = ["+".join(design.targets[i] for i in ij) for ij in design.model_data()["pair_index"]]
+    starts = {}
+    for held_label in ("T0+T3", "T1"):
+        held = design.perturbation_index == design.perturbations.index(held_label)
+        starts[held_label] = folds.start(~held, fold_summaries(design, ~held))
+    start = starts["T0+T3"]
+    for name, warm in folds.warm.items():
+        reset = np.isnan(start[name])
+        if name in ("pair_z", "pair_local_z"):
+            expected = np.zeros(warm.shape, bool)
+            expected[pairs.index("T0+T3")] = True
+            np.testing.assert_array_equal(reset, expected, err_msg=name)
+        else:
+            assert not reset.any(), name
+        np.testing.assert_array_equal(start[name][~reset], warm[~reset])
+        assert not np.isnan(starts["T1"][name]).any(), name                      # negative control
+    assert folds.resets == [{"pair_z": design.n_genes, "pair_local_z": design.n_genes}, {}]
+    # the compiled start: NaN entries at the prior median (not the warm value), the rest warm
+    held = design.perturbation_index == design.perturbations.index("T0+T3")
+    model, data, y, _ = _prepare(fit.spec, design, fit.options, row_mask=~held)
+    info = initialize_model(jax.random.PRNGKey(0), model, init_strategy=warm_init(start),
+                            model_args=(data,), model_kwargs={"y": y})[0]
+    z0 = np.asarray(info.z["pair_z"])        # pair_z ~ Normal(0, 1): unconstrained = constrained
+    p = pairs.index("T0+T3")
+    assert np.isfinite(z0).all() and np.all(np.abs(z0[p]) < 1.0)
+    assert not np.allclose(z0[p], folds.warm["pair_z"][p], atol=1e-3)
+    np.testing.assert_allclose(np.delete(z0, p, 0), np.delete(folds.warm["pair_z"], p, 0), rtol=1e-5)

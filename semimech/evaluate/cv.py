@@ -17,7 +17,10 @@ How:
 
 A refit keeps every row and masks the held-out rows' likelihood (``fit_svi(row_mask=...)``),
 so all folds share array shapes (and compiled code), and starts from the full fit's posterior
-medians (``init_values``). Latents of held-out perturbations, unseen targets, pairs of levels or
+medians (``init_values``), except the entries only the held-out rows inform (zero gradient of the
+kept rows' log-likelihood there, non-zero of the held-out rows'), which start as a fresh fit
+starts them: a warm start must not carry the left-out data (:mod:`semimech.evaluate._warm`;
+measured on Sachs, ``benchmarks/RESULTS_compare.md``). Latents of held-out perturbations, unseen targets, pairs of levels or
 contexts (sites over those plates) get no information from the masked rows; their draws are replaced by draws
 from the prior given the fold's other latents, which is exactly their posterior in the fold
 (and removes any trace of the warm start from them). The held-out predictive is then the
@@ -70,6 +73,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import Predictive
 
@@ -77,6 +81,7 @@ from semimech._rng import as_key
 from semimech.errors import DesignError, InferenceError
 from semimech.evaluate._cv_scores import entry_values, fold_of_unit, psis_pit, score_means
 from semimech.evaluate._pointwise import RowEngine, flat_latent
+from semimech.evaluate._warm import event_dims, gradient_fn, reset_mask, warm_values
 from semimech.evaluate.probabilistic import CalibrationReport, pit_calibration
 from semimech.infer import _arviz
 from semimech.infer.fit import fold_summaries
@@ -125,6 +130,9 @@ class CrossValidation:
         the held-out contract's error, cross-validated.
     khat_max
         Largest Pareto k-hat of the PSIS stage over units (NaN for K-fold, which uses none).
+    resets
+        Per refit, the latent entries started cold because only its held-out rows inform them
+        (site -> count; empty for cold refits, ``refit_options={"warm_start": False}``).
     """
 
     model: str
@@ -139,6 +147,7 @@ class CrossValidation:
     khat_max: float
     score: str = "means"
     l2: np.ndarray | None = None
+    resets: tuple = ()
 
     @property
     def pointwise(self) -> np.ndarray:
@@ -247,6 +256,10 @@ class _Folds:
         self.warm_start = bool(self.options.pop("warm_start", True))
         self.full = flat_latent(fit, engine.latent)
         self.warm = {k: np.median(v, axis=0) for k, v in self.full.items()}
+        self.resets: list[dict[str, int]] = []   # per refit: entries started cold (informed by held-out rows only)
+        if self.warm_start:
+            self._event = event_dims(engine.model, engine.data, self.warm)
+            self._grad = gradient_fn(engine._ll)
         self.resample = [n for n in engine.latent if set(fit.dims.get(n, ())) & set(MASKABLE)]
         kept = [n for n in engine.latent if n not in self.resample]
         self.kept = kept
@@ -279,11 +292,23 @@ class _Folds:
         for r, m in zip(rows, mean):
             self.mean[int(r)] = m
 
-    def _refit(self, train_rows: np.ndarray, key):
+    def start(self, train_rows: np.ndarray, summaries: dict | None = None) -> dict:
+        """The warm start of a fold: the full fit's medians, with the entries only the held-out rows
+        inform (zero training, non-zero held-out log-likelihood gradient there) set to NaN, i.e.
+        started as a fresh fit starts them (:mod:`semimech.evaluate._warm`)."""
+        s = self.engine._summaries(summaries)
+        values = {k: jnp.asarray(v) for k, v in self.warm.items()}
+        w = np.asarray(train_rows, np.float32)
+        mask = reset_mask(self._grad(values, jnp.asarray(w), s), self._grad(values, jnp.asarray(1.0 - w), s),
+                          self._event)
+        self.resets.append({k: int(m.sum()) for k, m in mask.items() if m.any()})
+        return warm_values(self.warm, mask)
+
+    def _refit(self, train_rows: np.ndarray, key, summaries: dict | None = None):
         from semimech.infer.fit import UnreplicatedWarning, fit_nuts, fit_svi
 
         fit = self.fit
-        init = self.warm if self.warm_start else None   # None: start as a fresh fit does
+        init = self.start(train_rows, summaries) if self.warm_start else None   # None: start as a fresh fit does
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UnreplicatedWarning)  # said once, by the full fit
             if fit.method == "nuts":
@@ -304,10 +329,10 @@ class _Folds:
         train_rows = ~held
         key = jax.random.fold_in(self.key, int(positions.min()) + 1)
         k_fit, k_prior, k_rep = jax.random.split(key, 3)
-        refit = self._refit(train_rows, k_fit)
+        summaries = self.engine._summaries(fold_summaries(self.fit.design, train_rows))
+        refit = self._refit(train_rows, k_fit, summaries)
         self.n_refits += 1
         samples = flat_latent(refit, self.engine.latent)
-        summaries = self.engine._summaries(fold_summaries(self.fit.design, train_rows))
         if self.resample:
             unseen = _unseen(self.fit.design, self.engine.data, train_rows)
             drawn = self.engine.apply(lambda part: self._prior_given(part, summaries), samples, self.kept,
@@ -367,11 +392,11 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
         SVI steps of each warm-started refit (default: a third of the full fit's, at least 300).
     refit_options
         Other keywords for the refits' ``fit_svi`` (e.g. ``guide``, ``learning_rate``) or
-        ``fit_nuts`` (``num_warmup``); give the ones the full fit used. ``warm_start=False``: start
-        each refit as a fresh fit does instead of at the full fit's posterior medians (measured on
-        Sachs, ``benchmarks/RESULTS_compare.md``: warm-started refits of 666 steps kept information
-        from the left-out condition in latents that are not redrawn, held-out RMSE 1.051 against
-        1.169 cold and 1.166 for fresh fits; give cold refits as many steps as a fit).
+        ``fit_nuts`` (``num_warmup``); give the ones the full fit used. Refits start at the full
+        fit's posterior medians except the entries only the held-out rows inform (see the module
+        docstring; before that rule, warm starts leaked the left-out condition on Sachs: held-out
+        RMSE 1.051 against 1.169 cold and 1.166 for fresh fits). ``warm_start=False``: start each
+        refit as a fresh fit does (give cold refits as many steps as a fit).
     max_pit_rows
         Held-out rows per refit whose PIT is computed (all units' rows up to this many).
     rng_key
@@ -445,7 +470,7 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
                    for p in range(n_u)])
     return CrossValidation(model=fit.spec.name, unit=unit_name, scheme=scheme, units=units, elpd=res, pit=pit,
                            calibration=pit_calibration(pit), n_psis=n_psis, n_refits=folds.n_refits,
-                           khat_max=khat_max, score=score, l2=l2)
+                           khat_max=khat_max, score=score, l2=l2, resets=tuple(folds.resets))
 
 
 def _steps(fit, num_steps: int | None) -> int:

@@ -200,7 +200,13 @@ def _row_mask(row_mask, design: Design) -> np.ndarray:
 
 
 def warm_init(values) -> Callable:
-    """An ``init_loc_fn``: each site in ``values`` starts there, the others at the prior median."""
+    """An ``init_loc_fn``: each site in ``values`` starts there, the others at the prior median.
+
+    A NaN entry of a value starts at the prior median (as in a fresh fit, given its parents' start):
+    cross-validation refits reset that way the entries only the left-out rows inform
+    (:mod:`semimech.evaluate._warm`). NaN is data, not structure: fits differing in which entries
+    are NaN share one compiled initialisation.
+    """
     return functools.partial(_warm_site, values=values)  # NumPyro reads init strategies as partials
 
 
@@ -208,7 +214,10 @@ def _warm_site(site=None, values=None):
     if site is None:
         return functools.partial(_warm_site, values=values)
     if site["name"] in values:
-        return init_to_value(site, values={site["name"]: values[site["name"]]})
+        warm = init_to_value(site, values={site["name"]: values[site["name"]]})
+        if site["type"] != "sample" or site["is_observed"] or not jnp.issubdtype(jnp.result_type(warm), jnp.floating):
+            return warm
+        return jnp.where(jnp.isnan(warm), init_to_median(site, num_samples=15), warm)
     return init_to_median(site, num_samples=15)
 
 
@@ -306,9 +315,9 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
         perturbation with no row left has no data on its latents.
     init_values
         Optional warm start: site name -> value on the constrained scale (e.g. the posterior
-        medians of an earlier fit of the same model and design); other sites start at the prior
-        median. The values are data of the compiled initialisation: fits with different values
-        share it.
+        medians of an earlier fit of the same model and design); other sites, and NaN entries of a
+        value, start at the prior median. The values are data of the compiled initialisation: fits
+        with different values share it.
     **options
         Model options, e.g. ``likelihood="negbin"``.
 
