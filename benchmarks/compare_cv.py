@@ -220,6 +220,14 @@ def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, step
     return out
 
 
+def _spearman(a, b) -> float | None:
+    """Spearman correlation; None where one side is constant (every model tied: no ranking to correlate)."""
+    from scipy import stats
+
+    a = np.asarray(a, float)
+    return None if np.ptp(a) == 0 else float(stats.spearmanr(a, b).statistic)
+
+
 def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
     """Spearman(elpd, held-out score), first-ranked within 10% of the best held-out value, separation."""
     from scipy import stats
@@ -233,8 +241,9 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
     value = np.array([held[n] for n in names], float)
     good = value if higher_is_better else -value                  # higher is better
     best = float(value[np.argmax(good)])
-    if len(names) >= 3:
+    if len(names) >= 3:  # on the point scores, and on the ranks the table reports (ties share a rank)
         out["spearman"] = float(stats.spearmanr(ranked.loc[names, "elpd_cv"].astype(float), good).statistic)
+        out["spearman_ranks"] = _spearman(-ranked.loc[names, "rank"].astype(float), good)
     cvs = table.attrs.get("cross_validations", {})
     l2 = {n: cvs[n].l2 for n in names if n in cvs and cvs[n].l2 is not None and np.isfinite(cvs[n].l2).all()}
     if len(l2) == len(names) >= 2:  # the contract's error, cross-validated: the same refits ranked by it
@@ -248,6 +257,7 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
                                                 else (held[n] <= 1.1 * best) for n in first_l2))
         if len(names) >= 3:
             out["spearman_cv_l2"] = float(stats.spearmanr([-l2[n].mean() for n in names], good).statistic)
+            out["spearman_ranks_cv_l2"] = _spearman([-float(rank_l2[n]) for n in names], good)
     first = [n for n in names if ranked.loc[n, "rank"] == 1]
     within = [(held[n] >= best - 0.1 * abs(best)) if higher_is_better else (held[n] <= 1.1 * best) for n in first]
     out.update({"best_held_out_model": names[int(np.argmax(good))], "best_held_out": best, "first_ranked": first,
