@@ -236,27 +236,29 @@ def test_a_cut_posterior_is_refit_for_every_unit():
     assert np.isfinite(cv.pointwise).all() and cv.pit.shape == (2, 2)
 
 
-def test_refits_start_cold_on_request(fit, monkeypatch):
-    """refit_options={'warm_start': False}: the refit gets no init_values (a fresh fit's start);
-    by default it starts at the full fit's posterior medians (negative control)."""
+def test_refits_start_cold_by_default(fit, monkeypatch):
+    """By default a refit gets no init_values (a fresh fit's start) and the full fit's number of
+    steps; refit_options={'warm_start': True} starts it at the full fit's posterior medians with a
+    third of the steps (the alternative, which leaked the left-out condition on Sachs)."""
     import semimech.infer.fit as fit_module
     from semimech.evaluate._pointwise import RowEngine
-    from semimech.evaluate.cv import _Folds
+    from semimech.evaluate.cv import _Folds, _steps
 
     seen = []
     monkeypatch.setattr(fit_module, "fit_svi", lambda *a, **kw: seen.append(kw) or "refit")
     engine = RowEngine(fit)
     rows = np.ones(fit.design.n_obs, bool)
-    for opts in ({}, {"warm_start": False}):
+    for opts in ({}, {"warm_start": True}):
         folds = _Folds(fit, engine, np.full(fit.design.n_obs, -1), num_steps=5, refit_options=opts, key=0,
                        max_pit_rows=10)
         assert folds._refit(rows, 0) == "refit"
-    assert set(seen[0]["init_values"]) == set(folds.warm) and seen[0]["init_values"] is not None
-    assert seen[1]["init_values"] is None and "warm_start" not in seen[1]
+    assert seen[0]["init_values"] is None and "warm_start" not in seen[0]
+    assert set(seen[1]["init_values"]) == set(folds.warm) and "warm_start" not in seen[1]
+    assert _steps(fit, None) == 400 and _steps(fit, None, warm=True) == 300 and _steps(fit, 7) == 7
 
 
 def test_a_warm_start_resets_what_only_the_held_out_rows_inform(fit, design):
-    """Known answer: holding out the double T0+T3, the entries of its pair interaction (pair_z,
+    """Warm start (opt-in). Known answer: holding out the double T0+T3, the entries of its pair interaction (pair_z,
     pair_local_z at that pair: no other row reads them) start cold (NaN -> the prior median in the
     compiled init) and every other entry at the full fit's median. Negative control: holding out
     the single T1, whose effect the doubles T1+T2 and T1+T4 also inform, resets nothing."""
@@ -268,7 +270,8 @@ def test_a_warm_start_resets_what_only_the_held_out_rows_inform(fit, design):
     from semimech.infer.fit import _prepare, fold_summaries, warm_init
 
     engine = RowEngine(fit)
-    folds = _Folds(fit, engine, np.full(design.n_obs, -1), num_steps=5, refit_options={}, key=0, max_pit_rows=10)
+    folds = _Folds(fit, engine, np.full(design.n_obs, -1), num_steps=5, refit_options={"warm_start": True}, key=0,
+                   max_pit_rows=10)
     pairs = ["+".join(design.targets[i] for i in ij) for ij in design.model_data()["pair_index"]]
     starts = {}
     for held_label in ("T0+T3", "T1"):

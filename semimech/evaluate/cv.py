@@ -16,14 +16,20 @@ How:
 - Grouped K-fold (``k`` smaller): exact refits of every fold (``arviz_stats.loo_kfold``).
 
 A refit keeps every row and masks the held-out rows' likelihood (``fit_svi(row_mask=...)``),
-so all folds share array shapes (and compiled code), and starts from the full fit's posterior
-medians (``init_values``), except the entries only the held-out rows inform (zero gradient of the
-kept rows' log-likelihood there, non-zero of the held-out rows'), which start as a fresh fit
-starts them: a warm start must not carry the left-out data (:mod:`semimech.evaluate._warm`;
-measured on Sachs, ``benchmarks/RESULTS_compare.md``). Latents of held-out perturbations, unseen targets, pairs of levels or
+so all folds share array shapes (and compiled code), and starts as a fresh fit starts (the prior
+medians; as many SVI steps as the full fit). A warm start at the full fit's posterior medians
+(``refit_options={"warm_start": True}``, a third of the steps) leaks the left-out data: measured on
+Sachs (leave one condition out, ``benchmarks/RESULTS_compare.md``), signalling_network's held-out
+RMSE was 1.051 from warm-started refits, 1.169 from cold ones and 1.166 from fresh fits. The warm
+start resets the entries only the held-out rows inform (zero gradient of the kept rows'
+log-likelihood there, non-zero of the held-out rows'; :mod:`semimech.evaluate._warm`), but that
+left the Sachs numbers unchanged to the last digit: what leaks sits in latents the kept rows
+also inform (shared edges, scales) or in the basin the full fit sits in (which one: not measured),
+and a refit of a third of the steps from there stays near it.
+Latents of held-out perturbations, unseen targets, pairs of levels or
 contexts (sites over those plates) get no information from the masked rows; their draws are replaced by draws
 from the prior given the fold's other latents, which is exactly their posterior in the fold
-(and removes any trace of the warm start from them). The held-out predictive is then the
+(and removes any trace of a warm start from them). The held-out predictive is then the
 fold's posterior predictive for those units.
 
 What is scored (``score=``). The question is how well a model predicts what an unmeasured
@@ -132,7 +138,7 @@ class CrossValidation:
         Largest Pareto k-hat of the PSIS stage over units (NaN for K-fold, which uses none).
     resets
         Per refit, the latent entries started cold because only its held-out rows inform them
-        (site -> count; empty for cold refits, ``refit_options={"warm_start": False}``).
+        (site -> count; empty for cold refits, the default).
     """
 
     model: str
@@ -253,7 +259,7 @@ class _Folds:
     def __init__(self, fit, engine: RowEngine, row_unit: np.ndarray, *, num_steps, refit_options, key, max_pit_rows):
         self.fit, self.engine, self.row_unit, self.key = fit, engine, row_unit, key
         self.num_steps, self.options, self.max_pit_rows = num_steps, dict(refit_options or {}), max_pit_rows
-        self.warm_start = bool(self.options.pop("warm_start", True))
+        self.warm_start = bool(self.options.pop("warm_start", False))
         self.full = flat_latent(fit, engine.latent)
         self.warm = {k: np.median(v, axis=0) for k, v in self.full.items()}
         self.resets: list[dict[str, int]] = []   # per refit: entries started cold (informed by held-out rows only)
@@ -389,14 +395,14 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
         around the mean, the ``y_within`` term) — mostly a score of the noise model, see the
         module docstring.
     num_steps
-        SVI steps of each warm-started refit (default: a third of the full fit's, at least 300).
+        SVI steps of each refit (default: as many as the full fit's; with a warm start a third of
+        them, at least 300).
     refit_options
         Other keywords for the refits' ``fit_svi`` (e.g. ``guide``, ``learning_rate``) or
-        ``fit_nuts`` (``num_warmup``); give the ones the full fit used. Refits start at the full
-        fit's posterior medians except the entries only the held-out rows inform (see the module
-        docstring; before that rule, warm starts leaked the left-out condition on Sachs: held-out
-        RMSE 1.051 against 1.169 cold and 1.166 for fresh fits). ``warm_start=False``: start each
-        refit as a fresh fit does (give cold refits as many steps as a fit).
+        ``fit_nuts`` (``num_warmup``); give the ones the full fit used. ``warm_start=True``: start
+        each refit at the full fit's posterior medians, except the entries only the held-out rows
+        inform (see the module docstring): three times cheaper, but it leaked the left-out
+        condition on Sachs (held-out RMSE 1.051 warm against 1.169 cold, 1.166 from fresh fits).
     max_pit_rows
         Held-out rows per refit whose PIT is computed (all units' rows up to this many).
     rng_key
@@ -422,7 +428,8 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
         raise DesignError(f"k must be between 2 and the number of units ({n_u}), got {k}.")
     key = as_key(rng_key)
     engine = RowEngine(fit)
-    folds = _Folds(fit, engine, row_unit, num_steps=_steps(fit, num_steps), refit_options=refit_options,
+    warm = bool((refit_options or {}).get("warm_start", False))
+    folds = _Folds(fit, engine, row_unit, num_steps=_steps(fit, num_steps, warm=warm), refit_options=refit_options,
                    key=jax.random.fold_in(key, 1), max_pit_rows=max_pit_rows)
     try:  # the first evaluation of the model at the fold-wise (traced) prior constants
         if score == "means":
@@ -473,10 +480,11 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
                            khat_max=khat_max, score=score, l2=l2, resets=tuple(folds.resets))
 
 
-def _steps(fit, num_steps: int | None) -> int:
+def _steps(fit, num_steps: int | None, *, warm: bool = False) -> int:
+    """Refit steps: as given, else the full fit's (cold start) or a third of them, at least 300 (warm)."""
     if num_steps is not None:
         if int(num_steps) < 1:
             raise DesignError(f"num_steps must be positive, got {num_steps}.")
         return int(num_steps)
     full = len(fit.losses) if fit.losses is not None else 900
-    return max(300, full // 3)
+    return max(300, full // 3) if warm else max(300, full)
