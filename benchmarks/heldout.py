@@ -4,7 +4,7 @@
     python benchmarks/heldout.py --list                      # tasks (with metric, aggregation, gene set) and models
 
 Tasks: ``norman_doubles`` (shipped data), ``hepg2_combinations``, ``sachs_loco``, ``papalexi_loto``,
-``liverdream_loco``, ``egfr_erbb_combinations``, ``hepg2_loclo`` (``../shared/data``). Writes::
+``liverdream_loco``, ``egfr_erbb_combinations``, ``egfr_erbb_late``, ``hepg2_loclo`` (``../shared/data``). Writes::
 
     {"task", "metric", "higher_is_better", "aggregation", "gene_set", "scale", "n_conditions", "n_folds",
      "models": {NAME: {"value", "sd_over_seeds", "coverage_50", "coverage_90", "seeds", "fit_seconds",

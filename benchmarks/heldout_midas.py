@@ -158,3 +158,59 @@ def egfr_erbb_combinations(*, quick: bool) -> list[Fold]:
     return [make_fold("egfr_erbb_combinations", "ligand combinations", train, test, contexts=contexts,
                       frame=wide.reset_index(drop=True),
                       meta={"pkn": f"{CNO}/EGFR-ErbB_PCB2009/PKN-EGFR-ErbB_PCB2009.sif"})]
+
+
+def _egfr_frame() -> pd.DataFrame:
+    frames = []
+    for t in (30.0, 180.0):
+        w = _read("EGFR-ErbB_PCB2009/data/RawData-Exp2.csv", t)
+        w["context"] = f"{int(t)}"
+        frames.append(w)
+    wide = pd.concat(frames, ignore_index=True)
+    readouts = [c for c in wide.columns if c not in ("cell_line", "stimuli", "inhibitors", "context")]
+    wide[readouts] = np.log10(wide[readouts].astype(float) + 1)
+    parts = [[p for p in s.split("+") + [i] if p != "none"] for s, i in zip(wide.stimuli, wide.inhibitors)]
+    wide["label"] = ["+".join(f"{p}@{c}" for p in ps) if ps else "none" for ps, c in zip(parts, wide.context)]
+    wide.index = wide.context + "|" + wide.label
+    return wide
+
+
+def _carry_forward(shift: bool):
+    def baseline(fold: Fold) -> np.ndarray:
+        out = []
+        for lab, ctx in zip(fold.labels, fold.contexts):
+            r = _row(fold, lab, ctx)
+            early = _values(fold, stimuli=r.stimuli, inhibitors=r.inhibitors, context="30")
+            if shift:
+                early = early + (_values(fold, stimuli="none", inhibitors=r.inhibitors, context="180")
+                                 - _values(fold, stimuli="none", inhibitors=r.inhibitors, context="30"))
+            out.append(early)
+        return np.asarray(out)
+
+    baseline.__name__ = "carry_forward_shift" if shift else "carry_forward"
+    return baseline
+
+
+@register_task("egfr_erbb_late", metric="rmse", higher_is_better=False, aggregation="pooled",
+               gene_set="all 11 phospho readouts",
+               scale="log10(x + 1) of raw xMAP values; predict t = 180 min from t = 30 min",
+               baselines={"no_change": label_baseline("no_change"), "carry_forward": _carry_forward(False),
+                          "carry_forward_shift": _carry_forward(True)})
+def egfr_erbb_late(*, quick: bool) -> list[Fold]:
+    """EGFR-ErbB (HepG2, experiment 2): predict the late time point from the early one.
+
+    Train: every row at t = 30 min (no ligand, 5 single ligands, 6 combinations, each +/- PI3Ki)
+    and the no-ligand rows at t = 180 (+/- PI3Ki); test: the 22 ligand rows at t = 180. Label design
+    as ``egfr_erbb_combinations`` (time point = context). Rules: ``carry_forward`` (the same
+    condition's t = 30 value), ``carry_forward_shift`` (plus the no-ligand rows' change from 30 to
+    180 under the same inhibitor), ``no_change`` (the t = 180 control).
+    """
+    wide = _egfr_frame()
+    readouts = [c for c in wide.columns if c not in ("cell_line", "stimuli", "inhibitors", "context", "label")]
+    late = ((wide.context == "180") & (wide.stimuli != "none")).to_numpy()
+    wide["split"] = np.where(late, "test", "train")
+    d = sm.Design.from_frame(wide, readouts=readouts, perturbation_key="label", control="none", batch_key="context")
+    train, test = ev.split_rows(d, late)
+    return [make_fold("egfr_erbb_late", "t = 180 from t = 30", train, test, contexts=["180"],
+                      frame=wide.reset_index(drop=True),
+                      meta={"pkn": f"{CNO}/EGFR-ErbB_PCB2009/PKN-EGFR-ErbB_PCB2009.sif"})]

@@ -81,6 +81,7 @@ from semimech.measurement import gene_noise, observe_conditions, to_data_scale
 from semimech.measurement.likelihoods import total_sd
 from semimech.models import _logic
 from semimech.models import _network as net_helpers
+from semimech.models import _signalling_time as _time
 from semimech.models._pkn import Network, NetworkWarning, compile_network, default_readouts
 from semimech.models._signalling_options import default_network, network_arrays, network_option
 from semimech.models._signalling_structure import edge_posteriors, plot_edge_posteriors, pruned_sif
@@ -163,7 +164,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
           off_target_prior=(-4.0, 2.0),
           basal_prior=(-2.0, 2.0), hill_prior=(-0.5, 1.0), context_scale: float = 1.0, noise_sd=None,
           residual: bool = False, misfit: float | None = 1.0, misfit_cut: bool = True,
-          inhibitor_readout: str = "input", y=None):
+          inhibitor_readout: str = "input", times=None, tau_prior=(20.0, 1.0), y=None):
     """The signalling-network model; see the module docstring for the sites.
 
     Parameters
@@ -230,6 +231,16 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     inhibitor_readout
         ``"input"``: a readout of an inhibited node measures its activation ``B``; ``"activity"``:
         the scaled activity ``keep * B``.
+    times
+        One time per design context (e.g. minutes after the ligand; the design's contexts are
+        then time points, not cell lines): each node's activation relaxes towards its
+        regulators' logic, ``dz/dt = (B(keep z) - z) / tau``, from the pretreatment steady state
+        (inhibitors on, ligands off) and is measured at its condition's time
+        (:mod:`semimech.models._signalling_time`). Every other parameter is shared by all time
+        points (no context pooling). Sites ``tau_z`` and deterministic ``tau`` (nodes,), and
+        ``ok_fraction``. ``None`` (default): steady state.
+    tau_prior
+        ``(median, log-sd)`` of the log-normal prior of each node's time constant (``times``' units).
     """
     if inhibitor_readout not in ("input", "activity"):
         raise ValueError(f"inhibitor_readout must be 'input' or 'activity', got {inhibitor_readout!r}.")
@@ -243,6 +254,10 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     ctx = data.get("perturbation_context")
     ctx = np.zeros(P, np.int32) if ctx is None else np.asarray(ctx)
     C = int(data.get("n_contexts", 1) or 1)
+    if times is not None:  # contexts are time points: parameters shared, not pooled
+        grid, to_grid = _time.time_grid(times, C)
+        time_idx = to_grid[ctx]
+        ctx, C = np.zeros(P, np.int32), 1
     genes = numpyro.plate("genes", G, dim=-1)
     edges_pl = numpyro.plate("edges", E, dim=-1)
     nodes_pl = numpyro.plate("nodes", N, dim=-1)
@@ -281,7 +296,19 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     log_keep = jnp.log1p(-jnp.clip(block, 0.0, 1.0 - 1e-6))  # (P, T, N)
     keep = jnp.exp(jnp.einsum("pt,ptn->pn", tm, log_keep))  # (P, N)
     p = _logic.LogicParams(w=w[ctx], k=k, n=n_hill, basal=basal[ctx])
-    if st.levels:
+    if times is not None:
+        with nodes_pl:
+            tau_z = numpyro.sample("tau_z", dist.Normal(0.0, 1.0))
+        tau = numpyro.deterministic("tau", tau_prior[0] * jnp.exp(tau_prior[1] * tau_z))
+        stim0 = jnp.clip(arr["background"] * (1.0 - withdrawn), 0.0, 1.0) * jnp.ones_like(stim)
+        z0, ok0 = _time.start_state(p, stim0, keep, st)
+        zt, ok = _time.activation_at(p, stim, keep, z0, 1.0 / tau, grid, st)
+        ok = ok & ok0
+        numpyro.deterministic("ok_fraction", jnp.mean(ok))
+        numpyro.factor("time_course_ok", jnp.where(jnp.all(ok), 0.0, -jnp.inf))
+        B = zt[jnp.arange(P), time_idx]
+        x = keep * B
+    elif st.levels:
         x, B = _logic.compiled(st)(p, stim, keep)
     else:
         x, B, ok = _logic.compiled(st, kind="fixed_point")(p, stim, keep)
