@@ -149,6 +149,13 @@ def additive_no_knockdown(fold, *, seed, budget):
     return _additive(fold, seed=seed, budget=budget, effect_knockdown=False)
 
 
+@register_model("additive/strength", tasks=POPULATION_TASKS)
+def additive_strength(fold, *, seed, budget):
+    """additive model with a heavy-tailed effect population: each target's departure times its own
+    strength in (0, 1) (``effect_tails="strength"``)."""
+    return _additive(fold, seed=seed, budget=budget, effect_tails="strength")
+
+
 def _mcfaline_cells():
     import anndata as ad
 

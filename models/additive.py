@@ -19,7 +19,9 @@ embedding_scale, embedding_coef, effect_scale, effect_sd, effect_z, knockdown_me
     programs, an optional embedding regression (side information) and per-target deviations, see
     :mod:`semimech.models._effects`. A target never perturbed in training draws its effect from it.
     A gene target's effect on its own gene is a knockdown from its own population (``knockdown_mean``, ``knockdown_sd``;
-    ``effect_knockdown=False`` leaves it to the effect population).
+    ``effect_knockdown=False`` leaves it to the effect population). With ``effect_tails="strength"``
+    also ``effect_strength_loc``, ``effect_strength_scale`` () and ``effect_strength_z`` (targets, 1): each
+    target's strength.
     With ``effects="horseshoe"`` (the default for factor designs): ``effect_scale`` (), ``effect_local`` and ``effect_z`` (targets,
     genes), ``effect = effect_scale * effect_local * effect_z`` (sparse, but an unseen target has
     no finite predictive mean on the log scale, so it cannot be predicted).
@@ -58,7 +60,7 @@ EFFECTS = ("population", "horseshoe")
 
 
 def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, effects: str | None = None,
-          effect_programs: int = 2, effect_knockdown: bool = True, interactions: str = "horseshoe", interaction_slab: float = 2.0,
+          effect_programs: int = 2, effect_knockdown: bool = True, effect_tails: str = "normal", interactions: str = "horseshoe", interaction_slab: float = 2.0,
           embedding=None, gene_embedding=None, y=None):
     """The additive perturbation model; see the module docstring for the sites.
 
@@ -70,7 +72,11 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     :func:`semimech.models.target_embedding`; ``effect_programs`` is the number of shared programs of
     the effect population; ``effect_knockdown`` (default True): a gene target's effect on its own
     gene comes from a knockdown population of its own (``knockdown_*`` sites) instead of the
-    effect population's deviations.
+    effect population's deviations; ``effect_tails``: ``"normal"`` (default: a Gaussian
+    population) or ``"strength"`` (each target's departure from the shared response times
+    its own strength in (0, 1): a scale mixture of near-null targets and strong hits, so an unseen
+    target's intervals are narrow in the centre and have the tails of the screen's hits; better
+    intervals, worse points under a log link, see :mod:`semimech.models._effects`).
     ``interactions``: ``"horseshoe"`` (default): pair interactions are sparse per gene (a
     regularised-horseshoe local scale per pair x gene entry, slab ``interaction_slab`` in units of
     the gene's control scale); ``"normal"``: Gaussian entries with the pair's and gene's scales.
@@ -91,7 +97,7 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     if effects == "population":
         effect = _effects.target_effects(data, genes, unit=unit, prior_scale=effect_prior_scale,
                                          n_programs=effect_programs, embedding=embedding, gene_embedding=gene_embedding,
-                                         baseline=baseline, own_gene=effect_knockdown)
+                                         baseline=baseline, own_gene=effect_knockdown, tails=effect_tails)
     else:
         tau = numpyro.sample("effect_scale", dist.HalfNormal(effect_prior_scale))
     with numpyro.plate("targets", n_targets, dim=-2), genes:

@@ -6,6 +6,11 @@ Known answers:
   (exchangeable: the same share of hits), the population's 90% intervals cover at about the
   nominal rate, the misses falling on the hits (the population's tail); negative control: the
   same posterior with the population's spread shrunk 20-fold under-covers.
+- a spike-and-slab screen (1 target in 8 a strong hit, the others null): with
+  ``effect_tails="strength"`` (a per-target strength in (0, 1), a scale mixture) the training
+  hits get strength > 0.5 and the null targets < 0.5, and unseen targets' 90% intervals cover;
+  negative control: a screen whose targets all deviate alike gives every target the same
+  strength (spread < 0.1).
 - a screen of gene targets whose knockout lowers their own transcript by ~2.5 cell sd: an unseen
   target's own gene is predicted at the typical knockdown (the knockdown population); negative
   control: without it (``effect_knockdown=False``) the own gene is predicted at the shared response
@@ -94,6 +99,39 @@ def test_heavy_tailed_screen_unseen_targets_cover_and_a_tiny_population_does_not
     assert coverage(tiny, true) < 0.5
 
 
+def spike_slab(seed: int, *, n_targets: int = 32, n_genes: int = 8):
+    """Shared response + every 8th target a hit (deviations of sd 1), the others null (sd 0.02)."""
+    rng = np.random.default_rng(seed)
+    m = rng.uniform(0.5, 1.0, n_genes) * rng.choice([-1, 1], n_genes)
+    scale = np.where(np.arange(n_targets) % 8 == 0, 1.0, 0.02)[:, None]
+    return m + scale * rng.normal(size=(n_targets, n_genes))
+
+
+def strengths(fit, held):
+    """Posterior mean strength of each training target (``effect_tails="strength"``), by name."""
+    import jax
+
+    u = fit.flat("effect_strength_z")[..., 0]
+    st = jax.nn.sigmoid(fit.flat("effect_strength_loc")[:, None] + fit.flat("effect_strength_scale")[:, None] * u)
+    return {t: float(v) for t, v in zip(fit.design.targets, np.asarray(st).mean(0)) if t not in held}
+
+
+def test_strength_population_marks_the_hits_and_covers_unseen_targets():
+    held = [f"T{i:02d}" for i in range(8)]  # T00 is a hit: 1 in 8, as in training
+    effects = spike_slab(0)
+    fit = unseen_fit(screen(effects, cells=400, seed=0), held, seed=0, steps=1000, effect_tails="strength")
+    st = strengths(fit, held)
+    hits = [t for t in st if int(t[1:]) % 8 == 0]
+    assert min(st[t] for t in hits) > 0.5 > max(v for t, v in st.items() if t not in hits), st
+    assert coverage(effect_draws(fit, held, seed=0), effects[:8]) >= 0.8  # 64 entries, nominal 0.9
+    # negative control: every target deviates alike (Gaussian population): no target is singled out
+    rng = np.random.default_rng(100)
+    alike = effects.mean(0) + 0.35 * rng.normal(size=effects.shape)
+    st = strengths(unseen_fit(screen(alike, cells=400, seed=0), held, seed=0, steps=1000, effect_tails="strength"),
+                   held)
+    assert max(st.values()) - min(st.values()) < 0.1, st
+
+
 def knockdown_screen(seed: int, *, n: int = 12):
     """Gene targets G00..G11 on genes G00..G11: shared response (sd 0.15 deviations) + own gene -2.5 (sd 0.2)."""
     rng = np.random.default_rng(seed)
@@ -139,3 +177,9 @@ def test_heavy_tailed_coverage_pooled_over_screens(factor):
         assert 0.8 <= cov <= 0.97, cov
     else:
         assert cov < 0.5, cov
+
+
+def test_effect_tails_must_be_named():
+    design = screen(spike_slab(1, n_targets=4, n_genes=2), cells=5, seed=1)
+    with pytest.raises(sm.errors.DesignError, match="effect tails must be one of"):
+        sm.fit_svi(additive.SPEC, design.pseudobulk(), rng_key=0, num_steps=1, effect_tails="cauchy")
