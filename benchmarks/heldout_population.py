@@ -22,6 +22,8 @@ Model configurations
 - ``additive/pca``: the same plus side information, the PCA gene embedding of the training
   pseudobulk (Ahlmann-Eltze et al. 2025: K = 10), for targets that are readout genes (the others
   are answered from the population alone).
+- ``additive/strength``: the effect population with a per-target strength in (0, 1)
+  (``effect_tails="strength"``, a heavy-tailed scale mixture): wider tails, worse points.
 - ``additive/horseshoe``: the additive model before issue 13 (horseshoe effects); it cannot
   predict unseen targets (kept to show that).
 """
