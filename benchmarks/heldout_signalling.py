@@ -257,13 +257,13 @@ def _egfr(fold, *, seed, budget, method: str, **options) -> Predicted:
     return Predicted(observed=obs, mean=mean, seconds=seconds, info=info)
 
 
-def _egfr_time(fold, *, seed, budget, method: str, **options) -> Predicted:
+def _egfr_time(fold, *, seed, budget, method: str, cycles: str = "drop", **options) -> Predicted:
     """One fit of every time point: a factor design whose contexts are the time points, ``times`` option."""
     from semimech.models import signalling_network as sn
 
     frame = fold.frame
     readouts = list(fold.readouts)
-    net = egfr_network(readouts, pkn=fold.meta["pkn"])
+    net = egfr_network(readouts, pkn=fold.meta["pkn"], cycles=cycles)
     rows = frame[frame.split == "train"]
     rows = rows.set_axis(rows.context + "|" + rows.stimuli + "|" + rows.inhibitors)
     design = sm.Design.from_frame(rows, readouts=readouts, factors={"stimulus": "stimuli", "inhibitor": "inhibitors"},
@@ -321,3 +321,7 @@ def _time_config(method: str, **options):
 for _method in ("map", "normal"):
     register_model(f"signalling_network+time/{_method}", tasks=("egfr_erbb_combinations", "egfr_erbb_late"))(
         _time_config(_method))
+    # the PKN's feedback kept (receptor internalisation, p90RSK -| SOS, ...): transients become possible;
+    # the start state is the dynamics fixed point, not the closed form
+    register_model(f"signalling_network+time_feedback/{_method}", tasks=("egfr_erbb_combinations", "egfr_erbb_late"))(
+        _time_config(_method, cycles="solve"))

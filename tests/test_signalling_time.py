@@ -156,3 +156,37 @@ def test_fit_in_time_predicts_a_late_time_point_the_steady_state_model_cannot():
             errs["tau"] = 20.0 * np.exp(np.median(np.asarray(fit.samples["tau_z"]).reshape(-1, st.n_nodes), axis=0))
     assert errs["time"].max() < 0.15, errs
     assert errs["steady"].max() > 0.3, errs
+
+
+@pytest.mark.slow
+def test_feedback_makes_a_transient_and_ends_at_the_fixed_point():
+    """With b -| a kept (cycles='solve') and b slow, a rises then falls back (a transient); the
+    relaxation ends at the dynamics fixed point. Negative control: without the feedback edge, a
+    rises monotonically."""
+    fb = pd.DataFrame([("s", 1, "a"), ("a", 1, "b"), ("b", -1, "a")], columns=["source", "sign", "target"])
+    runs = {}
+    for name, edges, cycles in (("feedback", fb, "solve"), ("none", CHAIN, "error")):
+        net = _pkn.compile_network(edges, stimuli={"S": "s"}, inhibitors={}, readouts={"A": "a", "B": "b"},
+                                   compress=False, and_gates=False, cycles=cycles)
+        arr = network_arrays(network_option(net, targets=["S"], genes=["A", "B"]), n_targets=1, n_genes=2)
+        st = arr["structure"]
+        E, N = st.src.size, st.n_nodes
+        p = _logic.LogicParams(w=jnp.full((E,), 0.95), k=jnp.full((E,), 0.5), n=jnp.asarray(3.0),
+                               basal=jnp.full((N,), 0.05))
+        idx = {n: i for i, n in enumerate(net.nodes)}
+        tau = np.full(N, 2.0)
+        tau[idx["b"]] = 30.0
+        stim = jnp.zeros((1, N)).at[:, idx["s"]].set(1.0)
+        keep = jnp.ones((1, N))
+        z0, ok0 = tm.start_state(p, jnp.zeros((1, N)), keep, st)
+        grid = np.array([0.0, 5.0, 10.0, 20.0, 40.0, 80.0, 400.0])
+        z, ok = tm.activation_at(p, stim, keep, z0, jnp.asarray(1.0 / tau), grid, st)
+        assert bool(ok.all()) and bool(ok0.all())
+        runs[name] = np.asarray(z[0, :, idx["a"]])
+        if name == "feedback":
+            _, B, ok_fp = _logic.fixed_point(p, stim, keep, st)
+            assert bool(ok_fp.all())
+            np.testing.assert_allclose(z[0, -1], B[0], atol=2e-3)  # the end is the fixed point
+    a = runs["feedback"]
+    assert a.max() - a[-1] > 0.1  # a transient: up, then down as the slow inhibitor b catches up
+    assert np.all(np.diff(runs["none"]) >= -1e-3), runs["none"]  # without feedback: monotone (solver rtol 1e-4)
