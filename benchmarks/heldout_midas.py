@@ -139,17 +139,8 @@ def egfr_erbb_combinations(*, quick: bool) -> list[Fold]:
     time point is the context (batch) and every ligand and PI3Ki is a target specific to it
     (``"EGF@30+TGFa@30+PI3Ki@30"``).
     """
-    frames = []
-    for t in (30.0, 180.0):
-        w = _read("EGFR-ErbB_PCB2009/data/RawData-Exp2.csv", t)
-        w["context"] = f"{int(t)}"
-        frames.append(w)
-    wide = pd.concat(frames, ignore_index=True)
-    readouts = [c for c in wide.columns if c not in ("cell_line", "stimuli", "inhibitors", "context")]
-    wide[readouts] = np.log10(wide[readouts].astype(float) + 1)
-    parts = [[p for p in s.split("+") + [i] if p != "none"] for s, i in zip(wide.stimuli, wide.inhibitors)]
-    wide["label"] = ["+".join(f"{p}@{c}" for p in ps) if ps else "none" for ps, c in zip(parts, wide.context)]
-    wide.index = wide.context + "|" + wide.label
+    wide = _egfr_frame()
+    readouts = [c for c in wide.columns if c not in ("cell_line", "stimuli", "inhibitors", "context", "label")]
     combos = (wide.stimuli.str.count(r"\+") >= 1).to_numpy()
     wide["split"] = np.where(combos, "test", "train")
     d = sm.Design.from_frame(wide, readouts=readouts, perturbation_key="label", control="none", batch_key="context")
