@@ -24,6 +24,9 @@ Model configurations
   are answered from the population alone).
 - ``additive/strength``: the effect population with a per-target strength in (0, 1)
   (``effect_tails="strength"``, a heavy-tailed scale mixture): wider tails, worse points.
+- ``additive/urn``: the same fit as ``additive/default``, unseen targets answered by the
+  Polya-urn (Dirichlet-process) predictive: a seen target's departure (jointly across genes) with
+  probability n / (n + 1), else a draw from the Gaussian population.
 - ``additive/nuts-short``: ``additive/default`` fitted by NUTS (1 chain, 300 + 200, depth 7).
 - ``additive/horseshoe``: the additive model before issue 13 (horseshoe effects); it cannot
   predict unseen targets (kept to show that).
@@ -157,6 +160,14 @@ def additive_strength(fold, *, seed, budget):
     """additive model with a heavy-tailed effect population: each target's departure times its own
     strength in (0, 1) (``effect_tails="strength"``)."""
     return _additive(fold, seed=seed, budget=budget, effect_tails="strength")
+
+
+@register_model("additive/urn", tasks=POPULATION_TASKS)
+def additive_urn(fold, *, seed, budget):
+    """additive model (default fit) answering unseen targets by the Polya-urn predictive
+    (``effect_predictive="urn"``: a seen target's departure with probability n / (n + 1), else a
+    Gaussian draw)."""
+    return _additive(fold, seed=seed, budget=budget, effect_predictive="urn")
 
 
 @register_model("additive/nuts-short", tasks=POPULATION_TASKS)

@@ -30,6 +30,29 @@ knockdown from a population of its own (``knockdown_mean``, ``knockdown_sd``), n
 population: a knockout moves its own transcript by far more than the shared response moves any
 gene, and those entries were the largest misses of unseen targets (|z| 3-9 on Papalexi).
 
+**The Polya-urn predictive** (``predictive="urn"``; the additive model's
+``effect_predictive="urn"``). The fit is unchanged; only the answer for a target never perturbed
+in training differs. Given ``n`` seen targets, the unseen target's departure from the shared
+response (programs, deviation and strength, i.e. all of its standardised ``*_z`` draws) is, with
+probability ``n / (n + alpha)``, that of one seen target chosen uniformly (its posterior draw in
+the same posterior draw: the whole vector across genes, so a pathway hit's shape is kept), and
+otherwise a fresh draw from the Gaussian population (the base measure). This is the posterior
+predictive of a Dirichlet-process population with concentration ``alpha``
+(``urn_concentration``, default 1) whose atoms are the seen targets' effects (posterior
+draws: a seen effect's posterior shrinkage is kept, so a cluster's spread can come out narrow). It assumes the
+unseen target is **exchangeable with the seen ones** (drawn like them, the same share of hits)
+and that the seen targets cover the kinds of response there are: its mean is close to the mean
+of the training perturbations and its spread follows their actual spread, tails and skew
+included, instead of a Gaussian sized by the typical target. It cannot know that an unseen
+target belongs to a pathway more often hit than the training set's (a hand-picked set of hits
+is still under-covered), and it inherits the posterior's shrinkage of the seen effects. The
+own-gene entries (the copied target's and the new target's own gene) are not copied: they stay
+fresh draws (the knockdown population at the new target's own gene). Each unseen target draws
+independently (two unseen targets in one combination may copy the same seen one). The urn's
+choice is the site ``effect_urn_z``, a standard normal per target (its normal CDF is the
+uniform that picks), traced only at prediction: :func:`semimech.predict` draws it fresh per
+unseen target, keyed by the target's name like every ``*_z``.
+
 Sample sites
 ------------
 effect_centre : (genes,)
@@ -73,6 +96,11 @@ effect_strength_loc : (), effect_strength_scale : (), effect_strength_z : (targe
     is off (Pearson-delta 0.65 -> -0.04 and 0.30 -> 0.08): the symmetric mixture centres on the
     null targets, while the hits all move the same way, and the hit draws' ``exp`` pulls the mean.
     ``benchmarks/RESULTS_heldout.md`` has the numbers and what else was tried.
+effect_urn_z : (targets, 1)
+    Only with ``predictive="urn"`` and only at prediction (``data["target_seen"]`` given, as
+    :func:`semimech.predict` does): the standard-normal draw that chooses, for an unseen target,
+    which seen target's departure it takes (or a base draw); no effect on seen targets. It is not
+    a site of the fitted model, so the fit is exactly the Gaussian population's.
 """
 
 from __future__ import annotations
@@ -125,10 +153,31 @@ def embedding_rows(data, embedding=None, gene_embedding=None):
 
 
 TAILS = ("normal", "strength")
+PREDICTIVES = ("gaussian", "urn")
+
+
+def urn_sources(seen, urn_z, concentration: float):
+    """``(targets,)`` index of the target whose departure each target takes (its own for a base draw).
+
+    The Polya-urn (Dirichlet-process) predictive of one new target given ``n`` seen ones: with
+    probability ``n / (n + concentration)`` one of the seen targets, uniformly, else a draw from
+    the base (Gaussian) population. ``urn_z`` (targets,) is standard normal; its normal CDF is the
+    uniform that picks. Seen targets (``seen``, bool) always keep their own.
+    """
+    seen = np.asarray(seen, dtype=bool)
+    idx = np.flatnonzero(seen)
+    n_t = seen.shape[0]
+    if idx.size == 0 or seen.all():
+        return jnp.arange(n_t)
+    u = jax.scipy.special.ndtr(urn_z)
+    k = jnp.floor(u * (idx.size + float(concentration))).astype(jnp.int32)
+    pick = jnp.asarray(idx)[jnp.clip(k, 0, idx.size - 1)]
+    return jnp.where(jnp.asarray(seen) | (k >= idx.size), jnp.arange(n_t), pick)
 
 
 def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_programs: int = 0, embedding=None,
-                   gene_embedding=None, baseline=None, own_gene: bool = False, tails: str = "normal"):
+                   gene_embedding=None, baseline=None, own_gene: bool = False, tails: str = "normal",
+                   predictive: str = "gaussian", urn_concentration: float = 1.0):
     """Per-target effects ``(targets, genes)`` on the latent scale, from the effect population.
 
     See the module docstring for the sites. ``unit`` (genes) is the latent unit per gene (the
@@ -144,6 +193,10 @@ def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_progr
     ``tails``: ``"normal"`` (Gaussian population) or ``"strength"`` (each target's departure times
     its own strength ``sigmoid(effect_strength_loc + effect_strength_scale * effect_strength_z[t])``
     in (0, 1): a bounded scale mixture).
+    ``predictive``: how a target never perturbed in training draws its departure: ``"gaussian"``
+    (fresh draws from the population) or ``"urn"`` (the Polya-urn predictive, see the module
+    docstring; ``urn_concentration`` is its ``alpha``). It acts only when ``data`` carries
+    ``target_seen`` (set by :func:`semimech.predict`); the fitted model is the same either way.
     """
     tgi = np.asarray(data["target_gene_index"])
     n_t = tgi.shape[0]
@@ -151,6 +204,15 @@ def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_progr
         raise DesignError(f"n_programs must be >= 0, got {n_programs}.")
     if tails not in TAILS:
         raise DesignError(f"effect tails must be one of {TAILS}, got {tails!r}.")
+    if predictive not in PREDICTIVES:
+        raise DesignError(f"effect_predictive must be one of {PREDICTIVES}, got {predictive!r}.")
+    try:
+        alpha_ok = bool(np.isfinite(float(urn_concentration)) and float(urn_concentration) > 0)
+    except (TypeError, ValueError):
+        alpha_ok = False
+    if not alpha_ok:
+        raise DesignError(f"effect_urn_concentration must be a positive number (the weight of the Gaussian base "
+                          f"population against each seen target), got {urn_concentration!r}.")
     rows, has = embedding_rows(data, embedding, gene_embedding)
     targets = numpyro.plate("targets", n_t, dim=-2)
     with genes_plate:
@@ -177,6 +239,19 @@ def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_progr
         sd = numpyro.sample("effect_sd", dist.HalfNormal(1.0))
     with targets, genes_plate:
         z = numpyro.sample("effect_z", dist.Normal(0.0, 1.0))
+    src = None
+    if predictive == "urn" and data.get("target_seen") is not None:  # prediction only: the fit is the Gaussian's
+        with targets:
+            urn_z = numpyro.sample("effect_urn_z", dist.Normal(0.0, 1.0))  # (targets, 1): which urn ball
+        src = urn_sources(data["target_seen"], urn_z[:, 0], urn_concentration)
+        # a copied target's departure, but not its own-gene entry nor at the new target's own gene
+        # (a knockdown is no part of a response's shape): those stay the new target's fresh draws
+        tg = jnp.asarray(tgi)
+        genes = jnp.arange(data["n_genes"])[None, :]
+        fresh = (tg[:, None] == genes) | (tg[src][:, None] == genes)
+        z = jnp.where(fresh, z, z[src])
+        if n_programs:
+            scores = scores[src]
     deviation = s_dev * sd * z
     programs = s_prog * scores @ loadings if n_programs else 0.0
     if tails == "strength":  # a target's strength scales its departure (programs + deviation), not its knockdown
@@ -184,6 +259,8 @@ def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_progr
         s_str = numpyro.sample("effect_strength_scale", dist.HalfNormal(2.0))
         with targets:
             u = numpyro.sample("effect_strength_z", dist.Normal(0.0, 1.0))  # (targets, 1)
+        if src is not None:
+            u = u[src]
         strength = jax.nn.sigmoid(loc + s_str * u)
         deviation, programs = deviation * strength, programs * strength
     if own_gene:  # a target's own gene: the knockdown population instead of the effect population's deviation

@@ -21,7 +21,8 @@ embedding_scale, embedding_coef, effect_scale, effect_sd, effect_z, knockdown_me
     A gene target's effect on its own gene is a knockdown from its own population (``knockdown_mean``, ``knockdown_sd``;
     ``effect_knockdown=False`` leaves it to the effect population). With ``effect_tails="strength"``
     also ``effect_strength_loc``, ``effect_strength_scale`` () and ``effect_strength_z`` (targets, 1): each
-    target's strength.
+    target's strength. With ``effect_predictive="urn"`` also ``effect_urn_z`` (targets, 1): an unseen
+    target's urn draw (which seen target's departure it takes).
     With ``effects="horseshoe"`` (the default for factor designs): ``effect_scale`` (), ``effect_local`` and ``effect_z`` (targets,
     genes), ``effect = effect_scale * effect_local * effect_z`` (sparse, but an unseen target has
     no finite predictive mean on the log scale, so it cannot be predicted).
@@ -60,7 +61,8 @@ EFFECTS = ("population", "horseshoe")
 
 
 def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, effects: str | None = None,
-          effect_programs: int = 2, effect_knockdown: bool = True, effect_tails: str = "normal", interactions: str = "horseshoe", interaction_slab: float = 2.0,
+          effect_programs: int = 2, effect_knockdown: bool = True, effect_tails: str = "normal",
+          effect_predictive: str = "gaussian", effect_urn_concentration: float = 1.0, interactions: str = "horseshoe", interaction_slab: float = 2.0,
           embedding=None, gene_embedding=None, y=None):
     """The additive perturbation model; see the module docstring for the sites.
 
@@ -77,6 +79,11 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     its own strength in (0, 1): a scale mixture of near-null targets and strong hits, so an unseen
     target's intervals are narrow in the centre and have the tails of the screen's hits; better
     intervals, worse points under a log link, see :mod:`semimech.models._effects`).
+    ``effect_predictive``: how an unseen target is answered: ``"gaussian"`` (default: a fresh
+    draw from the Gaussian population) or ``"urn"`` (the Polya-urn / Dirichlet-process predictive:
+    with probability ``n / (n + effect_urn_concentration)`` the departure of one of the ``n`` seen
+    targets, jointly across genes, else a Gaussian draw; it assumes the unseen target is drawn like
+    the seen ones; the fit is unchanged, see :mod:`semimech.models._effects`).
     ``interactions``: ``"horseshoe"`` (default): pair interactions are sparse per gene (a
     regularised-horseshoe local scale per pair x gene entry, slab ``interaction_slab`` in units of
     the gene's control scale); ``"normal"``: Gaussian entries with the pair's and gene's scales.
@@ -97,7 +104,8 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     if effects == "population":
         effect = _effects.target_effects(data, genes, unit=unit, prior_scale=effect_prior_scale,
                                          n_programs=effect_programs, embedding=embedding, gene_embedding=gene_embedding,
-                                         baseline=baseline, own_gene=effect_knockdown, tails=effect_tails)
+                                         baseline=baseline, own_gene=effect_knockdown, tails=effect_tails,
+                                         predictive=effect_predictive, urn_concentration=effect_urn_concentration)
     else:
         tau = numpyro.sample("effect_scale", dist.HalfNormal(effect_prior_scale))
     with numpyro.plate("targets", n_targets, dim=-2), genes:

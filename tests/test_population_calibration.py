@@ -11,6 +11,14 @@ Known answers:
   hits get strength > 0.5 and the null targets < 0.5, and unseen targets' 90% intervals cover;
   negative control: a screen whose targets all deviate alike gives every target the same
   strength (spread < 0.1).
+- a screen whose target effects are a two-cluster mixture (3 in 4 targets null, 1 in 4 a hit of
+  one pathway: a shared shape at amplitude 0.8-1.2): with ``effect_predictive="urn"`` (the
+  Polya-urn predictive: a seen target's departure with probability n / (n + 1)) unseen targets'
+  90% intervals cover >= 0.8, with the hits covered better than by the Gaussian predictive of the
+  same fit (whose misses fall on the hits while it covers every null entry), and the predictive
+  mean sits at the mean of the seen targets' effects; seen targets' predictions are unchanged.
+  Negative control: the same urn with the seen effects (the population scales) shrunk 20-fold
+  under-covers (< 0.5).
 - a screen of gene targets whose knockout lowers their own transcript by ~2.5 cell sd: an unseen
   target's own gene is predicted at the typical knockdown (the knockdown population); negative
   control: without it (``effect_knockdown=False``) the own gene is predicted at the shared response
@@ -183,3 +191,65 @@ def test_effect_tails_must_be_named():
     design = screen(spike_slab(1, n_targets=4, n_genes=2), cells=5, seed=1)
     with pytest.raises(sm.errors.DesignError, match="effect tails must be one of"):
         sm.fit_svi(additive.SPEC, design.pseudobulk(), rng_key=0, num_steps=1, effect_tails="cauchy")
+
+
+def two_cluster(seed: int, *, n_targets: int = 48, n_genes: int = 6):
+    """Shared response + noise (sd 0.1); every 4th target also a pathway hit (one shape, amplitude 0.8-1.2)."""
+    rng = np.random.default_rng(seed)
+    m = rng.uniform(0.2, 0.4, n_genes) * rng.choice([-1, 1], n_genes)
+    hit = rng.uniform(1.5, 2.5, n_genes) * rng.choice([-1, 1], n_genes)
+    is_hit = (np.arange(n_targets) % 4 == 0)[:, None]
+    amp = rng.uniform(0.8, 1.2, (n_targets, 1))
+    return m + np.where(is_hit, amp * hit, 0.0) + 0.1 * rng.normal(size=(n_targets, n_genes))
+
+
+def test_urn_predictive_covers_a_two_cluster_screen_and_a_shrunk_urn_does_not():
+    effects = two_cluster(0)
+    held = [f"T{i:02d}" for i in range(16)]  # 4 hits in 16, as in training (8 in 32)
+    fit = unseen_fit(screen(effects, cells=40, seed=0), held, seed=0, steps=800, effect_predictive="urn")
+    assert "effect_urn_z" not in fit.samples  # a site of the prediction only: the fit is the Gaussian's
+    gauss_fit = dataclasses.replace(fit, options={**fit.options, "effect_predictive": "gaussian"})
+    urn, gauss = effect_draws(fit, held, seed=0), effect_draws(gauss_fit, held, seed=0)
+    true = effects[:16]
+    hits = np.arange(16) % 4 == 0
+    assert coverage(urn, true) >= 0.8  # 96 entries, nominal 0.9
+    assert coverage(urn[:, hits], true[hits]) >= coverage(gauss[:, hits], true[hits]) + 0.1
+    assert coverage(gauss[:, ~hits], true[~hits]) == 1.0  # the Gaussian over-covers the nulls ...
+    assert coverage(urn[:, ~hits], true[~hits]) < 1.0  # ... the urn's intervals follow the null cluster
+    # its mean is the seen targets' mean effect (the train-mean rule's), the Gaussian's is not
+    seen = [list(fit.design.targets).index(t) for t in fit.design.targets if t not in held]
+    seen_mean = fit.flat("effect")[:, seen].mean(axis=(0, 1))
+    assert np.abs(urn.mean((0, 1)) - seen_mean).max() < 0.05
+    assert np.abs(gauss.mean((0, 1)) - seen_mean).max() > 0.1
+    # negative control: the same urn over seen effects shrunk 20-fold under-covers
+    assert coverage(effect_draws(shrunk(fit, 0.05), held, seed=0), true) < 0.5
+    # seen targets are answered from their data either way; the urn is marked in the sources
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PopulationOnlyWarning)
+        a = sm.predict(fit, ["T20", "T00"], rng_key=3)
+        b = sm.predict(gauss_fit, ["T20", "T00"], rng_key=3)
+    np.testing.assert_allclose(a.draws["mean"][:, 0], b.draws["mean"][:, 0])
+    assert list(a.sources.parts) == ["T20: data", "T00: population (urn of seen targets)"]
+    assert list(a.sources.source) == ["data", "population"] and list(b.sources.parts)[1] == "T00: population"
+
+
+def test_urn_sources_pick_seen_targets_at_rate_n_over_n_plus_alpha():
+    from semimech.models._effects import urn_sources
+
+    seen = np.array([True] * 6 + [False] * 2000)
+    z = np.random.default_rng(0).normal(size=seen.size)
+    for alpha, rate in [(1.0, 6 / 7), (6.0, 0.5), (1e6, 0.0)]:
+        src = np.asarray(urn_sources(seen, z, alpha))
+        assert np.array_equal(src[:6], np.arange(6))  # seen targets keep their own
+        copied = src[6:] < 6
+        assert abs(copied.mean() - rate) < 0.03, (alpha, copied.mean())
+        assert np.all(src[6:][~copied] == np.arange(6, seen.size)[~copied])  # base draws: their own fresh z
+        if rate:  # uniform over the seen targets
+            assert np.bincount(src[6:][copied], minlength=6).min() > 0.7 * copied.sum() / 6
+
+
+@pytest.mark.parametrize("option", [{"effect_predictive": "dirichlet"}, {"effect_urn_concentration": 0.0}])
+def test_urn_options_must_be_valid(option):
+    design = screen(spike_slab(1, n_targets=4, n_genes=2), cells=5, seed=1)
+    with pytest.raises(sm.errors.DesignError, match="effect_predictive|effect_urn_concentration"):
+        sm.fit_svi(additive.SPEC, design.pseudobulk(), rng_key=0, num_steps=1, **option)

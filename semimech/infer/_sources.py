@@ -43,9 +43,12 @@ def target_sources(fit, pdesign, seen: set[str]) -> dict[str, str]:
 
 def condition_sources(fit, pdesign, labels, seen: set[str]) -> pd.DataFrame:
     """One row per requested label: ``source`` (the sources of its parts, best first, joined by
-    ``+``), ``parts`` (``target: source`` for each target) and ``population_only`` (every part is
-    answered from the population alone; never for the control)."""
+    ``+``), ``parts`` (``target: source`` for each target; ``population (urn of seen targets)`` when
+    the fit answers unseen targets by the Polya-urn predictive) and ``population_only`` (every part
+    is answered from the population alone; never for the control)."""
     per_target = target_sources(fit, pdesign, seen)
+    # the Polya-urn predictive (additive ``effect_predictive="urn"``): seen targets' effects + a Gaussian base
+    urn = " (urn of seen targets)" if fit.options.get("effect_predictive") == "urn" else ""
     train_contexts = set(fit.design.contexts or ())
     row_of = {lab: i for i, lab in enumerate(pdesign.perturbations)}
     rows = []
@@ -58,7 +61,8 @@ def condition_sources(fit, pdesign, labels, seen: set[str]) -> pd.DataFrame:
         kinds = [k for _, k in parts] or ["data"]
         rows.append({"perturbation": lab,
                      "source": "+".join(s for s in SOURCES if s in kinds),
-                     "parts": "; ".join(f"{t}: {k}" for t, k in parts),
+                     "parts": "; ".join(f"{t}: {k}{urn if k == 'population' and not t.startswith('context ') else ''}"
+                                        for t, k in parts),
                      "population_only": bool(parts) and all(k == "population" for k in kinds)})
     return pd.DataFrame(rows)
 
