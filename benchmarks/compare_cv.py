@@ -405,7 +405,11 @@ def main(argv=None) -> int:
                          "refits start cold by default (the warm start leaked on Sachs)")
     ap.add_argument("--cold", action="store_true", help="the default now (kept for old command lines)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--cpus", type=int, default=None,
+                    help="run on this many cores (semimech.infer.use_cpus; 1 is much faster on a busy machine)")
     args = ap.parse_args(argv)
+    if args.cpus:
+        print(f"cores: {sorted(sm.infer.use_cpus(args.cpus))}", flush=True)
     r = run(args.task, unit=args.unit, k=args.k, score=args.score, steps=args.steps, draws=args.draws, refit_steps=args.refit_steps,
             heldout_json=args.heldout_json, heldout_steps=args.heldout_steps or args.steps, models=args.models,
             full=args.design if args.design.startswith("factor") else args.design == "full", method=args.method,
