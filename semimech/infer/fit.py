@@ -455,6 +455,12 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
 
     Chains run ``"sequential"`` (default) or ``"vectorized"``; divergences are counted in
     :meth:`Fit.diagnostics`. ``row_mask`` and ``init_values`` as in :func:`fit_svi`.
+
+    Each call compiles NumPyro's sampler anew, and JAX keeps the compiled code in its process-wide
+    caches (about 1,000 memory mappings per fit, measured): a process running many NUTS fits (a
+    loop over 50 or more folds) can reach the kernel's limit of mappings, and LLVM then aborts
+    with "Unable to allocate section memory". Call ``jax.clear_caches()`` between such fits
+    (``benchmarks/heldout.py`` does after every fold); semimech does not clear JAX's caches for you.
     """
     from semimech.infer.auto import cut_sites_in
 
