@@ -38,6 +38,12 @@ Writes JSON (default ``benchmarks/results/compare_TASK.json``) and prints a Mark
 
 from __future__ import annotations
 
+import os
+# scipy's OpenBLAS (the LAPACK behind jax's CPU lu/solve kernels) threads every call; on a busy machine its
+# threads' hand-offs cost 16x linear_steady_state's SVI step (RESULTS_compare.md, session 5). Override by
+# setting OPENBLAS_NUM_THREADS yourself. Must be set before numpy/scipy load OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import json
 import os
@@ -405,11 +411,7 @@ def main(argv=None) -> int:
                          "refits start cold by default (the warm start leaked on Sachs)")
     ap.add_argument("--cold", action="store_true", help="the default now (kept for old command lines)")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--cpus", type=int, default=None,
-                    help="run on this many cores (semimech.infer.use_cpus; 1 is much faster on a busy machine)")
     args = ap.parse_args(argv)
-    if args.cpus:
-        print(f"cores: {sorted(sm.infer.use_cpus(args.cpus))}", flush=True)
     r = run(args.task, unit=args.unit, k=args.k, score=args.score, steps=args.steps, draws=args.draws, refit_steps=args.refit_steps,
             heldout_json=args.heldout_json, heldout_steps=args.heldout_steps or args.steps, models=args.models,
             full=args.design if args.design.startswith("factor") else args.design == "full", method=args.method,

@@ -2,14 +2,16 @@
 CPU seconds per part (process CPU), XLA compile time/count (jax.monitoring events) and the refits'
 own timings (compile / steps / draws).
 
-    cd /tmp && nice -n 10 python <repo>/benchmarks/compare_profile.py linear_steady_state,additive 2000 k5:2000,k5:666 [CPUS]
-
-CPUS (optional): run on that many cores (``semimech.infer.use_cpus``; on a busy machine 1 core is
-many times faster than the default pool, see RESULTS_compare.md session 5).
+    cd /tmp && nice -n 10 python <repo>/benchmarks/compare_profile.py linear_steady_state,additive 2000 k5:2000,k5:666
 
 Variants ``KIND:STEPS``: ``loo`` (leave-one-out over the 10 training doubles) or ``kN`` (N-fold), with
 STEPS refit steps. Writes ``prof_MODELS.json`` in the working folder. Results: RESULTS_compare.md.
 """
+import os
+# scipy's OpenBLAS (the LAPACK behind jax's CPU lu/solve kernels) threads every call; on a busy machine its
+# threads' hand-offs cost 16x linear_steady_state's SVI step (RESULTS_compare.md, session 5). Override by
+# setting OPENBLAS_NUM_THREADS yourself. Must be set before numpy/scipy load OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import collections, json, os, pathlib, resource, sys, time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import jax
@@ -39,8 +41,6 @@ def delta(a, b):
 
 models = sys.argv[1].split(",")
 steps = int(sys.argv[2]); variants = sys.argv[3].split(",")   # e.g. loo:666,k5:666,loo:300
-if len(sys.argv) > 4:
-    print("cores", sorted(sm.infer.use_cpus(int(sys.argv[4]))), flush=True)
 design = ht.TASKS["norman_doubles"].build(quick=False)[0].train
 print(design, "load", os.getloadavg()[0], flush=True)
 out = {}
