@@ -325,3 +325,9 @@ for _method in ("map", "normal"):
     # the start state is the dynamics fixed point, not the closed form
     register_model(f"signalling_network+time_feedback/{_method}", tasks=("egfr_erbb_combinations", "egfr_erbb_late"))(
         _time_config(_method, cycles="solve"))
+# Sachs only: the lipids' readouts (PIP2, PIP3: amounts measured directly, not a phospho-site set upstream)
+# measure their node's activity, so a reagent that lowers the lipid lowers its readout; kinase readouts stay
+# their activation (a catalytic inhibitor leaves the kinase's phospho-site in place; U0126 even raises p-MEK)
+for _method in ("normal",):
+    register_model(f"signalling_network+lipid_amounts/{_method}", tasks=("sachs_loco",))(
+        _config(_method, inhibitor_readout=["pip2", "pip3"]))

@@ -76,6 +76,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from semimech.errors import DesignError
 from semimech.infer.spec import ModelSpec
 from semimech.measurement import gene_noise, observe_conditions, to_data_scale
 from semimech.measurement.likelihoods import total_sd
@@ -140,6 +141,19 @@ def _noise(data, genes, spread, *, likelihood: str, noise_sd, misfit, cut: bool 
     return (assay, (assay, mis)) if cut else (total, None)
 
 
+def _readout_state(inhibitor_readout, B, x, nodes):
+    """What a readout of each node measures: its activation ``B``, its activity ``x``, or per node."""
+    if isinstance(inhibitor_readout, str):
+        return B if inhibitor_readout == "input" else x
+    names = [str(n) for n in inhibitor_readout]
+    unknown = [n for n in names if n not in nodes]
+    if unknown:
+        raise DesignError(f"inhibitor_readout names {unknown}, which are not nodes of the network "
+                          f"({list(nodes)}); list node names whose readout measures the activity.")
+    as_activity = np.isin(np.asarray(nodes, dtype=object), names)
+    return jnp.where(jnp.asarray(as_activity)[None, :], x, B)
+
+
 def _misfit_cut(loc_p, assay, mis, data, y):
     """The structural error's likelihood, cut from the network (modular inference).
 
@@ -164,7 +178,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
           off_target_prior=(-4.0, 2.0),
           basal_prior=(-2.0, 2.0), hill_prior=(-0.5, 1.0), context_scale: float = 1.0, noise_sd=None,
           residual: bool = False, misfit: float | None = 1.0, misfit_cut: bool = True,
-          inhibitor_readout: str = "input", times=None, tau_prior=(20.0, 1.0), y=None):
+          inhibitor_readout="input", times=None, tau_prior=(20.0, 1.0), y=None):
     """The signalling-network model; see the module docstring for the sites.
 
     Parameters
@@ -229,8 +243,11 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         joint model, where the wider sd also loosens the network's fit (HepG2: learning the
         whole noise cost accuracy, 0.2045 vs 0.1831).
     inhibitor_readout
-        ``"input"``: a readout of an inhibited node measures its activation ``B``; ``"activity"``:
-        the scaled activity ``keep * B``.
+        ``"input"``: a readout of an inhibited node measures its activation ``B`` (a kinase's
+        phospho-site, set by its upstream kinases, which a catalytic inhibitor leaves in place);
+        ``"activity"``: the scaled activity ``keep * B``; or a list of node names read as
+        activity (the others as input): species whose *amount* is the readout, e.g. the lipids
+        PIP2 / PIP3 in Sachs 2005, which an inhibitor of their production or a sequestering agent lowers.
     times
         One time per design context (e.g. minutes after the ligand; the design's contexts are
         then time points, not cell lines): each node's activation relaxes towards its
@@ -242,8 +259,9 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     tau_prior
         ``(median, log-sd)`` of the log-normal prior of each node's time constant (``times``' units).
     """
-    if inhibitor_readout not in ("input", "activity"):
-        raise ValueError(f"inhibitor_readout must be 'input' or 'activity', got {inhibitor_readout!r}.")
+    if isinstance(inhibitor_readout, str) and inhibitor_readout not in ("input", "activity"):
+        raise DesignError(f"inhibitor_readout must be 'input', 'activity' or a list of node names, "
+                          f"got {inhibitor_readout!r}.")
     tm = jnp.asarray(data["target_matrix"])
     P, T = tm.shape
     G = data["n_genes"]
@@ -318,7 +336,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         x = jnp.where(ok[:, None], x, 0.0)
     with numpyro.plate("perturbations", P, dim=-2), nodes_pl:
         numpyro.deterministic("activity", B)
-    m = B if inhibitor_readout == "input" else x
+    m = _readout_state(inhibitor_readout, B, x, net["nodes"])
 
     # measurement on the log scale
     center, spread = jnp.asarray(arr["center"]), jnp.asarray(arr["spread"])

@@ -283,3 +283,35 @@ def test_closed_form_equals_iterating_the_activation(per_edge_n):
     np.testing.assert_allclose(np.asarray(B), np.asarray(Bi), atol=1e-5)
     np.testing.assert_allclose(np.asarray(x), np.asarray(xi), atol=1e-5)
     assert not np.allclose(np.asarray(x), np.asarray(sweeps[1]), atol=1e-3)  # control: two sweeps are not enough
+
+
+def _chain_means(inhibitor_readout):
+    """Population means of readouts A, B under S and S+Ai, one prior draw (same seed for every option)."""
+    import numpyro
+
+    import semimech as sm
+    from semimech.models import signalling_network as sn
+
+    net = chain(compress=False)
+    frame = pd.DataFrame({"label": ["none", "S", "S+Ai"], "A": [0.1, 1.0, 1.0], "B": [0.1, 1.0, 0.2]},
+                         index=["r0", "r1", "r2"])
+    design = sm.Design.from_frame(frame, readouts=["A", "B"], perturbation_key="label", control="none")
+    net_opt = sn.network_option(net, design=design)
+    with numpyro.handlers.seed(rng_seed=3):
+        tr = numpyro.handlers.trace(sn.model).get_trace(
+            design.model_data(), network=net_opt, off_target=False, readout_block=False, edge_prior=(4.0, 0.1),
+            noise_sd=0.05, inhibitor_readout=inhibitor_readout)
+    mean = np.asarray(tr["mean"]["value"])
+    return {lab: mean[i] for i, lab in enumerate(design.perturbations)}
+
+
+def test_inhibitor_readout_per_node_reads_the_listed_nodes_as_activity():
+    by_input, by_node = _chain_means("input"), _chain_means(["a"])
+    # readout A of the inhibited node a: its activation (input) is unchanged by Ai; read as activity it falls
+    assert abs(by_input["S+Ai"][0] - by_input["S"][0]) < 1e-6
+    assert by_node["S+Ai"][0] < by_node["S"][0] - 0.1
+    # readout B (node b, not listed) is the same under both options: the block reaches it through the network
+    np.testing.assert_allclose(by_node["S+Ai"][1], by_input["S+Ai"][1], rtol=1e-6)
+    np.testing.assert_allclose(_chain_means("activity")["S+Ai"], by_node["S+Ai"], rtol=1e-6)  # a is the only block
+    with pytest.raises(DesignError, match="'zz'"):
+        _chain_means(["zz"])
