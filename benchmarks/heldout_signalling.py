@@ -331,3 +331,8 @@ for _method in ("map", "normal"):
 for _method in ("normal",):
     register_model(f"signalling_network+lipid_amounts/{_method}", tasks=("sachs_loco",))(
         _config(_method, inhibitor_readout=["pip2", "pip3"]))
+# LiverDREAM only: inhibitors act on their named node alone (no off-target or direct readout-block candidates):
+# on this data, carrying an inhibitor's measured effect over to another stimulus loses to ignoring it
+# (rules inhibitor_transfer 0.238 vs stimulus_only 0.223), and those candidates are that transfer
+register_model("signalling_network+pkn_only/normal", tasks=("liverdream_loco",))(
+    _config("normal", off_target=False, readout_block=False))
