@@ -91,22 +91,47 @@ def _stack(folds, attr):
     return np.concatenate([getattr(f, attr) for f in folds])
 
 
+def score_seed(task: ht.Task, truth, ref, predicted) -> dict:
+    """One seed's scores from its per-fold predictions (in fold order), pooled as the task states."""
+    n = min(p.observed.shape[0] for p in predicted)
+    draws = np.concatenate([p.observed[:n] for p in predicted], axis=1)
+    point = np.concatenate([p.point for p in predicted])
+    return {"value": aggregate(task, truth, point, ref), "cov50": coverage(truth, draws, 0.5),
+            "cov90": coverage(truth, draws, 0.9), "crps": float(np.mean(ev.crps(truth, draws))),
+            "seconds": float(sum(p.seconds for p in predicted))}
+
+
+def summarise(scores: list[dict], notes: list[str]) -> dict:
+    """The JSON entry of one configuration from its seeds' :func:`score_seed` results."""
+    def mean(key):
+        return float(np.mean([s[key] for s in scores])) if scores else None
+
+    per_seed = [s["value"] for s in scores]
+    return {"value": mean("value"), "sd_over_seeds": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
+            "coverage_50": mean("cov50"), "coverage_90": mean("cov90"), "seeds": len(scores),
+            "fit_seconds": mean("seconds"), "per_seed": per_seed, "coverage_90_per_seed": [s["cov90"] for s in scores],
+            "crps": mean("crps"), "notes": notes}
+
+
+def log_seed(log, name: str, seed: int, metric: str, sc: dict) -> None:
+    log(f"  {name} seed {seed}: {metric} {sc['value']:.4f}  cov50 {sc['cov50']:.2f}  "
+        f"cov90 {sc['cov90']:.2f}  fit {sc['seconds']:.1f}s")
+
+
 def run_model(task: ht.Task, folds, name: str, *, seeds, budget: Budget, log=print) -> dict:
     """Fit configuration ``name`` on every fold for every seed; score pooled over folds."""
     cfg = MODELS[name]
     truth, ref = _stack(folds, "truth"), _stack(folds, "reference")
-    per_seed, cov50, cov90, crps, secs, notes = [], [], [], [], [], []
+    scores, notes = [], []
     for seed in seeds:
-        points, draws, total = [], [], 0.0
+        predicted = []
         try:
             for fold in folds:
                 p = cfg.run(fold, seed=seed, budget=budget)
                 if p.observed.shape[1:] != fold.truth.shape:
                     raise ValueError(f"{name} returned draws of shape {p.observed.shape}, expected "
                                      f"(draws, {fold.truth.shape[0]}, {fold.truth.shape[1]}).")
-                points.append(p.point)
-                draws.append(p.observed)
-                total += p.seconds
+                predicted.append(p)
                 # Each NUTS fit leaves ~700-1,300 memory mappings of compiled code in JAX's caches
                 # (measured: 2,595 -> 7,179 over 6 tiny fit_nuts calls; flat at ~1,000 with this call):
                 # 40-60 folds in one process reach the kernel's 65,530 and LLVM aborts ("Unable to
@@ -121,24 +146,9 @@ def run_model(task: ht.Task, folds, name: str, *, seeds, budget: Budget, log=pri
             traceback.print_exc(limit=3)
             notes.append(f"seed {seed} failed on fold {fold.name!r}: {type(err).__name__}: {str(err)[:200]}")
             continue
-        n = min(d.shape[0] for d in draws)
-        dr = np.concatenate([d[:n] for d in draws], axis=1)
-        point = np.concatenate(points)
-        per_seed.append(aggregate(task, truth, point, ref))
-        cov50.append(coverage(truth, dr, 0.5))
-        cov90.append(coverage(truth, dr, 0.9))
-        crps.append(float(np.mean(ev.crps(truth, dr))))
-        secs.append(total)
-        log(f"  {name} seed {seed}: {task.metric} {per_seed[-1]:.4f}  cov50 {cov50[-1]:.2f}  "
-            f"cov90 {cov90[-1]:.2f}  fit {total:.1f}s")
-
-    def mean(v):
-        return float(np.mean(v)) if v else None
-
-    return {"value": mean(per_seed), "sd_over_seeds": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
-            "coverage_50": mean(cov50), "coverage_90": mean(cov90), "seeds": len(per_seed),
-            "fit_seconds": mean(secs), "per_seed": per_seed, "coverage_90_per_seed": cov90, "crps": mean(crps),
-            "notes": notes}
+        scores.append(score_seed(task, truth, ref, predicted))
+        log_seed(log, name, seed, task.metric, scores[-1])
+    return summarise(scores, notes)
 
 
 def run(task_name: str, *, models, seeds, budget: Budget, log=print) -> dict:

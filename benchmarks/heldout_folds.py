@@ -27,7 +27,6 @@ import numpy as np
 import heldout as H
 import heldout_tasks as ht
 from heldout_models import MODELS
-from semimech import evaluate as ev
 
 
 def run(task_name: str, name: str, *, seeds, budget: H.Budget, baseline: str | None = None, log=print) -> dict:
@@ -55,22 +54,10 @@ def run(task_name: str, name: str, *, seeds, budget: H.Budget, baseline: str | N
             f"{name}: " + " ".join(f"{e:.3f}" for e in errs))
         jax.clear_caches()
         gc.collect()
-    per_seed, c50, c90, crps, secs = [], [], [], [], []
-    for s in seeds:
-        n = min(p.observed.shape[0] for p in got[s])
-        draws = np.concatenate([p.observed[:n] for p in got[s]], axis=1)
-        per_seed.append(H.aggregate(task, truth, np.concatenate([p.point for p in got[s]]), ref))
-        c50.append(H.coverage(truth, draws, 0.5))
-        c90.append(H.coverage(truth, draws, 0.9))
-        crps.append(float(np.mean(ev.crps(truth, draws))))
-        secs.append(sum(p.seconds for p in got[s]))
-        log(f"  {name} seed {s}: {task.metric} {per_seed[-1]:.4f}  cov50 {c50[-1]:.2f}  cov90 {c90[-1]:.2f}  "
-            f"fit {secs[-1]:.1f}s")
-    summary = {"value": float(np.mean(per_seed)),
-               "sd_over_seeds": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
-               "coverage_50": float(np.mean(c50)), "coverage_90": float(np.mean(c90)), "seeds": len(per_seed),
-               "fit_seconds": float(np.mean(secs)), "per_seed": per_seed, "coverage_90_per_seed": c90,
-               "crps": float(np.mean(crps)), "notes": ["folds outer, seeds inner (heldout_folds.py)"]}
+    scores = [H.score_seed(task, truth, ref, got[s]) for s in seeds]
+    for s, sc in zip(seeds, scores):
+        H.log_seed(log, name, s, task.metric, sc)
+    summary = H.summarise(scores, ["folds outer, seeds inner (heldout_folds.py)"])
     return {"task": task_name, "metric": task.metric, "aggregation": task.aggregation, "gene_set": task.gene_set,
             "models": {name: summary}, "baselines": {b: H.aggregate(task, truth, np.concatenate([fn(f) for f in folds]),
                                                                     ref) for b, fn in task.baselines.items()},
