@@ -75,11 +75,12 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from numpyro.distributions import constraints
 
 from semimech.errors import DesignError
 from semimech.infer.spec import ModelSpec
 from semimech.measurement import gene_noise, observe_conditions, to_data_scale
-from semimech.measurement.likelihoods import total_sd
+from semimech.measurement.likelihoods import batch_offsets, total_sd
 from semimech.models import _logic
 from semimech.models import _network as net_helpers
 from semimech.models import _signalling_time as _time
@@ -154,7 +155,80 @@ def _readout_state(inhibitor_readout, B, x, nodes):
     return jnp.where(jnp.asarray(as_activity)[None, :], x, B)
 
 
-def _misfit_cut(loc_p, assay, mis, data, y):
+#: Observations within this fraction of the range of a bound count as at the bound (CellNOpt's
+#: normalised values approach 1 as 0.9994-0.9999 and are set to exactly 0 below a threshold).
+BOUND_TOLERANCE = 0.01
+
+
+class ClippedNormal(dist.Distribution):
+    """``clip(Normal(loc, scale), low, high)``: a Gaussian observed through a bounded normalisation.
+
+    The density of a value inside ``(low + tol, high - tol)`` is the Gaussian's; a value within
+    ``tol`` of a bound (``tol = BOUND_TOLERANCE * (high - low)``) carries the probability mass
+    beyond it (a Tobit / censored likelihood: ``Phi((low - loc) / scale)`` at the lower bound).
+    Draws are clipped to ``[low, high]``. Used by ``signalling_network``'s ``bounds`` option.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real
+    reparametrized_params = ["loc", "scale"]
+
+    def __init__(self, loc, scale, low: float, high: float, *, validate_args=None):
+        self.loc, self.scale = jnp.broadcast_arrays(jnp.asarray(loc), jnp.asarray(scale))
+        self.low, self.high = float(low), float(high)
+        self.tol = BOUND_TOLERANCE * (self.high - self.low)
+        super().__init__(batch_shape=jnp.shape(self.loc), validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        z = jax.random.normal(key, sample_shape + self.batch_shape)
+        return jnp.clip(self.loc + self.scale * z, self.low, self.high)
+
+    def log_prob(self, value):
+        from jax.scipy.stats import norm
+
+        lower = norm.logcdf((self.low - self.loc) / self.scale)
+        upper = norm.logcdf((self.loc - self.high) / self.scale)
+        inside = dist.Normal(self.loc, self.scale).log_prob(value)
+        return jnp.where(value <= self.low + self.tol, lower, jnp.where(value >= self.high - self.tol, upper, inside))
+
+
+def _check_bounds(bounds, likelihood, y):
+    if bounds is None:
+        return None
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise DesignError(f"bounds must be None or (low, high), got {bounds!r}.") from None
+    if not lo < hi:
+        raise DesignError(f"bounds must satisfy low < high, got {bounds!r}.")
+    if likelihood != "normal":
+        raise DesignError(f"bounds need likelihood='normal' (a clipped Gaussian), got {likelihood!r}.")
+    if y is not None and not hasattr(y, "todense") and not isinstance(y, jax.core.Tracer):
+        v = np.asarray(y)
+        out = v[np.isfinite(v) & ((v < lo - 1e-9) | (v > hi + 1e-9))]
+        if out.size:
+            raise DesignError(f"bounds {(lo, hi)}: {out.size} observed values lie outside them (e.g. {out[:3].tolist()}); "
+                              "the bounds are the data's normalised range, which every value must respect.")
+    return lo, hi
+
+
+def _observe_bounded(loc_p, noise, data, genes, bounds, y):
+    """The rows observed through the clipped Gaussian (``bounds`` option); the tail of :func:`observe_conditions`."""
+    offsets = batch_offsets(data, genes)
+    pidx = jnp.asarray(data["perturbation_index"])
+    n = jnp.sqrt(jnp.asarray(data["n_cells"]))[:, None]
+    with numpyro.plate("cells", data["n_obs"], subsample_size=pidx.shape[0], dim=-2):
+        loc = loc_p[pidx]
+        if offsets is not None:
+            loc = loc + offsets[jnp.asarray(data["batch_index"])]
+        with genes:
+            fn = ClippedNormal(loc, total_sd(noise, data, loc) / n, *bounds)
+            mask = data.get("row_mask")
+            with numpyro.handlers.mask(mask=True if mask is None else jnp.asarray(mask, bool)[:, None]):
+                numpyro.sample("y", fn, obs=y)
+
+
+def _misfit_cut(loc_p, assay, mis, data, y, bounds=None):
     """The structural error's likelihood, cut from the network (modular inference).
 
     The rows' residuals from the fitted network (``stop_gradient``: no feedback into the
@@ -167,7 +241,7 @@ def _misfit_cut(loc_p, assay, mis, data, y):
     loc = jax.lax.stop_gradient(loc_p)[pidx]
     meas = jax.lax.stop_gradient(total_sd(assay, data, loc))
     sd = jnp.sqrt(meas**2 + mis**2) / jnp.sqrt(jnp.asarray(data["n_cells"]))[:, None]
-    lp = dist.Normal(loc, sd).log_prob(jnp.asarray(y))
+    lp = (dist.Normal(loc, sd) if bounds is None else ClippedNormal(loc, sd, *bounds)).log_prob(jnp.asarray(y))
     if data.get("row_mask") is not None:
         lp = jnp.where(jnp.asarray(data["row_mask"], bool)[:, None], lp, 0.0)
     numpyro.factor("misfit_cut", jnp.sum(lp))
@@ -178,7 +252,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
           off_target_prior=(-4.0, 2.0),
           basal_prior=(-2.0, 2.0), hill_prior=(-0.5, 1.0), context_scale: float = 1.0, noise_sd=None,
           residual: bool = False, misfit: float | None = 1.0, misfit_cut: bool = True,
-          inhibitor_readout="input", times=None, tau_prior=(20.0, 1.0), y=None):
+          inhibitor_readout="input", times=None, tau_prior=(20.0, 1.0), bounds=None, y=None):
     """The signalling-network model; see the module docstring for the sites.
 
     Parameters
@@ -258,7 +332,17 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         ``ok_fraction``. ``None`` (default): steady state.
     tau_prior
         ``(median, log-sd)`` of the log-normal prior of each node's time constant (``times``' units).
+    bounds
+        ``None`` (default) or ``(low, high)``: the data are a bounded normalisation of the signal
+        (CellNOpt's ``FC^h / (EC50^h + FC^h)``, small signals and decreases set to exactly 0, in
+        ``[0, 1]``), observed as ``clip(loc + noise, low, high)``: a value at a bound (within
+        ``BOUND_TOLERANCE`` of the range) carries the Gaussian's mass beyond it (a censored, Tobit
+        likelihood, also in the cut misfit factor), so an exact 0 says "at or below 0" and a
+        readout's location may sit below it. ``predict``'s ``observed_mean`` draws are clipped to
+        the bounds (``ModelSpec.observed_bounds``); the ``mean`` site stays the latent location.
+        Gaussian only; every training value must lie within the bounds.
     """
+    bounds = _check_bounds(bounds, likelihood, y)
     if isinstance(inhibitor_readout, str) and inhibitor_readout not in ("input", "activity"):
         raise DesignError(f"inhibitor_readout must be 'input', 'activity' or a list of node names, "
                           f"got {inhibitor_readout!r}.")
@@ -370,10 +454,13 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     noise, cut = _noise(data, genes, spread, likelihood=likelihood, noise_sd=noise_sd, misfit=misfit,
                         cut=misfit_cut and not data.get("observe_predictive", False))
     if cut is not None:
-        _misfit_cut(loc_p, *cut, data, y)
+        _misfit_cut(loc_p, *cut, data, y, bounds)
     with numpyro.plate("perturbations", P, dim=-2), genes:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
-    observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y)
+    if bounds is None:
+        observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y)
+    else:
+        _observe_bounded(loc_p, noise, data, genes, bounds, y)
 
 
 SPEC = ModelSpec(
@@ -384,4 +471,5 @@ SPEC = ModelSpec(
     "edges shrink to absent unless the data need them",
     predicts_unseen_targets=True,
     cut_sites=("misfit_cut",),
+    observed_bounds=lambda options: options.get("bounds"),
 )

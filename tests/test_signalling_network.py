@@ -315,3 +315,84 @@ def test_inhibitor_readout_per_node_reads_the_listed_nodes_as_activity():
     np.testing.assert_allclose(_chain_means("activity")["S+Ai"], by_node["S+Ai"], rtol=1e-6)  # a is the only block
     with pytest.raises(DesignError, match="'zz'"):
         _chain_means(["zz"])
+
+
+# ------------------------------------------------------------------ bounded observations (CellNOpt's 0-1 normalisation)
+def test_clipped_normal_is_the_censored_gaussian():
+    import jax
+    from jax.scipy.stats import norm
+
+    from semimech.models.signalling_network import ClippedNormal
+
+    loc, scale = jnp.asarray([-0.3, 0.4, 1.2]), jnp.asarray([0.2, 0.2, 0.3])
+    d = ClippedNormal(loc, scale, 0.0, 1.0)
+    # at a bound (or within 1% of the range of it) the mass beyond it; inside, the Gaussian density
+    np.testing.assert_allclose(d.log_prob(jnp.zeros(3)), norm.logcdf(-loc / scale), rtol=1e-5)
+    np.testing.assert_allclose(d.log_prob(jnp.full(3, 0.9995)), norm.logcdf((loc - 1.0) / scale), rtol=1e-5)
+    np.testing.assert_allclose(d.log_prob(jnp.full(3, 0.5)), norm.logpdf(0.5, loc, scale), rtol=1e-5)
+    x = np.asarray(d.sample(jax.random.PRNGKey(0), (20000,)))
+    assert x.min() == 0.0 and x.max() == 1.0
+    # the atoms carry the Gaussian's tail mass (a negative control: the unclipped draws would not)
+    np.testing.assert_allclose((x == 0).mean(0), norm.cdf(-loc / scale), atol=0.01)
+    np.testing.assert_allclose((x == 1).mean(0), norm.cdf((loc - 1) / scale), atol=0.01)
+
+
+def _bounded_chain():
+    """A chain design with values in [0, 1], exact zeros where nothing is on, and the model options."""
+    import semimech as sm
+    from semimech.models import signalling_network as sn
+
+    net = chain(compress=False)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["none", "S", "S+Ai", "Bi"], 2)
+    a = np.where(np.isin(labels, ["S", "S+Ai"]), 0.9, 0.0)
+    b = np.where(labels == "S", 0.8, 0.0)
+    frame = pd.DataFrame({"label": labels, "A": np.clip(a + rng.normal(0, 0.05, 8), 0, 1),
+                          "B": np.clip(b + rng.normal(0, 0.05, 8), 0, 1)}, index=[f"r{i}" for i in range(8)])
+    design = sm.Design.from_frame(frame, readouts=["A", "B"], perturbation_key="label", control="none")
+    return design, dict(network=sn.network_option(net, design=design), off_target=False, readout_block=False,
+                        noise_sd=0.1)
+
+
+def test_bounds_observe_censored():
+    import numpyro
+
+    from semimech.models import signalling_network as sn
+
+    design, kw = _bounded_chain()
+    data = design.model_data()
+    y = np.asarray(design.y)
+    with numpyro.handlers.seed(rng_seed=0):
+        tr = numpyro.handlers.trace(sn.model).get_trace(data, bounds=(0.0, 1.0), y=y, **kw)
+    site = tr["y"]
+    assert isinstance(site["fn"], sn.ClippedNormal)
+    lp = np.asarray(site["fn"].log_prob(jnp.asarray(y)))
+    zero = y == 0.0
+    assert zero.any() and (~zero).any()
+    loc, sd = np.asarray(site["fn"].loc), np.asarray(site["fn"].scale)
+    from scipy.stats import norm
+
+    np.testing.assert_allclose(lp[zero], norm.logcdf(-loc[zero] / sd[zero]), rtol=1e-4)
+    # bad input: values outside the bounds, malformed bounds, a count likelihood
+    with pytest.raises(DesignError, match="outside"):
+        with numpyro.handlers.seed(rng_seed=0):
+            sn.model(data, bounds=(0.0, 0.5), y=y, **kw)
+    with pytest.raises(DesignError, match="low < high"):
+        with numpyro.handlers.seed(rng_seed=0):
+            sn.model(data, bounds=(1.0, 0.0), y=y, **kw)
+    with pytest.raises(DesignError, match="normal"):
+        with numpyro.handlers.seed(rng_seed=0):
+            sn.model(data, bounds=(0.0, 1.0), likelihood="negbin", y=y, **kw)
+
+
+@pytest.mark.slow
+def test_bounded_fit_predicts_observations_within_the_bounds():
+    import semimech as sm
+    from semimech.models import signalling_network as sn
+
+    design, kw = _bounded_chain()
+    # predictions of an observation lie within the bounds (ModelSpec.observed_bounds in predict)
+    fit = sm.fit_svi(sn.SPEC, design, rng_key=0, num_steps=3, num_samples=50, progress_bar=False, bounds=(0.0, 1.0),
+                     **kw)
+    obs = sm.predict(fit, ["S", "S+Bi"], rng_key=1, num_cells=1).draws["observed_mean"]
+    assert obs.min() >= 0.0 and obs.max() <= 1.0 and (obs == 0.0).any()

@@ -226,6 +226,9 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
             noise = np.asarray(total_sd(noise, tdata, mean))
         draws["observed_mean"] = np.asarray(
             mean_of_cells(k_obs, mean, noise, likelihood=fit.likelihood, num_cells=n[None, :, None]))
+        bounds = fit.spec.observed_bounds(fit.options) if fit.spec.observed_bounds is not None else None
+        if bounds is not None:  # the data are a bounded normalisation: an observation lies within it
+            draws["observed_mean"] = np.clip(draws["observed_mean"], *bounds)
     ss = None
     if steady_state_draws > 0 and is_steady_state_model(fit.spec):
         ss = solve_fractions(fit, post, data, labels, rng_key=jax.random.fold_in(key, 11),

@@ -39,6 +39,11 @@ class ModelSpec:
         back into the rest of the model). SVI fits it as intended; NUTS cannot (its gradient
         would not be the gradient of its density), so :func:`semimech.fit` chooses SVI and
         :func:`semimech.fit_nuts` refuses while such a site is in the traced model.
+    observed_bounds
+        ``observed_bounds(options) -> (low, high) | None``: the range of the observed values under
+        these fit options when the model observes the data through a bounded normalisation (e.g.
+        ``signalling_network``'s ``bounds``); ``predict`` clips its ``observed_mean`` draws to it.
+        ``None``: unbounded.
     """
 
     name: str
@@ -49,6 +54,7 @@ class ModelSpec:
     default_options: dict = dataclasses.field(default_factory=dict)
     side_information: Callable | None = None
     cut_sites: tuple[str, ...] = ()
+    observed_bounds: Callable | None = None
 
     def noise_site(self, likelihood: str) -> str:
         return "noise_sd" if likelihood == "normal" else "concentration"
