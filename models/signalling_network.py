@@ -340,7 +340,10 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         likelihood, also in the cut misfit factor), so an exact 0 says "at or below 0" and a
         readout's location may sit below it. ``predict``'s ``observed_mean`` draws are clipped to
         the bounds (``ModelSpec.observed_bounds``); the ``mean`` site stays the latent location.
-        Gaussian only; every training value must lie within the bounds.
+        Gaussian only; every training value must lie within the bounds. Each row is one
+        observation (``n_cells`` 1: the clip acts on a value, not on a mean of several). The
+        pointwise log-likelihood mixes masses (at the bounds) and densities (inside): compare a
+        bounded fit by LOO only with other fits bounded alike.
     """
     bounds = _check_bounds(bounds, likelihood, y)
     if isinstance(inhibitor_readout, str) and inhibitor_readout not in ("input", "activity"):
