@@ -75,6 +75,23 @@ def score(fit, held, obs, readouts, seed):
     return out
 
 
+def sampler_stats(fit) -> dict:
+    """Where NUTS spends its gradients: step size, tree depth and leapfrog steps per draw, per chain."""
+    st = fit.sample_stats
+    out = {}
+    for key in ("step_size", "tree_depth", "n_steps", "acceptance_rate"):
+        if key in st:
+            v = np.asarray(st[key], float)  # (chains, draws)
+            out[f"nuts_{key}_mean"] = np.round(v.mean(1), 4).tolist()
+    if "tree_depth" in st:
+        td = np.asarray(st["tree_depth"])
+        out["nuts_tree_depth_max"] = np.asarray(td.max(1)).tolist()
+        out["nuts_fraction_at_max_depth"] = np.round((td >= td.max()).mean(1), 3).tolist()
+    if "n_steps" in st:
+        out["nuts_gradients_total"] = int(np.asarray(st["n_steps"]).sum())
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
@@ -105,7 +122,8 @@ def main(argv=None):
         rows.append({"fit": f"NUTS {args.chains}x({args.warmup}+{args.samples}), joint misfit", "seconds": t_nuts,
                      "divergences": dn["divergences"], "max_rhat": dn["max_rhat"], "min_ess_bulk": dn["min_ess_bulk"],
                      "worst_site": dn["worst_site"], "min_ess_per_s": dn["min_ess_bulk"] / t_nuts,
-                     **score(nuts, held, obs, readouts, args.seed)})
+                     **sampler_stats(nuts), **score(nuts, held, obs, readouts, args.seed)})
+        print("NUTS sampler (per chain, sampling phase):", {k: v for k, v in rows[-1].items() if k.startswith("nuts_")})
     for guide in args.guides:
         for seed in range(args.seed, args.seed + args.svi_seeds):
             t0 = time.perf_counter()
