@@ -28,6 +28,10 @@ Model configurations
   Polya-urn (Dirichlet-process) predictive: a seen target's departure (jointly across genes) with
   probability n / (n + 1), else a draw from the Gaussian population.
 - ``additive/nuts-short``: ``additive/default`` fitted by NUTS (1 chain, 300 + 200, depth 7).
+- ``additive/contexts`` (``mcfaline_transfer``): the training cells rebuilt with the cell line as a
+  context (not a batch): the mean response transfers as far as the training lines agree
+  (``effect_transfer="learned"``) and each line scales each gene's noise (``context_noise``);
+  ``additive/contexts-full``: the same design with the model before (full transfer, one noise).
 - ``additive/horseshoe``: the additive model before issue 13 (horseshoe effects); it cannot
   predict unseen targets (kept to show that).
 """
@@ -201,7 +205,20 @@ def _mcfaline_cells():
 def additive_contexts(fold, *, seed, budget):
     """additive model on the training cells as a design with the cell line as *context* (not batch):
     each knockdown's effect is shared across lines plus a per-line deviation from a learned context
-    population, so a line whose knockdowns were never seen draws fresh deviations (wider intervals)."""
+    population, so a line whose knockdowns were never seen draws fresh deviations (wider intervals);
+    the mean response transfers as far as the training lines agree (``effect_transfer="learned"``)
+    and each line scales each gene's noise (``context_noise``): the defaults."""
+    return _contexts(fold, seed=seed, budget=budget)
+
+
+@register_model("additive/contexts-full", tasks=("mcfaline_transfer",))
+def additive_contexts_full(fold, *, seed, budget):
+    """as ``additive/contexts`` with the model before: one mean response shared by every line
+    (``effect_transfer="full"``) and one noise per gene (``context_noise=False``)."""
+    return _contexts(fold, seed=seed, budget=budget, effect_transfer="full", context_noise=False)
+
+
+def _contexts(fold, *, seed, budget, **options):
     adata = _mcfaline_cells()
     held_lines = set(fold.contexts)
     keep = ~adata.obs["cell_type"].isin(held_lines).to_numpy() | (adata.obs["perturbation"] == "control").to_numpy()
@@ -211,7 +228,7 @@ def additive_contexts(fold, *, seed, budget):
     from semimech.models import additive
 
     fit = sm.fit_svi(additive.SPEC, train, rng_key=seed,
-                     num_steps=budget.num_steps, num_samples=budget.num_samples, progress_bar=False)
+                     num_steps=budget.num_steps, num_samples=budget.num_samples, progress_bar=False, **options)
     seconds = time.perf_counter() - t0
     table = [{"perturbation": lab, "context": ctx} for lab, ctx in zip(fold.labels, fold.contexts)]
     p = sm.predict(fit, table, rng_key=seed + 1000, num_cells=fold.n_obs, new_contexts="population")
@@ -219,4 +236,4 @@ def additive_contexts(fold, *, seed, budget):
         raise ValueError(f"{len(p.perturbations)} predicted conditions for {len(table)} held-out ones.")
     cols = [p.genes.index(g) for g in fold.readouts]
     return Predicted(observed=p.draws["observed_mean"][:, :, cols], mean=p.draws["mean"][:, :, cols],
-                     seconds=seconds, info={"method": "svi", "design": "contexts"})
+                     seconds=seconds, info={"method": "svi", "design": "contexts", **options})

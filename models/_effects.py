@@ -57,13 +57,33 @@ targets, 0.302 vs 0.303 over all 25) and raises 90% coverage (0.58 -> 0.77; 0.83
 0.363 -> 0.323 over all 25), but on the hand-picked 8 its centre is narrower (50% coverage 0.36 ->
 0.28, CRPS 0.570 -> 0.598); ``benchmarks/RESULTS_heldout.md`` has the numbers.
 
+**Contexts** (cell lines; the additive model's ``effect_transfer="learned"``, its default for a
+design with contexts): one mean response shared by every context assumes it transfers fully, and
+an unseen cell line was then predicted at the training lines' response (McFaline-Figueroa 2023,
+whose three lines' knockdown responses are uncorrelated: L2 1.587 against "no change" 1.454;
+with this and :func:`semimech.measurement.context_noise` 1.449, 90% coverage 0.86 against 0.80,
+3 seeds, ``benchmarks/RESULTS_heldout.md``).
+Instead, :func:`context_mean_response` gives each context its mean response, Gaussian across
+genes with a learned scale, whose correlation between contexts (``effect_transfer``, rho) is
+learned from how well the seen contexts agree; ``effect_mean`` is then the transferable part,
+and an unseen context draws its own part fresh: it is centred near no change when the seen
+contexts disagree, at their shared response when they agree. The targets' programs and
+deviations keep their context deviations (``effect_context_sd``), whose learned size already
+sets how far they transfer.
+
 Sample sites
 ------------
+effect_mean_scale : (), effect_transfer : (), effect_mean_z : (genes,), effect_mean_context_z : (contexts, genes)
+    Only from :func:`context_mean_response` (designs with contexts): the mean response in context
+    ``c`` is ``effect_mean_scale * (sqrt(effect_transfer) * effect_mean_z + sqrt(1 -
+    effect_transfer) * effect_mean_context_z[c])`` (in ``unit``); ``effect_transfer`` has a
+    Uniform(0, 1) prior, ``effect_mean_scale`` HalfNormal(``prior_scale``).
 effect_centre : (genes,)
     With ``baseline`` (the additive model): latent location of the average perturbed condition,
     prior as the baseline's; ``effect_mean = (effect_centre - baseline) / unit`` (deterministic).
 effect_mean : (genes,)
-    The shared mean response, in ``unit`` (the effect of an average target is ``effect_mean *
+    With ``mean`` given (designs with contexts): deterministic, the transferable part of the mean
+    response. Otherwise the shared mean response, in ``unit`` (the effect of an average target is ``effect_mean *
     unit``); a sample site with prior Normal(0, 1) when no baseline is given. Neither prior is
     hierarchical on purpose: with a learned scale, mean-field SVI shrank the mean response to zero
     on Papalexi 2021 (most knockouts do little, so the mean is small next to the spread), which
@@ -158,6 +178,34 @@ def embedding_rows(data, embedding=None, gene_embedding=None):
 
 TAILS = ("normal", "strength")
 PREDICTIVES = ("gaussian", "urn")
+TRANSFERS = ("learned", "full")
+
+
+def context_mean_response(data, genes_plate, *, prior_scale: float = 0.5):
+    """``(shared, per_context)``: the mean response of a design with contexts, and how far it transfers.
+
+    The mean response of the targets in context ``c`` (genes, in ``unit``) is
+
+        effect_mean_scale * (sqrt(effect_transfer) * effect_mean_z + sqrt(1 - effect_transfer) * effect_mean_context_z[c])
+
+    a Gaussian across genes with a learned scale, whose correlation between two contexts is
+    ``effect_transfer`` (rho, prior Uniform(0, 1)), learned from how well the seen contexts'
+    mean responses agree. ``shared`` (genes) is the transferable part, ``per_context``
+    (contexts, genes) each context's own part; a context never seen in training draws a fresh
+    ``effect_mean_context_z``, so its mean response is centred on ``shared`` (shrunk towards
+    zero when the seen contexts disagree: ``rho`` small) with the contexts' spread as interval.
+    Returns ``None`` for designs without contexts (one context).
+    """
+    n_ctx = int(data.get("n_contexts", 1))
+    if n_ctx <= 1:
+        return None
+    scale = numpyro.sample("effect_mean_scale", dist.HalfNormal(prior_scale))
+    rho = numpyro.sample("effect_transfer", dist.Beta(1.0, 1.0))
+    with genes_plate:
+        a = numpyro.sample("effect_mean_z", dist.Normal(0.0, 1.0))
+    with numpyro.plate("contexts", n_ctx, dim=-2), genes_plate:
+        b = numpyro.sample("effect_mean_context_z", dist.Normal(0.0, 1.0))
+    return scale * jnp.sqrt(rho) * a, scale * jnp.sqrt(1.0 - rho) * b
 
 
 def urn_sources(seen, urn_z, concentration: float):
@@ -181,7 +229,7 @@ def urn_sources(seen, urn_z, concentration: float):
 
 def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_programs: int = 0, embedding=None,
                    gene_embedding=None, baseline=None, own_gene: bool = False, tails: str = "normal",
-                   predictive: str = "gaussian", urn_concentration: float = 1.0):
+                   predictive: str = "gaussian", urn_concentration: float = 1.0, mean=None):
     """Per-target effects ``(targets, genes)`` on the latent scale, from the effect population.
 
     See the module docstring for the sites. ``unit`` (genes) is the latent unit per gene (the
@@ -201,6 +249,8 @@ def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_progr
     (fresh draws from the population) or ``"urn"`` (the Polya-urn predictive, see the module
     docstring; ``urn_concentration`` is its ``alpha``). It acts only when ``data`` carries
     ``target_seen`` (set by :func:`semimech.predict`); the fitted model is the same either way.
+    ``mean`` (genes, in ``unit``): a shared mean response computed by the caller (the transferable
+    part from :func:`context_mean_response`), recorded as ``effect_mean`` instead of sampling one.
     """
     tgi = np.asarray(data["target_gene_index"])
     n_t = tgi.shape[0]
@@ -219,12 +269,15 @@ def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_progr
                           f"population against each seen target), got {urn_concentration!r}.")
     rows, has = embedding_rows(data, embedding, gene_embedding)
     targets = numpyro.plate("targets", n_t, dim=-2)
-    with genes_plate:
-        if baseline is None:
+    if mean is not None:  # the transferable mean response of a design with contexts (context_mean_response)
+        mean = numpyro.deterministic("effect_mean", mean)
+    elif baseline is None:
+        with genes_plate:
             mean = numpyro.sample("effect_mean", dist.Normal(0.0, 1.0))
-        else:
+    else:
+        with genes_plate:
             centre = numpyro.sample("effect_centre", dist.Normal(jnp.asarray(data["baseline_loc"]), 2.0 * unit))
-            mean = numpyro.deterministic("effect_mean", (centre - baseline) / unit)
+        mean = numpyro.deterministic("effect_mean", (centre - baseline) / unit)
     effect = jnp.broadcast_to(mean, (n_t, data["n_genes"]))
     if n_programs:
         s_prog = numpyro.sample("program_scale", dist.HalfNormal(prior_scale))

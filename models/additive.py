@@ -30,6 +30,17 @@ effect : (targets, genes), deterministic
     Effect of each target on the latent scale (data units or log fold change).
 context_sd, context_z, effect_context_sd, effect_context_z
     Context baselines and context deviations of effects (designs with contexts only).
+effect_mean_scale, effect_transfer, effect_mean_z, effect_mean_context_z
+    Only for a label design with contexts (``effects="population"``, ``effect_transfer="learned"``,
+    the default): the mean response of the targets in context ``c`` is ``effect_mean_scale *
+    (sqrt(effect_transfer) * effect_mean_z + sqrt(1 - effect_transfer) * effect_mean_context_z[c])``
+    (:func:`semimech.models._effects.context_mean_response`) instead of one mean response shared by
+    every context (``effect_centre``): how far it transfers, ``effect_transfer`` in (0, 1), is learned
+    from how well the seen contexts agree, so a context never seen in training is centred near no
+    change when they disagree.
+noise_context_sd, noise_context_z, condition_noise
+    Only with contexts and ``context_noise`` (the default for label designs): each context scales
+    each gene's noise, see :func:`semimech.measurement.context_noise`.
 interaction_scale : (factor_pairs,), interaction_sd : (genes,), pair_z : (target_pairs, genes)
     Pairwise interactions: ``interaction_scale[factor pair] * interaction_sd * unit * pair_z``, times a
     regularised-horseshoe local scale per entry with ``interactions="horseshoe"`` (the default).
@@ -54,6 +65,7 @@ import numpyro.distributions as dist
 
 from semimech.errors import DesignError
 from semimech.infer.spec import ModelSpec
+from semimech import measurement
 from semimech.measurement import gene_noise, observe_conditions, to_data_scale
 from semimech.models import _effects, _treatments
 
@@ -62,7 +74,8 @@ EFFECTS = ("population", "horseshoe")
 
 def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, effects: str | None = None,
           effect_programs: int = 2, effect_knockdown: bool = True, effect_tails: str = "normal",
-          effect_predictive: str = "gaussian", effect_urn_concentration: float = 1.0, interactions: str = "horseshoe", interaction_slab: float = 2.0,
+          effect_predictive: str = "gaussian", effect_urn_concentration: float = 1.0,
+          effect_transfer: str = "learned", context_noise: bool | None = None, interactions: str = "horseshoe", interaction_slab: float = 2.0,
           embedding=None, gene_embedding=None, y=None):
     """The additive perturbation model; see the module docstring for the sites.
 
@@ -84,10 +97,18 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     with probability ``n / (n + effect_urn_concentration)`` the departure of one of the ``n`` seen
     targets, jointly across genes, else a Gaussian draw; it assumes the unseen target is drawn like
     the seen ones; the fit is unchanged, see :mod:`semimech.models._effects`).
+    ``effect_transfer`` (designs with contexts and the effect population): ``"learned"`` (default:
+    the mean response's correlation between contexts is learned, see the sites above) or ``"full"``
+    (one mean response shared by every context, as before; on McFaline-Figueroa 2023's unseen cell
+    line it carried the training lines' response over and lost to "no change").
+    ``context_noise``: each context scales each gene's noise (``None``: on for label designs,
+    off for factor designs, whose results were measured without it).
     ``interactions``: ``"horseshoe"`` (default): pair interactions are sparse per gene (a
     regularised-horseshoe local scale per pair x gene entry, slab ``interaction_slab`` in units of
     the gene's control scale); ``"normal"``: Gaussian entries with the pair's and gene's scales.
     """
+    if effect_transfer not in _effects.TRANSFERS:
+        raise DesignError(f"effect_transfer must be one of {_effects.TRANSFERS}, got {effect_transfer!r}.")
     n_genes = data["n_genes"]
     tm = jnp.asarray(data["target_matrix"])
     n_pert, n_targets = tm.shape
@@ -101,11 +122,15 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
         effects = "population" if tuple(data.get("factor_names", ("perturbation",))) == ("perturbation",) else "horseshoe"
     if effects not in EFFECTS:
         raise DesignError(f"effects must be one of {EFFECTS}, got {effects!r}.")
+    ctx_mean = None
     if effects == "population":
+        ctx_mean = _effects.context_mean_response(data, genes, prior_scale=effect_prior_scale) \
+            if effect_transfer == "learned" else None
         effect = _effects.target_effects(data, genes, unit=unit, prior_scale=effect_prior_scale,
                                          n_programs=effect_programs, embedding=embedding, gene_embedding=gene_embedding,
                                          baseline=baseline, own_gene=effect_knockdown, tails=effect_tails,
-                                         predictive=effect_predictive, urn_concentration=effect_urn_concentration)
+                                         predictive=effect_predictive, urn_concentration=effect_urn_concentration,
+                                         mean=None if ctx_mean is None else ctx_mean[0])
     else:
         tau = numpyro.sample("effect_scale", dist.HalfNormal(effect_prior_scale))
     with numpyro.plate("targets", n_targets, dim=-2), genes:
@@ -116,12 +141,19 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
 
     base = _treatments.context_baseline(baseline, data, genes, unit=unit)[jnp.asarray(data["perturbation_context"])]
     ctx_eff = _treatments.context_effects(data, genes, unit=unit, prior_scale=effect_prior_scale)
+    if ctx_mean is not None:  # each target of a condition carries its context's own part of the mean response
+        n_levels = jnp.sum(tm, axis=1)[:, None]
+        ctx_eff = ctx_eff + n_levels * unit * ctx_mean[1][jnp.asarray(data["perturbation_context"])]
     interaction = _treatments.interactions(data, genes, unit=unit, prior_scale=effect_prior_scale, tails=interactions,
                                            slab=interaction_slab)
     with numpyro.plate("perturbations", n_pert, dim=-2), genes:
         loc_p = base + tm @ effect + ctx_eff + interaction
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
 
+    if context_noise is None:  # label designs: contexts (cell lines) differ in noise; factor designs as measured before
+        context_noise = effects == "population"
+    if context_noise:
+        noise = measurement.context_noise(noise, data, likelihood=likelihood)
     observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y)
 
 

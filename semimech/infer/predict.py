@@ -214,14 +214,16 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
                                             (n_draw, len(pdesign.targets), 1), 1, np.float32)
     model = functools.partial(fit.spec.model, **fit.options)
     noise_site = fit.spec.noise_site(fit.likelihood)
-    out = Predictive(model, posterior_samples=post, return_sites=[fit.spec.mean_site, noise_site])(k_pred, data)
+    out = Predictive(model, posterior_samples=post, return_sites=[fit.spec.mean_site, noise_site,
+                                                                              "condition_noise"])(k_pred, data)
     mean = np.asarray(out[fit.spec.mean_site])
     if batch is not None:
         mean = _in_batch(fit, mean, str(batch), k_obs)
     draws = {"mean": mean}
     if num_cells is not None:
         n = _num_cells(num_cells, labels)
-        noise = np.asarray(out[noise_site])[:, None, :]
+        # a model whose noise differs by context records it per condition (measurement.context_noise)
+        noise = np.asarray(out["condition_noise"]) if "condition_noise" in out else np.asarray(out[noise_site])[:, None, :]
         if fit.likelihood == "normal":
             noise = np.asarray(total_sd(noise, tdata, mean))
         draws["observed_mean"] = np.asarray(

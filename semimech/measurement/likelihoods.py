@@ -6,6 +6,12 @@ Sites sampled here (dims):
 - ``concentration`` (genes): negative-binomial concentration phi per gene; variance is
   ``mu + mu^2 / phi`` (``likelihood="negbin"``).
 - ``batch_sd`` (): sd of the batch offsets; ``batch_z`` (batches, genes): standardised offsets.
+- ``noise_context_sd`` (), ``noise_context_z`` (contexts, 1): only with :func:`context_noise`
+  (designs with contexts, when a model asks for it): each context's noise is the gene's noise
+  times ``exp(noise_context_sd * noise_context_z[c])`` (cell lines differ in depth, so in the
+  cell-to-cell spread of log-normalised values); ``condition_noise`` (perturbations, genes),
+  deterministic: the noise parameter of each condition, which :func:`semimech.predict` uses for
+  ``observed_mean``.
 - ``y`` (cells, genes): the observations.
 
 A row may be a pseudobulk of ``n`` cells. For ``normal`` the row is a mean of ``n`` cells, so
@@ -70,6 +76,27 @@ def gene_noise(data, *, likelihood: str):
             return numpyro.deterministic("noise_sd", jnp.zeros_like(jnp.asarray(data["baseline_loc"])))
         return numpyro.sample("noise_sd", dist.HalfNormal(2.0 * scale))
     return numpyro.sample("concentration", dist.LogNormal(1.0, 1.5))
+
+
+def context_noise(noise, data, *, likelihood: str):
+    """The noise parameter per condition ``(perturbations, genes)`` when contexts differ in noise.
+
+    Each context ``c`` scales the per-gene noise by ``m_c = exp(noise_context_sd *
+    noise_context_z[c])`` (prior HalfNormal(0.5) for the sd: a context's noise sd within a factor
+    ~2.7 of the gene's typical one at 2 sd): the Gaussian sd times ``m_c``, the NB concentration
+    divided by ``m_c**2``. The context's rows (its controls included) inform ``m_c``; a context
+    never seen in training draws it from the learned spread. Recorded as the deterministic site
+    ``condition_noise``. Returns ``noise`` unchanged for designs without contexts.
+    """
+    n_ctx = int(data.get("n_contexts", 1))
+    if n_ctx <= 1:
+        return noise
+    sd = numpyro.sample("noise_context_sd", dist.HalfNormal(0.5))
+    with numpyro.plate("contexts", n_ctx, dim=-2), numpyro.plate("genes", int(data["n_genes"]), dim=-1):
+        z = numpyro.sample("noise_context_z", dist.Normal(0.0, 1.0))  # (contexts, genes)
+    m = jnp.exp(sd * z)[jnp.asarray(data["perturbation_context"])]  # (perturbations, genes)
+    out = noise * m if likelihood == "normal" else noise / m**2
+    return numpyro.deterministic("condition_noise", out)
 
 
 def batch_offsets(data, genes_plate):
@@ -218,12 +245,15 @@ def _observe(loc, noise, data, *, likelihood: str, y=None):
 def observe_conditions(loc_p, noise, data, genes_plate, *, likelihood: str, y=None):
     """Observe rows whose latent location is their condition's ``loc_p`` plus their batch offset.
 
-    ``loc_p`` is ``(perturbations, genes)``. Samples the batch offsets (:func:`batch_offsets`),
+    ``loc_p`` is ``(perturbations, genes)``; ``noise`` is per gene or, from :func:`context_noise`,
+    ``(perturbations, genes)``. Samples the batch offsets (:func:`batch_offsets`),
     then ``y`` in the ``cells`` plate; the rows in ``data`` may be a minibatch of the ``n_obs``
     rows, which the plate scales by ``n_obs / rows``. The shared tail of every static model.
     """
     offsets = batch_offsets(data, genes_plate)
     pidx = jnp.asarray(data["perturbation_index"])
+    if jnp.ndim(noise) == 2:  # a noise per condition (context_noise)
+        noise = noise[pidx]
     with numpyro.plate("cells", data["n_obs"], subsample_size=pidx.shape[0], dim=-2):
         loc = loc_p[pidx]
         if offsets is not None:
