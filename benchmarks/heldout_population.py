@@ -27,7 +27,8 @@ Model configurations
 - ``additive/urn``: the same fit as ``additive/default``, unseen targets answered by the
   Polya-urn (Dirichlet-process) predictive: a seen target's departure (jointly across genes) with
   probability n / (n + 1), else a draw from the Gaussian population.
-- ``additive/nuts-short``: ``additive/default`` fitted by NUTS (1 chain, 300 + 200, depth 7).
+- ``additive/nuts-short``: ``additive/default`` fitted by NUTS (1 chain, 300 + 200, depth 7);
+  ``additive/nuts-short-urn``: the same fit, unseen targets answered by the urn predictive.
 - ``additive/contexts`` (``mcfaline_transfer``): the training cells rebuilt with the cell line as a
   context (not a batch): the mean response transfers as far as the training lines agree
   (``effect_transfer="learned"``) and each line scales each gene's noise (``context_noise``);
@@ -178,18 +179,29 @@ def additive_urn(fold, *, seed, budget):
 def additive_nuts_short(fold, *, seed, budget):
     """additive model (default effect population) fitted by NUTS: 1 chain, 300 warmup + 200 draws,
     max tree depth 7 (the RESULTS_heldout.md check that mean-field SVI makes the intervals narrow)."""
+    return _nuts_short(fold, seed=seed, budget=budget)
+
+
+@register_model("additive/nuts-short-urn", tasks=POPULATION_TASKS)
+def additive_nuts_short_urn(fold, *, seed, budget):
+    """as ``additive/nuts-short``, unseen targets answered by the Polya-urn predictive
+    (``effect_predictive="urn"``): NUTS's wider posterior of the seen targets' effects as the urn's atoms."""
+    return _nuts_short(fold, seed=seed, budget=budget, effect_predictive="urn")
+
+
+def _nuts_short(fold, *, seed, budget, **options):
     from semimech.models import additive
 
     t0 = time.perf_counter()
     warm, draws = (50, 50) if budget.quick else (300, 200)
     fit = sm.fit_nuts(additive.SPEC, fold.train, rng_key=seed, num_warmup=warm, num_samples=draws, num_chains=1,
-                      max_tree_depth=7, progress_bar=False)
+                      max_tree_depth=7, progress_bar=False, **options)
     seconds = time.perf_counter() - t0
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sm.errors.PopulationOnlyWarning)
-        return predict_labels(fit, fold, seed=seed, seconds=seconds, info={"method": "nuts"})
+        return predict_labels(fit, fold, seed=seed, seconds=seconds, info={"method": "nuts", **options})
 
 
 def _mcfaline_cells():

@@ -75,7 +75,8 @@ EFFECTS = ("population", "horseshoe")
 def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, effects: str | None = None,
           effect_programs: int = 2, effect_knockdown: bool = True, effect_tails: str = "normal",
           effect_predictive: str = "gaussian", effect_urn_concentration: float = 1.0,
-          effect_transfer: str = "learned", context_noise: bool | None = None, interactions: str = "horseshoe", interaction_slab: float = 2.0,
+          effect_transfer: str = "learned", context_noise: bool | None = None, interactions: str = "horseshoe",
+          interaction_slab: float = 2.0,
           embedding=None, gene_embedding=None, y=None):
     """The additive perturbation model; see the module docstring for the sites.
 
