@@ -226,6 +226,24 @@ def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, step
     return out
 
 
+def per_unit(table, design) -> dict:
+    """Per model and held-out unit: elpd, CRPS, L2, targets seen nowhere else; per held-out row x gene: the
+    leave-out predictive mean and sd and the observed value (for the diagnosis in RESULTS_compare.md)."""
+    y = np.asarray(design.dense_y(), float)
+    out = {}
+    for n, cv in table.attrs.get("cross_validations", {}).items():
+        rows = [] if cv.pit_rows is None else [int(r) for r in cv.pit_rows]
+        out[n] = {"units": list(cv.units), "elpd": [float(v) for v in cv.pointwise],
+                  "crps": None if cv.crps is None else [float(v) for v in cv.crps],
+                  "l2": None if cv.l2 is None else [float(v) for v in cv.l2],
+                  "unseen_targets": [list(u) for u in cv.unseen_targets], "rows": rows,
+                  "row_names": [str(design.obs_names[r]) for r in rows],
+                  "pred_mean": None if cv.pred_mean is None else np.round(cv.pred_mean, 6).tolist(),
+                  "pred_sd": None if cv.pred_sd is None else np.round(cv.pred_sd, 6).tolist(),
+                  "y": np.round(y[rows], 6).tolist()}
+    return out
+
+
 def _spearman(a, b) -> float | None:
     """Spearman correlation; None where one side is constant (every model tied: no ranking to correlate)."""
     from scipy import stats
@@ -251,19 +269,22 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
         out["spearman"] = float(stats.spearmanr(ranked.loc[names, "elpd_cv"].astype(float), good).statistic)
         out["spearman_ranks"] = _spearman(-ranked.loc[names, "rank"].astype(float), good)
     cvs = table.attrs.get("cross_validations", {})
-    l2 = {n: cvs[n].l2 for n in names if n in cvs and cvs[n].l2 is not None and np.isfinite(cvs[n].l2).all()}
-    if len(l2) == len(names) >= 2:  # the contract's error, cross-validated: the same refits ranked by it
+    for what in ("l2", "crps"):  # cross-validated from the same refits, ranked by them (2 SE of paired differences)
+        v = {n: getattr(cvs[n], what) for n in names if n in cvs and getattr(cvs[n], what) is not None
+             and np.isfinite(getattr(cvs[n], what)).all()}
+        if len(v) != len(names) or len(names) < 2:
+            continue
         from semimech.evaluate.compare import _ranks
 
-        rank_l2, _, _ = _ranks({n: -v for n, v in l2.items()}, 2.0)
-        first_l2 = [n for n in names if rank_l2[n] == 1]
-        out["rank_l2"] = rank_l2
-        out["first_ranked_l2"] = first_l2
-        out["first_within_10pct_l2"] = bool(all((held[n] >= best - 0.1 * abs(best)) if higher_is_better
-                                                else (held[n] <= 1.1 * best) for n in first_l2))
+        rank_v, _, _ = _ranks({n: -x for n, x in v.items()}, 2.0)
+        first_v = [n for n in names if rank_v[n] == 1]
+        out[f"rank_{what}"] = rank_v
+        out[f"first_ranked_{what}"] = first_v
+        out[f"first_within_10pct_{what}"] = bool(all((held[n] >= best - 0.1 * abs(best)) if higher_is_better
+                                                     else (held[n] <= 1.1 * best) for n in first_v))
         if len(names) >= 3:
-            out["spearman_cv_l2"] = float(stats.spearmanr([-l2[n].mean() for n in names], good).statistic)
-            out["spearman_ranks_cv_l2"] = _spearman([-float(rank_l2[n]) for n in names], good)
+            out[f"spearman_cv_{what}"] = float(stats.spearmanr([-v[n].mean() for n in names], good).statistic)
+            out[f"spearman_ranks_cv_{what}"] = _spearman([-float(rank_v[n]) for n in names], good)
     first = [n for n in names if ranked.loc[n, "rank"] == 1]
     within = [(held[n] >= best - 0.1 * abs(best)) if higher_is_better else (held[n] <= 1.1 * best) for n in first]
     out.update({"best_held_out_model": names[int(np.argmax(good))], "best_held_out": best, "first_ranked": first,
@@ -343,12 +364,14 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
     result["held_out"] = held
     if table is not None:
         cols = ["model", "rank", "tied_with", "below", "elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv",
-                "left_out", "n_refits", "cv_coverage_90", "cv_calibration", "cv_l2", "loo_rows_status", "steady_state", "note"]
+                "left_out", "n_refits", "n_units_unseen", "cv_coverage_90", "cv_calibration", "cv_crps", "cv_l2", "loo_rows_status",
+                "steady_state", "note"]
         result["table"] = json.loads(table[cols].to_json(orient="records"))
         result["agreement"] = agreement(table, held, higher_is_better=task.higher_is_better)
         if result.get("held_out_reference"):
             result["agreement_reference"] = agreement(table, {n: result["held_out_reference"].get(n) for n in fits},
                                                       higher_is_better=task.higher_is_better)
+        result["per_unit"] = per_unit(table, design)
         result["warm_resets"] = {n: [dict(r) for r in cv.resets] for n, cv in table.attrs.get("cross_validations", {}).items()}
         for n, r in result["warm_resets"].items():
             log(f"  {n}: entries started cold per refit (informed by the held-out rows only): {r}")

@@ -299,3 +299,37 @@ def test_a_warm_start_resets_what_only_the_held_out_rows_inform(fit, design):
     assert np.isfinite(z0).all() and np.all(np.abs(z0[p]) < 1.0)
     assert not np.allclose(z0[p], folds.warm["pair_z"][p], atol=1e-3)
     np.testing.assert_allclose(np.delete(z0, p, 0), np.delete(folds.warm["pair_z"], p, 0), rtol=1e-5)
+
+
+def test_sample_crps_matches_the_pairwise_definition_and_the_gaussian_closed_form():
+    from scipy import stats
+
+    from semimech.evaluate.cv import sample_crps
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), np.array([0.0, 1.5, -3.0])
+    w = rng.dirichlet(np.ones(40))
+    pairwise = (w[:, None, None] * w[None, :, None] * np.abs(x[:, None] - x[None, :])).sum((0, 1))
+    direct = (w[:, None] * np.abs(x - y)).sum(0) - 0.5 * pairwise
+    np.testing.assert_allclose(sample_crps(x, y, w), direct, rtol=1e-10)
+    # many draws of N(0, 1): the closed form sigma * (z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi))
+    big = rng.normal(size=(20000, 3))
+    exact = y * (2 * stats.norm.cdf(y) - 1) + 2 * stats.norm.pdf(y) - 1 / np.sqrt(np.pi)
+    np.testing.assert_allclose(sample_crps(big, y, np.full(20000, 1 / 20000)), exact, atol=0.02)
+    assert sample_crps(big, y, np.full(20000, 1 / 20000))[2] > 2.0     # far off: about the absolute error
+
+
+def test_unseen_targets_of_each_unit(design):
+    from semimech.evaluate.cv import unseen_targets
+
+    labs = unit_labels(design, "combination")
+    units = list(dict.fromkeys(u for u in labs if u is not None))
+    row_unit = np.array([units.index(u) if u is not None else -1 for u in labs])
+    assert unseen_targets(design, row_unit) == tuple(() for _ in units)      # every single observed
+    labels = np.asarray(design.perturbations)[design.perturbation_index]
+    sub = design.subset(~np.isin(labels, ["T1", "T1+T2", "T1+T4"]))         # T1 now only in T0+T1
+    labs = unit_labels(sub, "combination")
+    units = list(dict.fromkeys(u for u in labs if u is not None))
+    row_unit = np.array([units.index(u) if u is not None else -1 for u in labs])
+    found = dict(zip(units, unseen_targets(sub, row_unit)))
+    assert found == {u: (("T1",) if u == "T0+T1" else ()) for u in units}

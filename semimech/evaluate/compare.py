@@ -53,6 +53,8 @@ __all__ = ["compare", "loo", "pointwise_log_likelihood", "reading"]
 
 #: Held-out metrics (the ``"mean"`` row of :func:`score`) shown next to LOO.
 TEST_COLUMNS = ("l2", "pearson_delta", "mse_top_de", "direction", "coverage_90", "crps", "lpd")
+#: What :func:`compare` can rank on (all cross-validated from the same refits).
+RANK_BY = ("elpd", "crps", "l2")
 #: Above this many rows, ``subsample="auto"`` uses subsampled PSIS-LOO.
 AUTO_SUBSAMPLE_ROWS = 10_000
 
@@ -314,8 +316,8 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
     unit_labels(next(iter(fits.values())).design, unit)   # a unit the design does not have: refused before any refit
     if score not in SCORES:
         raise DesignError(f"unknown score {score!r}; choose one of {SCORES}.")
-    if rank_by not in ("elpd", "l2"):
-        raise DesignError(f"unknown rank_by {rank_by!r}; choose 'elpd' or 'l2'.")
+    if rank_by not in RANK_BY:
+        raise DesignError(f"unknown rank_by {rank_by!r}; choose one of {RANK_BY}.")
     key = as_key(rng_key)
     cvs, rows = {}, []
     for i, (name, fit) in enumerate(fits.items()):
@@ -339,6 +341,9 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
                         "left_out": cv.describe(), "n_units": len(cv.units), "n_refits": cv.n_refits,
                         "cv_coverage_90": float(cal.loc[0.9, "empirical"]) if 0.9 in cal.index else None,
                         "cv_l2": float(np.nanmean(cv.l2)) if cv.l2 is not None and np.isfinite(cv.l2).any() else None,
+                        "cv_crps": (float(np.nanmean(cv.crps)) if cv.crps is not None and np.isfinite(cv.crps).any()
+                                    else None),
+                        "n_units_unseen": sum(bool(u) for u in cv.unseen_targets),
                         "cv_calibration": cv.calibration.verdict})
         if row_loo:
             row.update(_row_loo(fit, rng_key=rng_key))
@@ -360,13 +365,16 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
             for c in ("elpd_diff", "dse", "weight"):
                 table.loc[name, c] = scored.loc[name, c]
         values = {n: cv.pointwise for n, cv in cvs.items()}
-        if rank_by == "l2":
-            values = {n: -cv.l2 for n, cv in cvs.items() if cv.l2 is not None and np.all(np.isfinite(cv.l2))}
+        if rank_by in ("l2", "crps"):
+            values = {n: -getattr(cv, rank_by) for n, cv in cvs.items()
+                      if getattr(cv, rank_by) is not None and np.all(np.isfinite(getattr(cv, rank_by)))}
             for name in set(cvs) - set(values):
-                table.loc[name, "note"] = "; ".join(filter(None, [table.loc[name, "note"], "not ranked: no L2 for "
-                                                               "every unit (raise max_pit_rows)"]))
+                table.loc[name, "note"] = "; ".join(filter(None, [table.loc[name, "note"], f"not ranked: no {rank_by} "
+                                                               "for every unit (raise max_pit_rows)"]))
         rank, ties, above = _ranks(values, tie_se)
         fmt = ".1f" if rank_by == "elpd" else ".3f"
+        if rank_by != "elpd":  # the paired differences are of per-unit means; report them on the mean's scale
+            values = {n: v / len(v) for n, v in values.items()}
         for name in values:
             table.loc[name, "rank"] = rank[name]
             table.loc[name, "tied_with"] = ", ".join(ties[name])
@@ -392,9 +400,9 @@ def _row_loo(fit, *, rng_key) -> dict:
 
 
 COLUMNS = ("model", "rank", "tied_with", "below", "elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "left_out", "n_units",
-           "n_refits", "cv_coverage_90", "cv_calibration", "cv_l2", "elpd_loo_rows", "loo_rows_se", "loo_rows_status",
+           "n_refits", "n_units_unseen", "cv_coverage_90", "cv_calibration", "cv_crps", "cv_l2", "elpd_loo_rows", "loo_rows_se", "loo_rows_status",
            "steady_state", "control_stable", "assumption_checks")
-_NUMERIC = ("elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "cv_coverage_90", "cv_l2", "elpd_loo_rows", "loo_rows_se",
+_NUMERIC = ("elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv", "cv_coverage_90", "cv_crps", "cv_l2", "elpd_loo_rows", "loo_rows_se",
             "steady_state", "control_stable") + tuple(f"test_{c}" for c in TEST_COLUMNS)
 
 
@@ -405,12 +413,12 @@ def _tidy(table: pd.DataFrame, *, has_test: bool, rank_by: str = "elpd") -> pd.D
         if c in _NUMERIC:
             table[c] = pd.array([None if v is None or not np.isfinite(v) else float(v)
                                  for v in pd.to_numeric(table[c], errors="coerce").astype(float)], dtype="Float64")
-        elif c in ("rank", "n_units", "n_refits"):
+        elif c in ("rank", "n_units", "n_refits", "n_units_unseen"):
             table[c] = pd.array([None if pd.isna(v) else int(v) for v in table[c]], dtype="Int64")
         else:
             table[c] = [("" if c in ("tied_with", "below", "note") else "-") if (v is None or (isinstance(v, float) and np.isnan(v)))
                         else v for v in table[c]]
-    second = -table["elpd_cv"].fillna(-np.inf) if rank_by == "elpd" else table["cv_l2"].fillna(np.inf)
+    second = -table["elpd_cv"].fillna(-np.inf) if rank_by == "elpd" else table[f"cv_{rank_by}"].fillna(np.inf)
     order = table.assign(_r=table["rank"].fillna(10**6), _e=second)
     order = order.sort_values(["_r", "_e"], kind="stable")
     return table.loc[order.index].reset_index(drop=True)
@@ -426,7 +434,8 @@ def reading(table: pd.DataFrame) -> str:
             verdict = f"no rank ({r.note or 'not scored'})"
         elif r["model"] == best["model"]:
             others = r.tied_with
-            what = "lowest cross-validated L2" if table.attrs.get("rank_by") == "l2" else "best cross-validated elpd"
+            what = {"l2": "lowest cross-validated L2", "crps": "lowest cross-validated CRPS"}.get(
+                table.attrs.get("rank_by"), "best cross-validated elpd")
             verdict = (what + (f", but not separable from {others} (within 2 SE)" if others
                                                         else ", clearly ahead of the others"))
         elif r["rank"] == 1:
@@ -439,6 +448,8 @@ def reading(table: pd.DataFrame) -> str:
             if r.tied_with:
                 verdict += f"; within 2 SE of {r.tied_with}"
         extra = []
+        if not pd.isna(r.get("cv_crps", pd.NA)):
+            extra.append(f"cross-validated CRPS {r.cv_crps:.3f}")
         if not pd.isna(r.get("cv_l2", pd.NA)):
             extra.append(f"cross-validated L2 {r.cv_l2:.3f}")
         if not pd.isna(r.get("cv_coverage_90", pd.NA)):

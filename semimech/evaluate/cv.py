@@ -139,6 +139,18 @@ class CrossValidation:
     resets
         Per refit, the latent entries started cold because only its held-out rows inform them
         (site -> count; empty for cold refits, the default).
+    crps
+        Per unit, the continuous ranked probability score of its rows' observed values under their
+        leave-out predictive (from the replicate draws), summed over readouts and averaged over the
+        unit's rows (lower is better; NaN past ``max_pit_rows``). In the readouts' units: about the
+        absolute error where the error is large against the predictive spread, about a fraction of
+        the spread where it is small.
+    unseen_targets
+        Per unit, the targets of its rows that no row outside the unit has (left out alone, the
+        unit's prediction for them rests on the prior / effect population, not on their data).
+    pit_rows, pred_mean, pred_sd
+        The held-out rows behind ``pit`` (design row indices, same order) and their leave-out
+        predictive mean and sd, ``(rows, genes)``.
     """
 
     model: str
@@ -154,6 +166,11 @@ class CrossValidation:
     score: str = "means"
     l2: np.ndarray | None = None
     resets: tuple = ()
+    crps: np.ndarray | None = None
+    unseen_targets: tuple = ()
+    pit_rows: np.ndarray | None = None
+    pred_mean: np.ndarray | None = None
+    pred_sd: np.ndarray | None = None
 
     @property
     def pointwise(self) -> np.ndarray:
@@ -167,6 +184,20 @@ class CrossValidation:
         what = ("log density of each held-out row x readout's observed mean" if self.score == "means"
                 else "joint log density of each held-out unit's cells")
         return f"{self.unit} left out ({self.scheme} over {len(self.units)} units; {how}; score: {what})"
+
+
+def sample_crps(draws: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """CRPS of ``y`` (genes,) under weighted draws ``(draws, genes)`` (weights ``w`` sum to one):
+    ``E|X - y| - E|X - X'| / 2``, the second term from the sorted draws in ``O(S log S)``."""
+    draws = np.asarray(draws, float)
+    w = np.asarray(w, float)
+    first = np.einsum("s,sg->g", w, np.abs(draws - np.asarray(y, float)[None]))
+    order = np.argsort(draws, axis=0)
+    xs = np.take_along_axis(draws, order, axis=0)
+    ws = w[order]
+    cw = np.cumsum(ws, axis=0)
+    spread = 2.0 * (ws * xs * (2.0 * cw - ws - 1.0)).sum(0)   # E|X - X'| over the weighted draws
+    return first - 0.5 * spread
 
 
 def unit_labels(design, unit: str | Sequence) -> np.ndarray:
@@ -281,6 +312,8 @@ class _Folds:
         self._prior_given = prior_given
         self.pit: dict[int, np.ndarray] = {}
         self.mean: dict[int, np.ndarray] = {}    # leave-out predictive mean of each held-out row
+        self.crps: dict[int, np.ndarray] = {}    # CRPS of each held-out row x gene under its leave-out predictive
+        self.sd: dict[int, np.ndarray] = {}      # leave-out predictive sd of each held-out row x gene
         self.y = np.asarray(engine.y)
         self.n_refits = 0
 
@@ -289,14 +322,16 @@ class _Folds:
         y = self.y[rows]
         below = (rep < y[None]) + 0.5 * (rep == y[None])
         if log_w is None:
+            w = np.full((len(rows), rep.shape[0]), 1.0 / rep.shape[0])
             vals, mean = below.mean(0), rep.mean(0)
         else:
             w = np.exp(log_w)  # (rows, draws), normalised
             vals, mean = np.einsum("rs,srg->rg", w, below), np.einsum("rs,srg->rg", w, rep)
-        for r, v in zip(rows, vals):
-            self.pit[int(r)] = v
-        for r, m in zip(rows, mean):
-            self.mean[int(r)] = m
+        for i, r in enumerate(rows):
+            self.pit[int(r)] = vals[i]
+            self.mean[int(r)] = mean[i]
+            self.crps[int(r)] = sample_crps(rep[:, i], y[i], w[i])
+            self.sd[int(r)] = np.sqrt(np.maximum(np.einsum("s,sg->g", w[i], (rep[:, i] - mean[i]) ** 2), 0.0))
 
     def start(self, train_rows: np.ndarray, summaries: dict | None = None) -> dict:
         """The warm start of a fold: the full fit's medians, with the entries only the held-out rows
@@ -475,9 +510,26 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     row_l2 = {r: float(np.sqrt(((m - y[r]) ** 2).sum())) for r, m in folds.mean.items()}
     l2 = np.array([np.mean([row_l2[r] for r in np.flatnonzero(row_unit == p) if r in row_l2] or [np.nan])
                    for p in range(n_u)])
+    crps = np.array([np.mean([folds.crps[r].sum() for r in np.flatnonzero(row_unit == p) if r in folds.crps]
+                             or [np.nan]) for p in range(n_u)])
     return CrossValidation(model=fit.spec.name, unit=unit_name, scheme=scheme, units=units, elpd=res, pit=pit,
                            calibration=pit_calibration(pit), n_psis=n_psis, n_refits=folds.n_refits,
-                           khat_max=khat_max, score=score, l2=l2, resets=tuple(folds.resets))
+                           khat_max=khat_max, score=score, l2=l2, resets=tuple(folds.resets), crps=crps,
+                           unseen_targets=unseen_targets(design, row_unit), pit_rows=np.array(sorted(folds.pit), int),
+                           pred_mean=np.stack([folds.mean[r] for r in sorted(folds.pit)]) if folds.pit else None,
+                           pred_sd=np.stack([folds.sd[r] for r in sorted(folds.pit)]) if folds.pit else None)
+
+
+def unseen_targets(design, row_unit: np.ndarray) -> tuple[tuple[str, ...], ...]:
+    """Per unit (``row_unit`` values ``0..n-1``), the targets of its rows that no row outside it has."""
+    tm = np.asarray(design.target_matrix, bool)[np.asarray(design.perturbation_index)]   # rows x targets
+    names = np.asarray(design.targets, dtype=object)
+    out = []
+    for p in range(int(row_unit.max()) + 1):
+        inside = row_unit == p
+        mine = tm[inside].any(0) & ~tm[~inside].any(0)
+        out.append(tuple(str(t) for t in names[mine]))
+    return tuple(out)
 
 
 def _steps(fit, num_steps: int | None, *, warm: bool = False) -> int:
