@@ -170,9 +170,11 @@ def test_reading_names_the_models_that_separate_a_rank_two_model():
 
 
 @pytest.mark.slow  # refits of two models
-def test_rank_by_l2_ranks_on_the_cross_validated_point_error(pair):
-    table = compare(pair, unit="combinable", k=2, num_steps=120, rank_by="l2", row_loo=False, checks=False)
+@pytest.mark.parametrize("rank_by", ["l2", "crps"])
+def test_rank_by_l2_or_crps_ranks_on_the_cross_validated_error(pair, rank_by):
+    table = compare(pair, unit="combinable", k=2, num_steps=120, rank_by=rank_by, row_loo=False, checks=False)
     by = table.set_index("model")
+    col = f"cv_{rank_by}"
     assert by.loc["additive", "rank"] == 1 and by.loc["null", "rank"] == 2     # generating model vs forced-zero
-    assert by.loc["additive", "cv_l2"] < by.loc["null", "cv_l2"] and by.loc["null", "below"].startswith("additive by ")
-    assert table.attrs["rank_by"] == "l2" and "lowest cross-validated L2" in reading(table)
+    assert by.loc["additive", col] < by.loc["null", col] and by.loc["null", "below"].startswith("additive by ")
+    assert table.attrs["rank_by"] == rank_by and f"lowest cross-validated {rank_by.upper()}" in reading(table)

@@ -183,7 +183,10 @@ class CrossValidation:
                else f"{self.n_refits} refits")
         what = ("log density of each held-out row x readout's observed mean" if self.score == "means"
                 else "joint log density of each held-out unit's cells")
-        return f"{self.unit} left out ({self.scheme} over {len(self.units)} units; {how}; score: {what})"
+        n_new = sum(bool(u) for u in self.unseen_targets)
+        new = (f"; {n_new} of {len(self.units)} units hold a target seen in no other row, so their scores are about "
+               "predicting an unseen target (from the prior), not the unit's other parts" if n_new else "")
+        return f"{self.unit} left out ({self.scheme} over {len(self.units)} units; {how}; score: {what}{new})"
 
 
 def sample_crps(draws: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
