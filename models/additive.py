@@ -39,7 +39,7 @@ effect_mean_scale, effect_transfer, effect_mean_z, effect_mean_context_z
     from how well the seen contexts agree, so a context never seen in training is centred near no
     change when they disagree.
 noise_context_sd, noise_context_z, condition_noise
-    Only with contexts and ``context_noise`` (the default for label designs): each context scales
+    Only with contexts and ``context_noise`` (the default with the effect population): each context scales
     each gene's noise, see :func:`semimech.measurement.context_noise`.
 interaction_scale : (factor_pairs,), interaction_sd : (genes,), pair_z : (target_pairs, genes)
     Pairwise interactions: ``interaction_scale[factor pair] * interaction_sd * unit * pair_z``, times a
@@ -102,8 +102,9 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     the mean response's correlation between contexts is learned, see the sites above) or ``"full"``
     (one mean response shared by every context, as before; on McFaline-Figueroa 2023's unseen cell
     line it carried the training lines' response over and lost to "no change").
-    ``context_noise``: each context scales each gene's noise (``None``: on for label designs,
-    off for factor designs, whose results were measured without it).
+    ``context_noise``: each context scales each gene's noise (``None``: on with the effect
+    population, the default for label designs; off with horseshoe effects, the default for
+    factor designs, whose results were measured without it).
     ``interactions``: ``"horseshoe"`` (default): pair interactions are sparse per gene (a
     regularised-horseshoe local scale per pair x gene entry, slab ``interaction_slab`` in units of
     the gene's control scale); ``"normal"``: Gaussian entries with the pair's and gene's scales.
@@ -151,7 +152,7 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
         loc_p = base + tm @ effect + ctx_eff + interaction
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
 
-    if context_noise is None:  # label designs: contexts (cell lines) differ in noise; factor designs as measured before
+    if context_noise is None:  # with the effect population (label designs); factor designs as measured before
         context_noise = effects == "population"
     if context_noise:
         noise = measurement.context_noise(noise, data, likelihood=likelihood)
