@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import DesignError, PredictionError
@@ -234,6 +235,7 @@ def _scored_table(cvs: Mapping) -> pd.DataFrame:
                          "weight": cmp["weight"].astype(float)})
 
 
+@limited_blas()
 def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, score: str = "means",
             rank_by: str = "elpd", test: Design | None = None,
             reference=None, batch: str | None = None, num_steps: int | None = None,

@@ -83,6 +83,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import Predictive
 
+from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.errors import DesignError, InferenceError
 from semimech.evaluate._cv_scores import entry_values, fold_of_unit, psis_pit, score_means
@@ -409,6 +410,7 @@ class _Folds:
         return ll[:, np.searchsorted(rows, self.entry_row[positions]), self.entry_gene[positions]][None]
 
 
+@limited_blas()
 def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None = None, score: str = "means",
                    num_steps: int | None = None,
                    refit_options: dict | None = None, max_pit_rows: int = 2000, rng_key=0) -> CrossValidation:

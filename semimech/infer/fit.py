@@ -14,6 +14,7 @@ import numpy as np
 import numpyro
 from numpyro.infer import MCMC, NUTS, autoguide, init_to_median, init_to_value
 
+from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import DesignError, InferenceError
@@ -280,6 +281,7 @@ def _guide_factory(guide: str, *, rank: int, init_loc_fn) -> Callable:
 DEFAULT_INIT = init_to_median(num_samples=15)
 
 
+@limited_blas()
 def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, guide: str = "normal",
             learning_rate: float = 0.02, num_samples: int = 400, rank: int = 10, progress_bar: bool = True,
             resume=None, row_mask=None, init_values: Mapping[str, Any] | None = None, **options) -> Fit:
@@ -447,6 +449,7 @@ def _check_losses(losses: np.ndarray) -> None:
         )
 
 
+@limited_blas()
 def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500, num_samples: int = 500,
              num_chains: int = 2, target_accept_prob: float = 0.85, max_tree_depth: int = 8,
              chain_method: str = "sequential", progress_bar: bool = True, row_mask=None,

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from numpyro.infer import Predictive
 
+from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.checks import is_steady_state_model, solve_fractions
 from semimech.data.design import Design
@@ -133,6 +134,7 @@ class Prediction:
         return a
 
 
+@limited_blas()
 def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, batch: str | None = None,
             new_contexts: str = "error", steady_state_draws: int = 8) -> Prediction:
     """Predict perturbation means, with posterior predictive draws.

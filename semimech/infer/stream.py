@@ -34,6 +34,7 @@ import scipy.sparse as sp
 from numpyro import handlers
 from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide, init_to_median
 
+from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import DesignError
@@ -66,6 +67,7 @@ class _Stream:
     opts: dict
 
 
+@limited_blas()
 def fit_svi_minibatch(spec: ModelSpec, design: Design, *, rng_key, batch_size: int, num_epochs: float | None = None,
                       num_steps: int | None = None, guide: str = "normal", learning_rate: float = 0.02,
                       num_samples: int = 400, rank: int = 10, sparse: bool | None = None,
