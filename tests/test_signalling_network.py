@@ -356,33 +356,32 @@ def _bounded_chain():
 
 def test_bounds_observe_censored():
     import numpyro
+    from scipy.stats import norm
 
     from semimech.models import signalling_network as sn
 
     design, kw = _bounded_chain()
     data = design.model_data()
     y = np.asarray(design.y)
+    loc_p = jnp.asarray(np.linspace(-0.4, 0.9, 4 * 2).reshape(4, 2))
     with numpyro.handlers.seed(rng_seed=0):
-        tr = numpyro.handlers.trace(sn.model).get_trace(data, bounds=(0.0, 1.0), y=y, **kw)
+        tr = numpyro.handlers.trace(sn._observe_bounded).get_trace(loc_p, jnp.full(2, 0.2), data,
+                                                                   numpyro.plate("genes", 2, dim=-1), (0.0, 1.0), y)
     site = tr["y"]
     assert isinstance(site["fn"], sn.ClippedNormal)
     lp = np.asarray(site["fn"].log_prob(jnp.asarray(y)))
-    zero = y == 0.0
-    assert zero.any() and (~zero).any()
-    loc, sd = np.asarray(site["fn"].loc), np.asarray(site["fn"].scale)
-    from scipy.stats import norm
-
-    np.testing.assert_allclose(lp[zero], norm.logcdf(-loc[zero] / sd[zero]), rtol=1e-4)
-    # bad input: values outside the bounds, malformed bounds, a count likelihood
+    zero, inside = y <= 0.01, (y > 0.01) & (y < 0.99)  # within 1% of the range of a bound: at the bound
+    assert (y == 0.0).any() and inside.any()
+    loc = np.asarray(loc_p)[np.asarray(data["perturbation_index"])]
+    np.testing.assert_allclose(lp[zero], norm.logcdf(-loc[zero] / 0.2), rtol=1e-4)  # mass below 0
+    np.testing.assert_allclose(lp[inside], norm.logpdf(y[inside], loc[inside], 0.2), rtol=1e-4)
+    # bad input (checked before the network is built): values outside the bounds, malformed bounds, counts
     with pytest.raises(DesignError, match="outside"):
-        with numpyro.handlers.seed(rng_seed=0):
-            sn.model(data, bounds=(0.0, 0.5), y=y, **kw)
+        sn.model(data, bounds=(0.0, 0.5), y=y, **kw)
     with pytest.raises(DesignError, match="low < high"):
-        with numpyro.handlers.seed(rng_seed=0):
-            sn.model(data, bounds=(1.0, 0.0), y=y, **kw)
+        sn.model(data, bounds=(1.0, 0.0), y=y, **kw)
     with pytest.raises(DesignError, match="normal"):
-        with numpyro.handlers.seed(rng_seed=0):
-            sn.model(data, bounds=(0.0, 1.0), likelihood="negbin", y=y, **kw)
+        sn.model(data, bounds=(0.0, 1.0), likelihood="negbin", y=y, **kw)
 
 
 @pytest.mark.slow
@@ -390,7 +389,13 @@ def test_bounded_fit_predicts_observations_within_the_bounds():
     import semimech as sm
     from semimech.models import signalling_network as sn
 
+    import numpyro
+
     design, kw = _bounded_chain()
+    y = np.asarray(design.y)
+    with numpyro.handlers.seed(rng_seed=0):  # the model observes through the clipped Gaussian
+        tr = numpyro.handlers.trace(sn.model).get_trace(design.model_data(), bounds=(0.0, 1.0), y=y, **kw)
+    assert isinstance(tr["y"]["fn"], sn.ClippedNormal) and np.isfinite(tr["misfit_cut"]["fn"].log_factor)
     # predictions of an observation lie within the bounds (ModelSpec.observed_bounds in predict)
     fit = sm.fit_svi(sn.SPEC, design, rng_key=0, num_steps=3, num_samples=50, progress_bar=False, bounds=(0.0, 1.0),
                      **kw)
