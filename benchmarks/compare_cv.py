@@ -294,7 +294,7 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
 
 def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means", steps: int, draws: int, refit_steps: int | None,
         heldout_json: str | None, heldout_steps: int, models, full: bool | str = False, method: str = "svi",
-        heldout: dict | None = None, warm: bool = False, log=print) -> dict:
+        heldout: dict | None = None, warm: bool = False, rank_by: str = "crps", log=print) -> dict:
     task = ht.TASKS[task_name]
     folds = task.build(quick=False)
     design = comparison_design(task_name, folds, full=full)
@@ -309,7 +309,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
         unit = unit or UNITS[task_name]
         unit_arg = unit
     log(f"[{task_name}] comparison design {design}; unit {unit!r}; load {os.getloadavg()[0]:.1f}")
-    result = {"task": task_name, "unit": unit, "score": score, "design_kind": kind, "cold_refits": not warm, "design": repr(design), "metric": task.metric,
+    result = {"task": task_name, "unit": unit, "score": score, "rank_by": rank_by, "design_kind": kind, "cold_refits": not warm, "design": repr(design), "metric": task.metric,
               "higher_is_better": task.higher_is_better, "method": method, "load_start": os.getloadavg()[0]}
     t0, c0 = time.time(), cpu_seconds()
     fits, fit_notes, fit_s = {}, {}, {}
@@ -332,7 +332,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
     result["fit_wall_s"], result["fit_cpu_s"] = time.time() - t0, cpu_seconds() - c0
     t1, c1 = time.time(), cpu_seconds()
     try:
-        table = ev.compare(fits, unit=unit_arg, k=k, score=score, num_steps=refit_steps,
+        table = ev.compare(fits, unit=unit_arg, k=k, score=score, num_steps=refit_steps, rank_by=rank_by,
                            refit_options={"warm_start": True} if warm else None)
         result["cannot_rank"] = None
     except DesignError as err:
@@ -423,6 +423,8 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=None)
     ap.add_argument("--score", choices=("means", "cells"), default="means",
                     help="what a held-out unit is scored on (semimech.evaluate.cross_validate)")
+    ap.add_argument("--rank-by", choices=("crps", "elpd", "l2"), default="crps",
+                    help="what the table's rank is on (semimech.evaluate.compare; every score is reported)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--draws", type=int, default=200)
     ap.add_argument("--refit-steps", type=int, default=None)
@@ -438,7 +440,7 @@ def main(argv=None) -> int:
     r = run(args.task, unit=args.unit, k=args.k, score=args.score, steps=args.steps, draws=args.draws, refit_steps=args.refit_steps,
             heldout_json=args.heldout_json, heldout_steps=args.heldout_steps or args.steps, models=args.models,
             full=args.design if args.design.startswith("factor") else args.design == "full", method=args.method,
-            warm=args.warm and not args.cold, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
+            warm=args.warm and not args.cold, rank_by=args.rank_by, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
     stem = f"compare_{args.task}" + ("" if args.design == "train" else f"_{args.design}") + f"_{args.score}"
     out = pathlib.Path(args.json or pathlib.Path(__file__).resolve().parent / "results" / f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,28 +12,27 @@
 # ---
 
 # %% [markdown]
-# # Comparing assumptions: which one predicts perturbations we have not measured?
+# # Comparing assumptions: which one predicts combinations we have not measured?
 #
 # Each model in `semimech.models` states one assumption about how perturbations act
-# (`spec.assumes`). We fit every registered model to the same training data (Norman 2019
-# doubles task, shipped copy) and ask the question users come with: **which assumption
-# predicts perturbations I have not measured?**
+# (`spec.assumes`). The question here is the one of the Norman 2019 doubles task: **which
+# assumption best predicts a double perturbation whose two singles were measured?**
 #
-# `semimech.evaluate.compare` answers it from the training data alone, by cross-validation over
-# held-out *units* — whole perturbations, combinations or contexts — not rows: with pseudobulk
-# rows a row *is* a perturbation, and leave-one-row-out PSIS then rests on importance weights
-# that cannot be trusted (Pareto k-hat far above 0.7). Each left-out unit is scored by the
-# expected log predictive density (elpd) of its *observed means* (each pseudobulk row x gene under
-# its leave-out predictive): what a prediction of an unmeasured perturbation is compared with.
-# (Scoring its cells' joint density instead, `score="cells"`, mostly scores the noise model: the
-# cells' scatter around their mean was ~all of it on these data.) PSIS is used only where k-hat
-# allows it and the other units are refitted exactly. `cv_l2` beside it is the held-out
-# contract's own error, cross-validated (not used for the rank). Models are ranked only where the evidence separates them: a
-# difference smaller than two standard errors of the paired difference is a tie.
+# `semimech.evaluate.compare` answers it by cross-validation over held-out *units*: each unit
+# (here a double) is left out in turn, every model is refitted without it (from scratch: a warm
+# start leaked the left-out data), and its observed mean profile is scored under the refit's
+# predictive. The rank is on the **CRPS** of those held-out means (a proper score of the whole
+# predictive distribution, in expression units, about the absolute error where the error is
+# large); the elpd (log score) is reported beside it. Models closer than two standard errors of
+# their paired per-unit difference share a rank: a tie means "the evidence cannot separate them".
 #
-# Beside it we put what the training data cannot give: the **held-out doubles** (never seen in
-# training), scored with the metrics of `benchmarks/heldout.py`. The comparison is useful when
-# its ranking agrees with the held-out ranking, or when it says it cannot tell.
+# Two things decide whether such a comparison can be trusted, and this notebook shows both:
+# 1. **The left-out unit must be the question.** Cross-validation can only ask about doubles of
+#    seen singles if the data hold such doubles (`unit="combinable"`). The task's training split
+#    holds none, so the comparison is run on all the rows a user of this screen has.
+# 2. **Its ranking should agree with held-out evidence.** Beside it: the same models fitted on the
+#    training split only and scored on the 5 held-out doubles (the task of `benchmarks/heldout.py`).
+#
 # `SEMIMECH_SMOKE=1` runs a tiny version (two models, few steps; numbers meaningless).
 
 # %%
@@ -57,9 +56,10 @@ pd.set_option("display.width", 200)
 pd.set_option("display.max_colwidth", 60)
 
 # %% [markdown]
-# ## Data: the held-out task of `benchmarks/heldout.py`
-# Training: control, 18 singles and 10 doubles; test: the 5 doubles whose two singles are both
-# in training. Genes: those detected in at least 0.5% of training cells (105), as the benchmark.
+# ## Data
+# The shipped Norman subset: control, 18 singles, 15 doubles. Genes: those detected in at least
+# 0.5% of the training split's cells (105), as the benchmark. Training split: everything but the 5
+# doubles whose singles are both measured; those 5 are the held-out test.
 
 # %%
 adata = norman19_devel()
@@ -71,106 +71,94 @@ if SMOKE:
     genes = genes[:30]
 design = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control", genes=genes)
 train, test = ev.split_combinations(design, test_labels=NORMAN19_COMBINABLE_DOUBLES)
-rows = train.pseudobulk()
+rows_all, rows_train = design.pseudobulk(), train.pseudobulk()
 print(design)
-print("training doubles:", [p for p in rows.observed_perturbations() if "+" in p])
 
 # %% [markdown]
-# ## Fit every model on the same rows
-# Same training pseudobulk, same Gaussian likelihood: that is what makes their scores comparable
-# (`compare` refuses anything else).
+# ## Which data can ask the question?
+# On the training split no double has both singles measured: `unit="combinable"` is refused, and
+# `unit="combination"` would leave out doubles with a target seen nowhere else (the table says how
+# many: `n_units_unseen`), a different question. On all rows the 5 test doubles are combinable.
+
+# %%
+try:
+    ev.unit_labels(rows_train, "combinable")
+except DesignError as err:
+    print("training split, unit='combinable':", err)
+units = ev.unit_labels(rows_all, "combinable")
+print("all rows, unit='combinable':", sorted({u for u in units if u is not None}))
+
+# %% [markdown]
+# ## The comparison: every model on all rows, each combinable double left out in turn
 
 # %%
 fits = {}
 for name in MODELS:
     try:
-        fits[name] = sm.fit_svi(REGISTRY[name], rows, rng_key=0, num_steps=STEPS, num_samples=DRAWS,
+        fits[name] = sm.fit_svi(REGISTRY[name], rows_all, rng_key=0, num_steps=STEPS, num_samples=DRAWS,
                                 progress_bar=False)
     except SemimechError as err:  # a model that does not apply to this design
         print(f"skipped {name}: {err}")
-for name, fit in fits.items():
-    print(f"{name:>22}: {fit.spec.assumes}")
-
-# %% [markdown]
-# ## Can the training data ask the test's question?
-# The test asks for doubles whose singles were both seen. Cross-validation can ask the same
-# question only if some training double has both of its singles in training too
-# (`unit="combinable"`). Here none has: every training double has at most one single seen.
-
-# %%
-try:
-    ev.unit_labels(rows, "combinable")
-except DesignError as err:
-    print("unit='combinable':", err)
-print("training doubles and how many of their singles are in training:",
-      ev.singles_seen(rows, [p for p in rows.observed_perturbations() if "+" in p]))
-
-# %% [markdown]
-# So the closest question the training data can ask is a different one: **predict a double
-# (or a perturbation) with at least one part never seen**. We ask it with leave-one-out over
-# the 10 training doubles (`unit="combination"`), and read the answer as evidence about that
-# question, not about the test's.
-
-# %%
-table = ev.compare(fits, unit="combination", k=2 if SMOKE else None, num_steps=20 if SMOKE else None,
-                   test=test, reference=train, checks=not SMOKE)
-cols = ["model", "rank", "tied_with", "elpd_cv", "se", "elpd_diff", "dse", "weight", "cv_coverage_90",
-        "cv_calibration", "cv_l2", "steady_state", "test_l2", "test_pearson_delta", "test_coverage_90"]
+table = ev.compare(fits, unit="combinable", k=2 if SMOKE else None, num_steps=20 if SMOKE else None,
+                   checks=not SMOKE)
+cols = ["model", "rank", "tied_with", "cv_crps", "cv_l2", "elpd_cv", "se", "dse", "n_units_unseen",
+        "cv_coverage_90", "steady_state"]
 print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 print()
 print(reading(table))
 
 # %% [markdown]
-# ## The held-out table beside it
-# Held-out L2 on the 5 test doubles (lower is better) and the simple rules of the benchmark.
+# ## The held-out evidence beside it
+# The same models fitted on the training split only, predicting the 5 doubles they never saw
+# (L2 over genes per double, averaged; lower is better), with the simple rules of the benchmark.
 
 # %%
+held = {}
+for name in fits:
+    fit = sm.fit_svi(REGISTRY[name], rows_train, rng_key=0, num_steps=STEPS, num_samples=DRAWS, progress_bar=False)
+    pred = sm.predict(fit, test, rng_key=1, num_cells=ev.cell_counts(test))
+    row = ev.score(pred, test, reference=train).iloc[-1]
+    held[name] = {"model": name, "l2": float(row["l2"]), "pearson_delta": float(row["pearson_delta"]),
+                  "coverage_90": float(row["coverage_90"])}
 base = ev.score_baselines(train, test, reference=train).query("perturbation == 'mean'")
-held = pd.concat([table[["model", "test_l2", "test_pearson_delta", "test_coverage_90"]].rename(columns=lambda c: c.replace("test_", "")),
-                  base[["model", "l2", "pearson_delta"]]], ignore_index=True)
-print(held.sort_values("l2").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+held_table = pd.concat([pd.DataFrame(held.values()), base[["model", "l2", "pearson_delta"]]], ignore_index=True)
+print(held_table.sort_values("l2").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 # %% [markdown]
 # ## Does the comparison agree with the held-out ranking?
+# The issue's test: Spearman(score, -held-out L2) >= 0.8 across models, and every model ranked
+# first within 10% of the best held-out L2 — or, where it cannot separate them, it says so.
 
 # %%
-ranked = table[table["rank"].notna()]
-both = ranked[ranked.test_l2.notna()]
-if len(both) >= 3:
-    rho = stats.spearmanr(both.elpd_cv.astype(float), -both.test_l2.astype(float)).statistic
-    first = both.iloc[0]
-    print(f"Spearman(elpd_cv, -held-out L2) over {len(both)} models: {rho:.2f}")
-    if both.cv_l2.notna().all():  # the held-out contract's error, cross-validated from the same refits
-        rho_l2 = stats.spearmanr(-both.cv_l2.astype(float), -both.test_l2.astype(float)).statistic
-        print(f"Spearman(-cv_l2, -held-out L2): {rho_l2:.2f} (rank on it with compare(..., rank_by='l2'))")
-    print(f"first by elpd: {first.model} (held-out L2 {first.test_l2:.3f}; best held-out L2 {both.test_l2.min():.3f})")
-separable = ranked["rank"].nunique() > 1
-print("the comparison separates some models" if separable else "the comparison cannot separate the models")
+ranked = table[table["rank"].notna()].set_index("model")
+names = [n for n in ranked.index if n in held]
+if len(names) >= 3:
+    l2 = np.array([held[n]["l2"] for n in names])
+    for col, sign in (("cv_crps", -1), ("cv_l2", -1), ("elpd_cv", 1)):
+        rho = stats.spearmanr(sign * ranked.loc[names, col].astype(float), -l2).statistic
+        print(f"Spearman({'-' if sign < 0 else ''}{col}, -held-out L2) over {len(names)} models: {rho:.2f}")
+first = [n for n in names if ranked.loc[n, "rank"] == 1]
+if names:
+    best = min(held[n]["l2"] for n in names)
+    print(f"ranked first (tied): {first}; their held-out L2 {[round(held[n]['l2'], 3) for n in first]}, "
+          f"best {best:.3f}; all within 10%: {all(held[n]['l2'] <= 1.1 * best for n in first)}")
 
 # %% [markdown]
-# ## Calibration of each model's predictive intervals on the held-out doubles
-
-# %%
-preds = {name: sm.predict(fit, test, rng_key=1, num_cells=ev.cell_counts(test)) for name, fit in fits.items()}
-for name, pred in preds.items():
-    print(f"{name}: {ev.calibration(pred, test).verdict}")
-fig = sm.plots.calibration_curve(preds, test)
-sm.plots.show(fig, "calibration.png")
-
-# %% [markdown]
-# ## Reading
-# - The table ranks models by how well they predict a left-out **training double**, most of
-#   whose parts were never perturbed alone. That is a harder, different question from the
-#   test's (doubles of seen singles), which this training set cannot pose: read agreement
-#   or disagreement with the held-out column with that in mind.
-# - The elpd scores each model's whole predictive distribution of the left-out doubles' means;
-#   `cv_l2` scores the predicted mean alone (the held-out column's metric). On Norman doubles
-#   they disagree: most genes barely change, and sharp intervals there weigh more in the log
-#   score than the error on the few genes that respond (benchmarks/RESULTS_compare.md).
-# - Ties are ties: models within two standard errors of the paired difference share a rank,
-#   with 10 units the standard errors are large.
-# - The `cv_coverage_90` column says whether each model's held-out intervals are honest
-#   (0.9 expected); `steady_state` whether a steady-state model fits by keeping its own
-#   assumption (a stable, unique steady state in every condition).
-# - The held-out column, not the comparison, is the evidence on the test's question; compare it
-#   with the best simple rule (`additive` baseline) before crediting any model.
+# ## Reading (the full run, seed 0, `benchmarks/RESULTS_compare.md` session 8)
+# - Held out, the additive model is best (L2 0.355; the additive rule 0.443), then production_decay
+#   0.415, signalling_network 0.479, linear_steady_state 0.500, latent_programs 1.354. Over 3 seeds
+#   the two steady-state models vary a lot (0.58-0.59, sd 0.24-0.30; RESULTS_heldout.md), so their
+#   order among themselves is not evidence.
+# - The comparison (CRPS) ties additive, signalling_network and linear_steady_state at rank 1,
+#   puts production_decay below additive by more than 2 SE and latent_programs last: Spearman 0.7
+#   with the held-out L2 (the elpd: 0.3). It does not reach the issue's 0.8, and its first-ranked
+#   set holds two models 35-41% worse held out: what it says is "5 doubles cannot separate these
+#   three", which is true of this evidence (additive's lead over linear_steady_state is one double,
+#   KLF1+MAP2K6), not "they are equally good".
+# - On the training split the comparison cannot ask this question; left-out training doubles
+#   hold targets seen nowhere else and there the log score is one gene of one double (z > 100
+#   under every model), so it ties everything.
+# - `cv_coverage_90` says whether held-out intervals are honest (0.9 expected); `steady_state`
+#   whether a steady-state model keeps its own assumption (a stable, unique steady state).
+# - Compare any model with the simple rules before crediting it: here only the additive model
+#   beats the additive rule held out on every seed.

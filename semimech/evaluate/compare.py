@@ -1,17 +1,20 @@
 """Comparison of model assumptions: cross-validation at the level of the question, with checks beside it.
 
 The question users ask is "which assumption predicts perturbations I have not measured?". The
-comparison answers it with :func:`semimech.evaluate.cv.cross_validate`: the expected log
-predictive density (elpd) of held-out **units** (perturbations, combinations, contexts) — by
+comparison answers it with :func:`semimech.evaluate.cv.cross_validate`: the continuous ranked
+probability score (CRPS, the default rank) and the expected log predictive density (elpd) of
+held-out **units** (perturbations, combinations, contexts) — by
 default of their observed means, each row x readout under its marginal predictive, the
 quantity a prediction of an unmeasured perturbation is compared with (``score=``) — by
 PSIS-LOO over units with exact refits wherever Pareto k-hat is bad, or by grouped K-fold
 refits. The models are then compared with arviz-stats (``arviz_stats.compare``: differences
 from the best, their standard errors from the paired pointwise values, stacking weights), and
 ranked only where the evidence separates them: a model's rank is one plus the number of models
-whose elpd is higher by more than two standard errors of the paired difference, so models
-closer than that share a rank (a tie). A model that could not be scored (its fit or a refit
-gives no finite log-likelihood) gets no rank and the reason.
+whose score (CRPS by default, ``rank_by=``) is better by more than two standard errors of the
+paired per-unit difference, so models closer than that share a rank (a tie). A model that could
+not be scored (its fit or a refit gives no finite log-likelihood) gets no rank and the reason.
+The table says which unit was left out, and how many left-out units hold a target that no other
+row has (their scores are about predicting an unseen target, whatever the unit's name).
 
 Beside the elpd, per model: the calibration of its held-out predictive (coverage of the
 central intervals implied by the leave-out PIT), PSIS-LOO over the training rows where every
@@ -237,7 +240,7 @@ def _scored_table(cvs: Mapping) -> pd.DataFrame:
 
 @limited_blas()
 def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, score: str = "means",
-            rank_by: str = "elpd", test: Design | None = None,
+            rank_by: str = "crps", test: Design | None = None,
             reference=None, batch: str | None = None, num_steps: int | None = None,
             refit_options: dict | None = None, row_loo: bool = True, checks: bool = True, tie_se: float = 2.0,
             rng_key=0) -> pd.DataFrame:
@@ -256,11 +259,17 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         observed means (each pseudobulk row x readout); ``"cells"``: on its cells' joint density,
         which is mostly a score of the noise model (see :mod:`semimech.evaluate.cv`).
     rank_by
-        ``"elpd"`` (default): rank on the cross-validated log score of the whole predictive
-        distribution (intervals included). ``"l2"``: rank on ``cv_l2``, the cross-validated
+        ``"crps"`` (default): rank on ``cv_crps``, the cross-validated continuous ranked
+        probability score of the held-out observed means (a proper score of the whole predictive
+        distribution, in the readouts' units: it grows with the error linearly, so one entry no
+        model predicts cannot outweigh every other unit). ``"elpd"``: rank on the cross-validated
+        log score (arviz-stats' ``elpd_diff``/``dse``/``weight`` are reported either way); on
+        Norman doubles it was decided by one such entry (z > 100 under every model, all models
+        tied) or by the sharpness of ~100 barely-changing genes, and agreed less with held-out
+        error (benchmarks/RESULTS_compare.md, session 8). ``"l2"``: rank on ``cv_l2``, the
         distance between the leave-out predictive mean and the observed means, i.e. the held-out
-        contract's point error; use it when the question is the predicted mean alone. Either way
-        ties are within ``tie_se`` SE of the paired per-unit difference.
+        contract's point error alone. Either way ties are within ``tie_se`` SE of the paired
+        per-unit difference.
     test
         Optional held-out design (no perturbation shared with training): each model predicts
         it and is scored with :func:`semimech.evaluate.score` (``test_*`` columns).

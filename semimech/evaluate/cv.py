@@ -56,6 +56,13 @@ differently (the additive model: best L2, widest intervals, lowest elpd). For th
 the comparison also reports ``l2`` per unit (the leave-out predictive mean against the observed
 rows) and :func:`semimech.evaluate.compare` can rank on it (``rank_by="l2"``).
 
+The CRPS of each held-out entry under the same leave-out predictive (``crps`` per unit, summed
+over readouts) is what :func:`semimech.evaluate.compare` ranks on by default. Measured on Norman
+doubles with cold refits (``benchmarks/RESULTS_compare.md``, session 8): on the training design
+one entry (AVP in the left-out double SGK1+TBX3, induced to 3.7 where every model predicts ~0.07
+with sd ~0.03: z > 100) made up 81-87% of every model's log-score misfit, so its unit set every
+standard error and all five models tied; the CRPS of that unit was 5.3-5.9 of 34-43 in all.
+
 Calibration comes with it: the PIT of every held-out row x gene under its leave-out predictive
 (PSIS weights for units scored by PSIS, the refit's draws otherwise) and the interval coverage
 it implies (:func:`semimech.evaluate.probabilistic.pit_calibration`).
