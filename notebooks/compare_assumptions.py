@@ -121,7 +121,8 @@ for name in fits:
     held[name] = {"model": name, "l2": float(row["l2"]), "pearson_delta": float(row["pearson_delta"]),
                   "coverage_90": float(row["coverage_90"])}
 base = ev.score_baselines(train, test, reference=train).query("perturbation == 'mean'")
-held_table = pd.concat([pd.DataFrame(held.values()), base[["model", "l2", "pearson_delta"]]], ignore_index=True)
+rules = base[["model", "l2", "pearson_delta"]].assign(model=lambda d: "rule: " + d.model)
+held_table = pd.concat([pd.DataFrame(held.values()), rules], ignore_index=True)
 print(held_table.sort_values("l2").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 # %% [markdown]

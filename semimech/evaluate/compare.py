@@ -382,10 +382,10 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
             for name in set(cvs) - set(values):
                 table.loc[name, "note"] = "; ".join(filter(None, [table.loc[name, "note"], f"not ranked: no {rank_by} "
                                                                "for every unit (raise max_pit_rows)"]))
+        if rank_by != "elpd":  # differences of per-unit means (the column's scale): same ranks as of sums
+            values = {n: v / len(v) for n, v in values.items()}
         rank, ties, above = _ranks(values, tie_se)
         fmt = ".1f" if rank_by == "elpd" else ".3f"
-        if rank_by != "elpd":  # the paired differences are of per-unit means; report them on the mean's scale
-            values = {n: v / len(v) for n, v in values.items()}
         for name in values:
             table.loc[name, "rank"] = rank[name]
             table.loc[name, "tied_with"] = ", ".join(ties[name])
