@@ -193,7 +193,8 @@ class CrossValidation:
                 else "joint log density of each held-out unit's cells")
         n_new = sum(bool(u) for u in self.unseen_targets)
         new = (f"; {n_new} of {len(self.units)} units hold a target seen in no other row, so their scores are about "
-               "predicting an unseen target (from the prior), not the unit's other parts" if n_new else "")
+               "predicting a target whose own effect no kept row measures, not only about the unit's other parts"
+               if n_new else "")
         return f"{self.unit} left out ({self.scheme} over {len(self.units)} units; {how}; score: {what}{new})"
 
 
