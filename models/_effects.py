@@ -269,15 +269,14 @@ def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_progr
                           f"population against each seen target), got {urn_concentration!r}.")
     rows, has = embedding_rows(data, embedding, gene_embedding)
     targets = numpyro.plate("targets", n_t, dim=-2)
-    if mean is not None:  # the transferable mean response of a design with contexts (context_mean_response)
-        mean = numpyro.deterministic("effect_mean", mean)
-    elif baseline is None:
-        with genes_plate:
+    with genes_plate:
+        if mean is not None:  # the transferable mean response of a design with contexts (context_mean_response)
+            mean = numpyro.deterministic("effect_mean", mean)
+        elif baseline is None:
             mean = numpyro.sample("effect_mean", dist.Normal(0.0, 1.0))
-    else:
-        with genes_plate:
+        else:
             centre = numpyro.sample("effect_centre", dist.Normal(jnp.asarray(data["baseline_loc"]), 2.0 * unit))
-        mean = numpyro.deterministic("effect_mean", (centre - baseline) / unit)
+            mean = numpyro.deterministic("effect_mean", (centre - baseline) / unit)
     effect = jnp.broadcast_to(mean, (n_t, data["n_genes"]))
     if n_programs:
         s_prog = numpyro.sample("program_scale", dist.HalfNormal(prior_scale))
