@@ -301,22 +301,23 @@ def test_a_warm_start_resets_what_only_the_held_out_rows_inform(fit, design):
     np.testing.assert_allclose(np.delete(z0, p, 0), np.delete(folds.warm["pair_z"], p, 0), rtol=1e-5)
 
 
-def test_sample_crps_matches_the_pairwise_definition_and_the_gaussian_closed_form():
+def test_weighted_crps_matches_the_pairwise_definition_and_the_gaussian_closed_form():
     from scipy import stats
 
-    from semimech.evaluate.cv import sample_crps
+    from semimech.evaluate.probabilistic import crps
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 3)), np.array([0.0, 1.5, -3.0])
     w = rng.dirichlet(np.ones(40))
     pairwise = (w[:, None, None] * w[None, :, None] * np.abs(x[:, None] - x[None, :])).sum((0, 1))
     direct = (w[:, None] * np.abs(x - y)).sum(0) - 0.5 * pairwise
-    np.testing.assert_allclose(sample_crps(x, y, w), direct, rtol=1e-10)
+    np.testing.assert_allclose(crps(y, x, weights=w)[0], direct, rtol=1e-10)
     # many draws of N(0, 1): the closed form sigma * (z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi))
     big = rng.normal(size=(20000, 3))
     exact = y * (2 * stats.norm.cdf(y) - 1) + 2 * stats.norm.pdf(y) - 1 / np.sqrt(np.pi)
-    np.testing.assert_allclose(sample_crps(big, y, np.full(20000, 1 / 20000)), exact, atol=0.02)
-    assert sample_crps(big, y, np.full(20000, 1 / 20000))[2] > 2.0     # far off: about the absolute error
+    np.testing.assert_allclose(crps(y, big, weights=np.full(20000, 1 / 20000))[0], exact, atol=0.02)
+    np.testing.assert_allclose(crps(y, big, weights=np.full(20000, 1 / 20000)), crps(y, big), rtol=1e-10)
+    assert crps(y, big, weights=np.full(20000, 1 / 20000))[0, 2] > 2.0     # far off: about the absolute error
 
 
 def test_unseen_targets_of_each_unit(design):

@@ -97,6 +97,7 @@ from semimech.evaluate._cv_scores import entry_values, fold_of_unit, psis_pit, s
 from semimech.evaluate._pointwise import RowEngine, flat_latent
 from semimech.evaluate._warm import event_dims, gradient_fn, reset_mask, warm_values
 from semimech.evaluate.probabilistic import CalibrationReport, pit_calibration
+from semimech.evaluate.probabilistic import crps as draws_crps
 from semimech.infer import _arviz
 from semimech.infer.fit import fold_summaries
 from semimech.infer.idata import posterior_tree
@@ -196,20 +197,6 @@ class CrossValidation:
                "predicting a target whose own effect no kept row measures, not only about the unit's other parts"
                if n_new else "")
         return f"{self.unit} left out ({self.scheme} over {len(self.units)} units; {how}; score: {what}{new})"
-
-
-def sample_crps(draws: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """CRPS of ``y`` (genes,) under weighted draws ``(draws, genes)`` (weights ``w`` sum to one):
-    ``E|X - y| - E|X - X'| / 2``, the second term from the sorted draws in ``O(S log S)``."""
-    draws = np.asarray(draws, float)
-    w = np.asarray(w, float)
-    first = np.einsum("s,sg->g", w, np.abs(draws - np.asarray(y, float)[None]))
-    order = np.argsort(draws, axis=0)
-    xs = np.take_along_axis(draws, order, axis=0)
-    ws = w[order]
-    cw = np.cumsum(ws, axis=0)
-    spread = 2.0 * (ws * xs * (2.0 * cw - ws - 1.0)).sum(0)   # E|X - X'| over the weighted draws
-    return first - 0.5 * spread
 
 
 def unit_labels(design, unit: str | Sequence) -> np.ndarray:
@@ -342,7 +329,7 @@ class _Folds:
         for i, r in enumerate(rows):
             self.pit[int(r)] = vals[i]
             self.mean[int(r)] = mean[i]
-            self.crps[int(r)] = sample_crps(rep[:, i], y[i], w[i])
+            self.crps[int(r)] = draws_crps(y[i], rep[:, i], weights=w[i])[0]
             self.sd[int(r)] = np.sqrt(np.maximum(np.einsum("s,sg->g", w[i], (rep[:, i] - mean[i]) ** 2), 0.0))
 
     def start(self, train_rows: np.ndarray, summaries: dict | None = None) -> dict:
