@@ -23,6 +23,9 @@ Known answers:
   target's own gene is predicted at the typical knockdown (the knockdown population); negative
   control: without it (``effect_knockdown=False``) the own gene is predicted at the shared response
   and misses.
+
+The default run keeps the heavy-tailed screen and the option checks; the strength, urn and
+knockdown screens (25-50 s each on two cores) are statistical validation: `pytest -m slow`.
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ def strengths(fit, held):
     return {t: float(v) for t, v in zip(fit.design.targets, np.asarray(st).mean(0)) if t not in held}
 
 
+@pytest.mark.slow  # statistical validation, 25-50 s on CI's 2 cores
 def test_strength_population_marks_the_hits_and_covers_unseen_targets():
     held = [f"T{i:02d}" for i in range(8)]  # T00 is a hit: 1 in 8, as in training
     effects = spike_slab(0)
@@ -150,6 +154,7 @@ def knockdown_screen(seed: int, *, n: int = 12):
     return screen(effects, cells=40, seed=seed, names=names, genes=names), effects
 
 
+@pytest.mark.slow  # statistical validation, 25-50 s on CI's 2 cores
 def test_an_unseen_gene_target_gets_the_typical_knockdown_of_its_own_gene():
     design, effects = knockdown_screen(1)
     held = ["G00", "G01", "G02"]
@@ -203,6 +208,7 @@ def two_cluster(seed: int, *, n_targets: int = 48, n_genes: int = 6):
     return m + np.where(is_hit, amp * hit, 0.0) + 0.1 * rng.normal(size=(n_targets, n_genes))
 
 
+@pytest.mark.slow  # statistical validation, 25-50 s on CI's 2 cores
 def test_urn_predictive_covers_a_two_cluster_screen_and_a_shrunk_urn_does_not():
     effects = two_cluster(0)
     held = [f"T{i:02d}" for i in range(16)]  # 4 hits in 16, as in training (8 in 32)
