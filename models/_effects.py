@@ -328,6 +328,12 @@ def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_progr
     return (effect + deviation) * unit
 
 
+def prediction_sites(options) -> dict[str, int]:
+    """Sites that exist only at prediction (spec hook): ``{site: width}``, each a standard normal of shape
+    ``(targets, width)``; ``predict`` draws them fresh, keyed by target name. The urn predictive's choice."""
+    return {"effect_urn_z": 1} if options.get("effect_predictive") == "urn" else {}
+
+
 def has_embedding(options, data) -> np.ndarray:
     """``(targets,)`` bool: which targets of ``data`` the model's side information covers (spec hook)."""
     _, has = embedding_rows(data, options.get("embedding"), options.get("gene_embedding"))

@@ -168,4 +168,5 @@ SPEC = ModelSpec(
     "per perturbation",
     predicts_unseen_targets=True,
     side_information=_effects.has_embedding,
+    prediction_sites=_effects.prediction_sites,
 )

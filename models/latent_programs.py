@@ -147,4 +147,5 @@ SPEC = ModelSpec(
     "loadings; a gene's edit acts through its loadings (and on itself); combinations compose edits",
     predicts_unseen_targets=True,
     side_information=_effects.has_embedding,
+    prediction_sites=_effects.prediction_sites,
 )

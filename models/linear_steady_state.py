@@ -187,4 +187,5 @@ SPEC = ModelSpec(
     "edits scale production and propagate through W; combinations compose edits",
     predicts_unseen_targets=True,
     side_information=_effects.has_embedding,
+    prediction_sites=_effects.prediction_sites,
 )

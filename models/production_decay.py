@@ -139,4 +139,5 @@ SPEC = ModelSpec(
     "production and propagate through W; combinations compose edits (non-additive through saturation and feedback)",
     predicts_unseen_targets=True,
     side_information=_effects.has_embedding,
+    prediction_sites=_effects.prediction_sites,
 )

@@ -209,11 +209,12 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     for k in ("baseline_loc", "baseline_scale"):
         data[k] = tdata[k]
     data.update({k: v for k, v in tdata.items() if k.startswith("noise_")})  # the measurement model
-    if fit.options.get("effect_predictive") == "urn" and "effect_urn_z" not in post:
-        # the Polya-urn predictive's choice (a site of the prediction only): fresh, keyed by target name
-        n_draw = next(iter(post.values())).shape[0]
-        post["effect_urn_z"] = fresh_normal(k_align, "effect_urn_z", list(pdesign.targets),
-                                            (n_draw, len(pdesign.targets), 1), 1, np.float32)
+    extra = fit.spec.prediction_sites(fit.options) if fit.spec.prediction_sites is not None else {}
+    n_draw = next(iter(post.values())).shape[0]
+    for site, width in extra.items():  # sites of the prediction only (e.g. an urn's choice): fresh, keyed by target
+        if site not in post:
+            post[site] = fresh_normal(k_align, site, list(pdesign.targets), (n_draw, len(pdesign.targets), width), 1,
+                                      np.float32)
     model = functools.partial(fit.spec.model, **fit.options)
     noise_site = fit.spec.noise_site(fit.likelihood)
     out = Predictive(model, posterior_samples=post, return_sites=[fit.spec.mean_site, noise_site,

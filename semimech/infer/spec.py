@@ -44,6 +44,11 @@ class ModelSpec:
         these fit options when the model observes the data through a bounded normalisation (e.g.
         ``signalling_network``'s ``bounds``); ``predict`` clips its ``observed_mean`` draws to it.
         ``None``: unbounded.
+    prediction_sites
+        ``prediction_sites(options) -> {site: width}``: latent sites that exist only at prediction
+        (the fitted density has none), each a standard normal of shape ``(targets, width)``, e.g. the
+        effect population's urn choice; ``predict`` draws them fresh per posterior draw, keyed by
+        target name. ``None``: no such sites.
     """
 
     name: str
@@ -55,6 +60,7 @@ class ModelSpec:
     side_information: Callable | None = None
     cut_sites: tuple[str, ...] = ()
     observed_bounds: Callable | None = None
+    prediction_sites: Callable | None = None
 
     def noise_site(self, likelihood: str) -> str:
         return "noise_sd" if likelihood == "normal" else "concentration"
