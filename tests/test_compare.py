@@ -169,6 +169,25 @@ def test_reading_names_the_models_that_separate_a_rank_two_model():
     assert "below A" not in line_c and "below 'A'" not in line_c     # the best does not separate it
 
 
+def test_the_paired_se_uses_the_sample_sd_so_five_units_do_not_overclaim():
+    """SE of a summed paired difference = sqrt(n) * sd(ddof=1), as loo's se_diff. A gap of 2.15 SE under ddof=0
+    is 1.92 SE under ddof=1 with 5 units: tied, not separated (the Norman question has 5 held-out doubles)."""
+    from semimech.evaluate.compare import _pairwise_se, _ranks
+
+    d = np.array([1.0, -0.3, 2.0, 0.0, 1.5])
+    assert _pairwise_se(d, np.zeros(5)) == pytest.approx(np.sqrt(5) * np.std(d, ddof=1))
+    sd0 = np.sqrt(5 * np.var(d))                          # the ddof=0 SE: sum(d) = 4.2 is 2.15 of it
+    assert 4.2 > 2.0 * sd0 and 4.2 < 2.0 * _pairwise_se(d, np.zeros(5))
+    rank, tied, above = _ranks({"a": d, "b": np.zeros(5)}, 2.0)
+    assert rank == {"a": 1, "b": 1} and tied["b"] == ["a"] and above["b"] == []
+    # negative control: the same gap on units that agree (small spread) separates them
+    rank, _, above = _ranks({"a": np.full(5, 0.8) + [0.01, -0.01, 0.0, 0.02, -0.02], "b": np.zeros(5)}, 2.0)
+    assert rank == {"a": 1, "b": 2} and above["b"][0][0] == "a"
+    # one unit: no spread to estimate, so no separation whatever the gap
+    assert np.isnan(_pairwise_se(np.ones(1), np.zeros(1)))
+    assert _ranks({"a": np.array([9.0]), "b": np.array([0.0])}, 2.0)[0] == {"a": 1, "b": 1}
+
+
 @pytest.mark.slow  # refits of two models
 @pytest.mark.parametrize("rank_by", ["l2", "crps"])
 def test_rank_by_l2_or_crps_ranks_on_the_cross_validated_error(pair, rank_by):
