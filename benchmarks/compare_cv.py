@@ -294,7 +294,8 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
 
 def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means", steps: int, draws: int, refit_steps: int | None,
         heldout_json: str | None, heldout_steps: int, models, full: bool | str = False, method: str = "svi",
-        heldout: dict | None = None, warm: bool = False, rank_by: str = "crps", log=print) -> dict:
+        heldout: dict | None = None, warm: bool = False, rank_by: str = "crps", fold_form: bool = True,
+        log=print) -> dict:
     task = ht.TASKS[task_name]
     folds = task.build(quick=False)
     design = comparison_design(task_name, folds, full=full)
@@ -310,19 +311,26 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
         unit_arg = unit
     log(f"[{task_name}] comparison design {design}; unit {unit!r}; load {os.getloadavg()[0]:.1f}")
     result = {"task": task_name, "unit": unit, "score": score, "rank_by": rank_by, "design_kind": kind, "cold_refits": not warm, "design": repr(design), "metric": task.metric,
-              "higher_is_better": task.higher_is_better, "method": method, "load_start": os.getloadavg()[0]}
+              "higher_is_better": task.higher_is_better, "method": method, "load_start": os.getloadavg()[0],
+              "fold_form_fits": fold_form}
     t0, c0 = time.time(), cpu_seconds()
     fits, fit_notes, fit_s = {}, {}, {}
     for name in models:
         opts = model_options(task_name, name, design, train_rows=train_rows)
         t_m, c_m = time.time(), cpu_seconds()
+        # an SVI fit with every row kept by a row mask is the same fit (the mask keeps all rows, the fold's
+        # data-centred priors are the design's) compiled in the form of a cross-validation refit, so the
+        # comparison's refits reuse its compiled init, step and draws instead of compiling them again
+        # (RESULTS_compare.md, session 9); NUTS fits are left as they were
+        keep_all = {"row_mask": np.ones(design.n_obs, bool)} if fold_form else {}
         try:
             if method == "auto":  # as sm.fit chooses (NUTS: one chain of `draws`)
+                chosen, _ = sm.choose_method(REGISTRY[name], design, **opts)
                 fits[name] = sm.fit(REGISTRY[name], design, rng_key=0, num_steps=steps, num_samples=draws, num_chains=1,
-                                    progress_bar=False, **opts)
+                                    progress_bar=False, **opts, **(keep_all if chosen == "svi" else {}))
             else:
                 fits[name] = sm.fit_svi(REGISTRY[name], design, rng_key=0, num_steps=steps, num_samples=draws,
-                                        progress_bar=False, **opts)
+                                        progress_bar=False, **opts, **keep_all)
         except SemimechError as err:
             fit_notes[name] = str(err)
         fit_s[name] = {"wall": time.time() - t_m, "cpu": cpu_seconds() - c_m,
@@ -435,12 +443,15 @@ def main(argv=None) -> int:
                     help="warm-started refits (refit_options={'warm_start': True}; a third of the steps by default); "
                          "refits start cold by default (the warm start leaked on Sachs)")
     ap.add_argument("--cold", action="store_true", help="the default now (kept for old command lines)")
+    ap.add_argument("--no-fold-form", action="store_true",
+                    help="fit without the all-rows row mask (the refits then compile their own programs: the "
+                         "cost before session 9)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     r = run(args.task, unit=args.unit, k=args.k, score=args.score, steps=args.steps, draws=args.draws, refit_steps=args.refit_steps,
             heldout_json=args.heldout_json, heldout_steps=args.heldout_steps or args.steps, models=args.models,
             full=args.design if args.design.startswith("factor") else args.design == "full", method=args.method,
-            warm=args.warm and not args.cold, rank_by=args.rank_by, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
+            warm=args.warm and not args.cold, rank_by=args.rank_by, fold_form=not args.no_fold_form, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
     stem = f"compare_{args.task}" + ("" if args.design == "train" else f"_{args.design}") + f"_{args.score}"
     out = pathlib.Path(args.json or pathlib.Path(__file__).resolve().parent / "results" / f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ own timings (compile / steps / draws).
 
     cd /tmp && nice -n 10 python <repo>/benchmarks/compare_profile.py linear_steady_state,additive 2000 k5:2000,k5:666
 
+Optional 4th argument ``DESIGN:UNIT`` (``full:combinable``: compare_cv.py's ``--design full --unit combinable``).
 Variants ``KIND:STEPS``: ``loo`` (leave-one-out over the 10 training doubles) or ``kN`` (N-fold), with
 STEPS refit steps. Writes ``prof_MODELS.json`` in the working folder. Results: RESULTS_compare.md.
 """
@@ -41,7 +42,13 @@ def delta(a, b):
 
 models = sys.argv[1].split(",")
 steps = int(sys.argv[2]); variants = sys.argv[3].split(",")   # e.g. loo:666,k5:666,loo:300
-design = ht.TASKS["norman_doubles"].build(quick=False)[0].train
+# optional 4th argument DESIGN:UNIT, e.g. full:combinable (compare_cv.py's --design full --unit combinable)
+kind, unit = (sys.argv[4].split(":") if len(sys.argv) > 4 else ("train", "combination"))
+if kind == "full":
+    import compare_cv
+    design = compare_cv.comparison_design("norman_doubles", None, full=True)
+else:
+    design = ht.TASKS["norman_doubles"].build(quick=False)[0].train
 print(design, "load", os.getloadavg()[0], flush=True)
 out = {}
 for name in models:
@@ -55,10 +62,11 @@ for name in models:
         k = None if kind == "loo" else int(kind[1:])
         t, c, e = time.time(), cpu(), snap()
         REFIT_T.clear(); _fm.fit_svi = _spy
-        cv = cross_validate(fit, unit="combination", k=k, num_steps=int(rs), rng_key=0)
+        cv = cross_validate(fit, unit=unit, k=k, num_steps=int(rs), rng_key=0)
         r[v] = {"wall": round(time.time() - t, 1), "cpu": round(cpu() - c, 1), "compile": delta(e, snap()),
                 "n_refits": cv.n_refits, "elpd": round(float(cv.elpd.elpd), 1), "se": round(float(cv.elpd.se), 1),
                 "cv_l2": round(float(cv.l2.mean()), 4), "resets": [sum(x.values()) for x in cv.resets],
+                "refit_timings": [{k: round(float(x), 2) for k, x in t.items()} for t in REFIT_T],
                 "refit_timings_sum": {k: round(sum(float(t.get(k, 0) or 0) for t in REFIT_T), 1)
                                       for k in sorted({k for t in REFIT_T for k in t})}}
         _fm.fit_svi = _real_svi
@@ -68,5 +76,5 @@ for name in models:
         fn()
         r[part] = {"wall": round(time.time() - t, 1), "cpu": round(cpu() - c, 1), "compile": delta(e, snap())}
         print(name, part, r[part], flush=True)
-json.dump(out, open(f"prof_{'_'.join(models)}.json", "w"), indent=1)
+json.dump(out, open(f"prof_{'_'.join(models)}_{kind}.json", "w"), indent=1)
 print("load", os.getloadavg()[0])

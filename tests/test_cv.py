@@ -150,6 +150,31 @@ def test_two_fold_cv_scores_every_unit_and_draws_held_out_latents_from_the_prior
         cross_validate(fit, unit="combination", k=1)
 
 
+def test_a_fit_with_every_row_kept_by_a_mask_is_the_fit_compiled_as_the_refits_are(fit, design):
+    """row_mask=all True is the same fit (same seed: draws equal to float rounding; the data-centred priors of all
+    rows are the design's) in the refits' compiled form, so a fold refit of it reuses its programs (the
+    comparison's refits then compile nothing: RESULTS_compare.md, session 9). After the CV test above this
+    file's refits are compiled already, so the fit below costs its steps only."""
+    keep_all = sm.fit_svi(additive.SPEC, design, rng_key=0, num_steps=400, num_samples=100, progress_bar=False,
+                          row_mask=np.ones(design.n_obs, bool))
+    for k in fit.samples:
+        np.testing.assert_allclose(keep_all.samples[k], fit.samples[k], rtol=1e-4, atol=1e-4)
+    fold = design.perturbation_index != design.perturbations.index("T0+T3")
+    refit = sm.fit_svi(additive.SPEC, design, rng_key=3, num_steps=5, num_samples=100, progress_bar=False, row_mask=fold)
+    assert refit.timings["compiled_reused"] == 1.0 and "compile_s" not in refit.timings
+    # negative control: the unmasked fit's programs are another form (the fold's priors are data there, constants here)
+    from semimech.infer import _svi
+    from semimech.infer._compiled import cache_key, signature
+    from semimech.infer.fit import DEFAULT_INIT, _prepare
+
+    def key(mask):
+        model, data, _, opts = _prepare(additive.SPEC, design, {}, mask, with_y=False, warn=False)
+        static, traced = _svi.split_data(data, np.asarray(design.dense_y(), np.float32))
+        return cache_key("svi", additive.SPEC.model, opts, "normal", 10, DEFAULT_INIT, static, signature(traced), "cpu")
+
+    assert key(np.ones(design.n_obs, bool)) == key(fold) != key(None)
+
+
 def _reads_priors_as_constants(data, **kw):
     np.asarray(data["baseline_loc"], float)          # a model building structure from the data-centred priors
     return additive.model(data, **kw)

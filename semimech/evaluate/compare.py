@@ -257,6 +257,9 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
     ----------
     fits
         ``{name: Fit}``, two or more, every fit on the same training Design with the same likelihood.
+        SVI fits made with ``row_mask=np.ones(design.n_obs, bool)`` (every row kept: the same fit) are
+        compiled in the form of the cross-validation refits, which then reuse their programs instead of
+        compiling their own (see :mod:`semimech.evaluate.cv`).
     unit, k, num_steps, refit_options
         What is left out and how (:func:`semimech.evaluate.cv.cross_validate`): ``unit`` is
         ``"perturbation"`` (default), ``"combination"``, ``"single"``, ``"context"`` or one label

@@ -17,7 +17,12 @@ How:
 
 A refit keeps every row and masks the held-out rows' likelihood (``fit_svi(row_mask=...)``),
 so all folds share array shapes (and compiled code), and starts as a fresh fit starts (the prior
-medians; as many SVI steps as the full fit). A warm start at the full fit's posterior medians
+medians; as many SVI steps as the full fit). An SVI fit made with ``row_mask=np.ones(design.n_obs,
+bool)`` keeps every row (the same fit: equal draws to float rounding) but is compiled in the refits'
+form (the fold's data-centred priors are inputs, not constants), so the refits reuse its init, step
+and draws programs: on Norman doubles that compilation took 31 s (additive) and 48 s
+(linear_steady_state) of wall time at load 8, against 2 and 12 s for a refit's 2,000 steps
+(``benchmarks/RESULTS_compare.md``, session 9). A warm start at the full fit's posterior medians
 (``refit_options={"warm_start": True}``, a third of the steps) leaks the left-out data: measured on
 Sachs (leave one condition out, ``benchmarks/RESULTS_compare.md``), signalling_network's held-out
 RMSE was 1.051 from warm-started refits, 1.169 from cold ones and 1.166 from fresh fits. The warm
