@@ -243,3 +243,72 @@ def test_predict_in_a_batch_recovers_the_batch_shift():
                       num_samples=20, progress_bar=False)
     with pytest.raises(PredictionError, match="no batch offsets"):
         sm.predict(flat, ["control"], rng_key=0, batch="b1")
+
+
+def _tiny_spec():
+    import numpyro
+    import numpyro.distributions as dist
+
+    def tiny(data, *, likelihood="negbin", y=None):
+        with numpyro.plate("genes", data["n_genes"], dim=-1):
+            rate = numpyro.sample("rate", dist.LogNormal(0.0, 1.0))
+            disp = numpyro.sample("disp", dist.LogNormal(0.0, 1.0))
+        with numpyro.plate("cells", data["n_obs"], dim=-2), numpyro.plate("genes", data["n_genes"], dim=-1):
+            numpyro.sample("y", dist.NegativeBinomial2(rate, disp), obs=y)
+
+    return sm.ModelSpec(name="tiny", model=tiny, assumes="one rate per gene")
+
+
+def test_nuts_settings_reach_the_kernel_and_bad_ones_fail_clearly(small_counts_adata, monkeypatch):
+    from numpyro.infer import NUTS
+
+    from semimech.infer import fit as fit_mod
+
+    seen = []
+
+    class Recorder(NUTS):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(fit_mod, "NUTS", Recorder)
+    spec = _tiny_spec()
+    d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control")
+    kw = dict(rng_key=0, num_warmup=20, num_samples=10, num_chains=1, progress_bar=False)
+    fit = sm.fit_nuts(spec, d, dense_mass=True, target_accept_prob=0.9, max_tree_depth=5, **kw)
+    assert seen[-1]["dense_mass"] is True and seen[-1]["target_accept_prob"] == 0.9
+    assert seen[-1]["max_tree_depth"] == 5 and fit.samples["rate"].shape == (1, 10, d.n_genes)
+    assert np.all(fit.sample_stats["tree_depth"] <= 5)
+    # a later fit started from this one: its medians are the start (here the chain starts there exactly)
+    sm.fit_nuts(spec, d, dense_mass=[("rate", "disp")], init_values=fit, **{**kw, "num_warmup": 0, "num_samples": 1})
+    assert seen[-1]["dense_mass"] == [("rate", "disp")]
+    import jax
+    from numpyro.infer.util import initialize_model
+
+    model, data, y, _ = fit_mod._prepare(spec, d, {})
+    z = initialize_model(jax.random.PRNGKey(3), model, init_strategy=seen[-1]["init_strategy"], model_args=(data,),
+                         model_kwargs={"y": y})[0].z
+    for site in ("rate", "disp"):
+        np.testing.assert_allclose(np.exp(z[site]), np.median(fit.flat(site), axis=0), rtol=1e-5)
+    with pytest.raises(InferenceError, match=r"dense_mass names \['rates'\]"):
+        sm.fit_nuts(spec, d, dense_mass=[("rates",)], **kw)
+    with pytest.raises(InferenceError, match="dense_mass must be True, False, or a list of tuples"):
+        sm.fit_nuts(spec, d, dense_mass="yes", **kw)
+    with pytest.raises(InferenceError, match="target_accept_prob must be a number in"):
+        sm.fit_nuts(spec, d, target_accept_prob=1.5, **kw)
+    with pytest.raises(InferenceError, match="max_tree_depth must be an integer"):
+        sm.fit_nuts(spec, d, max_tree_depth=0, **kw)
+    other = dataclasses.replace(fit, spec=dataclasses.replace(spec, name="other"))
+    with pytest.raises(InferenceError, match="fit of the 'other' model"):
+        sm.fit_nuts(spec, d, init_values=other, **kw)
+
+
+def test_nuts_starts_at_an_earlier_fits_medians():
+    from semimech.infer.fit import _init_from
+
+    spec = _tiny_spec()
+    fake = sm.Fit(spec=spec, design=None, samples={"rate": np.arange(12.0).reshape(2, 3, 2) + 1.0},
+                  dims={"rate": ("genes",)}, method="svi", options={})
+    vals = _init_from(fake, spec)
+    np.testing.assert_allclose(vals["rate"], np.median(np.arange(12.0).reshape(6, 2) + 1.0, axis=0))
+    assert _init_from({"rate": 1.0}, spec) == {"rate": 1.0} and _init_from(None, spec) is None

@@ -453,11 +453,24 @@ def _check_losses(losses: np.ndarray) -> None:
 def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500, num_samples: int = 500,
              num_chains: int = 2, target_accept_prob: float = 0.85, max_tree_depth: int = 8,
              chain_method: str = "sequential", progress_bar: bool = True, row_mask=None,
-             init_values: Mapping[str, Any] | None = None, **options) -> Fit:
+             init_values: Mapping[str, Any] | Fit | None = None, dense_mass=False, **options) -> Fit:
     """Fit by the No-U-Turn sampler (NumPyro NUTS).
 
     Chains run ``"sequential"`` (default) or ``"vectorized"``; divergences are counted in
-    :meth:`Fit.diagnostics`. ``row_mask`` and ``init_values`` as in :func:`fit_svi`.
+    :meth:`Fit.diagnostics`. ``row_mask`` as in :func:`fit_svi`.
+
+    ``init_values``: a warm start as in :func:`fit_svi` (site -> constrained value), or an earlier
+    :class:`Fit` of the same model (e.g. an SVI fit), whose posterior medians are the start; every
+    chain then starts at the same point (R-hat still compares the chains' draws, but from one start
+    it is less able to reveal separate modes). Default: each chain at the median of 15 prior draws.
+
+    ``dense_mass``: NumPyro's mass matrix: ``False`` (default) a diagonal one adapted in warm-up,
+    ``True`` one dense matrix over all latent sites (adapts to linear correlations between
+    parameters, e.g. a readout's offset and scale; costs ``O(d^2)`` per step and needs enough
+    warm-up to estimate ``d(d+1)/2`` entries), or a list of tuples of site names, each a dense
+    block (e.g. ``[("offset_z", "scale_z")]``), the other sites diagonal.
+    ``target_accept_prob`` (in (0, 1)) and ``max_tree_depth`` (at most ``2**max_tree_depth - 1``
+    leapfrog steps per draw) are NumPyro's.
 
     Each call compiles NumPyro's sampler anew, and JAX keeps the compiled code in its process-wide
     caches (about 1,000 memory mappings per fit, measured): a process running many NUTS fits (a
@@ -474,9 +487,12 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
             f"fit_nuts: the {spec.name!r} model's density is a cut posterior with these options (site {cut[0]!r}: its "
             "gradient is stopped on purpose), so NUTS would sample with a gradient that is not its density's. Fit it "
             "with fit_svi (or sm.fit), or turn the cut off for NUTS (signalling_network: misfit_cut=False).")
+    dense_mass = _check_nuts_settings(dense_mass, target_accept_prob, max_tree_depth, model, data, y)
+    init_values = _init_from(init_values, spec)
     init = init_to_median(num_samples=15) if init_values is None else warm_init(
         {k: jnp.asarray(v) for k, v in init_values.items()})
-    kernel = NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, init_strategy=init)
+    kernel = NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, init_strategy=init,
+                  dense_mass=dense_mass)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method=chain_method, progress_bar=progress_bar)
     try:
@@ -493,3 +509,35 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     dims = site_dims(model, data, y)
     return Fit(spec=spec, design=design, samples=samples, dims=dims, method="nuts", options=opts,
                sample_stats=stats)
+
+
+def _init_from(init_values, spec: ModelSpec):
+    """``init_values`` as a mapping: a :class:`Fit`'s posterior medians (same model only), else as given."""
+    if not isinstance(init_values, Fit):
+        return init_values
+    if init_values.spec.name != spec.name:
+        raise InferenceError(f"init_values is a fit of the {init_values.spec.name!r} model; a warm start must come "
+                             f"from a fit of the model being fitted ({spec.name!r}).")
+    return {k: np.median(init_values.flat(k), axis=0) for k in init_values.samples}
+
+
+def _check_nuts_settings(dense_mass, target_accept_prob, max_tree_depth, model, data, y):
+    """Clear errors for NUTS settings NumPyro would reject late or silently misread; returns ``dense_mass``."""
+    if not (isinstance(target_accept_prob, (int, float)) and 0.0 < target_accept_prob < 1.0):
+        raise InferenceError(f"target_accept_prob must be a number in (0, 1), got {target_accept_prob!r}.")
+    if isinstance(max_tree_depth, (bool, np.bool_)) or not isinstance(max_tree_depth, (int, np.integer)) or not (
+            1 <= max_tree_depth <= 15):
+        raise InferenceError(f"max_tree_depth must be an integer from 1 to 15, got {max_tree_depth!r}.")
+    if isinstance(dense_mass, (bool, np.bool_)):
+        return bool(dense_mass)
+    blocks = list(dense_mass) if isinstance(dense_mass, (list, tuple)) else None
+    if not blocks or not all(isinstance(b, tuple) and b and all(isinstance(n, str) for n in b) for b in blocks):
+        raise InferenceError("dense_mass must be True, False, or a list of tuples of latent site names (dense "
+                             f"blocks, e.g. [('offset_z', 'scale_z')]), got {dense_mass!r}.")
+    tr = numpyro.handlers.trace(numpyro.handlers.seed(model, 0)).get_trace(data, y=y)
+    latent = [n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
+    unknown = sorted({n for b in blocks for n in b} - set(latent))
+    if unknown:
+        raise InferenceError(f"dense_mass names {unknown}, which are not latent sites of this model (its latent "
+                             f"sites: {latent}).")
+    return blocks
