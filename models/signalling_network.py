@@ -75,12 +75,11 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from numpyro.distributions import constraints
 
 from semimech.errors import DesignError
 from semimech.infer.spec import ModelSpec
-from semimech.measurement import gene_noise, observe_conditions, to_data_scale
-from semimech.measurement.likelihoods import batch_offsets, total_sd
+from semimech.measurement import BOUND_TOLERANCE, ClippedNormal, gene_noise, observe_conditions, to_data_scale
+from semimech.measurement.likelihoods import total_sd
 from semimech.models import _logic
 from semimech.models import _network as net_helpers
 from semimech.models import _signalling_time as _time
@@ -88,8 +87,8 @@ from semimech.models._pkn import Network, NetworkWarning, compile_network, defau
 from semimech.models._signalling_options import default_network, network_arrays, network_option
 from semimech.models._signalling_structure import edge_posteriors, plot_edge_posteriors, pruned_sif
 
-__all__ = ["SPEC", "Network", "NetworkWarning", "compile_network", "default_readouts", "edge_posteriors", "model",
-           "network_option", "plot_edge_posteriors", "pruned_sif"]
+__all__ = ["BOUND_TOLERANCE", "SPEC", "ClippedNormal", "Network", "NetworkWarning", "compile_network",
+           "default_readouts", "edge_posteriors", "model", "network_option", "plot_edge_posteriors", "pruned_sif"]
 
 
 def _logit_normal(name, mu, s, z_shape_plate, *, ctx, ctx_scale, plate_ctx):
@@ -155,43 +154,6 @@ def _readout_state(inhibitor_readout, B, x, nodes):
     return jnp.where(jnp.asarray(as_activity)[None, :], x, B)
 
 
-#: Observations within this fraction of the range of a bound count as at the bound (CellNOpt's
-#: normalised values approach 1 as 0.9994-0.9999 and are set to exactly 0 below a threshold).
-BOUND_TOLERANCE = 0.01
-
-
-class ClippedNormal(dist.Distribution):
-    """``clip(Normal(loc, scale), low, high)``: a Gaussian observed through a bounded normalisation.
-
-    The density of a value inside ``(low + tol, high - tol)`` is the Gaussian's; a value within
-    ``tol`` of a bound (``tol = BOUND_TOLERANCE * (high - low)``) carries the probability mass
-    beyond it (a Tobit / censored likelihood: ``Phi((low - loc) / scale)`` at the lower bound).
-    Draws are clipped to ``[low, high]``. Used by ``signalling_network``'s ``bounds`` option.
-    """
-
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.real
-    reparametrized_params = ["loc", "scale"]
-
-    def __init__(self, loc, scale, low: float, high: float, *, validate_args=None):
-        self.loc, self.scale = jnp.broadcast_arrays(jnp.asarray(loc), jnp.asarray(scale))
-        self.low, self.high = float(low), float(high)
-        self.tol = BOUND_TOLERANCE * (self.high - self.low)
-        super().__init__(batch_shape=jnp.shape(self.loc), validate_args=validate_args)
-
-    def sample(self, key, sample_shape=()):
-        z = jax.random.normal(key, sample_shape + self.batch_shape)
-        return jnp.clip(self.loc + self.scale * z, self.low, self.high)
-
-    def log_prob(self, value):
-        from jax.scipy.stats import norm
-
-        lower = norm.logcdf((self.low - self.loc) / self.scale)
-        upper = norm.logcdf((self.loc - self.high) / self.scale)
-        inside = dist.Normal(self.loc, self.scale).log_prob(value)
-        return jnp.where(value <= self.low + self.tol, lower, jnp.where(value >= self.high - self.tol, upper, inside))
-
-
 def _check_bounds(bounds, likelihood, y):
     if bounds is None:
         return None
@@ -210,22 +172,6 @@ def _check_bounds(bounds, likelihood, y):
             raise DesignError(f"bounds {(lo, hi)}: {out.size} observed values lie outside them (e.g. {out[:3].tolist()}); "
                               "the bounds are the data's normalised range, which every value must respect.")
     return lo, hi
-
-
-def _observe_bounded(loc_p, noise, data, genes, bounds, y):
-    """The rows observed through the clipped Gaussian (``bounds`` option); the tail of :func:`observe_conditions`."""
-    offsets = batch_offsets(data, genes)
-    pidx = jnp.asarray(data["perturbation_index"])
-    n = jnp.sqrt(jnp.asarray(data["n_cells"]))[:, None]
-    with numpyro.plate("cells", data["n_obs"], subsample_size=pidx.shape[0], dim=-2):
-        loc = loc_p[pidx]
-        if offsets is not None:
-            loc = loc + offsets[jnp.asarray(data["batch_index"])]
-        with genes:
-            fn = ClippedNormal(loc, total_sd(noise, data, loc) / n, *bounds)
-            mask = data.get("row_mask")
-            with numpyro.handlers.mask(mask=True if mask is None else jnp.asarray(mask, bool)[:, None]):
-                numpyro.sample("y", fn, obs=y)
 
 
 def _misfit_cut(loc_p, assay, mis, data, y, bounds=None):
@@ -460,10 +406,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         _misfit_cut(loc_p, *cut, data, y, bounds)
     with numpyro.plate("perturbations", P, dim=-2), genes:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
-    if bounds is None:
-        observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y)
-    else:
-        _observe_bounded(loc_p, noise, data, genes, bounds, y)
+    observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y, bounds=bounds)
 
 
 SPEC = ModelSpec(

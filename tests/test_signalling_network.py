@@ -358,23 +358,29 @@ def test_bounds_observe_censored():
     import numpyro
     from scipy.stats import norm
 
+    from semimech.measurement import observe_conditions
     from semimech.models import signalling_network as sn
 
     design, kw = _bounded_chain()
     data = design.model_data()
     y = np.asarray(design.y)
     loc_p = jnp.asarray(np.linspace(-0.4, 0.9, 4 * 2).reshape(4, 2))
-    with numpyro.handlers.seed(rng_seed=0):
-        tr = numpyro.handlers.trace(sn._observe_bounded).get_trace(loc_p, jnp.full(2, 0.2), data,
-                                                                   numpyro.plate("genes", 2, dim=-1), (0.0, 1.0), y)
-    site = tr["y"]
-    assert isinstance(site["fn"], sn.ClippedNormal)
-    lp = np.asarray(site["fn"].log_prob(jnp.asarray(y)))
-    zero, inside = y <= 0.01, (y > 0.01) & (y < 0.99)  # within 1% of the range of a bound: at the bound
-    assert (y == 0.0).any() and inside.any()
-    loc = np.asarray(loc_p)[np.asarray(data["perturbation_index"])]
-    np.testing.assert_allclose(lp[zero], norm.logcdf(-loc[zero] / 0.2), rtol=1e-4)  # mass below 0
-    np.testing.assert_allclose(lp[inside], norm.logpdf(y[inside], loc[inside], 0.2), rtol=1e-4)
+    pidx = np.asarray(data["perturbation_index"])
+    # a noise per gene, and per condition (context_noise's shape): the bounded path indexes it by row alike
+    per_condition = np.linspace(0.1, 0.3, 8).reshape(4, 2)
+    for noise, sd_rows in ((jnp.full(2, 0.2), np.full((8, 2), 0.2)), (jnp.asarray(per_condition), per_condition[pidx])):
+        with numpyro.handlers.seed(rng_seed=0):
+            tr = numpyro.handlers.trace(observe_conditions).get_trace(
+                loc_p, noise, data, numpyro.plate("genes", 2, dim=-1), likelihood="normal", y=y, bounds=(0.0, 1.0))
+        site = tr["y"]
+        assert isinstance(site["fn"], sn.ClippedNormal)
+        lp = np.asarray(site["fn"].log_prob(jnp.asarray(y)))
+        zero, inside = y <= 0.01, (y > 0.01) & (y < 0.99)  # within 1% of the range of a bound: at the bound
+        assert (y == 0.0).any() and inside.any()
+        loc = np.asarray(loc_p)[pidx]
+        np.testing.assert_allclose(lp[zero], norm.logcdf(-loc[zero] / sd_rows[zero]), rtol=1e-4,
+                                   atol=1e-6)  # mass below 0 (float32)
+        np.testing.assert_allclose(lp[inside], norm.logpdf(y[inside], loc[inside], sd_rows[inside]), rtol=1e-4)
     # bad input (checked before the network is built): values outside the bounds, malformed bounds, counts
     with pytest.raises(DesignError, match="outside"):
         sn.model(data, bounds=(0.0, 0.5), y=y, **kw)
@@ -382,6 +388,41 @@ def test_bounds_observe_censored():
         sn.model(data, bounds=(1.0, 0.0), y=y, **kw)
     with pytest.raises(DesignError, match="normal"):
         sn.model(data, bounds=(0.0, 1.0), likelihood="negbin", y=y, **kw)
+
+
+def test_bounded_model_density_is_the_censored_one():
+    """The model's log density with ``bounds`` differs from the Gaussian model's, at the same
+    parameters, by the censored minus the Gaussian log-likelihood of the rows (row mask honoured):
+    the bounds act on the observation only (here ``misfit_cut=False``: no cut factor)."""
+    import jax
+    import numpyro
+    from numpyro.infer.util import log_density
+    from scipy.stats import norm
+
+    from semimech.models import signalling_network as sn
+
+    design, kw = _bounded_chain()
+    kw = {**kw, "misfit_cut": False}
+    y = jnp.asarray(np.asarray(design.y), jnp.float32)
+    yv = np.asarray(y, float)
+    data = design.model_data()
+    data["row_mask"] = keep = np.array([True, True, False, True, True, True, False, True])
+
+    @jax.jit  # one compiled program: eager tracing compiles every operation on its own (slow)
+    def densities():
+        tr = numpyro.handlers.trace(numpyro.handlers.seed(sn.model, 1)).get_trace(data, y=y, bounds=(0.0, 1.0), **kw)
+        params = {k: v["value"] for k, v in tr.items() if v["type"] == "sample" and not v["is_observed"]}
+        lp_b = log_density(sn.model, (data,), dict(y=y, bounds=(0.0, 1.0), **kw), params)[0]
+        lp_g = log_density(sn.model, (data,), dict(y=y, **kw), params)[0]
+        return lp_b, lp_g, tr["mean"]["value"], tr["noise_sd"]["value"]
+
+    lp_b, lp_g, mean, noise_sd = (np.asarray(v, float) for v in densities())
+    loc = mean[np.asarray(data["perturbation_index"])]
+    sd = np.broadcast_to(noise_sd, loc.shape)
+    gauss = norm.logpdf(yv, loc, sd)
+    cens = np.where(yv <= 0.01, norm.logcdf(-loc / sd), np.where(yv >= 0.99, norm.logcdf((loc - 1) / sd), gauss))
+    assert (yv[keep] <= 0.01).any() and (yv[~keep] <= 0.01).any()
+    np.testing.assert_allclose(lp_b - lp_g, np.sum((cens - gauss)[keep]), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.slow

@@ -2,7 +2,9 @@
 :mod:`semimech.measurement.noise`), batch offsets, size factors."""
 
 from semimech.measurement.likelihoods import (
+    BOUND_TOLERANCE,
     LIKELIHOODS,
+    ClippedNormal,
     batch_offsets,
     check_likelihood,
     context_noise,
@@ -17,6 +19,8 @@ from semimech.measurement.noise import NoiseModel, fixed, from_replicates, learn
 from semimech.measurement.replicates import duplicate_rows
 
 __all__ = [
+    "BOUND_TOLERANCE",
+    "ClippedNormal",
     "LIKELIHOODS",
     "NoiseModel",
     "duplicate_rows",

@@ -120,14 +120,59 @@ def total_sd(noise, data, loc=None):
     return jnp.sqrt(noise**2 + floor**2 + known_variance(data, loc))
 
 
-def observation_dist(loc, noise, *, likelihood: str, size_factors, n_cells):
+#: Observations within this fraction of the range of a bound count as at the bound (CellNOpt's
+#: normalised values approach 1 as 0.9994-0.9999 and are set to exactly 0 below a threshold).
+BOUND_TOLERANCE = 0.01
+
+
+class ClippedNormal(dist.Distribution):
+    """``clip(Normal(loc, scale), low, high)``: a Gaussian observed through a bounded normalisation.
+
+    The density of a value inside ``(low + tol, high - tol)`` is the Gaussian's; a value within
+    ``tol`` of a bound (``tol = BOUND_TOLERANCE * (high - low)``) carries the probability mass
+    beyond it (a Tobit / censored likelihood: ``Phi((low - loc) / scale)`` at the lower bound).
+    Draws are clipped to ``[low, high]``. The ``bounds`` of :func:`observation_dist`.
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real
+    reparametrized_params = ["loc", "scale"]
+
+    def __init__(self, loc, scale, low: float, high: float, *, validate_args=None):
+        self.loc, self.scale = jnp.broadcast_arrays(jnp.asarray(loc), jnp.asarray(scale))
+        self.low, self.high = float(low), float(high)
+        self.tol = BOUND_TOLERANCE * (self.high - self.low)
+        super().__init__(batch_shape=jnp.shape(self.loc), validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        z = jax.random.normal(key, sample_shape + self.batch_shape)
+        return jnp.clip(self.loc + self.scale * z, self.low, self.high)
+
+    def log_prob(self, value):
+        from jax.scipy.stats import norm
+
+        lower = norm.logcdf((self.low - self.loc) / self.scale)
+        upper = norm.logcdf((self.loc - self.high) / self.scale)
+        inside = dist.Normal(self.loc, self.scale).log_prob(value)
+        return jnp.where(value <= self.low + self.tol, lower, jnp.where(value >= self.high - self.tol, upper, inside))
+
+
+def observation_dist(loc, noise, *, likelihood: str, size_factors, n_cells, bounds=None):
     """The distribution of a row given its latent location ``loc`` (rows, genes).
 
-    For ``normal``, ``noise`` is the total cell-level sd (:func:`total_sd`).
+    For ``normal``, ``noise`` is the total cell-level sd (:func:`total_sd`); with ``bounds``
+    ``(low, high)`` the row is that Gaussian clipped to the bounds (:class:`ClippedNormal`: a
+    value at a bound carries the mass beyond it).
     """
     n = n_cells[:, None]
     if likelihood == "normal":
+        if bounds is not None:
+            return ClippedNormal(loc, noise / jnp.sqrt(n), *bounds)
         return dist.Normal(loc, noise / jnp.sqrt(n))
+    if bounds is not None:
+        from semimech.errors import DesignError
+
+        raise DesignError(f"bounds need likelihood='normal' (a clipped Gaussian), got {likelihood!r}.")
     mean = size_factors[:, None] * jnp.exp(loc)
     return dist.NegativeBinomial2(mean=mean, concentration=noise * n)
 
@@ -284,7 +329,7 @@ class SparseNegativeBinomial2(dist.Distribution):
         return jnp.exp(self.log_mean)
 
 
-def observe(loc, noise, data, *, likelihood: str, y=None, groups: RowGroups | None = None):
+def observe(loc, noise, data, *, likelihood: str, y=None, groups: RowGroups | None = None, bounds=None):
     """Sample the observed site ``y`` (call inside the ``cells`` and ``genes`` plates).
 
     ``y`` may be dense rows or :class:`SparseCounts` (NB only; see the module docstring).
@@ -299,19 +344,24 @@ def observe(loc, noise, data, *, likelihood: str, y=None, groups: RowGroups | No
     each fold has the same shapes, and masks the held-out ones (:mod:`semimech.evaluate.cv`).
 
     ``groups`` (:class:`RowGroups`, sparse counts only): the same ``loc`` and ``noise`` by condition,
-    for the cheaper log-probability (:func:`observe_conditions` passes it).
+    for the cheaper log-probability (:func:`observe_conditions` passes it). ``bounds``: ``None`` or
+    ``(low, high)``, Gaussian rows observed through a clip (:func:`observation_dist`).
     """
     row_mask = data.get("row_mask")
     if row_mask is None:
-        _observe(loc, noise, data, likelihood=likelihood, y=y, groups=groups)
+        _observe(loc, noise, data, likelihood=likelihood, y=y, groups=groups, bounds=bounds)
         return
     with numpyro.handlers.mask(mask=jnp.asarray(row_mask, dtype=bool)[:, None]):
-        _observe(loc, noise, data, likelihood=likelihood, y=y, groups=groups)
+        _observe(loc, noise, data, likelihood=likelihood, y=y, groups=groups, bounds=bounds)
 
 
-def _observe(loc, noise, data, *, likelihood: str, y=None, groups=None):
+def _observe(loc, noise, data, *, likelihood: str, y=None, groups=None, bounds=None):
     sf = jnp.asarray(data["size_factors"])
     n = jnp.asarray(data["n_cells"])
+    if bounds is not None and likelihood != "normal":
+        from semimech.errors import DesignError
+
+        raise DesignError(f"bounds need likelihood='normal' (a clipped Gaussian), got {likelihood!r}.")
     if isinstance(y, SparseCounts):
         if likelihood != "negbin":
             from semimech.errors import DesignError
@@ -322,19 +372,22 @@ def _observe(loc, noise, data, *, likelihood: str, y=None, groups=None):
         return
     if likelihood == "normal":
         noise = total_sd(noise, data, loc)
-    numpyro.sample("y", observation_dist(loc, noise, likelihood=likelihood, size_factors=sf, n_cells=n), obs=y)
+    numpyro.sample("y", observation_dist(loc, noise, likelihood=likelihood, size_factors=sf, n_cells=n, bounds=bounds),
+                   obs=y)
     if likelihood == "normal" and data.get("y_ss") is not None and y is not None:
         ss = jnp.asarray(data["y_ss"])
         numpyro.factor("y_within", -(n[:, None] - 1.0) * jnp.log(noise) - ss / (2.0 * noise**2))
 
 
-def observe_conditions(loc_p, noise, data, genes_plate, *, likelihood: str, y=None):
+def observe_conditions(loc_p, noise, data, genes_plate, *, likelihood: str, y=None, bounds=None):
     """Observe rows whose latent location is their condition's ``loc_p`` plus their batch offset.
 
     ``loc_p`` is ``(perturbations, genes)``; ``noise`` is per gene or, from :func:`context_noise`,
     ``(perturbations, genes)``. Samples the batch offsets (:func:`batch_offsets`),
     then ``y`` in the ``cells`` plate; the rows in ``data`` may be a minibatch of the ``n_obs``
     rows, which the plate scales by ``n_obs / rows``. The shared tail of every static model.
+    ``bounds`` (Gaussian only): rows observed through a clip to ``(low, high)``
+    (:class:`ClippedNormal`), e.g. the signalling model's ``bounds`` option.
     """
     offsets = batch_offsets(data, genes_plate)
     pidx = jnp.asarray(data["perturbation_index"])
@@ -348,7 +401,7 @@ def observe_conditions(loc_p, noise, data, genes_plate, *, likelihood: str, y=No
         if offsets is not None:
             loc = loc + offsets[jnp.asarray(data["batch_index"])]
         with genes_plate:
-            observe(loc, noise, data, likelihood=likelihood, y=y, groups=groups)
+            observe(loc, noise, data, likelihood=likelihood, y=y, groups=groups, bounds=bounds)
 
 
 def mean_of_cells(rng_key, mean, noise, *, likelihood: str, num_cells: int):
