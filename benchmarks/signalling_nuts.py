@@ -110,12 +110,15 @@ def main(argv=None):
     ap.add_argument("--max-tree-depth", type=int, default=8)
     ap.add_argument("--init-svi", action="store_true",
                     help="run the SVI fit first and start NUTS at its posterior medians (init_values=svi_fit)")
+    ap.add_argument("--model-options", default="{}",
+                    help="extra signalling_network options for both fits, JSON (e.g. '{\"edge_prior\": [-1, 1.5]}')")
     ap.add_argument("--parallel", action="store_true",
                     help="chains in parallel, one per CPU device (XLA host devices = chains; set before JAX loads)")
     args = ap.parse_args(argv)
     if args.parallel:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.chains}").strip()
+    extra = json.loads(args.model_options)
     dense = {"no": False, "all": True}.get(args.dense_mass)
     if dense is None:
         dense = [tuple(b.split(",")) for b in args.dense_mass.split(";")]
@@ -132,7 +135,7 @@ def main(argv=None):
     def run_svi(guide, seed):
         t0 = time.perf_counter()
         svi = sm.fit_svi(sn.SPEC, train, rng_key=seed, num_steps=args.steps, num_samples=400, guide=guide,
-                         progress_bar=False, network=net, noise_sd=(0.12, 0.3))
+                         progress_bar=False, network=net, noise_sd=(0.12, 0.3), **extra)
         t_svi = time.perf_counter() - t0
         rows.append({"fit": f"SVI {guide}, {args.steps} steps, seed {seed} (cut misfit)", "seconds": t_svi,
                      **score(svi, held, obs, readouts, seed)})
@@ -143,7 +146,8 @@ def main(argv=None):
     if not args.no_nuts:
         label = (f"NUTS {args.chains}x({args.warmup}+{args.samples}), dense {args.dense_mass}, "
                  f"accept {args.target_accept}, depth {args.max_tree_depth}"
-                 f"{', init SVI' if args.init_svi else ''}{', parallel' if args.parallel else ''}")
+                 f"{', init SVI' if args.init_svi else ''}{', parallel' if args.parallel else ''}"
+                 f"{', ' + args.model_options if extra else ''}")
         t0 = time.perf_counter()
         # the SVI fit is the cut posterior; its medians still start the joint model's chains near the mode
         nuts = sm.fit_nuts(sn.SPEC, train, rng_key=args.seed, num_warmup=args.warmup, num_samples=args.samples,
@@ -151,7 +155,7 @@ def main(argv=None):
                            misfit_cut=False, dense_mass=dense, target_accept_prob=args.target_accept,
                            max_tree_depth=args.max_tree_depth,
                            chain_method="parallel" if args.parallel else "sequential",
-                           init_values=svi_fits[(args.guides[0], args.seed)] if args.init_svi else None)
+                           init_values=svi_fits[(args.guides[0], args.seed)] if args.init_svi else None, **extra)
         t_nuts = time.perf_counter() - t0
         dn = nuts.diagnostics()
         rows.append({"fit": label, "seconds": t_nuts, "load_after": os.getloadavg()[0],
@@ -175,7 +179,8 @@ def main(argv=None):
               f"{r['rmse']:7.4f} {r['coverage_90']:6.2f} {r['coverage_50']:6.2f}")
     print(f"{'rule: strongest single inhibitor':72s} {'':8s} {'':4s} {'':6s} {'':7s} {'':7s} {rule_rmse:7.4f}")
     with open(args.json, "w") as fh:
-        json.dump({"task": "hepg2_one_context_nuts_cost", "load": [load0, load1], "cores": os.cpu_count(),
+        json.dump({"task": "hepg2_one_context_nuts_cost", "args": vars(args), "load": [load0, load1],
+                   "cores": os.cpu_count(),
                    "training_rows": int(train.n_obs), "held_out_rows": len(held), "readouts": len(readouts),
                    "fits": rows, "baselines": {"strongest_single": rule_rmse}}, fh, indent=2)
 
