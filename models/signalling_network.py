@@ -154,7 +154,7 @@ def _readout_state(inhibitor_readout, B, x, nodes):
     return jnp.where(jnp.asarray(as_activity)[None, :], x, B)
 
 
-def _check_bounds(bounds, likelihood, y):
+def _check_bounds(bounds, likelihood, y, n_cells=None):
     if bounds is None:
         return None
     try:
@@ -171,6 +171,11 @@ def _check_bounds(bounds, likelihood, y):
         if out.size:
             raise DesignError(f"bounds {(lo, hi)}: {out.size} observed values lie outside them (e.g. {out[:3].tolist()}); "
                               "the bounds are the data's normalised range, which every value must respect.")
+    if n_cells is not None and not isinstance(n_cells, jax.core.Tracer) and np.any(np.asarray(n_cells) > 1):
+        raise DesignError(f"bounds treat each row as one observation, but some rows are means of up to "
+                          f"{int(np.max(np.asarray(n_cells)))} observations (a pseudobulk): a mean of clipped values "
+                          "is not a clipped normal. Fit the individual rows (replicates as rows, not "
+                          "design.pseudobulk()), or drop bounds.")
     return lo, hi
 
 
@@ -291,7 +296,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         pointwise log-likelihood mixes masses (at the bounds) and densities (inside): compare a
         bounded fit by LOO only with other fits bounded alike.
     """
-    bounds = _check_bounds(bounds, likelihood, y)
+    bounds = _check_bounds(bounds, likelihood, y, data.get("n_cells"))
     if isinstance(inhibitor_readout, str) and inhibitor_readout not in ("input", "activity"):
         raise DesignError(f"inhibitor_readout must be 'input', 'activity' or a list of node names, "
                           f"got {inhibitor_readout!r}.")

@@ -388,6 +388,8 @@ def test_bounds_observe_censored():
         sn.model(data, bounds=(1.0, 0.0), y=y, **kw)
     with pytest.raises(DesignError, match="normal"):
         sn.model(data, bounds=(0.0, 1.0), likelihood="negbin", y=y, **kw)
+    with pytest.raises(DesignError, match="pseudobulk"):  # rows that are means of several observations
+        sn.model({**data, "n_cells": np.full(np.shape(data["n_cells"]), 3.0)}, bounds=(0.0, 1.0), y=y, **kw)
 
 
 def test_bounded_model_density_is_the_censored_one():
