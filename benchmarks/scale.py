@@ -45,6 +45,18 @@ def _rss_gb() -> float:
     return float("nan")
 
 
+def _simulate(out: dict, n_cells: int, n_genes: int, n_targets: int, n_batches: int, seed: int):
+    """The simulated screen (the same for both fits of a size), its time and density recorded in ``out``."""
+    from semimech.simulate import simulate_screen
+
+    t = time.perf_counter()
+    adata, _ = simulate_screen(n_cells=n_cells, n_genes=n_genes, n_targets=n_targets, n_batches=n_batches,
+                               rng_key=seed)
+    out["simulate_s"] = time.perf_counter() - t
+    out["nnz_fraction"] = adata.X.nnz / (n_cells * n_genes)
+    return adata
+
+
 def run_one(n_cells: int, *, n_genes: int, n_targets: int, n_batches: int, batch_size: int, epochs: float,
             model: str, dense: bool, seed: int) -> dict:
     import jax
@@ -52,18 +64,13 @@ def run_one(n_cells: int, *, n_genes: int, n_targets: int, n_batches: int, batch
     import semimech as sm
     from semimech.infer.stream import _num_steps, _setup, _train
     from semimech.models import REGISTRY
-    from semimech.simulate import simulate_screen
 
     spec = REGISTRY[model]
     out = {"model": model, "n_cells": n_cells, "n_genes": n_genes, "n_targets": n_targets, "n_batches": n_batches,
            "batch_size": batch_size, "epochs": epochs, "loglik": "dense" if dense else "sparse",
            "device": jax.devices()[0].device_kind, "platform": jax.default_backend(), "dtype": "float32",
            "load_avg_start": os.getloadavg()[0]}
-    t = time.perf_counter()
-    adata, _ = simulate_screen(n_cells=n_cells, n_genes=n_genes, n_targets=n_targets, n_batches=n_batches,
-                               rng_key=seed)
-    out["simulate_s"] = time.perf_counter() - t
-    out["nnz_fraction"] = adata.X.nnz / (n_cells * n_genes)
+    adata = _simulate(out, n_cells, n_genes, n_targets, n_batches, seed)
     t = time.perf_counter()
     design = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control",
                                     batch_key="batch" if n_batches > 1 else None)
@@ -112,17 +119,12 @@ def run_reference(n_cells: int, *, n_genes: int, n_targets: int, n_batches: int,
     from jax.scipy.special import gammaln
     from numpyro.infer import SVI, Trace_ELBO, autoguide
 
-    from semimech.simulate import simulate_screen
 
     out = {"model": "hand-written NumPyro additive NB", "n_cells": n_cells, "n_genes": n_genes,
            "n_targets": n_targets, "n_batches": n_batches, "batch_size": batch_size, "epochs": epochs,
            "loglik": "sparse", "device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
            "dtype": "float32", "load_avg_start": os.getloadavg()[0]}
-    t = time.perf_counter()
-    adata, _ = simulate_screen(n_cells=n_cells, n_genes=n_genes, n_targets=n_targets, n_batches=n_batches,
-                               rng_key=seed)
-    out["simulate_s"] = time.perf_counter() - t
-    out["nnz_fraction"] = adata.X.nnz / (n_cells * n_genes)
+    adata = _simulate(out, n_cells, n_genes, n_targets, n_batches, seed)
     t = time.perf_counter()
     y = sps.csr_matrix(adata.X, dtype=np.float32)
     labels = adata.obs["perturbation"].astype(str).to_numpy()
