@@ -7,7 +7,8 @@ minibatch SVI over it (``semimech.infer.stream``) for the requested epochs. Repo
 - ``cells_per_s``: batch_size / steady-state step time (after compilation); on a shared
   machine also read ``steady_step_cpu_s`` (process CPU seconds per step, all threads);
 - ``epoch_s``: wall time of one epoch including the first (compiling) step;
-- ``peak_rss_gb``: the process's peak resident memory (``ru_maxrss``), simulation included;
+- ``peak_rss_gb``: the process's peak resident memory (``ru_maxrss``), simulation included
+  unless ``--h5ad`` (then the simulation runs in its own process and each fit reads the file);
   ``train_rss_gb``: resident memory growth during training alone.
 
 Usage::
@@ -16,6 +17,7 @@ Usage::
     python benchmarks/scale.py --cells 1e4 1e5 1e6    # the full table (~20 min on 2 cores)
     python benchmarks/scale.py --model additive --dense   # dense NB log-likelihood for contrast
     python benchmarks/scale.py --cells 1e6 --reference    # and a hand-written NumPyro fit, same run
+    python benchmarks/scale.py --cells 1e6 --reference --h5ad /tmp/screens   # fits read the screen from disk
 
 Writes ``benchmarks/results/scale.json`` (or ``--out``) and prints a table.
 """
@@ -45,11 +47,26 @@ def _rss_gb() -> float:
     return float("nan")
 
 
-def _simulate(out: dict, n_cells: int, n_genes: int, n_targets: int, n_batches: int, seed: int):
-    """The simulated screen (the same for both fits of a size), its time and density recorded in ``out``."""
+def _h5ad_path(directory, n_cells: int, n_genes: int, n_targets: int, n_batches: int, seed: int) -> Path:
+    return Path(directory) / f"screen_{n_cells}x{n_genes}_t{n_targets}_b{n_batches}_s{seed}.h5ad"
+
+
+def _simulate(out: dict, n_cells: int, n_genes: int, n_targets: int, n_batches: int, seed: int, h5ad=None):
+    """The simulated screen (the same for both fits of a size), its time and density recorded in ``out``.
+
+    With ``h5ad`` (a folder), the screen is read from the file :func:`main` wrote there in a separate
+    process, as a user reads their data: the process's peak memory is then the fit's, not the simulation's.
+    """
+    t = time.perf_counter()
+    if h5ad is not None:
+        import anndata as ad
+
+        adata = ad.read_h5ad(_h5ad_path(h5ad, n_cells, n_genes, n_targets, n_batches, seed))
+        out["simulate_s"], out["read_s"] = None, time.perf_counter() - t
+        out["nnz_fraction"] = adata.X.nnz / (n_cells * n_genes)
+        return adata
     from semimech.simulate import simulate_screen
 
-    t = time.perf_counter()
     adata, _ = simulate_screen(n_cells=n_cells, n_genes=n_genes, n_targets=n_targets, n_batches=n_batches,
                                rng_key=seed)
     out["simulate_s"] = time.perf_counter() - t
@@ -58,7 +75,7 @@ def _simulate(out: dict, n_cells: int, n_genes: int, n_targets: int, n_batches: 
 
 
 def run_one(n_cells: int, *, n_genes: int, n_targets: int, n_batches: int, batch_size: int, epochs: float,
-            model: str, dense: bool, seed: int) -> dict:
+            model: str, dense: bool, seed: int, h5ad=None) -> dict:
     import jax
 
     import semimech as sm
@@ -70,7 +87,7 @@ def run_one(n_cells: int, *, n_genes: int, n_targets: int, n_batches: int, batch
            "batch_size": batch_size, "epochs": epochs, "loglik": "dense" if dense else "sparse",
            "device": jax.devices()[0].device_kind, "platform": jax.default_backend(), "dtype": "float32",
            "load_avg_start": os.getloadavg()[0]}
-    adata = _simulate(out, n_cells, n_genes, n_targets, n_batches, seed)
+    adata = _simulate(out, n_cells, n_genes, n_targets, n_batches, seed, h5ad)
     t = time.perf_counter()
     design = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control",
                                     batch_key="batch" if n_batches > 1 else None)
@@ -101,7 +118,7 @@ def run_one(n_cells: int, *, n_genes: int, n_targets: int, n_batches: int, batch
 
 
 def run_reference(n_cells: int, *, n_genes: int, n_targets: int, n_batches: int, batch_size: int, epochs: float,
-                  seed: int, **_) -> dict:
+                  seed: int, h5ad=None, **_) -> dict:
     """The same screen fitted by a hand-written NumPyro program: issue 14's reference.
 
     The additive negative-binomial model written directly (per-gene baseline, one effect per
@@ -124,7 +141,7 @@ def run_reference(n_cells: int, *, n_genes: int, n_targets: int, n_batches: int,
            "n_targets": n_targets, "n_batches": n_batches, "batch_size": batch_size, "epochs": epochs,
            "loglik": "sparse", "device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
            "dtype": "float32", "load_avg_start": os.getloadavg()[0]}
-    adata = _simulate(out, n_cells, n_genes, n_targets, n_batches, seed)
+    adata = _simulate(out, n_cells, n_genes, n_targets, n_batches, seed, h5ad)
     t = time.perf_counter()
     y = sps.csr_matrix(adata.X, dtype=np.float32)
     labels = adata.obs["perturbation"].astype(str).to_numpy()
@@ -226,11 +243,26 @@ def main(argv=None):
     p.add_argument("--reference", action="store_true",
                    help="after each size, fit the same screen with a hand-written NumPyro program (fresh process): "
                         "issue 14's reference, so the two are timed in the same run")
+    p.add_argument("--h5ad", metavar="DIR",
+                   help="simulate each size once into DIR/screen_*.h5ad (a separate process; reused if present) and "
+                        "have every fit read it, as a user reads their data: peak RSS is then the fit's alone")
+    p.add_argument("--simulate-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--one", type=float, help=argparse.SUPPRESS)
     p.add_argument("--impl", default="semimech", choices=["semimech", "reference"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     kw = dict(n_genes=a.genes, n_targets=a.targets, n_batches=a.batches, epochs=a.epochs, model=a.model,
-              dense=a.dense, seed=a.seed)
+              dense=a.dense, seed=a.seed, h5ad=a.h5ad)
+    if a.simulate_only:
+        from semimech.simulate import simulate_screen
+
+        n = int(a.one)
+        path = _h5ad_path(a.h5ad, n, a.genes, a.targets, a.batches, a.seed)
+        adata, _ = simulate_screen(n_cells=n, n_genes=a.genes, n_targets=a.targets, n_batches=a.batches,
+                                   rng_key=a.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        adata.write_h5ad(path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").rename(path)  # a cut-short write never leaves a file that looks complete
+        return
     if a.one is not None:
         n = int(a.one)
         run = run_one if a.impl == "semimech" else run_reference
@@ -242,6 +274,10 @@ def main(argv=None):
         cmd = [sys.executable, __file__, "--one", str(n), "--genes", str(a.genes), "--targets", str(a.targets),
                "--batches", str(a.batches), "--batch-size", str(a.batch_size), "--epochs", str(a.epochs),
                "--model", a.model, "--seed", str(a.seed), "--impl", impl] + (["--dense"] if a.dense else [])
+        if a.h5ad:
+            cmd += ["--h5ad", a.h5ad]
+            if not _h5ad_path(a.h5ad, int(n), a.genes, a.targets, a.batches, a.seed).exists():
+                subprocess.run(cmd + ["--simulate-only"], check=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")]
         if proc.returncode != 0 or not line:
@@ -253,7 +289,8 @@ def main(argv=None):
         r = rows[-1]
         print(f"{r['impl']:>9}  {r['n_cells']:>9,} cells x {r['n_genes']} genes  {r['loglik']:>6}  nnz {r['nnz_fraction']:.3f}  "
               f"{r['cells_per_s']:>9,.0f} cells/s (cpu {r['steady_step_cpu_s']:.2f} s/step)  epoch {r['epoch_s']:>7.1f} s  peak {r['peak_rss_gb']:.2f} GB  "
-              f"(sim {r['simulate_s']:.0f} s, design {r['design_s']:.0f} s, load {r['load_avg_start']:.1f})",
+              f"({'read' if r['simulate_s'] is None else 'sim'} {r['read_s'] if r['simulate_s'] is None else r['simulate_s']:.0f} s, "
+              f"design {r['design_s']:.0f} s, load {r['load_avg_start']:.1f})",
               flush=True)
         _write(a.out, rows)  # after every size, so a cut-short run keeps what it measured
     for n in a.cells if a.reference else []:

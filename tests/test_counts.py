@@ -84,3 +84,24 @@ def test_bad_inputs():
     with pytest.raises(DesignError, match="capacity"):
         padded_rows(Y, np.arange(4), capacity=5)
     assert padded_capacity(Y, 2) == 6
+
+
+def test_count_checks_in_chunks_see_every_entry(monkeypatch):
+    """The count checks and size factors run in chunks (no matrix-sized temporaries) and still see every entry."""
+    from semimech.data import _validate as v
+
+    monkeypatch.setattr(v, "_CHUNK", 7)  # many chunks, the offending entry in the last one
+    rng = np.random.default_rng(0)
+    dense = rng.poisson(2.0, size=(40, 5)).astype(np.float32)
+    dense[:, 0] += 1.0  # no empty rows
+    y = sp.csr_matrix(dense)
+    assert v.count_mode(y, None) is True
+    sf = v.size_factors(None, v.stored(y, True), True, y.shape[0])
+    totals = dense.astype(np.float64).sum(1)
+    np.testing.assert_allclose(sf, totals / totals.mean(), rtol=1e-12)
+    for bad, why in ((0.5, "non-integer"), (-1.0, "negative")):
+        z = dense.copy()
+        z[-1, -1] = bad
+        assert v.count_mode(sp.csr_matrix(z), None) is False  # negative control: one entry in the last chunk
+        with pytest.raises(DesignError, match=why):
+            v.count_mode(sp.csr_matrix(z), True)

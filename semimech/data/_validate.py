@@ -125,6 +125,14 @@ def stored(y, is_counts: bool):
     return out
 
 
+_CHUNK = 1 << 22  # entries per chunk in whole-matrix checks (temporaries of a few MB, not of the matrix's size)
+
+
+def _chunks(vals: np.ndarray):
+    for i in range(0, vals.size, _CHUNK):
+        yield vals[i:i + _CHUNK]
+
+
 def count_mode(y, counts: bool | None) -> bool:
     """Whether the readouts are counts.
 
@@ -134,9 +142,13 @@ def count_mode(y, counts: bool | None) -> bool:
     float is a whole number, so whole-ness says nothing there); ``counts=True`` insists and
     raises when they are not.
     """
-    vals = y.data if sp.issparse(y) else y
-    negative = bool(np.any(vals < 0))
-    fraction = not negative and bool(np.any(np.mod(vals, 1) != 0))
+    vals = (y.data if sp.issparse(y) else y).reshape(-1)
+    if vals.dtype.kind in "iu":
+        negative = bool(np.any(vals < 0)) if vals.dtype.kind == "i" else False
+        fraction = False
+    else:  # in chunks: the temporaries of a 10^8-entry check would be ~5 bytes per entry
+        negative = any(bool(np.any(c < 0)) for c in _chunks(vals))
+        fraction = not negative and any(bool(np.any(np.mod(c, 1) != 0)) for c in _chunks(vals))
     too_big = vals.size > 0 and float(np.max(vals)) > MAX_COUNT
     is_int = not (negative or fraction or too_big)
     if counts is True and not is_int:
@@ -199,7 +211,12 @@ def size_factors(sf, y, is_counts: bool, n: int) -> np.ndarray:
         return sf
     if not is_counts:
         return np.ones(n)
-    totals = np.asarray(y.sum(axis=1)).ravel()
+    if sp.issparse(y):  # blocks of rows: scipy's sum casts the whole matrix to the accumulator dtype at once
+        step = max(1, _CHUNK // max(1, y.shape[1]))
+        totals = np.concatenate([np.asarray(y[i:i + step].sum(axis=1)).ravel() for i in range(0, n, step)] or
+                                [np.zeros(0)])
+    else:
+        totals = np.asarray(y.sum(axis=1)).ravel()
     if np.any(totals <= 0):
         raise DesignError(
             f"{int(np.sum(totals <= 0))} rows have zero total counts; drop empty cells before building a Design."
