@@ -103,7 +103,7 @@ def _one(a) -> dict:
         def fit(seed):
             def run():
                 f = sm.fit_svi(additive.SPEC, design, rng_key=seed, num_steps=a.steps, num_samples=400,
-                               progress_bar=False, likelihood="negbin")
+                               progress_bar=False, likelihood="negbin", **json.loads(a.semimech_options))
                 return {"timings": dict(f.timings), "final_loss": float(np.mean(f.losses[-100:]))}
             return run
 
@@ -132,7 +132,8 @@ def fresh(a) -> dict:
         order = ("semimech", "raw") if r % 2 == 0 else ("raw", "semimech")
         for which in order:
             cmd = [sys.executable, __file__, "--one", which, "--seed", str(r), "--cells", str(a.cells), "--genes",
-                   str(a.genes), "--targets", str(a.targets), "--steps", str(a.steps), "--other-steps", str(a.other_steps)]
+                   str(a.genes), "--targets", str(a.targets), "--steps", str(a.steps), "--other-steps", str(a.other_steps),
+                   "--semimech-options", a.semimech_options]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/tmp")
             if proc.returncode != 0:
                 raise RuntimeError(proc.stderr[-3000:])
@@ -175,6 +176,11 @@ def main(argv=None):
     p.add_argument("--mode", choices=("fresh", "warm"), default="fresh")
     p.add_argument("--other-steps", type=int, default=0,
                    help="semimech processes also fit once more with this many steps (a third fit)")
+    p.add_argument("--semimech-options", default="{}", metavar="JSON",
+                   help="model options for semimech's fit (default: none, the model a user gets: for this label "
+                        "design the effect population). '{\"effects\": \"horseshoe\", \"interactions\": "
+                        "\"normal\"}' is the model the hand-written program types out (horseshoe effects, Gaussian "
+                        "interactions with per-gene scales)")
     p.add_argument("--one", choices=("semimech", "raw"), help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None)
@@ -186,7 +192,7 @@ def main(argv=None):
             "device": jax.devices()[0].device_kind, "platform": jax.default_backend(), "cpus": os.cpu_count(),
             "machine": platform.machine(), "load_avg_start": os.getloadavg()[0]}
     problem = {"cells": a.cells, "genes": a.genes, "targets": a.targets, "steps": a.steps, "draws": 400,
-               "likelihood": "negbin", "mode": a.mode}
+               "likelihood": "negbin", "mode": a.mode, "semimech_options": json.loads(a.semimech_options)}
     if a.mode == "fresh":
         res = {"meta": meta, "problem": problem, **fresh(a)}
         res["meta"]["load_avg_end"] = os.getloadavg()[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -312,3 +313,53 @@ def test_nuts_starts_at_an_earlier_fits_medians():
     vals = _init_from(fake, spec)
     np.testing.assert_allclose(vals["rate"], np.median(np.arange(12.0).reshape(6, 2) + 1.0, axis=0))
     assert _init_from({"rate": 1.0}, spec) == {"rate": 1.0} and _init_from(None, spec) is None
+
+
+def test_nuts_chain_method_auto_and_bad_values(monkeypatch):
+    """``"auto"``: parallel chains only when JAX has a device per chain (the user's setting), else sequential."""
+    import jax
+
+    from semimech.infer import fit as fit_mod
+
+    assert jax.local_device_count() == 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    monkeypatch.setattr(jax, "local_device_count", lambda: 1)
+    assert fit_mod._chain_method("auto", 2) == "sequential"
+    monkeypatch.setattr(jax, "local_device_count", lambda: 2)
+    assert fit_mod._chain_method("auto", 2) == "parallel"
+    assert fit_mod._chain_method("auto", 1) == "sequential"  # negative control: one chain never needs pmap
+    assert fit_mod._chain_method("auto", 3) == "sequential"  # more chains than devices
+    assert fit_mod._chain_method("vectorized", 2) == "vectorized"
+    with pytest.raises(InferenceError, match="chain_method must be one of"):
+        fit_mod._chain_method("threads", 2)
+    with pytest.raises(InferenceError, match="num_chains must be a positive integer"):
+        fit_mod._chain_method("auto", 0)
+
+
+@pytest.mark.slow
+def test_nuts_parallel_chains_equal_sequential_draws(tmp_path):
+    """With two host devices (the user's choice, set before JAX starts) ``"auto"`` runs the chains in parallel,
+    draw for draw the same chains as ``"sequential"``."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "chains.py"
+    script.write_text(
+        "import numpyro\nnumpyro.set_host_device_count(2)\n"
+        "import numpy as np, jax, numpyro.distributions as dist\nimport semimech as sm\n"
+        "from semimech.simulate import simulate_screen\n"
+        "def tiny(data, y=None, **_):\n"
+        "    with numpyro.plate('genes', data['n_genes'], dim=-1):\n"
+        "        m = numpyro.sample('m', dist.Normal(0.0, 1.0))\n"
+        "    with numpyro.plate('cells', data['n_obs'], dim=-2), numpyro.plate('genes', data['n_genes'], dim=-1):\n"
+        "        numpyro.sample('y', dist.Normal(m, 1.0), obs=y)\n"
+        "spec = sm.ModelSpec(name='tiny', model=tiny, assumes='one mean per gene')\n"
+        "ad, _ = simulate_screen(n_cells=60, n_genes=3, n_targets=2, rng_key=0, likelihood='normal')\n"
+        "d = sm.Design.from_anndata(ad, perturbation_key='perturbation', control='control')\n"
+        "kw = dict(rng_key=0, num_warmup=50, num_samples=50, num_chains=2, progress_bar=False)\n"
+        "a = sm.fit_nuts(spec, d, **kw).samples['m']\n"
+        "b = sm.fit_nuts(spec, d, chain_method='sequential', **kw).samples['m']\n"
+        "assert jax.local_device_count() == 2 and a.shape == b.shape == (2, 50, 3)\n"
+        "np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)\n"
+        "print('OK')\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]

@@ -452,11 +452,19 @@ def _check_losses(losses: np.ndarray) -> None:
 @limited_blas()
 def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500, num_samples: int = 500,
              num_chains: int = 2, target_accept_prob: float = 0.85, max_tree_depth: int = 8,
-             chain_method: str = "sequential", progress_bar: bool = True, row_mask=None,
+             chain_method: str = "auto", progress_bar: bool = True, row_mask=None,
              init_values: Mapping[str, Any] | Fit | None = None, dense_mass=False, **options) -> Fit:
     """Fit by the No-U-Turn sampler (NumPyro NUTS).
 
-    Chains run ``"sequential"`` (default) or ``"vectorized"``; divergences are counted in
+    ``chain_method``: ``"auto"`` (default) runs the chains in parallel, one per device, when JAX
+    sees at least ``num_chains`` devices, else one after the other; or NumPyro's
+    ``"sequential"``, ``"parallel"`` or ``"vectorized"``. On a CPU, JAX sees one device unless told
+    otherwise *before it starts*: call ``numpyro.set_host_device_count(2)`` (or set
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=2``) first thing in the session to give
+    two chains two cores; semimech never changes that setting for you. Measured on the 4-gene
+    problem of ``benchmarks/nuts_chains.py``: the first fit (compilation included) takes half
+    the wall time of sequential chains (``RESULTS_speed.md``). ``"vectorized"`` runs the chains in
+    lockstep in one program (every chain waits for the deepest tree). Divergences are counted in
     :meth:`Fit.diagnostics`. ``row_mask`` as in :func:`fit_svi`.
 
     ``init_values``: a warm start as in :func:`fit_svi` (site -> constrained value), or an earlier
@@ -490,6 +498,7 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
             "gradient is stopped on purpose), so NUTS would sample with a gradient that is not its density's. Fit it "
             "with fit_svi (or sm.fit), or turn the cut off for NUTS (signalling_network: misfit_cut=False).")
     dense_mass = _check_nuts_settings(dense_mass, target_accept_prob, max_tree_depth, model, data, y)
+    chain_method = _chain_method(chain_method, num_chains)
     init_values = _init_from(init_values, spec)
     init = init_to_median(num_samples=15) if init_values is None else warm_init(
         {k: jnp.asarray(v) for k, v in init_values.items()})
@@ -511,6 +520,20 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     dims = site_dims(model, data, y)
     return Fit(spec=spec, design=design, samples=samples, dims=dims, method="nuts", options=opts,
                sample_stats=stats)
+
+
+CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
+
+
+def _chain_method(method, num_chains: int) -> str:
+    """``"auto"``: parallel chains when JAX has a device for each, else sequential; others checked."""
+    if method not in CHAIN_METHODS:
+        raise InferenceError(f"chain_method must be one of {CHAIN_METHODS}, got {method!r}.")
+    if isinstance(num_chains, (bool, np.bool_)) or not isinstance(num_chains, (int, np.integer)) or num_chains < 1:
+        raise InferenceError(f"num_chains must be a positive integer, got {num_chains!r}.")
+    if method == "auto":
+        return "parallel" if num_chains > 1 and jax.local_device_count() >= num_chains else "sequential"
+    return method
 
 
 def _init_from(init_values, spec: ModelSpec):
