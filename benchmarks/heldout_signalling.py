@@ -299,6 +299,11 @@ def _config(method: str, **options):
 for _method in ("map", "normal", "lowrank", "nuts"):
     register_model(f"signalling_network/{_method}", tasks=TASKS)(_config(_method))
     register_model(f"signalling_network+residual/{_method}", tasks=TASKS)(_config(_method, residual=True))
+# every task: the model's ``parametrisation="identified"`` (readouts relative to the untreated state, input nodes'
+# basal activity and their edges' thresholds fixed): fewer, better-identified parameters, meant for NUTS
+for _method in ("normal", "nuts"):
+    register_model(f"signalling_network+identified/{_method}", tasks=TASKS)(
+        _config(_method, parametrisation="identified"))
 # HepG2 only: the noise sd learned per readout (HalfNormal), not held near the t = 0 technical replicates'
 register_model("signalling_network+learned_noise/normal", tasks=("hepg2_combinations",))(
     _config("normal", replicate_noise=False))

@@ -48,7 +48,7 @@ def hepg2_one_line():
     return train, held, wide.loc[held, readouts].to_numpy(), rule, readouts
 
 
-def network(train, readouts):
+def network(train, readouts, extra_edges="stimuli"):
     from semimech.datasets import HEPG2_NETWORK, hepg2_cancerres2011_pkn
     from semimech.models import signalling_network as sn
 
@@ -58,7 +58,7 @@ def network(train, readouts):
         warnings.simplefilter("ignore")
         net = sn.compile_network(pkn, stimuli=HEPG2_NETWORK["stimuli"], inhibitors=HEPG2_NETWORK["inhibitors"],
                                  readouts=sn.default_readouts(readouts, nodes, HEPG2_NETWORK["readout_aliases"]),
-                                 readout_signs=HEPG2_NETWORK["readout_signs"], cycles="drop", extra_edges="stimuli")
+                                 readout_signs=HEPG2_NETWORK["readout_signs"], cycles="drop", extra_edges=extra_edges)
     return sn.network_option(net, design=train)
 
 
@@ -112,6 +112,9 @@ def main(argv=None):
                     help="run the SVI fit first and start NUTS at its posterior medians (init_values=svi_fit)")
     ap.add_argument("--model-options", default="{}",
                     help="extra signalling_network options for both fits, JSON (e.g. '{\"edge_prior\": [-1, 1.5]}')")
+    ap.add_argument("--extra-edges", default="stimuli", choices=["stimuli", "none"],
+                    help="non-PKN candidate edges: from every stimulus to every node (the default, as in heldout.py) "
+                         "or none (the PKN's edges and AND pairs only)")
     ap.add_argument("--parallel", action="store_true",
                     help="chains in parallel, one per CPU device (XLA host devices = chains; set before JAX loads)")
     args = ap.parse_args(argv)
@@ -128,7 +131,7 @@ def main(argv=None):
 
     load0 = os.getloadavg()[0]
     train, held, obs, rule, readouts = hepg2_one_line()
-    net = network(train, readouts)
+    net = network(train, readouts, None if args.extra_edges == "none" else args.extra_edges)
     rows = []
     svi_fits = {}
 
@@ -146,7 +149,8 @@ def main(argv=None):
     if not args.no_nuts:
         label = (f"NUTS {args.chains}x({args.warmup}+{args.samples}), dense {args.dense_mass}, "
                  f"accept {args.target_accept}, depth {args.max_tree_depth}"
-                 f"{', init SVI' if args.init_svi else ''}{', parallel' if args.parallel else ''}"
+                 f"{', init SVI' if args.init_svi else ''}{', no extra edges' if args.extra_edges == 'none' else ''}"
+                 f"{', parallel' if args.parallel else ''}"
                  f"{', ' + args.model_options if extra else ''}")
         t0 = time.perf_counter()
         # the SVI fit is the cut posterior; its medians still start the joint model's chains near the mode

@@ -141,6 +141,14 @@ def _noise(data, genes, spread, *, likelihood: str, noise_sd, misfit, cut: bool 
     return (assay, (assay, mis)) if cut else (total, None)
 
 
+def _input_nodes(st, arr) -> np.ndarray:
+    """(nodes,) bool: input nodes, without incoming edges and switched on by a stimulus (or the background)."""
+    has_in = np.zeros(st.n_nodes, bool)
+    has_in[st.dst] = True
+    stimulated = (np.asarray(arr["stim_map"]).sum(0) > 0) | (np.asarray(arr["background"]) > 0)
+    return ~has_in & stimulated
+
+
 def _readout_state(inhibitor_readout, B, x, nodes):
     """What a readout of each node measures: its activation ``B``, its activity ``x``, or per node."""
     if isinstance(inhibitor_readout, str):
@@ -203,7 +211,8 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
           off_target_prior=(-4.0, 2.0),
           basal_prior=(-2.0, 2.0), hill_prior=(-0.5, 1.0), context_scale: float = 1.0, noise_sd=None,
           residual: bool = False, misfit: float | None = 1.0, misfit_cut: bool = True,
-          inhibitor_readout="input", times=None, tau_prior=(20.0, 1.0), bounds=None, y=None):
+          inhibitor_readout="input", times=None, tau_prior=(20.0, 1.0), bounds=None,
+          parametrisation: str = "cnorode", y=None):
     """The signalling-network model; see the module docstring for the sites.
 
     Parameters
@@ -295,8 +304,29 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         observation (``n_cells`` 1: the clip acts on a value, not on a mean of several). The
         pointwise log-likelihood mixes masses (at the bounds) and densities (inside): compare a
         bounded fit by LOO only with other fits bounded alike.
+    parametrisation
+        ``"cnorode"`` (default): as above. ``"identified"``: the same logic with three
+        redundancies of the default removed, for samplers (NUTS) that suffer from them:
+        (1) each readout is measured relative to the untreated state of its context,
+        ``loc = offset + scale * (m - m_ref)`` with ``m_ref`` the readout's node state with no
+        stimulus and no inhibitor (background stimuli on), so ``offset`` is the readout's
+        untreated level (prior ``Normal(centre - sign spread / 2, 1.5 spread)``) instead of a
+        value that trades off against ``scale`` and the basal activities;
+        (2) an input node (no incoming edge, switched on by a stimulus) has basal activity 0
+        (not sampled: ``basal_z`` covers the other nodes, plate ``free_nodes``): an input's basal
+        level passes through its edges' Hill functions and trades off with its children's basal
+        activities and the edges' thresholds;
+        (3) an edge whose inputs are all such nodes has threshold ``k = 0.5`` (not sampled:
+        ``hill_k`` covers the other edges, plate ``hill_edges``): its inputs are 0 or 1 for
+        on/off stimuli, where the normalised Hill function is 0 or 1 whatever ``k``.
+        Steady state only (not with ``times``).
     """
     bounds = _check_bounds(bounds, likelihood, y, data.get("n_cells"))
+    if parametrisation not in ("cnorode", "identified"):
+        raise DesignError(f"parametrisation must be 'cnorode' or 'identified', got {parametrisation!r}.")
+    identified = parametrisation == "identified"
+    if identified and times is not None:
+        raise DesignError("parametrisation='identified' is for steady states; with times= use 'cnorode'.")
     if isinstance(inhibitor_readout, str) and inhibitor_readout not in ("input", "activity"):
         raise DesignError(f"inhibitor_readout must be 'input', 'activity' or a list of node names, "
                           f"got {inhibitor_readout!r}.")
@@ -328,10 +358,20 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     w = jax.nn.sigmoid(_logit_normal("edge", mus, ss, edges_pl, **kw))
     with ctx_pl, edges_pl:
         numpyro.deterministic("edge_weight", w)
-    with edges_pl:
+    inputs = _input_nodes(st, arr) if identified else np.zeros(N, bool)
+    k_free = ~(inputs[st.src] & np.where(st.partner >= 0, inputs[np.maximum(st.partner, 0)], True))
+    with numpyro.plate("hill_edges", int(k_free.sum()), dim=-1) if identified else edges_pl:
         k = numpyro.sample("hill_k", dist.Beta(2.0, 2.0))
+    if identified:
+        k = jnp.full(E, 0.5).at[np.flatnonzero(k_free)].set(k)
     n_hill = 1.0 + numpyro.sample("hill_excess", dist.LogNormal(*hill_prior))
-    basal = jax.nn.sigmoid(_logit_normal("basal", basal_prior[0], basal_prior[1], nodes_pl, **kw))
+    if identified:
+        free = np.flatnonzero(~inputs)
+        free_pl = numpyro.plate("free_nodes", free.size, dim=-1)
+        b_logit = _logit_normal("basal", basal_prior[0], basal_prior[1], free_pl, **kw)
+        basal = jnp.zeros((b_logit.shape[0], N)).at[:, free].set(jax.nn.sigmoid(b_logit))
+    else:
+        basal = jax.nn.sigmoid(_logit_normal("basal", basal_prior[0], basal_prior[1], nodes_pl, **kw))
     with ctx_pl, nodes_pl:
         numpyro.deterministic("basal", basal)
     eff = jax.nn.sigmoid(_logit_normal("efficacy", 2.0, 1.5, targets_pl, **kw))
@@ -351,7 +391,13 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         block = block + jnp.zeros((T, N)).at[pairs[:, 0], pairs[:, 1]].set(off)[None]
     log_keep = jnp.log1p(-jnp.clip(block, 0.0, 1.0 - 1e-6))  # (P, T, N)
     keep = jnp.exp(jnp.einsum("pt,ptn->pn", tm, log_keep))  # (P, N)
-    p = _logic.LogicParams(w=w[ctx], k=k, n=n_hill, basal=basal[ctx])
+    if identified:  # one untreated condition per context, after the design's: the readouts' reference
+        stim = jnp.concatenate([stim, jnp.broadcast_to(jnp.asarray(arr["background"]), (C, N))])
+        keep = jnp.concatenate([keep, jnp.ones((C, N))])
+        ctx_all = np.concatenate([ctx, np.arange(C)])
+    else:
+        ctx_all = ctx
+    p = _logic.LogicParams(w=w[ctx_all], k=k, n=n_hill, basal=basal[ctx_all])
     if times is not None:
         with nodes_pl:
             tau_z = numpyro.sample("tau_z", dist.Normal(0.0, 1.0))
@@ -372,9 +418,11 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         numpyro.factor("steady_state_ok", jnp.where(jnp.all(ok), 0.0, -jnp.inf))
         B = jnp.where(ok[:, None], B, 0.0)
         x = jnp.where(ok[:, None], x, 0.0)
+    m = _readout_state(inhibitor_readout, B, x, net["nodes"])
+    m_ref = m[P:]  # (C, N) untreated state per context (identified), else empty
+    B, m = B[:P], m[:P]
     with numpyro.plate("perturbations", P, dim=-2), nodes_pl:
         numpyro.deterministic("activity", B)
-    m = _readout_state(inhibitor_readout, B, x, net["nodes"])
 
     # measurement on the log scale
     center, spread = jnp.asarray(arr["center"]), jnp.asarray(arr["spread"])
@@ -382,7 +430,10 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         off_z = numpyro.sample("offset_z", dist.Normal(0.0, 1.0))
         sc_z = numpyro.sample("scale_z", dist.Normal(0.0, 1.0))
     sign = jnp.asarray(arr["readout_sign"])
-    offset = (center - sign * spread + 1.5 * spread * off_z)[None]
+    if identified:  # the readout's untreated level
+        offset = (center - 0.5 * sign * spread + 1.5 * spread * off_z)[None]
+    else:
+        offset = (center - sign * spread + 1.5 * spread * off_z)[None]
     scale = (sign * spread * jnp.exp(jnp.log(2.5) + 0.6 * sc_z))[None]  # sign fixed by the readout
     if C > 1:
         o_sd = numpyro.sample("offset_context_sd", dist.HalfNormal(context_scale))
@@ -401,6 +452,8 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
             d = numpyro.deterministic("readout_block", jax.nn.sigmoid(off_target_prior[0] + off_target_prior[1] * rz))
         log_d = jnp.zeros((T, G)).at[rpairs[:, 0], rpairs[:, 1]].set(jnp.log1p(-jnp.clip(d, 0.0, 1.0 - 1e-6)))
         m_r = m_r * jnp.exp(tm @ log_d)
+    if identified:
+        m_r = m_r - jnp.where(rnode >= 0, m_ref[:, np.maximum(rnode, 0)], 0.0)[ctx]
     loc_p = offset[ctx] + scale[ctx] * m_r
     if residual:
         loc_p = net_helpers.residual(loc_p, data, genes, unit=spread, scale=0.5)

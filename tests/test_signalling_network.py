@@ -444,3 +444,43 @@ def test_bounded_fit_predicts_observations_within_the_bounds():
                      **kw)
     obs = sm.predict(fit, ["S", "S+Bi"], rng_key=1, num_cells=1).draws["observed_mean"]
     assert obs.min() >= 0.0 and obs.max() <= 1.0 and (obs == 0.0).any()
+
+
+def test_identified_parametrisation_drops_redundant_sites_and_reads_from_the_untreated_state():
+    """``parametrisation="identified"``: the input node's basal activity and the threshold of its
+    edge are not sampled (basal 0), and the untreated condition's location is the readout's
+    offset (readouts measured relative to the untreated state); the log density is finite; a
+    wrong name is a clear error."""
+    import jax
+    import numpyro
+    from numpyro.infer.util import log_density
+
+    from semimech.models import signalling_network as sn
+
+    design, kw = _bounded_chain()  # nodes s (input), a, b; edges s -> a, a -> b
+    kw = {**kw, "misfit_cut": False}
+    data = design.model_data()
+    y = jnp.asarray(np.asarray(design.y), jnp.float32)
+
+    @jax.jit  # one compiled program (eager tracing compiles every operation on its own)
+    def run():
+        opts = dict(y=y, parametrisation="identified", **kw)
+        tr = numpyro.handlers.trace(numpyro.handlers.seed(sn.model, 2)).get_trace(data, **opts)
+        params = {k: v["value"] for k, v in tr.items() if v["type"] == "sample" and not v["is_observed"]}
+        lp = log_density(sn.model, (data,), opts, params)[0]
+        return {k: v["value"] for k, v in tr.items() if k in ("basal", "mean", "offset_z", "hill_k", "basal_z")}, lp
+
+    ident, lp = run()
+    nodes = kw["network"]["nodes"]
+    assert len(nodes) == 3 and len(kw["network"]["src"]) == 2  # the default samples 3 basal logits, 2 thresholds
+    assert ident["basal_z"].shape == (2,) and ident["hill_k"].shape == (1,)  # s's basal and s -> a's threshold fixed
+    basal = np.asarray(ident["basal"])[0]
+    assert basal[nodes.index("s")] == 0.0 and basal[nodes.index("a")] > 0.0
+    assert np.isfinite(float(lp))
+    net = kw["network"]
+    sign, center, spread = (np.asarray(net[k], float) for k in ("readout_sign", "center", "spread"))
+    offset = center - 0.5 * sign * spread + 1.5 * spread * np.asarray(ident["offset_z"])
+    control = list(design.perturbations).index("none")
+    np.testing.assert_allclose(np.asarray(ident["mean"])[control], offset, rtol=1e-5, atol=1e-5)
+    with pytest.raises(DesignError, match="parametrisation"):
+        numpyro.handlers.seed(sn.model, 0)(data, y=y, parametrisation="centred", **kw)
