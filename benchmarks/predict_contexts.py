@@ -11,7 +11,9 @@ compilation, the second is warm. The one-call and per-context draws are checked 
     python benchmarks/predict_contexts.py --json /tmp/predict_contexts.json [--draws 400]
 
 Measured 2026-12-03 (2 shared cores, load 16): one call 9.5 s cold (tracing and compilation
-included), 1.45 s warm; one call per context 71 s cold, 67 s warm; draws equal.
+included), 1.45 s warm; one call per context 71 s cold, 67 s warm; draws equal. 2026-12-04
+(load 8), after fresh draws of unseen entries stopped compiling jax.random programs: one call
+2.5 s cold, 1.3 s warm (RESULTS_speed.md).
 
 Run from outside the repository root (``cd /tmp``) so the installed package is imported.
 """
