@@ -72,6 +72,7 @@ import jax.numpy as jnp
 import numpyro
 
 from semimech.dynamics import Intervention, LinearParams, linear_field, linear_steady_state, steady_states
+from semimech.dynamics._linalg import dense_solve
 from semimech.errors import DesignError
 from semimech.infer.spec import ModelSpec
 from semimech.measurement import gene_noise
@@ -111,7 +112,7 @@ def steady_states_shared(W, b, log_s, x0=None, *, check_stability: bool = False)
     n = b.shape[-1]
     params = LinearParams(W=W, b=b, gamma=jnp.ones((n,), b.dtype))
     if x0 is None:
-        x0 = jnp.linalg.solve(jnp.eye(n, dtype=b.dtype) - jax.lax.stop_gradient(W), jax.lax.stop_gradient(b))
+        x0 = dense_solve(jnp.eye(n, dtype=b.dtype) - jax.lax.stop_gradient(W), jax.lax.stop_gradient(b))
     return steady_states(linear_field, params, interventions=Intervention.scale(jnp.exp(log_s)),
                          x0=jax.lax.stop_gradient(x0), check_stability=check_stability)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optimistix as optx
-from jax.scipy.linalg import lu_factor, lu_solve
+
+from semimech.dynamics._linalg import lu_factor, lu_solve
 
 
 def _newton(g, x0, args, *, rtol, atol, max_steps):

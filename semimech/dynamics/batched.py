@@ -25,10 +25,10 @@ from collections.abc import Callable
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import lu_factor, lu_solve
 
 from jaxtyping import Array, Float
 
+from semimech.dynamics._linalg import dense_solve, eigvals, lu_factor, lu_solve
 from semimech.dynamics.fields import linear_field
 from semimech.dynamics.intervention import Intervention
 from semimech.dynamics.jacobians import analytic_jacobian
@@ -222,12 +222,12 @@ def shared_steady_states(field: Callable, jac: Callable, params, *, intervention
         return jnp.swapaxes(Js, 1, 2) if trans else Js
 
     def solve(matvec, B):
-        return _richardson(matvec, B, precond, lambda b: jnp.linalg.solve(jacobians(), b[..., None])[..., 0],
+        return _richardson(matvec, B, precond, lambda b: dense_solve(jacobians(), b),
                            tol=tol, max_iter=100)
 
     def transpose_solve(vecmat, B):
         return _richardson(vecmat, B, lambda R: precond(R, trans=1),
-                           lambda b: jnp.linalg.solve(jacobians(trans=True), b[..., None])[..., 0],
+                           lambda b: dense_solve(jacobians(trans=True), b),
                            tol=tol, max_iter=100)
 
     F_theta = _rows(field, X, theta, m_axis)
@@ -235,7 +235,7 @@ def shared_steady_states(field: Callable, jac: Callable, params, *, intervention
     x_shared = X - jax.lax.custom_linear_solve(lin, d, solve, transpose_solve)
     ok = conv & jnp.all(jnp.isfinite(F_star), axis=1)
     if check_stability:
-        eig = jax.vmap(lambda J: jnp.max(jnp.real(jnp.linalg.eigvals(J))))(jacobians())
+        eig = jnp.max(jnp.real(eigvals(jacobians())), axis=-1)
         ok = ok & (eig < 0)
     residual = jnp.max(jnp.abs(F_star), axis=1)
 

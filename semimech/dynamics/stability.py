@@ -18,6 +18,7 @@ from jaxtyping import Array, Bool, Complex, Float, Int
 
 from semimech._rng import as_key
 from semimech.dynamics import _diffrax
+from semimech.dynamics._linalg import eigvals
 from semimech.dynamics._newton import _newton_lu
 from semimech.dynamics.intervention import Intervention
 from semimech.dynamics.jacobians import analytic_jacobian
@@ -53,7 +54,7 @@ def eigenvalues(
 ) -> Complex[Array, " n"]:
     """Eigenvalues of the Jacobian at ``x`` (1/h; complex). Uses ``eig``: not differentiable here."""
     J = jax.lax.stop_gradient(jacobian(field, params, x, media=media, intervention=intervention))
-    return jnp.linalg.eigvals(J)
+    return eigvals(J)
 
 
 def spectral_abscissa(
@@ -183,7 +184,7 @@ def attractors(
 
     def stable(x):
         J = jacobian(field, theta[0], x, media=theta[1], intervention=theta[2])
-        abscissa = jnp.max(jnp.real(jnp.linalg.eigvals(jnp.where(jnp.isfinite(J), J, 0.0))))
+        abscissa = jnp.max(jnp.real(eigvals(jnp.where(jnp.isfinite(J), J, 0.0))))
         return jnp.all(jnp.isfinite(J)) & (abscissa < 0)
 
     def settle_once(x_start, run):

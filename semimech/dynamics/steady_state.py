@@ -22,10 +22,10 @@ import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import lu_factor, lu_solve
 from jaxtyping import Array, Bool, Float
 
 from semimech.dynamics import _diffrax
+from semimech.dynamics._linalg import eigvals, lu_factor, lu_solve
 from semimech.dynamics._newton import _newton, _newton_lu
 from semimech.dynamics.fields import LinearParams, ProductionDecayParams, _check_square, _media_term, linear_field
 from semimech.dynamics.intervention import Intervention
@@ -153,7 +153,7 @@ def _finish(g, x_star, theta, solved, *, rtol, atol, check_stability, jac=None, 
     if check_stability:
         J = jac(x_star, theta_sg) if J is None else J
         J = jnp.where(jnp.all(jnp.isfinite(J)), J, jnp.eye(n, dtype=J.dtype))
-        ok = ok & (jnp.max(jnp.real(jnp.linalg.eigvals(J))) < 0)
+        ok = ok & (jnp.max(jnp.real(eigvals(J))) < 0)
     # Identity factors where the solve failed keep the backward pass finite.
     lu = jnp.where(ok, lu, jnp.eye(n, dtype=lu.dtype))
     piv = jnp.where(ok, piv, jnp.arange(n, dtype=piv.dtype))
@@ -312,7 +312,8 @@ def linear_steady_state(
     With ``gamma = 1`` and no edit this is the linear SCM solution ``(I - W)^{-1} b``.
     Differentiable (implicit derivative, identical to differentiating the linear solve) and
     safe: a singular ``A`` gives ``ok = False``, never a NaN gradient. One LU factorisation of
-    ``A`` per call (no Jacobian is built): under ``vmap`` over conditions, a batched LU.
+    ``A`` per call (no Jacobian is built): under ``vmap`` over conditions, one LU per condition
+    (on CPU one LAPACK call each, in a loop: :mod:`semimech.dynamics._linalg`).
 
     Parameters
     ----------
