@@ -13,6 +13,10 @@ per condition, from cells 10-49); held out: cells 50+ of every double (15 double
 RMSE of their means. Objectives: ``predictive`` (targets = the doubles), ``information`` about
 the doubles' interactions. One pseudobulk row per condition, so every fit has the same shape.
 
+``norman_doubles`` (shipped data; ``norman_unmeasured_doubles``): the same genes and held-out
+cells, but every double starts unmeasured: control and singles have their pilot cells, a
+candidate is "20 cells of a double not yet measured". Objectives as for ``norman_cells``.
+
 ``hepg2_pool`` (needs ../shared/data): HepG2CancerRes2011, t = 30 min, the first ``--contexts``
 cell line x stimulus contexts (a label design with context-specific inhibitor targets as in
 ``heldout_tasks.hepg2_combinations``). Start: no/single inhibitors; per context the
@@ -20,9 +24,11 @@ double/triple inhibitor rows are split at random into pool and held out (half ea
 ``predictive`` (targets = held-out labels), ``information`` about their interactions. Noise:
 the technical-replicate prior of ``heldout_tasks.hepg2_replicate_noise``.
 
-Also (``--extras``): the rank correlation between a candidate's expected and realised reduction
-of the targets' summed posterior variance (Norman, round 0, one refit per candidate), and the
-cost of ranking 1,000 unseen Norman combinations.
+Also (``--extras``, or each alone with ``--correlation`` / ``--cost`` and ``--tasks`` empty): the
+rank correlation between a candidate's expected and realised reduction of the targets' summed
+posterior variance (Norman, round 0, every pool candidate, converged fits paired by SVI seed and
+averaged over ``--corr-seeds``; see ``realised_vs_expected``), and the cost of ranking 1,000
+unseen Norman combinations.
 
 Run from outside the repository root: ``cd /tmp && nice -n 10 python .../next_experiment.py --json out.json``.
 """
@@ -105,6 +111,50 @@ def norman_cells(seed: int, *, pilot: int = 10, chunk: int = 20, chunks: int = 2
     return Task("norman_cells", build, pool, add, score, doubles, {})
 
 
+def norman_unmeasured_doubles(seed: int, *, pilot: int = 10, chunk: int = 20):
+    """Norman with the doubles unseen at the start: the pool is "20 cells of an unmeasured double".
+
+    Start: control (30 cells) and every single (``pilot`` cells), no double. A candidate = the
+    first ``chunk`` cells of a double not yet measured (once each). Held out, as in
+    ``norman_cells``: cells 50+ of every double (their means), never in the pool. Every double
+    starts as a prediction (seven of the 15 name a target no single measures: answered from the
+    model's population of effects), so which doubles get measured decides most of the error.
+    """
+    from heldout_tasks import norman_genes
+
+    from semimech.datasets import norman19_devel
+
+    adata = norman19_devel()
+    genes = norman_genes(adata, np.ones(adata.n_obs, bool))
+    adata = adata[:, genes].copy()
+    rng = np.random.default_rng(seed)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    order = {lab: rng.permutation(np.flatnonzero(labels == lab)) for lab in np.unique(labels)}
+    doubles = sorted(lab for lab in order if "+" in lab)
+    held = np.concatenate([order[lab][50:] for lab in doubles])
+    full = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control")
+    x = np.asarray(adata.X[held].todense() if hasattr(adata.X, "todense") else adata.X[held])
+    truth = np.stack([x[labels[held] == lab].mean(0) for lab in doubles])
+    n_obs = np.array([(labels[held] == lab).sum() for lab in doubles], float)
+
+    def build(state):
+        out = [order["control"][:3 * pilot]]
+        out += [idx[:pilot] for lab, idx in order.items() if lab != "control" and "+" not in lab]
+        out += [order[lab][:chunk] for lab in doubles if state.get(lab)]
+        return full.subset(np.concatenate(out)).pseudobulk(by_batch=False)
+
+    def pool(state):
+        return [lab for lab in doubles if not state.get(lab)]
+
+    def add(state, picks):
+        return {**state, **{lab: 1 for lab in picks}}
+
+    def score(fit, key):
+        return _score(sm.predict(fit, doubles, rng_key=key, num_cells=n_obs), truth)
+
+    return Task("norman_doubles", build, pool, add, score, doubles, {})
+
+
 # ------------------------------------------------------------------------------ HepG2
 def hepg2_pool(seed: int, *, contexts: int = 10):
     import heldout_tasks as ht
@@ -164,8 +214,12 @@ def _score_arrays(observed, mean, truth):
     return rmse, float(np.mean((truth >= lo) & (truth <= hi)))
 
 
-def _fit(design, seed, steps):
-    return sm.fit_svi(additive.SPEC, design, rng_key=seed, num_steps=steps, num_samples=256, progress_bar=False)
+def _fit(design, seed, steps, draws=256):
+    # an all-True row_mask makes the data-centred priors traced data, not constants of the compiled
+    # program: every design of one shape (more cells of a condition, another seed) then shares
+    # one compilation instead of compiling anew per fit (~50 s each at load 10); same model
+    return sm.fit_svi(additive.SPEC, design, rng_key=seed, num_steps=steps, num_samples=draws, progress_bar=False,
+                      row_mask=np.ones(design.n_obs, bool))
 
 
 def _choose(task, fit, state, objective, budget, seed, rnd):
@@ -187,9 +241,11 @@ def run_task(make, *, seeds, rounds, budget, steps, objectives):
     error = {o: [] for o in objectives}
     cover = {o: [] for o in objectives}
     picks = {o: [] for o in objectives}
+    conv = []
     for seed in range(seeds):
         task = make(seed)
         fit0 = _fit(task.build(task.start), seed, steps)
+        conv.append(_converged(fit0))
         e0, c0 = task.score(fit0, seed)
         for obj in objectives:
             state, fit, errs, covs, chosen = task.start, fit0, [e0], [c0], []
@@ -198,6 +254,7 @@ def run_task(make, *, seeds, rounds, budget, steps, objectives):
                 chosen.append({"labels": labels, **(info or {})})
                 state = task.add(state, labels)
                 fit = _fit(task.build(state), seed, steps)
+                conv.append(_converged(fit))
                 e, c = task.score(fit, seed)
                 errs.append(e)
                 covs.append(c)
@@ -208,36 +265,111 @@ def run_task(make, *, seeds, rounds, budget, steps, objectives):
                   + "  cov90 " + " ".join(f"{x:.2f}" for x in covs), flush=True)
     return {"task": task.name, "rounds": rounds, "budget": budget, "seeds": seeds, "steps": steps,
             "error": error, "coverage_90": cover, "picks": picks,
+            "loss_change_last100": _loss_summary(conv),
+            "ratio_last_round_per_seed": {o: [float(a[-1] / b[-1]) for a, b in zip(error[o], error["random"])]
+                                          for o in objectives if "random" in error},
             "ratio_last_round_vs_random": {o: float(np.mean([e[-1] for e in error[o]])
                                                     / np.mean([e[-1] for e in error["random"]]))
                                            for o in objectives if "random" in error}}
 
 
-def realised_vs_expected(steps, n_cand=10, seed=0):
-    """Spearman correlation of expected and realised reduction of the doubles' summed variance."""
+def realised_vs_expected(steps, *, svi_seeds=3, draws=1000, data_seed=0, boot=2000, progress=None):
+    """Rank correlation of every pool candidate's expected and realised reduction (Norman, round 0).
+
+    The quantity: the summed posterior variance of the 15 doubles' population means (105 genes),
+    the ``predictive`` objective with ``targets`` = the doubles. Candidates: the whole round-0 pool
+    (20 more cells of each of the 33 conditions: 15 doubles, which inform a target directly, and
+    18 singles, which inform one through the additive part), so the expected gains span two orders
+    of magnitude. Noise control: every fit runs ``steps`` (converged: the loss's last 100 steps
+    against the 100 before are reported per fit); for each of ``svi_seeds`` SVI seeds the pilot
+    and every one-candidate refit share the seed (paired), the variances come from ``draws``
+    posterior draws, and realised = mean over seeds of (V_pilot - V_refit). Expected = the mean
+    over the same seeds' pilot fits of recommend's gain alone. The noise floor is the sd over seeds
+    of V_pilot (what one fit's variance scatters by) and the per-candidate standard error of the
+    realised reduction (sd over seeds / sqrt(seeds)). Reported: Spearman over all candidates,
+    within the doubles and within the singles, each with a bootstrap 95% interval over candidates,
+    and the negative control (the expected gains shuffled among candidates: the mean and 95% range
+    of Spearman over ``boot`` shuffles).
+    """
     from scipy.stats import spearmanr
 
-    task = norman_cells(seed)
-    fit = _fit(task.build(task.start), seed, steps)
+    task = norman_cells(data_seed)
     pool = task.pool(task.start)
-    r = recommend(fit, pool, budget=1, objective="predictive", targets=task.targets, rng_key=seed)
-    rank = r.attrs["ranking"]
-    pick = np.unique(np.linspace(0, len(rank["condition"]) - 1, n_cand).round().astype(int))
-    total = _summed_var(fit, task.targets)
-    exp, real = [], []
-    for i in pick:
-        lab = rank["condition"][i]
-        refit = _fit(task.build(task.add(task.start, [lab])), seed, steps)
-        exp.append(rank["gain_alone"][i])
-        real.append(total - _summed_var(refit, task.targets))
-    rho = spearmanr(exp, real).statistic
-    return {"spearman": float(rho), "expected": exp, "realised": real,
-            "candidates": [rank["condition"][i] for i in pick], "total_before": total}
+    base_v, exp, real, conv = [], [], [], []
+    for r in range(svi_seeds):
+        fit = _fit(task.build(task.start), r, steps, draws)
+        conv.append(_converged(fit))
+        rank = recommend(fit, pool, budget=1, objective="predictive", targets=task.targets, rng_key=r).attrs["ranking"]
+        gain = dict(zip(rank["condition"], rank["gain_alone"]))
+        exp.append([gain[lab] for lab in pool])
+        v0 = _summed_var(fit, task.targets)
+        base_v.append(v0)
+        row = []
+        for lab in pool:
+            refit = _fit(task.build(task.add(task.start, [lab])), r, steps, draws)
+            conv.append(_converged(refit))
+            row.append(v0 - _summed_var(refit, task.targets))
+        real.append(row)
+        if progress is not None:  # the raw numbers so far, in case the run is stopped
+            pathlib.Path(progress).write_text(json.dumps({"candidates": pool, "expected": exp, "realised": real,
+                                                          "v_pilot": base_v, "loss_change": conv}))
+        print(f"correlation: SVI seed {r} done, V_pilot {v0:.4f}, spearman this seed "
+              f"{spearmanr(exp[-1], row).statistic:.3f}", flush=True)
+    out = correlation_stats(pool, exp, real, boot=boot)
+    out.update(v_pilot_per_seed=base_v, svi_seeds=svi_seeds, steps=steps, draws=draws,
+               loss_change_last100=_loss_summary(conv))
+    return out
+
+
+def correlation_stats(pool, expected, realised, *, boot=2000):
+    """Spearman of expected vs realised (per-seed rows averaged), with bootstrap and shuffled control.
+
+    Over all candidates, the doubles and the singles: the bootstrap 95% interval resamples
+    candidates; the negative control shuffles the expected gains among candidates (mean and 95%
+    range of Spearman over ``boot`` shuffles). Also the per-candidate standard error of the
+    realised reduction over SVI seeds (with two or more seeds).
+    """
+    from scipy.stats import spearmanr
+
+    exp, real = np.mean(expected, 0), np.asarray(realised, dtype=float)
+    seeds = real.shape[0]
+    real_se = real.std(0, ddof=1) / np.sqrt(seeds) if seeds > 1 else np.full(len(pool), np.nan)
+    real = real.mean(0)
+    rng = np.random.default_rng(0)
+    is_double = np.array(["+" in lab for lab in pool])
+
+    def rho_ci(sel):
+        e, y = exp[sel], real[sel]
+        bs = []
+        for _ in range(boot):
+            i = rng.integers(0, e.size, e.size)
+            if np.unique(e[i]).size > 2:
+                bs.append(spearmanr(e[i], y[i]).statistic)
+        shuf = [spearmanr(rng.permutation(e), y).statistic for _ in range(boot)]
+        return {"spearman": float(spearmanr(e, y).statistic),
+                "bootstrap_95": [float(x) for x in np.nanquantile(bs, [0.025, 0.975])],
+                "shuffled_mean": float(np.mean(shuf)),
+                "shuffled_95": [float(x) for x in np.quantile(shuf, [0.025, 0.975])],
+                "n": int(e.size)}
+
+    return {"candidates": list(pool), "expected": exp.tolist(), "realised": real.tolist(),
+            "realised_se": real_se.tolist(), "all": rho_ci(np.ones(len(pool), bool)), "doubles": rho_ci(is_double),
+            "singles": rho_ci(~is_double), "realised_per_seed": np.asarray(realised).tolist()}
+
+
+def _loss_summary(changes):
+    return {"max_abs": float(np.max(np.abs(changes))), "median_abs": float(np.median(np.abs(changes)))}
+
+
+def _converged(fit):
+    """Relative change of the mean loss, last 100 steps against the 100 before."""
+    loss = np.asarray(fit.losses, dtype=float)
+    return float((loss[-100:].mean() - loss[-200:-100].mean()) / abs(loss[-200:-100].mean()))
 
 
 def _summed_var(fit, labels):
     p = sm.predict(fit, labels, rng_key=0)
-    return float(np.sum(np.var(p.draws["mean"], axis=0, ddof=1)))
+    return float(np.sum(np.var(np.asarray(p.draws["mean"], dtype=np.float64), axis=0, ddof=1)))
 
 
 def ranking_cost(steps, n=1000):
@@ -268,12 +400,12 @@ def ranking_cost(steps, n=1000):
     return out
 
 
-TASKS = {"norman_cells": norman_cells, "hepg2_pool": hepg2_pool}
+TASKS = {"norman_cells": norman_cells, "norman_doubles": norman_unmeasured_doubles, "hepg2_pool": hepg2_pool}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", required=True, help="write the result here")
+    ap.add_argument("--json", help="write the result here (required unless --plot-from)")
     ap.add_argument("--tasks", nargs="*", default=list(TASKS))
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
@@ -282,8 +414,19 @@ def main(argv=None):
     ap.add_argument("--contexts", type=int, default=10, help="hepg2_pool: contexts used")
     ap.add_argument("--objectives", nargs="*", default=["random", "predictive", "information"])
     ap.add_argument("--extras", action="store_true", help="also the expected-vs-realised correlation and cost")
+    ap.add_argument("--correlation", action="store_true", help="the expected-vs-realised correlation")
+    ap.add_argument("--correlation-from", help="the correlation's statistics from a .partial file of a stopped run")
+    ap.add_argument("--cost", action="store_true", help="the cost of ranking 1,000 candidates only (with --tasks)")
+    ap.add_argument("--corr-steps", type=int, default=5000, help="correlation: SVI steps per fit (converged)")
+    ap.add_argument("--corr-seeds", type=int, default=3, help="correlation: SVI seeds averaged (paired)")
     ap.add_argument("--plot", help="write a PNG of error and coverage per round")
+    ap.add_argument("--plot-from", nargs="*", help="only plot (to --plot) the results of these JSON files")
     args = ap.parse_args(argv)
+    if args.plot_from:
+        _plot([r for f in args.plot_from for r in json.loads(pathlib.Path(f).read_text())["results"]], args.plot)
+        return
+    if not args.json:
+        ap.error("--json is required (unless --plot-from)")
     out = {"platform": platform.platform(), "python": platform.python_version(), "results": []}
     t0 = time.perf_counter()
     for name in args.tasks:
@@ -297,9 +440,18 @@ def main(argv=None):
         out["results"].append(res)
         print(json.dumps({k: res[k] for k in ("task", "ratio_last_round_vs_random")}))
         pathlib.Path(args.json).write_text(json.dumps(out, indent=1))  # each task as soon as it is done
-    if args.extras:
-        out["correlation"] = realised_vs_expected(args.steps)
-        print("expected vs realised:", out["correlation"]["spearman"])
+    if args.correlation_from:
+        raw = json.loads(pathlib.Path(args.correlation_from).read_text())
+        out["correlation"] = correlation_stats(raw["candidates"], raw["expected"], raw["realised"])
+        out["correlation"].update(v_pilot_per_seed=raw["v_pilot"], svi_seeds=len(raw["realised"]), from_partial=True,
+                                  loss_change_last100=_loss_summary(raw["loss_change"]))
+        print("expected vs realised:", {k: out["correlation"][k] for k in ("all", "doubles", "singles")})
+    if args.extras or args.correlation:
+        out["correlation"] = realised_vs_expected(args.corr_steps, svi_seeds=args.corr_seeds,
+                                                 progress=args.json + ".partial")
+        print("expected vs realised:", {k: out["correlation"][k] for k in ("all", "doubles", "singles")})
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=1))
+    if args.extras or args.cost:
         out["cost"] = ranking_cost(args.steps)
         print("cost:", out["cost"])
     out["wall_s"] = time.perf_counter() - t0
