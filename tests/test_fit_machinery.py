@@ -217,3 +217,21 @@ def test_other_num_steps_and_rate_reuse_the_compiled_programs(design):
     fresh = sm.fit_svi(additive.SPEC, design, rng_key=5, **kw)
     assert fresh.timings["compiled_reused"] == 0
     _same(reused, fresh)
+
+
+def test_same_shapes_with_other_data_reuse_the_compiled_programs(design, small_counts_adata):
+    """A design with the same structure and shapes but other counts (new data, a resample) compiles nothing:
+    its data-centred priors are data of the compiled programs, not constants; same fit as a fresh compile."""
+    _svi.clear_cache()
+    first = sm.fit_svi(additive.SPEC, design, rng_key=5, **KW)
+    other_data = small_counts_adata.copy()
+    other_data.X = np.asarray(other_data.X) * 3 + 1  # other baselines (priors centred elsewhere), same shapes
+    d2 = sm.Design.from_anndata(other_data, perturbation_key="perturbation", control="control", batch_key="batch")
+    assert not np.allclose(d2.model_data()["baseline_loc"], design.model_data()["baseline_loc"])
+    reused = sm.fit_svi(additive.SPEC, d2, rng_key=5, **KW)
+    assert first.timings["compiled_reused"] == 0 and reused.timings["compiled_reused"] == 1
+    assert not np.allclose(reused.samples["baseline"], first.samples["baseline"])  # negative control: other data
+    _svi.clear_cache()
+    fresh = sm.fit_svi(additive.SPEC, d2, rng_key=5, **KW)
+    assert fresh.timings["compiled_reused"] == 0
+    _same(reused, fresh)

@@ -41,7 +41,8 @@ from numpyro.infer import SVI, Predictive, Trace_ELBO
 from semimech.infer._compiled import compile_all, compile_lowered
 
 ROW_KEYS = ("perturbation_index", "batch_index", "size_factors", "n_cells", "y_ss", "row_mask")
-#: Traced (not keyed) when rows are masked: the data-centred priors of a cross-validation fold.
+#: Always traced (not keyed): the data-centred priors, so that a fit of another design with the same
+#: structure and shapes (a cross-validation fold, a refit on new data) reuses the compiled programs.
 FOLD_KEYS = ("baseline_loc", "baseline_scale", "noise_floor")
 #: Key of the warm-start values in ``traced`` (``fit_svi(init_values=...)``), read by the compiled init.
 INIT_KEY = "_init_values"
@@ -56,8 +57,7 @@ MAX_ENGINES = 8
 def split_data(data: dict, y) -> tuple[dict, dict]:
     """``(static, traced)``: structural model data, and readouts plus per-row arrays."""
     traced = {k: data[k] for k in ROW_KEYS if data.get(k) is not None}
-    if data.get("row_mask") is not None:  # folds of one design differ only in these: one engine for all
-        traced.update({k: np.asarray(data[k], np.float32) for k in FOLD_KEYS if data.get(k) is not None})
+    traced.update({k: np.asarray(data[k], np.float32) for k in FOLD_KEYS if data.get(k) is not None})
     traced["y"] = y
     static = {k: v for k, v in data.items() if k not in traced}
     return static, traced
