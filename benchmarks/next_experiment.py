@@ -65,7 +65,13 @@ class Task:
 
 
 # ------------------------------------------------------------------------------ Norman
-def norman_cells(seed: int, *, pilot: int = 10, chunk: int = 20, chunks: int = 2):
+def _norman(seed: int, held_from: int):
+    """The shipped Norman subset on its detected genes, each label's cells in a seeded random order.
+
+    Held out: cells ``held_from`` onwards of every double (their means are the truth), never in a
+    training set. Returns ``(order, doubles, full, score)``: label -> cell indices in that order,
+    the doubles, the full Design, and ``score(fit, key)`` (RMSE and 90% coverage of the doubles).
+    """
     from heldout_tasks import norman_genes
 
     from semimech.datasets import norman19_devel
@@ -77,13 +83,20 @@ def norman_cells(seed: int, *, pilot: int = 10, chunk: int = 20, chunks: int = 2
     labels = adata.obs["perturbation"].astype(str).to_numpy()
     order = {lab: rng.permutation(np.flatnonzero(labels == lab)) for lab in np.unique(labels)}
     doubles = sorted(lab for lab in order if "+" in lab)
-    held = np.concatenate([order[lab][pilot + chunk * chunks:] for lab in doubles])
+    held = np.concatenate([order[lab][held_from:] for lab in doubles])
     full = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control")
-    test = full.subset(held)
     x = np.asarray(adata.X[held].todense() if hasattr(adata.X, "todense") else adata.X[held])
     truth = np.stack([x[labels[held] == lab].mean(0) for lab in doubles])
     n_obs = np.array([(labels[held] == lab).sum() for lab in doubles], float)
-    del test
+
+    def score(fit, key):
+        return _score(sm.predict(fit, doubles, rng_key=key, num_cells=n_obs), truth)
+
+    return order, doubles, full, score
+
+
+def norman_cells(seed: int, *, pilot: int = 10, chunk: int = 20, chunks: int = 2):
+    order, doubles, full, score = _norman(seed, pilot + chunk * chunks)
 
     def rows(state):
         out = [order["control"][:3 * pilot]]
@@ -104,10 +117,6 @@ def norman_cells(seed: int, *, pilot: int = 10, chunk: int = 20, chunks: int = 2
             new[lab] = new.get(lab, 0) + 1
         return new
 
-    def score(fit, key):
-        p = sm.predict(fit, doubles, rng_key=key, num_cells=n_obs)
-        return _score(p, truth)
-
     return Task("norman_cells", build, pool, add, score, doubles, {})
 
 
@@ -120,22 +129,7 @@ def norman_unmeasured_doubles(seed: int, *, pilot: int = 10, chunk: int = 20):
     starts as a prediction (seven of the 15 name a target no single measures: answered from the
     model's population of effects), so which doubles get measured decides most of the error.
     """
-    from heldout_tasks import norman_genes
-
-    from semimech.datasets import norman19_devel
-
-    adata = norman19_devel()
-    genes = norman_genes(adata, np.ones(adata.n_obs, bool))
-    adata = adata[:, genes].copy()
-    rng = np.random.default_rng(seed)
-    labels = adata.obs["perturbation"].astype(str).to_numpy()
-    order = {lab: rng.permutation(np.flatnonzero(labels == lab)) for lab in np.unique(labels)}
-    doubles = sorted(lab for lab in order if "+" in lab)
-    held = np.concatenate([order[lab][50:] for lab in doubles])
-    full = sm.Design.from_anndata(adata, perturbation_key="perturbation", control="control")
-    x = np.asarray(adata.X[held].todense() if hasattr(adata.X, "todense") else adata.X[held])
-    truth = np.stack([x[labels[held] == lab].mean(0) for lab in doubles])
-    n_obs = np.array([(labels[held] == lab).sum() for lab in doubles], float)
+    order, doubles, full, score = _norman(seed, 50)
 
     def build(state):
         out = [order["control"][:3 * pilot]]
@@ -148,9 +142,6 @@ def norman_unmeasured_doubles(seed: int, *, pilot: int = 10, chunk: int = 20):
 
     def add(state, picks):
         return {**state, **{lab: 1 for lab in picks}}
-
-    def score(fit, key):
-        return _score(sm.predict(fit, doubles, rng_key=key, num_cells=n_obs), truth)
 
     return Task("norman_doubles", build, pool, add, score, doubles, {})
 
