@@ -1,31 +1,27 @@
-"""Newton's method for fixed points: optimistix (Jacobian by ``jacfwd``) or a closed-form Jacobian.
+"""Newton's method for fixed points, with a closed-form Jacobian or one by ``jax.jacfwd``.
 
-Both stop by the same Cauchy test: the step is below ``atol + rtol |x|`` (max norm) and
-``|f|`` below ``atol`` at the point the step was taken from.
+It stops by optimistix's Cauchy test (the step is below ``atol + rtol |x|`` in max norm and
+``|f|`` below ``atol`` at the point the step was taken from). It is written out rather than taken
+from ``optimistix.Newton`` because its factorisations go through
+:mod:`semimech.dynamics._linalg`, which hands LAPACK one matrix per call on CPU: optimistix's
+solves (lineax's LU) reach jaxlib's batched LAPACK kernels under ``vmap`` (a posterior's draws, a
+design's conditions), which can hang a 2-core machine; and the last factorisation is reused for
+the implicit derivative.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optimistix as optx
 
 from semimech.dynamics._linalg import lu_factor, lu_solve
 
 
-def _newton(g, x0, args, *, rtol, atol, max_steps):
-    # Cauchy termination: stop when the step is below atol + rtol |x| and |f| below atol.
-    # (The alternative rate-based test declared divergence after two steps on smooth problems.)
-    solver = optx.Newton(rtol=rtol, atol=atol)
-    sol = optx.root_find(g, solver, x0, args=args, max_steps=max_steps, throw=False)
-    return sol.value, (sol.result == optx.RESULTS.successful) & jnp.all(jnp.isfinite(sol.value))
-
-
 def _newton_lu(g, jac, x0, args, *, rtol, atol, max_steps, patience: int = 10):
-    """Newton's method with a closed-form Jacobian ``jac(x, args)``; optimistix's termination.
+    """Newton's method with the Jacobian ``jac(x, args)`` (closed form, or ``jax.jacfwd(g)``).
 
     Stops when the step is below ``atol + rtol |x|`` (max norm) and ``|f|`` below ``atol`` at the
-    point the step was taken from, as :func:`_newton`. It gives up (failed) on a non-finite
+    point the step was taken from. It gives up (failed) on a non-finite
     iterate, or when ``max |f|`` has not fallen below 99% of its best value for ``patience``
     iterations (MINPACK's "not making good progress": a wandering Newton iteration otherwise
     costs all ``max_steps`` factorisations). Returns ``(x, solved, (lu, piv))``: the LU factors

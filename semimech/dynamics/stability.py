@@ -22,7 +22,7 @@ from semimech.dynamics._linalg import eigvals
 from semimech.dynamics._newton import _newton_lu
 from semimech.dynamics.intervention import Intervention
 from semimech.dynamics.jacobians import analytic_jacobian
-from semimech.dynamics.steady_state import _integration_tolerances, _newton, _prepare, _stop, default_tolerances, highest_precision
+from semimech.dynamics.steady_state import _integration_tolerances, _prepare, _stop, default_tolerances, highest_precision
 from semimech.errors import SemimechError
 
 __all__ = ["Attractors", "attractors", "eigenvalues", "is_stable", "jacobian", "spectral_abscissa"]
@@ -176,11 +176,10 @@ def attractors(
 
     theta = _stop((params, media, intervention))
     jac = analytic_jacobian(field)
-    if jac is None:
-        newton = _newton
-    else:
-        def newton(g, x, th, **kw):
-            return _newton_lu(g, lambda y, t: jac(y, t[0], media=t[1], intervention=t[2]), x, th, **kw)
+    jac_g = jax.jacfwd(g) if jac is None else (lambda y, t: jac(y, t[0], media=t[1], intervention=t[2]))
+
+    def newton(g, x, th, **kw):
+        return _newton_lu(g, jac_g, x, th, **kw)
 
     def stable(x):
         J = jacobian(field, theta[0], x, media=theta[1], intervention=theta[2])

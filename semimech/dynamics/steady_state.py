@@ -26,7 +26,7 @@ from jaxtyping import Array, Bool, Float
 
 from semimech.dynamics import _diffrax
 from semimech.dynamics._linalg import eigvals, lu_factor, lu_solve
-from semimech.dynamics._newton import _newton, _newton_lu
+from semimech.dynamics._newton import _newton_lu
 from semimech.dynamics.fields import LinearParams, ProductionDecayParams, _check_square, _media_term, linear_field
 from semimech.dynamics.intervention import Intervention
 from semimech.dynamics.jacobians import analytic_jacobian, linear_jacobian
@@ -194,7 +194,7 @@ def steady_state(
 ) -> SteadyState:
     """Fixed point of ``field`` under ``intervention``; differentiable, never raises under jit.
 
-    Newton's method (optimistix) from ``x0``; where it fails and ``fallback`` is True, the ODE
+    Newton's method (:mod:`semimech.dynamics._newton`) from ``x0``; where it fails and ``fallback`` is True, the ODE
     is integrated from ``x0`` until a steady-state event (a looser tolerance) and Newton
     polishes the end point. Under ``vmap`` the integration runs only if some member needs it,
     and costs steps only for those members.
@@ -231,9 +231,9 @@ def steady_state(
     jacobian
         Closed-form Jacobian ``jacobian(x, params, *, media, intervention) -> (n, n)`` of
         ``field``. Default: :func:`~semimech.dynamics.jacobians.analytic_jacobian` for the
-        package's linear and production-decay fields (``O(n^2)`` per Newton step, and the last
-        Newton factorisation is reused for the implicit derivative), else ``jax.jacfwd``
-        through optimistix (``n`` Jacobian-vector products per step).
+        package's linear and production-decay fields (``O(n^2)`` per Newton step), else
+        ``jax.jacfwd`` (``n`` Jacobian-vector products per step). Either way the last Newton
+        factorisation is reused for the implicit derivative.
 
     Returns
     -------
@@ -255,17 +255,14 @@ def steady_state(
     start = jax.lax.stop_gradient(x0)
     jac = jacobian if jacobian is not None else analytic_jacobian(field)
     if jac is None:
-        jac_g = None
-
-        def solve(x):
-            return (*_newton(g, x, theta_sg, rtol=rtol, atol=atol, max_steps=max_steps), ())
+        jac_g = jax.jacfwd(g)
     else:
         def jac_g(x, theta):
             p, m, e = theta
             return jac(x, p, media=m, intervention=e)
 
-        def solve(x):
-            return _newton_lu(g, jac_g, x, theta_sg, rtol=rtol, atol=atol, max_steps=max_steps)
+    def solve(x):
+        return _newton_lu(g, jac_g, x, theta_sg, rtol=rtol, atol=atol, max_steps=max_steps)
 
     if not fallback:
         x_star, solved, factors = solve(start)
@@ -290,11 +287,11 @@ def steady_state(
 
             return jax.lax.cond(eqxi.unvmap_any(~carry[1]), work, lambda c: c, carry), None
 
-        factors0 = () if jac is None else (jnp.eye(n, dtype=dtype), jnp.arange(n, dtype=jnp.int32))
+        factors0 = (jnp.eye(n, dtype=dtype), jnp.arange(n, dtype=jnp.int32))
         init = (start, jnp.zeros((), dtype=bool), factors0)
         (x_star, solved, factors), _ = jax.lax.scan(round_, init, jnp.array([True, False]))
     return _finish(g, x_star, theta, solved, rtol=rtol, atol=atol, check_stability=check_stability, jac=jac_g,
-                   factors=factors or None)
+                   factors=factors)
 
 
 @highest_precision
