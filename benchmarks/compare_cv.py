@@ -2,15 +2,28 @@
 
     python benchmarks/compare_cv.py TASK [--design train|full|factor] [--unit U] [--k K] [--steps 2000] [--refit-steps N]
                                          [--method svi|auto] [--heldout-json PATH | --heldout NAME=VALUE ...]
-                                         [--heldout-steps STEPS] [--json PATH]
+                                         [--heldout-steps STEPS] [--heldout-seeds 3] [--seed 0] [--json PATH]
+    python benchmarks/compare_cv.py TASK --heldout-only [--heldout-seeds 3] [--heldout-steps STEPS] --json PATH
 
 Tasks (from ``benchmarks/heldout_tasks.py``): ``norman_doubles`` (shipped data),
 ``hepg2_combinations``, ``sachs_loco``. For each, every registered static model
 (``semimech.models.REGISTRY``) is fitted once on the comparison design — the training design of
 the held-out task (Norman, HepG2), or every condition (Sachs, whose held-out task is itself
 leave-one-condition-out) — and :func:`semimech.evaluate.compare` cross-validates them over held-out
-units. The held-out number of each model is the task's metric from ``benchmarks/heldout.py``
-(read from ``--heldout-json``, or computed here with one seed). Reported:
+units (fits and refits with ``--seed``, default 0). The held-out number of each model is the task's
+metric from ``benchmarks/heldout.py``, **the mean over seeds** (the held-out contract: ``value`` is
+the mean over seeds 0..N-1, ``--heldout-seeds`` N, default 3; ``sd_over_seeds`` and ``per_seed``
+are kept in the JSON's ``held_out_detail`` and the agreement is also reported against each seed alone,
+``agreement_per_seed``). It is read from ``--heldout-json`` (``heldout.py``'s JSON, e.g. the one
+``--heldout-only`` writes; the configuration ``MODEL/svi (as compared)`` is used where present, else
+``MODEL/svi``, else ``MODEL/default``, and the key used is recorded), or computed here: each model fitted
+as the comparison's fits (``sm.fit_svi``, its default guide, ``--heldout-steps``, ``--draws``) on the
+task's training design, one fit per seed. ``--heldout-seeds 1`` on the training design reuses the
+comparison's own fits instead (one seed, ``--seed``: short of the contract). HepG2 ``--design
+factor*`` and Sachs take their held-out value from the comparison's own refits (one seed, the
+comparison's). ``--heldout NAME=VALUE ...`` beside ``--heldout-json``: those values are a reference
+(e.g. one seed's) with their own agreement (``agreement_reference``). ``--heldout-only`` computes the
+held-out values alone (no comparison) and writes ``heldout.py``'s JSON to ``--json``. Reported:
 
 - the comparison table (rank, ties, elpd and its SE, calibration, checks), or why it cannot rank;
 - agreement: Spearman(elpd, held-out score oriented so that higher is better) over models with
@@ -188,22 +201,53 @@ def held_out_from_cv(table, design) -> dict:
             if cv.l2 is not None and np.isfinite(cv.l2).all()}
 
 
-def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, steps: int, log,
-                    same_design: bool = True) -> dict:
-    """Held-out value per model, by the contract of ``benchmarks/heldout.py``.
+#: Configurations looked up in a ``heldout.py`` JSON, first found is used: the comparison's own fit
+#: configuration, then sm.fit_svi's default, then sm.fit's default.
+HELDOUT_KEYS = ("{}/svi (as compared)", "{}/svi", "{}/default")
 
-    From its JSON when given; else, when the task has one fold whose training design is the
-    comparison design (Norman, HepG2), from the comparison's own fits (the same fit predicts the
-    held-out conditions); else (Sachs: one refit per held-out condition; ``--design full``: fits
-    of the training design) one seed computed here, fitted as the comparison's fits.
+
+def as_compared(name: str) -> str:
+    """The ``heldout.py`` configuration fitting ``name`` as the comparison's fits (sm.fit_svi, default guide)."""
+    cfg = f"{name}/svi (as compared)"
+    if cfg not in MODELS:
+        from heldout_models import register_model
+
+        register_model(cfg)(svi_config(name))
+    return cfg
+
+
+def read_heldout_json(path: str, names) -> tuple[dict, dict]:
+    """Held-out ``value`` (the mean over seeds) per model from ``heldout.py``'s JSON, and the detail
+    (configuration used, sd over seeds, per-seed values); a model with none of :data:`HELDOUT_KEYS` gets None."""
+    res = json.loads(pathlib.Path(path).read_text())
+    values, detail = {}, {}
+    for name in names:
+        key = next((k.format(name) for k in HELDOUT_KEYS if k.format(name) in res["models"]), None)
+        m = res["models"].get(key) or {}
+        values[name] = m.get("value")
+        detail[name] = {"config": key, "value": m.get("value"), "sd_over_seeds": m.get("sd_over_seeds"),
+                        "per_seed": m.get("per_seed"), "seeds": (res.get("config") or {}).get("seeds"),
+                        "num_steps": (res.get("config") or {}).get("num_steps"),
+                        "num_samples": (res.get("config") or {}).get("num_samples")}
+    return values, detail
+
+
+def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, steps: int, log,
+                    same_design: bool = True, seeds: int = 3, draws: int = 200) -> tuple[dict, dict]:
+    """Held-out value per model, by the contract of ``benchmarks/heldout.py``: the mean over ``seeds`` seeds.
+
+    From its JSON when given (:func:`read_heldout_json`). Else, with ``seeds == 1`` and one fold whose
+    training design is the comparison design (Norman, HepG2), from the comparison's own fits (one
+    seed, the comparison's: the same fit predicts the held-out conditions). Else each model fitted as the comparison's fits
+    (:func:`as_compared`) on the task's training design(s) for seeds 0..seeds-1 (Sachs: one refit per
+    held-out condition; ``--design full``: fits of the training design). Returns (values, detail).
     """
     if path:
-        res = json.loads(pathlib.Path(path).read_text())
-        return {name: (res["models"].get(f"{name}/default") or {}).get("value") for name in fits}
+        return read_heldout_json(path, fits)
     task = ht.TASKS[task_name]
     truth, ref = heldout._stack(folds, "truth"), heldout._stack(folds, "reference")
-    out = {}
-    if len(folds) == 1 and task_name != "sachs_loco" and same_design:
+    out, detail = {}, {}
+    if seeds == 1 and len(folds) == 1 and task_name != "sachs_loco" and same_design:
         from heldout_models import NotApplicable, predict_labels
 
         for name, fit in fits.items():
@@ -213,17 +257,18 @@ def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, step
             except NotApplicable as err:
                 log(f"  held-out: {name} cannot predict: {err}")
                 out[name] = None
-        return out
-    budget = Budget(num_steps=steps, num_samples=200)
+            detail[name] = {"config": "the comparison's own fit (--seed)", "value": out[name],
+                            "per_seed": [out[name]]}
+        return out, detail
+    budget = Budget(num_steps=steps, num_samples=draws)
     for name in fits:
-        cfg = f"{name}/svi (as compared)"  # fitted as the comparison's fits: sm.fit_svi, default guide
-        if cfg not in MODELS:
-            from heldout_models import register_model
-
-            register_model(cfg)(svi_config(name))
-        r = heldout.run_model(task, folds, cfg, seeds=[0], budget=budget, log=log)
+        cfg = as_compared(name)
+        r = heldout.run_model(task, folds, cfg, seeds=list(range(seeds)), budget=budget, log=log)
         out[name] = r["value"]
-    return out
+        detail[name] = {"config": cfg, "value": r["value"], "sd_over_seeds": r.get("sd_over_seeds"),
+                        "per_seed": r.get("per_seed"), "seeds": list(range(seeds)), "num_steps": steps,
+                        "num_samples": draws, "notes": r.get("notes")}
+    return out, detail
 
 
 def per_unit(table, design) -> dict:
@@ -295,7 +340,7 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
 def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means", steps: int, draws: int, refit_steps: int | None,
         heldout_json: str | None, heldout_steps: int, models, full: bool | str = False, method: str = "svi",
         heldout: dict | None = None, warm: bool = False, rank_by: str = "crps", fold_form: bool = True,
-        log=print) -> dict:
+        heldout_seeds: int = 3, seed: int = 0, log=print) -> dict:
     task = ht.TASKS[task_name]
     folds = task.build(quick=False)
     design = comparison_design(task_name, folds, full=full)
@@ -326,10 +371,10 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
         try:
             if method == "auto":  # as sm.fit chooses (NUTS: one chain of `draws`)
                 chosen, _ = sm.choose_method(REGISTRY[name], design, **opts)
-                fits[name] = sm.fit(REGISTRY[name], design, rng_key=0, num_steps=steps, num_samples=draws, num_chains=1,
+                fits[name] = sm.fit(REGISTRY[name], design, rng_key=seed, num_steps=steps, num_samples=draws, num_chains=1,
                                     progress_bar=False, **opts, **(keep_all if chosen == "svi" else {}))
             else:
-                fits[name] = sm.fit_svi(REGISTRY[name], design, rng_key=0, num_steps=steps, num_samples=draws,
+                fits[name] = sm.fit_svi(REGISTRY[name], design, rng_key=seed, num_steps=steps, num_samples=draws,
                                         progress_bar=False, **opts, **keep_all)
         except SemimechError as err:
             fit_notes[name] = str(err)
@@ -341,7 +386,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
     t1, c1 = time.time(), cpu_seconds()
     try:
         table = ev.compare(fits, unit=unit_arg, k=k, score=score, num_steps=refit_steps, rank_by=rank_by,
-                           refit_options={"warm_start": True} if warm else None)
+                           refit_options={"warm_start": True} if warm else None, rng_key=seed)
         result["cannot_rank"] = None
     except DesignError as err:
         table, result["cannot_rank"] = None, str(err)
@@ -364,11 +409,14 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
         held = held_out_from_cv(table, design)
         result["held_out_reference"] = heldout
         log(f"  held-out (pooled RMSE of the leave-one-condition-out refits): {held}")
-    elif heldout is not None:
+    elif heldout is not None and not heldout_json:
         held = {name: heldout.get(name) for name in fits}
     else:
-        held = held_out_values(task_name, folds, fits, path=heldout_json, steps=heldout_steps, log=log,
-                               same_design=not full)
+        held, result["held_out_detail"] = held_out_values(task_name, folds, fits, path=heldout_json,
+                                                          steps=heldout_steps, log=log, same_design=not full,
+                                                          seeds=heldout_seeds, draws=draws)
+        if heldout is not None:  # --heldout beside --heldout-json: a reference set (e.g. one seed's)
+            result["held_out_reference"] = heldout
     result["held_out"] = held
     if table is not None:
         cols = ["model", "rank", "tied_with", "below", "elpd_cv", "se", "elpd_diff", "dse", "weight", "p_cv",
@@ -379,6 +427,12 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
         if result.get("held_out_reference"):
             result["agreement_reference"] = agreement(table, {n: result["held_out_reference"].get(n) for n in fits},
                                                       higher_is_better=task.higher_is_better)
+        per_seed = {n: (d or {}).get("per_seed") for n, d in (result.get("held_out_detail") or {}).items()}
+        n_seeds = {len(v) for v in per_seed.values() if v}
+        if len(n_seeds) == 1 and n_seeds != {1}:  # every model scored on the same number of seeds (> 1)
+            result["agreement_per_seed"] = [
+                agreement(table, {n: (v[i] if v else None) for n, v in per_seed.items()},
+                          higher_is_better=task.higher_is_better) for i in range(n_seeds.pop())]
         result["per_unit"] = per_unit(table, design)
         result["warm_resets"] = {n: [dict(r) for r in cv.resets] for n, cv in table.attrs.get("cross_validations", {}).items()}
         for n, r in result["warm_resets"].items():
@@ -387,7 +441,8 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
         log(reading(table))
     result["fit_notes"] = fit_notes
     result["config"] = {"steps": steps, "draws": draws, "refit_steps": refit_steps, "k": k,
-                        "heldout_steps": heldout_steps, "heldout_json": heldout_json, "semimech": sm.__version__,
+                        "heldout_steps": heldout_steps, "heldout_json": heldout_json, "heldout_seeds": heldout_seeds,
+                        "seed": seed, "semimech": sm.__version__,
                         "python": platform.python_version(), "cpus": os.cpu_count()}
     return result
 
@@ -407,10 +462,14 @@ def markdown(r: dict) -> str:
             def f(x, p=1):
                 return "-" if x is None else f"{x:.{p}f}"
 
+            sd = ((r.get("held_out_detail") or {}).get(row["model"]) or {}).get("sd_over_seeds")
             lines.append(f"| {row['model']} | {row['rank'] or '-'} | {f(row['elpd_cv'])} | {f(row['se'])} | "
-                         f"{f(row['dse'])} | {f(row['cv_coverage_90'], 2)} | {f(row.get('cv_l2'), 3)} | {f(h, 3)} |")
+                         f"{f(row['dse'])} | {f(row['cv_coverage_90'], 2)} | {f(row.get('cv_l2'), 3)} | {f(h, 3)}"
+                         + (f" (sd {sd:.3f})" if sd is not None else "") + " |")
         a = r["agreement"]
         lines += ["", f"agreement: {json.dumps(a)}"]
+        for i, a_s in enumerate(r.get("agreement_per_seed") or []):
+            lines += ["", f"agreement with held-out seed {i} alone: {json.dumps(a_s)}"]
         if r.get("agreement_reference"):
             lines += ["", f"reference held-out values {json.dumps(r['held_out_reference'])}; "
                           f"agreement with them: {json.dumps(r['agreement_reference'])}"]
@@ -438,6 +497,12 @@ def main(argv=None) -> int:
     ap.add_argument("--refit-steps", type=int, default=None)
     ap.add_argument("--heldout-json", default=None)
     ap.add_argument("--heldout-steps", type=int, default=None, help="default: --steps")
+    ap.add_argument("--heldout-seeds", type=int, default=3,
+                    help="held-out value = mean over seeds 0..N-1 of fits made as the comparison's (default 3, the "
+                         "held-out contract; 1 on the training design: the comparison's own fits)")
+    ap.add_argument("--heldout-only", action="store_true",
+                    help="compute the held-out values only (no comparison); write heldout.py's JSON to --json")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the comparison's fits and refits (default 0)")
     ap.add_argument("--models", nargs="*", default=list(REGISTRY))
     ap.add_argument("--warm", action="store_true",
                     help="warm-started refits (refit_options={'warm_start': True}; a third of the steps by default); "
@@ -448,11 +513,31 @@ def main(argv=None) -> int:
                          "cost before session 9)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.heldout_seeds < 1:
+        ap.error("--heldout-seeds must be >= 1")
+    if args.heldout_only:
+        if not args.json:
+            ap.error("--heldout-only writes heldout.py's JSON: give --json PATH")
+        budget = Budget(num_steps=args.heldout_steps or args.steps, num_samples=args.draws)
+        load0, t0, c0 = os.getloadavg()[0], time.time(), cpu_seconds()
+        res = heldout.run(args.task, models=[as_compared(n) for n in args.models],
+                          seeds=list(range(args.heldout_seeds)), budget=budget)
+        res["config"].update({"load_start": load0, "load_end": os.getloadavg()[0], "wall_s": time.time() - t0,
+                              "cpu_s": cpu_seconds() - c0, "cpus": os.cpu_count(),
+                              "fitted_as": "compare_cv.py's fits: sm.fit_svi, default guide"})
+        print(heldout.table(res))
+        out = pathlib.Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(heldout._finite(res), indent=1))
+        print(f"wrote {out}")
+        return 0
     r = run(args.task, unit=args.unit, k=args.k, score=args.score, steps=args.steps, draws=args.draws, refit_steps=args.refit_steps,
             heldout_json=args.heldout_json, heldout_steps=args.heldout_steps or args.steps, models=args.models,
             full=args.design if args.design.startswith("factor") else args.design == "full", method=args.method,
-            warm=args.warm and not args.cold, rank_by=args.rank_by, fold_form=not args.no_fold_form, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
-    stem = f"compare_{args.task}" + ("" if args.design == "train" else f"_{args.design}") + f"_{args.score}"
+            warm=args.warm and not args.cold, rank_by=args.rank_by, fold_form=not args.no_fold_form,
+            heldout_seeds=args.heldout_seeds, seed=args.seed, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
+    stem = (f"compare_{args.task}" + ("" if args.design == "train" else f"_{args.design}") + f"_{args.score}"
+            + (f"_seed{args.seed}" if args.seed else ""))
     out = pathlib.Path(args.json or pathlib.Path(__file__).resolve().parent / "results" / f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(heldout._finite(r), indent=1, default=str))
