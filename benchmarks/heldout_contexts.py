@@ -8,6 +8,8 @@ technical replicates plus the model's default structural error (as ``signalling_
 on ``hepg2_combinations``). Every held-out condition is predicted in one call; a cell line never
 seen in training (``hepg2_loclo``) is answered from the population of lines
 (``new_contexts="population"``: its context deviations drawn from the fitted context sds).
+``signalling_network+contexts+identified/normal``: the same with the model option
+``parametrisation="identified"`` (each readout relative to its context's untreated state).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from heldout_models import NotApplicable, Predicted, register_model
 TASKS = ("hepg2_loclo", "hepg2_combinations")
 
 
-def _config(guide: str):
+def _config(guide: str, **options):
     def run(fold, *, seed, budget):
         from heldout_signalling import hepg2_network
         from semimech.models import signalling_network as sn
@@ -33,7 +35,7 @@ def _config(guide: str):
         net = hepg2_network(list(fold.readouts))
         t0 = time.perf_counter()
         fit = sm.fit_svi(sn.SPEC, design, rng_key=seed, num_steps=budget.num_steps, num_samples=budget.num_samples,
-                         guide=guide, progress_bar=False, network=sn.network_option(net, design=design))
+                         guide=guide, progress_bar=False, network=sn.network_option(net, design=design), **options)
         seconds = time.perf_counter() - t0
         p = sm.predict(fit, held_out_table(fold), rng_key=seed + 1000, num_cells=fold.n_obs,
                        new_contexts="population", steady_state_draws=0)
@@ -48,3 +50,7 @@ def _config(guide: str):
 
 for _guide in ("normal", "lowrank"):
     register_model(f"signalling_network+contexts/{_guide}", tasks=TASKS)(_config(_guide))
+# the model's ``parametrisation="identified"`` (readouts relative to each context's untreated state, input nodes'
+# basal activity and their edges' thresholds fixed), as ``signalling_network+identified/*`` on the other tasks
+register_model("signalling_network+contexts+identified/normal", tasks=TASKS)(
+    _config("normal", parametrisation="identified"))
