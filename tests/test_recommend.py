@@ -165,6 +165,18 @@ def test_predictive_objective_prefers_measuring_the_target(fits):
     assert rw["condition"].iloc[0] == "C+D" and np.isfinite(rw["gain_se"].iloc[0])
 
 
+def test_candidate_gains_do_not_depend_on_the_order_of_candidates_and_targets(fits):
+    """Each candidate's gain comes from its own columns of the draws (candidates that are also
+    targets, listed in another order): the same gains either way, and the gains differ, so
+    columns taken from the wrong condition would show."""
+    kw = dict(budget=1, objective="predictive", rng_key=0, targets=["B", "A+B", "C+D"])
+    a = pd.DataFrame(recommend(fits["large"], ["A+C", "C+D", "B"], **kw).attrs["ranking"]).set_index("condition")
+    b = pd.DataFrame(recommend(fits["large"], ["B", "C+D", "A+C"], **kw).attrs["ranking"]).set_index("condition")
+    np.testing.assert_allclose(a.loc[["A+C", "C+D", "B"], "gain_alone"], b.loc[["A+C", "C+D", "B"], "gain_alone"],
+                               rtol=1e-6)
+    assert np.ptp(a["gain_alone"]) > 0.1 * a["gain_alone"].max()
+
+
 def test_discriminate_finds_where_two_fits_disagree(fits):
     r = recommend(fits["large"], COMBOS, budget=1, objective="discriminate", other=fits["null"], rng_key=0)
     ranking = pd.DataFrame(r.attrs["ranking"])
