@@ -24,6 +24,11 @@ double/triple inhibitor rows are split at random into pool and held out (half ea
 ``predictive`` (targets = held-out labels), ``information`` about their interactions. Noise:
 the technical-replicate prior of ``heldout_tasks.hepg2_replicate_noise``.
 
+``--ceiling``: per seed also a fit with every round-0 pool candidate measured (the error no
+choice of ``--rounds`` x ``--budget`` can beat). ``--first-seed``: run seeds first..first+seeds-1
+(a long run split over fresh processes; each task also writes ``JSON.TASK.partial`` after every
+seed).
+
 Also (``--extras``, or each alone with ``--correlation`` / ``--cost`` and ``--tasks`` empty): the
 rank correlation between a candidate's expected and realised reduction of the targets' summed
 posterior variance (Norman, round 0, every pool candidate, converged fits paired by SVI seed and
@@ -228,16 +233,22 @@ def _choose(task, fit, state, objective, budget, seed, rnd):
                                   "gain_se": cand.gain_se.tolist()}
 
 
-def run_task(make, *, seeds, rounds, budget, steps, objectives):
+def run_task(make, *, seeds, rounds, budget, steps, objectives, ceiling=False, progress=None, first_seed=0):
     error = {o: [] for o in objectives}
+    whole = []  # ceiling: the held-out error and coverage with every pool candidate measured
     cover = {o: [] for o in objectives}
     picks = {o: [] for o in objectives}
     conv = []
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         task = make(seed)
         fit0 = _fit(task.build(task.start), seed, steps)
         conv.append(_converged(fit0))
         e0, c0 = task.score(fit0, seed)
+        if ceiling:
+            fit_all = _fit(task.build(task.add(task.start, task.pool(task.start))), seed, steps)
+            conv.append(_converged(fit_all))
+            whole.append(task.score(fit_all, seed))
+            print(f"{task.name} seed {seed} whole pool   rmse {whole[-1][0]:.4f}  cov90 {whole[-1][1]:.2f}", flush=True)
         for obj in objectives:
             state, fit, errs, covs, chosen = task.start, fit0, [e0], [c0], []
             for rnd in range(rounds):
@@ -253,9 +264,22 @@ def run_task(make, *, seeds, rounds, budget, steps, objectives):
             cover[obj].append(covs)
             picks[obj].append(chosen)
             print(f"{task.name} seed {seed} {obj:12s} rmse " + " ".join(f"{x:.4f}" for x in errs)
-                  + "  cov90 " + " ".join(f"{x:.2f}" for x in covs), flush=True)
-    return {"task": task.name, "rounds": rounds, "budget": budget, "seeds": seeds, "steps": steps,
+                  + "  cov90 " + " ".join(f"{x:.2f}" for x in covs) + f"  ({time.strftime('%H:%M:%S')})", flush=True)
+        if progress is not None:  # the seeds so far, in case the run is stopped
+            pathlib.Path(progress).write_text(json.dumps(_task_result(task, rounds, budget, steps, error, cover, picks,
+                                                                      whole if ceiling else None, conv, first_seed),
+                                                         indent=1))
+    return _task_result(task, rounds, budget, steps, error, cover, picks, whole if ceiling else None, conv, first_seed)
+
+
+def _task_result(task, rounds, budget, steps, error, cover, picks, whole, conv, first_seed=0):
+    objectives = list(error)
+    n = len(error[objectives[0]])
+    return {"task": task.name, "rounds": rounds, "budget": budget, "seeds": n, "steps": steps,
+            "seed_ids": list(range(first_seed, first_seed + n)),
             "error": error, "coverage_90": cover, "picks": picks,
+            **({"whole_pool": {"error": [e for e, _ in whole], "coverage_90": [c for _, c in whole]}}
+               if whole is not None else {}),
             "loss_change_last100": _loss_summary(conv),
             "ratio_last_round_per_seed": {o: [float(a[-1] / b[-1]) for a, b in zip(error[o], error["random"])]
                                           for o in objectives if "random" in error},
@@ -399,10 +423,14 @@ def main(argv=None):
     ap.add_argument("--json", help="write the result here (required unless --plot-from)")
     ap.add_argument("--tasks", nargs="*", default=list(TASKS))
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds first..first+seeds-1 (a long run split over fresh processes)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--budget", type=int, default=4)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--contexts", type=int, default=10, help="hepg2_pool: contexts used")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also fit each seed with every round-0 pool candidate added once (hepg2_pool, norman_doubles: the whole pool)")
     ap.add_argument("--objectives", nargs="*", default=["random", "predictive", "information"])
     ap.add_argument("--extras", action="store_true", help="also the expected-vs-realised correlation and cost")
     ap.add_argument("--correlation", action="store_true", help="the expected-vs-realised correlation")
@@ -424,10 +452,13 @@ def main(argv=None):
         make = TASKS[name] if name != "hepg2_pool" else (lambda s: hepg2_pool(s, contexts=args.contexts))
         try:
             res = run_task(make, seeds=args.seeds, rounds=args.rounds, budget=args.budget, steps=args.steps,
-                           objectives=args.objectives)
+                           objectives=args.objectives, ceiling=args.ceiling,
+                           progress=f"{args.json}.{name}.partial", first_seed=args.first_seed)
         except sm.datasets.DatasetNotFoundError as err:
             print(f"{name}: skipped ({str(err).splitlines()[0]})")
             continue
+        if name == "hepg2_pool":
+            res["contexts"] = args.contexts
         out["results"].append(res)
         print(json.dumps({k: res[k] for k in ("task", "ratio_last_round_vs_random")}))
         pathlib.Path(args.json).write_text(json.dumps(out, indent=1))  # each task as soon as it is done
@@ -464,7 +495,8 @@ def _plot(results, path):
             x = np.arange(e.shape[1])
             axes[0, j].errorbar(x, e.mean(0), e.std(0), label=obj, capsize=3)
             axes[1, j].plot(x, c.mean(0), marker="o", label=obj)
-        axes[0, j].set(title=res["task"], ylabel="held-out RMSE")
+        title = res["task"] + (f" ({res['contexts']} contexts)" if "contexts" in res else "")
+        axes[0, j].set(title=title, ylabel="held-out RMSE")
         axes[1, j].set(xlabel="round", ylabel="90% coverage", ylim=(0.5, 1.0))
         axes[1, j].axhspan(0.85, 0.95, color="0.9")
         axes[0, j].legend()
