@@ -53,11 +53,15 @@ class LogicParams(NamedTuple):
 
 
 def hill(x, k, n):
-    """Normalised Hill function on [0, 1]: ``x^n / (x^n + k^n) * (1 + k^n)``."""
+    """Normalised Hill function on [0, 1]: ``x^n / (x^n + k^n) * (1 + k^n)``.
+
+    Computed as ``sigmoid(n (log x - log k)) * (1 + k^n)``, the same value without forming
+    ``x^n + k^n``, which underflows to 0 in float32 for steep switches (``n`` in the tens) with
+    small ``x`` and ``k`` and made the ratio 0 / 0 = NaN (LiverDREAM fits reached n ~ 30).
+    """
     x = jnp.clip(x, 0.0, 1.0)
-    xn = jnp.exp(n * jnp.log(jnp.maximum(x, 1e-12)))
-    kn = jnp.exp(n * jnp.log(k))
-    return xn / (xn + kn) * (1.0 + kn)
+    log_k = jnp.log(k)
+    return jax.nn.sigmoid(n * (jnp.log(jnp.maximum(x, 1e-12)) - log_k)) * (1.0 + jnp.exp(n * log_k))
 
 
 class Structure(NamedTuple):

@@ -50,10 +50,25 @@ def steady(net, stim_nodes, keep_nodes, *, w=0.9, basal=0.05, solve=False):
 
 
 def test_hill_is_normalised_and_monotone():
+    import jax
+
     x = jnp.linspace(0.0, 1.0, 21)
     f = _logic.hill(x, 0.4, 2.5)
     assert float(f[0]) == pytest.approx(0.0, abs=1e-9) and float(f[-1]) == pytest.approx(1.0, rel=1e-6)
     assert bool(jnp.all(jnp.diff(f) > 0))
+    # the closed form x^n / (x^n + k^n) (1 + k^n) where it is representable (float64 reference) ...
+    xs, ks, ns = np.array([0.05, 0.3, 0.6, 0.9]), np.array([0.1, 0.5, 0.7, 0.2]), np.array([1.5, 3.0, 8.0, 2.0])
+    ref = xs**ns / (xs**ns + ks**ns) * (1 + ks**ns)
+    np.testing.assert_allclose(np.asarray(_logic.hill(jnp.asarray(xs), jnp.asarray(ks), jnp.asarray(ns))), ref,
+                               rtol=1e-5)
+    # ... and finite for steep switches with small x and k, where x^n + k^n underflows in float32 (was 0 / 0 = NaN;
+    # LiverDREAM fits reach n ~ 30): the value is k^n / (x^n + k^n) -> 1 or 0, and its gradient is finite too
+    x, k, n = jnp.asarray([0.0, 0.02, 0.05]), jnp.asarray(0.05), jnp.asarray(40.0)
+    assert float(jnp.sum(x**n + k**n)) == 0.0  # the old denominator
+    f = _logic.hill(x, k, n)
+    assert np.allclose(np.asarray(f), [0.0, 0.0, 0.5], atol=1e-6)
+    g = jax.grad(lambda kk, nn: jnp.sum(_logic.hill(x, kk, nn)), argnums=(0, 1))(k, n)
+    assert all(np.isfinite(np.asarray(v)).all() for v in g)
 
 
 @pytest.mark.parametrize("solve", [False, True])
