@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +59,24 @@ def test_unseen_combination_is_additive_plus_interaction(norman_fit, pair_terms)
     q = sm.predict(norman_fit, ["SET+KLF1"], rng_key=4)
     i = d.perturbations.index("SET+KLF1")
     np.testing.assert_allclose(q.draws["mean"][:, 0], norman_fit.flat("mean")[:, i], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="counts the process's memory maps (Linux)")
+def test_repeated_predict_calls_do_not_accumulate_compiled_programs(norman_fit):
+    """Each predict compiles its replay; the executable must go with the call. Replayed eagerly, every call
+    left one in jax's primitive cache (~34 memory maps a call, same shapes or not) until a long session hit
+    the kernel's map limit ("LLVM compilation error: Cannot allocate memory")."""
+    def maps():
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    labels = [p for p in norman_fit.design.perturbations if p != norman_fit.design.control][:2]
+    for i in range(2):  # warm-up: the shapes' programs elsewhere (observation draws) compile once
+        sm.predict(norman_fit, labels, rng_key=i, num_cells=[20, 20])
+    before = maps()
+    for i in range(6):
+        sm.predict(norman_fit, labels, rng_key=10 + i, num_cells=[20, 20])
+    assert maps() - before < 60, maps() - before  # the eager replay: ~200 for these 6 calls
 
 
 def test_prediction_tables(norman_fit):

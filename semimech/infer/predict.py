@@ -217,8 +217,17 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
                                       np.float32)
     model = functools.partial(fit.spec.model, **fit.options)
     noise_site = fit.spec.noise_site(fit.likelihood)
-    out = Predictive(model, posterior_samples=post, return_sites=[fit.spec.mean_site, noise_site,
-                                                                              "condition_noise"])(k_pred, data)
+    sites = [fit.spec.mean_site, noise_site, "condition_noise"]
+
+    # One compiled replay per call, as before, but under jit with a closure of this call: the executable is
+    # freed with it. Replayed eagerly, Predictive's lax.map compiled its scan with this call's data baked in
+    # and jax's primitive cache kept every one (~34 memory maps and ~1.6 MB a call, same shapes or not), so a
+    # long session of predict calls ran into the kernel's map limit ("LLVM compilation error: Cannot allocate
+    # memory"). The draws are arguments (not constants); the design's arrays stay concrete for the model.
+    def replay(key, post):
+        return Predictive(model, posterior_samples=post, return_sites=sites)(key, data)
+
+    out = jax.jit(replay)(k_pred, post)
     mean = np.asarray(out[fit.spec.mean_site])
     if batch is not None:
         mean = _in_batch(fit, mean, str(batch), k_obs)
