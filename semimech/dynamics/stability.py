@@ -22,7 +22,7 @@ from semimech.dynamics._linalg import eigvals
 from semimech.dynamics._newton import _newton_lu
 from semimech.dynamics.intervention import Intervention
 from semimech.dynamics.jacobians import analytic_jacobian
-from semimech.dynamics.steady_state import _integration_tolerances, _prepare, _stop, default_tolerances, highest_precision
+from semimech.dynamics.steady_state import _integration_tolerances, _on_theta, _prepare, _stop, default_tolerances, highest_precision
 from semimech.errors import SemimechError
 
 __all__ = ["Attractors", "attractors", "eigenvalues", "is_stable", "jacobian", "spectral_abscissa"]
@@ -170,16 +170,11 @@ def attractors(
     rtol, atol = default_tolerances(dtype)
     distance_tol = math.sqrt(rtol) if distance_tol is None else distance_tol
 
-    def g(x, theta):
-        p, m, e = theta
-        return field(x, p, media=m, intervention=e)
+    g = _on_theta(field)
 
     theta = _stop((params, media, intervention))
     jac = analytic_jacobian(field)
-    jac_g = jax.jacfwd(g) if jac is None else (lambda y, t: jac(y, t[0], media=t[1], intervention=t[2]))
-
-    def newton(g, x, th, **kw):
-        return _newton_lu(g, jac_g, x, th, **kw)
+    jac_g = jax.jacfwd(g) if jac is None else _on_theta(jac)
 
     def stable(x):
         J = jacobian(field, theta[0], x, media=theta[1], intervention=theta[2])
@@ -190,7 +185,8 @@ def attractors(
         x_int, reached = _diffrax.integrate_to_steady_state(
             g, x_start, theta, run=run, solver=solver, max_steps=max_steps, **_integration_tolerances(rtol, atol)
         )
-        x_pol, polished = newton(g, jnp.where(reached, x_int, x_start), theta, rtol=rtol, atol=atol, max_steps=64)[:2]
+        x_pol, polished = _newton_lu(g, jac_g, jnp.where(reached, x_int, x_start), theta, rtol=rtol, atol=atol,
+                                      max_steps=64)[:2]
         # Newton from a settled point stays on its attractor; keep the integrated point if the
         # polish wandered further than the event tolerance allows.
         close = jnp.max(jnp.abs(x_pol - x_int)) <= distance_tol * (1 + jnp.max(jnp.abs(x_int)))

@@ -126,32 +126,34 @@ def _prepare(params, media, intervention, x0, caller: str):
     return dtype, n, _as_float(media, dtype), intervention, x0
 
 
-def _finish(g, x_star, theta, solved, *, rtol, atol, check_stability, jac=None, factors=None):
+def _on_theta(fn: Callable) -> Callable:
+    """``fn(x, params, *, media, intervention)`` as a function of ``(x, theta)``, ``theta = (params, media,
+    intervention)``: the form the solvers (Newton, the frozen step, diffrax) take a field or its Jacobian in."""
+    def on_theta(x, theta):
+        p, m, e = theta
+        return fn(x, p, media=m, intervention=e)
+    return on_theta
+
+
+def _finish(g, x_star, theta, solved, *, rtol, atol, check_stability, jac, factors):
     """The frozen Newton step at the root: value ``x_star``, implicit first derivative.
 
-    ``jac(x, theta)``: the Jacobian (default ``jax.jacfwd(g)``). ``factors``: its LU factors from
-    the solver (closed form, or Newton's last iterate): then none is built or factorised here.
+    ``jac(x, theta)``: the Jacobian of ``g``; ``factors``: its LU factors from the solver (closed form,
+    or Newton's last iterate), reused here for the check and the implicit derivative.
     """
     theta_sg = _stop(theta)
     x_star = jax.lax.stop_gradient(x_star)
     n = x_star.shape[0]
     f_star = g(x_star, theta_sg)
-    jac = jax.jacfwd(g) if jac is None else jac
-    J = None
-    if factors is None:
-        J = jac(x_star, theta_sg)
-        finite_J = jnp.all(jnp.isfinite(J))
-        lu, piv = lu_factor(jnp.where(finite_J, J, -jnp.eye(n, dtype=J.dtype)))
-    else:
-        lu, piv = jax.lax.stop_gradient(factors[0]), factors[1]
-        finite_J = jnp.all(jnp.isfinite(lu))
-        lu = jnp.where(finite_J, lu, -jnp.eye(n, dtype=lu.dtype))
+    lu, piv = jax.lax.stop_gradient(factors[0]), factors[1]
+    finite_J = jnp.all(jnp.isfinite(lu))
+    lu = jnp.where(finite_J, lu, -jnp.eye(n, dtype=lu.dtype))
     finite = jnp.all(jnp.isfinite(x_star)) & jnp.all(jnp.isfinite(f_star)) & finite_J
     increment = lu_solve((lu, piv), jnp.where(finite, f_star, 0.0))
     within = jnp.all(jnp.abs(increment) <= atol + rtol * jnp.abs(x_star))
     ok = solved & finite & jnp.all(jnp.isfinite(increment)) & within
     if check_stability:
-        J = jac(x_star, theta_sg) if J is None else J
+        J = jac(x_star, theta_sg)
         J = jnp.where(jnp.all(jnp.isfinite(J)), J, jnp.eye(n, dtype=J.dtype))
         ok = ok & (jnp.max(jnp.real(eigvals(J))) < 0)
     # Identity factors where the solve failed keep the backward pass finite.
@@ -246,20 +248,12 @@ def steady_state(
     rtol = d_rtol if rtol is None else rtol
     atol = d_atol if atol is None else atol
 
-    def g(x, theta):
-        p, m, e = theta
-        return field(x, p, media=m, intervention=e)
-
+    g = _on_theta(field)
     theta = (params, media, intervention)
     theta_sg = _stop(theta)
     start = jax.lax.stop_gradient(x0)
     jac = jacobian if jacobian is not None else analytic_jacobian(field)
-    if jac is None:
-        jac_g = jax.jacfwd(g)
-    else:
-        def jac_g(x, theta):
-            p, m, e = theta
-            return jac(x, p, media=m, intervention=e)
+    jac_g = jax.jacfwd(g) if jac is None else _on_theta(jac)
 
     def solve(x):
         return _newton_lu(g, jac_g, x, theta_sg, rtol=rtol, atol=atol, max_steps=max_steps)
@@ -342,13 +336,5 @@ def linear_steady_state(
     lu, piv = lu_factor(A.astype(dtype))
     x_star = lu_solve((lu, piv), -c.astype(dtype))
 
-    def g(x, th):
-        pp, mm, ee = th
-        return linear_field(x, pp, media=mm, intervention=ee)
-
-    def jac(x, th):
-        pp, mm, ee = th
-        return linear_jacobian(x, pp, media=mm, intervention=ee)
-
-    return _finish(g, x_star, theta, jnp.all(jnp.isfinite(x_star)), rtol=rtol, atol=atol,
-                   check_stability=check_stability, jac=jac, factors=(lu, piv))
+    return _finish(_on_theta(linear_field), x_star, theta, jnp.all(jnp.isfinite(x_star)), rtol=rtol, atol=atol,
+                   check_stability=check_stability, jac=_on_theta(linear_jacobian), factors=(lu, piv))

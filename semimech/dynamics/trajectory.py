@@ -15,7 +15,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from semimech.dynamics import _diffrax
-from semimech.dynamics.steady_state import _float_dtype, highest_precision
+from semimech.dynamics.steady_state import _float_dtype, _on_theta, highest_precision
 from semimech.dynamics.intervention import Intervention
 from semimech.errors import SemimechError
 
@@ -115,12 +115,8 @@ def trajectory(
     rtol = tol if rtol is None else rtol
     atol = tol if atol is None else atol
 
-    def g(x, theta):
-        p, m, e = theta
-        return field(x, p, media=m, intervention=e)
-
     xs, ok = _diffrax.integrate(
-        g, x0, (params, media, intervention), t0=t0, ts=ts, solver=solver,
+        _on_theta(field), x0, (params, media, intervention), t0=t0, ts=ts, solver=solver,
         rtol=rtol, atol=atol, max_steps=max_steps, dt0=dt0,
     )
     return Trajectory(ts=ts, xs=xs, ok=ok)
