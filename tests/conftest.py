@@ -9,6 +9,8 @@ suite once this way), and ``pytest -m needs_shared`` selects exactly them.
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,18 @@ def pytest_runtest_setup(item):
 def shared_data() -> Path:
     """The folder of the shared third-party datasets; skips the test when it is unreachable."""
     return _shared_data_or_skip()
+
+
+@pytest.fixture(scope="module")
+def benchmark_module():
+    """``benchmark_module(name)``: a script of ``benchmarks/`` imported as a module, with the folder on
+    ``sys.path`` for the test module's duration only (its names, e.g. ``guides``, would shadow others)."""
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(bench)
 
 
 @pytest.fixture(scope="session")

@@ -3,23 +3,14 @@ the comparison fits, not another one, and says which it used."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import pathlib
-import sys
 
 import pytest
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def compare_cv():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("compare_cv")
-    finally:
-        sys.path.remove(str(BENCH))
+def compare_cv(benchmark_module):
+    return benchmark_module("compare_cv")
 
 
 def _entry(per_seed):

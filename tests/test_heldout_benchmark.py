@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import pathlib
-import sys
 
 import numpy as np
 import pytest
-
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 KEYS = {"value", "sd_over_seeds", "coverage_50", "coverage_90", "seeds", "fit_seconds"}
 
 
 @pytest.fixture(scope="module")
-def heldout():
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module("heldout")
-    finally:
-        sys.path.remove(str(BENCH))
+def heldout(benchmark_module):
+    return benchmark_module("heldout")
 
 
 @pytest.fixture(scope="module")
