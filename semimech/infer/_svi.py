@@ -198,6 +198,22 @@ def _dynamic_support(prototype_trace) -> bool:
     return False
 
 
+def set_up_guide(svi: SVI, init: Callable, *args):
+    """Set up ``svi``'s guide by ``init(*args)`` (a call of ``svi.init``): ``(shapes, state)``.
+
+    The set-up is an abstract evaluation with ``args`` abstract (nothing computed or compiled;
+    ``state`` is ``None``): the guide's prototype then holds placeholders, which the compiled
+    programs never read. Where a site's support depends on values (a bound computed from the
+    data), the guide is set up concretely instead, and ``state`` is that eager call's SVI state.
+    """
+    shapes = jax.eval_shape(init, *args)
+    if not _dynamic_support(svi.guide.prototype_trace):
+        return shapes, None
+    svi.guide.prototype_trace = None  # the next call sets the guide up again, on values
+    state = init(*args)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), state), state
+
+
 def engine(model: Callable, static: dict, traced: dict, *, make_guide: Callable, optim, key) -> tuple[Engine, bool]:
     """The cached engine for ``key`` (``None``: never cached), or a new one; ``(engine, hit)``."""
     if key is not None and key in _ENGINES:
@@ -205,20 +221,12 @@ def engine(model: Callable, static: dict, traced: dict, *, make_guide: Callable,
         return _ENGINES[key], True
     guide = make_guide(model)
     svi = SVI(model, guide, optim, Trace_ELBO())
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype)
-                            if not isinstance(a, jax.ShapeDtypeStruct) else a, traced)
 
     def setup(tr):
         data, y = _assemble(static, tr)
-        return svi.init(jax.random.PRNGKey(0), data, y=y)  # first guide call: sets up its prototype
+        return svi.init(jax.random.PRNGKey(0), data, y=y)
 
-    shapes = jax.eval_shape(setup, abstract)
-    if _dynamic_support(guide.prototype_trace):
-        guide = make_guide(model)
-        svi = SVI(model, guide, optim, Trace_ELBO())
-        data, y = _assemble(static, traced)
-        svi.init(jax.random.PRNGKey(0), data, y=y)  # concrete set-up: the supports hold values
-        shapes = jax.eval_shape(lambda: svi.init(jax.random.PRNGKey(0), data, y=y))
+    shapes, _ = set_up_guide(svi, setup, traced)
     latent = tuple(n for n, s in guide.prototype_trace.items() if s["type"] == "sample" and not s["is_observed"])
     det = tuple(n for n, s in guide.prototype_trace.items() if s["type"] == "deterministic")
     eng = Engine(key=key, model=model, static=static, guide=guide, svi=svi, latent=latent, deterministic=det,
@@ -235,7 +243,7 @@ def clear_cache() -> None:
     _ENGINES.clear()
 
 
-__all__ = ["BLOCK_SIZE", "Engine", "ROW_KEYS", "clear_cache", "engine", "split_data"]
+__all__ = ["BLOCK_SIZE", "Engine", "ROW_KEYS", "clear_cache", "engine", "set_up_guide", "split_data"]
 _ = handlers  # numpyro handlers are used by the guides' set-up inside SVI.init
 
 

@@ -288,17 +288,17 @@ def _compiled_init(stream: _Stream, svi, guide: str, rank: int, optim, fixed, ke
     the guide's parameters and the optimiser state traced together, instead of NumPyro's eager
     set-up (hundreds of one-off XLA compilations: 75 s of a 10^6-cell fit at load 8).
 
-    ``svi``'s own guide is set up abstractly (its prototype trace is all the steps and draws need);
-    where a site's support depends on data (a traced bound), it is set up concretely instead and
-    the state comes from that eager call, as before.
+    ``svi``'s own guide (which the steps and draws use) is set up as the engine's (``set_up_guide``):
+    abstractly, or concretely where a support depends on data, and then that eager call's state is used.
     """
-    from semimech.infer._svi import _dynamic_support
+    from semimech.infer._svi import set_up_guide
 
+    # the rows are closed over, not abstract: the guide's post-processing (used by ``sample_posterior``
+    # after the loop) keeps the set-up's model arguments, which must not be tracers
     data = {**fixed, **rows}
-    jax.eval_shape(lambda: svi.init(key, data, y=y, cells=cells))  # sets up svi's guide, computes nothing
-    if _dynamic_support(svi.guide.prototype_trace):
-        svi.guide.prototype_trace = None
-        return svi.init(key, data, y=y, cells=cells)
+    _, state = set_up_guide(svi, lambda: svi.init(key, data, y=y, cells=cells))
+    if state is not None:
+        return state
 
     def init(key, rows, y, cells):
         fresh = SVI(stream.model, _make_guide(stream.model, guide, rank), optim, Trace_ELBO())
