@@ -33,6 +33,7 @@ their docstrings. ``--quick``: 1 seed, 300 steps, fewer folds (a smoke run, not 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import pathlib
 import platform
@@ -118,35 +119,50 @@ def log_seed(log, name: str, seed: int, metric: str, sc: dict) -> None:
         f"cov90 {sc['cov90']:.2f}  fit {sc['seconds']:.1f}s")
 
 
-def run_model(task: ht.Task, folds, name: str, *, seeds, budget: Budget, log=print) -> dict:
-    """Fit configuration ``name`` on every fold for every seed; score pooled over folds."""
+def run_model(task: ht.Task, folds, name: str, *, seeds, budget: Budget, log=print, on_fit=None) -> dict:
+    """Fit configuration ``name`` on every fold for every seed; score pooled over folds.
+
+    Folds outer, seeds inner: a fold's compiled programs serve all its seeds and are then dropped
+    (``jax.clear_caches``), so no fold is compiled twice and the process does not grow with the
+    folds. (Seeds outer compiled every fold again for every seed wherever the fold designs differ,
+    e.g. the signalling network's arrays, which come from each fold's training data.) Every fit is a
+    function of its fold and seed alone, so the order changes no number. ``on_fit(fold, seed,
+    prediction)`` is called after each fit (``heldout_folds.py`` keeps per-fold errors with it).
+    """
     cfg = MODELS[name]
     truth, ref = _stack(folds, "truth"), _stack(folds, "reference")
-    scores, notes = [], []
-    for seed in seeds:
-        predicted = []
-        try:
-            for fold in folds:
+    predicted, notes = {seed: [] for seed in seeds}, []
+    for i, fold in enumerate(folds):
+        t_fold = time.time()
+        for seed in [s for s in seeds if s in predicted]:
+            try:
                 p = cfg.run(fold, seed=seed, budget=budget)
                 if p.observed.shape[1:] != fold.truth.shape:
                     raise ValueError(f"{name} returned draws of shape {p.observed.shape}, expected "
                                      f"(draws, {fold.truth.shape[0]}, {fold.truth.shape[1]}).")
-                predicted.append(p)
-                # Each NUTS fit leaves ~700-1,300 memory mappings of compiled code in JAX's caches
-                # (measured: 2,595 -> 7,179 over 6 tiny fit_nuts calls; flat at ~1,000 with this call):
-                # 40-60 folds in one process reach the kernel's 65,530 and LLVM aborts ("Unable to
-                # allocate section memory", seen twice on liverdream_loco). semimech's own SVI
-                # programs are cached apart and kept.
-                jax.clear_caches()
-        except NotApplicable as err:
-            notes.append(f"cannot predict fold {fold.name!r}: {err}")
-            log(f"  {name} seed {seed}: cannot predict {fold.name!r}: {err}")
-            break
-        except Exception as err:  # report, keep going with the other configurations
-            traceback.print_exc(limit=3)
-            notes.append(f"seed {seed} failed on fold {fold.name!r}: {type(err).__name__}: {str(err)[:200]}")
-            continue
-        scores.append(score_seed(task, truth, ref, predicted))
+            except NotApplicable as err:  # the configuration cannot answer this task at all
+                notes.append(f"cannot predict fold {fold.name!r}: {err}")
+                log(f"  {name}: cannot predict {fold.name!r}: {err}")
+                return summarise([], notes)
+            except Exception as err:  # report, drop this seed, keep going with the others
+                traceback.print_exc(limit=3)
+                notes.append(f"seed {seed} failed on fold {fold.name!r}: {type(err).__name__}: {str(err)[:200]}")
+                del predicted[seed]
+                continue
+            predicted[seed].append(p)
+            if on_fit is not None:
+                on_fit(fold, seed, p)
+        # Each NUTS fit leaves ~700-1,300 memory mappings of compiled code in JAX's caches
+        # (measured: 2,595 -> 7,179 over 6 tiny fit_nuts calls): 40-60 folds in one process reach the
+        # kernel's 65,530 and LLVM aborts ("Unable to allocate section memory", seen twice on
+        # liverdream_loco). semimech's own SVI programs are cached apart (a few engines) and kept.
+        jax.clear_caches()
+        gc.collect()
+        if len(folds) > 1:
+            log(f"  {name}: fold {i + 1}/{len(folds)} {fold.name!r}, {len(predicted)} seed(s), {time.time() - t_fold:.0f}s")
+    scores = []
+    for seed, preds in predicted.items():
+        scores.append(score_seed(task, truth, ref, preds))
         log_seed(log, name, seed, task.metric, scores[-1])
     return summarise(scores, notes)
 
@@ -168,6 +184,7 @@ def run(task_name: str, *, models, seeds, budget: Budget, log=print) -> dict:
         cfg = MODELS[name]
         if cfg.tasks is not None and task_name not in cfg.tasks:
             notes.append(f"{name}: not configured for {task_name}")
+            log(f"  {name}: not configured for {task_name} (skipped)")
             continue
         out_models[name] = run_model(task, folds, name, seeds=seeds, budget=budget, log=log)
     return {"task": task_name, "metric": task.metric, "higher_is_better": task.higher_is_better,

@@ -1,14 +1,9 @@
 """One configuration of ``benchmarks/heldout.py`` with its errors per fold and per readout.
 
-Same fits, seeds and scoring as ``heldout.py TASK --models NAME`` (``heldout.run_model``), in a
-different order: folds outer, seeds inner, so each fold's compiled programs serve all its seeds
-and are then dropped (``jax.clear_caches``). Configurations whose fold designs differ (the
-signalling network's arrays come from each fold's training data) compile once per fold: with
-seeds outer, a process either keeps every fold's programs and grows (~0.13 GB per LiverDREAM
-fold) or drops them and compiles every fold again for every seed; here each fold compiles once
-(LiverDREAM at load ~10: 46-134 s for a fold's first fit, 2-6 s for its other seeds).
-Prints each fold's RMSE per seed next to a baseline's and the RMSE per readout; the JSON holds
-``heldout.py``'s summary for the configuration plus every fold's truth, point and 90% interval::
+The same fits, seeds, order (folds outer, seeds inner) and scoring as ``heldout.py TASK --models
+NAME`` (it calls ``heldout.run_model``); in addition it prints each fold's RMSE per seed next to a
+baseline's and the RMSE per readout, and the JSON holds every fold's truth, point and 90% interval
+and the coverage split at the data's bounds::
 
     cd /tmp && python -u /path/to/benchmarks/heldout_folds.py liverdream_loco signalling_network/normal \\
         --baseline stimulus_only --seeds 3 --json liver_folds.json
@@ -17,7 +12,6 @@ Prints each fold's RMSE per seed next to a baseline's and the RMSE per readout; 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import pathlib
 import time
@@ -30,38 +24,33 @@ from heldout_models import MODELS
 
 
 def run(task_name: str, name: str, *, seeds, budget: H.Budget, baseline: str | None = None, log=print) -> dict:
-    """Fit ``name`` on every fold of ``task_name`` (folds outer); summary as ``heldout.run_model`` plus ``per_fold``."""
-    import jax
-
-    task, cfg = ht.TASKS[task_name], MODELS[name]
+    """``heldout.run_model`` for ``name`` on ``task_name``, with ``per_fold`` rows and the coverage split."""
+    task = ht.TASKS[task_name]
     folds = task.build(quick=budget.quick)
     truth, ref = H._stack(folds, "truth"), H._stack(folds, "reference")
     rule_name = baseline or next(iter(task.baselines))
     rule = task.baselines[rule_name]
     got, rows = {s: [] for s in seeds}, []
-    for fold in folds:
-        r_err = float(np.sqrt(np.mean((rule(fold) - fold.truth) ** 2)))
-        errs = []
-        for s in seeds:
-            p = cfg.run(fold, seed=s, budget=budget)
-            got[s].append(p)
-            lo, hi = np.quantile(p.observed, [0.05, 0.95], axis=0)
-            errs.append(float(np.sqrt(np.mean((p.point - fold.truth) ** 2))))
-            rows.append({"seed": s, "fold": fold.name, "readouts": list(fold.readouts),
-                         "truth": np.asarray(fold.truth).tolist(), "point": p.point.tolist(), "lo90": lo.tolist(),
-                         "hi90": hi.tolist(), "rmse": errs[-1], "seconds": p.seconds})
-        log(f"  {fold.name:16s} {rule_name} {r_err:.3f}  "
-            f"{name}: " + " ".join(f"{e:.3f}" for e in errs))
-        jax.clear_caches()
-        gc.collect()
-    scores = [H.score_seed(task, truth, ref, got[s]) for s in seeds]
-    for s, sc in zip(seeds, scores):
-        H.log_seed(log, name, s, task.metric, sc)
-    summary = H.summarise(scores, ["folds outer, seeds inner (heldout_folds.py)"])
+
+    def on_fit(fold, seed, p):
+        got[seed].append(p)
+        lo, hi = np.quantile(p.observed, [0.05, 0.95], axis=0)
+        rows.append({"seed": seed, "fold": fold.name, "readouts": list(fold.readouts),
+                     "truth": np.asarray(fold.truth).tolist(), "point": p.point.tolist(), "lo90": lo.tolist(),
+                     "hi90": hi.tolist(), "rmse": float(np.sqrt(np.mean((p.point - fold.truth) ** 2))),
+                     "seconds": p.seconds})
+        if seed == seeds[-1]:
+            r_err = float(np.sqrt(np.mean((rule(fold) - fold.truth) ** 2)))
+            errs = [r["rmse"] for r in rows if r["fold"] == fold.name]
+            log(f"  {fold.name:16s} {rule_name} {r_err:.3f}  {name}: " + " ".join(f"{e:.3f}" for e in errs))
+
+    summary = H.run_model(task, folds, name, seeds=seeds, budget=budget, log=log, on_fit=on_fit)
+    got = {s: preds for s, preds in got.items() if len(preds) == len(folds)}  # seeds that failed are not scored
     split = coverage_split(summary, got, truth)
-    return {"coverage_split": split, "task": task_name, "metric": task.metric, "aggregation": task.aggregation, "gene_set": task.gene_set,
-            "models": {name: summary}, "baselines": {b: H.aggregate(task, truth, np.concatenate([fn(f) for f in folds]),
-                                                                    ref) for b, fn in task.baselines.items()},
+    return {"coverage_split": split, "task": task_name, "metric": task.metric, "aggregation": task.aggregation,
+            "gene_set": task.gene_set, "models": {name: summary},
+            "baselines": {b: H.aggregate(task, truth, np.concatenate([fn(f) for f in folds]), ref)
+                          for b, fn in task.baselines.items()},
             "per_fold": rows}
 
 

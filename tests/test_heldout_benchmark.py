@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -53,6 +54,36 @@ def test_scores_and_coverage_of_known_predictors(heldout, norman_folds, monkeypa
     assert good["seeds"] == 3 and good["sd_over_seeds"] is not None
     assert good["value"] < 0.15 and good["coverage_90"] > 0.99 and good["coverage_50"] > 0.95
     assert bad["value"] == pytest.approx(np.sqrt(105), rel=1e-3) and bad["coverage_90"] == 0.0
+
+
+def test_folds_outer_a_failing_seed_is_dropped_and_not_applicable_stops(heldout, monkeypatch):
+    from heldout_models import MODELS, ModelConfig, NotApplicable
+
+    task = heldout.ht.TASKS["norman_doubles"]
+    one = heldout.ht.TASKS["norman_doubles"].build(quick=True)
+    folds = [dataclasses.replace(f, name=f"{f.name}#{i}") for i in range(2) for f in one]
+    calls = []
+    oracle = _config(lambda f: f.truth, 0.1)
+
+    def flaky(fold, *, seed, budget):
+        calls.append((fold.name, seed))
+        if seed == 1 and fold is folds[-1]:
+            raise RuntimeError("seed 1 diverged")
+        return oracle(fold, seed=seed, budget=budget)
+
+    def refuses(fold, *, seed, budget):
+        raise NotApplicable("unseen target")
+
+    monkeypatch.setitem(MODELS, "flaky", ModelConfig("flaky", flaky, None, ""))
+    monkeypatch.setitem(MODELS, "refuses", ModelConfig("refuses", refuses, None, ""))
+    budget = heldout.Budget(quick=True)
+    res = heldout.run_model(task, folds, "flaky", seeds=[0, 1, 2], budget=budget, log=lambda *a: None)
+    # folds outer, seeds inner: every fold's seeds before the next fold
+    assert calls == [(f.name, s) for f in folds for s in (0, 1, 2)]
+    assert res["seeds"] == 2 and len(res["per_seed"]) == 2 and res["value"] < 0.15
+    assert any("seed 1 failed" in n and "diverged" in n for n in res["notes"])
+    none = heldout.run_model(task, folds, "refuses", seeds=[0, 1], budget=budget, log=lambda *a: None)
+    assert none["seeds"] == 0 and none["value"] is None and "cannot predict" in none["notes"][0]
 
 
 def test_pooled_and_per_condition_aggregation_differ_as_stated(heldout):
