@@ -2,8 +2,8 @@
 
     python benchmarks/compare_cv.py TASK [--design train|full|factor] [--unit U] [--k K] [--steps 2000] [--refit-steps N]
                                          [--method svi|auto] [--heldout-json PATH | --heldout NAME=VALUE ...]
-                                         [--heldout-steps STEPS] [--heldout-seeds 3] [--seed 0] [--json PATH]
-    python benchmarks/compare_cv.py TASK --heldout-only [--heldout-seeds 3] [--heldout-steps STEPS] --json PATH
+                                         [--heldout-steps STEPS] [--heldout-seeds 3] [--seed 0] [--restarts K] [--json PATH]
+    python benchmarks/compare_cv.py TASK --heldout-only [--heldout-seeds 3] [--heldout-steps STEPS] [--restarts K] --json PATH
 
 Tasks (from ``benchmarks/heldout_tasks.py``): ``norman_doubles`` (shipped data),
 ``hepg2_combinations``, ``sachs_loco``. For each, every registered static model
@@ -44,6 +44,11 @@ factor-pairs`` drops the triple-inhibitor rows, so that a left-out pair is seen 
 (3 units; its held-out task: the 150 pair rows from the 200 training rows).
 ``--method auto`` fits each model as ``sm.fit`` chooses (NUTS for the additive model on this
 unreplicated design, SVI for the cut-posterior and steady-state models); refits take the same path.
+
+``--restarts K`` (SVI): every fit is ``sm.fit_svi(..., restarts=K)``, the best of K runs by the final training
+loss; the comparison's refits inherit it (``semimech.evaluate.cv``), and the held-out values are computed (or read
+from ``--heldout-json``) under the configuration ``MODEL/svi (as compared, restarts=K)``: the same settings for the
+comparison and the held out. A held-out JSON without that configuration gives no value (no fallback to single runs).
 
 Writes JSON (default ``benchmarks/results/compare_TASK.json``) and prints a Markdown block for
 ``benchmarks/RESULTS_compare.md``.
@@ -206,23 +211,26 @@ def held_out_from_cv(table, design) -> dict:
 HELDOUT_KEYS = ("{}/svi (as compared)", "{}/svi", "{}/default")
 
 
-def as_compared(name: str) -> str:
-    """The ``heldout.py`` configuration fitting ``name`` as the comparison's fits (sm.fit_svi, default guide)."""
-    cfg = f"{name}/svi (as compared)"
+def as_compared(name: str, restarts: int = 1) -> str:
+    """The ``heldout.py`` configuration fitting ``name`` as the comparison's fits (sm.fit_svi, default guide;
+    ``restarts > 1``: the best of that many runs by the training loss)."""
+    cfg = f"{name}/svi (as compared)" if restarts == 1 else f"{name}/svi (as compared, restarts={restarts})"
     if cfg not in MODELS:
         from heldout_models import register_model
 
-        register_model(cfg)(svi_config(name))
+        register_model(cfg)(svi_config(name) if restarts == 1 else svi_config(name, restarts=restarts))
     return cfg
 
 
-def read_heldout_json(path: str, names) -> tuple[dict, dict]:
+def read_heldout_json(path: str, names, *, restarts: int = 1) -> tuple[dict, dict]:
     """Held-out ``value`` (the mean over seeds) per model from ``heldout.py``'s JSON, and the detail
-    (configuration used, sd over seeds, per-seed values); a model with none of :data:`HELDOUT_KEYS` gets None."""
+    (configuration used, sd over seeds, per-seed values); a model with none of :data:`HELDOUT_KEYS` gets None.
+    ``restarts > 1``: only the configuration ``MODEL/svi (as compared, restarts=K)`` is read."""
     res = json.loads(pathlib.Path(path).read_text())
+    keys = HELDOUT_KEYS if restarts == 1 else (f"{{}}/svi (as compared, restarts={restarts})",)
     values, detail = {}, {}
     for name in names:
-        key = next((k.format(name) for k in HELDOUT_KEYS if k.format(name) in res["models"]), None)
+        key = next((k.format(name) for k in keys if k.format(name) in res["models"]), None)
         m = res["models"].get(key) or {}
         values[name] = m.get("value")
         detail[name] = {"config": key, "value": m.get("value"), "sd_over_seeds": m.get("sd_over_seeds"),
@@ -233,7 +241,8 @@ def read_heldout_json(path: str, names) -> tuple[dict, dict]:
 
 
 def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, steps: int, log,
-                    same_design: bool = True, seeds: int = 3, draws: int = 200) -> tuple[dict, dict]:
+                    same_design: bool = True, seeds: int = 3, draws: int = 200,
+                    restarts: int = 1) -> tuple[dict, dict]:
     """Held-out value per model, by the contract of ``benchmarks/heldout.py``: the mean over ``seeds`` seeds.
 
     From its JSON when given (:func:`read_heldout_json`). Else, with ``seeds == 1`` and one fold whose
@@ -243,7 +252,7 @@ def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, step
     held-out condition; ``--design full``: fits of the training design). Returns (values, detail).
     """
     if path:
-        return read_heldout_json(path, fits)
+        return read_heldout_json(path, fits, restarts=restarts)
     task = ht.TASKS[task_name]
     truth, ref = heldout._stack(folds, "truth"), heldout._stack(folds, "reference")
     out, detail = {}, {}
@@ -262,7 +271,7 @@ def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, step
         return out, detail
     budget = Budget(num_steps=steps, num_samples=draws)
     for name in fits:
-        cfg = as_compared(name)
+        cfg = as_compared(name, restarts)
         r = heldout.run_model(task, folds, cfg, seeds=list(range(seeds)), budget=budget, log=log)
         out[name] = r["value"]
         detail[name] = {"config": cfg, "value": r["value"], "sd_over_seeds": r.get("sd_over_seeds"),
@@ -340,7 +349,7 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
 def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means", steps: int, draws: int, refit_steps: int | None,
         heldout_json: str | None, heldout_steps: int, models, full: bool | str = False, method: str = "svi",
         heldout: dict | None = None, warm: bool = False, rank_by: str = "crps", fold_form: bool = True,
-        heldout_seeds: int = 3, seed: int = 0, log=print) -> dict:
+        heldout_seeds: int = 3, seed: int = 0, restarts: int = 1, log=print) -> dict:
     task = ht.TASKS[task_name]
     folds = task.build(quick=False)
     design = comparison_design(task_name, folds, full=full)
@@ -357,7 +366,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
     log(f"[{task_name}] comparison design {design}; unit {unit!r}; load {os.getloadavg()[0]:.1f}")
     result = {"task": task_name, "unit": unit, "score": score, "rank_by": rank_by, "design_kind": kind, "cold_refits": not warm, "design": repr(design), "metric": task.metric,
               "higher_is_better": task.higher_is_better, "method": method, "load_start": os.getloadavg()[0],
-              "fold_form_fits": fold_form}
+              "fold_form_fits": fold_form, "restarts": restarts}
     t0, c0 = time.time(), cpu_seconds()
     fits, fit_notes, fit_s = {}, {}, {}
     for name in models:
@@ -368,6 +377,8 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
         # comparison's refits reuse its compiled init, step and draws instead of compiling them again
         # (RESULTS_compare.md, session 9); NUTS fits are left as they were
         keep_all = {"row_mask": np.ones(design.n_obs, bool)} if fold_form else {}
+        if restarts > 1:  # best of `restarts` SVI runs by the training loss; the refits inherit it
+            keep_all["restarts"] = restarts
         try:
             if method == "auto":  # as sm.fit chooses (NUTS: one chain of `draws`)
                 chosen, _ = sm.choose_method(REGISTRY[name], design, **opts)
@@ -414,7 +425,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
     else:
         held, result["held_out_detail"] = held_out_values(task_name, folds, fits, path=heldout_json,
                                                           steps=heldout_steps, log=log, same_design=not full,
-                                                          seeds=heldout_seeds, draws=draws)
+                                                          seeds=heldout_seeds, draws=draws, restarts=restarts)
         if heldout is not None:  # --heldout beside --heldout-json: a reference set (e.g. one seed's)
             result["held_out_reference"] = heldout
     result["held_out"] = held
@@ -442,7 +453,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
     result["fit_notes"] = fit_notes
     result["config"] = {"steps": steps, "draws": draws, "refit_steps": refit_steps, "k": k,
                         "heldout_steps": heldout_steps, "heldout_json": heldout_json, "heldout_seeds": heldout_seeds,
-                        "seed": seed, "semimech": sm.__version__,
+                        "seed": seed, "restarts": restarts, "semimech": sm.__version__,
                         "python": platform.python_version(), "cpus": os.cpu_count()}
     return result
 
@@ -503,6 +514,9 @@ def main(argv=None) -> int:
     ap.add_argument("--heldout-only", action="store_true",
                     help="compute the held-out values only (no comparison); write heldout.py's JSON to --json")
     ap.add_argument("--seed", type=int, default=0, help="seed of the comparison's fits and refits (default 0)")
+    ap.add_argument("--restarts", type=int, default=1,
+                    help="SVI fits (and the refits, and the held-out fits) as the best of K runs by the training loss "
+                         "(sm.fit_svi(..., restarts=K)); default 1")
     ap.add_argument("--models", nargs="*", default=list(REGISTRY))
     ap.add_argument("--warm", action="store_true",
                     help="warm-started refits (refit_options={'warm_start': True}; a third of the steps by default); "
@@ -515,16 +529,20 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.heldout_seeds < 1:
         ap.error("--heldout-seeds must be >= 1")
+    if args.restarts < 1:
+        ap.error("--restarts must be >= 1")
     if args.heldout_only:
         if not args.json:
             ap.error("--heldout-only writes heldout.py's JSON: give --json PATH")
         budget = Budget(num_steps=args.heldout_steps or args.steps, num_samples=args.draws)
         load0, t0, c0 = os.getloadavg()[0], time.time(), cpu_seconds()
-        res = heldout.run(args.task, models=[as_compared(n) for n in args.models],
+        res = heldout.run(args.task, models=[as_compared(n, args.restarts) for n in args.models],
                           seeds=list(range(args.heldout_seeds)), budget=budget)
         res["config"].update({"load_start": load0, "load_end": os.getloadavg()[0], "wall_s": time.time() - t0,
                               "cpu_s": cpu_seconds() - c0, "cpus": os.cpu_count(),
-                              "fitted_as": "compare_cv.py's fits: sm.fit_svi, default guide"})
+                              "fitted_as": "compare_cv.py's fits: sm.fit_svi, default guide"
+                              + (f", best of {args.restarts} runs by the training loss" if args.restarts > 1 else ""),
+                              "restarts": args.restarts})
         print(heldout.table(res))
         out = pathlib.Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -535,9 +553,9 @@ def main(argv=None) -> int:
             heldout_json=args.heldout_json, heldout_steps=args.heldout_steps or args.steps, models=args.models,
             full=args.design if args.design.startswith("factor") else args.design == "full", method=args.method,
             warm=args.warm and not args.cold, rank_by=args.rank_by, fold_form=not args.no_fold_form,
-            heldout_seeds=args.heldout_seeds, seed=args.seed, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
+            heldout_seeds=args.heldout_seeds, seed=args.seed, restarts=args.restarts, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
     stem = (f"compare_{args.task}" + ("" if args.design == "train" else f"_{args.design}") + f"_{args.score}"
-            + (f"_seed{args.seed}" if args.seed else ""))
+            + (f"_seed{args.seed}" if args.seed else "") + (f"_restarts{args.restarts}" if args.restarts > 1 else ""))
     out = pathlib.Path(args.json or pathlib.Path(__file__).resolve().parent / "results" / f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(heldout._finite(r), indent=1, default=str))

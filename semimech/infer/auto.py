@@ -97,7 +97,8 @@ def fit(spec: ModelSpec, design, *, rng_key, method: str = "auto", progress_bar:
     num_samples
         Posterior draws: per chain for NUTS (default 500), in all for SVI (default 400).
     **options
-        Model options (``likelihood=...``) and, for SVI, ``guide=``, ``learning_rate=``.
+        Model options (``likelihood=...``) and, for SVI, ``guide=``, ``learning_rate=``, ``restarts=``
+        (the best of that many SVI runs by the training loss; not used when NUTS is chosen).
 
     The chosen method is ``fit.method``; :func:`choose_method` gives it with the reason, which is
     also printed when ``progress_bar`` is on.
@@ -106,7 +107,7 @@ def fit(spec: ModelSpec, design, *, rng_key, method: str = "auto", progress_bar:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     from semimech.infer.fit import fit_nuts, fit_svi
 
-    svi_keys = {"guide", "learning_rate", "rank"}
+    svi_keys = {"guide", "learning_rate", "rank", "restarts"}
     model_options = {k: v for k, v in options.items() if k not in svi_keys}
     if method == "auto":
         method, reason = choose_method(spec, design, **model_options)

@@ -64,6 +64,12 @@ class Fit:
         Seconds per phase of the fit (``setup_s``, ``compile_s``, ``init_s``, ``steps_s``,
         ``draws_s``, ``total_s``; ``compiled_reused`` is 1 when compiled programs of an earlier
         fit were reused); ``None`` for a loaded fit.
+    restarts
+        ``fit_svi(..., restarts=k)`` with ``k > 1``: how the kept run was chosen. ``k``, ``window``
+        (the last steps whose mean loss scores a run), ``scores`` (that mean per run; ``inf`` for a
+        run whose loss did not stay finite), ``chosen`` (the index of the kept run: the lowest
+        score) and ``losses`` (``(k, num_steps)``, every run's loss per step; ``fit.losses`` is
+        the chosen run's). ``None`` for a single run.
     """
 
     spec: ModelSpec
@@ -76,6 +82,7 @@ class Fit:
     sample_stats: Mapping[str, np.ndarray] | None = None
     idata: Any = None
     timings: Mapping[str, float] | None = None
+    restarts: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         for a in self.samples.values():
@@ -83,6 +90,8 @@ class Fit:
         object.__setattr__(self, "samples", MappingProxyType(dict(self.samples)))
         object.__setattr__(self, "dims", MappingProxyType(dict(self.dims)))
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        if self.restarts is not None:
+            object.__setattr__(self, "restarts", MappingProxyType(dict(self.restarts)))
 
     @property
     def likelihood(self) -> str:
@@ -284,7 +293,8 @@ DEFAULT_INIT = init_to_median(num_samples=15)
 @limited_blas()
 def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, guide: str = "normal",
             learning_rate: float = 0.02, num_samples: int = 400, rank: int = 10, progress_bar: bool = True,
-            resume=None, row_mask=None, init_values: Mapping[str, Any] | None = None, **options) -> Fit:
+            resume=None, row_mask=None, init_values: Mapping[str, Any] | None = None, restarts: int = 1,
+            **options) -> Fit:
     """Fit by stochastic variational inference with an automatic guide.
 
     Parameters
@@ -320,6 +330,18 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
         medians of an earlier fit of the same model and design); other sites, and NaN entries of a
         value, start at the prior median. The values are data of the compiled initialisation: fits
         with different values share it.
+    restarts
+        Best of ``restarts`` runs (default 1: one run). Run ``i`` starts from its own
+        initialisation and random stream (run 0 is the single-run fit of the same ``rng_key``) and
+        takes all ``num_steps``; the run with the lowest mean loss (negative ELBO) over its last
+        ``max(1, num_steps // 10)`` steps is kept, so the choice uses the training objective
+        only. All runs' losses and the choice are in ``fit.restarts``. Runs share the compiled
+        programs and go one after the other: ``restarts=k`` costs ``k`` times the steps. For
+        models whose SVI can end in a local optimum far from the best one (the steady-state models
+        on Norman doubles end one seed in three in an optimum twice as bad held out:
+        ``benchmarks/RESULTS_compare.md``, session 12). ``resume=`` is not available with
+        ``restarts > 1``. With ``init_values`` every run starts from the warm values (they differ
+        in the entries started at the prior median and in the random stream).
     **options
         Model options, e.g. ``likelihood="negbin"``.
 
@@ -336,7 +358,7 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
     try:
         return _fit_svi(spec, design, rng_key=rng_key, num_steps=num_steps, guide=guide, learning_rate=learning_rate,
                         num_samples=num_samples, rank=rank, phases=phases, resume=resume, options=options,
-                        row_mask=row_mask, init_values=init_values)
+                        row_mask=row_mask, init_values=init_values, restarts=restarts)
     except KeyboardInterrupt as err:
         if isinstance(err, FitInterrupted):
             raise
@@ -346,12 +368,13 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
 
 
 def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samples, rank, phases, resume, options,
-             row_mask=None, init_values=None):
+             row_mask=None, init_values=None, restarts=1):
     from semimech.infer import _optim, _svi
     from semimech.infer._compiled import cache_key, signature, wait
 
     if guide not in GUIDES:
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
+    restarts = _check_restarts(restarts, resume)
     with phases.phase("setup_s", "preparing"):
         model, data, _, opts = _prepare(spec, design, options, row_mask, with_y=False)
         y, _ = observed(model, design, data, opts["likelihood"], key=cache_key("observed", spec.model, opts))
@@ -369,6 +392,11 @@ def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samp
     phases.add("compiled_reused", float(hit))
     eng.prepare(traced, num_samples, init=resume is None, phases=phases)
     k_fit, k_draw = jax.random.split(as_key(rng_key))
+    if restarts > 1:
+        state, losses, record = _best_of(eng, traced, k_fit, restarts, num_steps=num_steps,
+                                         learning_rate=learning_rate, phases=phases)
+        return _finish_svi(eng, spec, design, model, data, y, opts, state, losses, k_draw, num_samples, phases,
+                           None, traced=traced, restarts=record)
     fingerprint = functools.partial(_fingerprint, key, traced, k_fit, (num_steps, learning_rate))  # hashed when needed
     if resume is not None:
         state, losses, done = _resume(resume, fingerprint(), num_steps)
@@ -392,11 +420,26 @@ def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samp
             f"fit_svi interrupted (Ctrl-C) after {len(losses)} of {num_steps} steps; nothing was returned. "
             "Continue with fit_svi(..., resume=err.checkpoint) (same arguments) or run it again.", ckpt) from None
     _check_losses(losses)
+    return _finish_svi(eng, spec, design, model, data, y, opts, state, losses, k_draw, num_samples, phases,
+                       fingerprint, traced=traced, num_steps=num_steps)
+
+
+def _finish_svi(eng, spec, design, model, data, y, opts, state, losses, k_draw, num_samples, phases, fingerprint,
+                *, traced, num_steps=None, restarts=None):
+    """The posterior draws of a finished SVI state and the :class:`Fit` (``fingerprint``: for a checkpoint if
+    the draws are interrupted; ``None``: no checkpoint, as after ``restarts > 1``)."""
+    from semimech.infer import _svi
+    from semimech.infer._compiled import wait
+
     try:
         post = eng.draws(k_draw, state, traced, num_samples, phases=phases)
         with phases.phase("draws_s", f"drawing {num_samples} posterior samples"):
             post = wait(post)
     except KeyboardInterrupt:
+        if fingerprint is None:
+            raise FitInterrupted("fit_svi interrupted (Ctrl-C) while drawing the posterior, after all restarts; "
+                                 "nothing was returned. Run it again (resume= is not available with restarts > 1)."
+                                 ) from None
         ckpt = _svi.Checkpoint(fingerprint=fingerprint(), state=jax.device_get(state), losses=losses, done=len(losses),
                                num_steps=num_steps)
         raise FitInterrupted("fit_svi interrupted (Ctrl-C) while drawing the posterior, after all steps; nothing was "
@@ -407,7 +450,69 @@ def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samp
     timings = phases.finish()
     timings["steps"] = int(len(losses))
     return Fit(spec=spec, design=design, samples=samples, dims=dims, method="svi", options=opts,
-               losses=losses, timings=timings)
+               losses=losses, timings=timings, restarts=restarts)
+
+
+def _check_restarts(restarts, resume) -> int:
+    if isinstance(restarts, (bool, np.bool_)) or not isinstance(restarts, (int, np.integer)) or restarts < 1:
+        raise InferenceError(f"restarts must be a positive integer (the number of SVI runs to keep the best of), "
+                             f"got {restarts!r}.")
+    if restarts > 1 and resume is not None:
+        raise InferenceError("resume= continues one interrupted run; it is not available with restarts > 1. "
+                             "Run the fit again without resume=.")
+    return int(restarts)
+
+
+def restart_window(num_steps: int) -> int:
+    """The last steps whose mean loss scores a run of ``fit_svi(..., restarts=k)``."""
+    return max(1, int(num_steps) // 10)
+
+
+def _best_of(eng, traced, k_fit, restarts: int, *, num_steps: int, learning_rate: float, phases):
+    """``restarts`` SVI runs from their own starts (run 0: the single-run fit's); the lowest mean loss over
+    the last :func:`restart_window` steps is kept. Returns ``(state, losses, record)``."""
+    from semimech.infer import _optim, _svi
+    from semimech.infer._compiled import wait
+
+    window = restart_window(num_steps)
+    best, runs, scores, first_error = None, [], [], None
+    for i in range(restarts):
+        k_i = k_fit if i == 0 else jax.random.fold_in(k_fit, i)
+        state = eng.init(k_i, traced, phases=phases)
+        with phases.phase("init_s", f"initialising (run {i + 1} of {restarts})"):
+            state = wait(state)
+        state = _optim.set_schedule(state, learning_rate=learning_rate, num_steps=num_steps)
+        eng.compile_block(state, traced, phases=phases)
+        with deferred_interrupt() as flag:
+            state, losses, status = _svi.run_blocks(eng, state, traced, num_steps=num_steps, done=0, losses=[],
+                                                    phases=phases, flag=flag)
+        if status == "interrupted":
+            raise FitInterrupted(f"fit_svi interrupted (Ctrl-C) in run {i + 1} of {restarts} (restarts={restarts}); "
+                                 "nothing was returned. Run it again (resume= is not available with restarts > 1)."
+                                 ) from None
+        losses = np.concatenate(losses) if losses else np.zeros(0, np.float32)
+        score = np.inf
+        if status == "no_init":
+            first_error = first_error or InferenceError(_NO_INIT)
+        else:
+            try:
+                _check_losses(losses)
+                tail = losses[-window:]
+                score = float(np.mean(tail)) if np.isfinite(tail).all() else np.inf
+            except InferenceError as err:
+                first_error = first_error or err
+        full = np.full(num_steps, np.nan, np.float32)
+        full[:len(losses)] = losses
+        runs.append(full)
+        scores.append(score)
+        if np.isfinite(score) and (best is None or score < scores[best[0]]):
+            best = (i, state, losses)
+    if best is None:
+        raise first_error
+    chosen, state, losses = best
+    record = {"k": restarts, "window": window, "scores": tuple(scores), "chosen": chosen,
+              "losses": np.stack(runs)}
+    return state, losses, record
 
 
 def _fingerprint(key, traced, k_fit, num_steps) -> str:

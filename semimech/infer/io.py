@@ -87,6 +87,9 @@ def _write(fit, folder: Path, plain: dict, arrays_opt: dict, kinds: dict) -> Non
         arrays["perturbation_context"] = d.perturbation_context
     if fit.losses is not None:
         arrays["losses"] = fit.losses
+    if fit.restarts is not None:  # fit_svi(..., restarts=k): every run's losses and scores, the chosen run
+        arrays["restart_losses"] = np.asarray(fit.restarts["losses"])
+        arrays["restart_scores"] = np.asarray(fit.restarts["scores"], np.float64)
     for k, v in (fit.sample_stats or {}).items():
         arrays[f"stat_{k}"] = v
     if sp.issparse(d.y):
@@ -97,6 +100,8 @@ def _write(fit, folder: Path, plain: dict, arrays_opt: dict, kinds: dict) -> Non
     np.savez_compressed(folder / "options.npz", **arrays_opt)
     meta = {"format": _FORMAT, "model": fit.spec.name, "method": fit.method, "options": plain, "option_kinds": kinds,
             "dims": {k: list(v) for k, v in fit.dims.items()}, "sample_order": list(fit.samples),
+            **({"restarts": {"k": int(fit.restarts["k"]), "window": int(fit.restarts["window"]),
+                             "chosen": int(fit.restarts["chosen"])}} if fit.restarts is not None else {}),
             "design": {"obs_names": list(d.obs_names), "genes": list(d.genes), "perturbations": list(d.perturbations),
                        "targets": list(d.targets), "control": d.control,
                        "batches": None if d.batches is None else list(d.batches), "is_counts": d.is_counts,
@@ -207,9 +212,13 @@ def load(path, *, spec=None):
     samples = {k: np.asarray(post[k].values) for k in order}
     stats = {k[5:]: v for k, v in arr.items() if k.startswith("stat_")} or None
     options = _join_options(meta["options"], meta.get("option_kinds", {}), path / "options.npz")
+    restarts = None
+    if meta.get("restarts") is not None:
+        restarts = {**meta["restarts"], "scores": tuple(float(x) for x in arr["restart_scores"]),
+                    "losses": arr["restart_losses"]}
     return Fit(spec=spec, design=design, samples=samples, dims={k: tuple(v) for k, v in meta["dims"].items()},
                method=meta["method"], options=options, losses=arr.get("losses"), sample_stats=stats,
-               idata=dt)
+               idata=dt, restarts=restarts)
 
 
 def _factor_meta(d) -> dict:
