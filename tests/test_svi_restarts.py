@@ -62,7 +62,8 @@ def test_restarts_keep_the_run_with_the_best_training_loss(two_wells):
 
 def test_restarts_are_saved_and_loaded(two_wells, tmp_path):
     spec, design = two_wells
-    fit = sm.fit_svi(spec, design, rng_key=1, num_steps=60, num_samples=10, progress_bar=False, restarts=2)
+    fit = sm.fit(spec, design, rng_key=1, method="svi", num_steps=60, num_samples=10, progress_bar=False,
+                 restarts=2)                                  # sm.fit passes restarts to SVI
     fit.save(tmp_path / "f")
     back = sm.load(tmp_path / "f", spec=spec)
     assert back.restarts["chosen"] == fit.restarts["chosen"] and back.restarts["k"] == 2
