@@ -410,7 +410,6 @@ class _Folds:
         return ll[:, np.searchsorted(rows, self.entry_row[positions]), self.entry_gene[positions]][None]
 
 
-@limited_blas()
 def svi_refit_options(fit, num_steps: int, options: dict) -> dict:
     """``fit_svi`` keywords of an SVI refit: the fit's draws and restarts (a fit made with ``restarts=k``,
     the best of ``k`` runs by the training loss, is refitted the same way), then ``options`` (the caller's)."""
@@ -418,6 +417,7 @@ def svi_refit_options(fit, num_steps: int, options: dict) -> dict:
     return {"num_steps": num_steps, "num_samples": fit.num_draws, **restarts, **options}
 
 
+@limited_blas()
 def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None = None, score: str = "means",
                    num_steps: int | None = None,
                    refit_options: dict | None = None, max_pit_rows: int = 2000, rng_key=0) -> CrossValidation:
