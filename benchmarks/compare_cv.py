@@ -218,7 +218,7 @@ def as_compared(name: str, restarts: int = 1) -> str:
     if cfg not in MODELS:
         from heldout_models import register_model
 
-        register_model(cfg)(svi_config(name) if restarts == 1 else svi_config(name, restarts=restarts))
+        register_model(cfg)(svi_config(name, restarts=restarts))
     return cfg
 
 

@@ -373,7 +373,7 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
 def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samples, rank, phases, resume, options,
              row_mask=None, init_values=None, restarts=1):
     from semimech.infer import _optim, _svi
-    from semimech.infer._compiled import cache_key, signature, wait
+    from semimech.infer._compiled import cache_key, signature
 
     if guide not in GUIDES:
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
@@ -401,19 +401,9 @@ def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samp
         return _finish_svi(eng, spec, design, model, data, y, opts, state, losses, k_draw, num_samples, phases,
                            None, traced=traced, restarts=record)
     fingerprint = functools.partial(_fingerprint, key, traced, k_fit, (num_steps, learning_rate))  # hashed when needed
-    if resume is not None:
-        state, losses, done = _resume(resume, fingerprint(), num_steps)
-    else:
-        state = eng.init(k_fit, traced, phases=phases)
-        with phases.phase("init_s", "initialising"):
-            state = wait(state)
-        losses, done = [], 0
-    state = _optim.set_schedule(state, learning_rate=learning_rate, num_steps=num_steps)
-    eng.compile_block(state, traced, phases=phases)
-    with deferred_interrupt() as flag:
-        state, losses, status = _svi.run_blocks(eng, state, traced, num_steps=num_steps, done=done, losses=losses,
-                                                phases=phases, flag=flag)
-    losses = np.concatenate(losses) if losses else np.zeros(0, np.float32)
+    start = _resume(resume, fingerprint(), num_steps) if resume is not None else None
+    state, losses, status = _run_svi(eng, traced, k_fit, num_steps=num_steps, learning_rate=learning_rate,
+                                     phases=phases, start=start)
     if status == "no_init":
         raise InferenceError(_NO_INIT)
     if status == "interrupted":
@@ -471,29 +461,42 @@ def restart_window(num_steps: int) -> int:
     return max(1, int(num_steps) // 10)
 
 
-def _best_of(eng, traced, k_fit, restarts: int, *, num_steps: int, learning_rate: float, phases):
-    """``restarts`` SVI runs from their own starts (run 0: the single-run fit's); the lowest mean loss over
-    the last :func:`restart_window` steps is kept. Returns ``(state, losses, record)``."""
+def _run_svi(eng, traced, key, *, num_steps: int, learning_rate: float, phases, start=None,
+             init_text: str = "initialising"):
+    """One SVI run: the compiled initialisation from ``key`` (or ``start = (state, losses, done)`` of a resumed
+    run), the learning-rate schedule, then the steps in blocks until ``num_steps`` or Ctrl-C.
+    Returns ``(state, losses, status)`` with ``losses`` one array and ``status`` as ``run_blocks``'."""
     from semimech.infer import _optim, _svi
     from semimech.infer._compiled import wait
 
+    if start is None:
+        state = eng.init(key, traced, phases=phases)
+        with phases.phase("init_s", init_text):
+            state = wait(state)
+        losses, done = [], 0
+    else:
+        state, losses, done = start
+    state = _optim.set_schedule(state, learning_rate=learning_rate, num_steps=num_steps)
+    eng.compile_block(state, traced, phases=phases)
+    with deferred_interrupt() as flag:
+        state, losses, status = _svi.run_blocks(eng, state, traced, num_steps=num_steps, done=done, losses=losses,
+                                                phases=phases, flag=flag)
+    return state, (np.concatenate(losses) if losses else np.zeros(0, np.float32)), status
+
+
+def _best_of(eng, traced, k_fit, restarts: int, *, num_steps: int, learning_rate: float, phases):
+    """``restarts`` SVI runs from their own starts (run 0: the single-run fit's); the lowest mean loss over
+    the last :func:`restart_window` steps is kept. Returns ``(state, losses, record)``."""
     window = restart_window(num_steps)
     best, runs, scores, first_error = None, [], [], None
     for i in range(restarts):
         k_i = k_fit if i == 0 else jax.random.fold_in(k_fit, i)
-        state = eng.init(k_i, traced, phases=phases)
-        with phases.phase("init_s", f"initialising (run {i + 1} of {restarts})"):
-            state = wait(state)
-        state = _optim.set_schedule(state, learning_rate=learning_rate, num_steps=num_steps)
-        eng.compile_block(state, traced, phases=phases)
-        with deferred_interrupt() as flag:
-            state, losses, status = _svi.run_blocks(eng, state, traced, num_steps=num_steps, done=0, losses=[],
-                                                    phases=phases, flag=flag)
+        state, losses, status = _run_svi(eng, traced, k_i, num_steps=num_steps, learning_rate=learning_rate,
+                                         phases=phases, init_text=f"initialising (run {i + 1} of {restarts})")
         if status == "interrupted":
             raise FitInterrupted(f"fit_svi interrupted (Ctrl-C) in run {i + 1} of {restarts} (restarts={restarts}); "
                                  "nothing was returned. Run it again (resume= is not available with restarts > 1)."
                                  ) from None
-        losses = np.concatenate(losses) if losses else np.zeros(0, np.float32)
         score = np.inf
         if status == "no_init":
             first_error = first_error or InferenceError(_NO_INIT)
