@@ -140,8 +140,8 @@ def test_norman_x_equals_source_rows(norman, shared):
         )
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("make_datasets", REPO / "scripts" / "make_datasets.py")
+def _load_script(name="make_norman19_devel"):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "datasets" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -156,6 +156,15 @@ def test_make_datasets_reproduces_shipped_file(shared, tmp_path, capsys):
     assert (tmp_path / "LICENSE.perturbench.txt").read_text().startswith("BSD 3-Clause License")
     assert script.main(["--source", str(tmp_path / "absent.h5ad"), "--out-dir", str(tmp_path)]) == 2
     assert "--source" in capsys.readouterr().err
+
+
+def test_make_hepg2_subset_reproduces_shipped_files(shared, tmp_path):
+    script = _load_script("make_hepg2_subset")
+    out = tmp_path / "new_folder"  # the script makes its output folder
+    assert script.main(["--source", str(shared / "cellnopt_liver_phospho"), "--out-dir", str(out)]) == 0
+    folder = resources.files("semimech.datasets")
+    for name in ("hepg2_cancerres2011.csv", "hepg2_cancerres2011_pkn.sif", "LICENSE.cellnopt.txt"):
+        assert (out / name).read_bytes() == folder.joinpath(name).read_bytes(), name
 
 
 def test_shipped_files_are_small_and_licensed():

@@ -1,6 +1,6 @@
 """CellNOpt HepG2 data: the shipped subset, and how its treatments and readouts name PKN nodes.
 
-Shipped with the package (made by ``scripts/make_hepg2_subset.py``; BSD 2-clause, see
+Shipped with the package (made by ``benchmarks/datasets/make_hepg2_subset.py``; BSD 2-clause, see
 ``HEPG2_CANCERRES2011.md`` and ``LICENSE.cellnopt.txt`` in this folder): the t = 30 min rows of
 ``HepG2CancerRes2011`` (Saez-Rodriguez et al., Cancer Res 71:5400, 2011; Alexopoulos et al.,
 Mol Cell Proteomics 9:1849, 2010) — 5 liver cell lines x 10 stimulus settings x the full 2^3

@@ -51,7 +51,7 @@ def norman19_devel() -> ad.AnnData:
 
     Source: https://github.com/altoslabs/perturbench, ``src/perturbench/data/resources/
     devel.h5ad`` at commit d357dfae3b50968e800e9f5f273ff145080ae67c, rows with
-    ``dataset == "norman19"``; derived by ``scripts/make_datasets.py`` (values of X
+    ``dataset == "norman19"``; derived by ``benchmarks/datasets/make_norman19_devel.py`` (values of X
     unchanged). License: BSD 3-Clause, Copyright (c) 2024 Altos Labs; the license text
     and full provenance ship as ``LICENSE.perturbench.txt`` and ``NORMAN19_DEVEL.md`` in
     this package folder.

@@ -8,7 +8,7 @@ upstream BSD 2-clause license (``LICENSE.cellnopt.txt``) from the offline copy a
 
 Usage (from the repository root)::
 
-    python scripts/make_hepg2_subset.py [--source ../shared/data/cellnopt_liver_phospho] [--out-dir semimech/datasets]
+    python benchmarks/datasets/make_hepg2_subset.py [--source ../shared/data/cellnopt_liver_phospho] [--out-dir semimech/datasets]
 
 Deterministic: rows in file order, values as in the file (integers), readouts in file order;
 the script prints a SHA-256 of the CSV so two runs can be compared.
@@ -22,7 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data" / "cellnopt_liver_phospho"
 DEFAULT_OUT_DIR = REPO_ROOT / "semimech" / "datasets"
 EXPECTED_ROWS = 400
@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     a = p.parse_args(argv)
     wide = derive(a.source)
+    a.out_dir.mkdir(parents=True, exist_ok=True)
     csv = a.out_dir / "hepg2_cancerres2011.csv"
     wide.to_csv(csv, index=False, float_format="%.6g")
     shutil.copyfile(a.source / "HepG2CancerRes2011" / "PKN-HepG2CancerRes2011.sif", a.out_dir / "hepg2_cancerres2011_pkn.sif")

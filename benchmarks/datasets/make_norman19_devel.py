@@ -7,7 +7,7 @@ upstream BSD-3 license next to it.
 
 Usage (from the repository root)::
 
-    python scripts/make_datasets.py [--source PATH/TO/devel.h5ad] [--out-dir semimech/datasets]
+    python benchmarks/datasets/make_norman19_devel.py [--source PATH/TO/devel.h5ad] [--out-dir semimech/datasets]
 
 The derivation is deterministic: it selects rows, drops annotation, sorts the
 sparse column indices and writes with fixed gzip settings. The values of ``X`` are
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = (
     REPO_ROOT.parent / "shared" / "data" / "perturbench_devel_norman19_mcfaline23" / "devel.h5ad"
 )
