@@ -36,6 +36,13 @@ choice of ``--rounds`` x ``--budget`` can beat). ``--first-seed``: run seeds fir
 (a long run split over fresh processes; each task also writes ``JSON.TASK.partial`` after every
 seed).
 
+``--fit nuts``: every fit (every arm, round and the ceiling) by NUTS instead of mean-field SVI (one
+chain, ``--nuts-warmup`` + ``--nuts-samples`` draws, ``--nuts-depth``; ``--steps`` unused). On
+hepg2_pool (50 contexts) mean-field SVI over-shrinks the per-target effect deviations and the
+pair interactions' scale, which NUTS does not (``RESULTS_next_experiment.md``, session 13); a
+fit then takes ~2 min instead of ~0.6 min there. The convergence record is then the fraction of
+divergent transitions per fit instead of the SVI loss change.
+
 Also (``--extras``, or each alone with ``--correlation`` / ``--cost`` and ``--tasks`` empty): the
 rank correlation between a candidate's expected and realised reduction of the targets' summed
 posterior variance (Norman, round 0, every pool candidate, converged fits paired by SVI seed and
@@ -265,10 +272,18 @@ def _score_arrays(observed, mean, truth):
     return rmse, float(np.mean((truth >= lo) & (truth <= hi)))
 
 
+#: how every benchmark fit is made (``--fit``): mean-field SVI (default) or one NUTS chain
+FIT = {"method": "svi", "warmup": 300, "samples": 300, "depth": 8}
+
+
 def _fit(design, seed, steps, draws=256):
     # an all-True row_mask makes the data-centred priors traced data, not constants of the compiled
     # program: every design of one shape (more cells of a condition, another seed) then shares
     # one compilation instead of compiling anew per fit (~50 s each at load 10); same model
+    if FIT["method"] == "nuts":
+        return sm.fit_nuts(additive.SPEC, design, rng_key=seed, num_warmup=FIT["warmup"], num_samples=FIT["samples"],
+                           num_chains=1, max_tree_depth=FIT["depth"], progress_bar=False,
+                           row_mask=np.ones(design.n_obs, bool))
     return sm.fit_svi(additive.SPEC, design, rng_key=seed, num_steps=steps, num_samples=draws, progress_bar=False,
                       row_mask=np.ones(design.n_obs, bool))
 
@@ -335,7 +350,8 @@ def _task_result(task, rounds, budget, steps, error, cover, picks, whole, conv, 
             "error": error, "coverage_90": cover, "picks": picks,
             **({"whole_pool": {"error": [e for e, _ in whole], "coverage_90": [c for _, c in whole]}}
                if whole is not None else {}),
-            "loss_change_last100": _loss_summary(conv),
+            ("divergent_fraction" if FIT["method"] == "nuts" else "loss_change_last100"): _loss_summary(conv),
+            "fit": dict(FIT) if FIT["method"] == "nuts" else {"method": "svi", "steps": steps},
             "ratio_last_round_per_seed": {o: [float(a[-1] / b[-1]) for a, b in zip(error[o], error["random"])]
                                           for o in objectives if "random" in error},
             "ratio_last_round_vs_random": {o: float(np.mean([e[-1] for e in error[o]])
@@ -432,7 +448,10 @@ def _loss_summary(changes):
 
 
 def _converged(fit):
-    """Relative change of the mean loss, last 100 steps against the 100 before."""
+    """Relative change of the mean loss, last 100 steps against the 100 before (NUTS: the fraction of
+    divergent transitions)."""
+    if fit.method == "nuts":
+        return float(np.mean(np.asarray(fit.sample_stats["diverging"])))
     loss = np.asarray(fit.losses, dtype=float)
     return float((loss[-100:].mean() - loss[-200:-100].mean()) / abs(loss[-200:-100].mean()))
 
@@ -485,6 +504,10 @@ def main(argv=None):
     ap.add_argument("--budget", type=int, default=4)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--contexts", type=int, default=10, help="hepg2_pool: contexts used")
+    ap.add_argument("--fit", choices=("svi", "nuts"), default="svi", help="how every fit is made (see the docstring)")
+    ap.add_argument("--nuts-warmup", type=int, default=300)
+    ap.add_argument("--nuts-samples", type=int, default=300)
+    ap.add_argument("--nuts-depth", type=int, default=8)
     ap.add_argument("--ceiling", action="store_true",
                     help="also fit each seed with every round-0 pool candidate added once (hepg2_pool, norman_doubles, norman_singles: the whole pool)")
     ap.add_argument("--objectives", nargs="*", default=["random", "predictive", "information"])
@@ -502,6 +525,7 @@ def main(argv=None):
         return
     if not args.json:
         ap.error("--json is required (unless --plot-from)")
+    FIT.update(method=args.fit, warmup=args.nuts_warmup, samples=args.nuts_samples, depth=args.nuts_depth)
     out = {"platform": platform.platform(), "python": platform.python_version(), "results": []}
     t0 = time.perf_counter()
     for name in args.tasks:
