@@ -38,7 +38,7 @@ def run(task_name: str, name: str, *, seeds, budget: H.Budget, baseline: str | N
         rows.append({"seed": seed, "fold": fold.name, "readouts": list(fold.readouts),
                      "truth": np.asarray(fold.truth).tolist(), "point": p.point.tolist(), "lo90": lo.tolist(),
                      "hi90": hi.tolist(), "rmse": float(np.sqrt(np.mean((p.point - fold.truth) ** 2))),
-                     "seconds": p.seconds})
+                     "seconds": p.seconds, "info": p.info})
         if seed == seeds[-1]:
             r_err = float(np.sqrt(np.mean((rule(fold) - fold.truth) ** 2)))
             errs = [r["rmse"] for r in rows if r["fold"] == fold.name]
