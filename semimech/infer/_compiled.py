@@ -11,7 +11,8 @@
 
 Persistent cache (opt-in). Set the environment variable ``SEMIMECH_CACHE_DIR`` to a folder,
 or call ``semimech.infer.set_cache_dir(path)``. semimech then serialises the executables of
-*its own* compiled functions (SVI init, step block, posterior draws, NUTS) there, keyed by a
+*its own* compiled functions (SVI init, step block, posterior draws; NUTS only with
+``fit_nuts(compiled=True)``: the default NUTS path is NumPyro's own) there, keyed by a
 hash of the lowered program, the JAX version and the device. It never touches JAX's global
 configuration (``jax_compilation_cache_dir`` would also cache, and change, every other JAX
 program of the process); delete the folder to clear it.

@@ -564,7 +564,8 @@ def _check_losses(losses: np.ndarray) -> None:
 def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500, num_samples: int = 500,
              num_chains: int = 2, target_accept_prob: float = 0.85, max_tree_depth: int = 8,
              chain_method: str = "auto", progress_bar: bool = True, row_mask=None,
-             init_values: Mapping[str, Any] | Fit | None = None, dense_mass=False, **options) -> Fit:
+             init_values: Mapping[str, Any] | Fit | None = None, dense_mass=False, compiled: bool = False,
+             **options) -> Fit:
     """Fit by the No-U-Turn sampler (NumPyro NUTS).
 
     ``chain_method``: ``"auto"`` (default) runs the chains in parallel, one per device, when JAX
@@ -593,6 +594,21 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     ``target_accept_prob`` (in (0, 1)) and ``max_tree_depth`` (at most ``2**max_tree_depth - 1``
     leapfrog steps per draw) are NumPyro's.
 
+    ``compiled=True`` (opt-in): initialisation, warm-up and sampling of every chain become ONE program,
+    compiled by semimech (interruptible; with the opt-in persistent cache, ``SEMIMECH_CACHE_DIR`` or
+    ``semimech.infer.set_cache_dir``, stored and loaded by a later process) instead of NumPyro's
+    ``MCMC.run`` (the default, ``False``), which initialises the chains operation by operation and
+    compiles its sampling loop once per chain and call, and never uses that cache. Sequential chains
+    run under ``lax.map`` (one copy of a chain in the program). Not with ``chain_method="parallel"``;
+    no per-iteration progress bar (``progress_bar`` announces the phases). The draws differ from the
+    default path's for the same ``rng_key`` (the same sampler compiled differently: not the same
+    floating-point rounding), the posterior agrees within Monte Carlo error. Measured on
+    ``benchmarks/stan_nuts.py``'s 4-gene model (2 chains x (1,000 + 1,000), load 4-6 on 2 cores,
+    ``RESULTS_speed.md`` session 13), the fit call in a fresh process: sequential chains 8.2 s
+    instead of 20.0 s, and 2.1 s from the persistent cache (a returning user; the default path
+    took 24-31 s with or without it); vectorized chains 12.0 s and 5.1 s (their program traces and
+    compiles slower). Sequential chains are the better choice here.
+
     Each call compiles NumPyro's sampler anew, and JAX keeps the compiled code in its process-wide
     caches (about 1,000 memory mappings per fit, measured): a process running many NUTS fits (a
     loop over 50 or more folds) can reach the kernel's limit of mappings, and LLVM then aborts
@@ -610,27 +626,74 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
             "with fit_svi (or sm.fit), or turn the cut off for NUTS (signalling_network: misfit_cut=False).")
     dense_mass = _check_nuts_settings(dense_mass, target_accept_prob, max_tree_depth, model, data, y)
     chain_method = _chain_method(chain_method, num_chains)
+    if not isinstance(compiled, (bool, np.bool_)):
+        raise InferenceError(f"compiled must be True or False, got {compiled!r}.")
+    if compiled and chain_method == "parallel" and num_chains > 1:
+        raise InferenceError("fit_nuts(compiled=True) runs the chains sequentially or vectorized in one program; "
+                             "chain_method='parallel' (one device per chain) needs compiled=False.")
     init_values = _init_from(init_values, spec)
     init = init_to_median(num_samples=15) if init_values is None else warm_init(
         {k: jnp.asarray(v) for k, v in init_values.items()})
-    kernel = NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, init_strategy=init,
-                  dense_mass=dense_mass)
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method=chain_method, progress_bar=progress_bar)
-    try:
-        mcmc.run(as_key(rng_key), data, y=y, extra_fields=NUTS_EXTRA_FIELDS)
-    except RuntimeError as err:
-        if "valid initial parameters" not in str(err):
-            raise
-        raise InferenceError(_NO_INIT) from None
-    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-    extra = mcmc.get_extra_fields(group_by_chain=True)
+    settings = dict(target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, init_strategy=init,
+                    dense_mass=dense_mass)
+    if compiled:
+        samples, extra = _nuts_one_program(model, data, y, settings, rng_key=rng_key, num_warmup=num_warmup,
+                                           num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
+                                           phases=Phases(show=progress_bar, label=f"fit_nuts {spec.name}"))
+    else:
+        mcmc = MCMC(NUTS(model, **settings), num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                    chain_method=chain_method, progress_bar=progress_bar)
+        try:
+            mcmc.run(as_key(rng_key), data, y=y, extra_fields=NUTS_EXTRA_FIELDS)
+        except RuntimeError as err:
+            if "valid initial parameters" not in str(err):
+                raise
+            raise InferenceError(_NO_INIT) from None
+        samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+        extra = mcmc.get_extra_fields(group_by_chain=True)
     stats = nuts_sample_stats(extra)
     # deterministic sites are recorded by NUTS; keep everything but the observations
     samples.pop("y", None)
     dims = site_dims(model, data, y)
     return Fit(spec=spec, design=design, samples=samples, dims=dims, method="nuts", options=opts,
                sample_stats=stats)
+
+
+def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, num_samples, num_chains, chain_method,
+                      phases: Phases):
+    """``fit_nuts(compiled=True)``: NumPyro's ``MCMC.run`` traced into one program, compiled by semimech.
+
+    The readouts and per-row arrays are arguments of the program (``split_data``, as in ``fit_svi``), the
+    design's structure is part of it; the program is compiled through ``compile_lowered`` (interruptible,
+    the persistent cache if one is set). Returns ``(samples, extra fields)`` as NumPy arrays, grouped by chain.
+    """
+    from semimech.infer._compiled import compile_lowered, wait
+    from semimech.infer._svi import _assemble, split_data
+
+    static, traced = split_data(data, y)
+    # sequential chains: one chain's program mapped over the keys (NumPyro's own "sequential" would trace a
+    # copy of the chain per chain into the program)
+    method = (lambda f: (lambda xs: jax.lax.map(f, xs))) if chain_method == "sequential" else chain_method
+
+    def run(key, traced):
+        d, yy = _assemble(static, traced)
+        mcmc = MCMC(NUTS(model, **settings), num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                    chain_method=method, progress_bar=False)
+        mcmc.run(key, d, y=yy, extra_fields=NUTS_EXTRA_FIELDS)
+        return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
+
+    key = as_key(rng_key)
+    with phases.phase("compile_s", "compiling NUTS (initialisation, warm-up and sampling in one program)"):
+        program, _ = compile_lowered(jax.jit(run).lower(key, traced))
+    with phases.phase("sample_s", f"sampling {num_chains} chain(s) x {num_warmup} warm-up + {num_samples} draws"):
+        samples, extra = wait(program(key, traced))
+    samples = {k: np.asarray(v) for k, v in samples.items()}
+    extra = {k: np.asarray(v) for k, v in extra.items()}
+    # NumPyro checks the initial point only outside a traced program: a chain that never had a finite log
+    # density started where the model cannot be evaluated
+    if not np.isfinite(extra["potential_energy"]).any(axis=-1).all():
+        raise InferenceError(_NO_INIT)
+    return samples, extra
 
 
 CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
