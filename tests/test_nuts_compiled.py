@@ -77,3 +77,31 @@ def test_compiled_fit_where_the_density_cannot_be_evaluated_fails_clearly(design
     with pytest.raises(InferenceError, match="NaN/inf at every initial point"):
         sm.fit_nuts(spec, design, rng_key=0, num_warmup=5, num_samples=5, num_chains=1, progress_bar=False,
                     compiled=True)
+
+
+@pytest.mark.slow
+def test_compiled_program_is_reused_in_the_process_for_the_same_shapes(design, monkeypatch):
+    """A second compiled=True fit with the same model, settings and shapes compiles nothing and, with the
+    same key, repeats the draws; other data of the same shapes run on the same program; another number
+    of draws (negative control) compiles a new one."""
+    from semimech.infer import _compiled, fit as fit_module
+
+    fit_module._NUTS_PROGRAMS.clear()
+    compiles = []
+    real = _compiled.compile_lowered
+    monkeypatch.setattr(_compiled, "compile_lowered", lambda *a, **k: compiles.append(1) or real(*a, **k))
+    spec = _normal_spec()
+    kw = dict(num_warmup=100, num_samples=100, num_chains=1, progress_bar=False, compiled=True)
+    first = sm.fit_nuts(spec, design, rng_key=5, **kw)
+    again = sm.fit_nuts(spec, design, rng_key=5, **kw)
+    assert len(compiles) == 1
+    np.testing.assert_array_equal(first.samples["m"], again.samples["m"])
+    from semimech.simulate import simulate_screen
+
+    ad, _ = simulate_screen(n_cells=60, n_genes=3, n_targets=2, rng_key=1, likelihood="normal")
+    other_data = sm.Design.from_anndata(ad, perturbation_key="perturbation", control="control")
+    other = sm.fit_nuts(spec, other_data, rng_key=6, **kw)
+    assert len(compiles) == 1
+    assert not np.array_equal(other.samples["m"], first.samples["m"])
+    sm.fit_nuts(spec, design, rng_key=5, **{**kw, "num_samples": 120})
+    assert len(compiles) == 2

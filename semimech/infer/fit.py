@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import warnings
@@ -607,9 +608,12 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     ``RESULTS_speed.md`` session 13), the fit call in a fresh process: sequential chains 8.2 s
     instead of 20.0 s, and 2.1 s from the persistent cache (a returning user; the default path
     took 24-31 s with or without it); vectorized chains 12.0 s and 5.1 s (their program traces and
-    compiles slower). Sequential chains are the better choice here.
+    compiles slower). Sequential chains are the better choice here. A later ``compiled=True`` fit in
+    the same process with the same model, options, NUTS settings, warm start, chain and draw counts,
+    and data of the same structure and shapes reuses the compiled program (no tracing or compiling:
+    only the sampling is paid); the process keeps the last four.
 
-    Each call compiles NumPyro's sampler anew, and JAX keeps the compiled code in its process-wide
+    With ``compiled=False`` each call compiles NumPyro's sampler anew, and JAX keeps the compiled code in its process-wide
     caches (about 1,000 memory mappings per fit, measured): a process running many NUTS fits (a
     loop over 50 or more folds) can reach the kernel's limit of mappings, and LLVM then aborts
     with "Unable to allocate section memory". Call ``jax.clear_caches()`` between such fits
@@ -637,9 +641,15 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     settings = dict(target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, init_strategy=init,
                     dense_mass=dense_mass)
     if compiled:
+        # what the one program depends on besides its traced arguments (as fit_svi's engine key; warm
+        # starts are constants of the program, so their values are part of it)
+        key_parts = ("nuts", spec.model, opts, target_accept_prob, max_tree_depth, dense_mass,
+                     "median" if init_values is None else dict(init_values), num_warmup, num_samples, num_chains,
+                     chain_method, jax.default_backend())
         samples, extra = _nuts_one_program(model, data, y, settings, rng_key=rng_key, num_warmup=num_warmup,
                                            num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
-                                           phases=Phases(show=progress_bar, label=f"fit_nuts {spec.name}"))
+                                           phases=Phases(show=progress_bar, label=f"fit_nuts {spec.name}"),
+                                           key_parts=key_parts)
     else:
         mcmc = MCMC(NUTS(model, **settings), num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                     chain_method=chain_method, progress_bar=progress_bar)
@@ -659,18 +669,26 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
                sample_stats=stats)
 
 
+#: compiled programs of ``fit_nuts(compiled=True)`` in this process, most recently used last
+_NUTS_PROGRAMS: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
+MAX_NUTS_PROGRAMS = 4
+
+
 def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, num_samples, num_chains, chain_method,
-                      phases: Phases):
+                      phases: Phases, key_parts=None):
     """``fit_nuts(compiled=True)``: NumPyro's ``MCMC.run`` traced into one program, compiled by semimech.
 
     The readouts and per-row arrays are arguments of the program (``split_data``, as in ``fit_svi``), the
     design's structure is part of it; the program is compiled through ``compile_lowered`` (interruptible,
-    the persistent cache if one is set). Returns ``(samples, extra fields)`` as NumPy arrays, grouped by chain.
+    the persistent cache if one is set) and kept for later fits of the process with the same ``key_parts``,
+    structure and shapes (the last :data:`MAX_NUTS_PROGRAMS`; no tracing, lowering or compiling then).
+    Returns ``(samples, extra fields)`` as NumPy arrays, grouped by chain.
     """
-    from semimech.infer._compiled import compile_lowered, wait
+    from semimech.infer._compiled import cache_key, compile_lowered, signature, wait
     from semimech.infer._svi import _assemble, split_data
 
     static, traced = split_data(data, y)
+    pkey = None if key_parts is None else cache_key(*key_parts, static, signature(traced))
     # sequential chains: one chain's program mapped over the keys (NumPyro's own "sequential" would trace a
     # copy of the chain per chain into the program)
     method = (lambda f: (lambda xs: jax.lax.map(f, xs))) if chain_method == "sequential" else chain_method
@@ -683,8 +701,16 @@ def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, nu
         return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
 
     key = as_key(rng_key)
-    with phases.phase("compile_s", "compiling NUTS (initialisation, warm-up and sampling in one program)"):
-        program, _ = compile_lowered(jax.jit(run).lower(key, traced))
+    program = _NUTS_PROGRAMS.get(pkey) if pkey is not None else None
+    if program is None:
+        with phases.phase("compile_s", "compiling NUTS (initialisation, warm-up and sampling in one program)"):
+            program, _ = compile_lowered(jax.jit(run).lower(key, traced))
+        if pkey is not None:
+            _NUTS_PROGRAMS[pkey] = program
+            while len(_NUTS_PROGRAMS) > MAX_NUTS_PROGRAMS:
+                _NUTS_PROGRAMS.popitem(last=False)
+    else:
+        _NUTS_PROGRAMS.move_to_end(pkey)
     with phases.phase("sample_s", f"sampling {num_chains} chain(s) x {num_warmup} warm-up + {num_samples} draws"):
         samples, extra = wait(program(key, traced))
     samples = {k: np.asarray(v) for k, v in samples.items()}
