@@ -1,5 +1,7 @@
 """fit_nuts(compiled=True): NumPyro's NUTS run traced into one program compiled by semimech."""
 
+import collections
+
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -105,3 +107,25 @@ def test_compiled_program_is_reused_in_the_process_for_the_same_shapes(design, m
     assert not np.array_equal(other.samples["m"], first.samples["m"])
     sm.fit_nuts(spec, design, rng_key=5, **{**kw, "num_samples": 120})
     assert len(compiles) == 2
+
+
+def test_compiled_fit_interrupted_while_sampling_says_what_keeps_running(design, monkeypatch):
+    """Ctrl-C during the compiled program's run: a one-line FitInterrupted that says the program cannot be
+    cancelled (not a bare KeyboardInterrupt). The program is replaced by a stub: nothing is compiled."""
+    from semimech.infer import _compiled, fit as fit_module
+    from semimech.infer._interrupt import FitInterrupted
+
+    monkeypatch.setattr(fit_module, "_NUTS_PROGRAMS", collections.OrderedDict())  # the stub serves no later test
+    monkeypatch.setattr(_compiled, "compile_lowered", lambda lowered, **_: (lambda *args: None, False))
+
+    def interrupted(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_compiled, "wait", interrupted)
+    # catch every KeyboardInterrupt (a bare one must fail this test, not stop the test run)
+    with pytest.raises(KeyboardInterrupt) as err:
+        sm.fit_nuts(_normal_spec(), design, rng_key=0, num_warmup=5, num_samples=5, num_chains=1,
+                    progress_bar=False, compiled=True)
+    assert isinstance(err.value, FitInterrupted), type(err.value)
+    assert "cannot be cancelled" in str(err.value) and "compiled=False" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -612,6 +612,9 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     the same process with the same model, options, NUTS settings, warm start, chain and draw counts,
     and data of the same structure and shapes reuses the compiled program (no tracing or compiling:
     only the sampling is paid); the process keeps the last four.
+    Ctrl-C while it samples raises :class:`FitInterrupted` at once, but the compiled program cannot be
+    cancelled: it keeps one core busy until its draws are done (measured); use ``compiled=False`` for a
+    long run you may want to stop.
 
     With ``compiled=False`` each call compiles NumPyro's sampler anew, and JAX keeps the compiled code in its process-wide
     caches (about 1,000 memory mappings per fit, measured): a process running many NUTS fits (a
@@ -711,8 +714,18 @@ def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, nu
                 _NUTS_PROGRAMS.popitem(last=False)
     else:
         _NUTS_PROGRAMS.move_to_end(pkey)
-    with phases.phase("sample_s", f"sampling {num_chains} chain(s) x {num_warmup} warm-up + {num_samples} draws"):
-        samples, extra = wait(program(key, traced))
+    try:
+        with phases.phase("sample_s", f"sampling {num_chains} chain(s) x {num_warmup} warm-up + {num_samples} draws"):
+            samples, extra = wait(program(key, traced))
+    except FitInterrupted:
+        raise
+    except KeyboardInterrupt:
+        # XLA cannot cancel a running program: say so instead of a bare KeyboardInterrupt (measured: a core
+        # stays busy after the interrupt until the program's draws are done)
+        raise FitInterrupted(
+            "fit_nuts interrupted (Ctrl-C) while sampling; nothing was returned. With compiled=True the sampler is "
+            "one compiled program, which cannot be cancelled: it keeps one core busy in the background until its "
+            "draws are done. Use compiled=False for a run you may want to stop.") from None
     samples = {k: np.asarray(v) for k, v in samples.items()}
     extra = {k: np.asarray(v) for k, v in extra.items()}
     # NumPyro checks the initial point only outside a traced program: a chain that never had a finite log
