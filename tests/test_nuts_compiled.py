@@ -1,7 +1,5 @@
 """fit_nuts(compiled=True): NumPyro's NUTS run traced into one program compiled by semimech."""
 
-import collections
-
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -115,7 +113,8 @@ def test_compiled_fit_interrupted_while_sampling_says_what_keeps_running(design,
     from semimech.infer import _compiled, fit as fit_module
     from semimech.infer._interrupt import FitInterrupted
 
-    monkeypatch.setattr(fit_module, "_NUTS_PROGRAMS", collections.OrderedDict())  # the stub serves no later test
+    # a cache of its own: the stub program serves no later test
+    monkeypatch.setattr(fit_module, "_NUTS_PROGRAMS", _compiled.Recent(fit_module.MAX_NUTS_PROGRAMS))
     monkeypatch.setattr(_compiled, "compile_lowered", lambda lowered, **_: (lambda *args: None, False))
 
     def interrupted(_):

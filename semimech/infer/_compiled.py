@@ -20,6 +20,7 @@ program of the process); delete the folder to clear it.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
 import hashlib
@@ -76,6 +77,35 @@ def signature(tree) -> tuple:
     leaves, treedef = jax.tree.flatten(tree)
     return (str(treedef), tuple((tuple(np.shape(x)), str(np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype))
                                 for x in leaves))
+
+
+class Recent:
+    """The last ``size`` objects kept in this process by cache key, most recently used last (a ``None``
+    key, see :func:`cache_key`, is never kept): fit_svi's engines, fit_nuts(compiled=True)'s programs."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: collections.OrderedDict = collections.OrderedDict()
+
+    def get(self, key):
+        """The object kept for ``key`` (now the most recent), or ``None``."""
+        if key is None or key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def put(self, key, value) -> None:
+        if key is None:
+            return
+        self._items[key] = value
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 # --------------------------------------------------------------------------- persistent cache

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import warnings
@@ -20,6 +19,7 @@ from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import DesignError, InferenceError
 from semimech.infer import _arviz
+from semimech.infer._compiled import Recent
 from semimech.infer._interrupt import FitInterrupted, deferred_interrupt
 from semimech.infer._observed import observed
 from semimech.infer._progress import Phases
@@ -596,7 +596,7 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     leapfrog steps per draw) are NumPyro's.
 
     ``compiled=True`` (opt-in): initialisation, warm-up and sampling of every chain become ONE program,
-    compiled by semimech (interruptible; with the opt-in persistent cache, ``SEMIMECH_CACHE_DIR`` or
+    compiled by semimech (its compilation interruptible; with the opt-in persistent cache, ``SEMIMECH_CACHE_DIR`` or
     ``semimech.infer.set_cache_dir``, stored and loaded by a later process) instead of NumPyro's
     ``MCMC.run`` (the default, ``False``), which initialises the chains operation by operation and
     compiles its sampling loop once per chain and call, and never uses that cache. Sequential chains
@@ -616,8 +616,8 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     cancelled: it keeps one core busy until its draws are done (measured); use ``compiled=False`` for a
     long run you may want to stop.
 
-    With ``compiled=False`` each call compiles NumPyro's sampler anew, and JAX keeps the compiled code in its process-wide
-    caches (about 1,000 memory mappings per fit, measured): a process running many NUTS fits (a
+    With ``compiled=False`` each call compiles NumPyro's sampler anew, and JAX keeps the compiled code
+    in its process-wide caches (about 1,000 memory mappings per fit, measured): a process running many NUTS fits (a
     loop over 50 or more folds) can reach the kernel's limit of mappings, and LLVM then aborts
     with "Unable to allocate section memory". Call ``jax.clear_caches()`` between such fits
     (``benchmarks/heldout.py`` does after every fold); semimech does not clear JAX's caches for you.
@@ -672,9 +672,9 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
                sample_stats=stats)
 
 
-#: compiled programs of ``fit_nuts(compiled=True)`` in this process, most recently used last
-_NUTS_PROGRAMS: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
 MAX_NUTS_PROGRAMS = 4
+#: compiled programs of ``fit_nuts(compiled=True)`` in this process
+_NUTS_PROGRAMS = Recent(MAX_NUTS_PROGRAMS)
 
 
 def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, num_samples, num_chains, chain_method,
@@ -704,21 +704,14 @@ def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, nu
         return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
 
     key = as_key(rng_key)
-    program = _NUTS_PROGRAMS.get(pkey) if pkey is not None else None
+    program = _NUTS_PROGRAMS.get(pkey)
     if program is None:
         with phases.phase("compile_s", "compiling NUTS (initialisation, warm-up and sampling in one program)"):
             program, _ = compile_lowered(jax.jit(run).lower(key, traced))
-        if pkey is not None:
-            _NUTS_PROGRAMS[pkey] = program
-            while len(_NUTS_PROGRAMS) > MAX_NUTS_PROGRAMS:
-                _NUTS_PROGRAMS.popitem(last=False)
-    else:
-        _NUTS_PROGRAMS.move_to_end(pkey)
+        _NUTS_PROGRAMS.put(pkey, program)
     try:
         with phases.phase("sample_s", f"sampling {num_chains} chain(s) x {num_warmup} warm-up + {num_samples} draws"):
             samples, extra = wait(program(key, traced))
-    except FitInterrupted:
-        raise
     except KeyboardInterrupt:
         # XLA cannot cancel a running program: say so instead of a bare KeyboardInterrupt (measured: a core
         # stays busy after the interrupt until the program's draws are done)
