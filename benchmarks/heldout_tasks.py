@@ -232,10 +232,11 @@ def hepg2_combinations(*, quick: bool) -> list[Fold]:
                             "noise": hepg2_replicate_noise()})]
 
 
-def hepg2_replicate_noise():
+def hepg2_replicate_noise(*, per_cell_line: bool = False):
     """A prior on each readout's noise sd from the t = 0 rows: every cell line x inhibitor set is
     measured twice before stimulation (40 pairs, 40 degrees of freedom per readout; pooled sd
-    0.06-0.19 in log10 units). Not used by the baselines; the "+noise" model configurations use it."""
+    0.06-0.19 in log10 units). Not used by the baselines; the "+noise" model configurations use it.
+    ``per_cell_line``: also one prior per cell line (8 pairs each; attach with ``by_batch``)."""
     from semimech import measurement as me
     from semimech.datasets import read_midas, shared_data_dir
 
@@ -248,7 +249,8 @@ def hepg2_replicate_noise():
     w.index = "t0_row" + w.row.astype(str)
     readouts = [c for c in w.columns if c not in ("cell_line", "inhibitors", "row", "condition")]
     control = str(w.condition.iloc[0])
-    return me.from_replicates(sm.Design.from_frame(w, readouts=readouts, perturbation_key="condition", control=control))
+    reps = sm.Design.from_frame(w, readouts=readouts, perturbation_key="condition", control=control)
+    return me.from_replicates(reps, groups=w.cell_line if per_cell_line else None)
 
 
 #: Sachs 2005 conditions relabelled by the protein each reagent acts on.

@@ -29,7 +29,9 @@ cell line x stimulus contexts (a label design with context-specific inhibitor ta
 ``heldout_tasks.hepg2_combinations``). Start: no/single inhibitors; per context the
 double/triple inhibitor rows are split at random into pool and held out (half each). Objectives:
 ``predictive`` (targets = held-out labels), ``information`` about their interactions. Noise:
-the technical-replicate prior of ``heldout_tasks.hepg2_replicate_noise``.
+the technical-replicate prior of ``heldout_tasks.hepg2_replicate_noise``; ``--noise per-line``: one
+such prior and one learned sd per cell line (each context takes its line's;
+``NoiseModel.by_batch``), for the session-13 finding that the lines' replicate sds differ 2x.
 
 ``--ceiling``: per seed also a fit with every round-0 pool candidate measured (the error no
 choice of ``--rounds`` x ``--budget`` can beat). ``--first-seed``: run seeds first..first+seeds-1
@@ -214,7 +216,7 @@ def norman_singles(seed: int, *, start: int = 3, pilot: int = 10, chunk: int = 2
 
 
 # ------------------------------------------------------------------------------ HepG2
-def hepg2_pool(seed: int, *, contexts: int = 10):
+def hepg2_pool(seed: int, *, contexts: int = 10, noise: str = "pooled"):
     import heldout_tasks as ht
 
     wide = ht._hepg2_frame()
@@ -223,8 +225,12 @@ def hepg2_pool(seed: int, *, contexts: int = 10):
     wide = wide[wide.context.isin(list(dict.fromkeys(wide.context))[:contexts])].reset_index(drop=True)
     wide["label"] = ht._context_labels(wide, "inhibitors", wide.context)
     wide.index = wide.context + "|" + wide.inhibitors
-    full = sm.Design.from_frame(wide, readouts=readouts, perturbation_key="label", control="none",
-                                batch_key="context").with_noise(ht.hepg2_replicate_noise())
+    full = sm.Design.from_frame(wide, readouts=readouts, perturbation_key="label", control="none", batch_key="context")
+    if noise == "per-line":  # one replicate prior and one learned sd per cell line; each context is its line's
+        per_line = ht.hepg2_replicate_noise(per_cell_line=True)
+        full = full.with_noise(per_line.by_batch({c: c.split("|")[0] for c in dict.fromkeys(wide.context)}))
+    else:
+        full = full.with_noise(ht.hepg2_replicate_noise())
     rng = np.random.default_rng(seed)
     combo = wide.inhibitors.str.contains(r"\+").to_numpy()
     held, pooled = [], []
@@ -504,6 +510,8 @@ def main(argv=None):
     ap.add_argument("--budget", type=int, default=4)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--contexts", type=int, default=10, help="hepg2_pool: contexts used")
+    ap.add_argument("--noise", choices=("pooled", "per-line"), default="pooled",
+                    help="hepg2_pool: one replicate noise prior and sd for all cell lines (default), or one per line")
     ap.add_argument("--fit", choices=("svi", "nuts"), default="svi", help="how every fit is made (see the docstring)")
     ap.add_argument("--nuts-warmup", type=int, default=300)
     ap.add_argument("--nuts-samples", type=int, default=300)
@@ -529,7 +537,8 @@ def main(argv=None):
     out = {"platform": platform.platform(), "python": platform.python_version(), "results": []}
     t0 = time.perf_counter()
     for name in args.tasks:
-        make = TASKS[name] if name != "hepg2_pool" else (lambda s: hepg2_pool(s, contexts=args.contexts))
+        make = TASKS[name] if name != "hepg2_pool" else (lambda s: hepg2_pool(s, contexts=args.contexts,
+                                                                               noise=args.noise))
         try:
             res = run_task(make, seeds=args.seeds, rounds=args.rounds, budget=args.budget, steps=args.steps,
                            objectives=args.objectives, ceiling=args.ceiling,
@@ -538,7 +547,7 @@ def main(argv=None):
             print(f"{name}: skipped ({str(err).splitlines()[0]})")
             continue
         if name == "hepg2_pool":
-            res["contexts"] = args.contexts
+            res["contexts"], res["noise"] = args.contexts, args.noise
         out["results"].append(res)
         print(json.dumps({k: res[k] for k in ("task", "ratio_last_round_vs_random")}))
         pathlib.Path(args.json).write_text(json.dumps(out, indent=1))  # each task as soon as it is done

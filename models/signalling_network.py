@@ -117,6 +117,9 @@ def _noise(data, genes, spread, *, likelihood: str, noise_sd, misfit, cut: bool 
     ``(assay, misfit_sd)`` for :func:`_misfit_cut`; otherwise ``cut`` is None.
     """
     kind = data.get("noise_kind", "learned")
+    if data.get("noise_batch_group") is not None:
+        raise DesignError("signalling_network does not model noise per group of batches (NoiseModel.by_batch); "
+                          "attach the replicate prior without by_batch (one sd per readout).")
     known = noise_sd is not None or kind != "learned"
     add_misfit = likelihood == "normal" and known and misfit is not None and not (
         noise_sd is None and kind in ("fixed", "xmap") and data.get("noise_extra", False))

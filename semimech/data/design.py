@@ -364,6 +364,8 @@ class Design:
              "targets": self.targets}
         if self.batches is not None:
             c["batches"] = self.batches
+        if self.noise is not None and self.noise.grouped:
+            c["noise_groups"] = self.noise.group_names()
         if self.factor_spec is not None:
             c["factors"] = self.factor_names
             c["factor_pairs"] = factor_pair_names(self.factor_names)

@@ -315,6 +315,10 @@ def _predict(fit, labels, n_p: int, key):
     mean = np.asarray(pred.draws["mean"], dtype=np.float64)
     site = fit.spec.noise_site(fit.likelihood)
     noise = np.asarray(fit.flat(site), dtype=np.float64) if site in fit.samples else np.zeros((mean.shape[0], mean.shape[2]))
+    if noise.ndim == 3:  # grouped by batch; a candidate's batch is not named: the groups' mixture variance
+        rows = fit.design.noise.batch_group_index(fit.design.batches)[np.asarray(fit.design.batch_index)]
+        w = np.bincount(rows, minlength=noise.shape[1]) / rows.size
+        noise = np.sqrt(np.einsum("g,sgj->sj", w, noise**2))
     if fit.likelihood == "normal":
         sd = np.asarray(total_sd(noise[:, None, :], fit.design.model_data(), mean))
         var = np.broadcast_to(sd**2, mean.shape) / n_p

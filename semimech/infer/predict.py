@@ -235,7 +235,12 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     if num_cells is not None:
         n = _num_cells(num_cells, labels)
         # a model whose noise differs by context records it per condition (measurement.context_noise)
-        noise = np.asarray(out["condition_noise"]) if "condition_noise" in out else np.asarray(out[noise_site])[:, None, :]
+        if fit.design.noise is not None and fit.design.noise.grouped:  # noise per group of batches
+            noise = _grouped_noise(fit, np.asarray(out[noise_site]), batch, len(labels), jax.random.fold_in(k_obs, 3))
+        elif "condition_noise" in out:
+            noise = np.asarray(out["condition_noise"])
+        else:
+            noise = np.asarray(out[noise_site])[:, None, :]
         if fit.likelihood == "normal":
             noise = np.asarray(total_sd(noise, tdata, mean))
         draws["observed_mean"] = np.asarray(
@@ -284,6 +289,30 @@ def _in_batch(fit, mean: np.ndarray, batch: str, rng_key) -> np.ndarray:
     sd = fit.flat("batch_sd").reshape(z.shape[0], *([1] * (zb.ndim - 1)))
     offset = (sd * zb)[:, None, :]
     return mean * np.exp(offset) if fit.likelihood == "negbin" else mean + offset
+
+
+def _grouped_noise(fit, sd: np.ndarray, batch, n_labels: int, rng_key) -> np.ndarray:
+    """Observation sd draws ``(draws, labels, genes)`` of a noise model grouped by batch.
+
+    ``sd`` is ``(draws, noise_groups, genes)``. With ``batch``: its group (a training batch's, or a
+    new batch mapped by the noise model's ``batch_groups``). Without: the batch, and so the group,
+    is unknown, and each draw and condition takes a group at random, in proportion to the
+    training rows in it (the mixture over groups an unnamed batch implies).
+    """
+    noise = fit.design.noise
+    if batch is not None:
+        if str(batch) not in noise.batch_groups:
+            raise PredictionError(
+                f"batch={batch!r} has no noise group: the fit's noise model is grouped by batch and maps only "
+                f"{sorted(noise.batch_groups)[:5]}... Map the new batch when building the noise model "
+                "(noise.by_batch({..., batch: group})), or leave batch=None for the mixture over groups.")
+        g = noise.group_names().index(noise.batch_groups[str(batch)])
+        return np.broadcast_to(sd[:, g, None, :], (sd.shape[0], n_labels, sd.shape[2]))
+    train = fit.design
+    rows_group = noise.batch_group_index(train.batches)[np.asarray(train.batch_index)]
+    weight = np.bincount(rows_group, minlength=sd.shape[1]).astype(float)
+    pick = np.asarray(jax.random.choice(rng_key, sd.shape[1], (sd.shape[0], n_labels), p=weight / weight.sum()))
+    return np.take_along_axis(sd, pick[:, :, None], axis=1)
 
 
 def _num_cells(num_cells, labels) -> np.ndarray:

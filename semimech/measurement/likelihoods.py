@@ -40,12 +40,12 @@ import numpyro.distributions as dist
 from jaxtyping import Array, Float, Int
 from numpyro.distributions import constraints
 
+from semimech.errors import DesignError
+
 LIKELIHOODS = ("normal", "negbin")
 
 
 def check_likelihood(likelihood: str, *, is_counts: bool) -> None:
-    from semimech.errors import DesignError
-
     if likelihood not in LIKELIHOODS:
         raise DesignError(f"unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}.")
     if likelihood == "negbin" and not is_counts:
@@ -65,11 +65,17 @@ def gene_noise(data, *, likelihood: str):
 
     Gaussian readouts follow the design's noise model (:mod:`semimech.measurement.noise`):
     ``noise_sd`` is the learned part of the sd (HalfNormal prior; a LogNormal prior from
-    technical replicates; a deterministic 0 when the error is fully known).
+    technical replicates; a deterministic 0 when the error is fully known). A replicate prior
+    grouped by batch (:meth:`semimech.measurement.NoiseModel.by_batch`) gives ``noise_sd`` per
+    group, ``(noise_groups, genes)``; :func:`observe_conditions` gives each row its batch's.
     """
     if likelihood == "normal":
         scale = jnp.asarray(data["baseline_scale"]) if "baseline_scale" in data else 1.0
         kind = data.get("noise_kind", "learned")
+        if kind == "replicates" and data.get("noise_batch_group") is not None:
+            loc = jnp.asarray(data["noise_prior_loc"])
+            with numpyro.plate("noise_groups", loc.shape[0], dim=-2):
+                return numpyro.sample("noise_sd", dist.LogNormal(loc, jnp.asarray(data["noise_prior_scale"])))
         if kind == "replicates":
             return numpyro.sample("noise_sd", dist.LogNormal(jnp.asarray(data["noise_prior_loc"]),
                                                              jnp.asarray(data["noise_prior_scale"])))
@@ -92,6 +98,9 @@ def context_noise(noise, data, *, likelihood: str):
     n_ctx = int(data.get("n_contexts", 1))
     if n_ctx <= 1:
         return noise
+    if data.get("noise_batch_group") is not None:
+        raise DesignError("a noise model grouped by batch and noise per context (context_noise) both set the "
+                          "noise of a row: pass context_noise=False, or attach the replicate prior without by_batch.")
     sd = numpyro.sample("noise_context_sd", dist.HalfNormal(0.5))
     with numpyro.plate("contexts", n_ctx, dim=-2), numpyro.plate("genes", int(data["n_genes"]), dim=-1):
         z = numpyro.sample("noise_context_z", dist.Normal(0.0, 1.0))  # (contexts, genes)
@@ -383,7 +392,8 @@ def observe_conditions(loc_p, noise, data, genes_plate, *, likelihood: str, y=No
     """Observe rows whose latent location is their condition's ``loc_p`` plus their batch offset.
 
     ``loc_p`` is ``(perturbations, genes)``; ``noise`` is per gene or, from :func:`context_noise`,
-    ``(perturbations, genes)``. Samples the batch offsets (:func:`batch_offsets`),
+    ``(perturbations, genes)``, or, with a noise model grouped by batch (``noise_batch_group`` in
+    ``data``), ``(noise_groups, genes)``: each row takes its batch's group. Samples the batch offsets (:func:`batch_offsets`),
     then ``y`` in the ``cells`` plate; the rows in ``data`` may be a minibatch of the ``n_obs``
     rows, which the plate scales by ``n_obs / rows``. The shared tail of every static model.
     ``bounds`` (Gaussian only): rows observed through a clip to ``(low, high)``
@@ -394,7 +404,11 @@ def observe_conditions(loc_p, noise, data, genes_plate, *, likelihood: str, y=No
     groups = None
     if offsets is None and isinstance(y, SparseCounts) and likelihood == "negbin":  # rows share their condition's mean
         groups = RowGroups(loc_p, noise, pidx, jnp.asarray(data["size_factors"]), jnp.asarray(data["n_cells"]))
-    if jnp.ndim(noise) == 2:  # a noise per condition (context_noise)
+    if data.get("noise_batch_group") is not None and data.get("batch_index") is not None:
+        noise = noise[jnp.asarray(data["noise_batch_group"])[jnp.asarray(data["batch_index"])]]  # each row its batch's
+    elif data.get("noise_batch_group") is not None:  # rows of no batch (a prediction design; predict draws its own)
+        noise = jnp.sqrt(jnp.mean(noise**2, axis=-2))
+    elif jnp.ndim(noise) == 2:  # a noise per condition (context_noise)
         noise = noise[pidx]
     with numpyro.plate("cells", data["n_obs"], subsample_size=pidx.shape[0], dim=-2):
         loc = loc_p[pidx]

@@ -17,7 +17,12 @@ Attach it to a design with :meth:`semimech.Design.with_noise`; every Gaussian mo
   predicted mean, so the noise follows the signal.
 - :func:`from_replicates`: a prior from technical replicates: per readout, the pooled
   within-replicate sd ``s`` with ``df`` degrees of freedom gives ``log noise_sd ~ Normal(log s,
-  1 / sqrt(2 df))`` (the sampling sd of a log sd estimate).
+  1 / sqrt(2 df))`` (the sampling sd of a log sd estimate). With ``groups=`` (e.g. the cell line
+  of each replicate row) one such prior per group; :meth:`NoiseModel.by_batch` then says which
+  group each batch of the modelled design belongs to, and ``noise_sd`` is learned per group
+  (``(noise_groups, genes)``; every row takes its batch's group). For a design whose batches are
+  cell lines x conditions, measured on instruments or lines that differ in noise: one pooled sd
+  reads a quiet line's real deviations as noise and a noisy line's noise as signal.
 
 ``extra=True`` (for :func:`fixed` and :func:`xmap`) also learns a per-readout sd added in
 quadrature: a partly known error (the assay's error is known, biological variation between
@@ -64,6 +69,8 @@ class NoiseModel:
     df: Any = None
     extra: bool = False
     resolution_floor: bool | None = None
+    groups: Any = None
+    batch_groups: Any = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -77,6 +84,20 @@ class NoiseModel:
                 object.__setattr__(self, name, {str(k): float(v) for k, v in value.items()})
             elif value is not None:
                 object.__setattr__(self, name, float(value))
+        if self.groups is not None:
+            if self.kind != "replicates":
+                raise DesignError("noise groups come from replicates: build them with "
+                                  "semimech.measurement.from_replicates(design, groups=...).")
+            object.__setattr__(self, "groups", {str(g): {k: {str(r): float(v) for r, v in dict(per[k]).items()}
+                                                         for k in ("sd", "df")} for g, per in self.groups.items()})
+        if self.batch_groups is not None:
+            if self.groups is None:
+                raise DesignError("batch_groups needs a noise model with groups (from_replicates(..., groups=...)).")
+            object.__setattr__(self, "batch_groups", {str(b): str(g) for b, g in dict(self.batch_groups).items()})
+            unknown = sorted({g for g in self.batch_groups.values() if g not in self.groups})
+            if unknown:
+                raise DesignError(f"batch_groups names noise groups without replicates: {unknown[:10]}; the groups "
+                                  f"are {sorted(self.groups)[:10]}. Map each batch to one of them.")
         _check_values(self)
 
     def to_dict(self) -> dict:
@@ -86,6 +107,37 @@ class NoiseModel:
     @classmethod
     def from_dict(cls, d: Mapping) -> "NoiseModel":
         return cls(**dict(d))
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the sd is learned per group of batches (:meth:`by_batch`)."""
+        return self.batch_groups is not None
+
+    def by_batch(self, batch_groups: Mapping[str, str]) -> "NoiseModel":
+        """The same model with each batch's noise group: a mapping batch label -> group.
+
+        Every batch of a design this model is attached to must be mapped (so must a batch asked
+        for in :func:`semimech.predict` with ``num_cells``); batches of later designs (new
+        batches) may be mapped ahead of time.
+        """
+        if self.groups is None:
+            raise DesignError("by_batch needs a noise model with groups: from_replicates(design, groups=...).")
+        if not isinstance(batch_groups, Mapping) or not batch_groups:
+            raise DesignError("batch_groups must be a non-empty mapping batch label -> noise group.")
+        return dataclasses.replace(self, batch_groups=dict(batch_groups))
+
+    def group_names(self) -> tuple[str, ...]:
+        """The noise groups, in the order of ``noise_sd``'s ``noise_groups`` axis."""
+        return tuple(sorted(self.groups)) if self.groups is not None else ()
+
+    def batch_group_index(self, batches) -> np.ndarray:
+        """One group index per batch label (a clear error naming unmapped batches)."""
+        names = self.group_names()
+        missing = [b for b in batches if str(b) not in self.batch_groups]
+        if missing:
+            raise DesignError(f"the noise model's batch_groups do not map batches {missing[:10]}; map every batch "
+                              "to a noise group: noise.by_batch({batch: group, ...}).")
+        return np.asarray([names.index(self.batch_groups[str(b)]) for b in batches], np.int32)
 
     def model_data(self, design) -> dict[str, Any]:
         """The arrays a model reads (``noise_*`` keys of ``Design.model_data``), aligned with genes."""
@@ -102,6 +154,15 @@ class NoiseModel:
                 bad = [g for g, z in zip(genes, both_zero) if z]
                 raise DesignError(f"xmap noise model: additive and multiplicative are both 0 for readouts {bad[:10]}, "
                                   "a non-positive sd. Give a positive additive (a) or multiplicative (c) term.")
+        elif self.kind == "replicates" and self.grouped:
+            if design.batches is None:
+                raise DesignError("a noise model grouped by batch needs a design with batches (batch_key=).")
+            names = self.group_names()
+            sd = np.stack([_per_gene(self.groups[g]["sd"], genes, f"sd of group {g!r}") for g in names])
+            df = np.stack([_per_gene(self.groups[g]["df"], genes, f"df of group {g!r}") for g in names])
+            out["noise_prior_loc"] = np.log(sd).astype(np.float32)  # (groups, genes)
+            out["noise_prior_scale"] = (1.0 / np.sqrt(2.0 * df)).astype(np.float32)
+            out["noise_batch_group"] = self.batch_group_index(design.batches)
         elif self.kind == "replicates":
             sd = _per_gene(self.sd, genes, "sd")
             df = _per_gene(self.df, genes, "df")
@@ -116,7 +177,10 @@ def _check_values(m: NoiseModel) -> None:
         if getattr(m, name) is None:
             raise DesignError(f"a {m.kind!r} noise model needs {name}=.")
     for name in ("sd", "df"):
-        for key, v in _items(getattr(m, name)):
+        values = list(_items(getattr(m, name)))
+        for g, per in (m.groups or {}).items():
+            values += [(f"group {g!r}, {k}", v) for k, v in _items(per[name])]
+        for key, v in values:
             if not (math.isfinite(v) and v > 0):
                 raise DesignError(f"noise model {name} must be positive and finite; {key} has {v!r}. "
                                   "A measurement sd of 0 would make every observation exact.")
@@ -169,18 +233,36 @@ def xmap(*, additive, multiplicative, transform: str = "log10p1", extra: bool = 
                       resolution_floor=resolution_floor)
 
 
-def from_replicates(design, *, resolution_floor: bool | None = False) -> NoiseModel:
+def from_replicates(design, *, groups=None, resolution_floor: bool | None = False) -> NoiseModel:
     """A prior on each readout's sd from technical replicates: rows of one condition (x batch).
 
     ``design`` holds the replicate measurements (any conditions; only groups with two or more
     rows count). Exactly duplicated rows are copies, not replicates: they are dropped (and
     named in the error if nothing else is left).
+
+    ``groups``: optionally one label per row of ``design`` (e.g. its cell line): also a prior per
+    group, from that group's replicates alone (each group needs replicates of its own). Attach
+    the model with :meth:`NoiseModel.by_batch` to learn the sd per group; without it the pooled
+    prior is used as before.
     """
     from semimech.measurement.replicates import replicate_sd
 
     sd, df = replicate_sd(design)
+    per_group = None
+    if groups is not None:
+        labels = np.asarray([str(g) for g in groups], dtype=object)
+        if labels.shape != (design.n_obs,):
+            raise DesignError(f"groups must give one label per row of the replicate design ({design.n_obs} rows), "
+                              f"got {labels.shape[0] if labels.ndim else 'a scalar'}.")
+        per_group = {}
+        for g in dict.fromkeys(labels):
+            try:
+                g_sd, g_df = replicate_sd(design.subset(np.flatnonzero(labels == g)))
+            except DesignError as err:
+                raise DesignError(f"noise group {g!r}: {err}") from None
+            per_group[g] = {"sd": dict(zip(design.genes, g_sd.tolist())), "df": dict(zip(design.genes, g_df.tolist()))}
     return NoiseModel("replicates", sd=dict(zip(design.genes, sd.tolist())),
-                      df=dict(zip(design.genes, df.tolist())), resolution_floor=resolution_floor)
+                      df=dict(zip(design.genes, df.tolist())), resolution_floor=resolution_floor, groups=per_group)
 
 
 # ------------------------------------------------------------------------- used by models
