@@ -198,7 +198,7 @@ def worker(a) -> dict:
     """One fresh process: ``fit_nuts`` end to end (compilation and set-up counted), then, unless
     ``--fit-only``, NumPyro's same sampler compiled once and timed again: warm-up and sampling apart."""
     import semimech as sm
-    from semimech.infer.fit import _chain_method
+    from semimech.infer.nuts import _chain_method
     from semimech.infer.spec import ModelSpec
 
     design, truth = problem(a.genes, a.cells_per)

@@ -282,7 +282,7 @@ def _tiny_spec():
 def test_nuts_settings_reach_the_kernel_and_bad_ones_fail_clearly(small_counts_adata, monkeypatch):
     from numpyro.infer import NUTS
 
-    from semimech.infer import fit as fit_mod
+    from semimech.infer import fit as fit_mod, nuts as nuts_mod
 
     seen = []
 
@@ -291,7 +291,7 @@ def test_nuts_settings_reach_the_kernel_and_bad_ones_fail_clearly(small_counts_a
             seen.append(kwargs)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(fit_mod, "NUTS", Recorder)
+    monkeypatch.setattr(nuts_mod, "NUTS", Recorder)
     spec = _tiny_spec()
     d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control")
     kw = dict(rng_key=0, num_warmup=20, num_samples=10, num_chains=1, progress_bar=False)
@@ -324,7 +324,7 @@ def test_nuts_settings_reach_the_kernel_and_bad_ones_fail_clearly(small_counts_a
 
 
 def test_nuts_starts_at_an_earlier_fits_medians():
-    from semimech.infer.fit import _init_from
+    from semimech.infer.nuts import _init_from
 
     spec = _tiny_spec()
     fake = sm.Fit(spec=spec, design=None, samples={"rate": np.arange(12.0).reshape(2, 3, 2) + 1.0},
@@ -338,20 +338,35 @@ def test_nuts_chain_method_auto_and_bad_values(monkeypatch):
     """``"auto"``: parallel chains only when JAX has a device per chain (the user's setting), else sequential."""
     import jax
 
-    from semimech.infer import fit as fit_mod
+    from semimech.infer import nuts as nuts_mod
 
     assert jax.local_device_count() == 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
     monkeypatch.setattr(jax, "local_device_count", lambda: 1)
-    assert fit_mod._chain_method("auto", 2) == "sequential"
+    assert nuts_mod._chain_method("auto", 2) == "sequential"
     monkeypatch.setattr(jax, "local_device_count", lambda: 2)
-    assert fit_mod._chain_method("auto", 2) == "parallel"
-    assert fit_mod._chain_method("auto", 1) == "sequential"  # negative control: one chain never needs pmap
-    assert fit_mod._chain_method("auto", 3) == "sequential"  # more chains than devices
-    assert fit_mod._chain_method("vectorized", 2) == "vectorized"
+    assert nuts_mod._chain_method("auto", 2) == "parallel"
+    assert nuts_mod._chain_method("auto", 1) == "sequential"  # negative control: one chain never needs pmap
+    assert nuts_mod._chain_method("auto", 3) == "sequential"  # more chains than devices
+    assert nuts_mod._chain_method("vectorized", 2) == "vectorized"
     with pytest.raises(InferenceError, match="chain_method must be one of"):
-        fit_mod._chain_method("threads", 2)
+        nuts_mod._chain_method("threads", 2)
     with pytest.raises(InferenceError, match="num_chains must be a positive integer"):
-        fit_mod._chain_method("auto", 0)
+        nuts_mod._chain_method("auto", 0)
+
+
+def test_nuts_names_still_import_from_fit(monkeypatch):
+    """fit_nuts and its helpers live in semimech.infer.nuts; semimech.infer.fit hands out the same objects, looked
+    up at each access (a patch of the nuts module shows through), and still fails on a name it never had."""
+    from semimech.infer import fit as fit_mod, nuts as nuts_mod
+    from semimech.infer.fit import _chain_method, fit_nuts
+
+    assert fit_nuts is nuts_mod.fit_nuts is sm.fit_nuts and _chain_method is nuts_mod._chain_method
+    for name in fit_mod._MOVED_TO_NUTS:
+        assert getattr(fit_mod, name) is getattr(nuts_mod, name), name
+    monkeypatch.setattr(nuts_mod, "_init_from", "patched")
+    assert fit_mod._init_from == "patched"
+    with pytest.raises(AttributeError, match="no attribute 'fit_hmc'"):
+        fit_mod.fit_hmc
 
 
 @pytest.mark.slow

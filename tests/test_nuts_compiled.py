@@ -84,9 +84,9 @@ def test_compiled_program_is_reused_in_the_process_for_the_same_shapes(design, m
     """A second compiled=True fit with the same model, settings and shapes compiles nothing and, with the
     same key, repeats the draws; other data of the same shapes run on the same program; another number
     of draws (negative control) compiles a new one."""
-    from semimech.infer import _compiled, fit as fit_module
+    from semimech.infer import _compiled, nuts as nuts_module
 
-    fit_module._NUTS_PROGRAMS.clear()
+    nuts_module._NUTS_PROGRAMS.clear()
     compiles = []
     real = _compiled.compile_lowered
     monkeypatch.setattr(_compiled, "compile_lowered", lambda *a, **k: compiles.append(1) or real(*a, **k))
@@ -110,11 +110,11 @@ def test_compiled_program_is_reused_in_the_process_for_the_same_shapes(design, m
 def test_compiled_fit_interrupted_while_sampling_says_what_keeps_running(design, monkeypatch):
     """Ctrl-C during the compiled program's run: a one-line FitInterrupted that says the program cannot be
     cancelled (not a bare KeyboardInterrupt). The program is replaced by a stub: nothing is compiled."""
-    from semimech.infer import _compiled, fit as fit_module
+    from semimech.infer import _compiled, nuts as nuts_module
     from semimech.infer._interrupt import FitInterrupted
 
     # a cache of its own: the stub program serves no later test
-    monkeypatch.setattr(fit_module, "_NUTS_PROGRAMS", _compiled.Recent(fit_module.MAX_NUTS_PROGRAMS))
+    monkeypatch.setattr(nuts_module, "_NUTS_PROGRAMS", _compiled.Recent(nuts_module.MAX_NUTS_PROGRAMS))
     monkeypatch.setattr(_compiled, "compile_lowered", lambda lowered, **_: (lambda *args: None, False))
 
     def interrupted(_):

@@ -350,7 +350,8 @@ class _Folds:
         return warm_values(self.warm, mask)
 
     def _refit(self, train_rows: np.ndarray, key, summaries: dict | None = None):
-        from semimech.infer.fit import UnreplicatedWarning, fit_nuts, fit_svi
+        from semimech.infer.fit import UnreplicatedWarning, fit_svi
+        from semimech.infer.nuts import fit_nuts
 
         fit = self.fit
         init = self.start(train_rows, summaries) if self.warm_start else None   # None: start as a fresh fit does

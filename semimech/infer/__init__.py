@@ -4,10 +4,11 @@ from semimech.infer._compiled import cache_dir, set_cache_dir
 from semimech.infer._interrupt import FitInterrupted
 from semimech.infer.auto import choose_method
 from semimech.infer.diagnostics import diagnostics, format_diagnostics
-from semimech.infer.fit import Fit, fit_nuts, fit_svi
+from semimech.infer.fit import Fit, fit_svi
 from semimech.infer.idata import add_log_likelihood, add_posterior_predictive, add_predictions, add_prior, sample_prior
 from semimech.infer.io import load
 from semimech.infer.loglik import pointwise_log_likelihood
+from semimech.infer.nuts import fit_nuts
 from semimech.infer.predict import Prediction, predict
 from semimech.infer.sharding import fit_svi_sharded
 from semimech.infer.spec import ModelSpec

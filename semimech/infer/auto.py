@@ -105,7 +105,8 @@ def fit(spec: ModelSpec, design, *, rng_key, method: str = "auto", progress_bar:
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    from semimech.infer.fit import fit_nuts, fit_svi
+    from semimech.infer.fit import fit_svi
+    from semimech.infer.nuts import fit_nuts
 
     svi_keys = {"guide", "learning_rate", "rank", "restarts"}
     model_options = {k: v for k, v in options.items() if k not in svi_keys}

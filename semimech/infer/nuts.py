@@ -1,0 +1,240 @@
+"""The No-U-Turn sampler: ``fit_nuts`` -> :class:`~semimech.infer.fit.Fit` (NumPyro's NUTS, or one compiled program).
+
+:class:`Fit`, the preparation of the model and data and the warm start are :mod:`semimech.infer.fit`'s, shared
+with ``fit_svi``; ``from semimech.infer.fit import fit_nuts`` keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+from numpyro.infer import MCMC, NUTS, init_to_median
+
+from semimech._blas import limited_blas
+from semimech._rng import as_key
+from semimech.data.design import Design
+from semimech.errors import InferenceError
+from semimech.infer._compiled import Recent
+from semimech.infer._interrupt import FitInterrupted
+from semimech.infer._progress import Phases
+from semimech.infer._sites import site_dims
+from semimech.infer.fit import _NO_INIT, Fit, _prepare, warm_init
+from semimech.infer.idata import NUTS_EXTRA_FIELDS, nuts_sample_stats
+from semimech.infer.spec import ModelSpec
+
+
+@limited_blas()
+def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500, num_samples: int = 500,
+             num_chains: int = 2, target_accept_prob: float = 0.85, max_tree_depth: int = 8,
+             chain_method: str = "auto", progress_bar: bool = True, row_mask=None,
+             init_values: Mapping[str, Any] | Fit | None = None, dense_mass=False, compiled: bool = False,
+             **options) -> Fit:
+    """Fit by the No-U-Turn sampler (NumPyro NUTS).
+
+    ``chain_method``: ``"auto"`` (default) runs the chains in parallel, one per device, when JAX
+    sees at least ``num_chains`` devices, else one after the other; or NumPyro's
+    ``"sequential"``, ``"parallel"`` or ``"vectorized"``. On a CPU, JAX sees one device unless told
+    otherwise *before it starts*: call ``numpyro.set_host_device_count(2)`` (or set
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=2``) first thing in the session to give
+    two chains two cores; semimech never changes that setting for you. Measured on the 4-gene
+    problem of ``benchmarks/nuts_chains.py``: the first fit (compilation included) takes half
+    the wall time of sequential chains (``RESULTS_speed.md``). ``"vectorized"`` runs the chains in
+    lockstep in one program (every chain waits for the deepest tree). Divergences are counted in
+    :meth:`Fit.diagnostics`. ``row_mask`` as in :func:`fit_svi`.
+
+    ``init_values``: a warm start as in :func:`fit_svi` (site -> constrained value), or an earlier
+    :class:`Fit` of the same model (e.g. an SVI fit), whose posterior medians are the start; every
+    chain then starts at the same point (R-hat still compares the chains' draws, but from one start
+    it is less able to reveal separate modes). Default: each chain at the median of 15 prior draws.
+
+    ``dense_mass``: NumPyro's mass matrix: ``False`` (default) a diagonal one adapted in warm-up,
+    ``True`` one dense matrix over all latent sites (adapts to linear correlations between
+    parameters, e.g. a readout's offset and scale; costs ``O(d^2)`` per step and needs enough
+    warm-up to estimate ``d(d+1)/2`` entries), or a list of tuples of site names, each a dense
+    block (e.g. ``[("offset_z", "scale_z")]``), the other sites diagonal. Measured on
+    ``signalling_network`` (one HepG2 context, 766 dimensions, 200 warm-up draws), ``True`` mixed
+    worse than the diagonal (``benchmarks/RESULTS_signalling.md``): the defaults stay.
+    ``target_accept_prob`` (in (0, 1)) and ``max_tree_depth`` (at most ``2**max_tree_depth - 1``
+    leapfrog steps per draw) are NumPyro's.
+
+    ``compiled=True`` (opt-in): initialisation, warm-up and sampling of every chain become ONE program,
+    compiled by semimech (its compilation interruptible; with the opt-in persistent cache, ``SEMIMECH_CACHE_DIR`` or
+    ``semimech.infer.set_cache_dir``, stored and loaded by a later process) instead of NumPyro's
+    ``MCMC.run`` (the default, ``False``), which initialises the chains operation by operation and
+    compiles its sampling loop once per chain and call, and never uses that cache. Sequential chains
+    run under ``lax.map`` (one copy of a chain in the program). Not with ``chain_method="parallel"``;
+    no per-iteration progress bar (``progress_bar`` announces the phases). The draws differ from the
+    default path's for the same ``rng_key`` (the same sampler compiled differently: not the same
+    floating-point rounding), the posterior agrees within Monte Carlo error. Measured on
+    ``benchmarks/stan_nuts.py``'s 4-gene model (2 chains x (1,000 + 1,000), load 4-6 on 2 cores,
+    ``RESULTS_speed.md`` session 13), the fit call in a fresh process: sequential chains 8.2 s
+    instead of 20.0 s, and 2.1 s from the persistent cache (a returning user; the default path
+    took 24-31 s with or without it); vectorized chains 12.0 s and 5.1 s (their program traces and
+    compiles slower). Sequential chains are the better choice here. A later ``compiled=True`` fit in
+    the same process with the same model, options, NUTS settings, warm start, chain and draw counts,
+    and data of the same structure and shapes reuses the compiled program (no tracing or compiling:
+    only the sampling is paid); the process keeps the last four.
+    Ctrl-C while it samples raises :class:`FitInterrupted` at once, but the compiled program cannot be
+    cancelled: it keeps one core busy until its draws are done (measured); use ``compiled=False`` for a
+    long run you may want to stop.
+
+    With ``compiled=False`` each call compiles NumPyro's sampler anew, and JAX keeps the compiled code
+    in its process-wide caches (about 1,000 memory mappings per fit, measured): a process running many NUTS fits (a
+    loop over 50 or more folds) can reach the kernel's limit of mappings, and LLVM then aborts
+    with "Unable to allocate section memory". Call ``jax.clear_caches()`` between such fits
+    (``benchmarks/heldout.py`` does after every fold); semimech does not clear JAX's caches for you.
+    """
+    from semimech.infer.auto import cut_sites_in
+
+    model, data, y, opts = _prepare(spec, design, options, row_mask)
+    cut = cut_sites_in(spec, model, data, y)
+    if cut:
+        raise InferenceError(
+            f"fit_nuts: the {spec.name!r} model's density is a cut posterior with these options (site {cut[0]!r}: its "
+            "gradient is stopped on purpose), so NUTS would sample with a gradient that is not its density's. Fit it "
+            "with fit_svi (or sm.fit), or turn the cut off for NUTS (signalling_network: misfit_cut=False).")
+    dense_mass = _check_nuts_settings(dense_mass, target_accept_prob, max_tree_depth, model, data, y)
+    chain_method = _chain_method(chain_method, num_chains)
+    if not isinstance(compiled, (bool, np.bool_)):
+        raise InferenceError(f"compiled must be True or False, got {compiled!r}.")
+    if compiled and chain_method == "parallel" and num_chains > 1:
+        raise InferenceError("fit_nuts(compiled=True) runs the chains sequentially or vectorized in one program; "
+                             "chain_method='parallel' (one device per chain) needs compiled=False.")
+    init_values = _init_from(init_values, spec)
+    init = init_to_median(num_samples=15) if init_values is None else warm_init(
+        {k: jnp.asarray(v) for k, v in init_values.items()})
+    settings = dict(target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, init_strategy=init,
+                    dense_mass=dense_mass)
+    if compiled:
+        # what the one program depends on besides its traced arguments (as fit_svi's engine key; warm
+        # starts are constants of the program, so their values are part of it)
+        key_parts = ("nuts", spec.model, opts, target_accept_prob, max_tree_depth, dense_mass,
+                     "median" if init_values is None else dict(init_values), num_warmup, num_samples, num_chains,
+                     chain_method, jax.default_backend())
+        samples, extra = _nuts_one_program(model, data, y, settings, rng_key=rng_key, num_warmup=num_warmup,
+                                           num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
+                                           phases=Phases(show=progress_bar, label=f"fit_nuts {spec.name}"),
+                                           key_parts=key_parts)
+    else:
+        mcmc = MCMC(NUTS(model, **settings), num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                    chain_method=chain_method, progress_bar=progress_bar)
+        try:
+            mcmc.run(as_key(rng_key), data, y=y, extra_fields=NUTS_EXTRA_FIELDS)
+        except RuntimeError as err:
+            if "valid initial parameters" not in str(err):
+                raise
+            raise InferenceError(_NO_INIT) from None
+        samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+    stats = nuts_sample_stats(extra)
+    # deterministic sites are recorded by NUTS; keep everything but the observations
+    samples.pop("y", None)
+    dims = site_dims(model, data, y)
+    return Fit(spec=spec, design=design, samples=samples, dims=dims, method="nuts", options=opts,
+               sample_stats=stats)
+
+
+MAX_NUTS_PROGRAMS = 4
+#: compiled programs of ``fit_nuts(compiled=True)`` in this process
+_NUTS_PROGRAMS = Recent(MAX_NUTS_PROGRAMS)
+
+
+def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, num_samples, num_chains, chain_method,
+                      phases: Phases, key_parts=None):
+    """``fit_nuts(compiled=True)``: NumPyro's ``MCMC.run`` traced into one program, compiled by semimech.
+
+    The readouts and per-row arrays are arguments of the program (``split_data``, as in ``fit_svi``), the
+    design's structure is part of it; the program is compiled through ``compile_lowered`` (interruptible,
+    the persistent cache if one is set) and kept for later fits of the process with the same ``key_parts``,
+    structure and shapes (the last :data:`MAX_NUTS_PROGRAMS`; no tracing, lowering or compiling then).
+    Returns ``(samples, extra fields)`` as NumPy arrays, grouped by chain.
+    """
+    from semimech.infer._compiled import cache_key, compile_lowered, signature, wait
+    from semimech.infer._svi import _assemble, split_data
+
+    static, traced = split_data(data, y)
+    pkey = None if key_parts is None else cache_key(*key_parts, static, signature(traced))
+    # sequential chains: one chain's program mapped over the keys (NumPyro's own "sequential" would trace a
+    # copy of the chain per chain into the program)
+    method = (lambda f: (lambda xs: jax.lax.map(f, xs))) if chain_method == "sequential" else chain_method
+
+    def run(key, traced):
+        d, yy = _assemble(static, traced)
+        mcmc = MCMC(NUTS(model, **settings), num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                    chain_method=method, progress_bar=False)
+        mcmc.run(key, d, y=yy, extra_fields=NUTS_EXTRA_FIELDS)
+        return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
+
+    key = as_key(rng_key)
+    program = _NUTS_PROGRAMS.get(pkey)
+    if program is None:
+        with phases.phase("compile_s", "compiling NUTS (initialisation, warm-up and sampling in one program)"):
+            program, _ = compile_lowered(jax.jit(run).lower(key, traced))
+        _NUTS_PROGRAMS.put(pkey, program)
+    try:
+        with phases.phase("sample_s", f"sampling {num_chains} chain(s) x {num_warmup} warm-up + {num_samples} draws"):
+            samples, extra = wait(program(key, traced))
+    except KeyboardInterrupt:
+        # XLA cannot cancel a running program: say so instead of a bare KeyboardInterrupt (measured: a core
+        # stays busy after the interrupt until the program's draws are done)
+        raise FitInterrupted(
+            "fit_nuts interrupted (Ctrl-C) while sampling; nothing was returned. With compiled=True the sampler is "
+            "one compiled program, which cannot be cancelled: it keeps one core busy in the background until its "
+            "draws are done. Use compiled=False for a run you may want to stop.") from None
+    samples = {k: np.asarray(v) for k, v in samples.items()}
+    extra = {k: np.asarray(v) for k, v in extra.items()}
+    # NumPyro checks the initial point only outside a traced program: a chain that never had a finite log
+    # density started where the model cannot be evaluated
+    if not np.isfinite(extra["potential_energy"]).any(axis=-1).all():
+        raise InferenceError(_NO_INIT)
+    return samples, extra
+
+
+CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
+
+
+def _chain_method(method, num_chains: int) -> str:
+    """``"auto"``: parallel chains when JAX has a device for each, else sequential; others checked."""
+    if method not in CHAIN_METHODS:
+        raise InferenceError(f"chain_method must be one of {CHAIN_METHODS}, got {method!r}.")
+    if isinstance(num_chains, (bool, np.bool_)) or not isinstance(num_chains, (int, np.integer)) or num_chains < 1:
+        raise InferenceError(f"num_chains must be a positive integer, got {num_chains!r}.")
+    if method == "auto":
+        return "parallel" if num_chains > 1 and jax.local_device_count() >= num_chains else "sequential"
+    return method
+
+
+def _init_from(init_values, spec: ModelSpec):
+    """``init_values`` as a mapping: a :class:`Fit`'s posterior medians (same model only), else as given."""
+    if not isinstance(init_values, Fit):
+        return init_values
+    if init_values.spec.name != spec.name:
+        raise InferenceError(f"init_values is a fit of the {init_values.spec.name!r} model; a warm start must come "
+                             f"from a fit of the model being fitted ({spec.name!r}).")
+    return {k: np.median(init_values.flat(k), axis=0) for k in init_values.samples}
+
+
+def _check_nuts_settings(dense_mass, target_accept_prob, max_tree_depth, model, data, y):
+    """Clear errors for NUTS settings NumPyro would reject late or silently misread; returns ``dense_mass``."""
+    if not (isinstance(target_accept_prob, (int, float)) and 0.0 < target_accept_prob < 1.0):
+        raise InferenceError(f"target_accept_prob must be a number in (0, 1), got {target_accept_prob!r}.")
+    if isinstance(max_tree_depth, (bool, np.bool_)) or not isinstance(max_tree_depth, (int, np.integer)) or not (
+            1 <= max_tree_depth <= 15):
+        raise InferenceError(f"max_tree_depth must be an integer from 1 to 15, got {max_tree_depth!r}.")
+    if isinstance(dense_mass, (bool, np.bool_)):
+        return bool(dense_mass)
+    blocks = list(dense_mass) if isinstance(dense_mass, (list, tuple)) else None
+    if not blocks or not all(isinstance(b, tuple) and b and all(isinstance(n, str) for n in b) for b in blocks):
+        raise InferenceError("dense_mass must be True, False, or a list of tuples of latent site names (dense "
+                             f"blocks, e.g. [('offset_z', 'scale_z')]), got {dense_mass!r}.")
+    tr = numpyro.handlers.trace(numpyro.handlers.seed(model, 0)).get_trace(data, y=y)
+    latent = [n for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]]
+    unknown = sorted({n for b in blocks for n in b} - set(latent))
+    if unknown:
+        raise InferenceError(f"dense_mass names {unknown}, which are not latent sites of this model (its latent "
+                             f"sites: {latent}).")
+    return blocks
