@@ -88,13 +88,13 @@ def test_compiled_program_is_reused_in_the_process_for_the_same_shapes(design, m
 
     nuts_module._NUTS_PROGRAMS.clear()
     compiles = []
-    real = _compiled.compile_lowered
-    monkeypatch.setattr(_compiled, "compile_lowered", lambda *a, **k: compiles.append(1) or real(*a, **k))
+    real = _compiled.compile_lowered_keyed
+    monkeypatch.setattr(_compiled, "compile_lowered_keyed", lambda *a, **k: compiles.append(1) or real(*a, **k))
     spec = _normal_spec()
     kw = dict(num_warmup=100, num_samples=100, num_chains=1, progress_bar=False, compiled=True)
     first = sm.fit_nuts(spec, design, rng_key=5, **kw)
     again = sm.fit_nuts(spec, design, rng_key=5, **kw)
-    assert len(compiles) == 1
+    assert len(compiles) == 1 and nuts_module.LAST_PROGRAM["cache"] == "memory"
     np.testing.assert_array_equal(first.samples["m"], again.samples["m"])
     from semimech.simulate import simulate_screen
 
@@ -128,3 +128,127 @@ def test_compiled_fit_interrupted_while_sampling_says_what_keeps_running(design,
     assert isinstance(err.value, FitInterrupted), type(err.value)
     assert "cannot be cancelled" in str(err.value) and "compiled=False" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------ the persistent cache's fast key (no lowering)
+_RETURNING_USER = '''
+import sys, json
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import semimech as sm
+import semimech.infer.nuts as nuts
+import semimech.infer._compiled as compiled
+from semimech.simulate import simulate_screen
+
+
+def tiny(data, y=None, prior_sd=1.0, **_):  # module level: a fast key needs a model with a source file
+    with numpyro.plate("genes", data["n_genes"], dim=-1):
+        m = numpyro.sample("m", dist.Normal(0.0, prior_sd))
+        s = numpyro.sample("s", dist.HalfNormal(1.0))
+    with numpyro.plate("cells", data["n_obs"], dim=-2), numpyro.plate("genes", data["n_genes"], dim=-1):
+        numpyro.sample("y", dist.Normal(m, s), obs=y)
+
+
+out, prior_sd, source = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+if source != "-":
+    compiled._SOURCE_HASH = source  # as if semimech's source had changed
+ad, _ = simulate_screen(n_cells=60, n_genes=3, n_targets=2, rng_key=0, likelihood="normal")
+design = sm.Design.from_anndata(ad, perturbation_key="perturbation", control="control")
+spec = sm.ModelSpec(name="tiny_normal", model=tiny, assumes="one mean and scale per gene")
+fit = sm.fit_nuts(spec, design, rng_key=3, num_warmup=60, num_samples=40, num_chains=2, progress_bar=False,
+                  chain_method="sequential", compiled=True, prior_sd=prior_sd)
+np.savez(out, m=fit.samples["m"], s=fit.samples["s"])
+print(json.dumps({"cache": nuts.LAST_PROGRAM["cache"]}))
+'''
+
+
+def _returning_user(script, tmp_path, name, cache, prior_sd=1.0, source="-"):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "SEMIMECH_CACHE_DIR"}
+    if cache is not None:
+        env["SEMIMECH_CACHE_DIR"] = str(cache)
+    out = tmp_path / f"{name}.npz"
+    proc = subprocess.run([sys.executable, str(script), str(out), str(prior_sd), source], capture_output=True,
+                          text=True, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    draws = dict(np.load(out))
+    return json.loads(proc.stdout.strip().splitlines()[-1])["cache"], draws
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+@pytest.mark.slow
+def test_returning_process_loads_the_program_without_lowering_and_repeats_the_draws(tmp_path):
+    """A fresh process with the cache folder of an earlier one finds the executable by the fast key (no
+    tracing or lowering) and gives the very draws of the uncached path; negative controls: another model
+    option or another semimech source misses the fast key, a damaged index or executable falls back; the
+    draws stay identical throughout."""
+    script = tmp_path / "returning_user.py"
+    script.write_text(_RETURNING_USER)
+    cache = tmp_path / "cache"
+    where, uncached = _returning_user(script, tmp_path, "uncached", None)
+    assert where == "compiled"
+    where, first = _returning_user(script, tmp_path, "first", cache)
+    assert where == "compiled" and len(list(cache.glob("*.fast"))) == 1 and len(list(cache.glob("*.bin"))) == 1
+    _same(first, uncached)
+    where, second = _returning_user(script, tmp_path, "second", cache)
+    assert where == "fast"
+    _same(second, uncached)
+    # negative controls: the fast key must see these
+    where, other = _returning_user(script, tmp_path, "option", cache, prior_sd=2.0)
+    assert where == "compiled"  # another program altogether
+    assert not np.array_equal(other["m"], uncached["m"])
+    where, src = _returning_user(script, tmp_path, "source", cache, source="0" * 64)
+    assert where == "disk"  # same lowered program, found by its lowered hash only
+    _same(src, uncached)
+    # a damaged index: the lowered-program key still finds the executable
+    for f in cache.glob("*.fast"):
+        f.write_bytes(b"not a pickle")
+    where, damaged = _returning_user(script, tmp_path, "damaged_index", cache)
+    assert where == "disk"
+    _same(damaged, uncached)
+    # a damaged executable: both keys miss, the program is compiled again (and stored again)
+    for f in cache.glob("*.bin"):
+        f.write_bytes(f.read_bytes()[:1000])
+    where, damaged = _returning_user(script, tmp_path, "damaged_exec", cache)
+    assert where == "compiled"
+    _same(damaged, uncached)
+    where, again = _returning_user(script, tmp_path, "again", cache)
+    assert where == "fast"
+    _same(again, uncached)
+
+
+def test_program_key_needs_a_stable_keyable_program(monkeypatch):
+    """No fast key for what cannot be keyed across processes (a local function, an unkeyable part); the
+    key changes with an option value and with semimech's source hash."""
+    import json
+
+    import semimech.infer._compiled as compiled
+    from semimech.infer._compiled import cache_key, program_key
+
+    args = (np.zeros(2, np.uint32), {"y": np.zeros((3, 2), np.float32)})
+    base = program_key(cache_key("nuts", json.dumps, {"prior_sd": 1.0}), args)
+    assert base is not None and base == program_key(cache_key("nuts", json.dumps, {"prior_sd": 1.0}), args)
+    assert program_key(cache_key("nuts", json.dumps, {"prior_sd": 2.0}), args) != base
+    assert program_key(cache_key("nuts", json.dumps, {"prior_sd": 1.0}), (args[0], {"y": np.zeros((4, 2), np.float32)})) != base
+    assert program_key(cache_key("nuts", lambda x: x), args) is None
+    cell = {"__name__": "json"}  # a notebook cell's function: its code is in its own file, not its module's
+    exec(compile("def model(x):\n    return x\n", "/tmp/ipykernel_0/0.py", "exec"), cell)
+    assert program_key(cache_key("nuts", cell["model"]), args) is None
+    assert program_key(None, args) is None
+
+    def local(x):
+        return x
+
+    assert program_key(cache_key("nuts", local), args) is None
+    monkeypatch.setattr(compiled, "_SOURCE_HASH", "0" * 64)
+    assert program_key(cache_key("nuts", json.dumps, {"prior_sd": 1.0}), args) != base

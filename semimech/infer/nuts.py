@@ -74,7 +74,17 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     ``RESULTS_speed.md`` session 13), the fit call in a fresh process: sequential chains 8.2 s
     instead of 20.0 s, and 2.1 s from the persistent cache (a returning user; the default path
     took 24-31 s with or without it); vectorized chains 12.0 s and 5.1 s (their program traces and
-    compiles slower). Sequential chains are the better choice here. A later ``compiled=True`` fit in
+    compiles slower). Sequential chains are the better choice here. The returning user's process
+    finds the stored program by a key known before tracing (no tracing or lowering: 1.1 s instead
+    of 1.6-2.0 s, session 14): the in-process key below plus a hash of semimech's source, of the
+    source files of the user's loaded modules (the model function's among them) and the versions of
+    jax, jaxlib, numpyro, numpy and the loaded packages, the device, ``XLA_FLAGS`` and JAX's
+    configuration (:mod:`semimech.infer._compiled`). A model function without a source file (a
+    notebook cell, ``python -c``), a lambda or a local function is found only by the hash of its
+    lowered program (traced and lowered first, as before); a missing or damaged entry is compiled
+    anew. The draws are the same from a fresh compile, either key or this process's copy.
+    ``semimech.infer.nuts.LAST_PROGRAM["cache"]`` says where the last fit found its program
+    (``"memory"``, ``"fast"``, ``"disk"`` or ``"compiled"``). A later ``compiled=True`` fit in
     the same process with the same model, options, NUTS settings, warm start, chain and draw counts,
     and data of the same structure and shapes reuses the compiled program (no tracing or compiling:
     only the sampling is paid); the process keeps the last four.
@@ -141,6 +151,10 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
 MAX_NUTS_PROGRAMS = 4
 #: compiled programs of ``fit_nuts(compiled=True)`` in this process
 _NUTS_PROGRAMS = Recent(MAX_NUTS_PROGRAMS)
+#: where the last ``fit_nuts(compiled=True)`` found its program: ``"memory"`` (this process), ``"fast"`` (the
+#: persistent cache by its fast key: no tracing or lowering), ``"disk"`` (the persistent cache by the lowered
+#: program's hash) or ``"compiled"``
+LAST_PROGRAM = {"cache": None}
 
 
 def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, num_samples, num_chains, chain_method,
@@ -153,7 +167,8 @@ def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, nu
     structure and shapes (the last :data:`MAX_NUTS_PROGRAMS`; no tracing, lowering or compiling then).
     Returns ``(samples, extra fields)`` as NumPy arrays, grouped by chain.
     """
-    from semimech.infer._compiled import cache_key, compile_lowered, signature, wait
+    from semimech.infer._compiled import (cache_key, compile_lowered_keyed, load_fast, program_key, signature,
+                                          store_fast, wait)
     from semimech.infer._svi import _assemble, split_data
 
     static, traced = split_data(data, y)
@@ -171,9 +186,18 @@ def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, nu
 
     key = as_key(rng_key)
     program = _NUTS_PROGRAMS.get(pkey)
+    LAST_PROGRAM["cache"] = "memory"
     if program is None:
         with phases.phase("compile_s", "compiling NUTS (initialisation, warm-up and sampling in one program)"):
-            program, _ = compile_lowered(jax.jit(run).lower(key, traced))
+            # the persistent cache by a key known before tracing (None without a cache folder or a stable key)
+            fkey = program_key(pkey, (key, traced)) if pkey is not None and _cache_on() else None
+            program = load_fast(fkey, (key, traced))
+            LAST_PROGRAM["cache"] = "fast"
+            if program is None:
+                lowered = jax.jit(run).lower(key, traced)
+                program, hit, exec_key = compile_lowered_keyed(lowered)
+                LAST_PROGRAM["cache"] = "disk" if hit else "compiled"
+                store_fast(fkey, lowered, exec_key, (key, traced))
         _NUTS_PROGRAMS.put(pkey, program)
     try:
         with phases.phase("sample_s", f"sampling {num_chains} chain(s) x {num_warmup} warm-up + {num_samples} draws"):
@@ -192,6 +216,12 @@ def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, nu
     if not np.isfinite(extra["potential_energy"]).any(axis=-1).all():
         raise InferenceError(_NO_INIT)
     return samples, extra
+
+
+def _cache_on() -> bool:
+    from semimech.infer._compiled import cache_dir
+
+    return cache_dir() is not None
 
 
 CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
