@@ -245,3 +245,28 @@ def test_factor_design_conditions_and_parts_keep_their_context():
     about = _about(SimpleNamespace(design=d), "interactions", ["EGF+MEKi+PI3Ki@L2", "MEKi@L1"])
     assert about.targets == ["EGF+MEKi+PI3Ki@L2"]
     assert about.parts == ["EGF@L2", "MEKi@L2", "PI3Ki@L2", "control@L2"]
+
+
+def test_observation_variance_follows_each_contexts_noise():
+    """A label design with contexts (context_noise, the default there): the variance of a new observation
+    that the expected gains use is the candidate's context's, as predict draws it (sd 0.05 vs 0.4 here);
+    one per-gene noise for both contexts (what recommend used before) would make them equal."""
+    from semimech.design.recommend import _predict
+
+    rng = np.random.default_rng(0)
+    genes = [f"g{i}" for i in range(5)]
+    eff = {t: rng.normal(0, 0.5, len(genes)) for t in "ABCD"}
+    rows = []
+    for line, s in (("quiet", 0.05), ("loud", 0.4)):
+        for _ in range(3):
+            for lab in ["none", *eff]:
+                mu = eff[lab] if lab != "none" else np.zeros(len(genes))
+                rows.append(dict(drug=lab, line=line, **dict(zip(genes, mu + rng.normal(0, s, len(genes))))))
+    frame = pd.DataFrame(rows, index=[f"o{i}" for i in range(len(rows))])
+    d = sm.Design.from_frame(frame, readouts=genes, perturbation_key="drug", control="none", context_key="line")
+    fit = sm.fit_svi(additive.SPEC, d, rng_key=0, num_steps=1000, num_samples=200, progress_bar=False)
+    _, var, _ = _predict(fit, ["A@quiet", "A@loud"], 1, 0)
+    sd = np.sqrt(var.mean(0)).mean(1)
+    assert sd[1] > 2.0 * sd[0] and sd[1] == pytest.approx(0.4, rel=0.35)
+    pred = sm.predict(fit, ["A@quiet", "A@loud"], rng_key=0, num_cells=1)
+    assert np.allclose(var, np.broadcast_to(np.asarray(pred.noise, float) ** 2, var.shape), rtol=1e-5)

@@ -313,17 +313,19 @@ def _predict(fit, labels, n_p: int, key):
         warnings.filterwarnings("ignore", message=".*population.*")  # marked in the result instead
         pred = predict(fit, list(labels), rng_key=key, num_cells=n_p)
     mean = np.asarray(pred.draws["mean"], dtype=np.float64)
-    site = fit.spec.noise_site(fit.likelihood)
-    noise = np.asarray(fit.flat(site), dtype=np.float64) if site in fit.samples else np.zeros((mean.shape[0], mean.shape[2]))
-    if noise.ndim == 3:  # grouped by batch; a candidate's batch is not named: the groups' mixture variance
-        rows = fit.design.noise.batch_group_index(fit.design.batches)[np.asarray(fit.design.batch_index)]
-        w = np.bincount(rows, minlength=noise.shape[1]) / rows.size
-        noise = np.sqrt(np.einsum("g,sgj->sj", w, noise**2))
+    noise = np.asarray(pred.noise, dtype=np.float64)  # what the observations were drawn with (per context too)
+    design_noise = fit.design.noise
+    if design_noise is not None and design_noise.grouped:  # a candidate's batch is not named: predict drew a
+        # group per draw; the expected gain takes the groups' mixture variance instead (no extra Monte Carlo noise)
+        sd = np.asarray(fit.flat(fit.spec.noise_site(fit.likelihood)), dtype=np.float64)  # (draws, groups, genes)
+        rows = design_noise.batch_group_index(fit.design.batches)[np.asarray(fit.design.batch_index)]
+        w = np.bincount(rows, minlength=sd.shape[1]) / rows.size
+        noise = np.asarray(total_sd(np.sqrt(np.einsum("g,sgj->sj", w, sd**2))[:, None, :], fit.design.model_data(),
+                                    mean), dtype=np.float64)
     if fit.likelihood == "normal":
-        sd = np.asarray(total_sd(noise[:, None, :], fit.design.model_data(), mean))
-        var = np.broadcast_to(sd**2, mean.shape) / n_p
+        var = np.broadcast_to(noise**2, mean.shape) / n_p
     else:
-        var = (mean + mean**2 / noise[:, None, :]) / n_p
+        var = (mean + mean**2 / noise) / n_p
     var = np.maximum(var, 1e-12 * (1.0 + np.mean(mean**2)))
     return mean, np.ascontiguousarray(var), np.asarray(pred.draws["observed_mean"], dtype=np.float64)
 

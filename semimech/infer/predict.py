@@ -57,6 +57,12 @@ class Prediction:
         ``network`` (an unseen gene propagated through a learned network), ``population`` (an
         unseen target's effect drawn from the learned population alone), joined by ``+`` when its
         parts differ — ``parts`` (``target: source`` per target) and ``population_only``.
+    noise
+        With ``num_cells``: what ``"observed_mean"`` was drawn with, per draw, condition and gene
+        (broadcastable to ``(draws, perturbations, genes)``; ``(draws, 1, genes)`` when it is the same
+        for every condition): the sd of one observation (Gaussian: learned, known and
+        floor parts together; per context or batch group where the model has one) or the
+        negative-binomial concentration; ``None`` without ``num_cells``.
     """
 
     perturbations: tuple[str, ...]
@@ -66,6 +72,7 @@ class Prediction:
     model: str
     steady_state: pd.DataFrame | None = None
     sources: pd.DataFrame | None = None
+    noise: np.ndarray | None = None
 
     def summary(self, *, kind: str = "observed_mean") -> dict[str, np.ndarray]:
         """Posterior mean, sd and quantiles (``QUANTILES``) of the ``kind`` draws (see the class docstring)."""
@@ -232,6 +239,7 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     if batch is not None:
         mean = _in_batch(fit, mean, str(batch), k_obs)
     draws = {"mean": mean}
+    noise = None
     if num_cells is not None:
         n = _num_cells(num_cells, labels)
         # a model whose noise differs by context records it per condition (measurement.context_noise)
@@ -253,7 +261,7 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         ss = solve_fractions(fit, post, data, labels, rng_key=jax.random.fold_in(key, 11),
                              num_draws=steady_state_draws)
     return Prediction(perturbations=tuple(labels), genes=train.genes, draws=draws, control=train.control,
-                      model=fit.spec.name, steady_state=ss, sources=sources)
+                      model=fit.spec.name, steady_state=ss, sources=sources, noise=noise)
 
 
 def _check_new_contexts(train: Design, pdesign: Design, labels: list[str], new_contexts: str) -> None:
