@@ -216,16 +216,24 @@ def norman_singles(seed: int, *, start: int = 3, pilot: int = 10, chunk: int = 2
 
 
 # ------------------------------------------------------------------------------ HepG2
-def hepg2_pool(seed: int, *, contexts: int = 10, noise: str = "pooled"):
+def hepg2_pool(seed: int, *, contexts: int = 10, noise: str = "pooled", labels: str = "per-context"):
     import heldout_tasks as ht
 
     wide = ht._hepg2_frame()
     readouts = [c for c in wide.columns if c not in ("cell_line", "stimuli", "inhibitors")]
     wide["context"] = wide.cell_line + "|" + wide.stimuli
     wide = wide[wide.context.isin(list(dict.fromkeys(wide.context))[:contexts])].reset_index(drop=True)
-    wide["label"] = ht._context_labels(wide, "inhibitors", wide.context)
     wide.index = wide.context + "|" + wide.inhibitors
-    full = sm.Design.from_frame(wide, readouts=readouts, perturbation_key="label", control="none", batch_key="context")
+    if labels == "shared":  # one inhibitor is one target in every context: effects and pair interactions are
+        # a shared value plus a context deviation (the additive model's contexts), the context a design context
+        wide["context"] = wide.context.str.replace("+", "&")
+        full = sm.Design.from_frame(wide, readouts=readouts, perturbation_key="inhibitors", control="none",
+                                    context_key="context", batch_key="context")
+        wide["label"] = np.asarray(full.perturbations, dtype=object)[np.asarray(full.perturbation_index)]
+    else:  # every inhibitor a target of its own in each context (session 9-14 numbers)
+        wide["label"] = ht._context_labels(wide, "inhibitors", wide.context)
+        full = sm.Design.from_frame(wide, readouts=readouts, perturbation_key="label", control="none",
+                                    batch_key="context")
     if noise == "per-line":  # one replicate prior and one learned sd per cell line; each context is its line's
         per_line = ht.hepg2_replicate_noise(per_cell_line=True)
         full = full.with_noise(per_line.by_batch({c: c.split("|")[0] for c in dict.fromkeys(wide.context)}))
@@ -280,6 +288,8 @@ def _score_arrays(observed, mean, truth):
 
 #: how every benchmark fit is made (``--fit``): mean-field SVI (default) or one NUTS chain
 FIT = {"method": "svi", "warmup": 300, "samples": 300, "depth": 8}
+#: options of the additive model in every fit (default: none)
+MODEL_OPTIONS: dict = {}
 
 
 def _fit(design, seed, steps, draws=256):
@@ -289,9 +299,9 @@ def _fit(design, seed, steps, draws=256):
     if FIT["method"] == "nuts":
         return sm.fit_nuts(additive.SPEC, design, rng_key=seed, num_warmup=FIT["warmup"], num_samples=FIT["samples"],
                            num_chains=1, max_tree_depth=FIT["depth"], progress_bar=False,
-                           row_mask=np.ones(design.n_obs, bool))
+                           row_mask=np.ones(design.n_obs, bool), **MODEL_OPTIONS)
     return sm.fit_svi(additive.SPEC, design, rng_key=seed, num_steps=steps, num_samples=draws, progress_bar=False,
-                      row_mask=np.ones(design.n_obs, bool))
+                      row_mask=np.ones(design.n_obs, bool), **MODEL_OPTIONS)
 
 
 def _choose(task, fit, state, objective, budget, seed, rnd):
@@ -512,6 +522,9 @@ def main(argv=None):
     ap.add_argument("--contexts", type=int, default=10, help="hepg2_pool: contexts used")
     ap.add_argument("--noise", choices=("pooled", "per-line"), default="pooled",
                     help="hepg2_pool: one replicate noise prior and sd for all cell lines (default), or one per line")
+    ap.add_argument("--labels", choices=("per-context", "shared"), default="per-context",
+                    help="hepg2_pool: each inhibitor a target of its own per context (default), or one target shared "
+                         "by all contexts (contexts pooled; with --noise per-line, context_noise off)")
     ap.add_argument("--fit", choices=("svi", "nuts"), default="svi", help="how every fit is made (see the docstring)")
     ap.add_argument("--nuts-warmup", type=int, default=300)
     ap.add_argument("--nuts-samples", type=int, default=300)
@@ -534,11 +547,13 @@ def main(argv=None):
     if not args.json:
         ap.error("--json is required (unless --plot-from)")
     FIT.update(method=args.fit, warmup=args.nuts_warmup, samples=args.nuts_samples, depth=args.nuts_depth)
+    if args.labels == "shared" and args.noise == "per-line":  # noise per line and per context both set a row's noise
+        MODEL_OPTIONS["context_noise"] = False
     out = {"platform": platform.platform(), "python": platform.python_version(), "results": []}
     t0 = time.perf_counter()
     for name in args.tasks:
         make = TASKS[name] if name != "hepg2_pool" else (lambda s: hepg2_pool(s, contexts=args.contexts,
-                                                                               noise=args.noise))
+                                                                               noise=args.noise, labels=args.labels))
         try:
             res = run_task(make, seeds=args.seeds, rounds=args.rounds, budget=args.budget, steps=args.steps,
                            objectives=args.objectives, ceiling=args.ceiling,
@@ -547,7 +562,7 @@ def main(argv=None):
             print(f"{name}: skipped ({str(err).splitlines()[0]})")
             continue
         if name == "hepg2_pool":
-            res["contexts"], res["noise"] = args.contexts, args.noise
+            res["contexts"], res["noise"], res["labels"] = args.contexts, args.noise, args.labels
         out["results"].append(res)
         print(json.dumps({k: res[k] for k in ("task", "ratio_last_round_vs_random")}))
         pathlib.Path(args.json).write_text(json.dumps(out, indent=1))  # each task as soon as it is done
