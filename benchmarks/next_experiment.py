@@ -31,7 +31,10 @@ double/triple inhibitor rows are split at random into pool and held out (half ea
 ``predictive`` (targets = held-out labels), ``information`` about their interactions. Noise:
 the technical-replicate prior of ``heldout_tasks.hepg2_replicate_noise``; ``--noise per-line``: one
 such prior and one learned sd per cell line (each context takes its line's;
-``NoiseModel.by_batch``), for the session-13 finding that the lines' replicate sds differ 2x.
+``NoiseModel.by_batch``), for the session-13 finding that the lines' replicate sds differ 2x;
+``--labels shared``: each inhibitor one target in every context (contexts pooled: a shared value plus a
+context deviation for effects and pair interactions) instead of a target of its own per context, for the
+session-14 finding that each inhibitor set's departure from additivity is partly shared by all contexts.
 
 ``--ceiling``: per seed also a fit with every round-0 pool candidate measured (the error no
 choice of ``--rounds`` x ``--budget`` can beat). ``--first-seed``: run seeds first..first+seeds-1
