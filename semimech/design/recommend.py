@@ -318,8 +318,7 @@ def _predict(fit, labels, n_p: int, key):
     if design_noise is not None and design_noise.grouped:  # a candidate's batch is not named: predict drew a
         # group per draw; the expected gain takes the groups' mixture variance instead (no extra Monte Carlo noise)
         sd = np.asarray(fit.flat(fit.spec.noise_site(fit.likelihood)), dtype=np.float64)  # (draws, groups, genes)
-        rows = design_noise.batch_group_index(fit.design.batches)[np.asarray(fit.design.batch_index)]
-        w = np.bincount(rows, minlength=sd.shape[1]) / rows.size
+        w = design_noise.row_group_weights(fit.design)
         noise = np.asarray(total_sd(np.sqrt(np.einsum("g,sgj->sj", w, sd**2))[:, None, :], fit.design.model_data(),
                                     mean), dtype=np.float64)
     if fit.likelihood == "normal":

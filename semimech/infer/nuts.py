@@ -167,8 +167,8 @@ def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, nu
     structure and shapes (the last :data:`MAX_NUTS_PROGRAMS`; no tracing, lowering or compiling then).
     Returns ``(samples, extra fields)`` as NumPy arrays, grouped by chain.
     """
-    from semimech.infer._compiled import (cache_key, compile_lowered_keyed, load_fast, program_key, signature,
-                                          store_fast, wait)
+    from semimech.infer._compiled import (cache_dir, cache_key, compile_lowered_keyed, load_fast, program_key,
+                                          signature, store_fast, wait)
     from semimech.infer._svi import _assemble, split_data
 
     static, traced = split_data(data, y)
@@ -190,7 +190,7 @@ def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, nu
     if program is None:
         with phases.phase("compile_s", "compiling NUTS (initialisation, warm-up and sampling in one program)"):
             # the persistent cache by a key known before tracing (None without a cache folder or a stable key)
-            fkey = program_key(pkey, (key, traced)) if pkey is not None and _cache_on() else None
+            fkey = program_key(pkey, (key, traced)) if pkey is not None and cache_dir() is not None else None
             program = load_fast(fkey, (key, traced))
             LAST_PROGRAM["cache"] = "fast"
             if program is None:
@@ -216,12 +216,6 @@ def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, nu
     if not np.isfinite(extra["potential_energy"]).any(axis=-1).all():
         raise InferenceError(_NO_INIT)
     return samples, extra
-
-
-def _cache_on() -> bool:
-    from semimech.infer._compiled import cache_dir
-
-    return cache_dir() is not None
 
 
 CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")

@@ -316,10 +316,8 @@ def _grouped_noise(fit, sd: np.ndarray, batch, n_labels: int, rng_key) -> np.nda
                 "(noise.by_batch({..., batch: group})), or leave batch=None for the mixture over groups.")
         g = noise.group_names().index(noise.batch_groups[str(batch)])
         return np.broadcast_to(sd[:, g, None, :], (sd.shape[0], n_labels, sd.shape[2]))
-    train = fit.design
-    rows_group = noise.batch_group_index(train.batches)[np.asarray(train.batch_index)]
-    weight = np.bincount(rows_group, minlength=sd.shape[1]).astype(float)
-    pick = np.asarray(jax.random.choice(rng_key, sd.shape[1], (sd.shape[0], n_labels), p=weight / weight.sum()))
+    weight = noise.row_group_weights(fit.design)
+    pick = np.asarray(jax.random.choice(rng_key, sd.shape[1], (sd.shape[0], n_labels), p=weight))
     return np.take_along_axis(sd, pick[:, :, None], axis=1)
 
 

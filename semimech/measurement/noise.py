@@ -139,6 +139,11 @@ class NoiseModel:
                               "to a noise group: noise.by_batch({batch: group, ...}).")
         return np.asarray([names.index(self.batch_groups[str(b)]) for b in batches], np.int32)
 
+    def row_group_weights(self, design) -> np.ndarray:
+        """The fraction of ``design``'s rows in each noise group (the mixture an unnamed batch implies)."""
+        rows = self.batch_group_index(design.batches)[np.asarray(design.batch_index)]
+        return np.bincount(rows, minlength=len(self.group_names())) / rows.size
+
     def model_data(self, design) -> dict[str, Any]:
         """The arrays a model reads (``noise_*`` keys of ``Design.model_data``), aligned with genes."""
         genes = tuple(design.genes)
