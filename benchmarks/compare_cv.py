@@ -234,7 +234,8 @@ def read_heldout_json(path: str, names, *, restarts: int = 1) -> tuple[dict, dic
         m = res["models"].get(key) or {}
         values[name] = m.get("value")
         detail[name] = {"config": key, "value": m.get("value"), "sd_over_seeds": m.get("sd_over_seeds"),
-                        "per_seed": m.get("per_seed"), "seeds": (res.get("config") or {}).get("seeds"),
+                        "per_seed": m.get("per_seed"), "per_condition_per_seed": m.get("per_condition_per_seed"),
+                        "conditions": res.get("conditions"), "seeds": (res.get("config") or {}).get("seeds"),
                         "num_steps": (res.get("config") or {}).get("num_steps"),
                         "num_samples": (res.get("config") or {}).get("num_samples")}
     return values, detail
@@ -275,7 +276,8 @@ def held_out_values(task_name: str, folds, fits: dict, *, path: str | None, step
         r = heldout.run_model(task, folds, cfg, seeds=list(range(seeds)), budget=budget, log=log)
         out[name] = r["value"]
         detail[name] = {"config": cfg, "value": r["value"], "sd_over_seeds": r.get("sd_over_seeds"),
-                        "per_seed": r.get("per_seed"), "seeds": list(range(seeds)), "num_steps": steps,
+                        "per_seed": r.get("per_seed"), "per_condition_per_seed": r.get("per_condition_per_seed"),
+                        "seeds": list(range(seeds)), "num_steps": steps,
                         "num_samples": draws, "notes": r.get("notes")}
     return out, detail
 
@@ -306,8 +308,29 @@ def _spearman(a, b) -> float | None:
     return None if np.ptp(a) == 0 else float(stats.spearmanr(a, b).statistic)
 
 
-def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
-    """Spearman(elpd, held-out score), first-ranked within 10% of the best held-out value, separation."""
+def held_out_separation(per_condition: dict, *, higher_is_better: bool) -> dict | None:
+    """Does the held out itself separate the models? Its per-condition errors (mean over seeds) ranked by
+    the comparison's rule: better by more than 2 SE of the paired difference over the held-out conditions.
+
+    The held-out seeds vary the fit, not the conditions, so a held-out mean apart by more than 10% on a
+    few conditions can still be within the spread over conditions. Returns None without per-condition values.
+    """
+    from semimech.evaluate.compare import _ranks
+
+    vals = {n: np.mean(np.asarray(v, float), axis=0) for n, v in per_condition.items() if v}
+    if len(vals) < 2 or len({len(v) for v in vals.values()}) != 1 or not all(np.isfinite(v).all() for v in vals.values()):
+        return None
+    rank, tied, above = _ranks({n: (v if higher_is_better else -v) for n, v in vals.items()}, 2.0)
+    return {"rank": rank, "tied_with": tied, "n_conditions": int(len(next(iter(vals.values())))),
+            "below": {n: [{"model": b, "difference": d, "se": se} for b, d, se in above[n]] for n in vals}}
+
+
+def agreement(table, held: dict, *, higher_is_better: bool, held_per_condition: dict | None = None) -> dict:
+    """Spearman(elpd, held-out score), first-ranked within 10% of the best held-out value, separation.
+
+    With ``held_per_condition`` (model -> per seed, per held-out condition), also whether every
+    first-ranked model that is not within 10% is one the held out itself cannot separate from its best
+    (:func:`held_out_separation`): then the comparison's tie says what the held-out evidence says."""
     from scipy import stats
 
     ranked = table[table["rank"].notna()].set_index("model")
@@ -343,6 +366,14 @@ def agreement(table, held: dict, *, higher_is_better: bool) -> dict:
     within = [(held[n] >= best - 0.1 * abs(best)) if higher_is_better else (held[n] <= 1.1 * best) for n in first]
     out.update({"best_held_out_model": names[int(np.argmax(good))], "best_held_out": best, "first_ranked": first,
                 "first_within_10pct": bool(all(within)) if first else None})
+    sep = held_out_separation({n: held_per_condition.get(n) for n in names}, higher_is_better=higher_is_better) \
+        if held_per_condition else None
+    if sep is not None:
+        out["held_out_separation"] = sep
+        # first-ranked and beyond 10% of the best held out, yet tied with the held out's best by its own rule
+        beyond = [n for n, w in zip(first, within) if not w]
+        out["first_beyond_10pct_separated_by_held_out"] = [n for n in beyond if sep["rank"][n] > 1]
+        out["first_within_10pct_or_held_out_tie"] = bool(first) and not out["first_beyond_10pct_separated_by_held_out"]
     return out
 
 
@@ -434,7 +465,9 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
                 "left_out", "n_refits", "n_units_unseen", "cv_coverage_90", "cv_calibration", "cv_crps", "cv_l2", "loo_rows_status",
                 "steady_state", "note"]
         result["table"] = json.loads(table[cols].to_json(orient="records"))
-        result["agreement"] = agreement(table, held, higher_is_better=task.higher_is_better)
+        per_cond = {n: (d or {}).get("per_condition_per_seed") for n, d in (result.get("held_out_detail") or {}).items()}
+        result["agreement"] = agreement(table, held, higher_is_better=task.higher_is_better,
+                                        held_per_condition={n: v for n, v in per_cond.items() if v} or None)
         if result.get("held_out_reference"):
             result["agreement_reference"] = agreement(table, {n: result["held_out_reference"].get(n) for n in fits},
                                                       higher_is_better=task.higher_is_better)

@@ -99,7 +99,8 @@ def score_seed(task: ht.Task, truth, ref, predicted) -> dict:
     point = np.concatenate([p.point for p in predicted])
     return {"value": aggregate(task, truth, point, ref), "cov50": coverage(truth, draws, 0.5),
             "cov90": coverage(truth, draws, 0.9), "crps": float(np.mean(ev.crps(truth, draws))),
-            "seconds": float(sum(p.seconds for p in predicted))}
+            "seconds": float(sum(p.seconds for p in predicted)),
+            "per_condition": per_condition(task.metric, truth, point, ref).tolist()}
 
 
 def summarise(scores: list[dict], notes: list[str]) -> dict:
@@ -111,7 +112,7 @@ def summarise(scores: list[dict], notes: list[str]) -> dict:
     return {"value": mean("value"), "sd_over_seeds": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
             "coverage_50": mean("cov50"), "coverage_90": mean("cov90"), "seeds": len(scores),
             "fit_seconds": mean("seconds"), "per_seed": per_seed, "coverage_90_per_seed": [s["cov90"] for s in scores],
-            "crps": mean("crps"), "notes": notes}
+            "crps": mean("crps"), "per_condition_per_seed": [s["per_condition"] for s in scores], "notes": notes}
 
 
 def log_seed(log, name: str, seed: int, metric: str, sc: dict) -> None:
@@ -190,6 +191,7 @@ def run(task_name: str, *, models, seeds, budget: Budget, log=print) -> dict:
     return {"task": task_name, "metric": task.metric, "higher_is_better": task.higher_is_better,
             "aggregation": task.aggregation, "gene_set": task.gene_set, "scale": task.scale,
             "n_conditions": int(truth.shape[0]), "n_folds": len(folds), "models": out_models,
+            "conditions": [str(c) for f in folds for c in f.labels],
             "baselines": baselines, "notes": notes,
             "config": {"quick": budget.quick, "seeds": list(seeds), "num_steps": budget.num_steps,
                        "num_samples": budget.num_samples, "num_warmup": budget.num_warmup,

@@ -49,3 +49,32 @@ def test_the_compared_configuration_is_registered_once_as_fit_svi_default(compar
     finally:  # leave the registry as other tests find it
         MODELS.clear()
         MODELS.update(before)
+
+
+def test_held_out_separation_ranks_the_held_out_conditions_by_the_comparisons_rule(compare_cv):
+    """Known answer: B worse than A on every held-out condition by about the same amount is separated; the
+    negative control, B worse on one condition only (a mean 40% higher, carried by that condition), is a tie."""
+    a = [[0.30, 0.35, 0.40, 0.32, 0.38]] * 3                       # 3 seeds, 5 conditions
+    steady = [[0.40, 0.46, 0.49, 0.43, 0.47]] * 3
+    one_off = [[1.00, 0.35, 0.40, 0.32, 0.38]] * 3
+    sep = compare_cv.held_out_separation({"A": a, "B": steady}, higher_is_better=False)
+    assert sep["rank"] == {"A": 1, "B": 2} and sep["n_conditions"] == 5
+    assert sep["below"]["B"][0]["model"] == "A" and sep["below"]["B"][0]["difference"] > 0
+    tie = compare_cv.held_out_separation({"A": a, "B": one_off}, higher_is_better=False)
+    assert tie["rank"] == {"A": 1, "B": 1} and tie["tied_with"]["B"] == ["A"]
+    assert compare_cv.held_out_separation({"A": a, "B": None}, higher_is_better=False) is None
+
+
+def test_agreement_reads_a_tie_beyond_10pct_against_the_held_outs_own_separation(compare_cv):
+    import numpy as np
+    import pandas as pd
+
+    table = pd.DataFrame({"model": ["A", "B"], "rank": [1, 1], "elpd_cv": [1.0, 0.9]})
+    a = [[0.30, 0.35, 0.40, 0.32, 0.38]] * 3
+    held = {"A": float(np.mean(a)), "B": None}
+    for b, separated in (([[0.40, 0.46, 0.49, 0.43, 0.47]] * 3, True), ([[1.00, 0.35, 0.40, 0.32, 0.38]] * 3, False)):
+        held["B"] = float(np.mean(b))
+        out = compare_cv.agreement(table, held, higher_is_better=False, held_per_condition={"A": a, "B": b})
+        assert out["first_within_10pct"] is False                  # B is > 10% above A's held out either way
+        assert out["first_beyond_10pct_separated_by_held_out"] == (["B"] if separated else [])
+        assert out["first_within_10pct_or_held_out_tie"] is (not separated)
