@@ -172,13 +172,15 @@ def model_options(task: str, name: str, design, *, train_rows=None) -> dict:
             "off_target": False, "readout_block": False, "residual": True}
 
 
-def held_out_by_refit(fit, train_rows: np.ndarray, *, refit_steps: int | None, warm: bool = False) -> float:
+def held_out_by_refit(fit, train_rows: np.ndarray, *, refit_steps: int | None, warm: bool = False,
+                      key: int = 7) -> tuple[float, np.ndarray]:
     """The held-out task as one more fold of the comparison's own refits: RMSE of the leave-out
-    predictive mean of every non-training row (pooled over rows x readouts).
+    predictive mean of every non-training row (pooled over rows x readouts), and each row's RMSE.
 
     The fold is refit exactly as a cross-validation fold (same fit path and start, latents of
     unseen entries drawn from their prior given the rest; ``semimech.evaluate.cv``), so the held-out
-    number belongs to the same model configuration as the comparison's.
+    number belongs to the same model configuration as the comparison's. ``key``: the refit's random
+    key (7, the first, was the only one before the held out took 3 seeds).
     """
     import jax
 
@@ -189,12 +191,12 @@ def held_out_by_refit(fit, train_rows: np.ndarray, *, refit_steps: int | None, w
     row_unit = np.where(train_rows, -1, 0)
     folds = _Folds(fit, engine, row_unit, num_steps=_steps(fit, refit_steps, warm=warm),
                    refit_options={"warm_start": True} if warm else None,
-                   key=jax.random.PRNGKey(7), max_pit_rows=10**6)
+                   key=jax.random.PRNGKey(key), max_pit_rows=10**6)
     folds._fold(np.array([0]))
     rows = np.flatnonzero(~train_rows)
     pred = np.stack([folds.mean[int(r)] for r in rows])
     y = np.asarray(fit.design.dense_y(), float)[rows]
-    return float(np.sqrt(np.mean((pred - y) ** 2)))
+    return float(np.sqrt(np.mean((pred - y) ** 2))), np.sqrt(np.mean((pred - y) ** 2, axis=1))
 
 
 def held_out_from_cv(table, design) -> dict:
@@ -437,18 +439,32 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
     result["load_end"] = os.getloadavg()[0]
     if kind.startswith("factor"):  # the held-out task as one more refit of each compared model
         t2, c2 = time.time(), cpu_seconds()
-        held = {}
-        for name, fit in fits.items():
-            try:
-                held[name] = held_out_by_refit(fit, train_rows, refit_steps=refit_steps, warm=warm)
-            except SemimechError as err:
-                log(f"  held-out refit of {name} failed: {err}")
-                held[name] = None
-            log(f"  held-out (refit without the {int((~train_rows).sum())} combination rows) {name}: {held[name]}")
+        held, result["held_out_detail"] = {}, {}
+        for name, fit in fits.items():  # seeds = the refit's key: 7 (the one seed before), 8, 9, ...
+            per_seed, per_row = [], []
+            for i in range(heldout_seeds):
+                try:
+                    v, rows = held_out_by_refit(fit, train_rows, refit_steps=refit_steps, warm=warm, key=7 + i)
+                except SemimechError as err:
+                    log(f"  held-out refit of {name} (seed {i}) failed: {err}")
+                    per_seed, per_row = [], []
+                    break
+                per_seed.append(v)
+                per_row.append(rows.tolist())
+            held[name] = float(np.mean(per_seed)) if per_seed else None
+            result["held_out_detail"][name] = {
+                "config": "one more refit of the comparison's fit without the combination rows (key 7 + seed)",
+                "value": held[name], "per_seed": per_seed, "per_condition_per_seed": per_row or None,
+                "sd_over_seeds": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None}
+            log(f"  held-out (refit without the {int((~train_rows).sum())} combination rows) {name}: {per_seed}")
         result["heldout_wall_s"], result["heldout_cpu_s"] = time.time() - t2, cpu_seconds() - c2
         result["held_out_reference"] = heldout
     elif task_name == "sachs_loco" and table is not None:
         held = held_out_from_cv(table, design)
+        result["held_out_detail"] = {  # each held-out condition's RMSE over the readouts (one seed: --seed)
+            n: {"config": "the comparison's own leave-one-condition-out refits", "value": held[n], "per_seed": [held[n]],
+                "per_condition_per_seed": [(np.asarray(cv.l2, float) / np.sqrt(design.n_genes)).tolist()]}
+            for n, cv in table.attrs.get("cross_validations", {}).items() if n in held}
         result["held_out_reference"] = heldout
         log(f"  held-out (pooled RMSE of the leave-one-condition-out refits): {held}")
     elif heldout is not None and not heldout_json:
