@@ -492,7 +492,9 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
         if len(n_seeds) == 1 and n_seeds != {1}:  # every model scored on the same number of seeds (> 1)
             result["agreement_per_seed"] = [
                 agreement(table, {n: (v[i] if v else None) for n, v in per_seed.items()},
-                          higher_is_better=task.higher_is_better) for i in range(n_seeds.pop())]
+                          higher_is_better=task.higher_is_better,
+                          held_per_condition={n: [v[i]] for n, v in per_cond.items() if v and len(v) > i} or None)
+                for i in range(n_seeds.pop())]
         result["per_unit"] = per_unit(table, design)
         result["warm_resets"] = {n: [dict(r) for r in cv.resets] for n, cv in table.attrs.get("cross_validations", {}).items()}
         for n, r in result["warm_resets"].items():
