@@ -49,6 +49,25 @@ def test_the_method_follows_the_design(norman_design, monkeypatch):
         sm.fit(additive.SPEC, d, rng_key=0, method="laplace")
 
 
+def test_fit_passes_row_mask_to_the_chosen_method_not_to_the_model(monkeypatch):
+    """``row_mask`` is a fit argument: the choice's trace of the model must not receive it (it raised a
+    TypeError from inside NumPyro), and the chosen fit gets it: the same draws as fit_svi with that mask."""
+    import semimech.infer.auto as auto
+
+    d, _ = _context_design(n_ctx=3)
+    d = d.with_noise(me.fixed(0.12))  # a known noise: no warning about unreplicated rows
+    monkeypatch.setattr(auto, "NUTS_MAX_LATENT", 1)  # SVI, so that the comparison below is quick
+    mask = np.ones(d.n_obs, bool)
+    mask[[2, 5]] = False
+    kw = dict(num_steps=50, num_samples=20, progress_bar=False)
+    got = sm.fit(additive.SPEC, d, rng_key=0, row_mask=mask, **kw)
+    want = sm.fit_svi(additive.SPEC, d, rng_key=0, row_mask=mask, **kw)
+    unmasked = sm.fit_svi(additive.SPEC, d, rng_key=0, **kw)
+    assert got.method == "svi"
+    np.testing.assert_array_equal(got.flat("effect"), want.flat("effect"))
+    assert not np.array_equal(got.flat("effect"), unmasked.flat("effect"))  # the mask took effect
+
+
 def test_default_fit_keeps_the_effects_of_an_unreplicated_design():
     """Known answer: with the noise sd known (0.12) and Gaussian effects (sd 0.2), each effect rests
     on one single-inhibitor row against one control row; the posterior-mean slope on the true

@@ -97,8 +97,9 @@ def fit(spec: ModelSpec, design, *, rng_key, method: str = "auto", progress_bar:
     num_samples
         Posterior draws: per chain for NUTS (default 500), in all for SVI (default 400).
     **options
-        Model options (``likelihood=...``) and, for SVI, ``guide=``, ``learning_rate=``, ``restarts=``
-        (the best of that many SVI runs by the training loss; not used when NUTS is chosen).
+        Model options (``likelihood=...``), ``row_mask=`` and ``init_values=`` (as for either fit), and, for
+        SVI, ``guide=``, ``learning_rate=``, ``restarts=`` (the best of that many SVI runs by the training
+        loss; not used when NUTS is chosen).
 
     The chosen method is ``fit.method``; :func:`choose_method` gives it with the reason, which is
     also printed when ``progress_bar`` is on.
@@ -109,7 +110,9 @@ def fit(spec: ModelSpec, design, *, rng_key, method: str = "auto", progress_bar:
     from semimech.infer.nuts import fit_nuts
 
     svi_keys = {"guide", "learning_rate", "rank", "restarts"}
-    model_options = {k: v for k, v in options.items() if k not in svi_keys}
+    fit_keys = {"row_mask", "init_values"}  # arguments of both fits, not model options: not in the choice's trace
+    model_options = {k: v for k, v in options.items() if k not in svi_keys | fit_keys}
+    fit_args = {k: v for k, v in options.items() if k in fit_keys}
     if method == "auto":
         method, reason = choose_method(spec, design, **model_options)
     else:
@@ -118,6 +121,6 @@ def fit(spec: ModelSpec, design, *, rng_key, method: str = "auto", progress_bar:
         print(f"semimech.fit: {method} ({reason})")
     if method == "nuts":
         run = functools.partial(fit_nuts, num_warmup=num_warmup, num_samples=num_samples or 500, num_chains=num_chains)
-        return run(spec, design, rng_key=rng_key, progress_bar=progress_bar, **model_options)
+        return run(spec, design, rng_key=rng_key, progress_bar=progress_bar, **model_options, **fit_args)
     return fit_svi(spec, design, rng_key=rng_key, num_steps=num_steps, num_samples=num_samples or 400,
                    progress_bar=progress_bar, **options)
