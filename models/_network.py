@@ -30,7 +30,9 @@ Conventions shared by :mod:`linear_steady_state`, :mod:`production_decay` and
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -42,6 +44,35 @@ from semimech.measurement import observe_conditions, to_data_scale
 
 W_PRIORS = ("horseshoe", "laplace", "normal")
 NETWORK_MODES = ("mask", "scale")
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedOptions:
+    """The keyword options every steady-state model takes, with their defaults.
+
+    ``efficacy_prior_scale``, ``direct_prior_scale``, ``variant_of`` and ``shared_gene_index`` (from
+    :func:`shared_targets`), ``direct_mask`` (from :func:`target_gene_mask`): the edits
+    (:func:`target_log_scales`); ``residual`` (``True``, ``False``, ``"population"``), ``embedding``,
+    ``gene_embedding``, ``effect_programs``: the misfit of the dynamics (:func:`residual`).
+    """
+
+    efficacy_prior_scale: float = 1.5
+    direct_prior_scale: float = 0.5
+    variant_of: Any = None
+    shared_gene_index: Any = None
+    direct_mask: Any = None
+    residual: bool | str = True
+    embedding: Any = None
+    gene_embedding: Any = None
+    effect_programs: int = 2
+
+
+def shared_options(options: dict) -> SharedOptions:
+    """A model's remaining keywords as :class:`SharedOptions`; another name fails as an unknown keyword does."""
+    unknown = [k for k in options if k not in SharedOptions.__dataclass_fields__]
+    if unknown:
+        raise TypeError(f"model() got an unexpected keyword argument {unknown[0]!r}")
+    return SharedOptions(**options)
 
 
 def unit_scale(data, likelihood: str):
@@ -110,9 +141,8 @@ def direct_mask_array(data, direct_mask):
     return _pad(m, n_t, 1.0, "direct_mask")
 
 
-def target_log_scales(data, genes_plate, *, efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5,
-                      split: bool = False, variant_of=None, shared_gene_index=None, direct_mask=None):
-    """Per-target log production scales, ``(targets, genes)``.
+def target_log_scales(data, genes_plate, opts: SharedOptions, *, split: bool = False):
+    """Per-target log production scales, ``(targets, genes)``, under the edit options of ``opts``.
 
     One standardised site ``target_z`` (targets x genes) serves both kinds of target: a target
     that is modelled gene ``g`` uses only its entry ``[t, g]``, as efficacy
@@ -139,12 +169,12 @@ def target_log_scales(data, genes_plate, *, efficacy_prior_scale: float = 1.5, d
     target's direct effect to its listed genes: elsewhere its log scale is exactly zero.
     """
     tgi = np.asarray(data["target_gene_index"])
-    var, sgi = _variants(data, variant_of, shared_gene_index)
-    mask = direct_mask_array(data, direct_mask)
+    var, sgi = _variants(data, opts.variant_of, opts.shared_gene_index)
+    mask = direct_mask_array(data, opts.direct_mask)
     gene_of = tgi if var is None else np.where(var >= 0, sgi[np.maximum(var, 0)], tgi)
-    loc = numpyro.sample("efficacy_loc", dist.Normal(0.0, efficacy_prior_scale))
+    loc = numpyro.sample("efficacy_loc", dist.Normal(0.0, opts.efficacy_prior_scale))
     sd = numpyro.sample("efficacy_sd", dist.HalfNormal(1.0))
-    tau = numpyro.sample("direct_scale", dist.HalfNormal(direct_prior_scale))
+    tau = numpyro.sample("direct_scale", dist.HalfNormal(opts.direct_prior_scale))
     with genes_plate:
         dsd = numpyro.sample("direct_sd", dist.HalfNormal(1.0))
     with numpyro.plate("targets", tgi.shape[0], dim=-2), genes_plate:
@@ -171,13 +201,13 @@ def target_log_scales(data, genes_plate, *, efficacy_prior_scale: float = 1.5, d
     return own + direct
 
 
-def gene_log_scales(data, genes_plate, **kw):
+def gene_log_scales(data, genes_plate, opts: SharedOptions):
     """``(perturbations, genes)`` log production scale of every condition (the reference control row zero).
 
     With contexts (cell lines, :class:`semimech.Design` ``context_key``) each condition's scale
     adds its context's (:func:`context_log_scales`).
     """
-    return jnp.asarray(data["target_matrix"]) @ target_log_scales(data, genes_plate, **kw) + context_log_scales(
+    return jnp.asarray(data["target_matrix"]) @ target_log_scales(data, genes_plate, opts) + context_log_scales(
         data, genes_plate)
 
 
@@ -410,28 +440,25 @@ def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, exclude=None
     return loc_p + jnp.where(perturbed, rsd * rz, 0.0)
 
 
-_residual = residual  # for :func:`observe`, whose ``residual`` option shadows the name
-
-
 def record_scales(log_s, genes_plate, *, plate_name: str = "perturbations"):
     """Deterministic ``log_scale`` (perturbations x state): the edit of each condition (for checks)."""
     with numpyro.plate(plate_name, log_s.shape[0], dim=-2), genes_plate:
         numpyro.deterministic("log_scale", log_s)
 
 
-def reject_failed(ok, *, name: str = "steady_state_ok"):
-    """Record the fraction of converged solves and reject draws where any failed (``-inf``)."""
-    numpyro.deterministic("ok_fraction", jnp.mean(ok.astype(jnp.float32)))
-    numpyro.factor(name, jnp.where(jnp.all(ok), 0.0, -jnp.inf))
+def solved(ss, fallback):
+    """``ss.x``, ``fallback`` where a solve failed; records ``ok_fraction``, rejects draws with a failure (``-inf``)."""
+    numpyro.deterministic("ok_fraction", jnp.mean(ss.ok.astype(jnp.float32)))
+    numpyro.factor("steady_state_ok", jnp.where(jnp.all(ss.ok), 0.0, -jnp.inf))
+    return jnp.where(ss.ok[:, None], ss.x, fallback)
 
 
-def observe(loc_p, noise, data, genes_plate, *, likelihood: str, y, unit, residual=False, embedding=None,
-            gene_embedding=None, effect_programs: int = 2, variant_of=None, shared_gene_index=None):
+def observe(loc_p, noise, data, genes_plate, opts: SharedOptions, *, likelihood: str, y, unit):
     """The steady-state models' common tail: optional :func:`residual`, the ``mean`` site, the likelihood."""
-    if residual:
-        loc_p = _residual(loc_p, data, genes_plate, unit=unit, mode=residual, embedding=embedding,
-                          gene_embedding=gene_embedding, effect_programs=effect_programs,
-                          exclude=guide_own_entries(data, variant_of, shared_gene_index))
+    if opts.residual:
+        loc_p = residual(loc_p, data, genes_plate, unit=unit, mode=opts.residual, embedding=opts.embedding,
+                         gene_embedding=opts.gene_embedding, effect_programs=opts.effect_programs,
+                         exclude=guide_own_entries(data, opts.variant_of, opts.shared_gene_index))
     with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes_plate:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
     observe_conditions(loc_p, noise, data, genes_plate, likelihood=likelihood, y=y)

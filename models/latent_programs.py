@@ -95,18 +95,11 @@ def system(draw: dict):
     return production_decay_field, params, jnp.ones_like(alpha), program_log_scales(ls, jnp.zeros_like(ls), Z)
 
 
-def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: float = 0.5,
-          efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5, residual: bool | str = True,
-          embedding=None, gene_embedding=None, effect_programs: int = 2,
-          variant_of=None, shared_gene_index=None, direct_mask=None, fallback: bool = False, y=None):
-    """The latent-programs model; see the module docstring for the sites.
-
-    Options shared by the steady-state models: ``variant_of`` and ``shared_gene_index`` (both
-    from :func:`semimech.models._network.shared_targets`; default off, no extra sites) make
-    design targets variants of a shared target — per-guide efficacy around the gene's, or one
-    drug across contexts; ``direct_mask`` (from :func:`semimech.models._network.target_gene_mask`)
-    restricts a non-gene target's direct effect to listed genes (exactly zero elsewhere).
+def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: float = 0.5, fallback: bool = False,
+          y=None, **shared):
+    """The latent-programs model; sites: the module docstring; ``shared``: :class:`net.SharedOptions`.
     """
+    opts = net.shared_options(shared)
     n = data["n_genes"]
     genes = numpyro.plate("genes", n, dim=-1)
     programs = numpyro.plate("programs", n_programs, dim=-2)
@@ -121,23 +114,17 @@ def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: flo
         Z = numpyro.sample("loadings_z", dist.Normal(0.0, 1.0))
         R = numpyro.sample("regulation_z", dist.Normal(0.0, 1.0))
     W, b, alpha = program_system(ws, R, Z, h)
-    own_t, direct_t = net.target_log_scales(data, genes, efficacy_prior_scale=efficacy_prior_scale,
-                                            direct_prior_scale=direct_prior_scale, split=True,
-                                            variant_of=variant_of, shared_gene_index=shared_gene_index,
-                                            direct_mask=direct_mask)
+    own_t, direct_t = net.target_log_scales(data, genes, opts, split=True)
     tm = jnp.asarray(data["target_matrix"])
     own, direct = tm @ own_t, tm @ direct_t
     net.record_scales(own + direct, genes)
     ones = jnp.ones((n_programs,))
     ss = solve_conditions(W, b, alpha, program_log_scales(own, direct, Z), ones, fallback=fallback)
-    net.reject_failed(ss.ok)
-    u = jnp.where(ss.ok[:, None], ss.x, ones)
+    u = net.solved(ss, ones)
     # the edited gene's own production change, as in the gene-level models (u_gene = s * 1); with contexts,
     # each context shifts the baseline (pooled across contexts), programs and edits are shared
     loc_p = context_baseline(baseline, data, genes, unit=unit)[jnp.asarray(data["perturbation_context"])] + lscale * unit * ((u - 1.0) @ Z) + 3.0 * unit * jnp.expm1(own)
-    net.observe(loc_p, noise, data, genes, likelihood=likelihood, y=y, unit=unit, residual=residual,
-                embedding=embedding, gene_embedding=gene_embedding, effect_programs=effect_programs,
-                variant_of=variant_of, shared_gene_index=shared_gene_index)
+    net.observe(loc_p, noise, data, genes, opts, likelihood=likelihood, y=y, unit=unit)
 
 
 SPEC = ModelSpec(

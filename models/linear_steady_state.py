@@ -133,23 +133,15 @@ def system(draw: dict):
 
 
 def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_scale: float = 0.1, network=None,
-          network_mode: str = "mask", efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5,
-          residual: bool | str = True, embedding=None, gene_embedding=None,
-          effect_programs: int = 2, variant_of=None, shared_gene_index=None,
-          direct_mask=None, check_stability: bool = False, solver: str = "shared", y=None):
-    """The linear steady-state model; see the module docstring for the sites.
+          network_mode: str = "mask", check_stability: bool = False, solver: str = "shared", y=None, **shared):
+    """The linear steady-state model; sites: the module docstring; ``shared``: :class:`net.SharedOptions`.
 
     ``network`` is a signed ``[regulator, gene]`` matrix from
     :func:`semimech.models._network.network_matrix` (``mask`` or ``scale`` by ``network_mode``).
-
-    Options shared by the steady-state models: ``variant_of`` and ``shared_gene_index`` (both
-    from :func:`semimech.models._network.shared_targets`; default off, no extra sites) make
-    design targets variants of a shared target — per-guide efficacy around the gene's, or one
-    drug across contexts; ``direct_mask`` (from :func:`semimech.models._network.target_gene_mask`)
-    restricts a non-gene target's direct effect to listed genes (exactly zero elsewhere).
     ``solver`` is ``"shared"`` (one LU for all conditions, default) or ``"closed_form"`` (one LU
     per condition); both give the same fixed points.
     """
+    opts = net.shared_options(shared)
     if solver not in SOLVERS:
         raise DesignError(f"linear_steady_state: solver={solver!r} is not one of {sorted(SOLVERS)}; "
                           "use 'shared' (default) or 'closed_form'.")
@@ -165,20 +157,14 @@ def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_sca
     b = u_ctrl - W @ u_ctrl
     with genes:
         numpyro.deterministic("bias", b)
-    log_s = net.gene_log_scales(data, genes, efficacy_prior_scale=efficacy_prior_scale,
-                                direct_prior_scale=direct_prior_scale, variant_of=variant_of,
-                                shared_gene_index=shared_gene_index, direct_mask=direct_mask)
+    log_s = net.gene_log_scales(data, genes, opts)
     net.record_scales(log_s, genes)
     if solver == "shared":
         ss = steady_states_shared(W, b, log_s, u_ctrl, check_stability=check_stability)
     else:
         ss = steady_states_closed_form(W, b, log_s, check_stability=check_stability)
-    net.reject_failed(ss.ok)
-    u = jnp.where(ss.ok[:, None], ss.x, u_ctrl)
-    loc_p = floor + scale * u
-    net.observe(loc_p, noise, data, genes, likelihood=likelihood, y=y, unit=unit, residual=residual,
-                embedding=embedding, gene_embedding=gene_embedding, effect_programs=effect_programs,
-                variant_of=variant_of, shared_gene_index=shared_gene_index)
+    loc_p = floor + scale * net.solved(ss, u_ctrl)
+    net.observe(loc_p, noise, data, genes, opts, likelihood=likelihood, y=y, unit=unit)
 
 
 SPEC = ModelSpec(

@@ -90,20 +90,12 @@ def system(draw: dict):
 
 
 def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_scale: float = 0.3, network=None,
-          network_mode: str = "mask", efficacy_prior_scale: float = 1.5, direct_prior_scale: float = 0.5,
-          residual: bool | str = True, embedding=None, gene_embedding=None,
-          effect_programs: int = 2, variant_of=None, shared_gene_index=None,
-          direct_mask=None, fallback: bool = False, y=None):
-    """The production-decay model; see the module docstring for the sites.
+          network_mode: str = "mask", fallback: bool = False, y=None, **shared):
+    """The production-decay model; sites: the module docstring; ``shared``: :class:`net.SharedOptions`.
 
     ``fallback=True`` integrates the ODE where Newton fails (robust, slower to compile).
-
-    Options shared by the steady-state models: ``variant_of`` and ``shared_gene_index`` (both
-    from :func:`semimech.models._network.shared_targets`; default off, no extra sites) make
-    design targets variants of a shared target — per-guide efficacy around the gene's, or one
-    drug across contexts; ``direct_mask`` (from :func:`semimech.models._network.target_gene_mask`)
-    restricts a non-gene target's direct effect to listed genes (exactly zero elsewhere).
     """
+    opts = net.shared_options(shared)
     n = data["n_genes"]
     genes = numpyro.plate("genes", n, dim=-1)
     unit = net.unit_scale(data, likelihood)
@@ -119,17 +111,11 @@ def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_sca
     with genes:
         numpyro.deterministic("alpha", alpha)
         numpyro.deterministic("bias", b)
-    log_s = net.gene_log_scales(data, genes, efficacy_prior_scale=efficacy_prior_scale,
-                                direct_prior_scale=direct_prior_scale, variant_of=variant_of,
-                                shared_gene_index=shared_gene_index, direct_mask=direct_mask)
+    log_s = net.gene_log_scales(data, genes, opts)
     net.record_scales(log_s, genes)
     ss = solve_conditions(W, b, alpha, log_s, u_ctrl, fallback=fallback)
-    net.reject_failed(ss.ok)
-    u = jnp.where(ss.ok[:, None], ss.x, u_ctrl)
-    loc_p = floor + scale * u
-    net.observe(loc_p, noise, data, genes, likelihood=likelihood, y=y, unit=unit, residual=residual,
-                embedding=embedding, gene_embedding=gene_embedding, effect_programs=effect_programs,
-                variant_of=variant_of, shared_gene_index=shared_gene_index)
+    loc_p = floor + scale * net.solved(ss, u_ctrl)
+    net.observe(loc_p, noise, data, genes, opts, likelihood=likelihood, y=y, unit=unit)
 
 
 SPEC = ModelSpec(

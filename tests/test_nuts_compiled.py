@@ -138,7 +138,7 @@ import numpyro
 import numpyro.distributions as dist
 import semimech as sm
 import semimech.infer.nuts as nuts
-import semimech.infer._compiled as compiled
+import semimech.infer._fastkey as fastkey
 from semimech.simulate import simulate_screen
 
 
@@ -152,7 +152,7 @@ def tiny(data, y=None, prior_sd=1.0, **_):  # module level: a fast key needs a m
 
 out, prior_sd, source = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 if source != "-":
-    compiled._SOURCE_HASH = source  # as if semimech's source had changed
+    fastkey._SOURCE_HASH = source  # as if semimech's source had changed
 ad, _ = simulate_screen(n_cells=60, n_genes=3, n_targets=2, rng_key=0, likelihood="normal")
 design = sm.Design.from_anndata(ad, perturbation_key="perturbation", control="control")
 spec = sm.ModelSpec(name="tiny_normal", model=tiny, assumes="one mean and scale per gene")
@@ -232,8 +232,9 @@ def test_program_key_needs_a_stable_keyable_program(monkeypatch):
     key changes with an option value and with semimech's source hash."""
     import json
 
-    import semimech.infer._compiled as compiled
-    from semimech.infer._compiled import cache_key, program_key
+    import semimech.infer._fastkey as fastkey
+    from semimech.infer._compiled import cache_key
+    from semimech.infer._fastkey import program_key
 
     args = (np.zeros(2, np.uint32), {"y": np.zeros((3, 2), np.float32)})
     base = program_key(cache_key("nuts", json.dumps, {"prior_sd": 1.0}), args)
@@ -250,5 +251,5 @@ def test_program_key_needs_a_stable_keyable_program(monkeypatch):
         return x
 
     assert program_key(cache_key("nuts", local), args) is None
-    monkeypatch.setattr(compiled, "_SOURCE_HASH", "0" * 64)
+    monkeypatch.setattr(fastkey, "_SOURCE_HASH", "0" * 64)
     assert program_key(cache_key("nuts", json.dumps, {"prior_sd": 1.0}), args) != base

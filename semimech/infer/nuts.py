@@ -79,7 +79,7 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     of 1.6-2.0 s, session 14): the in-process key below plus a hash of semimech's source, of the
     source files of the user's loaded modules (the model function's among them) and the versions of
     jax, jaxlib, numpyro, numpy and the loaded packages, the device, ``XLA_FLAGS`` and JAX's
-    configuration (:mod:`semimech.infer._compiled`). A model function without a source file (a
+    configuration (:mod:`semimech.infer._fastkey`). A model function without a source file (a
     notebook cell, ``python -c``), a lambda or a local function is found only by the hash of its
     lowered program (traced and lowered first, as before); a missing or damaged entry is compiled
     anew. The draws are the same from a fresh compile, either key or this process's copy.
@@ -167,8 +167,8 @@ def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, nu
     structure and shapes (the last :data:`MAX_NUTS_PROGRAMS`; no tracing, lowering or compiling then).
     Returns ``(samples, extra fields)`` as NumPy arrays, grouped by chain.
     """
-    from semimech.infer._compiled import (cache_dir, cache_key, compile_lowered_keyed, load_fast, program_key,
-                                          signature, store_fast, wait)
+    from semimech.infer._compiled import cache_dir, cache_key, compile_lowered_keyed, signature, wait
+    from semimech.infer._fastkey import load_fast, program_key, store_fast
     from semimech.infer._svi import _assemble, split_data
 
     static, traced = split_data(data, y)
