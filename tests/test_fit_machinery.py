@@ -185,15 +185,20 @@ def _record_submits(monkeypatch):
 
 def test_compiles_start_with_the_step_and_the_draws_wait_for_the_init_on_two_cores(design, monkeypatch):
     """The step's compile (the one the fit waits for) starts first; with fewer than SIDE_BY_SIDE_CORES cores
-    the draws compile after the init, else all three at once; the fit is the same either way."""
+    the draws compile after the init, else all three at once. The draws' compile options (LLVM level 1,
+    for compile speed) reach their compile; the fit is the same, bit for bit, with the draws compiled with
+    XLA's defaults (the 8-core run)."""
+    assert _svi.DRAWS_COMPILER_OPTIONS == {"xla_backend_optimization_level": 1}
     fits = {}
-    for cores in (2, 8):
+    for cores, draws_options in ((2, _svi.DRAWS_COMPILER_OPTIONS), (8, None)):
         _svi.clear_cache()
         monkeypatch.setattr(_svi, "_cores", lambda: cores)
+        monkeypatch.setattr(_svi, "DRAWS_COMPILER_OPTIONS", draws_options)
         calls = _record_submits(monkeypatch)
         fits[cores] = sm.fit_svi(additive.SPEC, design, rng_key=5, **KW)
         assert [c[0] for c in calls] == ["jit__block_fn", "jit__init_fn", "jit__draw_fn"]
         assert calls[0][1] == _svi.STEP_COMPILER_OPTIONS and calls[1][1] == _svi.INIT_COMPILER_OPTIONS
+        assert calls[2][1] == draws_options
         assert calls[0][2] is None and calls[1][2] is None
         if cores < _svi.SIDE_BY_SIDE_CORES:
             assert calls[2][2] is calls[1][3]  # the draws' compile waits for the init's
