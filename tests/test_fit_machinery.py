@@ -158,10 +158,98 @@ def test_ctrl_c_before_any_step_leaves_nothing_to_resume(design, monkeypatch):
         raise KeyboardInterrupt
 
     engine_module.clear_cache()
-    monkeypatch.setattr(engine_module, "compile_all", interrupted)
+    monkeypatch.setattr(engine_module, "wait_future", interrupted)  # Ctrl-C while waiting for a compile
     with pytest.raises(FitInterrupted, match="before any step finished") as err:
         sm.fit_svi(additive.SPEC, design, rng_key=1, **KW)
     assert err.value.checkpoint is None
+    monkeypatch.undo()
+    # the compiles went on in the background: the next fit picks them up
+    fit = sm.fit_svi(additive.SPEC, design, rng_key=1, **KW)
+    assert fit.timings["compiled_reused"] == 1 and np.isfinite(fit.losses).all()
+
+
+def _record_submits(monkeypatch):
+    """Wrap ``_svi.submit_compile``: a list of (program name, options, the future it waits for, its future)."""
+    calls = []
+    real = _svi.submit_compile
+
+    def record(lowered, options=None, *, after=None):
+        fut = real(lowered, options, after=after)
+        name = lowered.as_text().split("@", 1)[1].split(" ", 1)[0]  # "module @jit__block_fn attributes ..."
+        calls.append((name, options, after, fut))
+        return fut
+
+    monkeypatch.setattr(_svi, "submit_compile", record)
+    return calls
+
+
+def test_compiles_start_with_the_step_and_the_draws_wait_for_the_init_on_two_cores(design, monkeypatch):
+    """The step's compile (the one the fit waits for) starts first; with fewer than SIDE_BY_SIDE_CORES cores
+    the draws compile after the init, else all three at once. The draws' compile options (LLVM level 1,
+    for compile speed) reach their compile; the fit is the same, bit for bit, with the draws compiled with
+    XLA's defaults (the 8-core run)."""
+    assert _svi.DRAWS_COMPILER_OPTIONS == {"xla_backend_optimization_level": 1}
+    fits = {}
+    for cores, draws_options in ((2, _svi.DRAWS_COMPILER_OPTIONS), (8, None)):
+        _svi.clear_cache()
+        monkeypatch.setattr(_svi, "_cores", lambda: cores)
+        monkeypatch.setattr(_svi, "DRAWS_COMPILER_OPTIONS", draws_options)
+        calls = _record_submits(monkeypatch)
+        fits[cores] = sm.fit_svi(additive.SPEC, design, rng_key=5, **KW)
+        assert [c[0] for c in calls] == ["jit__block_fn", "jit__init_fn", "jit__draw_fn"]
+        assert calls[0][1] == _svi.STEP_COMPILER_OPTIONS and calls[1][1] == _svi.INIT_COMPILER_OPTIONS
+        assert calls[2][1] == draws_options
+        assert calls[0][2] is None and calls[1][2] is None
+        if cores < _svi.SIDE_BY_SIDE_CORES:
+            assert calls[2][2] is calls[1][3]  # the draws' compile waits for the init's
+        else:
+            assert calls[2][2] is None
+        assert fits[cores].timings["compile_s"] > 0
+        monkeypatch.undo()
+    _same(fits[2], fits[8])
+    _svi.clear_cache()
+
+
+def test_a_failed_compile_is_raised_at_its_use_and_tried_again(design, monkeypatch):
+    from semimech.infer import _compiled
+
+    def broken(lowered, options):
+        raise RuntimeError("compile failed (test)")
+
+    _svi.clear_cache()
+    monkeypatch.setattr(_compiled, "_compile", broken)
+    with pytest.raises(RuntimeError, match="compile failed"):
+        sm.fit_svi(additive.SPEC, design, rng_key=2, **KW)
+    monkeypatch.undo()
+    fit = sm.fit_svi(additive.SPEC, design, rng_key=2, **KW)  # the cached engine compiles again
+    assert fit.timings["compiled_reused"] == 1 and np.isfinite(fit.losses).all()
+
+
+def test_a_compile_option_this_xla_does_not_know_falls_back_to_the_defaults(design, monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from semimech.infer import _compiled
+
+    lowered = jax.jit(lambda x: jnp.sin(x) * 2.0).lower(jnp.ones(3))
+    with pytest.raises(Exception, match="(?i)no such compile option"):  # what jaxlib says (the fallback's cue)
+        lowered.compile({"xla_semimech_no_such_option": True})
+    compiled, from_disk = _compiled.wait_future(_compiled.submit_compile(lowered, {"xla_semimech_no_such_option": True}))
+    assert not from_disk
+    np.testing.assert_array_equal(compiled(jnp.ones(3)), lowered.compile()(jnp.ones(3)))
+    # another error is not swallowed
+    class Failing:
+        def compile(self, options=None):
+            raise ValueError("something else")
+
+    with pytest.raises(ValueError, match="something else"):
+        _compiled._compile(Failing(), {"xla_backend_optimization_level": 0})
+    # a fit whose init option is unknown to XLA still fits
+    _svi.clear_cache()
+    monkeypatch.setattr(_svi, "INIT_COMPILER_OPTIONS", {"xla_semimech_no_such_option": True})
+    fit = sm.fit_svi(additive.SPEC, design, rng_key=0, **KW)
+    assert np.isfinite(fit.losses).all()
+    _svi.clear_cache()
 
 
 def test_a_second_ctrl_c_stops_at_once():

@@ -209,6 +209,44 @@ def compile_all(items) -> list:
     return [(c, hit) for c, hit, _ in _compile_all(items)]
 
 
+def submit_compile(lowered, compiler_options: dict | None = None, *, after=None) -> concurrent.futures.Future:
+    """Start compiling (or loading from the persistent cache) a ``jax.stages.Lowered`` in a worker thread.
+
+    Returns a future of ``(compiled, loaded_from_disk)`` (wait with :func:`wait_future`): the caller can
+    lower the next program, or run one already compiled, while this one compiles. ``after``: a future to
+    let finish first (its outcome is not looked at), so that on a small machine two programs are compiled
+    one after the other instead of taking cores from a third one the fit needs first.
+    """
+    folder = cache_dir()
+    key = _disk_key(lowered, compiler_options) if folder is not None else None  # in the caller's thread
+
+    def work():
+        if after is not None:
+            concurrent.futures.wait([after])
+        hit = _load(folder, key, lowered) if key is not None else None
+        if hit is not None:
+            return hit, True
+        compiled = _compile(lowered, compiler_options)
+        if key is not None:
+            _store(folder, key, compiled)
+        return compiled, False
+
+    return _POOL.submit(work)
+
+
+def _compile(lowered, options: dict | None):
+    """``lowered.compile(options)``; options this jaxlib's XLA does not know are dropped (a compile-speed
+    setting must never break a fit): the program is then compiled with XLA's defaults."""
+    if not options:
+        return lowered.compile()
+    try:
+        return lowered.compile(options)
+    except Exception as err:
+        if "no such compile option" not in str(err).lower():
+            raise
+        return lowered.compile()
+
+
 def _compile_all(items) -> list:
     folder = cache_dir()
     out, futures = [], []
@@ -216,7 +254,7 @@ def _compile_all(items) -> list:
         key = _disk_key(lowered, options) if folder is not None else None
         hit = _load(folder, key, lowered) if key is not None else None
         out.append([hit, hit is not None, key])
-        futures.append(None if hit is not None else _POOL.submit(lowered.compile, options))
+        futures.append(None if hit is not None else _POOL.submit(_compile, lowered, options))
     for slot, fut in zip(out, futures):
         if fut is None:
             continue
@@ -227,4 +265,4 @@ def _compile_all(items) -> list:
 
 
 __all__ = ["cache_dir", "cache_key", "compile_all", "compile_lowered", "compile_lowered_keyed", "freeze",
-           "set_cache_dir", "signature", "wait", "wait_future"]
+           "set_cache_dir", "signature", "submit_compile", "wait", "wait_future"]

@@ -17,6 +17,10 @@ of the model data is structural (closed over as constants and keyed by content).
 of the same model, options and shapes (another seed, a K-fold refit of same-shape data) finds
 the engine in a process-wide cache and compiles nothing.
 
+The programs compile in worker threads while the fit goes on (:meth:`Engine.prepare`): the step's
+first, the others lowered while it compiles; each use waits for its own program only, so the draws
+can compile while the steps run.
+
 The guide used inside the compiled functions is set up by an abstract evaluation (no
 computation, no compilation): its prototype then holds abstract placeholders where NumPyro
 keeps initial values, which are never used (parameters always come from ``init``'s state).
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable
 
 import jax
@@ -37,7 +42,7 @@ from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.infer import SVI, Predictive, Trace_ELBO
 
-from semimech.infer._compiled import Recent, compile_all, compile_lowered
+from semimech.infer._compiled import Recent, submit_compile, wait_future
 
 ROW_KEYS = ("perturbation_index", "batch_index", "size_factors", "n_cells", "y_ss", "row_mask")
 #: Always traced (not keyed): the data-centred priors, so that a fit of another design with the same
@@ -49,6 +54,14 @@ BLOCK_SIZE = 256
 # the initialisation runs once per fit: compile it for compile speed (measured on the additive
 # NB model, 2,000 x 200: 3.5 instead of 5.1 CPU-s to compile, 0.14 instead of 0.09 s to run)
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+#: XLA options of the step program (none: measured options that compile it faster run it slower, RESULTS_speed.md).
+STEP_COMPILER_OPTIONS = None
+#: XLA options of the posterior draws' program: LLVM's optimisation level 1 instead of 2 (measured on the
+#: additive NB model, 2,000 x 200, 400 draws: 1.6 instead of 2.7-2.8 CPU-s to compile, the same 0.03 s to
+#: run, the same draws bit for bit; RESULTS_speed.md). ``None`` compiles it with XLA's defaults.
+DRAWS_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+#: With fewer cores than this, the draws' compile waits for the init's (see ``Engine.prepare``).
+SIDE_BY_SIDE_CORES = 3
 MAX_ENGINES = 8
 _ENGINES = Recent(MAX_ENGINES)
 
@@ -84,30 +97,43 @@ class Engine:
     state_shapes: Any = None
     block_size: int = BLOCK_SIZE
     compiled: dict = dataclasses.field(default_factory=dict)
+    pending: dict = dataclasses.field(default_factory=dict)  # name -> future of (compiled, from_disk)
 
     def prepare(self, traced, num_samples: int, *, init: bool = True, phases=None) -> None:
-        """Compile the programs a fit needs that are not compiled yet, side by side (see ``compile_all``)."""
+        """Start compiling the programs a fit needs that are not compiled yet, and return without waiting.
+
+        Each program is lowered here and its compile started at once in a worker thread, the SVI step
+        (the longest compile, which the steps wait for) first: the init and the draws are lowered while
+        it compiles. Each use (:meth:`init`, :meth:`compile_block`, :meth:`draws`) waits for its own
+        program only, so the draws compile while the initialisation and the steps run. On a machine with
+        fewer than :data:`SIDE_BY_SIDE_CORES` cores the draws compile after the init (two compiles at
+        once, not three sharing two cores, which slowed the step's compile that the fit waits for).
+        """
+        if self.state_shapes is None:
+            return
+        for name, fut in list(self.pending.items()):  # a compile that failed earlier is tried again
+            if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                del self.pending[name]
         key = jax.ShapeDtypeStruct((2,), jnp.uint32)
         todo = []
-        if init and "init" not in self.compiled:
-            todo.append(("init", self._init_fn, (key, traced), "the initialisation", INIT_COMPILER_OPTIONS))
-        if "block" not in self.compiled:
+        if "block" not in self.compiled and "block" not in self.pending:
             todo.append(("block", self._block_fn, (self.state_shapes, traced, jax.ShapeDtypeStruct((), jnp.int32)),
-                         "the SVI step", None))
+                         "the SVI step", STEP_COMPILER_OPTIONS))
+        if init and "init" not in self.compiled and "init" not in self.pending:
+            todo.append(("init", self._init_fn, (key, traced), "the initialisation", INIT_COMPILER_OPTIONS))
         name = f"draws{num_samples}"
-        if name not in self.compiled:
+        if name not in self.compiled and name not in self.pending:
             todo.append((name, functools.partial(self._draw_fn, num_samples), (key, self.state_shapes, traced),
-                         f"the draw of {num_samples} posterior samples", None))
-        if not todo or self.state_shapes is None:
+                         f"the draw of {num_samples} posterior samples", DRAWS_COMPILER_OPTIONS))
+        if not todo:
             return
         ctx = phases.phase("compile_s", "compiling " + ", ".join(t[3] for t in todo)) if phases is not None else _null()
+        serial = _cores() < SIDE_BY_SIDE_CORES
         with ctx:
-            lowered = [jax.jit(fn).lower(*args) for _, fn, args, _, _ in todo]
-            results = compile_all([(lo, t[4]) for lo, t in zip(lowered, todo)])
-        for (name, *_), (compiled, from_disk) in zip(todo, results):
-            self.compiled[name] = compiled
-            if phases is not None and from_disk:
-                phases.add("compiled_from_disk", 1)
+            for name, fn, args, _, options in todo:
+                after = self.pending.get("init") if serial and name.startswith("draws") else None
+                lowered = jax.jit(fn).lower(*args)
+                self.pending[name] = submit_compile(lowered, options, after=after)
 
     # ------------------------------------------------------------------------------ compile
     def _get(self, name: str, fn: Callable, args: tuple, *, phases=None, text: str = "compiling", options=None):
@@ -115,8 +141,17 @@ class Engine:
             return self.compiled[name]
         ctx = phases.phase("compile_s", text) if phases is not None else _null()
         with ctx:
-            lowered = jax.jit(fn).lower(*args)
-            compiled, from_disk = compile_lowered(lowered, compiler_options=options)
+            fut = self.pending.get(name)
+            if fut is None:
+                fut = self.pending[name] = submit_compile(jax.jit(fn).lower(*args), options)
+            try:
+                compiled, from_disk = wait_future(fut)
+            except KeyboardInterrupt:
+                raise  # the compile goes on in the background; the next wait picks it up
+            except BaseException:
+                self.pending.pop(name, None)  # a failed compile is tried again next time
+                raise
+        self.pending.pop(name, None)
         if phases is not None and from_disk:
             phases.add("compiled_from_disk", 1)
         self.compiled[name] = compiled
@@ -161,7 +196,8 @@ class Engine:
         return fn(key, traced)
 
     def compile_block(self, state, traced, *, phases=None) -> None:
-        self._get("block", self._block_fn, (state, traced, np.int32(1)), phases=phases, text="compiling the SVI step")
+        self._get("block", self._block_fn, (state, traced, np.int32(1)), phases=phases, text="compiling the SVI step",
+                  options=STEP_COMPILER_OPTIONS)
 
     def block(self, state, traced, n: int):
         """``n <= block_size`` steps from ``state``: ``(state, losses)`` (losses padded with NaN)."""
@@ -170,8 +206,17 @@ class Engine:
     def draws(self, key, state, traced, num_samples: int, *, phases=None):
         """``num_samples`` draws of every latent and deterministic site (compiled per ``num_samples``)."""
         fn = self._get(f"draws{num_samples}", functools.partial(self._draw_fn, num_samples), (key, state, traced),
-                       phases=phases, text=f"compiling the draw of {num_samples} posterior samples")
+                       phases=phases, text=f"compiling the draw of {num_samples} posterior samples",
+                       options=DRAWS_COMPILER_OPTIONS)
         return fn(key, state, traced)
+
+
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class _null:
