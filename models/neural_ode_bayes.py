@@ -42,10 +42,11 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 from jax.flatten_util import ravel_pytree
-from numpyro.infer import SVI, Trace_ELBO, autoguide, init_to_value
+from numpyro.infer import SVI, autoguide, init_to_value
 
 from semimech._rng import as_key
 from semimech.errors import DesignError, InferenceError
+from semimech.infer._elbo import OrderedTraceELBO
 from semimech.models._ode_inference import diagnostics, report_solve, run_nuts, solve_counter
 from semimech.models.neural_ode import _check, field_fn, init_params, predicted_samples
 from semimech.timecourse import TimeCourseDesign
@@ -213,7 +214,7 @@ def _setup(design, k_init, *, steady_state_weight, steady_state_tau, field, widt
 def _svi(bound, values, *, num_steps, learning_rate):
     guide = autoguide.AutoNormal(bound, init_loc_fn=init_to_value(values=values), init_scale=0.01)
     sched = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1), alpha=0.05)
-    return SVI(bound, guide, optax.chain(optax.clip_by_global_norm(10.0), optax.adam(sched)), Trace_ELBO()), guide
+    return SVI(bound, guide, optax.chain(optax.clip_by_global_norm(10.0), optax.adam(sched)), OrderedTraceELBO()), guide
 
 
 def make_svi(design: TimeCourseDesign, *, rng_key, steady_state_weight: float = 0.0,

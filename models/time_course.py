@@ -58,11 +58,12 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import optax
-from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide, init_to_median
+from numpyro.infer import SVI, Predictive, autoguide, init_to_median
 
 from semimech._rng import as_key
 from semimech.dynamics import ProductionDecayParams, production_decay_field, steady_state
 from semimech.errors import DesignError, InferenceError
+from semimech.infer._elbo import OrderedTraceELBO
 from semimech.models._ode_inference import (
     diagnostics,
     report_solve,
@@ -178,7 +179,7 @@ def _setup(design, *, initial, onset, onset_scale, num_steps, learning_rate, max
     bound = lambda data, y=None: model(data, y=y, on_solve=on_solve, **opts)  # noqa: E731
     guide = autoguide.AutoNormal(bound, init_loc_fn=init_to_median(num_samples=15), init_scale=0.05)
     sched = optax.cosine_decay_schedule(learning_rate, max(num_steps, 1), alpha=0.05)
-    svi = SVI(bound, guide, optax.chain(optax.clip_by_global_norm(10.0), optax.adam(sched)), Trace_ELBO())
+    svi = SVI(bound, guide, optax.chain(optax.clip_by_global_norm(10.0), optax.adam(sched)), OrderedTraceELBO())
     return svi, guide, data, y, opts
 
 

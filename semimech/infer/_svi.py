@@ -40,9 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 from numpyro.distributions import constraints
-from numpyro.infer import SVI, Predictive, Trace_ELBO
+from numpyro.infer import SVI, Predictive
 
 from semimech.infer._compiled import Recent, submit_compile, wait_future
+from semimech.infer._elbo import OrderedTraceELBO
 
 ROW_KEYS = ("perturbation_index", "batch_index", "size_factors", "n_cells", "y_ss", "row_mask")
 #: Always traced (not keyed): the data-centred priors, so that a fit of another design with the same
@@ -166,7 +167,7 @@ class Engine:
             guide = self.make_guide(self.model, init_loc_fn=warm_init(traced[INIT_KEY]))
         else:
             guide = self.make_guide(self.model)
-        return SVI(self.model, guide, self.optim, Trace_ELBO()).init(key, data, y=y)
+        return SVI(self.model, guide, self.optim, OrderedTraceELBO()).init(key, data, y=y)
 
     def _block_fn(self, state, traced, n):
         data, y = _assemble(self.static, traced)
@@ -264,7 +265,7 @@ def engine(model: Callable, static: dict, traced: dict, *, make_guide: Callable,
     if cached is not None:
         return cached, True
     guide = make_guide(model)
-    svi = SVI(model, guide, optim, Trace_ELBO())
+    svi = SVI(model, guide, optim, OrderedTraceELBO())
 
     def setup(tr):
         data, y = _assemble(static, tr)

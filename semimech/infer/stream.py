@@ -32,12 +32,13 @@ import numpy as np
 import optax
 import scipy.sparse as sp
 from numpyro import handlers
-from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide, init_to_median
+from numpyro.infer import SVI, Predictive, autoguide, init_to_median
 
 from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import DesignError
+from semimech.infer._elbo import OrderedTraceELBO
 from semimech.infer.fit import GUIDES, Fit, _check_losses
 from semimech.infer._sites import site_dims, trace
 from semimech.infer.spec import ModelSpec
@@ -230,7 +231,7 @@ def _train(stream: _Stream, key, num_steps: int, *, guide="normal", learning_rat
     place_global = place_global or jax.device_put
     g = _make_guide(stream.model, guide, rank)
     optim = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(learning_rate))
-    svi = SVI(stream.model, g, optim, Trace_ELBO())
+    svi = SVI(stream.model, g, optim, OrderedTraceELBO())
     # design-level arrays stay concrete numpy (closed over, as in fit_svi): models may use them
     # in Python (index lists, structure); only per-row arrays and readouts are traced
     fixed = {**stream.static, **stream.globals_}
@@ -301,7 +302,7 @@ def _compiled_init(stream: _Stream, svi, guide: str, rank: int, optim, fixed, ke
         return state
 
     def init(key, rows, y, cells):
-        fresh = SVI(stream.model, _make_guide(stream.model, guide, rank), optim, Trace_ELBO())
+        fresh = SVI(stream.model, _make_guide(stream.model, guide, rank), optim, OrderedTraceELBO())
         return fresh.init(key, {**fixed, **rows}, y=y, cells=cells)
 
     return jax.jit(init)(key, rows, y, cells)
