@@ -60,7 +60,8 @@ def test_the_same_fit_gives_the_same_losses_and_cached_programs_under_any_string
     out = []
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed, "JAX_PLATFORMS": "cpu", "SEMIMECH_CACHE_DIR": str(tmp_path)}
-        r = subprocess.run([sys.executable, "-c", _FIT], env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run([sys.executable, "-c", _FIT], env=env, capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)  # not the repository root, whose source tree lacks semimech.models
         assert r.returncode == 0, r.stderr[-2000:]
         out.append(r.stdout.strip().splitlines()[-1].split())
     assert out[0][0] == out[1][0], out
