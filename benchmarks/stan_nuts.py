@@ -270,7 +270,7 @@ def worker(a) -> dict:
 
 def compiled_run(a, design, truth, method, ready) -> dict:
     """``fit_nuts(compiled=True)`` end to end: initialisation, warm-up and sampling of every chain as ONE
-    program compiled through semimech's ``compile_lowered``, i.e. stored in and loaded from semimech's
+    program compiled through semimech's ``compile_lowered_keyed``, i.e. stored in and loaded from semimech's
     opt-in persistent cache when ``SEMIMECH_CACHE_DIR`` is set."""
     import semimech as sm
     from semimech.infer.spec import ModelSpec

@@ -115,7 +115,7 @@ def test_compiled_fit_interrupted_while_sampling_says_what_keeps_running(design,
 
     # a cache of its own: the stub program serves no later test
     monkeypatch.setattr(nuts_module, "_NUTS_PROGRAMS", _compiled.Recent(nuts_module.MAX_NUTS_PROGRAMS))
-    monkeypatch.setattr(_compiled, "compile_lowered", lambda lowered, **_: (lambda *args: None, False))
+    monkeypatch.setattr(_compiled, "compile_lowered_keyed", lambda lowered, **_: (lambda *args: None, False, None))
 
     def interrupted(_):
         raise KeyboardInterrupt

@@ -3,10 +3,11 @@
 - :func:`cache_key` turns a model, its options and the design's structural arrays into a
   hashable key (arrays by content), or ``None`` when something cannot be keyed safely (then
   nothing is reused).
-- :func:`compile_lowered` compiles a lowered JAX function in a worker thread while the caller
-  waits in short sleeps, so Ctrl-C stops the wait at once (the compile finishes in the
-  background); with a persistent cache folder (:func:`cache_dir`) the executable is stored
-  and loaded by the hash of its lowered program.
+- :func:`submit_compile` compiles a lowered JAX function in a worker thread, and the caller
+  waits for it in short sleeps (:func:`wait_future`, :func:`compile_lowered_keyed`), so Ctrl-C
+  stops the wait at once (the compile finishes in the background); with a persistent cache
+  folder (:func:`cache_dir`) the executable is stored and loaded by the hash of its lowered
+  program.
 - :func:`wait` blocks on device arrays in the same interruptible way.
 
 Persistent cache (opt-in). Set the environment variable ``SEMIMECH_CACHE_DIR`` to a folder,
@@ -186,27 +187,13 @@ def wait(tree):
     return tree
 
 
-def compile_lowered(lowered, *, compiler_options: dict | None = None):
+def compile_lowered_keyed(lowered, *, compiler_options: dict | None = None):
     """Compile (or load from the persistent cache) a ``jax.stages.Lowered``; interruptible.
 
-    Returns ``(compiled, loaded_from_disk)``.
+    Returns ``(compiled, loaded_from_disk, disk key or None)``.
     """
-    return compile_all([(lowered, compiler_options)])[0]
-
-
-def compile_lowered_keyed(lowered, *, compiler_options: dict | None = None):
-    """As :func:`compile_lowered`, returning ``(compiled, loaded_from_disk, disk key or None)``."""
-    return _compile_all([(lowered, compiler_options)])[0]
-
-
-def compile_all(items) -> list:
-    """Compile several ``(lowered, compiler_options)`` at once, each in its own thread.
-
-    XLA compiles one program on one core; programs compiled side by side use the others. The
-    wait is interruptible (Ctrl-C), and the persistent cache (if any) is read and written.
-    Returns ``[(compiled, loaded_from_disk), ...]`` in order.
-    """
-    return [(c, hit) for c, hit, _ in _compile_all(items)]
+    key = _disk_key(lowered, compiler_options) if cache_dir() is not None else None
+    return (*wait_future(_submit(lowered, compiler_options, key)), key)
 
 
 def submit_compile(lowered, compiler_options: dict | None = None, *, after=None) -> concurrent.futures.Future:
@@ -217,8 +204,12 @@ def submit_compile(lowered, compiler_options: dict | None = None, *, after=None)
     let finish first (its outcome is not looked at), so that on a small machine two programs are compiled
     one after the other instead of taking cores from a third one the fit needs first.
     """
+    key = _disk_key(lowered, compiler_options) if cache_dir() is not None else None  # in the caller's thread
+    return _submit(lowered, compiler_options, key, after=after)
+
+
+def _submit(lowered, options: dict | None, key: str | None, *, after=None) -> concurrent.futures.Future:
     folder = cache_dir()
-    key = _disk_key(lowered, compiler_options) if folder is not None else None  # in the caller's thread
 
     def work():
         if after is not None:
@@ -226,7 +217,7 @@ def submit_compile(lowered, compiler_options: dict | None = None, *, after=None)
         hit = _load(folder, key, lowered) if key is not None else None
         if hit is not None:
             return hit, True
-        compiled = _compile(lowered, compiler_options)
+        compiled = _compile(lowered, options)
         if key is not None:
             _store(folder, key, compiled)
         return compiled, False
@@ -247,22 +238,5 @@ def _compile(lowered, options: dict | None):
         return lowered.compile()
 
 
-def _compile_all(items) -> list:
-    folder = cache_dir()
-    out, futures = [], []
-    for lowered, options in items:
-        key = _disk_key(lowered, options) if folder is not None else None
-        hit = _load(folder, key, lowered) if key is not None else None
-        out.append([hit, hit is not None, key])
-        futures.append(None if hit is not None else _POOL.submit(_compile, lowered, options))
-    for slot, fut in zip(out, futures):
-        if fut is None:
-            continue
-        slot[0] = wait_future(fut)
-        if slot[2] is not None:
-            _store(folder, slot[2], slot[0])
-    return [tuple(slot) for slot in out]
-
-
-__all__ = ["cache_dir", "cache_key", "compile_all", "compile_lowered", "compile_lowered_keyed", "freeze",
-           "set_cache_dir", "signature", "submit_compile", "wait", "wait_future"]
+__all__ = ["cache_dir", "cache_key", "compile_lowered_keyed", "freeze", "set_cache_dir", "signature", "submit_compile",
+           "wait", "wait_future"]

@@ -162,7 +162,7 @@ def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, nu
     """``fit_nuts(compiled=True)``: NumPyro's ``MCMC.run`` traced into one program, compiled by semimech.
 
     The readouts and per-row arrays are arguments of the program (``split_data``, as in ``fit_svi``), the
-    design's structure is part of it; the program is compiled through ``compile_lowered`` (interruptible,
+    design's structure is part of it; the program is compiled through ``compile_lowered_keyed`` (interruptible,
     the persistent cache if one is set) and kept for later fits of the process with the same ``key_parts``,
     structure and shapes (the last :data:`MAX_NUTS_PROGRAMS`; no tracing, lowering or compiling then).
     Returns ``(samples, extra fields)`` as NumPy arrays, grouped by chain.
