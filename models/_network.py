@@ -31,6 +31,7 @@ Conventions shared by :mod:`linear_steady_state`, :mod:`production_decay` and
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from typing import Any
 
@@ -65,6 +66,20 @@ class SharedOptions:
     embedding: Any = None
     gene_embedding: Any = None
     effect_programs: int = 2
+
+
+def with_shared_options(model):
+    """``model`` (which takes the shared options as ``**shared``) with them in its signature.
+
+    ``help(model)`` and ``inspect.signature(model)`` then list each :class:`SharedOptions` field
+    with its default, as keyword-only parameters, instead of ``**shared``. The call is unchanged.
+    """
+    sig = inspect.signature(model)
+    kept = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+              for f in dataclasses.fields(SharedOptions)]
+    model.__signature__ = sig.replace(parameters=kept + shared)
+    return model
 
 
 def shared_options(options: dict) -> SharedOptions:

@@ -95,6 +95,7 @@ def system(draw: dict):
     return production_decay_field, params, jnp.ones_like(alpha), program_log_scales(ls, jnp.zeros_like(ls), Z)
 
 
+@net.with_shared_options
 def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: float = 0.5, fallback: bool = False,
           y=None, **shared):
     """The latent-programs model; sites: the module docstring; ``shared``: :class:`net.SharedOptions`.

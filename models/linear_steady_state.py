@@ -132,6 +132,7 @@ def system(draw: dict):
     return linear_field, params, jnp.asarray(draw["control_state"]), jnp.asarray(draw["log_scale"])
 
 
+@net.with_shared_options
 def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_scale: float = 0.1, network=None,
           network_mode: str = "mask", check_stability: bool = False, solver: str = "shared", y=None, **shared):
     """The linear steady-state model; sites: the module docstring; ``shared``: :class:`net.SharedOptions`.

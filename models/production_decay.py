@@ -89,6 +89,7 @@ def system(draw: dict):
     return production_decay_field, params, jnp.asarray(draw["control_state"]), jnp.asarray(draw["log_scale"])
 
 
+@net.with_shared_options
 def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_scale: float = 0.3, network=None,
           network_mode: str = "mask", fallback: bool = False, y=None, **shared):
     """The production-decay model; sites: the module docstring; ``shared``: :class:`net.SharedOptions`.

@@ -230,3 +230,22 @@ def test_checks_stable_unique_and_a_negative_control(linear_fit):
     with pytest.raises(Exception, match="no dynamics"):
         checks.steady_state_check(sm.fit_svi(additive.SPEC, linear_fit.design, rng_key=0, num_steps=5,
                                              num_samples=5, progress_bar=False), rng_key=0)
+
+
+def test_shared_options_are_in_the_models_signatures():
+    """help() / inspect.signature list the shared options with their defaults, not ``**shared``; calls are unchanged."""
+    import dataclasses
+    import inspect
+
+    from semimech.models import latent_programs
+
+    fields = {f.name: f.default for f in dataclasses.fields(net.SharedOptions)}
+    for mod in (linear_steady_state, production_decay, latent_programs):
+        params = inspect.signature(mod.model).parameters
+        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()), mod.__name__
+        for name, default in fields.items():
+            assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default == default
+        assert "likelihood" in params and "y" in params  # the model's own keywords are kept
+    # the call still rejects an unknown option with the interpreter's text
+    with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_option'"):
+        net.shared_options({"no_such_option": 1})
