@@ -382,7 +382,7 @@ def agreement(table, held: dict, *, higher_is_better: bool, held_per_condition: 
 def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means", steps: int, draws: int, refit_steps: int | None,
         heldout_json: str | None, heldout_steps: int, models, full: bool | str = False, method: str = "svi",
         heldout: dict | None = None, warm: bool = False, rank_by: str = "crps", fold_form: bool = True,
-        heldout_seeds: int = 3, seed: int = 0, restarts: int = 1, log=print) -> dict:
+        heldout_seeds: int = 3, seed: int = 0, restarts: int = 1, refits: int = 1, log=print) -> dict:
     task = ht.TASKS[task_name]
     folds = task.build(quick=False)
     design = comparison_design(task_name, folds, full=full)
@@ -399,7 +399,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
     log(f"[{task_name}] comparison design {design}; unit {unit!r}; load {os.getloadavg()[0]:.1f}")
     result = {"task": task_name, "unit": unit, "score": score, "rank_by": rank_by, "design_kind": kind, "cold_refits": not warm, "design": repr(design), "metric": task.metric,
               "higher_is_better": task.higher_is_better, "method": method, "load_start": os.getloadavg()[0],
-              "fold_form_fits": fold_form, "restarts": restarts}
+              "fold_form_fits": fold_form, "restarts": restarts, "refits": refits}
     t0, c0 = time.time(), cpu_seconds()
     fits, fit_notes, fit_s = {}, {}, {}
     for name in models:
@@ -430,7 +430,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
     t1, c1 = time.time(), cpu_seconds()
     try:
         table = ev.compare(fits, unit=unit_arg, k=k, score=score, num_steps=refit_steps, rank_by=rank_by,
-                           refit_options={"warm_start": True} if warm else None, rng_key=seed)
+                           refit_options={"warm_start": True} if warm else None, refits=refits, rng_key=seed)
         result["cannot_rank"] = None
     except DesignError as err:
         table, result["cannot_rank"] = None, str(err)
@@ -497,6 +497,8 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
                 for i in range(n_seeds.pop())]
         result["per_unit"] = per_unit(table, design)
         result["warm_resets"] = {n: [dict(r) for r in cv.resets] for n, cv in table.attrs.get("cross_validations", {}).items()}
+        result["refit_losses"] = {n: [list(r) for r in cv.refit_losses]
+                                  for n, cv in table.attrs.get("cross_validations", {}).items()}
         for n, r in result["warm_resets"].items():
             log(f"  {n}: entries started cold per refit (informed by the held-out rows only): {r}")
         log(table[[c for c in cols if c not in ("left_out", "cv_calibration", "below")]][:15].to_string(index=False))
@@ -504,7 +506,7 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
     result["fit_notes"] = fit_notes
     result["config"] = {"steps": steps, "draws": draws, "refit_steps": refit_steps, "k": k,
                         "heldout_steps": heldout_steps, "heldout_json": heldout_json, "heldout_seeds": heldout_seeds,
-                        "seed": seed, "restarts": restarts, "semimech": sm.__version__,
+                        "seed": seed, "restarts": restarts, "refits": refits, "semimech": sm.__version__,
                         "python": platform.python_version(), "cpus": os.cpu_count()}
     return result
 
@@ -568,6 +570,9 @@ def main(argv=None) -> int:
     ap.add_argument("--restarts", type=int, default=1,
                     help="SVI fits (and the refits, and the held-out fits) as the best of K runs by the training loss "
                          "(sm.fit_svi(..., restarts=K)); default 1")
+    ap.add_argument("--refits", type=int, default=1,
+                    help="independent refits per fold, their draws pooled (evaluate.compare(refits=)); with --k 1 "
+                         "(every unit out at once) the comparison refits the held-out question itself")
     ap.add_argument("--models", nargs="*", default=list(REGISTRY))
     ap.add_argument("--warm", action="store_true",
                     help="warm-started refits (refit_options={'warm_start': True}; a third of the steps by default); "
@@ -582,6 +587,8 @@ def main(argv=None) -> int:
         ap.error("--heldout-seeds must be >= 1")
     if args.restarts < 1:
         ap.error("--restarts must be >= 1")
+    if args.refits < 1:
+        ap.error("--refits must be >= 1")
     if args.heldout_only:
         if not args.json:
             ap.error("--heldout-only writes heldout.py's JSON: give --json PATH")
@@ -604,9 +611,10 @@ def main(argv=None) -> int:
             heldout_json=args.heldout_json, heldout_steps=args.heldout_steps or args.steps, models=args.models,
             full=args.design if args.design.startswith("factor") else args.design == "full", method=args.method,
             warm=args.warm and not args.cold, rank_by=args.rank_by, fold_form=not args.no_fold_form,
-            heldout_seeds=args.heldout_seeds, seed=args.seed, restarts=args.restarts, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
+            heldout_seeds=args.heldout_seeds, seed=args.seed, restarts=args.restarts, refits=args.refits, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
     stem = (f"compare_{args.task}" + ("" if args.design == "train" else f"_{args.design}") + f"_{args.score}"
-            + (f"_seed{args.seed}" if args.seed else "") + (f"_restarts{args.restarts}" if args.restarts > 1 else ""))
+            + (f"_seed{args.seed}" if args.seed else "") + (f"_restarts{args.restarts}" if args.restarts > 1 else "")
+            + (f"_k{args.k}" if args.k else "") + (f"_refits{args.refits}" if args.refits > 1 else ""))
     out = pathlib.Path(args.json or pathlib.Path(__file__).resolve().parent / "results" / f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(heldout._finite(r), indent=1, default=str))

@@ -146,8 +146,43 @@ def test_two_fold_cv_scores_every_unit_and_draws_held_out_latents_from_the_prior
         fresh = [p for p in combos if abs(z[:, p, :].mean()) < 0.25 and 0.8 < z[:, p, :].std() < 1.2]
         held_z.append(set(fresh))
     assert held_z[0] | held_z[1] == set(combos) and not held_z[0] & held_z[1]
-    with pytest.raises(DesignError, match="between 2"):
-        cross_validate(fit, unit="combination", k=1)
+    with pytest.raises(DesignError, match="between 1"):
+        cross_validate(fit, unit="combination", k=0)
+
+
+def test_pooled_draws_are_an_equal_mixture_of_the_refits():
+    from semimech.evaluate.cv import pooled
+
+    a = {"x": np.zeros((6, 2)), "z": np.zeros(6)}
+    b = {"x": np.ones((6, 2)), "z": np.ones(6)}
+    out = pooled([a, b])
+    assert out["x"].shape == (6, 2) and out["z"].shape == (6,)
+    np.testing.assert_array_equal(out["z"], [0, 1, 0, 1, 0, 1])        # dealt in turn: half from each
+    np.testing.assert_array_equal(out["x"][:, 0], out["z"])
+    three = pooled([a, b, {"x": np.full((6, 2), 2.0), "z": np.full(6, 2.0)}])
+    np.testing.assert_array_equal(three["z"], [0, 1, 2, 0, 1, 2])
+    assert pooled([a]) is a                                               # one fit: unchanged
+
+
+def test_every_unit_out_at_once_is_one_refit_and_refits_pool_independent_fits(fit, design):
+    """k=1 leaves every unit out in one refit, each unit scored on its own (SE over units);
+    refits=2 makes two refits of that fold with different keys and scores their pooled draws."""
+    one = cross_validate(fit, unit="combination", k=1, num_steps=150, rng_key=0)
+    combos = [p for p in design.perturbations if "+" in p]
+    assert one.scheme == "all-out" and one.n_refits == 1 and set(one.units) == set(combos)
+    assert np.all(np.isfinite(one.pointwise)) and one.elpd.se > 0
+    assert "all-out over" in one.describe() and "independent refits" not in one.describe()
+    assert len(one.refit_losses) == 1 and len(one.refit_losses[0]) == 1
+    two = cross_validate(fit, unit="combination", k=1, num_steps=150, refits=2, rng_key=0)
+    assert two.n_refits == 2 and len(two.refit_losses) == 1 and len(two.refit_losses[0]) == 2
+    assert np.all(np.isfinite(two.refit_losses[0])) and two.refit_losses[0][0] != two.refit_losses[0][1]
+    assert "2 independent refits per fold" in two.describe()
+    # the pooled predictive is not the first refit's alone
+    assert not np.allclose(two.pointwise, one.pointwise)
+    with pytest.raises(DesignError, match="refits must be"):
+        cross_validate(fit, unit="combination", k=1, refits=0)
+    with pytest.raises(DesignError, match="refits must be"):
+        sm.evaluate.compare({"a": fit, "b": fit}, unit="combination", refits=1.5)
 
 
 def test_a_fit_with_every_row_kept_by_a_mask_is_the_fit_compiled_as_the_refits_are(fit, design):

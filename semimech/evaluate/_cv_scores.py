@@ -81,4 +81,4 @@ def score_means(fit, engine, folds, row_unit, units, k, ll, *, key, reff):
                          refit=folds.entries)
     elpd_e = _arviz.pointwise_elpd(res_e)
     res = _arviz.grouped_elpd(res_e, elpd_e, entry_unit, obs_dim="units", coords=units, p=float((lpd_full - elpd_e).sum()))
-    return res, f"{k}-fold", 0, float("nan")
+    return res, ("all-out" if k == 1 else f"{k}-fold"), 0, float("nan")

@@ -250,7 +250,7 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
             rank_by: str = "crps", test: Design | None = None,
             reference=None, batch: str | None = None, num_steps: int | None = None,
             refit_options: dict | None = None, row_loo: bool = True, checks: bool = True, tie_se: float = 2.0,
-            rng_key=0) -> pd.DataFrame:
+            refits: int = 1, rng_key=0) -> pd.DataFrame:
     """Compare fitted models by cross-validation over held-out units, with their checks beside it.
 
     Parameters
@@ -263,7 +263,11 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
     unit, k, num_steps, refit_options
         What is left out and how (:func:`semimech.evaluate.cv.cross_validate`): ``unit`` is
         ``"perturbation"`` (default), ``"combination"``, ``"single"``, ``"context"`` or one label
-        per row; ``k`` folds (default leave-one-unit-out up to 10 units).
+        per row; ``k`` folds (default leave-one-unit-out up to 10 units). ``k=1`` leaves every unit out at
+        once (one refit per model: e.g. every combination predicted from the singles alone).
+    refits
+        Independent refits per fold, their draws pooled (:func:`~semimech.evaluate.cv.cross_validate`):
+        a model whose refits land in different optima is scored on all of them, not on one key's luck.
     score
         ``"means"`` (default): a held-out unit is scored on the log predictive density of its
         observed means (each pseudobulk row x readout); ``"cells"``: on its cells' joint density,
@@ -339,6 +343,8 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         raise DesignError(f"unknown score {score!r}; choose one of {SCORES}.")
     if rank_by not in RANK_BY:
         raise DesignError(f"unknown rank_by {rank_by!r}; choose one of {RANK_BY}.")
+    if isinstance(refits, bool) or int(refits) != refits or int(refits) < 1:
+        raise DesignError(f"refits must be a whole number of at least 1, got {refits!r}.")
     key = as_key(rng_key)
     cvs, rows = {}, []
     for i, (name, fit) in enumerate(fits.items()):
@@ -346,7 +352,7 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         row, notes = {"model": name, "method": fit.method}, []
         try:
             cv = cross_validate(fit, unit=unit, k=k, score=score, num_steps=num_steps, refit_options=refit_options,
-                                rng_key=jax.random.fold_in(key, 0))
+                                refits=refits, rng_key=jax.random.fold_in(key, 0))
         except (SemimechError, InferenceError) as err:
             notes.append(f"not ranked: cross-validation failed ({err})")
             cv = None

@@ -131,7 +131,7 @@ class CrossValidation:
     unit
         What a held-out unit is (``"combination"``, ``"perturbation"``, ..., ``"custom"``).
     scheme
-        ``"leave-one-out"`` or ``"K-fold"`` with K.
+        ``"leave-one-out"``, ``"K-fold"`` with K, or ``"all-out"`` (``k=1``: every unit out at once).
     units
         The unit labels, in the order of the pointwise values.
     elpd
@@ -165,6 +165,10 @@ class CrossValidation:
     pit_rows, pred_mean, pred_sd
         The held-out rows behind ``pit`` (design row indices, same order) and their leave-out
         predictive mean and sd, ``(rows, genes)``.
+    refit_losses
+        Per fold, the final training loss of each of its ``refits`` independent refits (SVI: the mean
+        of the last tenth of the steps; empty for NUTS and for PSIS-only scores). Refits of one fold that
+        end far apart landed in different optima: the pooled predictive holds both.
     """
 
     model: str
@@ -185,6 +189,7 @@ class CrossValidation:
     pit_rows: np.ndarray | None = None
     pred_mean: np.ndarray | None = None
     pred_sd: np.ndarray | None = None
+    refit_losses: tuple = ()
 
     @property
     def pointwise(self) -> np.ndarray:
@@ -195,6 +200,10 @@ class CrossValidation:
         """What was left out and how it was scored, in words."""
         how = (f"PSIS for {self.n_psis}, exact refits for {self.n_refits}" if self.scheme == "leave-one-out"
                else f"{self.n_refits} refits")
+        per_fold = {len(x) for x in self.refit_losses}
+        if per_fold and max(per_fold) > 1:
+            how += f", {max(per_fold)} independent refits per fold, their draws pooled"
+
         what = ("log density of each held-out row x readout's observed mean" if self.score == "means"
                 else "joint log density of each held-out unit's cells")
         n_new = sum(bool(u) for u in self.unseen_targets)
@@ -291,8 +300,10 @@ def _entry_mask(dims: tuple[str, ...], shape: tuple[int, ...], unseen: dict) -> 
 class _Folds:
     """Refits of one fit with held-out units masked; collects the PIT of held-out rows."""
 
-    def __init__(self, fit, engine: RowEngine, row_unit: np.ndarray, *, num_steps, refit_options, key, max_pit_rows):
-        self.fit, self.engine, self.row_unit, self.key = fit, engine, row_unit, key
+    def __init__(self, fit, engine: RowEngine, row_unit: np.ndarray, *, num_steps, refit_options, key, max_pit_rows,
+                 refits: int = 1):
+        self.fit, self.engine, self.row_unit, self.key, self.refits = fit, engine, row_unit, key, int(refits)
+        self.refit_losses: list[tuple[float, ...]] = []
         self.num_steps, self.options, self.max_pit_rows = num_steps, dict(refit_options or {}), max_pit_rows
         self.warm_start = bool(self.options.pop("warm_start", False))
         self.full = flat_latent(fit, engine.latent)
@@ -376,9 +387,11 @@ class _Folds:
         key = jax.random.fold_in(self.key, int(positions.min()) + 1)
         k_fit, k_prior, k_rep = jax.random.split(key, 3)
         summaries = self.engine._summaries(fold_summaries(self.fit.design, train_rows))
-        refit = self._refit(train_rows, k_fit, summaries)
-        self.n_refits += 1
-        samples = flat_latent(refit, self.engine.latent)
+        keys = [k_fit] if self.refits == 1 else list(jax.random.split(k_fit, self.refits))
+        refits = [self._refit(train_rows, k, summaries) for k in keys]
+        self.n_refits += len(refits)
+        self.refit_losses.append(tuple(_final_loss(r) for r in refits if r.losses is not None))
+        samples = pooled([flat_latent(r, self.engine.latent) for r in refits])
         if self.resample:
             unseen = _unseen(self.fit.design, self.engine.data, train_rows)
             drawn = self.engine.apply(lambda part: self._prior_given(part, summaries), samples, self.kept,
@@ -411,6 +424,28 @@ class _Folds:
         return ll[:, np.searchsorted(rows, self.entry_row[positions]), self.entry_gene[positions]][None]
 
 
+def _final_loss(fit) -> float:
+    """The training loss an SVI fit ended at: the mean of its last tenth of steps."""
+    losses = np.asarray(fit.losses, dtype=float)
+    return float(np.mean(losses[-max(1, len(losses) // 10):]))
+
+
+def pooled(draws: list[dict]) -> dict:
+    """Independent fits' draws (``{site: (draws, ...)}`` each, the same number) as one set of as many draws.
+
+    The draws are dealt in turn from each fit (draw ``i`` of the result is fit ``i % R``'s draw
+    ``i // R``), so the result is an equal mixture of the fits' posteriors. One fit: returned as is.
+    """
+    if len(draws) == 1:
+        return draws[0]
+    n = min(next(iter(d.values())).shape[0] for d in draws)
+    out = {}
+    for name in draws[0]:
+        stacked = np.stack([np.asarray(d[name])[:n] for d in draws], axis=1)  # (draws, fits, ...)
+        out[name] = stacked.reshape((-1,) + stacked.shape[2:])[:n]
+    return out
+
+
 def svi_refit_options(fit, num_steps: int, options: dict) -> dict:
     """``fit_svi`` keywords of an SVI refit: the fit's draws and restarts (a fit made with ``restarts=k``,
     the best of ``k`` runs by the training loss, is refitted the same way), then ``options`` (the caller's)."""
@@ -421,7 +456,8 @@ def svi_refit_options(fit, num_steps: int, options: dict) -> dict:
 @limited_blas()
 def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None = None, score: str = "means",
                    num_steps: int | None = None,
-                   refit_options: dict | None = None, max_pit_rows: int = 2000, rng_key=0) -> CrossValidation:
+                   refit_options: dict | None = None, max_pit_rows: int = 2000, refits: int = 1,
+                   rng_key=0) -> CrossValidation:
     """Cross-validated elpd of a fit over held-out units (see the module docstring).
 
     Parameters
@@ -433,7 +469,10 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     k
         Number of folds. ``None`` (default): leave-one-unit-out up to 10 units, else 10-fold.
         Equal to the number of units: leave-one-unit-out (PSIS, with exact refits where
-        k-hat is bad). Smaller: grouped K-fold, every fold refit.
+        k-hat is bad). Smaller: grouped K-fold, every fold refit. ``1``: every unit left out at
+        once (``"all-out"``: one refit on the rows outside every unit, each unit scored on its own,
+        the standard error over units), the question "predict all of them from the rest", e.g.
+        every combination from the singles alone.
     score
         What a held-out unit is scored on. ``"means"`` (default): the log predictive density of
         each of its rows' observed values at each readout (for a pseudobulk row, its cells'
@@ -455,6 +494,13 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
         the best of ``k`` runs by its own training loss) unless ``refit_options`` says otherwise.
     max_pit_rows
         Held-out rows per refit whose PIT is computed (all units' rows up to this many).
+    refits
+        Independent refits of each fold (keys split from the fold's), their draws pooled into an
+        equal mixture of as many draws as the fit has (default 1: one refit). An SVI refit lands in
+        one optimum; where the optimum a refit finds varies from key to key, one refit scores the
+        model by the luck of its key, and the pooled predictive holds every optimum found (their
+        final training losses: ``refit_losses``). Exact refits only: units scored by PSIS use the
+        full fit's draws.
     rng_key
         Int seed or key for fold assignment, refits and replicate draws.
 
@@ -474,13 +520,15 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     row_unit = np.array([pos[u] if u is not None else -1 for u in labels])
     n_u = len(units)
     k = min(n_u, 10) if k is None else int(k)
-    if not 2 <= k <= n_u:
-        raise DesignError(f"k must be between 2 and the number of units ({n_u}), got {k}.")
+    if not 1 <= k <= n_u:
+        raise DesignError(f"k must be between 1 (every unit out at once) and the number of units ({n_u}), got {k}.")
+    if int(refits) != refits or int(refits) < 1:
+        raise DesignError(f"refits must be a whole number of at least 1, got {refits!r}.")
     key = as_key(rng_key)
     engine = RowEngine(fit)
     warm = bool((refit_options or {}).get("warm_start", False))
     folds = _Folds(fit, engine, row_unit, num_steps=_steps(fit, num_steps, warm=warm), refit_options=refit_options,
-                   key=jax.random.fold_in(key, 1), max_pit_rows=max_pit_rows)
+                   key=jax.random.fold_in(key, 1), max_pit_rows=max_pit_rows, refits=int(refits))
     try:  # the first evaluation of the model at the fold-wise (traced) prior constants
         if score == "means":
             ll_rows = entry_values(fit, engine, folds, row_unit)
@@ -514,7 +562,7 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
             scheme, n_psis, khat_max = "leave-one-out", int((~bad).sum()), float(np.nanmax(khat))
         else:
             res = _arviz.kfold(dt, var_name="y", obs_dim="units", folds=fold_of_unit(n_u, k, key), refit=folds)
-            scheme, n_psis, khat_max = f"{k}-fold", 0, float("nan")
+            scheme, n_psis, khat_max = ("all-out" if k == 1 else f"{k}-fold"), 0, float("nan")
     elpd_i = _arviz.pointwise_elpd(res)
     if not np.all(np.isfinite(elpd_i)):
         bad_units = [u for u, e in zip(units, elpd_i) if not np.isfinite(e)]
@@ -532,7 +580,8 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
                            khat_max=khat_max, score=score, l2=l2, resets=tuple(folds.resets), crps=crps,
                            unseen_targets=unseen_targets(design, row_unit), pit_rows=np.array(sorted(folds.pit), int),
                            pred_mean=np.stack([folds.mean[r] for r in sorted(folds.pit)]) if folds.pit else None,
-                           pred_sd=np.stack([folds.sd[r] for r in sorted(folds.pit)]) if folds.pit else None)
+                           pred_sd=np.stack([folds.sd[r] for r in sorted(folds.pit)]) if folds.pit else None,
+                           refit_losses=tuple(folds.refit_losses))
 
 
 def unseen_targets(design, row_unit: np.ndarray) -> tuple[tuple[str, ...], ...]:
