@@ -118,3 +118,36 @@ def test_cross_validation_refits_as_the_fit_was_made(two_wells, monkeypatch):
     seen.clear()
     cross_validate(fit, unit=list(labels), k=2, rng_key=0, refit_options={"restarts": 1})  # the caller decides
     assert seen == [1, 1]
+
+
+def test_restarts_score_runs_with_some_non_finite_steps_and_explain_when_none_finishes(two_wells, monkeypatch):
+    """A run whose tail holds a NaN step (stable_update kept its state) is scored on its finite steps; when no
+    run has a finite tail the fit raises an InferenceError that says so (it raised ``TypeError: exceptions
+    must derive from BaseException`` before: cross-validating latent_programs on Norman found it)."""
+    import semimech.infer.fit as fit_mod
+
+    spec, design = two_wells
+    real = fit_mod._run_svi
+    tails = iter([[np.nan, 5.0], [np.nan, 3.0], [np.nan, 4.0]])
+
+    def nan_in_tail(*a, **kw):
+        state, losses, status = real(*a, **kw)
+        losses = np.array(losses, np.float32)
+        losses[-2:] = next(tails)
+        return state, losses, status
+
+    monkeypatch.setattr(fit_mod, "_run_svi", nan_in_tail)
+    fit = sm.fit_svi(spec, design, rng_key=1, num_steps=40, num_samples=10, progress_bar=False, restarts=3)
+    assert np.isfinite(fit.restarts["scores"]).all() and fit.restarts["chosen"] == 1   # the lowest finite tail
+    tails = iter([[np.nan, np.nan]] * 3)   # with a window of 4 steps: 2 finite steps left in each tail
+    fit = sm.fit_svi(spec, design, rng_key=1, num_steps=40, num_samples=10, progress_bar=False, restarts=3)
+    np.testing.assert_allclose(fit.restarts["scores"], fit.restarts["losses"][:, -4:-2].mean(axis=1), rtol=1e-6)
+    # a run with a clean window is preferred to one with a NaN step, even one with a lower finite mean
+    tails = iter([[np.nan, 5.0], [1.0, 1.0], [np.nan, -1e6]])
+    fit = sm.fit_svi(spec, design, rng_key=1, num_steps=40, num_samples=10, progress_bar=False, restarts=3)
+    assert fit.restarts["chosen"] == 1 and np.isinf(fit.restarts["scores"][2])
+    monkeypatch.setattr(fit_mod, "_check_losses", lambda losses: None)   # a tail with no finite step at all
+    tails = iter([[np.nan, np.nan]] * 3)
+    monkeypatch.setattr(fit_mod, "restart_window", lambda n: 2)
+    with pytest.raises(InferenceError, match="none of the 3 runs"):
+        sm.fit_svi(spec, design, rng_key=1, num_steps=40, num_samples=10, progress_bar=False, restarts=3)

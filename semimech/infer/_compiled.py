@@ -30,7 +30,6 @@ import hashlib
 import os
 import pickle
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -41,7 +40,6 @@ _UNKEYABLE = object()
 _CACHE_DIR: Path | None = None
 _CACHE_DIR_SET = False
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="semimech-compile")
-_LOCK = threading.Lock()
 
 
 # ------------------------------------------------------------------------------------- keys

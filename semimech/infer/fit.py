@@ -484,9 +484,11 @@ def _run_svi(eng, traced, key, *, num_steps: int, learning_rate: float, phases, 
 
 def _best_of(eng, traced, k_fit, restarts: int, *, num_steps: int, learning_rate: float, phases):
     """``restarts`` SVI runs from their own starts (run 0: the single-run fit's); the lowest mean loss over
-    the last :func:`restart_window` steps is kept. Returns ``(state, losses, record)``."""
+    the last :func:`restart_window` steps is kept. A run with a NaN/inf step in that window (the step left its state
+    unchanged) is kept only when no run's window is all finite, scored then on its finite steps. Returns
+    ``(state, losses, record)``."""
     window = restart_window(num_steps)
-    best, runs, scores, first_error = None, [], [], None
+    best, runs, scores, first_error, partial = None, [], [], None, {}
     for i in range(restarts):
         k_i = k_fit if i == 0 else jax.random.fold_in(k_fit, i)
         state, losses, status = _run_svi(eng, traced, k_i, num_steps=num_steps, learning_rate=learning_rate,
@@ -501,8 +503,11 @@ def _best_of(eng, traced, k_fit, restarts: int, *, num_steps: int, learning_rate
         else:
             try:
                 _check_losses(losses)
-                tail = losses[-window:]
-                score = float(np.mean(tail)) if np.isfinite(tail).all() else np.inf
+                tail = np.asarray(losses[-window:], dtype=float)
+                ok = np.isfinite(tail)
+                score = float(np.mean(tail)) if ok.all() else np.inf
+                if ok.any() and not ok.all():  # a NaN/inf step left the state unchanged (stable_update)
+                    partial[i] = (float(np.mean(tail[ok])), state, losses)
             except InferenceError as err:
                 first_error = first_error or err
         full = np.full(num_steps, np.nan, np.float32)
@@ -511,8 +516,15 @@ def _best_of(eng, traced, k_fit, restarts: int, *, num_steps: int, learning_rate
         scores.append(score)
         if np.isfinite(score) and (best is None or score < scores[best[0]]):
             best = (i, state, losses)
+    if best is None and partial:  # no run with a clean tail: the best on its finite steps
+        for j, (value, *_) in partial.items():
+            scores[j] = value
+        i = min(partial, key=lambda j: partial[j][0])
+        best = (i, *partial[i][1:])
     if best is None:
-        raise first_error
+        raise first_error or InferenceError(
+            f"none of the {restarts} runs of fit_svi(..., restarts={restarts}) ended with a finite loss over its last "
+            f"{window} steps. Try a smaller learning_rate (e.g. 0.005) or guide='map' to find a starting point.")
     chosen, state, losses = best
     record = {"k": restarts, "window": window, "scores": tuple(scores), "chosen": chosen,
               "losses": np.stack(runs)}
