@@ -425,9 +425,9 @@ class _Folds:
 
 
 def _final_loss(fit) -> float:
-    """The training loss an SVI fit ended at: the mean of its last tenth of steps."""
-    losses = np.asarray(fit.losses, dtype=float)
-    return float(np.mean(losses[-max(1, len(losses) // 10):]))
+    """The training loss an SVI fit ended at: the mean of its last tenth of steps (their finite values)."""
+    tail = np.asarray(fit.losses, dtype=float)[-max(1, len(fit.losses) // 10):]
+    return float(np.mean(tail[np.isfinite(tail)])) if np.isfinite(tail).any() else float("nan")
 
 
 def pooled(draws: list[dict]) -> dict:
