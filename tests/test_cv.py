@@ -181,8 +181,9 @@ def test_every_unit_out_at_once_is_one_refit_and_refits_pool_independent_fits(fi
     assert not np.allclose(two.pointwise, one.pointwise)
     with pytest.raises(DesignError, match="refits must be"):
         cross_validate(fit, unit="combination", k=1, refits=0)
-    with pytest.raises(DesignError, match="refits must be"):
-        sm.evaluate.compare({"a": fit, "b": fit}, unit="combination", refits=1.5)
+    for bad in (1.5, "3", True, float("nan")):
+        with pytest.raises(DesignError, match="refits must be"):
+            sm.evaluate.compare({"a": fit, "b": fit}, unit="combination", refits=bad)
 
 
 def test_a_fit_with_every_row_kept_by_a_mask_is_the_fit_compiled_as_the_refits_are(fit, design):

@@ -326,7 +326,7 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         likelihoods, a test design that shares perturbations with training.
     """
     from semimech.errors import InferenceError, SemimechError
-    from semimech.evaluate.cv import SCORES, cross_validate, unit_labels
+    from semimech.evaluate.cv import SCORES, check_refits, cross_validate, unit_labels
 
     if not isinstance(fits, Mapping) or not fits:
         raise DesignError("compare needs a non-empty dict {name: Fit}.")
@@ -343,8 +343,7 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         raise DesignError(f"unknown score {score!r}; choose one of {SCORES}.")
     if rank_by not in RANK_BY:
         raise DesignError(f"unknown rank_by {rank_by!r}; choose one of {RANK_BY}.")
-    if isinstance(refits, bool) or int(refits) != refits or int(refits) < 1:
-        raise DesignError(f"refits must be a whole number of at least 1, got {refits!r}.")
+    refits = check_refits(refits)
     key = as_key(rng_key)
     cvs, rows = {}, []
     for i, (name, fit) in enumerate(fits.items()):

@@ -203,7 +203,6 @@ class CrossValidation:
         per_fold = {len(x) for x in self.refit_losses}
         if per_fold and max(per_fold) > 1:
             how += f", {max(per_fold)} independent refits per fold, their draws pooled"
-
         what = ("log density of each held-out row x readout's observed mean" if self.score == "means"
                 else "joint log density of each held-out unit's cells")
         n_new = sum(bool(u) for u in self.unseen_targets)
@@ -424,6 +423,14 @@ class _Folds:
         return ll[:, np.searchsorted(rows, self.entry_row[positions]), self.entry_gene[positions]][None]
 
 
+def check_refits(refits) -> int:
+    """``refits`` as an int, or a DesignError naming the problem (a whole number of at least 1)."""
+    ok = isinstance(refits, (int, np.integer, float, np.floating)) and not isinstance(refits, (bool, np.bool_))
+    if not ok or not np.isfinite(refits) or int(refits) != refits or int(refits) < 1:
+        raise DesignError(f"refits must be a whole number of at least 1 (independent refits per fold), got {refits!r}.")
+    return int(refits)
+
+
 def _final_loss(fit) -> float:
     """The training loss an SVI fit ended at: the mean of its last tenth of steps (their finite values)."""
     tail = np.asarray(fit.losses, dtype=float)[-max(1, len(fit.losses) // 10):]
@@ -522,13 +529,12 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     k = min(n_u, 10) if k is None else int(k)
     if not 1 <= k <= n_u:
         raise DesignError(f"k must be between 1 (every unit out at once) and the number of units ({n_u}), got {k}.")
-    if int(refits) != refits or int(refits) < 1:
-        raise DesignError(f"refits must be a whole number of at least 1, got {refits!r}.")
+    refits = check_refits(refits)
     key = as_key(rng_key)
     engine = RowEngine(fit)
     warm = bool((refit_options or {}).get("warm_start", False))
     folds = _Folds(fit, engine, row_unit, num_steps=_steps(fit, num_steps, warm=warm), refit_options=refit_options,
-                   key=jax.random.fold_in(key, 1), max_pit_rows=max_pit_rows, refits=int(refits))
+                   key=jax.random.fold_in(key, 1), max_pit_rows=max_pit_rows, refits=refits)
     try:  # the first evaluation of the model at the fold-wise (traced) prior constants
         if score == "means":
             ll_rows = entry_values(fit, engine, folds, row_unit)
