@@ -499,6 +499,8 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
         result["warm_resets"] = {n: [dict(r) for r in cv.resets] for n, cv in table.attrs.get("cross_validations", {}).items()}
         result["refit_losses"] = {n: [list(r) for r in cv.refit_losses]
                                   for n, cv in table.attrs.get("cross_validations", {}).items()}
+        result["refit_l2"] = {n: [list(r) for r in cv.refit_l2]
+                              for n, cv in table.attrs.get("cross_validations", {}).items()}
         for n, r in result["warm_resets"].items():
             log(f"  {n}: entries started cold per refit (informed by the held-out rows only): {r}")
         log(table[[c for c in cols if c not in ("left_out", "cv_calibration", "below")]][:15].to_string(index=False))

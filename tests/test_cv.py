@@ -173,10 +173,13 @@ def test_every_unit_out_at_once_is_one_refit_and_refits_pool_independent_fits(fi
     assert np.all(np.isfinite(one.pointwise)) and one.elpd.se > 0
     assert "all-out over" in one.describe() and "independent refits" not in one.describe()
     assert len(one.refit_losses) == 1 and len(one.refit_losses[0]) == 1
+    # known answer: with one refit and one row per unit, the refit's L2 is the mean of the units' L2
+    np.testing.assert_allclose(one.refit_l2[0][0], np.mean(one.l2), rtol=1e-5)
     two = cross_validate(fit, unit="combination", k=1, num_steps=150, refits=2, rng_key=0)
     assert two.n_refits == 2 and len(two.refit_losses) == 1 and len(two.refit_losses[0]) == 2
     assert np.all(np.isfinite(two.refit_losses[0])) and two.refit_losses[0][0] != two.refit_losses[0][1]
     assert "2 independent refits per fold" in two.describe()
+    assert len(two.refit_l2) == 1 and len(two.refit_l2[0]) == 2 and np.all(np.isfinite(two.refit_l2[0]))
     # the pooled predictive is not the first refit's alone
     assert not np.allclose(two.pointwise, one.pointwise)
     with pytest.raises(DesignError, match="refits must be"):
@@ -395,3 +398,20 @@ def test_unseen_targets_of_each_unit(design):
     row_unit = np.array([units.index(u) if u is not None else -1 for u in labs])
     found = dict(zip(units, unseen_targets(sub, row_unit)))
     assert found == {u: (("T1",) if u == "T0+T1" else ()) for u in units}
+
+
+def test_a_note_says_when_a_folds_refits_disagree():
+    """Refits whose held-out L2 differ by more than REFIT_DISAGREEMENT get a note; close ones (the negative control),
+    a single refit, or no record get none."""
+    from types import SimpleNamespace
+
+    from semimech.evaluate.compare import REFIT_DISAGREEMENT, refit_note
+
+    note = refit_note(SimpleNamespace(refit_l2=((0.41, 1.35, 0.42),)))
+    assert "refits disagree" in note and "0.410 to 1.350" in note and "refits=" in note
+    assert refit_note(SimpleNamespace(refit_l2=((0.41, 0.43, 0.42),))) == ""
+    assert refit_note(SimpleNamespace(refit_l2=((0.4, 0.4 * REFIT_DISAGREEMENT * 0.99),))) == ""
+    assert refit_note(SimpleNamespace(refit_l2=((0.41,),))) == ""
+    assert refit_note(SimpleNamespace(refit_l2=())) == ""
+    # the widest fold is the one named
+    assert "0.200 to 0.900" in refit_note(SimpleNamespace(refit_l2=((0.4, 0.7), (0.2, 0.9))))

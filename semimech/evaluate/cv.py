@@ -169,6 +169,11 @@ class CrossValidation:
         Per fold, the final training loss of each of its ``refits`` independent refits (SVI: the mean
         of the last tenth of the steps; empty for NUTS and for PSIS-only scores). Refits of one fold that
         end far apart landed in different optima: the pooled predictive holds both.
+    refit_l2
+        Per fold, the L2 of each refit's own predictive mean for the fold's held-out rows (averaged over
+        the rows, the first ``max_pit_rows``), from its share of the pooled draws. Refits of one fold
+        whose errors differ a lot predict the left-out units differently: the model's answer depends
+        on which optimum a fit reaches.
     """
 
     model: str
@@ -190,6 +195,7 @@ class CrossValidation:
     pred_mean: np.ndarray | None = None
     pred_sd: np.ndarray | None = None
     refit_losses: tuple = ()
+    refit_l2: tuple = ()
 
     @property
     def pointwise(self) -> np.ndarray:
@@ -303,6 +309,7 @@ class _Folds:
                  refits: int = 1):
         self.fit, self.engine, self.row_unit, self.key, self.refits = fit, engine, row_unit, key, int(refits)
         self.refit_losses: list[tuple[float, ...]] = []
+        self.refit_l2: list[tuple[float, ...]] = []
         self.num_steps, self.options, self.max_pit_rows = num_steps, dict(refit_options or {}), max_pit_rows
         self.warm_start = bool(self.options.pop("warm_start", False))
         self.full = flat_latent(fit, engine.latent)
@@ -402,6 +409,9 @@ class _Folds:
         rows = np.flatnonzero(held)
         rep = self.engine.replicates(k_rep, samples, rows=rows[: self.max_pit_rows], summaries=summaries)
         self.pit_rows(rows[: self.max_pit_rows], rep, None)
+        y = self.y[rows[: self.max_pit_rows]]   # refit j's draws are every R-th of the pooled ones (see pooled)
+        self.refit_l2.append(tuple(float(np.mean(np.sqrt(((rep[j::len(refits)].mean(0) - y) ** 2).sum(-1))))
+                                   for j in range(len(refits))))
         return samples, summaries, rows
 
     def __call__(self, positions: np.ndarray) -> np.ndarray:
@@ -587,7 +597,7 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
                            unseen_targets=unseen_targets(design, row_unit), pit_rows=np.array(sorted(folds.pit), int),
                            pred_mean=np.stack([folds.mean[r] for r in sorted(folds.pit)]) if folds.pit else None,
                            pred_sd=np.stack([folds.sd[r] for r in sorted(folds.pit)]) if folds.pit else None,
-                           refit_losses=tuple(folds.refit_losses))
+                           refit_losses=tuple(folds.refit_losses), refit_l2=tuple(folds.refit_l2))
 
 
 def unseen_targets(design, row_unit: np.ndarray) -> tuple[tuple[str, ...], ...]:
