@@ -167,6 +167,12 @@ def test_reading_names_the_models_that_separate_a_rank_two_model():
     line_c = next(ln for ln in text.splitlines() if ln.startswith("C:"))
     assert "rank 2: below B by 10.0 (SE 0.0)" in line_c and "within 2 SE of A" in line_c
     assert "below A" not in line_c and "below 'A'" not in line_c     # the best does not separate it
+    # a ranked model's note (e.g. refits that disagree) is part of its line; a model without one gets none
+    rows[1]["note"] = "its refits disagree: the held-out L2 of single refits of one fold ranges from 0.4 to 1.3"
+    text = reading(_tidy(pd.DataFrame(rows).set_index("model"), has_test=False))
+    line_b = next(ln for ln in text.splitlines() if ln.startswith("B:"))
+    assert "its refits disagree" in line_b
+    assert "disagree" not in next(ln for ln in text.splitlines() if ln.startswith("C:"))
 
 
 def test_the_paired_se_uses_the_sample_sd_so_five_units_do_not_overclaim():

@@ -507,6 +507,9 @@ def reading(table: pd.DataFrame) -> str:
             extra.append(f"test L2 {r.test_l2:.3f}")
         if not pd.isna(r.get("steady_state", pd.NA)):
             extra.append(f"stable unique steady state in {r.steady_state:.0%} of draws")
+        note = r.get("note")
+        if not pd.isna(r["rank"]) and isinstance(note, str) and note not in ("", "-"):
+            extra.append(note)   # e.g. refits that disagree: part of what the rank means
         lines.append(f"{r.model}: {verdict}" + (f"; {'; '.join(extra)}" if extra else "") + f". Assumes: {r.assumes}.")
     if len(table):
         lines.append(f"Left out: {table.left_out.iloc[0] if table.left_out.iloc[0] != '-' else 'see notes'}.")
