@@ -13,6 +13,11 @@ from semimech.infer.idata import posterior_tree
 MAX_ENTRY_VALUES = 50_000_000
 
 
+def kfold_scheme(k: int) -> str:
+    """The name of a K-fold scheme: ``"all-out"`` for ``k=1`` (every unit out at once), else ``"K-fold"``."""
+    return "all-out" if k == 1 else f"{k}-fold"
+
+
 def fold_of_unit(n_u: int, k: int, key) -> np.ndarray:
     """Fold (``1..k``) of each unit: a random permutation dealt round-robin."""
     order = np.random.default_rng(np.asarray(key, dtype=np.uint32)).permutation(n_u)
@@ -81,4 +86,4 @@ def score_means(fit, engine, folds, row_unit, units, k, ll, *, key, reff):
                          refit=folds.entries)
     elpd_e = _arviz.pointwise_elpd(res_e)
     res = _arviz.grouped_elpd(res_e, elpd_e, entry_unit, obs_dim="units", coords=units, p=float((lpd_full - elpd_e).sum()))
-    return res, ("all-out" if k == 1 else f"{k}-fold"), 0, float("nan")
+    return res, kfold_scheme(k), 0, float("nan")

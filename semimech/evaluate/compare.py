@@ -371,8 +371,9 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
                                     else None),
                         "n_units_unseen": sum(bool(u) for u in cv.unseen_targets),
                         "cv_calibration": cv.calibration.verdict})
-            if refit_note(cv):
-                notes.append(refit_note(cv))
+            note = refit_note(cv)
+            if note:
+                notes.append(note)
         if row_loo:
             row.update(_row_loo(fit, rng_key=rng_key))
         if checks:

@@ -98,7 +98,7 @@ from numpyro.infer import Predictive
 from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.errors import DesignError, InferenceError
-from semimech.evaluate._cv_scores import entry_values, fold_of_unit, psis_pit, score_means
+from semimech.evaluate._cv_scores import entry_values, fold_of_unit, kfold_scheme, psis_pit, score_means
 from semimech.evaluate._pointwise import RowEngine, flat_latent
 from semimech.evaluate._warm import event_dims, gradient_fn, reset_mask, warm_values
 from semimech.evaluate.probabilistic import CalibrationReport, pit_calibration
@@ -206,7 +206,7 @@ class CrossValidation:
         """What was left out and how it was scored, in words."""
         how = (f"PSIS for {self.n_psis}, exact refits for {self.n_refits}" if self.scheme == "leave-one-out"
                else f"{self.n_refits} refits")
-        per_fold = {len(x) for x in self.refit_losses}
+        per_fold = {len(x) for x in self.refit_l2}   # one entry per refit, SVI or NUTS
         if per_fold and max(per_fold) > 1:
             how += f", {max(per_fold)} independent refits per fold, their draws pooled"
         what = ("log density of each held-out row x readout's observed mean" if self.score == "means"
@@ -578,7 +578,7 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
             scheme, n_psis, khat_max = "leave-one-out", int((~bad).sum()), float(np.nanmax(khat))
         else:
             res = _arviz.kfold(dt, var_name="y", obs_dim="units", folds=fold_of_unit(n_u, k, key), refit=folds)
-            scheme, n_psis, khat_max = ("all-out" if k == 1 else f"{k}-fold"), 0, float("nan")
+            scheme, n_psis, khat_max = kfold_scheme(k), 0, float("nan")
     elpd_i = _arviz.pointwise_elpd(res)
     if not np.all(np.isfinite(elpd_i)):
         bad_units = [u for u, e in zip(units, elpd_i) if not np.isfinite(e)]
