@@ -130,11 +130,11 @@ def svi_config(model: str, *, guide: str | None = None, **options) -> Callable[.
     return run
 
 
-def default_config(model: str, *, noise: bool = False) -> Callable[..., Predicted]:
+def default_config(model: str, *, noise: bool = False, **options) -> Callable[..., Predicted]:
     """A configuration fitting a registered model by ``sm.fit``, the default (NUTS or SVI chosen from the design).
 
     ``noise=True``: with the measurement error the task provides (``fold.meta["noise"]``, e.g. a
-    prior from technical replicates); not applicable to tasks without one.
+    prior from technical replicates); not applicable to tasks without one. ``options``: model options.
     """
 
     def run(fold, *, seed, budget):
@@ -147,15 +147,16 @@ def default_config(model: str, *, noise: bool = False) -> Callable[..., Predicte
             train = train.with_noise(fold.meta["noise"])
         t0 = time.perf_counter()
         fit = sm.fit(REGISTRY[model], train, rng_key=seed, num_steps=budget.num_steps, num_warmup=budget.num_warmup,
-                     num_samples=budget.num_samples // 2 if sm.choose_method(REGISTRY[model], train)[0] == "nuts"
-                     else budget.num_samples, progress_bar=False)
+                     num_samples=budget.num_samples // 2 if sm.choose_method(REGISTRY[model], train, **options)[0] == "nuts"
+                     else budget.num_samples, progress_bar=False, **options)
         seconds = time.perf_counter() - t0
         info = {"method": fit.method}
         if fit.method == "nuts":
             info["divergences"] = int(np.asarray(fit.sample_stats["diverging"]).sum())
         return predict_labels(fit, fold, seed=seed, seconds=seconds, info=info)
 
-    run.__doc__ = f"{model} fitted by sm.fit (the default: NUTS or SVI from the design){' + task noise model' if noise else ''}."
+    run.__doc__ = (f"{model} fitted by sm.fit (the default: NUTS or SVI from the design)"
+                   f"{' + task noise model' if noise else ''}{f' with {options}' if options else ''}.")
     return run
 
 
@@ -184,6 +185,14 @@ for _name, _fn in {
     "additive/nuts": nuts_config("additive"),
     "linear_steady_state/default": default_config("linear_steady_state"),
     "production_decay/default": default_config("production_decay"),
+    "latent_programs/default": default_config("latent_programs"),
+    # the steady-state models' residual before session 17: a fresh misfit per condition (``residual=True``)
+    "linear_steady_state/condition-residual": default_config("linear_steady_state", residual=True),
+    "production_decay/condition-residual": default_config("production_decay", residual=True),
+    "latent_programs/condition-residual": default_config("latent_programs", residual=True),
+    "linear_steady_state/population-residual": default_config("linear_steady_state", residual="population"),
+    "production_decay/population-residual": default_config("production_decay", residual="population"),
+    "latent_programs/population-residual": default_config("latent_programs", residual="population"),
 }.items():
     register_model(_name)(_fn)
 

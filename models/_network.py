@@ -53,8 +53,8 @@ class SharedOptions:
 
     ``efficacy_prior_scale``, ``direct_prior_scale``, ``variant_of`` and ``shared_gene_index`` (from
     :func:`shared_targets`), ``direct_mask`` (from :func:`target_gene_mask`): the edits
-    (:func:`target_log_scales`); ``residual`` (``True``, ``False``, ``"population"``), ``embedding``,
-    ``gene_embedding``, ``effect_programs``: the misfit of the dynamics (:func:`residual`).
+    (:func:`target_log_scales`); ``residual`` (``"population"``, the default, ``True``, ``False``),
+    ``embedding``, ``gene_embedding``, ``effect_programs``: the misfit of the dynamics (:func:`residual`).
     """
 
     efficacy_prior_scale: float = 1.5
@@ -62,7 +62,7 @@ class SharedOptions:
     variant_of: Any = None
     shared_gene_index: Any = None
     direct_mask: Any = None
-    residual: bool | str = True
+    residual: bool | str = "population"
     embedding: Any = None
     gene_embedding: Any = None
     effect_programs: int = 2
@@ -418,28 +418,48 @@ def guide_own_entries(data, variant_of=None, shared_gene_index=None):
     return (g[:, None] == np.arange(data["n_genes"])[None, :]) & (g >= 0)[:, None]
 
 
+def own_gene_onehot(data, variant_of=None, shared_gene_index=None):
+    """``(targets, genes)`` 0/1: the gene each target edits, a guide's gene included (``variant_of``).
+
+    :func:`target_gene_onehot` plus, for a target that is a variant (a guide) of a modelled gene,
+    that gene: the population misfit (:func:`residual`) leaves it to the guide's efficacy.
+    """
+    var, sgi = _variants(data, variant_of, shared_gene_index)
+    if var is None:
+        return target_gene_onehot(data)
+    tgi = np.asarray(data["target_gene_index"])
+    gene = np.where(var >= 0, sgi[np.maximum(var, 0)], tgi)
+    return target_gene_onehot(data, gene_index=gene)
+
+
 def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, exclude=None, mode=True, embedding=None,
-             gene_embedding=None, effect_programs: int = 2):
-    """Per-perturbation misfit of the dynamics (non-control rows), learned from training conditions.
+             gene_embedding=None, effect_programs: int = 2, own=None):
+    """The misfit of the dynamics, learned from training conditions (non-control rows).
 
-    Sites ``residual_scale`` (), ``residual_sd`` (genes), ``residual_z`` (perturbations x genes):
-    an unseen condition gets a fresh draw, so its interval includes the misfit seen in training.
-    ``exclude`` (perturbations x genes, bool) marks entries without a residual
-    (:func:`guide_own_entries`).
+    ``mode="population"`` (the steady-state models' default, option ``residual="population"``): the
+    misfit is a per-target effect from a learned effect population
+    (:func:`semimech.models._effects.target_effects`: shared mean response, ``effect_programs``
+    programs, optional ``embedding`` regression, deviations), summed over a condition's targets, so
+    it composes as the edits do. An unseen combination of seen targets gets its targets' misfits;
+    an unseen target gets the part of the response the dynamics do not explain — most knockouts of
+    one screen share a large common response — from the population. A target's own gene (``own``,
+    targets x genes 0/1: :func:`own_gene_onehot`) is left to its efficacy.
 
-    ``mode="population"`` (the model option ``residual="population"``): the misfit is a per-target
-    effect from a learned effect population (:func:`semimech.models._effects.target_effects`:
-    shared mean response, ``effect_programs`` programs, optional ``embedding`` regression,
-    deviations), summed over a condition's targets. An unseen target then gets the part of the
-    response the dynamics do not explain — most knockouts of one screen share a large common
-    response — from the population. A gene target's own gene is left to its efficacy.
+    ``mode=True``: a fresh misfit per perturbed condition. Sites ``residual_scale`` (),
+    ``residual_sd`` (genes), ``residual_z`` (perturbations x genes): an unseen condition gets a
+    fresh draw, so its interval includes the misfit seen in training, but nothing of its targets'
+    misfits. ``exclude`` (perturbations x genes, bool) marks entries without one
+    (:func:`guide_own_entries`). A per-condition misfit can explain every training condition on its
+    own: on Norman 2019 doubles (session 17) fits that let it do so (the dynamics' edits near
+    zero) predicted every unseen double as the control, in 3 of 6 production_decay fits and in
+    every latent_programs fit (``benchmarks/RESULTS_compare.md``).
     """
     if mode == "population":
         from semimech.models import _effects
 
         eff = _effects.target_effects(data, genes_plate, unit=unit, prior_scale=scale, n_programs=effect_programs,
                                       embedding=embedding, gene_embedding=gene_embedding)
-        eff = eff * (1.0 - target_gene_onehot(data))
+        eff = eff * (1.0 - (target_gene_onehot(data) if own is None else own))
         return loc_p + jnp.asarray(data["target_matrix"]) @ eff
     if mode is not True:
         raise DesignError(f"residual must be True, False or 'population', got {mode!r}.")
@@ -473,7 +493,8 @@ def observe(loc_p, noise, data, genes_plate, opts: SharedOptions, *, likelihood:
     if opts.residual:
         loc_p = residual(loc_p, data, genes_plate, unit=unit, mode=opts.residual, embedding=opts.embedding,
                          gene_embedding=opts.gene_embedding, effect_programs=opts.effect_programs,
-                         exclude=guide_own_entries(data, opts.variant_of, opts.shared_gene_index))
+                         exclude=guide_own_entries(data, opts.variant_of, opts.shared_gene_index),
+                         own=own_gene_onehot(data, opts.variant_of, opts.shared_gene_index))
     with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes_plate:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
     observe_conditions(loc_p, noise, data, genes_plate, likelihood=likelihood, y=y)

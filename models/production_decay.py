@@ -38,13 +38,15 @@ shared_z, guide_sd, context_sd
     Only with ``variant_of``/``shared_gene_index``: the effect shared by a target's variants (guides
     of a gene, one drug across contexts) and their spread, see
     :func:`semimech.models._network.target_log_scales`.
-residual_scale, residual_sd, residual_z
-    Misfit of the dynamics per perturbed condition (``residual=True``).
 effect_mean, program_scale, program_loadings, program_z, embedding_scale, embedding_coef, effect_scale,
 effect_sd, effect_z
-    With ``residual="population"`` instead: the misfit is a per-target effect from a learned population
-    (:mod:`semimech.models._effects`; ``effect_programs``, ``embedding``), so an unseen target gets the
-    response the dynamics do not explain from it (see :func:`semimech.models._network.residual`).
+    The misfit of the dynamics (``residual="population"``, the default): a per-target effect from a learned
+    population (:mod:`semimech.models._effects`; ``effect_programs``, ``embedding``), so an unseen target
+    gets the response the dynamics do not explain from it, and a combination its targets' misfits summed
+    (see :func:`semimech.models._network.residual`).
+residual_scale, residual_sd, residual_z
+    With ``residual=True`` instead: a fresh misfit per perturbed condition (the default until 2026-12-06;
+    an unseen combination then gets none of its targets' misfits).
 ok_fraction : (), deterministic
     Fraction of conditions whose steady-state solve converged.
 mean : (perturbations, genes), deterministic

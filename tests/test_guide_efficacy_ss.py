@@ -50,14 +50,15 @@ def _truth(design, efficacies):
     return opts, {"w_scale": np.float32(1.0), "w_local": np.ones((n, n), np.float32), "w_z": wz,
                   "control_state": np.ones(n, np.float32), "efficacy_loc": np.float32(0.0),
                   "efficacy_sd": np.float32(1.0), "guide_sd": np.float32(1.0), "shared_z": shared, "target_z": tz,
-                  "noise_sd": np.full(n, 0.3, np.float32), "residual_scale": np.float32(1e-4)}
+                  "noise_sd": np.full(n, 0.3, np.float32)}
 
 
 def _simulate(efficacies, *, n_cells=60, seed=0):
     frame, scaffold = _scaffold(efficacies, n_cells)
     opts, truth = _truth(scaffold, efficacies)
     model = handlers.condition(linear_steady_state.model, data=truth)
-    pred = Predictive(lambda data, y=None: model(data, y=y, **opts), num_samples=1, return_sites=["y"])
+    pred = Predictive(lambda data, y=None: model(data, y=y, residual=False, **opts), num_samples=1,
+                      return_sites=["y"])
     frame[GENES] = np.asarray(pred(jax.random.PRNGKey(seed), scaffold.model_data())["y"][0])
     return sm.Design.from_frame(frame, readouts=GENES, perturbation_key="perturbation", control="control")
 

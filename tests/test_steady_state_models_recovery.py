@@ -30,7 +30,7 @@ def _true_sites():
     np.fill_diagonal(tz, -1.5)  # knockdown: production x exp(-1.5) = 0.22
     return {"w_scale": np.float32(1.0), "w_local": np.ones((6, 6), np.float32), "w_z": wz,
             "control_state": np.ones(6, np.float32), "efficacy_loc": np.float32(0.0), "efficacy_sd": np.float32(1.0),
-            "target_z": tz, "noise_sd": np.full(6, 0.3, np.float32), "residual_scale": np.float32(1e-4)}, wz
+            "target_z": tz, "noise_sd": np.full(6, 0.3, np.float32)}, wz
 
 
 def _simulate(rng_key, n_cells=40):
@@ -40,9 +40,10 @@ def _simulate(rng_key, n_cells=40):
     frame["perturbation"] = labels
     scaffold = sm.Design.from_frame(frame, readouts=GENES, perturbation_key="perturbation", control="control")
     truth, wz = _true_sites()
-    # the package's own generator: the model with its latent sites fixed at the truth
+    # the package's own generator: the model with its latent sites fixed at the truth, no misfit
     model = handlers.condition(linear_steady_state.model, data=truth)
-    y = Predictive(model, num_samples=1, return_sites=["y"])(rng_key, scaffold.model_data())["y"][0]
+    y = Predictive(lambda data: model(data, residual=False), num_samples=1, return_sites=["y"])(
+        rng_key, scaffold.model_data())["y"][0]
     frame[GENES] = np.asarray(y)
     return frame, wz
 

@@ -20,6 +20,9 @@ def target_sources(fit, pdesign, seen: set[str]) -> dict[str, str]:
     information (an embedding) covers it. ``network``: unseen, a modelled gene of a model that
     propagates edits through a learned network (its efficacy still comes from the population).
     ``population``: unseen, its effect is a draw from the learned population of target effects.
+    A variant (``variant_of``: a guide of a gene) never perturbed in training whose shared target has
+    a perturbed variant is ``data``: its gene's shared effect is learned, its own deviation comes
+    from the variants' spread.
     """
     data = pdesign.model_data()
     hook = getattr(fit.spec, "side_information", None)
@@ -28,9 +31,10 @@ def target_sources(fit, pdesign, seen: set[str]) -> dict[str, str]:
 
     network = is_steady_state_model(fit.spec)
     gene_of = np.asarray(data["target_gene_index"])
+    shared_seen = _shared_seen(fit, data, pdesign.targets, seen)
     out = {}
     for i, t in enumerate(pdesign.targets):
-        if t in seen:
+        if t in seen or shared_seen[i]:
             out[t] = "data"
         elif covered[i]:
             out[t] = "side information"
@@ -39,6 +43,18 @@ def target_sources(fit, pdesign, seen: set[str]) -> dict[str, str]:
         else:
             out[t] = "population"
     return out
+
+
+def _shared_seen(fit, data, targets, seen: set[str]) -> np.ndarray:
+    """``(targets,)`` bool: a variant whose shared target (``variant_of``) has a variant perturbed in training."""
+    opts = fit.options
+    if opts.get("variant_of") is None or opts.get("shared_gene_index") is None:
+        return np.zeros(len(targets), dtype=bool)
+    from semimech.models._network import _variants
+
+    var, _ = _variants(data, opts["variant_of"], opts["shared_gene_index"])
+    groups = {int(v) for t, v in zip(targets, var) if t in seen and v >= 0}
+    return np.array([int(v) in groups for v in var], dtype=bool)
 
 
 def condition_sources(fit, pdesign, labels, seen: set[str]) -> pd.DataFrame:
