@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -249,3 +251,39 @@ def test_shared_options_are_in_the_models_signatures():
     # the call still rejects an unknown option with the interpreter's text
     with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_option'"):
         net.shared_options({"no_such_option": 1})
+
+
+@pytest.mark.parametrize("spec", [linear_steady_state.SPEC, production_decay.SPEC], ids=lambda s: s.name)
+def test_a_combination_gets_its_targets_misfits_and_not_a_fresh_one(spec):
+    """Known answer: with the default ``residual="population"`` the misfit of a double is the sum of
+    its targets' misfits (the rows' means minus the same draw's dynamics alone: AB = A + B). Negative
+    control: the per-condition misfit (``residual=True``) gives the double a draw of its own."""
+    from numpyro import handlers
+    from numpyro.infer import Predictive
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["control", "dA", "dB", "dA+dB"], 5)
+    frame = pd.DataFrame(rng.normal(2.0, 0.3, (len(labels), 4)), columns=["g0", "g1", "g2", "g3"])
+    d = sm.Design.from_frame(frame.assign(p=labels), readouts=["g0", "g1", "g2", "g3"], perturbation_key="p",
+                             control="control").pseudobulk()
+    data = d.model_data()
+    row = {p: d.perturbations.index(p) for p in d.perturbations}
+
+    def misfits(residual, zero_sites):
+        model = functools.partial(spec.model, residual=residual)
+        draw = {k: v[0] for k, v in Predictive(model, num_samples=1)(jax.random.PRNGKey(3), data).items()
+                if k not in ("y", "mean")}
+        means = []
+        for zero in (False, True):  # with the misfit, then the same draw's dynamics alone
+            sub = {k: (np.zeros_like(v) if zero and k in zero_sites else v) for k, v in draw.items()}
+            tr = handlers.trace(handlers.seed(handlers.condition(model, sub), 0)).get_trace(data)
+            means.append(np.asarray(tr["mean"]["value"]))
+        m = means[0] - means[1]
+        return {p: m[i] for p, i in row.items()}
+
+    pop = misfits("population", ("effect_mean", "program_z", "effect_z"))
+    np.testing.assert_allclose(pop["control"], 0.0, atol=1e-6)
+    assert np.abs(pop["dA"]).max() > 0.05 and np.abs(pop["dB"]).max() > 0.05
+    np.testing.assert_allclose(pop["dA+dB"], pop["dA"] + pop["dB"], atol=1e-4)
+    per_condition = misfits(True, ("residual_z",))
+    assert np.abs(per_condition["dA+dB"] - per_condition["dA"] - per_condition["dB"]).max() > 0.05
