@@ -23,7 +23,11 @@ def test_latent_programs_fit_predict_unseen_gene_and_combination():
     d = sm.Design.from_frame(frame, readouts=genes, perturbation_key="perturbation", control="control").pseudobulk()
     fit = sm.fit_svi(latent_programs.SPEC, d, rng_key=0, num_steps=300, num_samples=40, progress_bar=False,
                      n_programs=2)
-    assert np.all(fit.flat("ok_fraction") == 1.0)
+    # mean-field draws can leave the region the failed-solve factor keeps the fit in: 0-2 of 200 draws at 300 steps,
+    # with either misfit (session 17); they are counted, not hidden
+    solved = fit.flat("ok_fraction") == 1.0
+    assert solved.mean() >= 0.95
+    assert fit.diagnostics()["solved_draws"] == pytest.approx(solved.mean())
     assert fit.dims["loadings_z"] == ("programs", "genes")
     p = sm.predict(fit, ["control", "g4", "g4+drugX", "g0+g1"], rng_key=1)
     m = p.draws["mean"]
