@@ -400,6 +400,23 @@ def test_unseen_targets_of_each_unit(design):
     assert found == {u: (("T1",) if u == "T0+T1" else ()) for u in units}
 
 
+def test_a_note_says_when_a_first_ranked_models_point_is_far_worse():
+    """Known answer: a model tied first by CRPS whose cross-validated L2 is 1.39x the best's (Sachs, session 17) gets
+    a note naming both L2s. Negative controls: within POINT_GAP, a model not ranked first, the best itself."""
+    import pandas as pd
+
+    from semimech.evaluate.compare import POINT_GAP, point_gap_notes
+
+    table = pd.DataFrame({"rank": [1, 1, 1, 4], "cv_l2": [3.100, 4.306, 3.119, 9.0]},
+                         index=["signalling_network", "production_decay", "linear_steady_state", "additive"])
+    notes = point_gap_notes(table, rank_by="crps")
+    assert set(notes) == {"production_decay"}
+    assert "1.39x" in notes["production_decay"] and "4.306 against 3.100, signalling_network" in notes["production_decay"]
+    table.loc["production_decay", "cv_l2"] = 3.100 * POINT_GAP * 0.99
+    assert point_gap_notes(table, rank_by="crps") == {}
+    assert point_gap_notes(table.iloc[:1], rank_by="crps") == {}
+
+
 def test_a_note_says_when_a_folds_refits_disagree():
     """Refits whose held-out L2 differ by more than REFIT_DISAGREEMENT get a note; close ones (the negative control),
     a single refit, or no record get none."""
