@@ -164,7 +164,10 @@ if names:
 #   answer: the evidence cannot separate them, so it ranks none above another. Read the points as
 #   a hint, not a ranking: latent_programs' CRPS lead over additive (1.412 vs 1.422) is well inside
 #   two standard errors of their paired difference.
-# - Each model's 3 refits agree (their held-out L2 within 1.12x), so no note fires. Until
+# - signalling_network's line carries a note: tied first by CRPS, but its cross-validated L2 is 1.34x the
+#   best's (0.473 against 0.353): its intervals, not its point predictions, earn the tie; held out it is
+#   the worst of the five by point (0.479), which the held out's own 2-SE rule cannot separate either.
+# - Each model's 3 refits agree (their held-out L2 within 1.12x), so no refit note fires. Until
 #   2026-12-06 the steady-state models' misfit was a fresh draw per condition, and fits that let it
 #   explain every single on its own predicted each unseen double as the control (production_decay
 #   in 3 of 6 fits, latent_programs in all: held-out L2 0.8-1.4); their misfit is now a per-target
