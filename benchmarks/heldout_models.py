@@ -190,9 +190,6 @@ for _name, _fn in {
     "linear_steady_state/condition-residual": default_config("linear_steady_state", residual=True),
     "production_decay/condition-residual": default_config("production_decay", residual=True),
     "latent_programs/condition-residual": default_config("latent_programs", residual=True),
-    "linear_steady_state/population-residual": default_config("linear_steady_state", residual="population"),
-    "production_decay/population-residual": default_config("production_decay", residual="population"),
-    "latent_programs/population-residual": default_config("latent_programs", residual="population"),
 }.items():
     register_model(_name)(_fn)
 

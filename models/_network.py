@@ -401,6 +401,14 @@ def target_gene_mask(design, target_genes) -> np.ndarray:
     return mask
 
 
+def _variant_gene(data, variant_of, shared_gene_index):
+    """``(targets,)``: the gene column of each variant's shared target (-1 for the rest), or None without variants."""
+    var, sgi = _variants(data, variant_of, shared_gene_index)
+    if var is None:
+        return None
+    return np.where(var >= 0, sgi[np.maximum(var, 0)], -1)
+
+
 def guide_own_entries(data, variant_of=None, shared_gene_index=None):
     """``(perturbations, genes)`` bool: a single guide's own gene (None unless guides are given).
 
@@ -408,10 +416,9 @@ def guide_own_entries(data, variant_of=None, shared_gene_index=None):
     leaves that entry out: otherwise the two are confounded and the residual absorbs the
     guide-to-guide spread (``guide_sd`` collapses, an unseen guide's interval is too narrow).
     """
-    var, sgi = _variants(data, variant_of, shared_gene_index)
-    if var is None:
+    gene = _variant_gene(data, variant_of, shared_gene_index)
+    if gene is None:
         return None
-    gene = np.where(var >= 0, sgi[np.maximum(var, 0)], -1)
     tm = np.asarray(data["target_matrix"]) > 0
     single = tm.sum(1) == 1
     g = np.where(single, gene[np.argmax(tm, axis=1)], -1)
@@ -424,16 +431,14 @@ def own_gene_onehot(data, variant_of=None, shared_gene_index=None):
     :func:`target_gene_onehot` plus, for a target that is a variant (a guide) of a modelled gene,
     that gene: the population misfit (:func:`residual`) leaves it to the guide's efficacy.
     """
-    var, sgi = _variants(data, variant_of, shared_gene_index)
-    if var is None:
+    gene = _variant_gene(data, variant_of, shared_gene_index)
+    if gene is None:
         return target_gene_onehot(data)
-    tgi = np.asarray(data["target_gene_index"])
-    gene = np.where(var >= 0, sgi[np.maximum(var, 0)], tgi)
-    return target_gene_onehot(data, gene_index=gene)
+    return target_gene_onehot(data, gene_index=np.where(gene >= 0, gene, np.asarray(data["target_gene_index"])))
 
 
-def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, exclude=None, mode=True, embedding=None,
-             gene_embedding=None, effect_programs: int = 2, own=None):
+def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, mode=True, embedding=None,
+             gene_embedding=None, effect_programs: int = 2, variant_of=None, shared_gene_index=None):
     """The misfit of the dynamics, learned from training conditions (non-control rows).
 
     ``mode="population"`` (the steady-state models' default, option ``residual="population"``): the
@@ -442,14 +447,14 @@ def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, exclude=None
     programs, optional ``embedding`` regression, deviations), summed over a condition's targets, so
     it composes as the edits do. An unseen combination of seen targets gets its targets' misfits;
     an unseen target gets the part of the response the dynamics do not explain — most knockouts of
-    one screen share a large common response — from the population. A target's own gene (``own``,
-    targets x genes 0/1: :func:`own_gene_onehot`) is left to its efficacy.
+    one screen share a large common response — from the population. A target's own gene (a guide's:
+    its gene, given ``variant_of`` and ``shared_gene_index``; :func:`own_gene_onehot`) is left to its
+    efficacy.
 
     ``mode=True``: a fresh misfit per perturbed condition. Sites ``residual_scale`` (),
     ``residual_sd`` (genes), ``residual_z`` (perturbations x genes): an unseen condition gets a
     fresh draw, so its interval includes the misfit seen in training, but nothing of its targets'
-    misfits. ``exclude`` (perturbations x genes, bool) marks entries without one
-    (:func:`guide_own_entries`). A per-condition misfit can explain every training condition on its
+    misfits. A single guide's own gene has none (:func:`guide_own_entries`). A per-condition misfit can explain every training condition on its
     own: on Norman 2019 doubles (session 17) fits that let it do so (the dynamics' edits near
     zero) predicted every unseen double as the control, in 3 of 6 production_decay fits and in
     every latent_programs fit (``benchmarks/RESULTS_compare.md``). Where each condition edits one
@@ -463,7 +468,7 @@ def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, exclude=None
 
         eff = _effects.target_effects(data, genes_plate, unit=unit, prior_scale=scale, n_programs=effect_programs,
                                       embedding=embedding, gene_embedding=gene_embedding)
-        eff = eff * (1.0 - (target_gene_onehot(data) if own is None else own))
+        eff = eff * (1.0 - own_gene_onehot(data, variant_of, shared_gene_index))
         return loc_p + jnp.asarray(data["target_matrix"]) @ eff
     if mode is not True:
         raise DesignError(f"residual must be True, False or 'population', got {mode!r}.")
@@ -474,6 +479,7 @@ def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, exclude=None
     with numpyro.plate("perturbations", n_pert, dim=-2), genes_plate:
         rz = numpyro.sample("residual_z", dist.Normal(0.0, 1.0))
     perturbed = (jnp.asarray(data["target_matrix"]).sum(1) > 0)[:, None]
+    exclude = guide_own_entries(data, variant_of, shared_gene_index)
     if exclude is not None:
         perturbed = perturbed & ~jnp.asarray(exclude)
     return loc_p + jnp.where(perturbed, rsd * rz, 0.0)
@@ -497,8 +503,7 @@ def observe(loc_p, noise, data, genes_plate, opts: SharedOptions, *, likelihood:
     if opts.residual:
         loc_p = residual(loc_p, data, genes_plate, unit=unit, mode=opts.residual, embedding=opts.embedding,
                          gene_embedding=opts.gene_embedding, effect_programs=opts.effect_programs,
-                         exclude=guide_own_entries(data, opts.variant_of, opts.shared_gene_index),
-                         own=own_gene_onehot(data, opts.variant_of, opts.shared_gene_index))
+                         variant_of=opts.variant_of, shared_gene_index=opts.shared_gene_index)
     with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes_plate:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
     observe_conditions(loc_p, noise, data, genes_plate, likelihood=likelihood, y=y)

@@ -398,8 +398,7 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
             values = {n: -getattr(cv, rank_by) for n, cv in cvs.items()
                       if getattr(cv, rank_by) is not None and np.all(np.isfinite(getattr(cv, rank_by)))}
             for name in set(cvs) - set(values):
-                table.loc[name, "note"] = "; ".join(filter(None, [table.loc[name, "note"], f"not ranked: no {rank_by} "
-                                                               "for every unit (raise max_pit_rows)"]))
+                _append_note(table, name, f"not ranked: no {rank_by} for every unit (raise max_pit_rows)")
         if rank_by != "elpd":  # differences of per-unit means (the column's scale): same ranks as of sums
             values = {n: v / len(v) for n, v in values.items()}
         rank, ties, above = _ranks(values, tie_se)
@@ -412,10 +411,15 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
             table.loc[next(iter(values)), "note"] = "the only model that could be scored: nothing to rank it against"
         elif rank_by != "l2":
             for name, note in point_gap_notes(table.loc[list(values)], rank_by=rank_by).items():
-                table.loc[name, "note"] = "; ".join(filter(None, [table.loc[name, "note"], note]))
+                _append_note(table, name, note)
     out = _tidy(table, has_test=test is not None, rank_by=rank_by)
     out.attrs.update({"rank_by": rank_by, "score": score, "cross_validations": cvs})
     return out
+
+
+def _append_note(table: pd.DataFrame, name: str, note: str) -> None:
+    """Add ``note`` to model ``name``'s notes (``"; "``-separated)."""
+    table.loc[name, "note"] = "; ".join(filter(None, [table.loc[name, "note"], note]))
 
 
 #: Refits of one fold whose held-out L2 differ by more than this factor are reported as disagreeing.
