@@ -122,17 +122,102 @@ def test_the_population_warning_is_emitted_once_per_call(structured):
     assert pred.sources.parts.iloc[2] == "T00: population; T07: data"
 
 
+def _unseen_nuts(shared: bool, *, seed: int, n_targets: int, held: int):
+    """As :func:`_unseen` but by NUTS (1 chain, 500 warm-up + 500 draws)."""
+    train, held_out, truth = _split(shared, seed=seed, n_targets=n_targets, held=held)
+    fit = sm.fit_nuts(additive.SPEC, train.pseudobulk(), rng_key=seed, num_warmup=500, num_samples=500, num_chains=1,
+                      progress_bar=False, effect_programs=1)
+    with pytest.warns(PopulationOnlyWarning, match="population"):
+        pred = sm.predict(fit, ["control"] + held_out, rng_key=seed + 1)
+    draws = pred.draws["mean"][:, 1:] - pred.draws["mean"][:, :1]
+    return {"draws": draws, "true": np.array([truth[t] for t in held_out])}
+
+
+def _pooled_coverage(method: str, shared: bool, screens: int = 8) -> float:
+    inside = []
+    for seed in range(screens):
+        if method == "nuts":
+            out = _unseen_nuts(shared=shared, seed=seed, n_targets=24, held=6)
+        else:
+            out = _unseen(shared=shared, seed=seed, n_targets=24, held=6, steps=3000)
+        lo, hi = np.quantile(out["draws"], [0.05, 0.95], axis=0)
+        inside.append((out["true"] >= lo) & (out["true"] <= hi))
+    return float(np.mean(np.concatenate(inside)))
+
+
+def _exact_coverage(shared: bool, screens: int = 8) -> float:
+    """90% coverage of the held-out targets by the exact posterior of the simulation's own model (NUTS on a
+    hand-written NumPyro model of the pseudobulk means: control, shared mean, per-gene deviation sd with this
+    package's priors, the known noise sd 1): the best any posterior of this kind can do on these screens."""
+    import jax
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC, NUTS
+
+    inside = []
+    for seed in range(screens):
+        train, held_out, truth = _split(shared, seed=seed, n_targets=24, held=6)
+        labels = np.asarray(train.perturbations)[train.perturbation_index]
+        y = np.asarray(train.y, dtype=float)
+        ctrl, seen = y[labels == "control"].mean(0), y[labels != "control"]
+        seen_labels = labels[labels != "control"]
+        names = sorted(set(seen_labels))
+        means = np.stack([seen[seen_labels == v].mean(0) for v in names])
+        counts = np.array([np.sum(seen_labels == v) for v in names])[:, None]
+        n_ctrl = np.sum(labels == "control")
+
+        def model():
+            c = numpyro.sample("c", dist.Normal(0.0, 2.0).expand([6]))
+            m = numpyro.sample("m", dist.Normal(0.0, 2.0).expand([6]))
+            dev = numpyro.sample("s", dist.HalfNormal(0.5)) * numpyro.sample("sd", dist.HalfNormal(1.0).expand([6]))
+            numpyro.deterministic("dev", dev)
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand(list(means.shape)))
+            numpyro.sample("yc", dist.Normal(c, 1.0 / np.sqrt(n_ctrl)), obs=ctrl)
+            numpyro.sample("y", dist.Normal(c + m + dev * z, 1.0 / np.sqrt(counts)), obs=means)
+
+        mcmc = MCMC(NUTS(model), num_warmup=500, num_samples=1000, progress_bar=False)
+        mcmc.run(jax.random.PRNGKey(seed))
+        post = mcmc.get_samples()
+        z_new = np.random.default_rng(seed).normal(size=(post["m"].shape[0], len(held_out), 6))
+        draws = np.asarray(post["m"])[:, None, :] + np.asarray(post["dev"])[:, None, :] * z_new
+        true = np.array([truth[t] for t in held_out])
+        lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
+        inside.append((true >= lo) & (true <= hi))
+    return float(np.mean(np.concatenate(inside)))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False])
 def test_unseen_target_coverage_is_nominal_over_replicate_screens(shared):
-    """Pooled over 4 simulated screens (4 x 6 held-out targets x 6 genes): 90% coverage 0.8-0.97."""
-    inside = []
-    for seed in range(4):
-        out = _unseen(shared=shared, seed=seed, n_targets=24, held=6, steps=3000)
-        draws, true = out["draws"], out["true"]
-        lo, hi = np.quantile(draws, [0.05, 0.95], axis=0)
-        inside.append((true >= lo) & (true <= hi))
-    cov = np.mean(np.concatenate(inside))
+    """Pooled over 8 simulated screens (8 x 6 held-out targets x 6 genes), the model's posterior (NUTS): 90%
+    coverage 0.8-0.97.
+
+    Why 8 screens and what the known answer is: with 40 cells per pseudobulk the deviations (sd 0.15) are no
+    larger than a target's noise (0.16), so one screen's 18 seen targets leave their spread uncertain and a
+    screen's 36 held-out entries miss together. The exact posterior of the simulation's own model
+    (:func:`_exact_coverage`) covers 0.69 / 0.72 / 0.78 / 0.83 / 0.89 / 0.86 / 0.86 / 0.89 on screens 0-7
+    (session 18): 0.76 over the first 4, the old form of this test, which no posterior could pass; 0.81 over
+    8 (0.88 without population structure). This model by NUTS: 0.82 and 0.89, and must stay within 0.05 of the
+    exact posterior. Negative control (in
+    ``test_unseen_target_without_population_structure_gets_wide_honest_intervals``): the structured screen's
+    interval widths around the same centres miss most of an unstructured screen; and mean-field SVI's 0.75
+    (``test_unseen_target_coverage_by_svi_is_nominal_over_replicate_screens``) fails the same bounds.
+    """
+    cov = _pooled_coverage("nuts", shared)
+    assert 0.8 <= cov <= 0.97, cov
+    exact = _exact_coverage(shared)
+    assert abs(cov - exact) <= 0.05, (cov, exact)  # as calibrated as the exact posterior on the same screens
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="mean-field SVI under-covers unseen targets: 0.75 over the 8 screens where "
+                                       "NUTS on the same model covers 0.82 (issue 13); strict, so a fix shows up")
+def test_unseen_target_coverage_by_svi_is_nominal_over_replicate_screens():
+    """The same 8 structured screens fitted by ``fit_svi`` (AutoNormal, 3000 steps). Measured session 18:
+    0.58 / 0.67 / 0.75 / 0.75 / 0.83 / 0.83 / 0.81 / 0.81, pooled 0.75; ``guide="lowrank"`` 0.76; the
+    deviation sd pooled across genes 0.78 (0.785 with lowrank). The learned deviation sd is close to NUTS's;
+    the width lost is the posterior spread of the population's scales and centre."""
+    cov = _pooled_coverage("svi", True)
     assert 0.8 <= cov <= 0.97, cov
 
 
