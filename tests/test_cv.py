@@ -432,3 +432,27 @@ def test_a_note_says_when_a_folds_refits_disagree():
     assert refit_note(SimpleNamespace(refit_l2=())) == ""
     # the widest fold is the one named
     assert "0.200 to 0.900" in refit_note(SimpleNamespace(refit_l2=((0.4, 0.7), (0.2, 0.9))))
+
+
+def test_a_first_ranked_model_separated_on_points_ranks_below():
+    """Known answer: three models tied first by the score; one's per-unit L2 is worse than the best's on every unit
+    by ~0.5 with little spread (Sachs-like: 8 units), so it is separated on points and ranks 2, with the models it is
+    below and a note. Negative controls: a model worse on average but within 2 SE of the paired difference (noisy) stays
+    first; one unit gives no SE (no separation); a model lacking an L2 for a unit is left as ranked."""
+    from semimech.evaluate.compare import below_text, point_separation
+
+    rng = np.random.default_rng(0)
+    best = rng.uniform(2.5, 3.5, 8)
+    points = {"signalling_network": best, "production_decay": best + 0.5 + 0.05 * rng.normal(size=8),
+              "linear_steady_state": best + 0.3 * rng.normal(size=8)}
+    out = point_separation(points, 2.0)
+    assert set(out) == {"production_decay"}
+    below, note = out["production_decay"]
+    assert {b for b, _, _ in below} == {"signalling_network", "linear_steady_state"}
+    assert "separated on points" in note and ("signalling_network" in note or "linear_steady_state" in note)
+    assert "on points (SE" in below_text(below)
+    # negative controls
+    assert point_separation({"a": best, "b": best + 0.1 + 0.5 * rng.normal(size=8)}, 2.0) == {}
+    assert point_separation({"a": best[:1], "b": best[:1] + 5.0}, 2.0) == {}
+    assert point_separation({"a": best, "b": np.r_[best[:-1] + 5.0, np.nan]}, 2.0) == {}
+    assert point_separation({"a": best}, 2.0) == {}

@@ -11,7 +11,10 @@ refits. The models are then compared with arviz-stats (``arviz_stats.compare``: 
 from the best, their standard errors from the paired pointwise values, stacking weights), and
 ranked only where the evidence separates them: a model's rank is one plus the number of models
 whose score (CRPS by default, ``rank_by=``) is better by more than two standard errors of the
-paired per-unit difference, so models closer than that share a rank (a tie). A model that could
+paired per-unit difference, so models closer than that share a rank (a tie). Rank 1 also needs
+the point predictions: a model tied first by the score whose cross-validated L2 is worse than
+another first-ranked model's by more than two standard errors ranks below it (a proper score can
+tie a model first on its intervals alone, :func:`point_separation`). A model that could
 not be scored (its fit or a refit gives no finite log-likelihood) gets no rank and the reason.
 The table says which unit was left out, and how many left-out units hold a target that no other
 row has (their scores are about predicting an unseen target, whatever the unit's name).
@@ -305,7 +308,10 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
     pandas.DataFrame
         One row per model, best first; models that could not be scored last, with ``rank``
         missing (``<NA>``) and the reason in ``note``. Columns: ``model``, ``rank`` (1 + the
-        number of models better by more than ``tie_se`` SE), ``tied_with``, ``below`` (the models
+        number of models better by more than ``tie_se`` SE; with ``rank_by`` ``"crps"`` or ``"elpd"``,
+        a model tied first by the score but worse on points than another first-ranked model by more
+        than ``tie_se`` SE of the paired per-unit L2 ranks below it: :func:`point_separation`),
+        ``tied_with``, ``below`` (the models
         that separate it: better by more than ``tie_se`` SE, with the paired difference and its SE;
         ties are not transitive, so a model tied with the best can still rank 2), ``elpd_cv``,
         ``se``, ``elpd_diff`` and ``dse`` (vs the best, arviz-stats), ``weight`` (stacking),
@@ -407,6 +413,12 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
             table.loc[name, "rank"] = rank[name]
             table.loc[name, "tied_with"] = ", ".join(ties[name])
             table.loc[name, "below"] = "; ".join(f"{b} by {d:{fmt}} (SE {se:{fmt}})" for b, d, se in above[name])
+        if rank_by != "l2":
+            points = {n: cvs[n].l2 for n in values if rank[n] == 1}
+            for name, (below, note) in point_separation(points, tie_se).items():
+                table.loc[name, "rank"] = 1 + len(below)
+                table.loc[name, "below"] = "; ".join(filter(None, [table.loc[name, "below"], below_text(below)]))
+                _append_note(table, name, note)
         if len(values) == 1:
             table.loc[next(iter(values)), "note"] = "the only model that could be scored: nothing to rank it against"
         elif rank_by != "l2":
@@ -441,6 +453,42 @@ def refit_note(cv) -> str:
     return (f"its refits disagree: the held-out L2 of single refits of one fold ranges from {lo:.3f} to {hi:.3f} "
             "(fits landing in different optima); its score is that of their mixture, and with few refits it depends on "
             "how many land in each: pool more (refits=) before trusting its rank")
+
+
+def point_separation(points: Mapping, tie_se: float) -> dict[str, tuple[list, str]]:
+    """First-ranked models that the evidence separates on their predictive *mean* (``{model: (below, note)}``).
+
+    ``points``: model -> per-unit cross-validated L2 (``cv.l2``; lower is better) of the models
+    tied first by the ranking score. A proper score of the whole predictive (CRPS, log density)
+    can tie a model first on the strength of its intervals while its point predictions are the
+    worst: on Sachs 2005 (session 17) production_decay with the per-target misfit tied first by
+    CRPS while the held out separated it from the best by RMSE (1.553 against 1.169). A model
+    shares rank 1 only if the evidence separates it from no other first-ranked model on the
+    point error either: one whose per-unit L2 is worse than another first-ranked model's by
+    more than ``tie_se`` SE of the paired difference (:func:`_pairwise_se`, as for the score)
+    gets rank ``1 + the number of such models``, each listed in ``below`` with "on points".
+    Models without an L2 for every unit are left as ranked.
+    """
+    finite = {n: np.asarray(v, dtype=float) for n, v in points.items()
+              if v is not None and np.size(v) and np.all(np.isfinite(np.asarray(v, dtype=float)))}
+    if len(finite) < 2:
+        return {}
+    neg = {n: -v / v.size for n, v in finite.items()}   # higher is better, per-unit means
+    _, _, above = _ranks(neg, tie_se)
+    out = {}
+    for name, better in above.items():
+        if better:
+            best, diff, se = better[0]
+            out[name] = (better, f"tied first by the score, but separated on points: its cross-validated L2 is "
+                                 f"{finite[name].mean():.3f} against {finite[best].mean():.3f} ({best}), "
+                                 f"{diff / se:.1f} SE of the paired difference: ranked below the models it is "
+                                 "separated from")
+    return out
+
+
+def below_text(better) -> str:
+    """``below`` entries for models that separate one on points (per-unit mean L2)."""
+    return "; ".join(f"{b} by {d:.3f} on points (SE {se:.3f})" for b, d, se in better)
 
 
 #: A first-ranked model whose cross-validated L2 exceeds the best ranked model's by more than this factor gets a note.
