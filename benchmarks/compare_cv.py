@@ -45,6 +45,10 @@ factor-pairs`` drops the triple-inhibitor rows, so that a left-out pair is seen 
 ``--method auto`` fits each model as ``sm.fit`` chooses (NUTS for the additive model on this
 unreplicated design, SVI for the cut-posterior and steady-state models); refits take the same path.
 
+Sachs: every model with a ``residual`` option gets the per-condition misfit (``residual=True``, the
+signalling network's option there since session 8; the steady-state models predicted its unseen single targets
+better so, session 17); ``--default-misfit`` keeps the steady-state models' default per-target misfit.
+
 ``--restarts K`` (SVI): every fit is ``sm.fit_svi(..., restarts=K)``, the best of K runs by the final training
 loss; the comparison's refits inherit it (``semimech.evaluate.cv``), and the held-out values are computed (or read
 from ``--heldout-json``) under the configuration ``MODEL/svi (as compared, restarts=K)``: the same settings for the
@@ -150,9 +154,11 @@ def hepg2_factor_units(design, inhibitors) -> np.ndarray:
     return np.asarray(out, dtype=object)
 
 
-def model_options(task: str, name: str, design, *, train_rows=None) -> dict:
+def model_options(task: str, name: str, design, *, train_rows=None, default_misfit: bool = False) -> dict:
     """Model options per task: the signalling network's PKN (HepG2, Sachs), as in ``heldout_signalling.py``;
-    on Sachs the per-condition misfit (``residual=True``) of every model that has a ``residual`` option.
+    on Sachs the per-condition misfit (``residual=True``) of every model that has a ``residual`` option, or,
+    with ``default_misfit`` (``--default-misfit``), of the signalling network only (its option on this task
+    since session 8), the steady-state models keeping their default per-target misfit.
 
     The ``network`` option's readout centres and spreads come from ``train_rows`` only (the held-out
     task's training rows), so no held-out unit informs any fold's priors through them.
@@ -162,7 +168,8 @@ def model_options(task: str, name: str, design, *, train_rows=None) -> dict:
     from semimech.models import REGISTRY
 
     opts = {}
-    if task == "sachs_loco" and "residual" in inspect.signature(REGISTRY[name].model).parameters:
+    if (task == "sachs_loco" and "residual" in inspect.signature(REGISTRY[name].model).parameters
+            and (name == "signalling_network" or not default_misfit)):
         # each condition edits one target and every held-out target is unseen: the signalling network's misfit
         # per condition since session 8; the steady-state models' default per-target misfit predicted these
         # worse (session 17, RESULTS_compare.md)
@@ -393,7 +400,8 @@ def agreement(table, held: dict, *, higher_is_better: bool, held_per_condition: 
 def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means", steps: int, draws: int, refit_steps: int | None,
         heldout_json: str | None, heldout_steps: int, models, full: bool | str = False, method: str = "svi",
         heldout: dict | None = None, warm: bool = False, rank_by: str = "crps", fold_form: bool = True,
-        heldout_seeds: int = 3, seed: int = 0, restarts: int = 1, refits: int = 1, log=print) -> dict:
+        heldout_seeds: int = 3, seed: int = 0, restarts: int = 1, refits: int = 1, default_misfit: bool = False,
+        log=print) -> dict:
     task = ht.TASKS[task_name]
     folds = task.build(quick=False)
     design = comparison_design(task_name, folds, full=full)
@@ -410,11 +418,11 @@ def run(task_name: str, *, unit: str | None, k: int | None, score: str = "means"
     log(f"[{task_name}] comparison design {design}; unit {unit!r}; load {os.getloadavg()[0]:.1f}")
     result = {"task": task_name, "unit": unit, "score": score, "rank_by": rank_by, "design_kind": kind, "cold_refits": not warm, "design": repr(design), "metric": task.metric,
               "higher_is_better": task.higher_is_better, "method": method, "load_start": os.getloadavg()[0],
-              "fold_form_fits": fold_form, "restarts": restarts, "refits": refits}
+              "fold_form_fits": fold_form, "restarts": restarts, "refits": refits, "default_misfit": default_misfit}
     t0, c0 = time.time(), cpu_seconds()
     fits, fit_notes, fit_s = {}, {}, {}
     for name in models:
-        opts = model_options(task_name, name, design, train_rows=train_rows)
+        opts = model_options(task_name, name, design, train_rows=train_rows, default_misfit=default_misfit)
         t_m, c_m = time.time(), cpu_seconds()
         # an SVI fit with every row kept by a row mask is the same fit (the mask keeps all rows, the fold's
         # data-centred priors are the design's) compiled in the form of a cross-validation refit, so the
@@ -594,6 +602,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-fold-form", action="store_true",
                     help="fit without the all-rows row mask (the refits then compile their own programs: the "
                          "cost before session 9)")
+    ap.add_argument("--default-misfit", action="store_true",
+                    help="Sachs: the steady-state models keep their default per-target misfit (residual='population')")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.heldout_seeds < 1:
@@ -624,10 +634,12 @@ def main(argv=None) -> int:
             heldout_json=args.heldout_json, heldout_steps=args.heldout_steps or args.steps, models=args.models,
             full=args.design if args.design.startswith("factor") else args.design == "full", method=args.method,
             warm=args.warm and not args.cold, rank_by=args.rank_by, fold_form=not args.no_fold_form,
-            heldout_seeds=args.heldout_seeds, seed=args.seed, restarts=args.restarts, refits=args.refits, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
+            heldout_seeds=args.heldout_seeds, seed=args.seed, restarts=args.restarts, refits=args.refits,
+            default_misfit=args.default_misfit, heldout=None if args.heldout is None else {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.heldout})
     stem = (f"compare_{args.task}" + ("" if args.design == "train" else f"_{args.design}") + f"_{args.score}"
             + (f"_seed{args.seed}" if args.seed else "") + (f"_restarts{args.restarts}" if args.restarts > 1 else "")
-            + (f"_k{args.k}" if args.k else "") + (f"_refits{args.refits}" if args.refits > 1 else ""))
+            + (f"_k{args.k}" if args.k else "") + (f"_refits{args.refits}" if args.refits > 1 else "")
+            + ("_default-misfit" if args.default_misfit else ""))
     out = pathlib.Path(args.json or pathlib.Path(__file__).resolve().parent / "results" / f"{stem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(heldout._finite(r), indent=1, default=str))
