@@ -28,6 +28,8 @@
 # predictive distribution, in expression units, about the absolute error where the error is
 # large); the elpd (log score) is reported beside it. Models closer than two standard errors of
 # their paired per-unit difference share a rank: a tie means "the evidence cannot separate them".
+# Rank 1 also needs the point predictions: a model tied first by CRPS whose held-out L2 is worse
+# than another first-ranked model's by more than two standard errors ranks below it.
 #
 # Two things decide whether such a comparison can be trusted, and this notebook shows both:
 # 1. **The left-out unit must be the question.** Cross-validation can only ask about doubles of
@@ -152,7 +154,7 @@ if names:
           f"best {best:.3f}; all within 10%: {all(held[n]['l2'] <= 1.1 * best for n in first)}")
 
 # %% [markdown]
-# ## Reading (the full run, seed 0, 2026-12-06 session 17; `benchmarks/RESULTS_compare.md`)
+# ## Reading (the full run, seed 0, 2026-12-06 session 17, re-run in session 18 with the rank-1 point rule: the same table; `benchmarks/RESULTS_compare.md`)
 # - Held out (one fit each, seed 0), latent_programs and the additive model are best (L2 0.353 and
 #   0.355; the additive rule 0.444), then production_decay 0.391, linear_steady_state 0.416 and
 #   signalling_network 0.479. Over 6 seeds with the best of 3 runs per fit (RESULTS_compare.md
@@ -167,6 +169,9 @@ if names:
 # - signalling_network's line carries a note: tied first by CRPS, but its cross-validated L2 is 1.34x the
 #   best's (0.473 against 0.353): its intervals, not its point predictions, earn the tie; held out it is
 #   the worst of the five by point (0.479), which the held out's own 2-SE rule cannot separate either.
+#   Its point gap is within two standard errors over 5 doubles, so it keeps rank 1 (the rank-1 point
+#   rule demotes a model only where the evidence separates its points: on Sachs it demotes
+#   production_decay, `RESULTS_compare.md` session 18).
 # - Each model's 3 refits agree (their held-out L2 within 1.12x), so no refit note fires. Until
 #   2026-12-06 the steady-state models' misfit was a fresh draw per condition, and fits that let it
 #   explain every single on its own predicted each unseen double as the control (production_decay
