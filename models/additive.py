@@ -14,7 +14,7 @@ Sample sites
 baseline : (genes,)
     Control mean on the latent scale (data units for ``normal``, log rate for ``negbin``).
 effect_centre, effect_mean, program_scale, program_loadings, program_z,
-embedding_scale, embedding_coef, effect_scale, effect_sd, effect_z, knockdown_mean, knockdown_sd
+embedding_scale, embedding_coef, effect_scale, effect_sd, effect_z (effect_dev_z), knockdown_mean, knockdown_sd
     The effect population (``effects="population"``, the default for label designs): a shared mean response, ``effect_programs``
     programs, an optional embedding regression (side information) and per-target deviations, see
     :mod:`semimech.models._effects`. A target never perturbed in training draws its effect from it.
@@ -75,7 +75,8 @@ EFFECTS = ("population", "horseshoe")
 def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, effects: str | None = None,
           effect_programs: int = 2, effect_knockdown: bool = True, effect_tails: str = "normal",
           effect_predictive: str = "gaussian", effect_urn_concentration: float = 1.0,
-          effect_transfer: str = "learned", context_noise: bool | None = None, interactions: str = "horseshoe",
+          effect_deviation: str = "noncentred", effect_transfer: str = "learned", context_noise: bool | None = None,
+          interactions: str = "horseshoe",
           interaction_slab: float = 2.0,
           embedding=None, gene_embedding=None, y=None):
     """The additive perturbation model; see the module docstring for the sites.
@@ -98,6 +99,10 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     with probability ``n / (n + effect_urn_concentration)`` the departure of one of the ``n`` seen
     targets, jointly across genes, else a Gaussian draw; it assumes the unseen target is drawn like
     the seen ones; the fit is unchanged, see :mod:`semimech.models._effects`).
+    ``effect_deviation``: ``"noncentred"`` (default) or ``"centred"``: the target deviations' geometry
+    for the guide (the same model; centred, mean-field SVI keeps the population's spread and unseen
+    targets' intervals their coverage on simulated screens, see ``effect_dev_z`` in
+    :mod:`semimech.models._effects`).
     ``effect_transfer`` (designs with contexts and the effect population): ``"learned"`` (default:
     the mean response's correlation between contexts is learned, see the sites above) or ``"full"``
     (one mean response shared by every context, as before; on McFaline-Figueroa 2023's unseen cell
@@ -132,7 +137,7 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
                                          n_programs=effect_programs, embedding=embedding, gene_embedding=gene_embedding,
                                          baseline=baseline, own_gene=effect_knockdown, tails=effect_tails,
                                          predictive=effect_predictive, urn_concentration=effect_urn_concentration,
-                                         mean=None if ctx_mean is None else ctx_mean[0])
+                                         mean=None if ctx_mean is None else ctx_mean[0], deviation=effect_deviation)
     else:
         tau = numpyro.sample("effect_scale", dist.HalfNormal(effect_prior_scale))
     with numpyro.plate("targets", n_targets, dim=-2), genes:
