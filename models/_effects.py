@@ -108,8 +108,8 @@ effect_dev_z : (targets, genes)
     ``effect_z`` shrinks the population's spread (the scale and the deviations cannot move together
     in a factorised guide), so unseen targets' intervals under-cover; over the deviations themselves
     it does not. On 8 simulated screens (``tests/test_effects_population.py``) unseen targets' 90%
-    coverage by SVI is 0.75 non-centred and 0.89 centred, the exact posterior's 0.81 and NUTS's 0.82
-    (session 18). Not the default: not yet measured on real screens, and NUTS prefers the
+    coverage by SVI is 0.75 non-centred and 0.85 centred, the exact posterior's 0.81 and NUTS's 0.82
+    (session 18). Not the default: neutral on Papalexi 2021 (the one real screen measured), and NUTS prefers the
     non-centred geometry when targets are weakly identified. At prediction (``data["target_seen"]``),
     an unseen target's entries are standard-normal fresh draws from :func:`semimech.predict`
     (the ``_z`` suffix), which the model scales by the population's sd.

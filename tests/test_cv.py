@@ -456,3 +456,23 @@ def test_a_first_ranked_model_separated_on_points_ranks_below():
     assert point_separation({"a": best[:1], "b": best[:1] + 5.0}, 2.0) == {}
     assert point_separation({"a": best, "b": np.r_[best[:-1] + 5.0, np.nan]}, 2.0) == {}
     assert point_separation({"a": best}, 2.0) == {}
+
+
+def test_the_reading_says_when_the_first_model_leads_on_points_only():
+    """The first model's line names the models it leads on points only (tied by the score); negative control: without
+    a point separation it is "clearly ahead"."""
+    import pandas as pd
+
+    from semimech.evaluate.compare import reading
+
+    table = pd.DataFrame({"model": ["signalling_network", "production_decay", "additive"], "rank": [1, 2, 3],
+                          "tied_with": ["", "", ""], "below": ["", "signalling_network by 1.205 on points (SE 0.300)",
+                                                               "signalling_network by 1.1 (SE 0.4)"],
+                          "elpd_diff": [0.0, 1.0, 2.0], "dse": [0.0, 1.0, 1.0], "cv_crps": [7.06, 7.76, 8.22],
+                          "cv_l2": [3.10, 4.31, 3.94], "note": ["", "", ""], "assumes": ["a", "b", "c"],
+                          "left_out": ["perturbation left out"] * 3})
+    table.attrs.update(rank_by="crps", below_on_points={"production_decay": ["signalling_network"]})
+    first = reading(table).splitlines()[0]
+    assert "ahead of production_decay on points (tied by the score)" in first and "clearly" not in first
+    table.attrs["below_on_points"] = {}
+    assert "clearly ahead of the others" in reading(table).splitlines()[0]

@@ -415,17 +415,25 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
             table.loc[name, "below"] = "; ".join(f"{b} by {d:{fmt}} (SE {se:{fmt}})" for b, d, se in above[name])
         if rank_by != "l2":
             points = {n: cvs[n].l2 for n in values if rank[n] == 1}
-            for name, (below, note) in point_separation(points, tie_se).items():
+            demoted = point_separation(points, tie_se)
+            on_points = {n: [b for b, _, _ in below] for n, (below, _) in demoted.items()}
+            for name, (below, note) in demoted.items():
                 table.loc[name, "rank"] = 1 + len(below)
                 table.loc[name, "below"] = "; ".join(filter(None, [table.loc[name, "below"], below_text(below)]))
                 _append_note(table, name, note)
+                for b, _, _ in below:  # separated on points: no longer tied either way
+                    ties[name] = [t for t in ties[name] if t != b]
+                    ties[b] = [t for t in ties[b] if t != name]
+            for name in points:
+                table.loc[name, "tied_with"] = ", ".join(ties[name])
         if len(values) == 1:
             table.loc[next(iter(values)), "note"] = "the only model that could be scored: nothing to rank it against"
         elif rank_by != "l2":
             for name, note in point_gap_notes(table.loc[list(values)], rank_by=rank_by).items():
                 _append_note(table, name, note)
     out = _tidy(table, has_test=test is not None, rank_by=rank_by)
-    out.attrs.update({"rank_by": rank_by, "score": score, "cross_validations": cvs})
+    out.attrs.update({"rank_by": rank_by, "score": score, "cross_validations": cvs,
+                      "below_on_points": on_points if cvs and rank_by != "l2" else {}})
     return out
 
 
@@ -569,8 +577,14 @@ def reading(table: pd.DataFrame) -> str:
             others = r.tied_with
             what = {"l2": "lowest cross-validated L2", "crps": "lowest cross-validated CRPS"}.get(
                 table.attrs.get("rank_by"), "best cross-validated elpd")
-            verdict = (what + (f", but not separable from {others} (within 2 SE)" if others
-                                                        else ", clearly ahead of the others"))
+            behind = [n for n, above in table.attrs.get("below_on_points", {}).items() if r["model"] in above]
+            if behind:  # models tied with it by the score, separated on points
+                what = "first"
+                ahead = (f", ahead of {', '.join(behind)} on points (tied by the score) and of the others by the score"
+                         if len(behind) < len(ranked) - 1 else f", ahead of {', '.join(behind)} on points (tied by the score)")
+            else:
+                ahead = ", clearly ahead of the others"
+            verdict = what + (f", but not separable from {others} (within 2 SE)" if others else ahead)
         elif r["rank"] == 1:
             verdict = (f"tied with {best.model!r} (within 2 SE of the paired difference): the evidence cannot "
                        "separate them")
