@@ -71,19 +71,22 @@ def test_fit_passes_row_mask_to_the_chosen_method_not_to_the_model(monkeypatch):
 def test_default_fit_keeps_the_effects_of_an_unreplicated_design():
     """Known answer: with the noise sd known (0.12) and Gaussian effects (sd 0.2), each effect rests
     on one single-inhibitor row against one control row; the posterior-mean slope on the true
-    effects is about 0.6 (NUTS, the exact posterior: 0.63 measured). Mean-field SVI collapses to
-    0.34 on the same data (negative control in the slow test below)."""
+    effects is about 0.7 (NUTS, the exact posterior, with the default effect population: 0.70
+    measured; 0.64 with horseshoe effects). Mean-field SVI shrinks further, to 0.52 (0.34 with
+    horseshoe effects) on the same data (negative control in the slow test below)."""
     d, truth = _context_design()
     fit = sm.fit(additive.SPEC, d.with_noise(me.fixed(0.12)), rng_key=0, num_warmup=200, num_samples=200,
                  num_chains=1, progress_bar=False)
     assert fit.method == "nuts"
-    assert 0.45 < _slope(fit, truth) < 1.0
+    assert 0.6 < _slope(fit, truth) < 1.0
 
 
 @pytest.mark.slow
 def test_mean_field_svi_over_shrinks_the_same_effects():
-    """Negative control of the test above: the old default (mean-field SVI) over-shrinks."""
+    """Negative control of the test above: the old default (mean-field SVI) over-shrinks (0.52 with the
+    effect population, the default for label designs since issue 13; 0.34 with horseshoe effects, the
+    default when this test was written, when its bound was 0.45; session 18)."""
     d, truth = _context_design()
     fit = sm.fit(additive.SPEC, d.with_noise(me.fixed(0.12)), rng_key=0, method="svi", num_steps=2000,
                  progress_bar=False)
-    assert _slope(fit, truth) < 0.45
+    assert _slope(fit, truth) < 0.6
