@@ -450,7 +450,7 @@ def test_a_first_ranked_model_separated_on_points_ranks_below():
     below, note = out["production_decay"]
     assert {b for b, _, _ in below} == {"signalling_network", "linear_steady_state"}
     assert "separated on points" in note and ("signalling_network" in note or "linear_steady_state" in note)
-    assert "on points (SE" in below_text(below)
+    assert "on points (SE" in below_text(below, on=" on points")
     # negative controls
     assert point_separation({"a": best, "b": best + 0.1 + 0.5 * rng.normal(size=8)}, 2.0) == {}
     assert point_separation({"a": best[:1], "b": best[:1] + 5.0}, 2.0) == {}

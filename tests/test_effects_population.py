@@ -50,11 +50,16 @@ def _split(shared: bool, *, seed: int, n_targets: int, held: int):
 
 
 def _unseen(shared: bool, *, seed: int = 0, n_targets: int = 16, held: int = 5, steps: int = 800, programs: int = 1,
-            **options):
-    """Fit on all but ``held`` targets; effect draws (draws, held, genes) of the held-out ones and their truth."""
+            nuts: bool = False, **options):
+    """Fit on all but ``held`` targets (SVI, or NUTS: 1 chain, 500 warm-up + 500 draws); effect draws (draws,
+    held, genes) of the held-out ones and their truth."""
     train, held_out, truth = _split(shared, seed=seed, n_targets=n_targets, held=held)
-    fit = sm.fit_svi(additive.SPEC, train.pseudobulk(), rng_key=seed, num_steps=steps, num_samples=300,
-                     progress_bar=False, effect_programs=programs, **options)
+    if nuts:
+        fit = sm.fit_nuts(additive.SPEC, train.pseudobulk(), rng_key=seed, num_warmup=500, num_samples=500,
+                          num_chains=1, progress_bar=False, effect_programs=programs, **options)
+    else:
+        fit = sm.fit_svi(additive.SPEC, train.pseudobulk(), rng_key=seed, num_steps=steps, num_samples=300,
+                         progress_bar=False, effect_programs=programs, **options)
     with pytest.warns(PopulationOnlyWarning, match="population"):
         pred = sm.predict(fit, ["control"] + held_out, rng_key=seed + 1)
     draws = pred.draws["mean"][:, 1:] - pred.draws["mean"][:, :1]  # effect draws of the unseen targets
@@ -123,24 +128,10 @@ def test_the_population_warning_is_emitted_once_per_call(structured):
     assert pred.sources.parts.iloc[2] == "T00: population; T07: data"
 
 
-def _unseen_nuts(shared: bool, *, seed: int, n_targets: int, held: int):
-    """As :func:`_unseen` but by NUTS (1 chain, 500 warm-up + 500 draws)."""
-    train, held_out, truth = _split(shared, seed=seed, n_targets=n_targets, held=held)
-    fit = sm.fit_nuts(additive.SPEC, train.pseudobulk(), rng_key=seed, num_warmup=500, num_samples=500, num_chains=1,
-                      progress_bar=False, effect_programs=1)
-    with pytest.warns(PopulationOnlyWarning, match="population"):
-        pred = sm.predict(fit, ["control"] + held_out, rng_key=seed + 1)
-    draws = pred.draws["mean"][:, 1:] - pred.draws["mean"][:, :1]
-    return {"draws": draws, "true": np.array([truth[t] for t in held_out])}
-
-
 def _pooled_coverage(method: str, shared: bool, screens: int = 8, **options) -> float:
     inside = []
     for seed in range(screens):
-        if method == "nuts":
-            out = _unseen_nuts(shared=shared, seed=seed, n_targets=24, held=6)
-        else:
-            out = _unseen(shared=shared, seed=seed, n_targets=24, held=6, steps=3000, **options)
+        out = _unseen(shared=shared, seed=seed, n_targets=24, held=6, steps=3000, nuts=method == "nuts", **options)
         lo, hi = np.quantile(out["draws"], [0.05, 0.95], axis=0)
         inside.append((out["true"] >= lo) & (out["true"] <= hi))
     return float(np.mean(np.concatenate(inside)))

@@ -394,6 +394,7 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         row["assumes"] = fit.spec.assumes
         rows.append(row)
     table = pd.DataFrame(rows).set_index("model")
+    on_points = {}   # model -> the first-ranked models that separate it on points
     if cvs:
         scored = _scored_table(cvs)
         for name in cvs:
@@ -412,14 +413,15 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         for name in values:
             table.loc[name, "rank"] = rank[name]
             table.loc[name, "tied_with"] = ", ".join(ties[name])
-            table.loc[name, "below"] = "; ".join(f"{b} by {d:{fmt}} (SE {se:{fmt}})" for b, d, se in above[name])
+            table.loc[name, "below"] = below_text(above[name], fmt=fmt)
         if rank_by != "l2":
             points = {n: cvs[n].l2 for n in values if rank[n] == 1}
             demoted = point_separation(points, tie_se)
             on_points = {n: [b for b, _, _ in below] for n, (below, _) in demoted.items()}
             for name, (below, note) in demoted.items():
                 table.loc[name, "rank"] = 1 + len(below)
-                table.loc[name, "below"] = "; ".join(filter(None, [table.loc[name, "below"], below_text(below)]))
+                table.loc[name, "below"] = "; ".join(filter(None, [table.loc[name, "below"],
+                                                                   below_text(below, on=" on points")]))
                 _append_note(table, name, note)
                 for b, _, _ in below:  # separated on points: no longer tied either way
                     ties[name] = [t for t in ties[name] if t != b]
@@ -433,7 +435,7 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
                 _append_note(table, name, note)
     out = _tidy(table, has_test=test is not None, rank_by=rank_by)
     out.attrs.update({"rank_by": rank_by, "score": score, "cross_validations": cvs,
-                      "below_on_points": on_points if cvs and rank_by != "l2" else {}})
+                      "below_on_points": on_points})
     return out
 
 
@@ -494,9 +496,10 @@ def point_separation(points: Mapping, tie_se: float) -> dict[str, tuple[list, st
     return out
 
 
-def below_text(better) -> str:
-    """``below`` entries for models that separate one on points (per-unit mean L2)."""
-    return "; ".join(f"{b} by {d:.3f} on points (SE {se:.3f})" for b, d, se in better)
+def below_text(better, *, fmt: str = ".3f", on: str = "") -> str:
+    """``below`` entries: each separating model, its paired difference and that difference's SE (``on``: e.g.
+    ``" on points"`` for a separation on the per-unit L2 rather than the score)."""
+    return "; ".join(f"{b} by {d:{fmt}}{on} (SE {se:{fmt}})" for b, d, se in better)
 
 
 #: A first-ranked model whose cross-validated L2 exceeds the best ranked model's by more than this factor gets a note.
