@@ -54,7 +54,8 @@ class SharedOptions:
     ``efficacy_prior_scale``, ``direct_prior_scale``, ``variant_of`` and ``shared_gene_index`` (from
     :func:`shared_targets`), ``direct_mask`` (from :func:`target_gene_mask`): the edits
     (:func:`target_log_scales`); ``residual`` (``"population"``, the default, ``True``, ``False``),
-    ``embedding``, ``gene_embedding``, ``effect_programs``: the misfit of the dynamics (:func:`residual`).
+    ``embedding``, ``gene_embedding``, ``effect_programs``, ``effect_deviation``: the misfit of the dynamics
+    (:func:`residual`).
     """
 
     efficacy_prior_scale: float = 1.5
@@ -66,6 +67,7 @@ class SharedOptions:
     embedding: Any = None
     gene_embedding: Any = None
     effect_programs: int = 2
+    effect_deviation: str = "noncentred"
 
 
 def with_shared_options(model):
@@ -438,7 +440,8 @@ def own_gene_onehot(data, variant_of=None, shared_gene_index=None):
 
 
 def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, mode=True, embedding=None,
-             gene_embedding=None, effect_programs: int = 2, variant_of=None, shared_gene_index=None):
+             gene_embedding=None, effect_programs: int = 2, variant_of=None, shared_gene_index=None,
+             effect_deviation: str = "noncentred"):
     """The misfit of the dynamics, learned from training conditions (non-control rows).
 
     ``mode="population"`` (the steady-state models' default, option ``residual="population"``): the
@@ -449,7 +452,9 @@ def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, mode=True, e
     an unseen target gets the part of the response the dynamics do not explain — most knockouts of
     one screen share a large common response — from the population. A target's own gene (a guide's:
     its gene, given ``variant_of`` and ``shared_gene_index``; :func:`own_gene_onehot`) is left to its
-    efficacy.
+    efficacy. ``effect_deviation`` (``"noncentred"`` or ``"centred"``) is the geometry of the targets'
+    deviations (``effect_dev_z`` in :mod:`semimech.models._effects`: the one in which mean-field SVI
+    keeps the population's spread); only this mode has it (:func:`observe` refuses it with the others).
 
     ``mode=True``: a fresh misfit per perturbed condition. Sites ``residual_scale`` (),
     ``residual_sd`` (genes), ``residual_z`` (perturbations x genes): an unseen condition gets a
@@ -467,7 +472,7 @@ def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, mode=True, e
         from semimech.models import _effects
 
         eff = _effects.target_effects(data, genes_plate, unit=unit, prior_scale=scale, n_programs=effect_programs,
-                                      embedding=embedding, gene_embedding=gene_embedding)
+                                      embedding=embedding, gene_embedding=gene_embedding, deviation=effect_deviation)
         eff = eff * (1.0 - own_gene_onehot(data, variant_of, shared_gene_index))
         return loc_p + jnp.asarray(data["target_matrix"]) @ eff
     if mode is not True:
@@ -500,10 +505,15 @@ def solved(ss, fallback):
 
 def observe(loc_p, noise, data, genes_plate, opts: SharedOptions, *, likelihood: str, y, unit):
     """The steady-state models' common tail: optional :func:`residual`, the ``mean`` site, the likelihood."""
+    if opts.effect_deviation != "noncentred" and opts.residual != "population":
+        raise DesignError(f"effect_deviation={opts.effect_deviation!r} shapes the effect population of "
+                          f"residual='population'; residual={opts.residual!r} has none. Pass residual='population' "
+                          "or leave effect_deviation at its default.")
     if opts.residual:
         loc_p = residual(loc_p, data, genes_plate, unit=unit, mode=opts.residual, embedding=opts.embedding,
                          gene_embedding=opts.gene_embedding, effect_programs=opts.effect_programs,
-                         variant_of=opts.variant_of, shared_gene_index=opts.shared_gene_index)
+                         variant_of=opts.variant_of, shared_gene_index=opts.shared_gene_index,
+                         effect_deviation=opts.effect_deviation)
     with numpyro.plate("perturbations", loc_p.shape[0], dim=-2), genes_plate:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
     observe_conditions(loc_p, noise, data, genes_plate, likelihood=likelihood, y=y)

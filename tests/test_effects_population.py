@@ -263,3 +263,31 @@ def test_steady_state_models_take_an_effect_population_as_their_residual(name):
     assert list(pred.sources.source) == ["data", "population", "data"]
     with pytest.raises(sm.errors.DesignError, match="residual must be"):
         sm.fit_svi(REGISTRY[name], train.pseudobulk(), rng_key=0, num_steps=1, residual="yes")
+
+
+@pytest.mark.parametrize("name", ["linear_steady_state", "production_decay"])
+def test_steady_state_population_misfit_takes_the_centred_geometry(name):
+    """``effect_deviation="centred"`` reaches the steady-state models' population misfit: the fit has
+    ``effect_dev_z`` (not ``effect_z``), and an unseen target's prediction spreads as under the default geometry
+    (its fresh edit plus the population's misfit; the model scales predict's unit fresh draws: unscaled, they would
+    add ~1 latent unit and triple the spread, the negative control); with a misfit that has no population
+    (``residual=True`` or ``False``) the option is a clear error, not silently ignored."""
+    from semimech.models import REGISTRY
+
+    design, _ = simulate_screen(n_targets=8, n_genes=3, cells=20, shared=True, seed=2)
+    train = sm.evaluate.split_rows(design, design.perturbation_index == 1)[0].pseudobulk()
+    spread = {}
+    for geometry in ("noncentred", "centred"):
+        fit = sm.fit_svi(REGISTRY[name], train, rng_key=0, num_steps=300, num_samples=200, progress_bar=False,
+                         effect_programs=0, effect_deviation=geometry)
+        with pytest.warns(PopulationOnlyWarning):
+            pred = sm.predict(fit, ["control", "T00", "T01"], rng_key=0, steady_state_draws=0)
+        assert list(pred.sources.source) == ["data", "population", "data"]
+        spread[geometry] = pred.draws["mean"][:, 1].std(0)
+    assert fit.dims["effect_dev_z"] == ("targets", "genes") and "effect_z" not in fit.samples
+    ratio = spread["centred"] / spread["noncentred"]
+    assert np.all((ratio > 0.6) & (ratio < 1.6)), (ratio, spread)
+    for mode in (True, False):
+        with pytest.raises(sm.errors.DesignError, match="effect_deviation='centred' shapes the effect population"):
+            sm.fit_svi(REGISTRY[name], train, rng_key=0, num_steps=1, residual=mode,
+                       effect_deviation="centred")
