@@ -1,4 +1,8 @@
-"""How held-out units are scored in :mod:`semimech.evaluate.cv` (fold assignment, PSIS PIT, ``score="means"``)."""
+"""How held-out units are scored in :mod:`semimech.evaluate.cv` (fold assignment, PSIS PIT, ``score="means"``),
+and the refits behind the scores (``refits=`` checked, the refits' draws pooled, their final losses).
+
+The public path of :func:`check_refits` and :func:`pooled` is :mod:`semimech.evaluate.cv`, which imports them from here.
+"""
 
 from __future__ import annotations
 
@@ -87,3 +91,33 @@ def score_means(fit, engine, folds, row_unit, units, k, ll, *, key, reff):
     elpd_e = _arviz.pointwise_elpd(res_e)
     res = _arviz.grouped_elpd(res_e, elpd_e, entry_unit, obs_dim="units", coords=units, p=float((lpd_full - elpd_e).sum()))
     return res, kfold_scheme(k), 0, float("nan")
+
+
+def check_refits(refits) -> int:
+    """``refits`` as an int, or a DesignError naming the problem (a whole number of at least 1)."""
+    ok = isinstance(refits, (int, np.integer, float, np.floating)) and not isinstance(refits, (bool, np.bool_))
+    if not ok or not np.isfinite(refits) or int(refits) != refits or int(refits) < 1:
+        raise DesignError(f"refits must be a whole number of at least 1 (independent refits per fold), got {refits!r}.")
+    return int(refits)
+
+
+def _final_loss(fit) -> float:
+    """The training loss an SVI fit ended at: the mean of its last tenth of steps (their finite values)."""
+    tail = np.asarray(fit.losses, dtype=float)[-max(1, len(fit.losses) // 10):]
+    return float(np.mean(tail[np.isfinite(tail)])) if np.isfinite(tail).any() else float("nan")
+
+
+def pooled(draws: list[dict]) -> dict:
+    """Independent fits' draws (``{site: (draws, ...)}`` each, the same number) as one set of as many draws.
+
+    The draws are dealt in turn from each fit (draw ``i`` of the result is fit ``i % R``'s draw
+    ``i // R``), so the result is an equal mixture of the fits' posteriors. One fit: returned as is.
+    """
+    if len(draws) == 1:
+        return draws[0]
+    n = min(next(iter(d.values())).shape[0] for d in draws)
+    out = {}
+    for name in draws[0]:
+        stacked = np.stack([np.asarray(d[name])[:n] for d in draws], axis=1)  # (draws, fits, ...)
+        out[name] = stacked.reshape((-1,) + stacked.shape[2:])[:n]
+    return out

@@ -98,7 +98,16 @@ from numpyro.infer import Predictive
 from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.errors import DesignError, InferenceError
-from semimech.evaluate._cv_scores import entry_values, fold_of_unit, kfold_scheme, psis_pit, score_means
+from semimech.evaluate._cv_scores import (
+    _final_loss,
+    check_refits,
+    entry_values,
+    fold_of_unit,
+    kfold_scheme,
+    pooled,
+    psis_pit,
+    score_means,
+)
 from semimech.evaluate._pointwise import RowEngine, flat_latent
 from semimech.evaluate._warm import event_dims, gradient_fn, reset_mask, warm_values
 from semimech.evaluate.probabilistic import CalibrationReport, pit_calibration
@@ -431,36 +440,6 @@ class _Folds:
         rows = np.unique(self.entry_row[positions])
         ll = self.engine.entry_log_likelihood(samples, rows, summaries)
         return ll[:, np.searchsorted(rows, self.entry_row[positions]), self.entry_gene[positions]][None]
-
-
-def check_refits(refits) -> int:
-    """``refits`` as an int, or a DesignError naming the problem (a whole number of at least 1)."""
-    ok = isinstance(refits, (int, np.integer, float, np.floating)) and not isinstance(refits, (bool, np.bool_))
-    if not ok or not np.isfinite(refits) or int(refits) != refits or int(refits) < 1:
-        raise DesignError(f"refits must be a whole number of at least 1 (independent refits per fold), got {refits!r}.")
-    return int(refits)
-
-
-def _final_loss(fit) -> float:
-    """The training loss an SVI fit ended at: the mean of its last tenth of steps (their finite values)."""
-    tail = np.asarray(fit.losses, dtype=float)[-max(1, len(fit.losses) // 10):]
-    return float(np.mean(tail[np.isfinite(tail)])) if np.isfinite(tail).any() else float("nan")
-
-
-def pooled(draws: list[dict]) -> dict:
-    """Independent fits' draws (``{site: (draws, ...)}`` each, the same number) as one set of as many draws.
-
-    The draws are dealt in turn from each fit (draw ``i`` of the result is fit ``i % R``'s draw
-    ``i // R``), so the result is an equal mixture of the fits' posteriors. One fit: returned as is.
-    """
-    if len(draws) == 1:
-        return draws[0]
-    n = min(next(iter(d.values())).shape[0] for d in draws)
-    out = {}
-    for name in draws[0]:
-        stacked = np.stack([np.asarray(d[name])[:n] for d in draws], axis=1)  # (draws, fits, ...)
-        out[name] = stacked.reshape((-1,) + stacked.shape[2:])[:n]
-    return out
 
 
 def svi_refit_options(fit, num_steps: int, options: dict) -> dict:
