@@ -190,6 +190,11 @@ for _name, _fn in {
     "linear_steady_state/condition-residual": default_config("linear_steady_state", residual=True),
     "production_decay/condition-residual": default_config("production_decay", residual=True),
     "latent_programs/condition-residual": default_config("latent_programs", residual=True),
+    # the population misfit's deviations in the geometry mean-field SVI keeps (``effect_deviation="centred"``)
+    "linear_steady_state/centred": default_config("linear_steady_state", effect_deviation="centred"),
+    "production_decay/centred": default_config("production_decay", effect_deviation="centred"),
+    "linear_steady_state/noncentred": default_config("linear_steady_state", effect_deviation="noncentred"),
+    "production_decay/noncentred": default_config("production_decay", effect_deviation="noncentred"),
 }.items():
     register_model(_name)(_fn)
 

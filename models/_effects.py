@@ -100,17 +100,21 @@ embedding_scale : (), embedding_coef : (embedding, genes)
 effect_scale : (), effect_sd : (genes,)
     Spread of the target-specific deviations: ``effect_scale * effect_sd * unit`` per gene.
 effect_z : (targets, genes)
-    Standardised deviations of each target (``deviation="noncentred"``, the default).
+    Standardised deviations of each target (``deviation="noncentred"``: NUTS fits and MAP estimates by default).
 effect_dev_z : (targets, genes)
-    Only with ``deviation="centred"`` (the additive model's ``effect_deviation="centred"``): each
+    Only with ``deviation="centred"`` (``effect_deviation``; SVI fits with a distribution as guide by default): each
     target's deviation itself, ``Normal(0, effect_scale * effect_sd)`` (in ``unit``), instead of
     ``effect_z``. Same model, another geometry for the guide: mean-field SVI over the standardised
     ``effect_z`` shrinks the population's spread (the scale and the deviations cannot move together
     in a factorised guide), so unseen targets' intervals under-cover; over the deviations themselves
     it does not. On 8 simulated screens (``tests/test_effects_population.py``) unseen targets' 90%
     coverage by SVI is 0.75 non-centred and 0.85 centred, the exact posterior's 0.81 and NUTS's 0.82
-    (session 18). Not the default: neutral on Papalexi 2021 (the one real screen measured), and NUTS prefers the
-    non-centred geometry when targets are weakly identified. At prediction (``data["target_seen"]``),
+    (session 18). **The default geometry is settled by the inference** (``effect_deviation="auto"``,
+    :func:`settle_deviation`): centred under SVI, non-centred under NUTS (whose sampler prefers it when targets are
+    weakly identified) and for a MAP estimate (a centred hierarchy's mode is degenerate); ``fit.options`` records
+    the choice. Real screens, SVI (``benchmarks/RESULTS_heldout.md``, sessions 18-19): the steady-state models'
+    population misfit on Norman 2019 doubles L2 0.357 / 0.350 against 0.400 / 0.394 non-centred (3 seeds each);
+    the additive model 0.349 against 0.358; neutral on Papalexi 2021, Norman singles and McFaline. At prediction (``data["target_seen"]``),
     an unseen target's entries are standard-normal fresh draws from :func:`semimech.predict`
     (the ``_z`` suffix), which the model scales by the population's sd.
 knockdown_mean : (), knockdown_sd : ()
@@ -190,8 +194,23 @@ def embedding_rows(data, embedding=None, gene_embedding=None):
 
 TAILS = ("normal", "strength")
 PREDICTIVES = ("gaussian", "urn")
-DEVIATIONS = ("noncentred", "centred")
+DEVIATIONS = ("auto", "noncentred", "centred")
 TRANSFERS = ("learned", "full")
+
+
+def settle_deviation(options: dict, method: str | None, *, population: bool = True) -> dict:
+    """``options`` with ``effect_deviation="auto"`` (or absent) settled for the inference ``method``: ``"centred"``
+    for SVI with a distribution as guide (``"svi"``) when the model has an effect population, else
+    ``"noncentred"`` (NUTS, whose sampler prefers it when targets are weakly identified; a MAP fit, ``"map"``,
+    whose centred mode is degenerate; or outside a fit).
+
+    The two are the same model; the geometry is an inference choice (see ``effect_dev_z`` in the module docstring).
+    A :class:`~semimech.infer.spec.ModelSpec` ``resolve_options`` hook; the fit records the settled value, so
+    ``predict`` and refits build the model the fit used.
+    """
+    if options.get("effect_deviation", "auto") != "auto":
+        return options
+    return {**options, "effect_deviation": "centred" if method == "svi" and population else "noncentred"}
 
 
 def context_mean_response(data, genes_plate, *, prior_scale: float = 0.5):
@@ -243,7 +262,7 @@ def urn_sources(seen, urn_z, concentration: float):
 def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_programs: int = 0, embedding=None,
                    gene_embedding=None, baseline=None, own_gene: bool = False, tails: str = "normal",
                    predictive: str = "gaussian", urn_concentration: float = 1.0, mean=None,
-                   deviation: str = "noncentred"):
+                   deviation: str = "auto"):
     """Per-target effects ``(targets, genes)`` on the latent scale, from the effect population.
 
     See the module docstring for the sites. ``unit`` (genes) is the latent unit per gene (the
@@ -276,6 +295,8 @@ def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_progr
         raise DesignError(f"effect tails must be one of {TAILS}, got {tails!r}.")
     if deviation not in DEVIATIONS:
         raise DesignError(f"effect_deviation must be one of {DEVIATIONS}, got {deviation!r}.")
+    if deviation == "auto":  # outside a fit (a fit settles it: settle_deviation)
+        deviation = "noncentred"
     if predictive not in PREDICTIVES:
         raise DesignError(f"effect_predictive must be one of {PREDICTIVES}, got {predictive!r}.")
     try:
@@ -334,7 +355,10 @@ def target_effects(data, genes_plate, *, unit, prior_scale: float = 0.5, n_progr
         z = jnp.where(fresh, z, z[src])
         if n_programs:
             scores = scores[src]
-    deviation = s_dev * sd * z
+    # centred and no urn copy: the deviation is the sampled value itself, so the scale enters the likelihood only
+    # through the knockdown (structurally: s * sd * (dev / (s * sd)) would leave a rounding-size gradient that the
+    # warm start of cross-validation refits, evaluate/_warm.py, reads as information)
+    deviation = dev if deviation == "centred" and src is None else s_dev * sd * z
     programs = s_prog * scores @ loadings if n_programs else 0.0
     if tails == "strength":  # a target's strength scales its departure (programs + deviation), not its knockdown
         loc = numpyro.sample("effect_strength_loc", dist.Normal(0.0, 2.0))

@@ -67,7 +67,7 @@ class SharedOptions:
     embedding: Any = None
     gene_embedding: Any = None
     effect_programs: int = 2
-    effect_deviation: str = "noncentred"
+    effect_deviation: str = "auto"
 
 
 def with_shared_options(model):
@@ -82,6 +82,15 @@ def with_shared_options(model):
               for f in dataclasses.fields(SharedOptions)]
     model.__signature__ = sig.replace(parameters=kept + shared)
     return model
+
+
+def resolve_options(options: dict, method: str | None) -> dict:
+    """The steady-state models' ``ModelSpec.resolve_options``: ``effect_deviation="auto"`` settled for the inference
+    method (centred under SVI where the misfit is the effect population, ``residual="population"``; see
+    :func:`semimech.models._effects.settle_deviation`)."""
+    from semimech.models import _effects
+
+    return _effects.settle_deviation(options, method, population=options.get("residual", "population") == "population")
 
 
 def shared_options(options: dict) -> SharedOptions:
@@ -441,7 +450,7 @@ def own_gene_onehot(data, variant_of=None, shared_gene_index=None):
 
 def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, mode=True, embedding=None,
              gene_embedding=None, effect_programs: int = 2, variant_of=None, shared_gene_index=None,
-             effect_deviation: str = "noncentred"):
+             effect_deviation: str = "auto"):
     """The misfit of the dynamics, learned from training conditions (non-control rows).
 
     ``mode="population"`` (the steady-state models' default, option ``residual="population"``): the
@@ -454,7 +463,8 @@ def residual(loc_p, data, genes_plate, *, unit, scale: float = 0.5, mode=True, e
     its gene, given ``variant_of`` and ``shared_gene_index``; :func:`own_gene_onehot`) is left to its
     efficacy. ``effect_deviation`` (``"noncentred"`` or ``"centred"``) is the geometry of the targets'
     deviations (``effect_dev_z`` in :mod:`semimech.models._effects`: the one in which mean-field SVI
-    keeps the population's spread); only this mode has it (:func:`observe` refuses it with the others).
+    keeps the population's spread; ``"auto"``, the default, is settled by the fit: :func:`resolve_options`); only
+    this mode has it (:func:`observe` refuses ``"centred"`` with the others).
 
     ``mode=True``: a fresh misfit per perturbed condition. Sites ``residual_scale`` (),
     ``residual_sd`` (genes), ``residual_z`` (perturbations x genes): an unseen condition gets a
@@ -505,7 +515,7 @@ def solved(ss, fallback):
 
 def observe(loc_p, noise, data, genes_plate, opts: SharedOptions, *, likelihood: str, y, unit):
     """The steady-state models' common tail: optional :func:`residual`, the ``mean`` site, the likelihood."""
-    if opts.effect_deviation != "noncentred" and opts.residual != "population":
+    if opts.effect_deviation == "centred" and opts.residual != "population":
         raise DesignError(f"effect_deviation={opts.effect_deviation!r} shapes the effect population of "
                           f"residual='population'; residual={opts.residual!r} has none. Pass residual='population' "
                           "or leave effect_deviation at its default.")

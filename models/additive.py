@@ -75,7 +75,7 @@ EFFECTS = ("population", "horseshoe")
 def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, effects: str | None = None,
           effect_programs: int = 2, effect_knockdown: bool = True, effect_tails: str = "normal",
           effect_predictive: str = "gaussian", effect_urn_concentration: float = 1.0,
-          effect_deviation: str = "noncentred", effect_transfer: str = "learned", context_noise: bool | None = None,
+          effect_deviation: str = "auto", effect_transfer: str = "learned", context_noise: bool | None = None,
           interactions: str = "horseshoe",
           interaction_slab: float = 2.0,
           embedding=None, gene_embedding=None, y=None):
@@ -99,10 +99,10 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     with probability ``n / (n + effect_urn_concentration)`` the departure of one of the ``n`` seen
     targets, jointly across genes, else a Gaussian draw; it assumes the unseen target is drawn like
     the seen ones; the fit is unchanged, see :mod:`semimech.models._effects`).
-    ``effect_deviation``: ``"noncentred"`` (default) or ``"centred"``: the target deviations' geometry
-    for the guide (the same model; centred, mean-field SVI keeps the population's spread and unseen
-    targets' intervals their coverage on simulated screens, see ``effect_dev_z`` in
-    :mod:`semimech.models._effects`).
+    ``effect_deviation``: the target deviations' geometry, ``"noncentred"`` or ``"centred"`` (the same
+    model; centred, mean-field SVI keeps the population's spread and unseen targets' intervals their
+    coverage on simulated screens, see ``effect_dev_z`` in :mod:`semimech.models._effects`); ``"auto"``
+    (default): centred when fitted by SVI, non-centred by NUTS (``fit.options`` records the choice).
     ``effect_transfer`` (designs with contexts and the effect population): ``"learned"`` (default:
     the mean response's correlation between contexts is learned, see the sites above) or ``"full"``
     (one mean response shared by every context, as before; on McFaline-Figueroa 2023's unseen cell
@@ -174,4 +174,5 @@ SPEC = ModelSpec(
     predicts_unseen_targets=True,
     side_information=_effects.has_embedding,
     prediction_sites=_effects.prediction_sites,
+    resolve_options=_effects.settle_deviation,
 )

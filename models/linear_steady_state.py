@@ -178,4 +178,5 @@ SPEC = ModelSpec(
     predicts_unseen_targets=True,
     side_information=_effects.has_embedding,
     prediction_sites=_effects.prediction_sites,
+    resolve_options=net.resolve_options,
 )

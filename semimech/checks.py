@@ -76,7 +76,9 @@ def prior_steady_states(spec, design, *, rng_key, num_draws: int = 20, min_fract
     InferenceError
         When fewer than ``min_fraction`` of the draws solve every condition, with advice.
     """
-    opts = {**spec.default_options, **options}
+    from semimech.infer.fit import resolved_options
+
+    opts = resolved_options(spec, options, None)
     opts.setdefault("likelihood", "negbin" if design.is_counts else "normal")
     model = functools.partial(spec.model, **opts)
     out = Predictive(model, num_samples=num_draws, return_sites=["ok_fraction"])(as_key(rng_key), design.model_data())

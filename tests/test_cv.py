@@ -54,11 +54,11 @@ def test_a_masked_row_adds_exactly_nothing_to_the_log_density(fit, design):
     from semimech.infer.fit import _prepare
 
     held = design.perturbation_index == design.perturbations.index("T0+T3")
-    model, data, y, _ = _prepare(additive.SPEC, design, {}, row_mask=~held)
+    model, data, y, _ = _prepare(additive.SPEC, design, dict(fit.options), row_mask=~held)
     params = {k: np.asarray(fit.flat(k)[0]) for k in fit.samples if k not in ("effect", "mean")}
     masked, _ = log_density(model, (data,), {"y": y}, params)
     sub = design.subset(~held)
-    model_s, data_s, y_s, _ = _prepare(additive.SPEC, sub, {})
+    model_s, data_s, y_s, _ = _prepare(additive.SPEC, sub, dict(fit.options))
     for k in ("baseline_loc", "baseline_scale", "noise_floor"):   # same controls: same data-centred priors
         np.testing.assert_allclose(data_s[k], data[k])
     dropped, _ = log_density(model_s, (data_s,), {"y": y_s}, params)
@@ -66,7 +66,7 @@ def test_a_masked_row_adds_exactly_nothing_to_the_log_density(fit, design):
     # negative control: moving the held-out row's readouts changes the unmasked density a lot, the masked not at all
     y_moved = np.asarray(y).copy()
     y_moved[held] += 5.0
-    full_model = _prepare(additive.SPEC, design, {})[0]
+    full_model = _prepare(additive.SPEC, design, dict(fit.options))[0]
     full, _ = log_density(full_model, (data | {"row_mask": None},), {"y": y}, params)
     full_moved, _ = log_density(full_model, (data | {"row_mask": None},), {"y": y_moved}, params)
     masked_moved, _ = log_density(model, (data,), {"y": y_moved}, params)

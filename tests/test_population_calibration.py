@@ -105,9 +105,12 @@ def test_heavy_tailed_screen_unseen_targets_cover_and_a_tiny_population_does_not
     assert coverage(good, true) >= 0.75  # 36 entries: nominal 0.9 within sampling error
     # every unseen target gets the same population answer, so the misses fall on the hit (its tail)
     assert coverage(good[:, 1:], true[1:]) > coverage(good[:, :1], true[:1])
-    # negative control: the same posterior with a population of tiny spread under-covers
+    # negative control: the same posterior with a population of tiny spread under-covers. Its intervals keep the
+    # shared mean's posterior uncertainty (sd ~0.11 per gene here, 90% width ~0.38), which alone covers about half
+    # of the small deviations: session 19 measured good / tiny 0.89 / 0.47 (non-centred SVI), 0.92 / 0.50 (centred
+    # SVI, the default), 0.92 / 0.58 (NUTS), so the control is the drop, not an absolute level
     tiny = effect_draws(shrunk(fit, 0.05), held, seed=0)
-    assert coverage(tiny, true) < 0.5
+    assert coverage(tiny, true) < coverage(good, true) - 0.3
 
 
 def spike_slab(seed: int, *, n_targets: int = 32, n_genes: int = 8):

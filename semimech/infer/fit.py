@@ -157,7 +157,7 @@ Fit.idata = property(_get_idata, _set_idata, doc="The fit as an ArviZ DataTree (
 
 
 def _prepare(spec: ModelSpec, design: Design, options: dict, row_mask=None, *, warn: bool = True,
-             with_y: bool = True):
+             with_y: bool = True, method: str | None = None):
     if not isinstance(design, Design):
         if type(design).__name__ == "TimeCourseDesign":
             raise DesignError(
@@ -168,7 +168,7 @@ def _prepare(spec: ModelSpec, design: Design, options: dict, row_mask=None, *, w
         raise DesignError(f"expected a semimech.Design, got {type(design).__name__}; build one with Design.from_anndata.")
     if design.y is None:
         raise DesignError("cannot fit a prediction design (it has no readouts); fit the training design.")
-    opts = {**spec.default_options, **options}
+    opts = resolved_options(spec, options, method)
     opts.setdefault("likelihood", "negbin" if design.is_counts else "normal")
     check_likelihood(opts["likelihood"], is_counts=design.is_counts)
     if opts["likelihood"] != "normal" and design.noise is not None and design.noise.kind != "learned":
@@ -185,6 +185,18 @@ def _prepare(spec: ModelSpec, design: Design, options: dict, row_mask=None, *, w
     y = jnp.asarray(design.dense_y(), dtype=jnp.float32) if with_y else None
     model = functools.partial(spec.model, **opts)
     return model, data, y, opts
+
+
+def svi_method(guide: str) -> str:
+    """The method an SVI fit with ``guide`` tells ``ModelSpec.resolve_options``: ``"map"`` for a point estimate
+    (no entropy term: a centred hierarchy's mode is degenerate), else ``"svi"``."""
+    return "map" if guide == "map" else "svi"
+
+
+def resolved_options(spec: ModelSpec, options: dict, method: str | None) -> dict:
+    """The spec's defaults updated by ``options``, then settled for ``method`` (``spec.resolve_options``)."""
+    opts = {**spec.default_options, **options}
+    return opts if spec.resolve_options is None else dict(spec.resolve_options(opts, method))
 
 
 #: Data-centred prior constants of ``Design.model_data()`` (control summaries, noise floor).
@@ -377,7 +389,8 @@ def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samp
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}.")
     restarts = _check_restarts(restarts, resume)
     with phases.phase("setup_s", "preparing"):
-        model, data, _, opts = _prepare(spec, design, options, row_mask, with_y=False)
+        model, data, _, opts = _prepare(spec, design, options, row_mask, with_y=False,
+                                        method=svi_method(guide))
         y, _ = observed(model, design, data, opts["likelihood"], key=cache_key("observed", spec.model, opts))
         static, traced = _svi.split_data(data, y)
         if init_values is not None:

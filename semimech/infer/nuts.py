@@ -100,7 +100,7 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     """
     from semimech.infer.auto import cut_sites_in
 
-    model, data, y, opts = _prepare(spec, design, options, row_mask)
+    model, data, y, opts = _prepare(spec, design, options, row_mask, method="nuts")
     cut = cut_sites_in(spec, model, data, y)
     if cut:
         raise InferenceError(

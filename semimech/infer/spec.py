@@ -49,6 +49,11 @@ class ModelSpec:
         (the fitted density has none), each a standard normal of shape ``(targets, width)``, e.g. the
         effect population's urn choice; ``predict`` draws them fresh per posterior draw, keyed by
         target name. ``None``: no such sites.
+    resolve_options
+        ``resolve_options(options, method) -> options``: settles options whose best value depends
+        on the inference method (``"svi"``, ``"nuts"``, or ``None`` outside a fit), e.g. the effect
+        population's ``effect_deviation="auto"``. The fit records the settled options, so
+        ``predict`` and refits build the model the fit used. ``None``: options are used as given.
     """
 
     name: str
@@ -61,6 +66,7 @@ class ModelSpec:
     cut_sites: tuple[str, ...] = ()
     observed_bounds: Callable | None = None
     prediction_sites: Callable | None = None
+    resolve_options: Callable | None = None
 
     def noise_site(self, likelihood: str) -> str:
         return "noise_sd" if likelihood == "normal" else "concentration"

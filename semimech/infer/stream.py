@@ -39,7 +39,7 @@ from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import DesignError
 from semimech.infer._elbo import OrderedTraceELBO
-from semimech.infer.fit import GUIDES, Fit, _check_losses
+from semimech.infer.fit import GUIDES, Fit, _check_losses, resolved_options, svi_method
 from semimech.infer._sites import site_dims, trace
 from semimech.infer.spec import ModelSpec
 from semimech.measurement import check_likelihood
@@ -96,7 +96,8 @@ def fit_svi_minibatch(spec: ModelSpec, design: Design, *, rng_key, batch_size: i
     **options
         Model options, e.g. ``likelihood="negbin"``.
     """
-    stream = _setup(spec, design, batch_size=batch_size, options=options, sparse=sparse, n_blocks=1)
+    stream = _setup(spec, design, batch_size=batch_size, options=options, sparse=sparse, n_blocks=1,
+                    method=svi_method(guide))
     steps = _num_steps(stream, num_epochs, num_steps)
     key = as_key(rng_key)
     k_fit, k_draw = jax.random.split(key)
@@ -106,7 +107,7 @@ def fit_svi_minibatch(spec: ModelSpec, design: Design, *, rng_key, batch_size: i
 
 
 # ---------------------------------------------------------------------------------------- setup
-def _setup(spec, design, *, batch_size, options, sparse, n_blocks) -> _Stream:
+def _setup(spec, design, *, batch_size, options, sparse, n_blocks, method: str = "svi") -> _Stream:
     if not isinstance(design, Design):
         raise DesignError(f"expected a semimech.Design, got {type(design).__name__}; build one with Design.from_anndata.")
     if design.y is None:
@@ -121,7 +122,7 @@ def _setup(spec, design, *, batch_size, options, sparse, n_blocks) -> _Stream:
     if batch_size % n_blocks:
         raise DesignError(f"batch_size={batch_size} must be a multiple of the number of devices ({n_blocks}) "
                           f"so that every device gets the same number of rows; e.g. {batch_size - batch_size % n_blocks or n_blocks}.")
-    opts = {**spec.default_options, **options}
+    opts = resolved_options(spec, options, method)
     opts.setdefault("likelihood", "negbin" if design.is_counts else "normal")
     y = design.y
     if sp.issparse(y):
