@@ -114,9 +114,9 @@ effect_dev_z : (targets, genes)
     weakly identified) and for a MAP estimate (a centred hierarchy's mode is degenerate); ``fit.options`` records
     the choice. Real screens, SVI (``benchmarks/RESULTS_heldout.md``, sessions 18-19): the steady-state models'
     population misfit on Norman 2019 doubles L2 0.357 / 0.350 against 0.400 / 0.394 non-centred (3 seeds each);
-    the additive model 0.349 against 0.358; neutral on Papalexi 2021, Norman singles and McFaline. At prediction (``data["target_seen"]``),
-    an unseen target's entries are standard-normal fresh draws from :func:`semimech.predict`
-    (the ``_z`` suffix), which the model scales by the population's sd.
+    the additive model 0.349 against 0.358; neutral on Papalexi 2021, Norman singles and McFaline. At prediction
+    (``data["target_seen"]``), an unseen target's entries are standard-normal fresh draws from
+    :func:`semimech.predict` (the ``_z`` suffix), which the model scales by the population's sd.
 knockdown_mean : (), knockdown_sd : ()
     Only with ``own_gene``: a gene target's effect on its own gene departs from the shared
     response by ``(knockdown_mean + knockdown_sd * effect_z[t, own gene]) * unit`` instead of the

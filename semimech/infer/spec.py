@@ -51,7 +51,8 @@ class ModelSpec:
         target name. ``None``: no such sites.
     resolve_options
         ``resolve_options(options, method) -> options``: settles options whose best value depends
-        on the inference method (``"svi"``, ``"nuts"``, or ``None`` outside a fit), e.g. the effect
+        on the inference method (``"svi"``, ``"map"`` for an SVI point estimate, ``"nuts"``, or ``None``
+        outside a fit; :func:`semimech.infer.fit.svi_method`), e.g. the effect
         population's ``effect_deviation="auto"``. The fit records the settled options, so
         ``predict`` and refits build the model the fit used. ``None``: options are used as given.
     """
