@@ -82,7 +82,8 @@ def _reference_fit(design, *, seed, num_steps, num_samples):
     import optax
     from numpyro.infer import SVI, Predictive, Trace_ELBO, autoguide, init_to_median
 
-    model = functools.partial(additive.SPEC.model, likelihood="negbin")
+    # the options fit_svi settles (the effect population's geometry for SVI: effect_deviation="centred")
+    model = functools.partial(additive.SPEC.model, **additive.SPEC.resolve_options({"likelihood": "negbin"}, "svi"))
     data = design.model_data()
     y = jnp.asarray(design.dense_y(), jnp.float32)
     g = autoguide.AutoNormal(model, init_loc_fn=init_to_median(num_samples=15), init_scale=0.05)
