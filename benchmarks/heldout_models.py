@@ -190,7 +190,8 @@ for _name, _fn in {
     "linear_steady_state/condition-residual": default_config("linear_steady_state", residual=True),
     "production_decay/condition-residual": default_config("production_decay", residual=True),
     "latent_programs/condition-residual": default_config("latent_programs", residual=True),
-    # the population misfit's deviations in the geometry mean-field SVI keeps (``effect_deviation="centred"``)
+    # the population misfit's deviations in either geometry, given explicitly; since session 19 an SVI fit settles
+    # the default ("auto") to the centred one, so */centred repeats */default there and */noncentred is the old default
     "linear_steady_state/centred": default_config("linear_steady_state", effect_deviation="centred"),
     "production_decay/centred": default_config("production_decay", effect_deviation="centred"),
     "linear_steady_state/noncentred": default_config("linear_steady_state", effect_deviation="noncentred"),

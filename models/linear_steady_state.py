@@ -51,8 +51,8 @@ shared_z, guide_sd, context_sd
 effect_mean, program_scale, program_loadings, program_z, embedding_scale, embedding_coef, effect_scale,
 effect_sd, effect_z
     The misfit of the dynamics (``residual="population"``, the default): a per-target effect from a learned
-    population (:mod:`semimech.models._effects`; ``effect_programs``, ``embedding``, ``effect_deviation``), so an unseen target
-    gets the response the dynamics do not explain from it, and a combination its targets' misfits summed
+    population (:mod:`semimech.models._effects`; ``effect_programs``, ``embedding``, ``effect_deviation``), so an
+    unseen target gets the response the dynamics do not explain from it, and a combination its targets' misfits summed
     (see :func:`semimech.models._network.residual`).
 residual_scale, residual_sd, residual_z
     With ``residual=True`` instead: a fresh misfit per perturbed condition (the default until 2026-12-06;
