@@ -123,7 +123,7 @@ def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: flo
     net.record_scales(own + direct, genes)
     ones = jnp.ones((n_programs,))
     ss = solve_conditions(W, b, alpha, program_log_scales(own, direct, Z), ones, fallback=fallback)
-    u = net.solved(ss, ones)
+    u = net.solved(ss, ones, data)
     # the edited gene's own production change, as in the gene-level models (u_gene = s * 1); with contexts,
     # each context shifts the baseline (pooled across contexts), programs and edits are shared
     loc_p = context_baseline(baseline, data, genes, unit=unit)[jnp.asarray(data["perturbation_context"])] + lscale * unit * ((u - 1.0) @ Z) + 3.0 * unit * jnp.expm1(own)

@@ -166,7 +166,7 @@ def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_sca
         ss = steady_states_shared(W, b, log_s, u_ctrl, check_stability=check_stability)
     else:
         ss = steady_states_closed_form(W, b, log_s, check_stability=check_stability)
-    loc_p = floor + scale * net.solved(ss, u_ctrl)
+    loc_p = floor + scale * net.solved(ss, u_ctrl, data)
     net.observe(loc_p, noise, data, genes, opts, likelihood=likelihood, y=y, unit=unit)
 
 

@@ -117,7 +117,7 @@ def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_sca
     log_s = net.gene_log_scales(data, genes, opts)
     net.record_scales(log_s, genes)
     ss = solve_conditions(W, b, alpha, log_s, u_ctrl, fallback=fallback)
-    loc_p = floor + scale * net.solved(ss, u_ctrl)
+    loc_p = floor + scale * net.solved(ss, u_ctrl, data)
     net.observe(loc_p, noise, data, genes, opts, likelihood=likelihood, y=y, unit=unit)
 
 

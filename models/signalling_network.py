@@ -411,6 +411,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         ok = ok & ok0
         numpyro.deterministic("ok_fraction", jnp.mean(ok))
         numpyro.factor("time_course_ok", jnp.where(jnp.all(ok), 0.0, -jnp.inf))
+        net_helpers.record_solves(_condition_ok(ok, P, ctx, identified), data)
         B = zt[jnp.arange(P), time_idx]
         x = keep * B
     elif st.levels:
@@ -419,6 +420,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         x, B, ok = _logic.compiled(st, kind="fixed_point")(p, stim, keep)
         numpyro.deterministic("ok_fraction", jnp.mean(ok))
         numpyro.factor("steady_state_ok", jnp.where(jnp.all(ok), 0.0, -jnp.inf))
+        net_helpers.record_solves(_condition_ok(ok, P, ctx, identified), data)
         B = jnp.where(ok[:, None], B, 0.0)
         x = jnp.where(ok[:, None], x, 0.0)
     m = _readout_state(inhibitor_readout, B, x, net["nodes"])
@@ -468,6 +470,12 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     with numpyro.plate("perturbations", P, dim=-2), genes:
         numpyro.deterministic("mean", to_data_scale(loc_p, likelihood))
     observe_conditions(loc_p, noise, data, genes, likelihood=likelihood, y=y, bounds=bounds)
+
+
+def _condition_ok(ok, P: int, ctx, identified: bool):
+    """``(P,)``: each condition's solve, and with ``identified`` its context's untreated reference solve too (the
+    readouts are measured against it)."""
+    return ok[:P] & ok[P + np.asarray(ctx)] if identified else ok[:P]
 
 
 SPEC = ModelSpec(

@@ -23,3 +23,7 @@ class SavedFitError(SemimechError):
 
 class PopulationOnlyWarning(UserWarning):
     """A prediction answers some conditions from a learned population alone (no data, no side information)."""
+
+
+class UnsolvedWarning(UserWarning):
+    """Some posterior draws found no steady state for a predicted condition; its answer is conditioned on one."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -210,6 +211,39 @@ def test_nuts_on_production_decay_small_problem(design):
     assert np.all(np.isfinite(fit.flat("mean")))
     p = sm.predict(fit, ["g4", "g0+g2"], rng_key=1)
     assert np.all(np.isfinite(p.draws["mean"]))
+
+
+def test_predict_conditions_each_answer_on_a_found_steady_state(linear_fit):
+    """A draw whose steady state is not found for a condition is replaced by one of the condition's solved draws
+    (the model's fallback, the control state, is no prediction), with a warning naming the conditions."""
+    import dataclasses
+
+    labels = ["g3", "g1+g3", "g0+g1", "control"]
+    checked = dataclasses.replace(linear_fit, options={**linear_fit.options, "check_stability": True}, idata=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sm.errors.UnsolvedWarning)  # negative control: every draw solves
+        good = sm.predict(checked, labels, rng_key=2, steady_state_draws=0)
+    assert good.steady_state.solved.tolist() == [1.0] * 4
+    # every other draw: dynamics 100x stronger, unstable, so no steady state is found for any condition
+    samples = dict(linear_fit.samples)
+    scale = np.array(samples["w_scale"], copy=True)
+    scale.reshape(-1)[::2] *= 100.0
+    samples["w_scale"], samples["w_local"] = scale, np.maximum(samples["w_local"], 1.0)
+    half = dataclasses.replace(checked, samples=samples)
+    with pytest.warns(sm.errors.UnsolvedWarning, match=r"4 condition\(s\): g3 \(15 of 30\).*conditioned on"):
+        p = sm.predict(half, labels, rng_key=2, steady_state_draws=0, num_cells=10)
+    assert p.steady_state.solved.tolist() == [0.5] * 4
+    m = p.draws["mean"]
+    assert np.all(np.isfinite(m)) and np.all(np.isfinite(p.draws["observed_mean"]))
+    solved, failed = np.arange(1, 30, 2), np.arange(0, 30, 2)
+    for j in range(len(labels)):  # each failed draw now holds one of the same condition's solved draws
+        rows = {tuple(r) for r in np.round(m[solved, j], 5)}
+        assert all(tuple(r) in rows for r in np.round(m[failed, j], 5))
+    # a condition no draw solves: NaN, said so
+    samples["w_scale"] = np.asarray(linear_fit.samples["w_scale"]) * 100.0
+    with pytest.warns(sm.errors.UnsolvedWarning, match="no draw solved"):
+        none = sm.predict(dataclasses.replace(checked, samples=samples), ["g3"], rng_key=2, steady_state_draws=0)
+    assert none.steady_state.solved.tolist() == [0.0] and np.all(np.isnan(none.draws["mean"]))
 
 
 def test_checks_stable_unique_and_a_negative_control(linear_fit):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -15,7 +16,7 @@ from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.checks import is_steady_state_model, solve_fractions
 from semimech.data.design import Design
-from semimech.errors import PredictionError
+from semimech.errors import PredictionError, UnsolvedWarning
 from semimech.infer._alignment import alignment, fresh_normal
 from semimech.infer._sources import condition_sources, warn_population_only
 from semimech.measurement import mean_of_cells
@@ -48,9 +49,13 @@ class Prediction:
     model
         Name of the model that made the prediction.
     steady_state
-        Steady-state models: one row per perturbation with ``converged`` and ``stable``, the
-        fractions of checked draws whose steady-state solve converged (and was stable), and
-        ``draws`` (see :func:`semimech.checks.solve_fractions`); ``None`` for other models.
+        Steady-state models: one row per perturbation with ``solved``, the fraction of all posterior
+        draws whose steady state the model found for it (a draw that fails is replaced by one of the
+        condition's solved draws, with an :class:`~semimech.errors.UnsolvedWarning`: the answer is
+        conditioned on a steady state existing, as the fit is), and, with ``steady_state_draws``,
+        ``converged`` and ``stable``, the fractions of re-solved draws whose solve from the control
+        state converged (and was stable), and ``draws`` (see :func:`semimech.checks.solve_fractions`);
+        ``None`` for other models.
     sources
         One row per perturbation: ``source`` — where its answer comes from: ``data`` (targets
         perturbed in training), ``side information`` (an unseen target covered by an embedding),
@@ -216,6 +221,7 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     for k in ("baseline_loc", "baseline_scale"):
         data[k] = tdata[k]
     data.update({k: v for k, v in tdata.items() if k.startswith("noise_")})  # the measurement model
+    data["record_solves"] = True  # steady-state models: each condition's solve per draw (models/_network.py)
     extra = fit.spec.prediction_sites(fit.options) if fit.spec.prediction_sites is not None else {}
     n_draw = next(iter(post.values())).shape[0]
     for site, width in extra.items():  # sites of the prediction only (e.g. an urn's choice): fresh, keyed by target
@@ -224,7 +230,7 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
                                       np.float32)
     model = functools.partial(fit.spec.model, **fit.options)
     noise_site = fit.spec.noise_site(fit.likelihood)
-    sites = [fit.spec.mean_site, noise_site, "condition_noise"]
+    sites = [fit.spec.mean_site, noise_site, "condition_noise", "solve_ok"]
 
     # One compiled replay per call, as before, but under jit with a closure of this call: the executable is
     # freed with it. Replayed eagerly, Predictive's lax.map compiled its scan with this call's data baked in
@@ -236,6 +242,10 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
 
     out = jax.jit(replay)(k_pred, post)
     mean = np.asarray(out[fit.spec.mean_site])
+    solved = None
+    if "solve_ok" in out:
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(key, 13))))
+        mean, solved = _given_solved(mean, np.asarray(out["solve_ok"], dtype=bool), labels, rng)
     if batch is not None:
         mean = _in_batch(fit, mean, str(batch), k_obs)
     draws = {"mean": mean}
@@ -260,8 +270,44 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     if steady_state_draws > 0 and is_steady_state_model(fit.spec):
         ss = solve_fractions(fit, post, data, labels, rng_key=jax.random.fold_in(key, 11),
                              num_draws=steady_state_draws)
+    if solved is not None:
+        ss = pd.DataFrame({"perturbation": list(labels)}) if ss is None else ss
+        ss["solved"] = solved
     return Prediction(perturbations=tuple(labels), genes=train.genes, draws=draws, control=train.control,
                       model=fit.spec.name, steady_state=ss, sources=sources, noise=noise)
+
+
+def _given_solved(mean: np.ndarray, ok: np.ndarray, labels, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Each condition's draws conditioned on its steady state being found; returns them and the solved fractions.
+
+    A steady-state model fills a failed solve with a fallback (the control state) only to keep its density
+    finite; the fit gives such draws no mass (``steady_state_ok``). At prediction a draw may still fail a *new*
+    condition, and its fallback would pass for a prediction of "no change". Here a condition's failed draws are
+    replaced by draws of the same condition resampled from its solved ones (the posterior predictive given that
+    the steady state exists, condition by condition), with a :class:`~semimech.errors.UnsolvedWarning` naming
+    the conditions; a condition that no draw solves is NaN. ``mean`` ``(draws, perturbations, genes)``, ``ok``
+    ``(draws, perturbations)``.
+    """
+    frac = ok.mean(0)
+    hit = np.flatnonzero(frac < 1.0)
+    if hit.size == 0:
+        return mean, frac
+    mean = np.array(mean)  # a copy: the replay's output is read-only
+    for p in hit:
+        good, bad = np.flatnonzero(ok[:, p]), np.flatnonzero(~ok[:, p])
+        mean[bad, p] = np.nan if good.size == 0 else mean[rng.choice(good, bad.size), p]
+    listed = ", ".join(f"{labels[p]} ({int(round((1 - frac[p]) * ok.shape[0]))} of {ok.shape[0]})" for p in hit[:8])
+    more = f" and {hit.size - 8} more" if hit.size > 8 else ""
+    none = [labels[p] for p in hit if frac[p] == 0.0]
+    warnings.warn(
+        f"the steady state was not found in some posterior draws for {hit.size} condition(s): {listed}{more}. "
+        "Their answers are conditioned on a steady state existing (the failed draws are replaced by resampling the "
+        "condition's solved draws; Prediction.steady_state['solved'] has the fractions)"
+        + (f"; no draw solved {none[:8]}, whose predictions are NaN" if none else "")
+        + ". Many failures mean that the fitted dynamics have no stable steady state for that condition: the "
+          "model's answer for it is weak, whatever its interval.",
+        UnsolvedWarning, stacklevel=3)
+    return mean, frac
 
 
 def _check_new_contexts(train: Design, pdesign: Design, labels: list[str], new_contexts: str) -> None:
