@@ -47,6 +47,36 @@ def pytest_runtest_setup(item):
         _shared_data_or_skip()
 
 
+#: Memory mappings of the test process past which a module's end drops the compiled programs kept by semimech and
+#: JAX. Each compiled program maps its kernels separately (an SVI engine ~1,800 mappings, a default NUTS fit ~1,000);
+#: one process running the slow suite passed 50,000, and past the kernel's vm.max_map_count (65,530) LLVM aborts the
+#: process ("Fatal Python error: Aborted" in a compile, seen in the time-course tests late in `pytest -m slow`).
+MAX_TEST_MAPS = 30_000
+
+
+def _maps() -> int:
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux: no such limit to watch
+        return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _bounded_compiled_code():
+    yield
+    if _maps() > MAX_TEST_MAPS:
+        import gc
+
+        import jax
+
+        from semimech.infer import release_compiled
+
+        release_compiled()
+        jax.clear_caches()
+        gc.collect()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The folder of the shared third-party datasets; skips the test when it is unreachable."""

@@ -324,3 +324,17 @@ def test_same_shapes_with_other_data_reuse_the_compiled_programs(design, small_c
     fresh = sm.fit_svi(additive.SPEC, d2, rng_key=5, **KW)
     assert fresh.timings["compiled_reused"] == 0
     _same(reused, fresh)
+
+
+def test_release_compiled_drops_the_kept_programs_and_the_next_fit_compiles_again(design):
+    from semimech.infer import nuts
+
+    sm.fit_svi(additive.SPEC, design, rng_key=0, **KW)
+    again = sm.fit_svi(additive.SPEC, design, rng_key=1, **KW)
+    assert again.timings["compiled_reused"] == 1 and len(_svi._ENGINES) >= 1
+    nuts._NUTS_PROGRAMS.put(("a key",), object())  # stands for a kept fit_nuts(compiled=True) program
+    sm.infer.release_compiled()
+    assert len(_svi._ENGINES) == 0 and len(nuts._NUTS_PROGRAMS) == 0
+    fresh = sm.fit_svi(additive.SPEC, design, rng_key=1, **KW)
+    assert fresh.timings["compiled_reused"] == 0
+    _same(fresh, again)  # the same programs compiled again: the same draws

@@ -80,6 +80,9 @@ def signature(tree) -> tuple:
                                 for x in leaves))
 
 
+_KEPT: list = []  # every Recent of the process (release_compiled)
+
+
 class Recent:
     """The last ``size`` objects kept in this process by cache key, most recently used last (a ``None``
     key, see :func:`cache_key`, is never kept): fit_svi's engines, fit_nuts(compiled=True)'s programs."""
@@ -87,6 +90,7 @@ class Recent:
     def __init__(self, size: int):
         self.size = size
         self._items: collections.OrderedDict = collections.OrderedDict()
+        _KEPT.append(self)
 
     def get(self, key):
         """The object kept for ``key`` (now the most recent), or ``None``."""
@@ -107,6 +111,21 @@ class Recent:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def release_compiled() -> None:
+    """Drop the compiled programs semimech keeps in this process for later fits of the same shapes.
+
+    ``fit_svi`` keeps its last 8 compiled engines (init, steps and draws of a model, its options and the data's
+    shapes) and ``fit_nuts(compiled=True)`` its last 4 programs, so that a second fit pays no compilation. Each
+    engine holds about 100 MB and ~1,800 of the process's memory mappings (an additive NB fit of 2,000 cells x 200
+    genes, measured; Linux's limit is ``vm.max_map_count``, 65,530 by default, beyond which LLVM aborts the process).
+    A long process that fits many different models or shapes can call this between them; the next fit compiles
+    again. JAX's own caches (e.g. NumPyro's sampler compiled by ``fit_nuts(compiled=False)``, ~1,000 mappings per
+    fit) are the user's to clear: ``jax.clear_caches()``.
+    """
+    for kept in _KEPT:
+        kept.clear()
 
 
 # --------------------------------------------------------------------------- persistent cache
