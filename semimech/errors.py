@@ -27,3 +27,7 @@ class PopulationOnlyWarning(UserWarning):
 
 class UnsolvedWarning(UserWarning):
     """Some posterior draws found no steady state for a predicted condition; its answer is conditioned on one."""
+
+
+class CompiledCodeWarning(ResourceWarning):
+    """The process holds so much compiled code that its memory mappings near the kernel's limit."""

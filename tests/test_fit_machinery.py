@@ -338,3 +338,25 @@ def test_release_compiled_drops_the_kept_programs_and_the_next_fit_compiles_agai
     fresh = sm.fit_svi(additive.SPEC, design, rng_key=1, **KW)
     assert fresh.timings["compiled_reused"] == 0
     _same(fresh, again)  # the same programs compiled again: the same draws
+
+
+def test_a_process_near_the_memory_mapping_limit_is_warned_once_per_crossing():
+    import warnings
+    from pathlib import Path
+
+    from semimech.infer import _compiled
+
+    if not Path("/proc/sys/vm/max_map_count").exists():
+        pytest.skip("the mapping limit is read on Linux only")
+    _compiled._WARNED_MAPS = False
+    try:
+        with pytest.warns(sm.errors.CompiledCodeWarning, match="release_compiled"):
+            _compiled.mapped_code_check(share=0.0)  # any process holds more than 0% of the limit
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _compiled.mapped_code_check(share=0.0)  # once per crossing
+            _compiled.mapped_code_check(share=1.0)  # negative control: below the limit, silent (and re-armed)
+        with pytest.warns(sm.errors.CompiledCodeWarning):
+            _compiled.mapped_code_check(share=0.0)
+    finally:
+        _compiled._WARNED_MAPS = False

@@ -128,6 +128,39 @@ def release_compiled() -> None:
         kept.clear()
 
 
+def mapped_code_check(*, share: float = 0.7) -> None:
+    """Warn (:class:`~semimech.errors.CompiledCodeWarning`) when this process holds more than ``share`` of the
+    kernel's memory-mapping limit (Linux: ``/proc/sys/vm/max_map_count``; nothing elsewhere). Compiled programs
+    map their kernels one by one, and past the limit LLVM aborts the whole process in its next compile, without a
+    Python error; called at the end of every fit, this says so while there is time to act. Once per crossing."""
+    global _WARNED_MAPS
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read().split()[0])
+        with open("/proc/self/maps") as f:
+            n = sum(1 for _ in f)
+    except (OSError, ValueError, IndexError):
+        return
+    if n <= share * limit:
+        _WARNED_MAPS = False
+        return
+    if not _WARNED_MAPS:
+        import warnings
+
+        from semimech.errors import CompiledCodeWarning
+
+        _WARNED_MAPS = True
+        warnings.warn(
+            f"this process holds {n:,} memory mappings, most of them compiled programs, and the kernel allows "
+            f"{limit:,} (vm.max_map_count); past it the next compile aborts the process. Free compiled code "
+            "between fits of new shapes: semimech.infer.release_compiled() (semimech's kept programs) and "
+            "jax.clear_caches() (JAX's, e.g. NumPyro's sampler of each fit_nuts call), or restart the process.",
+            CompiledCodeWarning, stacklevel=3)
+
+
+_WARNED_MAPS = False
+
+
 # --------------------------------------------------------------------------- persistent cache
 def set_cache_dir(path) -> None:
     """Store semimech's compiled programs in ``path`` (``None`` switches the cache off).

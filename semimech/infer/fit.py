@@ -433,7 +433,7 @@ def _finish_svi(eng, spec, design, model, data, y, opts, state, losses, k_draw, 
     """The posterior draws of a finished SVI state and the :class:`Fit` (``fingerprint``: for a checkpoint if
     the draws are interrupted; ``None``: no checkpoint, as after ``restarts > 1``)."""
     from semimech.infer import _svi
-    from semimech.infer._compiled import wait
+    from semimech.infer._compiled import mapped_code_check, wait
 
     try:
         post = eng.draws(k_draw, state, traced, num_samples, phases=phases)
@@ -453,6 +453,7 @@ def _finish_svi(eng, spec, design, model, data, y, opts, state, losses, k_draw, 
     dims = site_dims(model, data, y)
     timings = phases.finish()
     timings["steps"] = int(len(losses))
+    mapped_code_check()
     return Fit(spec=spec, design=design, samples=samples, dims=dims, method="svi", options=opts,
                losses=losses, timings=timings, restarts=restarts)
 

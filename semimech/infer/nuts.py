@@ -18,7 +18,7 @@ from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import InferenceError
-from semimech.infer._compiled import Recent
+from semimech.infer._compiled import Recent, mapped_code_check
 from semimech.infer._interrupt import FitInterrupted
 from semimech.infer._progress import Phases
 from semimech.infer._sites import site_dims
@@ -96,7 +96,8 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     in its process-wide caches (about 1,000 memory mappings per fit, measured): a process running many NUTS fits (a
     loop over 50 or more folds) can reach the kernel's limit of mappings, and LLVM then aborts
     with "Unable to allocate section memory". Call ``jax.clear_caches()`` between such fits
-    (``benchmarks/heldout.py`` does after every fold); semimech does not clear JAX's caches for you.
+    (``benchmarks/heldout.py`` does after every fold); semimech does not clear JAX's caches for you, but every fit
+    warns (:class:`~semimech.errors.CompiledCodeWarning`) once the process holds 70% of the limit.
     """
     from semimech.infer.auto import cut_sites_in
 
@@ -144,6 +145,7 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     # deterministic sites are recorded by NUTS; keep everything but the observations
     samples.pop("y", None)
     dims = site_dims(model, data, y)
+    mapped_code_check()
     return Fit(spec=spec, design=design, samples=samples, dims=dims, method="nuts", options=opts,
                sample_stats=stats)
 

@@ -38,6 +38,7 @@ from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import DesignError
+from semimech.infer._compiled import mapped_code_check
 from semimech.infer._elbo import OrderedTraceELBO
 from semimech.infer.fit import GUIDES, Fit, _check_losses, resolved_options, svi_method
 from semimech.infer._sites import site_dims, trace
@@ -340,5 +341,6 @@ def _to_fit(spec, design, stream: _Stream, g, params, losses, key, num_samples: 
     post.pop("y", None)
     samples = {k: np.asarray(v)[None] for k, v in post.items()}
     dims = site_dims(stream.raw_model, data)
+    mapped_code_check()
     return Fit(spec=spec, design=design, samples=samples, dims=dims, method="svi", options=stream.opts,
                losses=losses)
