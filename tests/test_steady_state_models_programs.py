@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import pandas as pd
@@ -29,7 +31,10 @@ def test_latent_programs_fit_predict_unseen_gene_and_combination():
     assert solved.mean() >= 0.95
     assert fit.diagnostics()["solved_draws"] == pytest.approx(solved.mean())
     assert fit.dims["loadings_z"] == ("programs", "genes")
-    p = sm.predict(fit, ["control", "g4", "g4+drugX", "g0+g1"], rng_key=1)
+    with warnings.catch_warnings():  # those draws fail in prediction too: resampled, counted in p.steady_state
+        warnings.simplefilter("ignore", sm.errors.UnsolvedWarning)
+        p = sm.predict(fit, ["control", "g4", "g4+drugX", "g0+g1"], rng_key=1)
+    assert p.steady_state.solved.min() >= 0.95
     m = p.draws["mean"]
     assert np.all(np.isfinite(m))
     # the fitted double is close to its data; the unseen gene's own mean moves across draws
