@@ -397,3 +397,33 @@ def test_nuts_parallel_chains_equal_sequential_draws(tmp_path):
         "print('OK')\n")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_default_nuts_fits_do_not_accumulate_compiled_sampling_loops(monkeypatch, simulate_additive):
+    """NumPyro compiles its sampling loop anew for every MCMC.run and JAX kept each (~700 memory mappings a fit: a
+    long process of NUTS fits reached the kernel's limit); fit_nuts frees the loop it no longer needs."""
+    from semimech.infer import nuts
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("memory mappings are counted on Linux only")
+
+    def maps():
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    d = simulate_additive(seed=0, n_targets=3, n_genes=3).pseudobulk()
+
+    def run(seed):
+        sm.fit_nuts(additive.SPEC, d, rng_key=seed, num_warmup=20, num_samples=20, num_chains=1,
+                    progress_bar=False, effects="horseshoe")
+
+    run(0)
+    before = maps()
+    run(1)
+    run(2)
+    assert maps() - before < 150
+    monkeypatch.setattr(nuts, "_release_numpyro_loop", lambda: None)  # negative control: each loop is kept
+    before = maps()
+    run(3)
+    run(4)
+    assert maps() - before > 600
