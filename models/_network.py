@@ -139,7 +139,7 @@ def _pad(arr, n: int, fill, what: str):
     return np.concatenate([arr, pad], axis=0)
 
 
-def _variants(data, variant_of, shared_gene_index):
+def variants(data, variant_of, shared_gene_index):
     """Validated ``(variant_of, shared_gene_index)`` padded to the design's targets (or Nones)."""
     if variant_of is None and shared_gene_index is None:
         return None, None
@@ -195,7 +195,7 @@ def target_log_scales(data, genes_plate, opts: SharedOptions, *, split: bool = F
     target's direct effect to its listed genes: elsewhere its log scale is exactly zero.
     """
     tgi = np.asarray(data["target_gene_index"])
-    var, sgi = _variants(data, opts.variant_of, opts.shared_gene_index)
+    var, sgi = variants(data, opts.variant_of, opts.shared_gene_index)
     mask = direct_mask_array(data, opts.direct_mask)
     gene_of = tgi if var is None else np.where(var >= 0, sgi[np.maximum(var, 0)], tgi)
     loc = numpyro.sample("efficacy_loc", dist.Normal(0.0, opts.efficacy_prior_scale))
@@ -414,7 +414,7 @@ def target_gene_mask(design, target_genes) -> np.ndarray:
 
 def _variant_gene(data, variant_of, shared_gene_index):
     """``(targets,)``: the gene column of each variant's shared target (-1 for the rest), or None without variants."""
-    var, sgi = _variants(data, variant_of, shared_gene_index)
+    var, sgi = variants(data, variant_of, shared_gene_index)
     if var is None:
         return None
     return np.where(var >= 0, sgi[np.maximum(var, 0)], -1)

@@ -50,9 +50,9 @@ def _shared_seen(fit, data, targets, seen: set[str]) -> np.ndarray:
     opts = fit.options
     if opts.get("variant_of") is None or opts.get("shared_gene_index") is None:
         return np.zeros(len(targets), dtype=bool)
-    from semimech.models._network import _variants
+    from semimech.models._network import variants
 
-    var, _ = _variants(data, opts["variant_of"], opts["shared_gene_index"])
+    var, _ = variants(data, opts["variant_of"], opts["shared_gene_index"])
     groups = {int(v) for t, v in zip(targets, var) if t in seen and v >= 0}
     return np.array([int(v) in groups for v in var], dtype=bool)
 
