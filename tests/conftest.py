@@ -48,9 +48,10 @@ def pytest_runtest_setup(item):
 
 
 #: Memory mappings of the test process past which a module's end drops the compiled programs kept by semimech and
-#: JAX. Each compiled program maps its kernels separately (an SVI engine ~1,800 mappings, a default NUTS fit ~1,000);
-#: one process running the slow suite passed 50,000, and past the kernel's vm.max_map_count (65,530) LLVM aborts the
-#: process ("Fatal Python error: Aborted" in a compile, seen in the time-course tests late in `pytest -m slow`).
+#: JAX. Each compiled program maps its kernels separately (an SVI engine ~1,800 mappings, NumPyro's programs of a
+#: NUTS fit some hundreds): one process running the slow suite reached 61,713, and past the kernel's vm.max_map_count
+#: (65,530) LLVM aborts the process ("Fatal Python error: Aborted" in a compile, seen in the time-course tests late in
+#: `pytest -m slow`); with this, its peak was 45,863.
 MAX_TEST_MAPS = 30_000
 
 

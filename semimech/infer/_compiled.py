@@ -118,11 +118,11 @@ def release_compiled() -> None:
 
     ``fit_svi`` keeps its last 8 compiled engines (init, steps and draws of a model, its options and the data's
     shapes) and ``fit_nuts(compiled=True)`` its last 4 programs, so that a second fit pays no compilation. Each
-    engine holds about 100 MB and ~1,800 of the process's memory mappings (an additive NB fit of 2,000 cells x 200
-    genes, measured; Linux's limit is ``vm.max_map_count``, 65,530 by default, beyond which LLVM aborts the process).
-    A long process that fits many different models or shapes can call this between them; the next fit compiles
-    again. JAX's own caches (e.g. NumPyro's sampler compiled by ``fit_nuts(compiled=False)``, ~1,000 mappings per
-    fit) are the user's to clear: ``jax.clear_caches()``.
+    engine holds about 100 MB and ~1,800 of the process's memory mappings (measured on small additive-model fits;
+    Linux's limit is ``vm.max_map_count``, 65,530 by default, beyond which LLVM aborts the process). A long process
+    that fits many different models or shapes can call this between them; the next fit compiles again. JAX's own
+    caches (e.g. NumPyro's programs of ``fit_nuts(compiled=False)`` with vectorised chains, ~500 mappings per fit)
+    are the user's to clear: ``jax.clear_caches()``.
     """
     for kept in _KEPT:
         kept.clear()

@@ -304,8 +304,8 @@ def _given_solved(mean: np.ndarray, ok: np.ndarray, labels, rng) -> tuple[np.nda
         "Their answers are conditioned on a steady state existing (the failed draws are replaced by resampling the "
         "condition's solved draws; Prediction.steady_state['solved'] has the fractions)"
         + (f"; no draw solved {none[:8]}, whose predictions are NaN" if none else "")
-        + ". Many failures mean that the fitted dynamics have no stable steady state for that condition: the "
-          "model's answer for it is weak, whatever its interval.",
+        + ". Many failures mean that the solver finds no steady state of the fitted dynamics for that condition in "
+          "much of the posterior: the model's answer for it is weak, whatever its interval.",
         UnsolvedWarning, stacklevel=3)
     return mean, frac
 
