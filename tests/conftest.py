@@ -55,18 +55,12 @@ def pytest_runtest_setup(item):
 MAX_TEST_MAPS = 30_000
 
 
-def _maps() -> int:
-    try:
-        with open("/proc/self/maps") as f:
-            return sum(1 for _ in f)
-    except OSError:  # not Linux: no such limit to watch
-        return 0
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _bounded_compiled_code():
     yield
-    if _maps() > MAX_TEST_MAPS:
+    from semimech.infer._compiled import mapping_count
+
+    if (mapping_count() or 0) > MAX_TEST_MAPS:  # None: not Linux, no such limit to watch
         import gc
 
         import jax

@@ -128,17 +128,27 @@ def release_compiled() -> None:
         kept.clear()
 
 
+def mapping_count() -> int | None:
+    """The memory mappings this process holds (Linux: the lines of ``/proc/self/maps``), or ``None`` elsewhere."""
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
 def mapped_code_check(*, share: float = 0.7) -> None:
     """Warn (:class:`~semimech.errors.CompiledCodeWarning`) when this process holds more than ``share`` of the
     kernel's memory-mapping limit (Linux: ``/proc/sys/vm/max_map_count``; nothing elsewhere). Compiled programs
     map their kernels one by one, and past the limit LLVM aborts the whole process in its next compile, without a
     Python error; called at the end of every fit, this says so while there is time to act. Once per crossing."""
     global _WARNED_MAPS
+    n = mapping_count()
+    if n is None:
+        return
     try:
         with open("/proc/sys/vm/max_map_count") as f:
             limit = int(f.read().split()[0])
-        with open("/proc/self/maps") as f:
-            n = sum(1 for _ in f)
     except (OSError, ValueError, IndexError):
         return
     if n <= share * limit:
