@@ -506,24 +506,22 @@ def record_scales(log_s, genes_plate, *, plate_name: str = "perturbations"):
         numpyro.deterministic("log_scale", log_s)
 
 
-def record_solves(ok, data) -> None:
-    """At prediction (``data["record_solves"]``, set by :func:`semimech.predict`): the deterministic ``solve_ok``
-    ``(perturbations,)``, whether each condition's steady state was found in this draw. ``predict`` conditions
-    each condition's answer on it (a draw that fails a training condition has no posterior mass, see
-    :func:`solved`); the fit itself records only ``ok_fraction``."""
+def guard_solves(ok, data=None, *, conditions=None, factor: str = "steady_state_ok") -> None:
+    """Every solve's bookkeeping in a model: ``ok_fraction`` (the fraction of ``ok`` solved), a draw with any failed
+    solve rejected (the factor ``factor`` is ``-inf``), and, at prediction (``data["record_solves"]``, set by
+    :func:`semimech.predict`), the deterministic ``solve_ok`` ``(perturbations,)``: whether each condition's steady
+    state was found in this draw (``conditions``, default ``ok``). ``predict`` conditions each condition's answer
+    on it; the fit itself records only ``ok_fraction``."""
+    numpyro.deterministic("ok_fraction", jnp.mean(jnp.asarray(ok, dtype=jnp.float32)))
     if data is not None and data.get("record_solves", False):
-        numpyro.deterministic("solve_ok", jnp.asarray(ok, dtype=bool))
+        numpyro.deterministic("solve_ok", jnp.asarray(ok if conditions is None else conditions, dtype=bool))
+    numpyro.factor(factor, jnp.where(jnp.all(ok), 0.0, -jnp.inf))
 
 
 def solved(ss, fallback, data=None):
-    """``ss.x``, ``fallback`` where a solve failed; records ``ok_fraction``, rejects draws with a failure (``-inf``).
-
-    With ``data`` from :func:`semimech.predict`, also each condition's ``solve_ok`` (:func:`record_solves`): the
-    fallback fills a failed row only to keep the density finite, it is not a prediction.
-    """
-    numpyro.deterministic("ok_fraction", jnp.mean(ss.ok.astype(jnp.float32)))
-    record_solves(ss.ok, data)
-    numpyro.factor("steady_state_ok", jnp.where(jnp.all(ss.ok), 0.0, -jnp.inf))
+    """``ss.x``, ``fallback`` where a solve failed, after :func:`guard_solves`: the fallback fills a failed row only
+    to keep the density finite, it is not a prediction."""
+    guard_solves(ss.ok, data)
     return jnp.where(ss.ok[:, None], ss.x, fallback)
 
 

@@ -409,18 +409,14 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         z0, ok0 = _time.start_state(p, stim0, keep, st)
         zt, ok = _time.activation_at(p, stim, keep, z0, 1.0 / tau, grid, st)
         ok = ok & ok0
-        numpyro.deterministic("ok_fraction", jnp.mean(ok))
-        numpyro.factor("time_course_ok", jnp.where(jnp.all(ok), 0.0, -jnp.inf))
-        net_helpers.record_solves(_condition_ok(ok, P, ctx, identified), data)
+        net_helpers.guard_solves(ok, data, conditions=_condition_ok(ok, P, ctx, identified), factor="time_course_ok")
         B = zt[jnp.arange(P), time_idx]
         x = keep * B
     elif st.levels:
         x, B = _logic.compiled(st)(p, stim, keep)
     else:
         x, B, ok = _logic.compiled(st, kind="fixed_point")(p, stim, keep)
-        numpyro.deterministic("ok_fraction", jnp.mean(ok))
-        numpyro.factor("steady_state_ok", jnp.where(jnp.all(ok), 0.0, -jnp.inf))
-        net_helpers.record_solves(_condition_ok(ok, P, ctx, identified), data)
+        net_helpers.guard_solves(ok, data, conditions=_condition_ok(ok, P, ctx, identified))
         B = jnp.where(ok[:, None], B, 0.0)
         x = jnp.where(ok[:, None], x, 0.0)
     m = _readout_state(inhibitor_readout, B, x, net["nodes"])
