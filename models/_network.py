@@ -509,12 +509,13 @@ def record_scales(log_s, genes_plate, *, plate_name: str = "perturbations"):
 def guard_solves(ok, data=None, *, conditions=None, factor: str = "steady_state_ok") -> None:
     """Every solve's bookkeeping in a model: ``ok_fraction`` (the fraction of ``ok`` solved), a draw with any failed
     solve rejected (the factor ``factor`` is ``-inf``), and, at prediction (``data["record_solves"]``, set by
-    :func:`semimech.predict`), the deterministic ``solve_ok`` ``(perturbations,)``: whether each condition's steady
-    state was found in this draw (``conditions``, default ``ok``). ``predict`` conditions each condition's answer
-    on it; the fit itself records only ``ok_fraction``."""
+    :func:`semimech.predict`), the deterministic ``condition_solved`` ``(perturbations,)``: whether each condition's
+    steady state was found in this draw (``conditions``, default ``ok``). ``predict`` conditions each condition's
+    answer on it; the fit itself records only ``ok_fraction``. (Not ``solve_ok``: the time-course models name a
+    factor so.)"""
     numpyro.deterministic("ok_fraction", jnp.mean(jnp.asarray(ok, dtype=jnp.float32)))
     if data is not None and data.get("record_solves", False):
-        numpyro.deterministic("solve_ok", jnp.asarray(ok if conditions is None else conditions, dtype=bool))
+        numpyro.deterministic("condition_solved", jnp.asarray(ok if conditions is None else conditions, dtype=bool))
     numpyro.factor(factor, jnp.where(jnp.all(ok), 0.0, -jnp.inf))
 
 

@@ -230,7 +230,7 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
                                       np.float32)
     model = functools.partial(fit.spec.model, **fit.options)
     noise_site = fit.spec.noise_site(fit.likelihood)
-    sites = [fit.spec.mean_site, noise_site, "condition_noise", "solve_ok"]
+    sites = [fit.spec.mean_site, noise_site, "condition_noise", "condition_solved"]
 
     # One compiled replay per call, as before, but under jit with a closure of this call: the executable is
     # freed with it. Replayed eagerly, Predictive's lax.map compiled its scan with this call's data baked in
@@ -243,9 +243,9 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     out = jax.jit(replay)(k_pred, post)
     mean = np.asarray(out[fit.spec.mean_site])
     solved = None
-    if "solve_ok" in out:
+    if "condition_solved" in out:
         rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(key, 13))))
-        mean, solved = _given_solved(mean, np.asarray(out["solve_ok"], dtype=bool), labels, rng)
+        mean, solved = _given_solved(mean, np.asarray(out["condition_solved"], dtype=bool), labels, rng)
     if batch is not None:
         mean = _in_batch(fit, mean, str(batch), k_obs)
     draws = {"mean": mean}
