@@ -1,4 +1,5 @@
-"""fit_nuts(compiled=True): NumPyro's NUTS run traced into one program compiled by semimech."""
+"""fit_nuts(compiled=True): NumPyro's NUTS as two programs compiled by semimech (an initialisation and a block of
+iterations), run block by block."""
 
 import numpy as np
 import numpyro
@@ -51,7 +52,7 @@ def test_compiled_posterior_agrees_with_the_default_path(design, chain_method, t
     set_cache_dir(tmp_path)
     try:
         one = sm.fit_nuts(spec, design, compiled=True, **kw)
-        assert len(list(tmp_path.glob("*.bin"))) == 1
+        assert len(list(tmp_path.glob("*.bin"))) == 2  # the initialisation and the block
         again = sm.fit_nuts(spec, design, compiled=True, **kw)
     finally:
         set_cache_dir(before)
@@ -82,52 +83,96 @@ def test_compiled_fit_where_the_density_cannot_be_evaluated_fails_clearly(design
 @pytest.mark.slow
 def test_compiled_program_is_reused_in_the_process_for_the_same_shapes(design, monkeypatch):
     """A second compiled=True fit with the same model, settings and shapes compiles nothing and, with the
-    same key, repeats the draws; other data of the same shapes run on the same program; another number
-    of draws (negative control) compiles a new one."""
+    same key, repeats the draws; other data of the same shapes, more draws or more sequential chains run on the
+    same two programs; another warm-up length (negative control) compiles both anew."""
     from semimech.infer import _compiled, nuts as nuts_module
 
     nuts_module._NUTS_PROGRAMS.clear()
     compiles = []
-    real = _compiled.compile_lowered_keyed
-    monkeypatch.setattr(_compiled, "compile_lowered_keyed", lambda *a, **k: compiles.append(1) or real(*a, **k))
+    real = _compiled.submit_compile
+    monkeypatch.setattr(_compiled, "submit_compile", lambda *a, **k: compiles.append(1) or real(*a, **k))
     spec = _normal_spec()
     kw = dict(num_warmup=100, num_samples=100, num_chains=1, progress_bar=False, compiled=True)
     first = sm.fit_nuts(spec, design, rng_key=5, **kw)
+    assert len(compiles) == 2 and nuts_module.LAST_PROGRAM["cache"] == "compiled"
     again = sm.fit_nuts(spec, design, rng_key=5, **kw)
-    assert len(compiles) == 1 and nuts_module.LAST_PROGRAM["cache"] == "memory"
+    assert len(compiles) == 2 and nuts_module.LAST_PROGRAM["cache"] == "memory"
     np.testing.assert_array_equal(first.samples["m"], again.samples["m"])
     from semimech.simulate import simulate_screen
 
     ad, _ = simulate_screen(n_cells=60, n_genes=3, n_targets=2, rng_key=1, likelihood="normal")
     other_data = sm.Design.from_anndata(ad, perturbation_key="perturbation", control="control")
     other = sm.fit_nuts(spec, other_data, rng_key=6, **kw)
-    assert len(compiles) == 1
-    assert not np.array_equal(other.samples["m"], first.samples["m"])
-    sm.fit_nuts(spec, design, rng_key=5, **{**kw, "num_samples": 120})
     assert len(compiles) == 2
+    assert not np.array_equal(other.samples["m"], first.samples["m"])
+    longer = sm.fit_nuts(spec, design, rng_key=5, **{**kw, "num_samples": 120})
+    np.testing.assert_array_equal(longer.samples["m"][:, :100], first.samples["m"])  # the same chain, run on
+    two = sm.fit_nuts(spec, design, rng_key=5, **{**kw, "num_chains": 2, "chain_method": "sequential"})
+    assert len(compiles) == 2 and two.samples["m"].shape[:2] == (2, 100)
+    sm.fit_nuts(spec, design, rng_key=5, **{**kw, "num_warmup": 120})
+    assert len(compiles) == 4
 
 
-def test_compiled_fit_interrupted_while_sampling_says_what_keeps_running(design, monkeypatch):
-    """Ctrl-C during the compiled program's run: a one-line FitInterrupted that says the program cannot be
-    cancelled (not a bare KeyboardInterrupt). The program is replaced by a stub: nothing is compiled."""
-    from semimech.infer import _compiled, nuts as nuts_module
+def test_compiled_draws_do_not_depend_on_where_blocks_end(design, monkeypatch):
+    """The blocks only decide how often Python sees the chain: one iteration per block gives the very draws and
+    sampler fields of the default block sizes (warm-up and sampling split inside a block or between blocks)."""
+    from semimech.infer import _nuts_blocks
+
+    kw = dict(rng_key=2, num_warmup=37, num_samples=23, num_chains=2, progress_bar=False, compiled=True,
+              chain_method="sequential")
+    spec = _normal_spec()
+    usual = sm.fit_nuts(spec, design, **kw)
+    monkeypatch.setattr(_nuts_blocks, "BLOCK_SECONDS", 0.0)  # every block one iteration
+    single = sm.fit_nuts(spec, design, **kw)
+    assert usual.samples.keys() == single.samples.keys() and usual.samples["m"].shape == (2, 23, design.n_genes)
+    for site in usual.samples:
+        np.testing.assert_array_equal(usual.samples[site], single.samples[site])
+    for field in usual.sample_stats:
+        np.testing.assert_array_equal(usual.sample_stats[field], single.sample_stats[field])
+    # negative control: another key is another chain
+    other = sm.fit_nuts(spec, design, **{**kw, "rng_key": 3})
+    assert not np.array_equal(other.samples["m"], usual.samples["m"])
+
+
+def test_compiled_fit_stops_within_a_block_on_ctrl_c(design, monkeypatch):
+    """Ctrl-C (a real SIGINT) while the compiled sampler runs: a one-line FitInterrupted within about a block
+    (BLOCK_SECONDS), and nothing keeps running after it (the process's CPU time stands still)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from semimech.infer import _nuts_blocks
     from semimech.infer._interrupt import FitInterrupted
 
-    # a cache of its own: the stub program serves no later test
-    monkeypatch.setattr(nuts_module, "_NUTS_PROGRAMS", _compiled.Recent(nuts_module.MAX_NUTS_PROGRAMS))
-    monkeypatch.setattr(_compiled, "compile_lowered_keyed", lambda lowered, **_: (lambda *args: None, False, None))
+    started = threading.Event()
+    real = _nuts_blocks.run_chain
 
-    def interrupted(_):
-        raise KeyboardInterrupt
+    def run_chain(*args, **kwargs):
+        started.set()
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(_compiled, "wait", interrupted)
-    # catch every KeyboardInterrupt (a bare one must fail this test, not stop the test run)
+    monkeypatch.setattr(_nuts_blocks, "run_chain", run_chain)
+    sent = {}
+
+    def interrupt():
+        if started.wait(120):
+            time.sleep(0.5)
+            sent["t"] = time.perf_counter()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    # far more iterations than can run in the time allowed: only the interrupt ends the fit
     with pytest.raises(KeyboardInterrupt) as err:
-        sm.fit_nuts(_normal_spec(), design, rng_key=0, num_warmup=5, num_samples=5, num_chains=1,
+        sm.fit_nuts(_normal_spec(), design, rng_key=0, num_warmup=200, num_samples=5_000_000, num_chains=1,
                     progress_bar=False, compiled=True)
+    latency = time.perf_counter() - sent["t"]
     assert isinstance(err.value, FitInterrupted), type(err.value)
-    assert "cannot be cancelled" in str(err.value) and "compiled=False" in str(err.value)
-    assert "\n" not in str(err.value)
+    assert "interrupted (Ctrl-C)" in str(err.value) and "\n" not in str(err.value)
+    assert latency < _nuts_blocks.BLOCK_SECONDS + 1.5, latency
+    cpu = time.process_time()
+    time.sleep(1.0)
+    assert time.process_time() - cpu < 0.3, "a compiled program kept running after the interrupt"
 
 
 # ------------------------------------------------------ the persistent cache's fast key (no lowering)
@@ -198,7 +243,7 @@ def test_returning_process_loads_the_program_without_lowering_and_repeats_the_dr
     where, uncached = _returning_user(script, tmp_path, "uncached", None)
     assert where == "compiled"
     where, first = _returning_user(script, tmp_path, "first", cache)
-    assert where == "compiled" and len(list(cache.glob("*.fast"))) == 1 and len(list(cache.glob("*.bin"))) == 1
+    assert where == "compiled" and len(list(cache.glob("*.fast"))) == 2 and len(list(cache.glob("*.bin"))) == 2
     _same(first, uncached)
     where, second = _returning_user(script, tmp_path, "second", cache)
     assert where == "fast"

@@ -586,7 +586,7 @@ def _check_losses(losses: np.ndarray) -> None:
 
 #: names that moved to :mod:`semimech.infer.nuts`, still importable from here (``from semimech.infer.fit import
 #: fit_nuts``) through the module's ``__getattr__``
-_MOVED_TO_NUTS = ("fit_nuts", "MAX_NUTS_PROGRAMS", "_NUTS_PROGRAMS", "_nuts_one_program", "CHAIN_METHODS",
+_MOVED_TO_NUTS = ("fit_nuts", "MAX_NUTS_PROGRAMS", "_NUTS_PROGRAMS", "_nuts_compiled", "CHAIN_METHODS",
                   "_chain_method", "_init_from", "_check_nuts_settings")
 
 

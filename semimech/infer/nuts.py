@@ -6,6 +6,7 @@ with ``fit_svi``; ``from semimech.infer.fit import fit_nuts`` keeps working.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 import jax
@@ -125,13 +126,14 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     if compiled:
         # what the one program depends on besides its traced arguments (as fit_svi's engine key; warm
         # starts are constants of the program, so their values are part of it)
-        key_parts = ("nuts", spec.model, opts, target_accept_prob, max_tree_depth, dense_mass,
-                     "median" if init_values is None else dict(init_values), num_warmup, num_samples, num_chains,
-                     chain_method, jax.default_backend())
-        samples, extra = _nuts_one_program(model, data, y, settings, rng_key=rng_key, num_warmup=num_warmup,
-                                           num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
-                                           phases=Phases(show=progress_bar, label=f"fit_nuts {spec.name}"),
-                                           key_parts=key_parts)
+        # (the programs do not depend on the number of draws, nor on the number of chains unless they are
+        # vectorised: _nuts_compiled adds the chains run together)
+        key_parts = ("nuts-blocks", spec.model, opts, target_accept_prob, max_tree_depth, dense_mass,
+                     "median" if init_values is None else dict(init_values), num_warmup, jax.default_backend())
+        samples, extra = _nuts_compiled(model, data, y, settings, rng_key=rng_key, num_warmup=num_warmup,
+                                        num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
+                                        phases=Phases(show=progress_bar, label=f"fit_nuts {spec.name}"),
+                                        key_parts=key_parts)
     else:
         mcmc = MCMC(NUTS(model, **settings), num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                     chain_method=chain_method, progress_bar=progress_bar)
@@ -162,65 +164,107 @@ _NUTS_PROGRAMS = Recent(MAX_NUTS_PROGRAMS)
 LAST_PROGRAM = {"cache": None}
 
 
-def _nuts_one_program(model, data, y, settings: dict, *, rng_key, num_warmup, num_samples, num_chains, chain_method,
-                      phases: Phases, key_parts=None):
-    """``fit_nuts(compiled=True)``: NumPyro's ``MCMC.run`` traced into one program, compiled by semimech.
+def _nuts_compiled(model, data, y, settings: dict, *, rng_key, num_warmup, num_samples, num_chains, chain_method,
+                   phases: Phases, key_parts=None):
+    """``fit_nuts(compiled=True)``: NumPyro's NUTS as two programs compiled by semimech (an initialisation and a
+    block of iterations, :mod:`semimech.infer._nuts_blocks`), run block by block.
 
-    The readouts and per-row arrays are arguments of the program (``split_data``, as in ``fit_svi``), the
-    design's structure is part of it; the program is compiled through ``compile_lowered_keyed`` (interruptible,
-    the persistent cache if one is set) and kept for later fits of the process with the same ``key_parts``,
+    The readouts and per-row arrays are arguments of the programs (``split_data``, as in ``fit_svi``), the
+    design's structure is part of them; they are compiled side by side (interruptibly, the persistent cache if
+    one is set, found by the fast key first) and kept for later fits of the process with the same ``key_parts``,
     structure and shapes (the last :data:`MAX_NUTS_PROGRAMS`; no tracing, lowering or compiling then).
     Returns ``(samples, extra fields)`` as NumPy arrays, grouped by chain.
     """
-    from semimech.infer._compiled import cache_dir, cache_key, compile_lowered_keyed, signature, wait
-    from semimech.infer._fastkey import load_fast, program_key, store_fast
+    from semimech.infer import _nuts_blocks as nb
+    from semimech.infer._compiled import cache_dir, cache_key, signature
     from semimech.infer._svi import _assemble, split_data
 
     static, traced = split_data(data, y)
-    pkey = None if key_parts is None else cache_key(*key_parts, static, signature(traced))
-    # sequential chains: one chain's program mapped over the keys (NumPyro's own "sequential" would trace a
-    # copy of the chain per chain into the program)
-    method = (lambda f: (lambda xs: jax.lax.map(f, xs))) if chain_method == "sequential" else chain_method
-
-    def run(key, traced):
-        d, yy = _assemble(static, traced)
-        mcmc = MCMC(NUTS(model, **settings), num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                    chain_method=method, progress_bar=False)
-        mcmc.run(key, d, y=yy, extra_fields=NUTS_EXTRA_FIELDS)
-        return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
-
+    traced = jax.device_put(traced)
+    lanes = num_chains if chain_method == "vectorized" else 1
     key = as_key(rng_key)
-    program = _NUTS_PROGRAMS.get(pkey)
+    keys = jax.random.split(key, num_chains) if num_chains > 1 else key[None]
+    lane_keys = [keys] if lanes > 1 else [keys[c:c + 1] for c in range(num_chains)]
+    pkey = None if key_parts is None else cache_key(*key_parts, lanes, static, signature(traced))
+    init_fn, block_fn, collect_shape = nb.make_programs(model, settings, static=static, assemble=_assemble,
+                                                        num_warmup=num_warmup, lanes=lanes, fields=NUTS_EXTRA_FIELDS)
+    programs = _NUTS_PROGRAMS.get(pkey)
     LAST_PROGRAM["cache"] = "memory"
-    if program is None:
-        with phases.phase("compile_s", "compiling NUTS (initialisation, warm-up and sampling in one program)"):
-            # the persistent cache by a key known before tracing (None without a cache folder or a stable key)
-            fkey = program_key(pkey, (key, traced)) if pkey is not None and cache_dir() is not None else None
-            program = load_fast(fkey, (key, traced))
-            LAST_PROGRAM["cache"] = "fast"
-            if program is None:
-                lowered = jax.jit(run).lower(key, traced)
-                program, hit, exec_key = compile_lowered_keyed(lowered)
-                LAST_PROGRAM["cache"] = "disk" if hit else "compiled"
-                store_fast(fkey, lowered, exec_key, (key, traced))
-        _NUTS_PROGRAMS.put(pkey, program)
+    if programs is None:
+        with phases.phase("compile_s", "compiling NUTS (initialisation, and a block of iterations)"):
+            programs = _compile_nuts(pkey, init_fn, block_fn, collect_shape, (lane_keys[0], traced))
+        _NUTS_PROGRAMS.put(pkey, programs)
+    init_program, block_program, block_max = programs
+    total = num_warmup + num_samples
+    phases.start_steps(num_chains * total, text=f"NUTS, {num_chains} chain(s) x ({num_warmup} warm-up + "
+                                                f"{num_samples} draws)")
+    per_lane = []
+    t0 = time.perf_counter()
     try:
-        with phases.phase("sample_s", f"sampling {num_chains} chain(s) x {num_warmup} warm-up + {num_samples} draws"):
-            samples, extra = wait(program(key, traced))
+        for lk in lane_keys:
+            per_lane.append(nb.run_chain(init_program, block_program, lk, traced, num_warmup=num_warmup,
+                                         num_samples=num_samples, block_max=block_max,
+                                         on_block=lambda n, done: phases.steps_done(n * lanes)))
     except KeyboardInterrupt:
-        # XLA cannot cancel a running program: say so instead of a bare KeyboardInterrupt (measured: a core
-        # stays busy after the interrupt until the program's draws are done)
         raise FitInterrupted(
-            "fit_nuts interrupted (Ctrl-C) while sampling; nothing was returned. With compiled=True the sampler is "
-            "one compiled program, which cannot be cancelled: it keeps one core busy in the background until its "
-            "draws are done. Use compiled=False for a run you may want to stop.") from None
-    samples = {k: np.asarray(v) for k, v in samples.items()}
-    extra = {k: np.asarray(v) for k, v in extra.items()}
+            f"fit_nuts interrupted (Ctrl-C) in chain {len(per_lane) + 1} of {len(lane_keys) if lanes == 1 else 1}; "
+            "nothing was returned, and nothing is left running (the compiled programs are kept: a new call "
+            "starts without compiling).") from None
+    finally:
+        phases.end_steps()
+        phases.add("sample_s", time.perf_counter() - t0)
+    # iterations on axis 0 of each lane: to (chains, draws, ...)
+    if lanes > 1:
+        samples, extra = jax.tree.map(lambda a: np.swapaxes(a, 0, 1), per_lane[0])
+    else:
+        samples, extra = jax.tree.map(lambda *a: np.stack(a), *per_lane)
     # NumPyro checks the initial point only outside a traced program: a chain that never had a finite log
     # density started where the model cannot be evaluated
     if not np.isfinite(extra["potential_energy"]).any(axis=-1).all():
         raise InferenceError(_NO_INIT)
     return samples, extra
+
+
+def _compile_nuts(pkey, init_fn, block_fn, collect_shape, init_args):
+    """``(init program, block program, block_max)``: each found by its fast key when the persistent cache has it
+    (no tracing or lowering), else traced, lowered and compiled side by side (or loaded by the lowered program's
+    hash). ``LAST_PROGRAM["cache"]`` says where: the least cached of the two."""
+    from semimech.infer import _compiled
+    from semimech.infer._compiled import cache_dir, cache_key, submit_compile, wait_future
+    from semimech.infer._fastkey import load_fast, program_key, store_fast
+    from semimech.infer._nuts_blocks import block_max_for
+
+    on_disk = pkey is not None and cache_dir() is not None
+    n_arg = np.int32(1)
+    fkey_init = program_key(cache_key(pkey, "init"), init_args) if on_disk else None
+    init_program = load_fast(fkey_init, init_args)
+    where = ["fast"]
+    pending = None
+    if init_program is None:
+        lowered_init = jax.jit(init_fn).lower(*init_args)
+        pending = (submit_compile(lowered_init), lowered_init)
+        state_shape = lowered_init.out_info
+    else:
+        state_shape = init_program.out_info
+    block_args = (state_shape, n_arg, init_args[1])
+    fkey_block = program_key(cache_key(pkey, "block"), block_args) if on_disk else None
+    block_program = load_fast(fkey_block, block_args)
+    if block_program is None:
+        block_max = block_max_for(jax.eval_shape(collect_shape, state_shape, init_args[1]))
+        lowered_block = jax.jit(block_fn(block_max)).lower(*block_args)
+        block_program, hit = wait_future(submit_compile(lowered_block))
+        where.append("disk" if hit else "compiled")
+        if on_disk:
+            store_fast(fkey_block, lowered_block, _compiled._disk_key(lowered_block), block_args)
+    if pending is not None:
+        init_program, hit = wait_future(pending[0])
+        where.append("disk" if hit else "compiled")
+        if on_disk:
+            store_fast(fkey_init, pending[1], _compiled._disk_key(pending[1]), init_args)
+    # the buffer's length is the program's: found from its output (a loaded program included)
+    block_max = int(jax.tree.leaves(block_program.out_info[1])[0].shape[0])
+    LAST_PROGRAM["cache"] = max(where, key=("fast", "disk", "compiled").index)
+    return init_program, block_program, block_max
 
 
 CHAIN_METHODS = ("auto", "sequential", "parallel", "vectorized")
