@@ -31,7 +31,7 @@ def design():
 
 def test_compiled_bad_settings_fail_before_anything_is_compiled(design):
     kw = dict(rng_key=0, num_warmup=5, num_samples=5, num_chains=2, progress_bar=False)
-    with pytest.raises(InferenceError, match="compiled must be True or False"):
+    with pytest.raises(InferenceError, match="compiled must be True, False or None"):
         sm.fit_nuts(_normal_spec(), design, compiled="yes", **kw)
     with pytest.raises(InferenceError, match="chain_method='parallel'.*needs compiled=False"):
         sm.fit_nuts(_normal_spec(), design, compiled=True, chain_method="parallel", **kw)

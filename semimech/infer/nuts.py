@@ -32,7 +32,7 @@ from semimech.infer.spec import ModelSpec
 def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500, num_samples: int = 500,
              num_chains: int = 2, target_accept_prob: float = 0.85, max_tree_depth: int = 8,
              chain_method: str = "auto", progress_bar: bool = True, row_mask=None,
-             init_values: Mapping[str, Any] | Fit | None = None, dense_mass=False, compiled: bool = False,
+             init_values: Mapping[str, Any] | Fit | None = None, dense_mass=False, compiled: bool | None = None,
              **options) -> Fit:
     """Fit by the No-U-Turn sampler (NumPyro NUTS).
 
@@ -62,36 +62,31 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     ``target_accept_prob`` (in (0, 1)) and ``max_tree_depth`` (at most ``2**max_tree_depth - 1``
     leapfrog steps per draw) are NumPyro's.
 
-    ``compiled=True`` (opt-in): initialisation, warm-up and sampling of every chain become ONE program,
-    compiled by semimech (its compilation interruptible; with the opt-in persistent cache, ``SEMIMECH_CACHE_DIR`` or
-    ``semimech.infer.set_cache_dir``, stored and loaded by a later process) instead of NumPyro's
-    ``MCMC.run`` (the default, ``False``), which initialises the chains operation by operation and
-    compiles its sampling loop once per chain and call, and never uses that cache. Sequential chains
-    run under ``lax.map`` (one copy of a chain in the program). Not with ``chain_method="parallel"``;
-    no per-iteration progress bar (``progress_bar`` announces the phases). The draws differ from the
-    default path's for the same ``rng_key`` (the same sampler compiled differently: not the same
-    floating-point rounding), the posterior agrees within Monte Carlo error. Measured on
-    ``benchmarks/stan_nuts.py``'s 4-gene model (2 chains x (1,000 + 1,000), load 4-6 on 2 cores,
-    ``RESULTS_speed.md`` session 13), the fit call in a fresh process: sequential chains 8.2 s
-    instead of 20.0 s, and 2.1 s from the persistent cache (a returning user; the default path
-    took 24-31 s with or without it); vectorized chains 12.0 s and 5.1 s (their program traces and
-    compiles slower). Sequential chains are the better choice here. The returning user's process
-    finds the stored program by a key known before tracing (no tracing or lowering: 1.1 s instead
-    of 1.6-2.0 s, session 14): the in-process key below plus a hash of semimech's source, of the
-    source files of the user's loaded modules (the model function's among them) and the versions of
-    jax, jaxlib, numpyro, numpy and the loaded packages, the device, ``XLA_FLAGS`` and JAX's
-    configuration (:mod:`semimech.infer._fastkey`). A model function without a source file (a
-    notebook cell, ``python -c``), a lambda or a local function is found only by the hash of its
-    lowered program (traced and lowered first, as before); a missing or damaged entry is compiled
-    anew. The draws are the same from a fresh compile, either key or this process's copy.
-    ``semimech.infer.nuts.LAST_PROGRAM["cache"]`` says where the last fit found its program
-    (``"memory"``, ``"fast"``, ``"disk"`` or ``"compiled"``). A later ``compiled=True`` fit in
-    the same process with the same model, options, NUTS settings, warm start, chain and draw counts,
-    and data of the same structure and shapes reuses the compiled program (no tracing or compiling:
-    only the sampling is paid); the process keeps the last four.
-    Ctrl-C while it samples raises :class:`FitInterrupted` at once, but the compiled program cannot be
-    cancelled: it keeps one core busy until its draws are done (measured); use ``compiled=False`` for a
-    long run you may want to stop.
+    ``compiled``: ``None`` (default) means ``True`` unless the chains run in parallel (``chain_method="parallel"``,
+    or ``"auto"`` with a device per chain), where NumPyro's ``MCMC.run`` (``False``) is used. With ``True`` semimech
+    compiles NumPyro's NUTS as two programs, one initialising a chain (vectorised chains: all of them) and one
+    running a block of iterations from a sampler state (:mod:`semimech.infer._nuts_blocks`), and runs the chains
+    block by block: the progress bar counts iterations, Ctrl-C stops the fit within one block (blocks are sized to
+    about half a second) with nothing left running, and the programs depend neither on ``num_samples`` nor, for
+    sequential chains, on ``num_chains``. Their compilation is interruptible and uses the opt-in persistent
+    cache (``SEMIMECH_CACHE_DIR`` or ``semimech.infer.set_cache_dir``), stored by one process and loaded by a
+    later one. ``False`` (NumPyro's ``MCMC.run``) initialises the chains operation by operation, compiles its
+    sampling loop again on every call and never uses that cache. The draws of the two paths differ for the same
+    ``rng_key`` with sequential chains (the same sampler compiled differently: not the same floating-point
+    rounding; the posterior agrees within Monte Carlo error) and are the same with vectorised ones. Measured on
+    ``benchmarks/stan_nuts.py``'s 4-gene model (``RESULTS_speed.md``): the compiled path's first fit in a fresh
+    process takes about half the default path's time, and a returning user's process (the persistent cache)
+    finds both programs by a key known before tracing (no tracing or lowering): the in-process key below plus a
+    hash of semimech's source, of the source files of the user's loaded modules (the model function's among
+    them) and the versions of jax, jaxlib, numpyro, numpy and the loaded packages, the device, ``XLA_FLAGS`` and
+    JAX's configuration (:mod:`semimech.infer._fastkey`). A model function without a source file (a notebook
+    cell, ``python -c``), a lambda or a local function is found only by the hash of its lowered programs (traced
+    and lowered first); a missing or damaged entry is compiled anew. The draws are the same from a fresh compile,
+    either key or this process's copy. ``semimech.infer.nuts.LAST_PROGRAM["cache"]`` says where the last fit
+    found its programs (``"memory"``, ``"fast"``, ``"disk"`` or ``"compiled"``: the least cached of the two). A
+    later compiled fit in the same process with the same model, options, NUTS settings, warm start and warm-up
+    length, and data of the same structure and shapes, reuses the programs (only the sampling is paid); the
+    process keeps the last four pairs.
 
     With ``compiled=False`` each call compiles NumPyro's sampler anew, and JAX kept the compiled loop in its
     process-wide caches (~700 memory mappings per fit, measured): a process running many NUTS fits (a loop over 50 or
@@ -113,8 +108,10 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
             "with fit_svi (or sm.fit), or turn the cut off for NUTS (signalling_network: misfit_cut=False).")
     dense_mass = _check_nuts_settings(dense_mass, target_accept_prob, max_tree_depth, model, data, y)
     chain_method = _chain_method(chain_method, num_chains)
+    if compiled is None:
+        compiled = not (chain_method == "parallel" and num_chains > 1)
     if not isinstance(compiled, (bool, np.bool_)):
-        raise InferenceError(f"compiled must be True or False, got {compiled!r}.")
+        raise InferenceError(f"compiled must be True, False or None (automatic), got {compiled!r}.")
     if compiled and chain_method == "parallel" and num_chains > 1:
         raise InferenceError("fit_nuts(compiled=True) runs the chains sequentially or vectorized in one program; "
                              "chain_method='parallel' (one device per chain) needs compiled=False.")
