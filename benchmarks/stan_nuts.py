@@ -24,8 +24,10 @@ program is new) runs in the same invocation, alternating with the NumPyro settin
 round (``--rounds``; the settings' order is reversed every other round). ``--cache-runs`` adds, per
 setting, two fresh ``fit_nuts`` processes sharing a new ``SEMIMECH_CACHE_DIR`` (the first stores,
 the second is the returning user); ``--compiled-runs`` three fresh processes of
-``fit_nuts(compiled=True)`` (the whole run as one program compiled by semimech): no cache; storing
-in a new ``SEMIMECH_CACHE_DIR``; loading from it.
+``fit_nuts(compiled=True)`` (NUTS compiled by semimech: since 2026-12-06 two programs, an initialisation and a
+block of iterations, also the default unless chains run in parallel): no cache; storing in a new
+``SEMIMECH_CACHE_DIR``; loading from it. ``--eager-runs`` one fresh process of ``fit_nuts(compiled=False)``
+(NumPyro's ``MCMC.run``, the default path before 2026-12-06).
 
 NumPyro's ``"parallel"`` chains need a device per chain: such a worker gets
 ``XLA_FLAGS=--xla_force_host_platform_device_count=CHAINS``. ``"vectorized"`` and ``"sequential"``
@@ -210,8 +212,8 @@ def worker(a) -> dict:
     t, c = time.perf_counter(), time.process_time()
     fit = sm.fit_nuts(spec, design, rng_key=0, num_warmup=a.warmup, num_samples=a.draws, num_chains=a.chains,
                       progress_bar=False, max_tree_depth=10, target_accept_prob=0.8, chain_method=method,
-                      dense_mass=a.dense_mass)
-    out = {"chain_method": method, "jax_devices": jax.local_device_count(), "ready_s": ready,
+                      dense_mass=a.dense_mass, **({"compiled": False} if a.eager_run else {}))
+    out = {"chain_method": method, "path": "fit_nuts(compiled=False)" if a.eager_run else "fit_nuts (default)", "jax_devices": jax.local_device_count(), "ready_s": ready,
            "fit_nuts_s": time.perf_counter() - t, "fit_nuts_cpu_s": time.process_time() - c,
            "fit": summary({k: fit.samples[k] for k in truth}),
            "fit_divergent": int(np.asarray(fit.sample_stats["diverging"]).sum())}
@@ -269,9 +271,8 @@ def worker(a) -> dict:
 
 
 def compiled_run(a, design, truth, method, ready) -> dict:
-    """``fit_nuts(compiled=True)`` end to end: initialisation, warm-up and sampling of every chain as ONE
-    program compiled through semimech's ``compile_lowered_keyed``, i.e. stored in and loaded from semimech's
-    opt-in persistent cache when ``SEMIMECH_CACHE_DIR`` is set."""
+    """``fit_nuts(compiled=True)`` end to end: NUTS compiled by semimech (an initialisation and a block of
+    iterations), stored in and loaded from semimech's opt-in persistent cache when ``SEMIMECH_CACHE_DIR`` is set."""
     import semimech as sm
     from semimech.infer.spec import ModelSpec
 
@@ -288,7 +289,8 @@ def compiled_run(a, design, truth, method, ready) -> dict:
             "process_to_fit_s": time.time() - a.t0 if a.t0 else None}
 
 
-def run_worker(setting, a, *, fit_only=False, cache_dir=None, jax_cache_dir=None, compiled_run=False) -> dict:
+def run_worker(setting, a, *, fit_only=False, cache_dir=None, jax_cache_dir=None, compiled_run=False,
+               eager_run=False) -> dict:
     """``setting`` = (chains, chain_method, dense_mass) in a fresh Python process."""
     chains, method, dense = setting
     draws = a.total_draws // chains
@@ -310,6 +312,7 @@ def run_worker(setting, a, *, fit_only=False, cache_dir=None, jax_cache_dir=None
         cmd += ["--dense-mass"] if dense else []
         cmd += ["--fit-only"] if fit_only else []
         cmd += ["--compiled-run"] if compiled_run else []
+        cmd += ["--eager-run"] if eager_run else []
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         process_s = time.perf_counter() - t
@@ -355,6 +358,9 @@ def main(argv=None):
     p.add_argument("--compiled-runs", action="store_true",
                    help="per setting, three more fresh processes timing fit_nuts(compiled=True): no cache; "
                         "semimech's persistent cache (a new folder): stores; then loads, the returning user")
+    p.add_argument("--eager-runs", action="store_true",
+                   help="per setting, one more fresh process timing fit_nuts(compiled=False): NumPyro's MCMC.run, "
+                        "the default path before 2026-12-06")
     p.add_argument("--jax-cache-runs", action="store_true",
                    help="likewise with JAX's own persistent compilation cache (JAX_COMPILATION_CACHE_DIR)")
     p.add_argument("--stan-python", default="/tmp/stanvenv/bin/python")
@@ -367,6 +373,7 @@ def main(argv=None):
     p.add_argument("--dense-mass", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--fit-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--compiled-run", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--eager-run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--t0", type=float, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
@@ -419,6 +426,8 @@ def main(argv=None):
                 with tempfile.TemporaryDirectory() as cdir:
                     w["compiled_cache_store"] = run_worker(s, a, fit_only=True, cache_dir=cdir, compiled_run=True)
                     w["compiled_cache_reuse"] = run_worker(s, a, fit_only=True, cache_dir=cdir, compiled_run=True)
+            if a.eager_runs:
+                w["eager_fresh"] = run_worker(s, a, fit_only=True, eager_run=True)
             if a.jax_cache_runs:
                 with tempfile.TemporaryDirectory() as cdir:
                     w["jax_cache_store"] = run_worker(s, a, fit_only=True, jax_cache_dir=cdir)
@@ -454,7 +463,7 @@ def print_table(res):
             rate = tm["min_ess"] / (tm["warmup_s"] + tm["sampling_s"])
             e2e = w["fit"]["min_ess"] / w["fit_nuts_s"]
             extra = ""
-            for key in ("cache_reuse", "jax_cache_reuse", "compiled_fresh", "compiled_cache_store", "compiled_cache_reuse"):
+            for key in ("eager_fresh", "cache_store", "cache_reuse", "jax_cache_reuse", "compiled_fresh", "compiled_cache_store", "compiled_cache_reuse"):
                 if key in w:
                     c = w[key]
                     extra += f" {key} {c['fit_nuts_s']:.1f} s ({c['fit']['min_ess'] / c['fit_nuts_s'] / st_e2e:.2f})"

@@ -401,7 +401,8 @@ def test_nuts_parallel_chains_equal_sequential_draws(tmp_path):
 
 def test_default_nuts_fits_do_not_accumulate_compiled_sampling_loops(monkeypatch, simulate_additive):
     """NumPyro compiles its sampling loop anew for every MCMC.run and JAX kept each (~700 memory mappings a fit: a
-    long process of NUTS fits reached the kernel's limit); fit_nuts frees the loop it no longer needs."""
+    long process of NUTS fits reached the kernel's limit); fit_nuts(compiled=False) frees the loop it no longer
+    needs, and the compiled path (the default) reuses its two programs."""
     from semimech.infer import nuts
     from semimech.infer._compiled import mapping_count as maps
 
@@ -410,10 +411,15 @@ def test_default_nuts_fits_do_not_accumulate_compiled_sampling_loops(monkeypatch
 
     d = simulate_additive(seed=0, n_targets=3, n_genes=3).pseudobulk()
 
-    def run(seed):
+    def run(seed, compiled=False):
         sm.fit_nuts(additive.SPEC, d, rng_key=seed, num_warmup=20, num_samples=20, num_chains=1,
-                    progress_bar=False, effects="horseshoe")
+                    progress_bar=False, effects="horseshoe", compiled=compiled)
 
+    run(0, compiled=None)
+    before = maps()
+    run(1, compiled=None)
+    run(2, compiled=None)
+    assert maps() - before < 150
     run(0)
     before = maps()
     run(1)

@@ -37,17 +37,19 @@ BLOCK_MAX_ITERATIONS = 200
 BLOCK_MAX_BYTES = 64 * 2**20
 
 
-def _sampler(model, settings, state_key, num_warmup, args, kwargs, init_params=None):
+def _sampler(kernel, model, settings, state_key, num_warmup, args, kwargs, init_params=None):
     """A NUTS kernel set up for these model arguments (NumPyro builds its step functions in ``init``)."""
-    sampler = NUTS(model, **settings)
+    sampler = kernel(model, **settings)
     state = sampler.init(state_key, num_warmup, init_params, model_args=args, model_kwargs=kwargs)
     return sampler, state
 
 
-def make_programs(model, settings: dict, *, static, assemble, num_warmup: int, lanes: int, fields: tuple):
+def make_programs(model, settings: dict, *, static, assemble, num_warmup: int, lanes: int, fields: tuple,
+                  kernel=NUTS):
     """The two functions to compile: ``init(keys, traced) -> state`` and
     ``block(state, n, traced) -> (state, (draws, fields))`` with ``block_max`` rows buffered, and a function
-    ``collect_shape(state, traced)`` giving one iteration's output structure (to size ``block_max``)."""
+    ``collect_shape(state, traced)`` giving one iteration's output structure (to size ``block_max``). ``kernel``:
+    NumPyro's ``NUTS`` class (or a subclass)."""
 
     def model_args(traced):
         d, yy = assemble(static, traced)
@@ -55,7 +57,7 @@ def make_programs(model, settings: dict, *, static, assemble, num_warmup: int, l
 
     def init(keys, traced):
         args, kwargs = model_args(traced)
-        return _sampler(model, settings, keys if lanes > 1 else keys[0], num_warmup, args, kwargs)[1]
+        return _sampler(kernel, model, settings, keys if lanes > 1 else keys[0], num_warmup, args, kwargs)[1]
 
     def collector(state, args, kwargs, sampler):
         post = sampler.postprocess_fn(args, kwargs)
@@ -69,7 +71,7 @@ def make_programs(model, settings: dict, *, static, assemble, num_warmup: int, l
 
     def collect_shape(state, traced):
         args, kwargs = model_args(traced)
-        sampler, _ = _sampler(model, settings, state.rng_key, num_warmup, args, kwargs, init_params=state.z)
+        sampler, _ = _sampler(kernel, model, settings, state.rng_key, num_warmup, args, kwargs, init_params=state.z)
         return collector(state, args, kwargs, sampler)(state)
 
     def block_fn(block_max):
@@ -77,7 +79,7 @@ def make_programs(model, settings: dict, *, static, assemble, num_warmup: int, l
             args, kwargs = model_args(traced)
             # NumPyro builds the kernel's adapter and step functions in init; its state here is not used (the
             # computation is dead code for XLA) and the chain goes on from ``state``
-            sampler, _ = _sampler(model, settings, state.rng_key, num_warmup, args, kwargs, init_params=state.z)
+            sampler, _ = _sampler(kernel, model, settings, state.rng_key, num_warmup, args, kwargs, init_params=state.z)
             collect = collector(state, args, kwargs, sampler)
             proto = jax.eval_shape(collect, state)
             buf = jax.tree.map(lambda s: jnp.zeros((block_max,) + s.shape, s.dtype), proto)

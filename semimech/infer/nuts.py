@@ -184,7 +184,8 @@ def _nuts_compiled(model, data, y, settings: dict, *, rng_key, num_warmup, num_s
     lane_keys = [keys] if lanes > 1 else [keys[c:c + 1] for c in range(num_chains)]
     pkey = None if key_parts is None else cache_key(*key_parts, lanes, static, signature(traced))
     init_fn, block_fn, collect_shape = nb.make_programs(model, settings, static=static, assemble=_assemble,
-                                                        num_warmup=num_warmup, lanes=lanes, fields=NUTS_EXTRA_FIELDS)
+                                                        num_warmup=num_warmup, lanes=lanes, fields=NUTS_EXTRA_FIELDS,
+                                                        kernel=NUTS)
     programs = _NUTS_PROGRAMS.get(pkey)
     LAST_PROGRAM["cache"] = "memory"
     if programs is None:
