@@ -209,8 +209,11 @@ def test_nuts_on_production_decay_small_problem(design):
     okf = fit.flat("ok_fraction")
     assert okf.shape == (20,) and np.all(okf == 1.0)  # failed draws are rejected, never kept
     assert np.all(np.isfinite(fit.flat("mean")))
-    p = sm.predict(fit, ["g4", "g0+g2"], rng_key=1)
-    assert np.all(np.isfinite(p.draws["mean"]))
+    # a draw of this short chain may find no steady state for the unseen g4 (warned, resampled: predict's own test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sm.errors.UnsolvedWarning)
+        p = sm.predict(fit, ["g4", "g0+g2"], rng_key=1)
+    assert np.all(np.isfinite(p.draws["mean"])) and np.all(p.steady_state["solved"] >= 0.9)
 
 
 def test_predict_conditions_each_answer_on_a_found_steady_state(linear_fit):

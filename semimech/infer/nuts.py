@@ -125,7 +125,7 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
         # starts are constants of the program, so their values are part of it)
         # (the programs do not depend on the number of draws, nor on the number of chains unless they are
         # vectorised: _nuts_compiled adds the chains run together)
-        key_parts = ("nuts-blocks", spec.model, opts, target_accept_prob, max_tree_depth, dense_mass,
+        key_parts = ("nuts-blocks", NUTS, spec.model, opts, target_accept_prob, max_tree_depth, dense_mass,
                      "median" if init_values is None else dict(init_values), num_warmup, jax.default_backend())
         samples, extra = _nuts_compiled(model, data, y, settings, rng_key=rng_key, num_warmup=num_warmup,
                                         num_samples=num_samples, num_chains=num_chains, chain_method=chain_method,
