@@ -33,7 +33,7 @@ from numpyro.infer import NUTS
 #: target wall seconds of one block (Ctrl-C and the progress bar wait at most about this long)
 BLOCK_SECONDS = 0.5
 #: most iterations in one block, and the most bytes its buffered draws may take
-BLOCK_MAX_ITERATIONS = 200
+BLOCK_MAX_ITERATIONS = 1000
 BLOCK_MAX_BYTES = 64 * 2**20
 
 
