@@ -75,7 +75,7 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     ``rng_key`` with sequential chains (the same sampler compiled differently: not the same floating-point
     rounding; the posterior agrees within Monte Carlo error) and are the same with vectorised ones. Measured on
     ``benchmarks/stan_nuts.py``'s 4-gene model (``RESULTS_speed.md``): the compiled path's first fit in a fresh
-    process takes about half the default path's time, and a returning user's process (the persistent cache)
+    process takes a third to a half of ``compiled=False``'s time, and a returning user's process (the persistent cache)
     finds both programs by a key known before tracing (no tracing or lowering): the in-process key below plus a
     hash of semimech's source, of the source files of the user's loaded modules (the model function's among
     them) and the versions of jax, jaxlib, numpyro, numpy and the loaded packages, the device, ``XLA_FLAGS`` and
@@ -113,16 +113,16 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     if not isinstance(compiled, (bool, np.bool_)):
         raise InferenceError(f"compiled must be True, False or None (automatic), got {compiled!r}.")
     if compiled and chain_method == "parallel" and num_chains > 1:
-        raise InferenceError("fit_nuts(compiled=True) runs the chains sequentially or vectorized in one program; "
-                             "chain_method='parallel' (one device per chain) needs compiled=False.")
+        raise InferenceError("fit_nuts(compiled=True) runs the chains one after the other or vectorized, in compiled "
+                             "blocks; chain_method='parallel' (one device per chain) needs compiled=False.")
     init_values = _init_from(init_values, spec)
     init = init_to_median(num_samples=15) if init_values is None else warm_init(
         {k: jnp.asarray(v) for k, v in init_values.items()})
     settings = dict(target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, init_strategy=init,
                     dense_mass=dense_mass)
     if compiled:
-        # what the one program depends on besides its traced arguments (as fit_svi's engine key; warm
-        # starts are constants of the program, so their values are part of it)
+        # what the two programs depend on besides their traced arguments (as fit_svi's engine key; warm
+        # starts are constants of the programs, so their values are part of it)
         # (the programs do not depend on the number of draws, nor on the number of chains unless they are
         # vectorised: _nuts_compiled adds the chains run together)
         key_parts = ("nuts-blocks", NUTS, spec.model, opts, target_accept_prob, max_tree_depth, dense_mass,
@@ -173,7 +173,7 @@ def _nuts_compiled(model, data, y, settings: dict, *, rng_key, num_warmup, num_s
     Returns ``(samples, extra fields)`` as NumPy arrays, grouped by chain.
     """
     from semimech.infer import _nuts_blocks as nb
-    from semimech.infer._compiled import cache_dir, cache_key, signature
+    from semimech.infer._compiled import cache_key, signature
     from semimech.infer._svi import _assemble, split_data
 
     static, traced = split_data(data, y)
@@ -205,7 +205,8 @@ def _nuts_compiled(model, data, y, settings: dict, *, rng_key, num_warmup, num_s
                                          on_block=lambda n, done: phases.steps_done(n * lanes)))
     except KeyboardInterrupt:
         raise FitInterrupted(
-            f"fit_nuts interrupted (Ctrl-C) in chain {len(per_lane) + 1} of {len(lane_keys) if lanes == 1 else 1}; "
+            f"fit_nuts interrupted (Ctrl-C) while sampling "
+            f"{f'chain {len(per_lane) + 1} of {num_chains}' if lanes == 1 else f'{num_chains} vectorized chains'}; "
             "nothing was returned, and nothing is left running (the compiled programs are kept: a new call "
             "starts without compiling).") from None
     finally:
