@@ -262,10 +262,14 @@ def submit_compile(lowered, compiler_options: dict | None = None, *, after=None)
     Returns a future of ``(compiled, loaded_from_disk)`` (wait with :func:`wait_future`): the caller can
     lower the next program, or run one already compiled, while this one compiles. ``after``: a future to
     let finish first (its outcome is not looked at), so that on a small machine two programs are compiled
-    one after the other instead of taking cores from a third one the fit needs first.
+    one after the other instead of taking cores from a third one the fit needs first. The future's
+    ``disk_key`` is the program's key in the persistent cache (``None`` without one), as
+    :func:`compile_lowered_keyed` returns it.
     """
     key = _disk_key(lowered, compiler_options) if cache_dir() is not None else None  # in the caller's thread
-    return _submit(lowered, compiler_options, key, after=after)
+    fut = _submit(lowered, compiler_options, key, after=after)
+    fut.disk_key = key
+    return fut
 
 
 def _submit(lowered, options: dict | None, key: str | None, *, after=None) -> concurrent.futures.Future:

@@ -59,7 +59,12 @@ def make_programs(model, settings: dict, *, static, assemble, num_warmup: int, l
         args, kwargs = model_args(traced)
         return _sampler(kernel, model, settings, keys if lanes > 1 else keys[0], num_warmup, args, kwargs)[1]
 
-    def collector(state, args, kwargs, sampler):
+    def kernel_at(state, traced):
+        """The kernel set up for ``traced`` and one iteration's output ``collect(state) -> (draws, fields)``.
+        NumPyro builds the kernel's adapter and step functions in ``init``; the state it returns is not used
+        (dead code for XLA): the chain goes on from ``state``."""
+        args, kwargs = model_args(traced)
+        sampler, _ = _sampler(kernel, model, settings, state.rng_key, num_warmup, args, kwargs, init_params=state.z)
         post = sampler.postprocess_fn(args, kwargs)
         if lanes > 1:
             post = jax.vmap(post)
@@ -67,20 +72,14 @@ def make_programs(model, settings: dict, *, static, assemble, num_warmup: int, l
         def collect(st):
             return post(st.z), {f: attrgetter(f)(st) for f in fields}
 
-        return collect
+        return sampler, args, kwargs, collect
 
     def collect_shape(state, traced):
-        args, kwargs = model_args(traced)
-        sampler, _ = _sampler(kernel, model, settings, state.rng_key, num_warmup, args, kwargs, init_params=state.z)
-        return collector(state, args, kwargs, sampler)(state)
+        return kernel_at(state, traced)[3](state)
 
     def block_fn(block_max):
         def block(state, n, traced):
-            args, kwargs = model_args(traced)
-            # NumPyro builds the kernel's adapter and step functions in init; its state here is not used (the
-            # computation is dead code for XLA) and the chain goes on from ``state``
-            sampler, _ = _sampler(kernel, model, settings, state.rng_key, num_warmup, args, kwargs, init_params=state.z)
-            collect = collector(state, args, kwargs, sampler)
+            sampler, args, kwargs, collect = kernel_at(state, traced)
             proto = jax.eval_shape(collect, state)
             buf = jax.tree.map(lambda s: jnp.zeros((block_max,) + s.shape, s.dtype), proto)
 

@@ -228,7 +228,6 @@ def _compile_nuts(pkey, init_fn, block_fn, collect_shape, init_args):
     """``(init program, block program, block_max)``: each found by its fast key when the persistent cache has it
     (no tracing or lowering), else traced, lowered and compiled side by side (or loaded by the lowered program's
     hash). ``LAST_PROGRAM["cache"]`` says where: the least cached of the two."""
-    from semimech.infer import _compiled
     from semimech.infer._compiled import cache_dir, cache_key, submit_compile, wait_future
     from semimech.infer._fastkey import load_fast, program_key, store_fast
     from semimech.infer._nuts_blocks import block_max_for
@@ -251,15 +250,14 @@ def _compile_nuts(pkey, init_fn, block_fn, collect_shape, init_args):
     if block_program is None:
         block_max = block_max_for(jax.eval_shape(collect_shape, state_shape, init_args[1]))
         lowered_block = jax.jit(block_fn(block_max)).lower(*block_args)
-        block_program, hit = wait_future(submit_compile(lowered_block))
+        fut = submit_compile(lowered_block)
+        block_program, hit = wait_future(fut)
         where.append("disk" if hit else "compiled")
-        if on_disk:
-            store_fast(fkey_block, lowered_block, _compiled._disk_key(lowered_block), block_args)
+        store_fast(fkey_block, lowered_block, fut.disk_key, block_args)
     if pending is not None:
         init_program, hit = wait_future(pending[0])
         where.append("disk" if hit else "compiled")
-        if on_disk:
-            store_fast(fkey_init, pending[1], _compiled._disk_key(pending[1]), init_args)
+        store_fast(fkey_init, pending[1], pending[0].disk_key, init_args)
     # the buffer's length is the program's: found from its output (a loaded program included)
     block_max = int(jax.tree.leaves(block_program.out_info[1])[0].shape[0])
     LAST_PROGRAM["cache"] = max(where, key=("fast", "disk", "compiled").index)
