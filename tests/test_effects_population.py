@@ -301,21 +301,33 @@ def test_the_geometry_is_settled_by_the_inference():
     """``effect_deviation="auto"`` (the default) is settled by the fit and recorded in ``fit.options``: centred under
     SVI with a distribution as guide, non-centred under NUTS and for a MAP point estimate (whose centred mode is
     degenerate), and for a steady-state model whose misfit has no population; a value the user gives is kept.
-    ``predict`` then builds the model the fit used (a mismatch would ask for a site the fit does not have)."""
+    ``predict`` then builds the model the fit used (a mismatch would ask for a site the fit does not have).
+
+    Every case goes through the resolution the fits use (``resolved_options`` with the method a fit tells it);
+    four of them are fitted (SVI, MAP, NUTS; a misfit without a population), each a fit's own wiring."""
+    from semimech.infer.fit import resolved_options, svi_method
     from semimech.models import REGISTRY, additive, linear_steady_state
+
+    cases = [  # (spec, method, options, expected, fitted)
+        (additive.SPEC, "svi", {}, "centred", True),
+        (additive.SPEC, "svi", {"guide": "map"}, "noncentred", True),
+        (additive.SPEC, "svi", {"effect_deviation": "noncentred"}, "noncentred", False),
+        (additive.SPEC, "nuts", {}, "noncentred", True),
+        (additive.SPEC, "nuts", {"effect_deviation": "centred"}, "centred", False),
+        (linear_steady_state.SPEC, "svi", {}, "centred", False),
+        (linear_steady_state.SPEC, "svi", {"residual": True}, "noncentred", True),
+    ]
+    for spec, method, options, expected, _ in cases:
+        told = svi_method(options.get("guide", "normal")) if method == "svi" else method
+        model_options = {k: v for k, v in options.items() if k != "guide"}
+        got = resolved_options(spec, model_options, told)["effect_deviation"]
+        assert got == expected, (spec.name, method, options, got)
 
     train, held_out, _ = _split(True, seed=0, n_targets=8, held=2)
     pb = train.pseudobulk()
-    cases = [
-        (additive.SPEC, "svi", {}, "centred"),
-        (additive.SPEC, "svi", {"guide": "map"}, "noncentred"),
-        (additive.SPEC, "svi", {"effect_deviation": "noncentred"}, "noncentred"),
-        (additive.SPEC, "nuts", {}, "noncentred"),
-        (additive.SPEC, "nuts", {"effect_deviation": "centred"}, "centred"),
-        (linear_steady_state.SPEC, "svi", {}, "centred"),
-        (linear_steady_state.SPEC, "svi", {"residual": True}, "noncentred"),
-    ]
-    for spec, method, options, expected in cases:
+    for spec, method, options, expected, fitted in cases:
+        if not fitted:
+            continue
         if method == "svi":
             fit = sm.fit_svi(spec, pb, rng_key=0, num_steps=20, num_samples=5, progress_bar=False,
                              effect_programs=0, **options)
