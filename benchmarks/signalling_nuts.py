@@ -117,6 +117,9 @@ def main(argv=None):
                          "or none (the PKN's edges and AND pairs only)")
     ap.add_argument("--parallel", action="store_true",
                     help="chains in parallel, one per CPU device (XLA host devices = chains; set before JAX loads)")
+    ap.add_argument("--numpyro-run", action="store_true",
+                    help="sample with NumPyro's own MCMC.run (fit_nuts(compiled=False)) instead of semimech's "
+                         "compiled blocks (the default), to compare the two in one session")
     args = ap.parse_args(argv)
     if args.parallel:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -151,6 +154,7 @@ def main(argv=None):
                  f"accept {args.target_accept}, depth {args.max_tree_depth}"
                  f"{', init SVI' if args.init_svi else ''}{', no extra edges' if args.extra_edges == 'none' else ''}"
                  f"{', parallel' if args.parallel else ''}"
+                 f"{', MCMC.run' if args.numpyro_run else ''}"
                  f"{', ' + args.model_options if extra else ''}")
         t0 = time.perf_counter()
         # the SVI fit is the cut posterior; its medians still start the joint model's chains near the mode
@@ -159,6 +163,7 @@ def main(argv=None):
                            misfit_cut=False, dense_mass=dense, target_accept_prob=args.target_accept,
                            max_tree_depth=args.max_tree_depth,
                            chain_method="parallel" if args.parallel else "sequential",
+                           compiled=False if args.numpyro_run else None,
                            init_values=svi_fits[(args.guides[0], args.seed)] if args.init_svi else None, **extra)
         t_nuts = time.perf_counter() - t0
         dn = nuts.diagnostics()
