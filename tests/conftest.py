@@ -10,6 +10,7 @@ suite once this way), and ``pytest -m needs_shared`` selects exactly them.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -37,10 +38,10 @@ def _shared_data_or_skip() -> Path:
 #: two trimmed tests of that commit; 2,524 -> 2,112 test-seconds). It is the test processes' JAX setting, never
 #: semimech's (which leaves JAX's configuration to the user): ``SEMIMECH_TEST_JAX_CACHE=0`` runs without it.
 _JAX_CACHE_ENV = "SEMIMECH_TEST_JAX_CACHE_DIR"
+_JAX_CACHE_MADE = pytest.StashKey[str]()  # the folder, in the process that made it (and removes it)
 
 
 def _share_jax_compilation_cache(config) -> None:
-    import os
     import tempfile
 
     if os.environ.get("SEMIMECH_TEST_JAX_CACHE", "1") == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
@@ -49,7 +50,7 @@ def _share_jax_compilation_cache(config) -> None:
     if folder is None:  # the first process (xdist's controller, or the only one): the workers inherit it
         folder = tempfile.mkdtemp(prefix="semimech-test-jax-cache-")
         os.environ[_JAX_CACHE_ENV] = folder
-        config._semimech_jax_cache = folder
+        config.stash[_JAX_CACHE_MADE] = folder
     import jax
 
     jax.config.update("jax_compilation_cache_dir", folder)
@@ -61,7 +62,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    folder = getattr(config, "_semimech_jax_cache", None)
+    folder = config.stash.get(_JAX_CACHE_MADE, None)
     if folder is not None:
         import shutil
 

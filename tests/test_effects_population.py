@@ -305,6 +305,8 @@ def test_the_geometry_is_settled_by_the_inference():
 
     Every case goes through the resolution the fits use (``resolved_options`` with the method a fit tells it);
     four of them are fitted (SVI, MAP, NUTS; a misfit without a population), each a fit's own wiring."""
+    import inspect
+
     from semimech.infer.fit import resolved_options, svi_method
     from semimech.models import REGISTRY, additive, linear_steady_state
 
@@ -317,8 +319,9 @@ def test_the_geometry_is_settled_by_the_inference():
         (linear_steady_state.SPEC, "svi", {}, "centred", False),
         (linear_steady_state.SPEC, "svi", {"residual": True}, "noncentred", True),
     ]
+    default_guide = inspect.signature(sm.fit_svi).parameters["guide"].default
     for spec, method, options, expected, _ in cases:
-        told = svi_method(options.get("guide", "normal")) if method == "svi" else method
+        told = svi_method(options.get("guide", default_guide)) if method == "svi" else method
         model_options = {k: v for k, v in options.items() if k != "guide"}
         got = resolved_options(spec, model_options, told)["effect_deviation"]
         assert got == expected, (spec.name, method, options, got)

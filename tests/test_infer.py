@@ -422,8 +422,9 @@ def test_default_nuts_fits_do_not_accumulate_compiled_sampling_loops(monkeypatch
     run(0)
     before = maps()
     run(1)
+    run(2)
     assert maps() - before < 150
     monkeypatch.setattr(nuts, "_release_numpyro_loop", lambda: None)  # negative control: each loop is kept
     before = maps()
-    run(2)
+    run(3)
     assert maps() - before > 300
