@@ -10,7 +10,6 @@ import pytest
 from scipy import stats
 
 import semimech as sm
-from semimech import models
 from semimech.models import additive
 from semimech.models._treatments import local_scale
 
@@ -128,17 +127,7 @@ def test_predict_errors_name_level_and_context(small_fit):
         sm.predict(small_fit, pd.DataFrame({"stim": ["EGF"], "inh": [["AKTi"]], "line": ["L9"]}), rng_key=0)
 
 
-# additive: small_fit above; signalling_network takes a prior-knowledge network (its own tests)
-@pytest.mark.parametrize("name", ["latent_programs", "linear_steady_state", "production_decay"])
-def test_every_model_fits_and_predicts_a_factor_design_with_contexts(name):
-    frame, _ = simulate(rng_key=2, reps=2, max_inhibitors=1, contexts=("L1", "L2"))
-    d = design_of(frame)
-    fit = sm.fit_svi(models.get(name), d, rng_key=0, num_steps=20, num_samples=10, progress_bar=False)
-    assert np.all(np.isfinite(fit.losses))
-    table = pd.DataFrame({"stim": ["EGF+TNFa", "none"], "inh": [["MEKi", "PI3Ki"], ["p38i"]], "line": ["L2", "L1"]})
-    p = sm.predict(fit, table, rng_key=1)
-    assert p.perturbations == ("EGF+TNFa+MEKi+PI3Ki@L2", "p38i@L1")
-    assert p.draws["mean"].shape == (10, 2, 3) and np.all(np.isfinite(p.draws["mean"]))
+# every registered model on a factor design with contexts (counts, batches): tests/test_models_contract.py
 
 
 def test_factor_fit_saves_and_loads(small_fit, tmp_path):

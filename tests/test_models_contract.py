@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import semimech as sm
@@ -51,14 +52,41 @@ def test_sites_and_plates(name, counts_design):
             assert ds[0] in PLATE_NAMES
 
 
+@pytest.fixture(scope="module")
+def factor_counts_design():
+    """Counts of a stimulus x inhibitor design in two contexts (cell lines) and two batches: every stimulus set
+    (none, EGF, TNFa, both) with no or one inhibitor (MEKi, PI3Ki, p38i), twice per line, 3 genes."""
+    rng = np.random.default_rng(2)
+    levels = ("EGF", "TNFa", "MEKi", "PI3Ki", "p38i")
+    effect = {lv: rng.normal(0, 0.7, 3) for lv in levels}
+    base = {c: 1.5 + rng.normal(0, 0.3, 3) for c in ("L1", "L2")}
+    rows = []
+    for line in ("L1", "L2"):
+        for stims in ((), ("EGF",), ("TNFa",), ("EGF", "TNFa")):
+            for inhs in ((), ("MEKi",), ("PI3Ki",), ("p38i",)):
+                log_mu = base[line] + sum((effect[lv] for lv in stims + inhs), np.zeros(3))
+                for batch in ("b1", "b2"):
+                    rows.append({"stim": "+".join(stims) or "none", "inh": list(inhs), "line": line, "batch": batch,
+                                 **{f"g{g}": rng.poisson(np.exp(log_mu[g])) for g in range(3)}})
+    frame = pd.DataFrame(rows, index=[f"r{i}" for i in range(len(rows))])
+    return sm.Design.from_frame(frame, readouts=["g0", "g1", "g2"], factors={"stimulus": "stim", "inhibitor": "inh"},
+                                context_key="line", batch_key="batch")
+
+
 @pytest.mark.parametrize("name", sorted(models.REGISTRY))
-def test_short_svi_fit_and_predict(name, counts_design):
-    spec = models.get(name)
-    fit = sm.fit_svi(spec, counts_design, rng_key=0, num_steps=50, num_samples=20, progress_bar=False)
+def test_short_svi_fit_and_predict(name, factor_counts_design):
+    """Every model fits counts of a factor design with contexts and batches (negative binomial) and predicts from a
+    table: an unseen treatment combination in one line, a seen single in the other. (The plain-label count design
+    and its plates: test_sites_and_plates.)"""
+    d = factor_counts_design
+    assert d.is_counts and d.contexts == ("L1", "L2")
+    fit = sm.fit_svi(models.get(name), d, rng_key=0, num_steps=20, num_samples=10, progress_bar=False)
     assert np.all(np.isfinite(fit.losses))
-    p = sm.predict(fit, ["A+B", "control"], rng_key=1)
-    assert p.draws["mean"].shape == (20, 2, counts_design.n_genes)
-    assert np.all(p.draws["mean"] >= 0)  # counts: means on the data scale are rates
+    table = pd.DataFrame({"stim": ["EGF+TNFa", "none"], "inh": [["MEKi", "PI3Ki"], ["p38i"]], "line": ["L2", "L1"]})
+    p = sm.predict(fit, table, rng_key=1)
+    assert p.perturbations == ("EGF+TNFa+MEKi+PI3Ki@L2", "p38i@L1")
+    assert p.draws["mean"].shape == (10, 2, 3)
+    assert np.all(np.isfinite(p.draws["mean"])) and np.all(p.draws["mean"] >= 0)  # counts: data-scale means are rates
 
 
 def test_registry_is_explicit():
