@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from semimech.data._validate import row_positions
 from semimech.errors import DesignError
 
 __all__ = ["TimeCourseDesign", "check_time_grid", "design_from_midas", "solve_conditions", "time_course_design",
@@ -112,9 +113,10 @@ class TimeCourseDesign:
         }
 
     def subset(self, rows) -> "TimeCourseDesign":
-        """Samples selected by a mask or index; conditions, covariates and baselines are kept."""
-        rows = np.asarray(rows)
-        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(int)
+        """Samples selected by a boolean mask (one entry per sample) or integer positions; conditions,
+        covariates and baselines are kept. A mask of another length or a position out of range is a
+        :class:`~semimech.errors.DesignError`."""
+        rows = row_positions(rows, int(self.time.shape[0]), what="sample")
         return dataclasses.replace(
             self, y=None if self.y is None else self.y[rows], time=self.time[rows],
             condition_index=self.condition_index[rows],

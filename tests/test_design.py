@@ -142,6 +142,45 @@ def test_from_frame_and_subset_keep_encodings():
     assert frame["x"].tolist() == [1.0, 1.2, 2.0, 0.5, 1.4]
 
 
+def test_subset_takes_a_full_length_mask_or_positions_and_names_anything_else():
+    """Known answer: a mask with one entry per row and integer positions (repeats allowed) select those rows.
+    Negative controls: a mask of another length (it used to select the first rows silently), positions out of
+    range or negative, floats, a 2-D array and an empty selection are clear errors."""
+    frame = pd.DataFrame({"cond": ["c", "c", "A", "B", "A+B"], "x": [1.0, 1.2, 2.0, 0.5, 1.4]})
+    d = sm.Design.from_frame(frame, readouts=["x"], perturbation_key="cond", control="c")
+    mask = np.array([True, False, True, False, True])
+    assert d.subset(mask).obs_names == tuple(np.asarray(d.obs_names)[mask])
+    np.testing.assert_array_equal(d.subset(mask).dense_y()[:, 0], [1.0, 2.0, 1.4])
+    np.testing.assert_array_equal(d.subset([4, 0, 0]).dense_y()[:, 0], [1.4, 1.0, 1.0])
+    with pytest.raises(DesignError, match=r"one entry per row \(5\); got shape \(3,\)"):
+        d.subset(np.ones(3, bool))
+    with pytest.raises(DesignError, match=r"positions must be in 0..4; got \[5\]"):
+        d.subset([0, 5])
+    with pytest.raises(DesignError, match=r"positions must be in 0..4; got \[-1\]"):
+        d.subset([-1])
+    for bad in (np.array([0.0, 1.0]), np.zeros((1, 2), int), ["0"]):
+        with pytest.raises(DesignError, match="boolean mask .* or a 1-D array of integer positions"):
+            d.subset(bad)
+    for empty in ([], np.zeros(5, bool)):
+        with pytest.raises(DesignError, match="selects no rows"):
+            d.subset(empty)
+
+
+def test_a_time_course_subset_checks_its_mask_too():
+    from semimech.timecourse import time_course_design
+
+    y = np.arange(8, dtype=float).reshape(4, 2)
+    d = time_course_design(y, time=[0, 1, 0, 1], condition=["control", "control", "A", "A"],
+                           covariates={"control": [0.0], "A": [1.0]}, control="control")
+    sub = d.subset(np.array([False, True, False, True]))
+    np.testing.assert_array_equal(sub.y, y[[1, 3]])
+    np.testing.assert_array_equal(sub.time, [1, 1])
+    with pytest.raises(DesignError, match=r"one entry per sample \(4\)"):
+        d.subset(np.ones(2, bool))
+    with pytest.raises(DesignError, match=r"sample positions must be in 0..3"):
+        d.subset([4])
+
+
 def test_batch_without_controls_warns(small_counts_adata):
     a = small_counts_adata.copy()
     a.obs["batch"] = np.where(a.obs["perturbation"] == "control", "b1", a.obs["batch"])

@@ -109,6 +109,31 @@ def readouts(y, *, genes=None, rows=None):
     return y
 
 
+def row_positions(rows, n: int, *, what: str = "row") -> np.ndarray:
+    """The positions ``rows`` selects among ``n`` rows: a boolean mask with one entry per row, or
+    integer positions ``0 .. n - 1`` (repeats allowed); anything else is a :class:`DesignError`
+    (a mask of another length would otherwise select the first rows silently)."""
+    rows = np.asarray(rows)
+    if rows.size == 0:
+        raise DesignError(f"the subset selects no {what}s.")
+    if rows.dtype == bool:
+        if rows.shape != (n,):
+            raise DesignError(f"a boolean {what} mask needs one entry per {what} ({n}); got shape {rows.shape}. "
+                              "Build it from this design (e.g. design.perturbation_index == k).")
+        idx = np.flatnonzero(rows)
+        if idx.size == 0:
+            raise DesignError(f"the subset selects no {what}s.")
+        return idx
+    if rows.dtype.kind not in "iu" or rows.ndim != 1:
+        raise DesignError(f"{what}s must be a boolean mask (one entry per {what}) or a 1-D array of integer "
+                          f"positions; got dtype {rows.dtype} and shape {rows.shape}.")
+    bad = rows[(rows < 0) | (rows >= n)]
+    if bad.size:
+        raise DesignError(f"{what} positions must be in 0..{n - 1}; got {bad[:5].tolist()}"
+                          f"{' ...' if bad.size > 5 else ''}.")
+    return rows.astype(np.intp)
+
+
 def stored(y, is_counts: bool):
     """The design's own read-only copy of checked readouts: counts as int32, anything else float64.
 

@@ -507,17 +507,21 @@ class Design:
 
     # ------------------------------------------------------------------ derived designs
     def subset(self, rows) -> "Design":
-        """Rows selected by a boolean mask or integer index; encodings are kept.
+        """Rows selected by a boolean mask (one entry per row) or integer positions; encodings are kept.
 
         Keeping the encodings (all perturbation labels, all targets) is what lets a model
-        fitted on a training subset align its draws with a test subset by label.
+        fitted on a training subset align its draws with a test subset by label. Positions are
+        ``0 .. n_obs - 1`` (no negative positions) and may repeat (a bootstrap resample).
+
+        Raises
+        ------
+        DesignError
+            A mask of another length than the rows, positions out of range, anything but
+            booleans or integers, or a selection of no rows.
         """
         if self.y is None:
             raise DesignError("cannot subset a prediction design.")
-        rows = np.asarray(rows)
-        idx = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(int)
-        if idx.size == 0:
-            raise DesignError("the subset selects no rows.")
+        idx = v.row_positions(rows, self.n_obs)
         y = self.y[idx]
         return dataclasses.replace(
             self, y=y.tocsr() if sp.issparse(y) else y, obs_names=tuple(self.obs_names[i] for i in idx),
