@@ -166,6 +166,22 @@ def test_subset_takes_a_full_length_mask_or_positions_and_names_anything_else():
             d.subset(empty)
 
 
+def test_one_readout_or_gene_named_by_a_string_is_that_column_not_its_letters(small_counts_adata):
+    """``readouts="x"`` / ``genes="g1"`` mean one column (they used to be read letter by letter: "readout columns not
+    in the frame: ['g', '1']"); the negative control: a name that is not a column is still a clear error."""
+    frame = pd.DataFrame({"cond": ["c", "c", "A", "B"], "x": [1.0, 1.2, 2.0, 0.5], "y": [0.0, 0.1, 0.3, 0.2]})
+    one = sm.Design.from_frame(frame, readouts="x", perturbation_key="cond", control="c")
+    assert one.genes == ("x",)
+    np.testing.assert_array_equal(one.dense_y(), sm.Design.from_frame(frame, readouts=["x"], perturbation_key="cond",
+                                                                       control="c").dense_y())
+    a = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control", genes="g1")
+    assert a.genes == ("g1",) and a.n_genes == 1
+    with pytest.raises(DesignError, match=r"readout columns not in the frame: \['xy'\]"):
+        sm.Design.from_frame(frame, readouts="xy", perturbation_key="cond", control="c")
+    with pytest.raises(DesignError, match=r"genes not in adata.var_names: \['g99'\]"):
+        sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control", genes="g99")
+
+
 def test_a_time_course_subset_checks_its_mask_too():
     from semimech.timecourse import time_course_design
 

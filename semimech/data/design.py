@@ -198,6 +198,8 @@ class Design:
             raise DesignError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
         X = adata.X if layer is None else adata.layers[layer]
         var_names = [str(g) for g in adata.var_names]
+        if isinstance(genes, str):  # one gene, not its letters
+            genes = [genes]
         if genes is not None:
             missing = [g for g in genes if g not in set(var_names)]
             if missing:
@@ -260,6 +262,8 @@ class Design:
                           (size_factor_key, "size_factor_key"), (n_cells_key, "n_cells_key")):
             if key is not None and key not in cols:
                 raise DesignError(f"{what} {key!r} is not a column of the frame (columns: {cols}).")
+        if isinstance(readouts, str):  # one column, not its letters
+            readouts = [readouts]
         missing = [r for r in readouts if r not in cols]
         if missing:
             raise DesignError(f"readout columns not in the frame: {missing}.")
