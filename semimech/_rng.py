@@ -15,7 +15,12 @@ def as_key(rng_key) -> jax.Array:
         raise TypeError("rng_key is required (an int seed or a jax.random key); semimech has no hidden default seed.")
     if isinstance(rng_key, (int, np.integer)):
         return jax.random.PRNGKey(int(rng_key))
-    key = jax.numpy.asarray(rng_key)
+    if isinstance(rng_key, (str, bytes, float, np.floating)):
+        raise TypeError(f"rng_key must be an int or a jax.random key, got {type(rng_key).__name__} {rng_key!r:.40}.")
+    try:
+        key = jax.numpy.asarray(rng_key)
+    except (TypeError, ValueError):
+        raise TypeError(f"rng_key must be an int or a jax.random key, got {type(rng_key).__name__}.") from None
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         return jax.random.key_data(key)
     if key.shape == (2,) and key.dtype == np.uint32:

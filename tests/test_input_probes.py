@@ -128,6 +128,8 @@ def test_num_cells_must_match_the_labels():
 
 
 def test_predict_reports_a_num_cells_of_the_wrong_length(small_counts_adata):
+    """...and the other bad arguments of ``predict`` and ``Fit.flat`` found by probing (nothing to predict, a string
+    as seed, an unknown site), each against the good call beside it."""
     from semimech.models import additive
 
     d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control")
@@ -135,6 +137,57 @@ def test_predict_reports_a_num_cells_of_the_wrong_length(small_counts_adata):
     with pytest.raises(PredictionError, match="expected one number, or 2 numbers"):
         sm.predict(fit, ["A", "B"], rng_key=0, num_cells=[10, 20, 30])
     assert sm.predict(fit, ["A", "B"], rng_key=0, num_cells=[10, 20]).draws["observed_mean"].shape[1] == 2
+    with pytest.raises(PredictionError, match="predict needs what to predict.*got NoneType"):
+        sm.predict(fit, None, rng_key=0)
+    with pytest.raises(TypeError, match="rng_key must be an int or a jax.random key, got str"):
+        sm.predict(fit, ["A"], rng_key="A")
+    with pytest.raises(KeyError, match="'nope' is not a site of this 'additive' fit; its sites: .*'effect'"):
+        fit.flat("nope")
+    assert fit.flat("effect").shape[0] == 5
+
+
+# ---------------------------------------------------------------- the fits' counts, rates, seed and model
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_steps": 0}, r"num_steps must be a positive integer \(SVI steps\), got 0"),
+    ({"num_steps": -5}, r"num_steps must be a positive integer \(SVI steps\), got -5"),
+    ({"num_steps": 2.5}, r"num_steps must be a positive integer \(SVI steps\), got 2.5"),
+    ({"num_samples": 0}, r"num_samples must be a positive integer \(posterior draws\), got 0"),
+    ({"learning_rate": -0.1}, r"learning_rate must be a finite positive number, got -0.1"),
+    ({"learning_rate": float("nan")}, r"learning_rate must be a finite positive number, got nan"),
+    ({"restarts": True}, r"restarts must be a positive integer"),
+    ({"rng_key": "abc"}, r"rng_key must be an int or a jax.random key, got str 'abc'"),
+    ({"rng_key": 1.5}, r"rng_key must be an int or a jax.random key, got float"),
+])
+def test_fit_svi_names_a_bad_count_rate_or_seed_before_tracing(small_counts_adata, kwargs, match):
+    """Each used to fail late or not at all: ``num_steps=0`` as "the loss became NaN at step 0", ``num_samples=0`` in a
+    JAX reshape, a negative learning rate climbed the loss, a string seed in JAX's dtype check. (The good values
+    beside them: every fit of the suite; here ``test_predict_reports_a_num_cells_of_the_wrong_length``.)"""
+    from semimech.errors import InferenceError
+    from semimech.models import additive
+
+    d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control")
+    args = {"rng_key": 0, "num_steps": 5, "num_samples": 5, "progress_bar": False, **kwargs}
+    with pytest.raises(TypeError if "rng_key" in kwargs else InferenceError, match=match):
+        sm.fit_svi(additive.SPEC, d.pseudobulk(), **args)
+
+
+def test_the_fits_name_a_model_given_by_name_and_bad_nuts_counts(small_counts_adata):
+    from semimech.errors import InferenceError
+    from semimech.models import additive
+
+    d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control").pseudobulk()
+    for fit in (sm.fit_svi, sm.fit_nuts, sm.fit):
+        with pytest.raises(InferenceError, match=r"must be a semimech ModelSpec, got str 'additive'; pass "
+                                                 r"semimech.models.get\('additive'\)"):
+            fit("additive", d, rng_key=0, progress_bar=False)
+    with pytest.raises(InferenceError, match="must be a semimech ModelSpec, got str 'additive'"):
+        sm.sample_prior("additive", d, rng_key=0)
+    for kwargs, match in (({"num_warmup": -1}, "num_warmup must be an integer >= 0"),
+                          ({"num_samples": 0}, "num_samples must be a positive integer"),
+                          ({"num_chains": 0}, "num_chains must be a positive integer")):
+        with pytest.raises(InferenceError, match=match):
+            sm.fit_nuts(additive.SPEC, d, rng_key=0, progress_bar=False, **kwargs)
 
 
 # ---------------------------------------------------------------- which interval a Prediction gives by default

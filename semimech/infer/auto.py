@@ -107,7 +107,10 @@ def fit(spec: ModelSpec, design, *, rng_key, method: str = "auto", progress_bar:
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    from semimech.infer import _args
     from semimech.infer.fit import fit_svi
+
+    spec = _args.spec(spec)
     from semimech.infer.nuts import fit_nuts
 
     svi_keys = {"guide", "learning_rate", "rank", "restarts"}

@@ -17,7 +17,7 @@ from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import DesignError, InferenceError
-from semimech.infer import _arviz
+from semimech.infer import _args, _arviz
 from semimech.infer._interrupt import FitInterrupted, deferred_interrupt
 from semimech.infer._observed import observed
 from semimech.infer._progress import Phases
@@ -105,6 +105,8 @@ class Fit:
 
     def flat(self, name: str) -> np.ndarray:
         """Draws of a site with chains and draws merged: ``(chains * draws, *shape)``."""
+        if name not in self.samples:
+            raise KeyError(f"{name!r} is not a site of this {self.spec.name!r} fit; its sites: {sorted(self.samples)}.")
         a = self.samples[name]
         return a.reshape((-1,) + a.shape[2:])
 
@@ -158,6 +160,7 @@ Fit.idata = property(_get_idata, _set_idata, doc="The fit as an ArviZ DataTree (
 
 def _prepare(spec: ModelSpec, design: Design, options: dict, row_mask=None, *, warn: bool = True,
              with_y: bool = True, method: str | None = None):
+    spec = _args.spec(spec)
     if not isinstance(design, Design):
         if type(design).__name__ == "TimeCourseDesign":
             raise DesignError(
@@ -367,6 +370,11 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
     ``steps_s``, ``draws_s``, ``total_s``). Compiled programs can also be kept across processes
     (opt-in: ``SEMIMECH_CACHE_DIR``, see :func:`semimech.infer.set_cache_dir`).
     """
+    spec = _args.spec(spec)
+    num_steps = _args.count("num_steps", num_steps, what="SVI steps")
+    num_samples = _args.count("num_samples", num_samples, what="posterior draws")
+    learning_rate = _args.rate("learning_rate", learning_rate)
+    rank = _args.count("rank", rank, what="the low-rank guide's rank")
     phases = Phases(show=progress_bar, label=f"fit_svi {spec.name}")
     try:
         return _fit_svi(spec, design, rng_key=rng_key, num_steps=num_steps, guide=guide, learning_rate=learning_rate,
@@ -459,9 +467,7 @@ def _finish_svi(eng, spec, design, model, data, y, opts, state, losses, k_draw, 
 
 
 def _check_restarts(restarts, resume) -> int:
-    if isinstance(restarts, (bool, np.bool_)) or not isinstance(restarts, (int, np.integer)) or restarts < 1:
-        raise InferenceError(f"restarts must be a positive integer (the number of SVI runs to keep the best of), "
-                             f"got {restarts!r}.")
+    restarts = _args.count("restarts", restarts, what="the number of SVI runs to keep the best of")
     if restarts > 1 and resume is not None:
         raise InferenceError("resume= continues one interrupted run; it is not available with restarts > 1. "
                              "Run the fit again without resume=.")

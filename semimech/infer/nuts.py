@@ -19,6 +19,7 @@ from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import InferenceError
+from semimech.infer import _args
 from semimech.infer._compiled import Recent, mapped_code_check
 from semimech.infer._interrupt import FitInterrupted
 from semimech.infer._progress import Phases
@@ -99,6 +100,9 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     """
     from semimech.infer.auto import cut_sites_in
 
+    spec = _args.spec(spec)
+    num_warmup = _args.count("num_warmup", num_warmup, minimum=0, what="warm-up iterations")
+    num_samples = _args.count("num_samples", num_samples, what="draws per chain")
     model, data, y, opts = _prepare(spec, design, options, row_mask, method="nuts")
     cut = cut_sites_in(spec, model, data, y)
     if cut:
@@ -271,8 +275,7 @@ def _chain_method(method, num_chains: int) -> str:
     """``"auto"``: parallel chains when JAX has a device for each, else sequential; others checked."""
     if method not in CHAIN_METHODS:
         raise InferenceError(f"chain_method must be one of {CHAIN_METHODS}, got {method!r}.")
-    if isinstance(num_chains, (bool, np.bool_)) or not isinstance(num_chains, (int, np.integer)) or num_chains < 1:
-        raise InferenceError(f"num_chains must be a positive integer, got {num_chains!r}.")
+    _args.count("num_chains", num_chains)
     if method == "auto":
         return "parallel" if num_chains > 1 and jax.local_device_count() >= num_chains else "sequential"
     return method

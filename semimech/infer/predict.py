@@ -394,7 +394,11 @@ def _prediction_design(train: Design, design) -> Design:
         return train.with_perturbations([design])
     if isinstance(design, (pd.DataFrame, Mapping)):
         return train.with_conditions(design)
-    items = list(design)
+    try:
+        items = list(design)
+    except TypeError:
+        raise PredictionError(f"predict needs what to predict: labels (e.g. ['A+B']), a table of conditions or a Design; "
+                              f"got {type(design).__name__}.") from None
     if items and all(isinstance(x, Mapping) for x in items):
         return train.with_conditions(items)
     return train.with_perturbations([str(x) for x in items])

@@ -1,0 +1,42 @@
+"""Checks of the arguments the fits share: counts, rates, the model.
+
+Each names the argument, what it must be and what it got, as an :class:`InferenceError`
+before anything is traced (a JAX traceback or a misleading message later is what it prevents:
+``num_samples=0`` failed in a reshape, ``num_steps=0`` reported a NaN loss, a negative learning
+rate climbed the loss).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from semimech.errors import InferenceError
+from semimech.infer.spec import ModelSpec
+
+
+def count(name: str, value, *, minimum: int = 1, what: str = "") -> int:
+    """``value`` as an int, if it is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise InferenceError(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}.")
+    return int(value)
+
+
+def rate(name: str, value) -> float:
+    """``value`` as a float, if it is a finite positive number."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value <= 0:
+        raise InferenceError(f"{name} must be a finite positive number, got {value!r}.")
+    return float(value)
+
+
+def spec(value) -> ModelSpec:
+    """``value`` if it is a :class:`ModelSpec`; a model's name gets the call that finds its spec."""
+    if isinstance(value, ModelSpec):
+        return value
+    hint = (f"semimech.models.get({value!r})" if isinstance(value, str)
+            else "semimech.models.get(name), e.g. semimech.models.additive.SPEC")
+    raise InferenceError(f"the model must be a semimech ModelSpec, got {type(value).__name__} {value!r:.60}; "
+                         f"pass {hint}.")
