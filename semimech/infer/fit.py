@@ -371,6 +371,7 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
     (opt-in: ``SEMIMECH_CACHE_DIR``, see :func:`semimech.infer.set_cache_dir`).
     """
     spec = _args.spec(spec)
+    rng_key = as_key(rng_key)  # a bad seed is named before anything compiles
     num_steps = _args.count("num_steps", num_steps, what="SVI steps")
     num_samples = _args.count("num_samples", num_samples, what="posterior draws")
     learning_rate = _args.rate("learning_rate", learning_rate)

@@ -101,6 +101,7 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     from semimech.infer.auto import cut_sites_in
 
     spec = _args.spec(spec)
+    rng_key = as_key(rng_key)  # a bad seed is named before anything compiles
     num_warmup = _args.count("num_warmup", num_warmup, minimum=0, what="warm-up iterations")
     num_samples = _args.count("num_samples", num_samples, what="draws per chain")
     model, data, y, opts = _prepare(spec, design, options, row_mask, method="nuts")
