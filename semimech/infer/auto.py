@@ -109,9 +109,9 @@ def fit(spec: ModelSpec, design, *, rng_key, method: str = "auto", progress_bar:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     from semimech.infer import _args
     from semimech.infer.fit import fit_svi
+    from semimech.infer.nuts import fit_nuts
 
     spec = _args.spec(spec)
-    from semimech.infer.nuts import fit_nuts
 
     svi_keys = {"guide", "learning_rate", "rank", "restarts"}
     fit_keys = {"row_mask", "init_values"}  # arguments of both fits, not model options: not in the choice's trace
