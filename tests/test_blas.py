@@ -1,13 +1,12 @@
 """semimech's entry points run with one BLAS thread and give the caller's setting back."""
 
-from types import SimpleNamespace
-
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import semimech as sm
 from semimech._blas import limited_blas
 from semimech.errors import SemimechError
+from semimech.models import additive
 
 
 def _blas_threads():
@@ -25,7 +24,7 @@ def two_blas_threads():
 def test_fit_svi_runs_with_one_blas_thread_and_restores_the_callers(monkeypatch, two_blas_threads):
     seen = []
     monkeypatch.setattr("semimech.infer.fit._fit_svi", lambda *a, **k: seen.append(_blas_threads()))
-    sm.fit_svi(SimpleNamespace(name="stand-in"), None, rng_key=0, progress_bar=False)
+    sm.fit_svi(additive.SPEC, None, rng_key=0, progress_bar=False)  # the fit itself is the stand-in above
     assert seen == [[1]]
     assert _blas_threads() == [2]
 

@@ -183,6 +183,12 @@ def test_the_fits_name_a_model_given_by_name_and_bad_nuts_counts(small_counts_ad
             fit("additive", d, rng_key=0, progress_bar=False)
     with pytest.raises(InferenceError, match="must be a semimech ModelSpec, got str 'additive'"):
         sm.sample_prior("additive", d, rng_key=0)
+    with pytest.raises(InferenceError, match="must be a semimech ModelSpec, got str 'additive'"):
+        sm.fit_svi_minibatch("additive", d, rng_key=0, batch_size=2, num_steps=2)
+    for kwargs, match in (({"learning_rate": 0.0}, "learning_rate must be a finite positive number, got 0.0"),
+                          ({"num_samples": -1}, r"num_samples must be a positive integer \(posterior draws\)")):
+        with pytest.raises(InferenceError, match=match):
+            sm.fit_svi_minibatch(additive.SPEC, d, rng_key=0, batch_size=2, num_steps=2, **kwargs)
     for kwargs, match in (({"num_warmup": -1}, "num_warmup must be an integer >= 0"),
                           ({"num_samples": 0}, "num_samples must be a positive integer"),
                           ({"num_chains": 0}, "num_chains must be a positive integer")):

@@ -33,9 +33,12 @@ def rate(name: str, value) -> float:
 
 
 def spec(value) -> ModelSpec:
-    """``value`` if it is a :class:`ModelSpec`; a model's name gets the call that finds its spec."""
+    """``value`` if it is a :class:`ModelSpec`; a model's name gets the call that finds its spec, a time-course
+    model's spec (``semimech.models.TIME_COURSE``) its own entry point (its ``default_options`` raises that)."""
     if isinstance(value, ModelSpec):
         return value
+    if not isinstance(value, str):
+        getattr(value, "default_options", None)
     hint = (f"semimech.models.get({value!r})" if isinstance(value, str)
             else "semimech.models.get(name), e.g. semimech.models.additive.SPEC")
     raise InferenceError(f"the model must be a semimech ModelSpec, got {type(value).__name__} {value!r:.60}; "

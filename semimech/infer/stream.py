@@ -38,6 +38,7 @@ from semimech._blas import limited_blas
 from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.errors import DesignError
+from semimech.infer import _args
 from semimech.infer._compiled import mapped_code_check
 from semimech.infer._elbo import OrderedTraceELBO
 from semimech.infer.fit import GUIDES, Fit, _check_losses, resolved_options, svi_method
@@ -97,6 +98,7 @@ def fit_svi_minibatch(spec: ModelSpec, design: Design, *, rng_key, batch_size: i
     **options
         Model options, e.g. ``likelihood="negbin"``.
     """
+    check_svi_args(learning_rate, num_samples, rank)
     stream = _setup(spec, design, batch_size=batch_size, options=options, sparse=sparse, n_blocks=1,
                     method=svi_method(guide))
     steps = _num_steps(stream, num_epochs, num_steps)
@@ -108,7 +110,15 @@ def fit_svi_minibatch(spec: ModelSpec, design: Design, *, rng_key, batch_size: i
 
 
 # ---------------------------------------------------------------------------------------- setup
+def check_svi_args(learning_rate, num_samples, rank) -> None:
+    """The minibatch fits' rate and counts, named before anything is traced (as :func:`semimech.fit_svi` does)."""
+    _args.rate("learning_rate", learning_rate)
+    _args.count("num_samples", num_samples, what="posterior draws")
+    _args.count("rank", rank, what="the low-rank guide's rank")
+
+
 def _setup(spec, design, *, batch_size, options, sparse, n_blocks, method: str = "svi") -> _Stream:
+    spec = _args.spec(spec)
     if not isinstance(design, Design):
         raise DesignError(f"expected a semimech.Design, got {type(design).__name__}; build one with Design.from_anndata.")
     if design.y is None:
