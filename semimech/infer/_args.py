@@ -32,6 +32,12 @@ def rate(name: str, value) -> float:
     return float(value)
 
 
+def svi_settings(learning_rate, num_samples, rank) -> tuple[float, int, int]:
+    """The SVI fits' learning rate, number of posterior draws and low-rank guide rank, checked."""
+    return (rate("learning_rate", learning_rate), count("num_samples", num_samples, what="posterior draws"),
+            count("rank", rank, what="the low-rank guide's rank"))
+
+
 def spec(value) -> ModelSpec:
     """``value`` if it is a :class:`ModelSpec`; a model's name gets the call that finds its spec, a time-course
     model's spec (``semimech.models.TIME_COURSE``) its own entry point (its ``default_options`` raises that)."""

@@ -373,9 +373,7 @@ def fit_svi(spec: ModelSpec, design: Design, *, rng_key, num_steps: int = 2000, 
     spec = _args.spec(spec)
     rng_key = as_key(rng_key)  # a bad seed is named before anything compiles
     num_steps = _args.count("num_steps", num_steps, what="SVI steps")
-    num_samples = _args.count("num_samples", num_samples, what="posterior draws")
-    learning_rate = _args.rate("learning_rate", learning_rate)
-    rank = _args.count("rank", rank, what="the low-rank guide's rank")
+    learning_rate, num_samples, rank = _args.svi_settings(learning_rate, num_samples, rank)
     phases = Phases(show=progress_bar, label=f"fit_svi {spec.name}")
     try:
         return _fit_svi(spec, design, rng_key=rng_key, num_steps=num_steps, guide=guide, learning_rate=learning_rate,
@@ -414,7 +412,7 @@ def _fit_svi(spec, design, *, rng_key, num_steps, guide, learning_rate, num_samp
         eng, hit = _svi.engine(model, static, traced, make_guide=make_guide, optim=optim, key=key)
     phases.add("compiled_reused", float(hit))
     eng.prepare(traced, num_samples, init=resume is None, phases=phases)
-    k_fit, k_draw = jax.random.split(as_key(rng_key))
+    k_fit, k_draw = jax.random.split(rng_key)  # fit_svi made it a key
     if restarts > 1:
         state, losses, record = _best_of(eng, traced, k_fit, restarts, num_steps=num_steps,
                                          learning_rate=learning_rate, phases=phases)

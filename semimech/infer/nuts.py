@@ -100,8 +100,7 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
     """
     from semimech.infer.auto import cut_sites_in
 
-    spec = _args.spec(spec)
-    rng_key = as_key(rng_key)  # a bad seed is named before anything compiles
+    rng_key = as_key(rng_key)  # a bad seed is named before anything compiles (the model: _prepare)
     num_warmup = _args.count("num_warmup", num_warmup, minimum=0, what="warm-up iterations")
     num_samples = _args.count("num_samples", num_samples, what="draws per chain")
     model, data, y, opts = _prepare(spec, design, options, row_mask, method="nuts")
@@ -140,7 +139,7 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
         mcmc = MCMC(NUTS(model, **settings), num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                     chain_method=chain_method, progress_bar=progress_bar)
         try:
-            mcmc.run(as_key(rng_key), data, y=y, extra_fields=NUTS_EXTRA_FIELDS)
+            mcmc.run(rng_key, data, y=y, extra_fields=NUTS_EXTRA_FIELDS)
         except RuntimeError as err:
             if "valid initial parameters" not in str(err):
                 raise

@@ -44,9 +44,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from semimech._rng import as_key
+from semimech.infer import _args
 from semimech.infer.fit import Fit, svi_method
 from semimech.infer.spec import ModelSpec
-from semimech.infer.stream import _num_steps, _setup, _to_fit, _train, check_svi_args
+from semimech.infer.stream import _num_steps, _setup, _to_fit, _train
 
 __all__ = ["data_mesh", "fit_svi_sharded"]
 
@@ -95,7 +96,7 @@ def fit_svi_sharded(spec: ModelSpec, design, *, rng_key, batch_size: int, mesh: 
         As for :func:`~semimech.infer.stream.fit_svi_minibatch`.
     """
     mesh = data_mesh() if mesh is None else mesh
-    check_svi_args(learning_rate, num_samples, rank)
+    learning_rate, num_samples, rank = _args.svi_settings(learning_rate, num_samples, rank)
     stream = _setup(spec, design, batch_size=batch_size, options=options, sparse=sparse, n_blocks=mesh.size,
                     method=svi_method(guide))
     steps = _num_steps(stream, num_epochs, num_steps)

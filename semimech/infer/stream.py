@@ -98,7 +98,7 @@ def fit_svi_minibatch(spec: ModelSpec, design: Design, *, rng_key, batch_size: i
     **options
         Model options, e.g. ``likelihood="negbin"``.
     """
-    check_svi_args(learning_rate, num_samples, rank)
+    learning_rate, num_samples, rank = _args.svi_settings(learning_rate, num_samples, rank)
     stream = _setup(spec, design, batch_size=batch_size, options=options, sparse=sparse, n_blocks=1,
                     method=svi_method(guide))
     steps = _num_steps(stream, num_epochs, num_steps)
@@ -110,13 +110,6 @@ def fit_svi_minibatch(spec: ModelSpec, design: Design, *, rng_key, batch_size: i
 
 
 # ---------------------------------------------------------------------------------------- setup
-def check_svi_args(learning_rate, num_samples, rank) -> None:
-    """The minibatch fits' rate and counts, named before anything is traced (as :func:`semimech.fit_svi` does)."""
-    _args.rate("learning_rate", learning_rate)
-    _args.count("num_samples", num_samples, what="posterior draws")
-    _args.count("rank", rank, what="the low-rank guide's rank")
-
-
 def _setup(spec, design, *, batch_size, options, sparse, n_blocks, method: str = "svi") -> _Stream:
     spec = _args.spec(spec)
     if not isinstance(design, Design):
