@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, NUTS
 
-__all__ = ["diagnostics", "report_solve", "require_time_course_design", "run_nuts", "solve_counter"]
+from semimech.infer import _args
+
+__all__ = ["diagnostics", "ode_settings", "report_solve", "require_time_course_design", "run_nuts", "solve_counter"]
 
 
 def require_time_course_design(design, who: str) -> None:
@@ -29,6 +31,16 @@ def require_time_course_design(design, who: str) -> None:
             f"semimech.timecourse.time_course_design or design_from_midas); got {type(design).__name__}. "
             "For a steady-state semimech.Design use sm.fit_svi with a model of semimech.models.REGISTRY."
         )
+
+
+def ode_settings(*, num_steps, learning_rate, max_steps, num_samples=1, num_warmup=0, what: str = "SVI steps"):
+    """A time-course fit's counts and rate, checked before anything is traced (``InferenceError``s that name
+    the argument, as ``sm.fit_svi`` / ``sm.fit_nuts`` raise; unchecked, ``num_steps=-1`` failed in MLIR, a
+    negative rate climbed the loss and ``max_steps=0`` failed inside diffrax)."""
+    return (_args.count("num_steps", num_steps, what=what), _args.rate("learning_rate", learning_rate),
+            _args.count("num_samples", num_samples, what="posterior draws"),
+            _args.count("num_warmup", num_warmup, minimum=0, what="NUTS warm-up iterations"),
+            _args.count("max_steps", max_steps, what="ODE solver steps per solve"))
 
 
 def solve_counter():

@@ -33,7 +33,8 @@ import optax
 from semimech._rng import as_key
 from semimech.dynamics import NeuralField, neural_field
 from semimech.errors import DesignError, InferenceError
-from semimech.models._ode_inference import require_time_course_design
+from semimech.infer import _args
+from semimech.models._ode_inference import ode_settings, require_time_course_design
 from semimech.timecourse import TimeCourseDesign, solve_conditions
 
 __all__ = ["FreeField", "NeuralODEFit", "baseline_drift", "field_fn", "fit_neural_ode", "free_field", "init_params",
@@ -299,8 +300,9 @@ def fit_neural_ode(
         ODE solver steps per solve; a solve that needs more fails (the step is skipped).
     """
     _check(design, initial, onset, field)
-    if steady_state_weight < 0:
-        raise DesignError(f"steady_state_weight must be >= 0; got {steady_state_weight}.")
+    num_steps, learning_rate, _, _, max_steps = ode_settings(num_steps=num_steps, learning_rate=learning_rate,
+                                                             max_steps=max_steps, what="Adam steps")
+    steady_state_weight = _args.number("steady_state_weight", steady_state_weight, strict=False, error=DesignError)
     params = init_params(design, rng_key=rng_key, field=field, width=width, depth=depth, initial=initial, onset=onset)
     data = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in design.model_data().items()}
     y = jnp.asarray(design.y, jnp.float32)

@@ -46,8 +46,9 @@ from numpyro.infer import SVI, autoguide, init_to_value
 
 from semimech._rng import as_key
 from semimech.errors import DesignError, InferenceError
+from semimech.infer import _args
 from semimech.infer._elbo import OrderedTraceELBO
-from semimech.models._ode_inference import diagnostics, report_solve, run_nuts, solve_counter
+from semimech.models._ode_inference import diagnostics, ode_settings, report_solve, run_nuts, solve_counter
 from semimech.models.neural_ode import _check, field_fn, init_params, predicted_samples
 from semimech.timecourse import TimeCourseDesign
 
@@ -158,6 +159,13 @@ def fit_neural_ode_bayes(
     """
     if method not in ("svi", "nuts"):
         raise DesignError(f"method must be 'svi' or 'nuts'; got {method!r}.")
+    num_steps, learning_rate, num_samples, num_warmup, max_steps = ode_settings(
+        num_steps=num_steps, learning_rate=learning_rate, num_samples=num_samples, num_warmup=num_warmup,
+        max_steps=max_steps)
+    steady_state_weight = _args.number("steady_state_weight", steady_state_weight, strict=False, error=DesignError)
+    if steady_state_tau is not None:
+        steady_state_tau = _args.number("steady_state_tau", steady_state_tau, error=DesignError)
+    prior_scale = _args.number("prior_scale", prior_scale, error=DesignError)
     k_init, k_fit, k_draw = jax.random.split(as_key(rng_key), 3)
     record, counts = solve_counter()
     bound, values, data, y, template, opts = _setup(

@@ -63,9 +63,11 @@ from numpyro.infer import SVI, Predictive, autoguide, init_to_median
 from semimech._rng import as_key
 from semimech.dynamics import ProductionDecayParams, production_decay_field, steady_state
 from semimech.errors import DesignError, InferenceError
+from semimech.infer import _args
 from semimech.infer._elbo import OrderedTraceELBO
 from semimech.models._ode_inference import (
     diagnostics,
+    ode_settings,
     report_solve,
     require_time_course_design,
     run_nuts,
@@ -205,6 +207,10 @@ def fit_time_course(design: TimeCourseDesign, *, rng_key, initial: str = "steady
     """
     if method not in ("svi", "nuts"):
         raise DesignError(f"method must be 'svi' or 'nuts'; got {method!r}.")
+    num_steps, learning_rate, num_samples, num_warmup, max_steps = ode_settings(
+        num_steps=num_steps, learning_rate=learning_rate, num_samples=num_samples, num_warmup=num_warmup,
+        max_steps=max_steps)
+    onset_scale = _args.number("onset_scale", onset_scale, error=DesignError)
     record, counts = solve_counter()
     svi, guide, data, y, opts = _setup(design, initial=initial, onset=onset, onset_scale=onset_scale,
                                        num_steps=num_steps, learning_rate=learning_rate, max_steps=max_steps,

@@ -196,6 +196,53 @@ def test_the_fits_name_a_model_given_by_name_and_bad_nuts_counts(small_counts_ad
             sm.fit_nuts(additive.SPEC, d, rng_key=0, progress_bar=False, **kwargs)
 
 
+# ---------------------------------------------------------------- the time-course fits' settings
+
+_TC_BAD = [
+    ({"num_steps": 0}, "InferenceError", r"num_steps must be a positive integer \((SVI|Adam) steps\), got 0"),
+    ({"num_steps": -1}, "InferenceError", r"num_steps must be a positive integer"),
+    ({"num_steps": 2.5}, "InferenceError", r"num_steps must be a positive integer .*got 2.5"),
+    ({"learning_rate": -1.0}, "InferenceError", r"learning_rate must be a finite positive number, got -1.0"),
+    ({"learning_rate": float("nan")}, "InferenceError", r"learning_rate must be a finite positive number, got nan"),
+    ({"max_steps": 0}, "InferenceError", r"max_steps must be a positive integer \(ODE solver steps per solve\)"),
+    ({"num_samples": 0}, "InferenceError", r"num_samples must be a positive integer \(posterior draws\), got 0"),
+    ({"method": "nuts", "num_warmup": -1}, "InferenceError", r"num_warmup must be an integer >= 0"),
+    ({"onset_scale": -1.0, "onset": "latent"}, "DesignError", r"onset_scale must be a finite number > 0, got -1.0"),
+    ({"steady_state_weight": float("nan")}, "DesignError", r"steady_state_weight must be a finite number >= 0, got nan"),
+    ({"steady_state_tau": 0.0}, "DesignError", r"steady_state_tau must be a finite number > 0, got 0.0"),
+    ({"prior_scale": 0.0}, "DesignError", r"prior_scale must be a finite number > 0, got 0.0"),
+]
+
+
+@pytest.mark.parametrize("name", ["time_course", "neural_ode", "neural_ode_bayes"])
+def test_time_course_fits_name_a_bad_setting_before_tracing(name):
+    """Each used to fail late, foreign or not at all: ``num_steps=-1`` in MLIR ("invalid tensor dimension size"),
+    ``num_steps=0`` as "every optimisation step failed", ``max_steps=0`` inside diffrax ("at least one checkpoint"),
+    a negative rate, a fractional step count, ``num_samples=0``, a negative onset scale and a NaN steady-state
+    weight silently fitted (20-30 s each), ``prior_scale=0`` as NumPyro's "invalid scale parameter". Each is now
+    raised before anything is traced. (The good values beside them: tests/test_time_course_model.py,
+    test_neural_ode.py and test_neural_ode_bayes.py fit each model.)"""
+    import inspect
+
+    from semimech import errors, models
+    from semimech.timecourse import time_course_design
+
+    rng = np.random.default_rng(0)
+    tc = time_course_design(np.abs(rng.normal(size=(8, 2))) + 1, time=[0, 1] * 4,
+                            condition=["control"] * 4 + ["A"] * 4, covariates={"control": [0.0], "A": [1.0]},
+                            control="control")
+    fit = models.TIME_COURSE[name].fit
+    params = inspect.signature(fit).parameters
+    tried = 0
+    for kwargs, error, match in _TC_BAD:
+        if not set(kwargs) <= set(params):
+            continue
+        with pytest.raises(getattr(errors, error), match=match):
+            fit(tc, rng_key=0, **{"num_steps": 2, **kwargs})
+        tried += 1
+    assert tried >= 6
+
+
 # ---------------------------------------------------------------- which interval a Prediction gives by default
 
 def _prediction(with_observed: bool):

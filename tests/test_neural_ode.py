@@ -90,7 +90,7 @@ def test_a_starved_solver_fails_every_step_without_crashing():
 
 def test_bad_options_are_clear_errors():
     d = linear_relaxation_design()
-    with pytest.raises(DesignError, match="steady_state_weight must be >= 0"):
+    with pytest.raises(DesignError, match="steady_state_weight must be a finite number >= 0, got -1.0"):
         fit_neural_ode(d, rng_key=0, steady_state_weight=-1.0)
     with pytest.raises(DesignError, match="initial must be"):
         fit_neural_ode(d, rng_key=0, initial="steady")

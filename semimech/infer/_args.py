@@ -32,6 +32,16 @@ def rate(name: str, value) -> float:
     return float(value)
 
 
+def number(name: str, value, *, minimum: float = 0.0, strict: bool = True, error: type = InferenceError) -> float:
+    """``value`` as a float, if it is a finite number above ``minimum`` (at least it, with ``strict=False``);
+    else ``error`` (a model option's check passes :class:`DesignError`, as the model's other options raise)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise error(f"{name} must be a finite number {bound}, got {value!r}.")
+    return float(value)
+
+
 def svi_settings(learning_rate, num_samples, rank) -> tuple[float, int, int]:
     """The SVI fits' learning rate, number of posterior draws and low-rank guide rank, checked."""
     return (rate("learning_rate", learning_rate), count("num_samples", num_samples, what="posterior draws"),
