@@ -18,7 +18,7 @@ from semimech._rng import as_key
 from semimech.data.design import Design
 from semimech.data.guides import GuideDesign
 from semimech.errors import DesignError
-from semimech.infer import _arviz
+from semimech.infer import _args, _arviz
 from semimech.infer.fit import Fit, _check_losses
 from semimech.infer.minibatch import batch_aware_minibatches, uniform_minibatches
 from semimech.measurement.counts import PaddedRows, check_count_likelihood, padded_capacity, padded_rows
@@ -186,8 +186,19 @@ def fit_guides(design: Design, guides: GuideDesign, *, rng_key, genes=None, num_
     ``idata`` has dims ``genes``, ``targets``, ``guides``, ``batches``.
     """
     check_count_likelihood(likelihood)
-    if int(num_steps) < 1:
-        raise DesignError(f"num_steps must be at least 1, got {num_steps}.")
+    num_steps = _args.count("num_steps", num_steps, what="Adam steps")
+    batch_size = _args.count("batch_size", batch_size, what="cells per minibatch")
+    learning_rate = _args.rate("learning_rate", learning_rate)
+    num_samples = _args.count("num_samples", num_samples, what="posterior draws")
+    num_candidates = _args.count("num_candidates", num_candidates, what="candidate targets per cell")
+    effect_prior_scale = _args.number("effect_prior_scale", effect_prior_scale, error=DesignError)
+    try:
+        loc, scale = (float(v) for v in efficacy_prior)
+    except (TypeError, ValueError):
+        loc = scale = float("nan")
+    if not (np.isfinite(loc) and np.isfinite(scale) and scale > 0):
+        raise DesignError("efficacy_prior must be (location, scale) of the efficacy logits' normal prior, finite, "
+                          f"with scale > 0; got {efficacy_prior!r}.")
     if sampler not in SAMPLERS:
         raise DesignError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
     prep = prepare(design, guides, genes=genes, num_candidates=num_candidates, placebo=placebo)

@@ -145,6 +145,21 @@ def test_fit_bad_inputs(small_fit):
         ga.fit_guides(d, g, rng_key=0, num_steps=1, sampler="stratified")
     with pytest.raises(DesignError, match="unknown count likelihood"):
         ga.fit_guides(d, g, rng_key=0, num_steps=1, likelihood="normal")
+    # settings: each named before anything is traced (num_steps=2.5 and batch_size=0.5 were truncated by int(), a
+    # negative rate or prior scale fitted, num_samples=0 failed in a reshape)
+    from semimech.errors import InferenceError
+    for kwargs, error, match in (
+            ({"num_steps": 2.5}, InferenceError, r"num_steps must be a positive integer \(Adam steps\), got 2.5"),
+            ({"num_steps": 0}, InferenceError, r"num_steps must be a positive integer"),
+            ({"batch_size": 0.5}, InferenceError, r"batch_size must be a positive integer \(cells per minibatch\)"),
+            ({"learning_rate": -0.01}, InferenceError, r"learning_rate must be a finite positive number, got -0.01"),
+            ({"num_samples": 0}, InferenceError, r"num_samples must be a positive integer \(posterior draws\)"),
+            ({"num_candidates": 0}, InferenceError, r"num_candidates must be a positive integer"),
+            ({"effect_prior_scale": -0.5}, DesignError, r"effect_prior_scale must be a finite number > 0, got -0.5"),
+            ({"efficacy_prior": (1.0, 0.0)}, DesignError, r"efficacy_prior must be \(location, scale\).*got \(1.0, 0.0\)"),
+            ({"efficacy_prior": 1.0}, DesignError, r"efficacy_prior must be \(location, scale\)")):
+        with pytest.raises(error, match=match):
+            ga.fit_guides(d, g, rng_key=0, **{"num_steps": 1, **kwargs})
     with pytest.raises(DesignError, match="targets"):
         ga.effect_table(fit, targets=["STAT1"])
 
