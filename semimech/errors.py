@@ -21,6 +21,11 @@ class SavedFitError(SemimechError):
     """A saved fit folder is damaged, was edited by hand, or is not a semimech fit."""
 
 
+class DuplicateNamesWarning(UserWarning):
+    """Rows of a design share a name (a frame's index after ``pd.concat``, concatenated AnnData): selecting a cell
+    by name in a fit's ``DataTree`` is then ambiguous."""
+
+
 class PopulationOnlyWarning(UserWarning):
     """A prediction answers some conditions from a learned population alone (no data, no side information)."""
 

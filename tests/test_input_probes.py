@@ -38,6 +38,23 @@ def test_duplicate_var_names_are_an_error_naming_them():
     assert _build(dup, genes=["g1"]).genes == ("g1",)  # negative control: the duplicate is not chosen
 
 
+def test_repeated_cell_names_are_a_warning_naming_them_and_the_fix():
+    from semimech.errors import DuplicateNamesWarning
+
+    frame = pd.DataFrame(_counts(), columns=["g0", "g1", "g2"]).assign(p=LABELS)
+    twice = pd.concat([frame.iloc[:6], frame.iloc[6:].reset_index(drop=True)])  # the second half's index restarts at 0
+    with pytest.warns(DuplicateNamesWarning, match=r"12 rows share 6 name\(s\) \('0', '1', '2', '3', '4' \.\.\.\).*"
+                                                  r"pd.concat\(\.\.\., ignore_index=True\)"):
+        d = sm.Design.from_frame(twice, readouts=["g0", "g1", "g2"], perturbation_key="p", control="control")
+    assert d.n_obs == 12 and np.array_equal(d.dense_y(), frame[["g0", "g1", "g2"]].to_numpy())  # every row kept, in order
+    with pytest.warns(UserWarning, match="not unique"):  # anndata's own warning
+        dup = ad.AnnData(X=_counts(), obs=pd.DataFrame({"p": LABELS}, index=["c0", "c1"] * 6))
+    with pytest.warns(DuplicateNamesWarning, match=r"obs_names_make_unique"):
+        _build(dup)
+    # negative control: unique names give no warning (warnings are errors in this suite)
+    assert _build(_adata(_counts())).n_obs == 12
+
+
 def test_duplicate_genes_argument_is_an_error():
     with pytest.raises(DesignError, match=r"genes= are not unique: \['g0'\]"):
         _build(_adata(_counts()), genes=["g0", "g0"])

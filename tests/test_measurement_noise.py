@@ -87,6 +87,28 @@ def test_replicate_sd_is_recovered_and_exact_copies_are_not_replicates():
         me.from_replicates(d)
 
 
+def test_replicate_sd_reads_rows_by_position_when_their_names_repeat():
+    """Two frames concatenated keep their indices, so row names repeat across them. Known answer: the pooled sd of the
+    concatenated design is that of the same rows with a unique index (an exact copy dropped once). Before, the copy's
+    *name* was dropped, and with it an unrelated row of the other frame that shares it (df 3, not 4)."""
+    from semimech.errors import DuplicateNamesWarning
+    from semimech.measurement.replicates import has_replicates, replicate_sd
+
+    a = pd.DataFrame({"g1": [1.0, 1.0, 2.0, 3.0], "g2": [1.0, 1.0, 0.0, 4.0],
+                      "perturbation": ["control", "control", "a", "a"]})
+    b = pd.DataFrame({"g1": [5.0, 2.5, 2.0, 3.3], "g2": [1.2, 1.0, 0.3, 4.1],
+                      "perturbation": ["b", "b", "control", "a"]})
+    both = pd.concat([a, b])
+    with pytest.warns(DuplicateNamesWarning, match=r"8 rows share 4 name\(s\).*reset_index\(drop=True\)"):
+        repeated = _design(both)
+    unique = _design(both.reset_index(drop=True))  # negative control of the warning: none here (warnings are errors)
+    sd, df = replicate_sd(repeated)
+    sd_u, df_u = replicate_sd(unique)
+    assert df.tolist() == df_u.tolist() == [4.0, 4.0]  # 8 rows, 1 copy dropped, 3 conditions
+    np.testing.assert_allclose(sd, sd_u)
+    assert me.duplicate_rows(repeated) == [("0", "1")] and has_replicates(repeated)
+
+
 def test_fit_reports_duplicated_rows():
     f = _frame(["control", "control", "a", "a", "b"])
     f.iloc[3] = f.iloc[2]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from semimech.errors import DesignError
+from semimech.errors import DesignError, DuplicateNamesWarning
 
 
 #: The largest value taken for a count (int32): anything larger is not a plausible UMI or read
@@ -26,6 +26,17 @@ def unique_names(names, *, what: str, fix: str) -> None:
     if dup:
         raise DesignError(f"{what} are not unique: {dup[:10]}{' ...' if len(dup) > 10 else ''} occur more than "
                           f"once. {fix}")
+
+
+def warn_repeated_rows(names, *, fix: str) -> None:
+    """Warn when row names repeat (the rows are still read by position: nothing is dropped or merged)."""
+    counts = pd.Index(names).value_counts()
+    dup = counts[counts > 1]
+    if len(dup):
+        shown = ", ".join(repr(n) for n in dup.index[:5])
+        warnings.warn(f"{int(dup.sum())} rows share {len(dup)} name(s) ({shown}{' ...' if len(dup) > 5 else ''}); "
+                      f"they are kept as separate rows, but a cell picked by name in the fit's DataTree (its 'cells' "
+                      f"coordinate) is ambiguous. {fix}", DuplicateNamesWarning, stacklevel=4)
 
 
 def frame_readouts(frame, columns) -> np.ndarray:

@@ -216,6 +216,7 @@ class Design:
             if size_factor_key not in adata.obs.columns:
                 raise DesignError(f"size_factor_key {size_factor_key!r} is not a column of adata.obs.")
             sf = np.asarray(adata.obs[size_factor_key], dtype=float)
+        v.warn_repeated_rows([str(o) for o in adata.obs_names], fix="Call adata.obs_names_make_unique() first.")
         return cls._build(
             y=X,
             obs_names=[str(o) for o in adata.obs_names],
@@ -270,6 +271,9 @@ class Design:
         if len(readouts) == 0:
             raise DesignError("readouts is empty: name at least one measured column.")
         y = v.frame_readouts(frame, list(readouts))
+        v.warn_repeated_rows([str(i) for i in frame.index],
+                             fix="Give the frame a unique index first (frame.reset_index(drop=True), or pd.concat(..., "
+                                 "ignore_index=True)).")
         return cls._build(
             y=y,
             obs_names=[str(i) for i in frame.index],

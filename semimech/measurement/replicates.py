@@ -33,6 +33,11 @@ def duplicate_rows(design) -> list[tuple[str, ...]]:
     Only rows that carry a single observation each (``n_cells == 1``, no within-group sums
     of squares) are compared: identical pseudobulks of many cells are not copies by accident.
     """
+    return [tuple(design.obs_names[r] for r in rows) for rows in _duplicate_positions(design)]
+
+
+def _duplicate_positions(design) -> list[np.ndarray]:
+    """:func:`duplicate_rows` as row positions (names need not be unique: a frame's index after ``pd.concat``)."""
     if design.y is None or design.is_counts:
         return []
     single = np.asarray(design.n_cells) == 1
@@ -47,8 +52,16 @@ def duplicate_rows(design) -> list[tuple[str, ...]]:
             continue
         _, inverse, counts = np.unique(y[rows], axis=0, return_inverse=True, return_counts=True)
         for k in np.flatnonzero(counts > 1):
-            out.append(tuple(design.obs_names[r] for r in rows[np.asarray(inverse).ravel() == k]))
+            out.append(rows[np.asarray(inverse).ravel() == k])
     return out
+
+
+def _copies_dropped(design) -> np.ndarray:
+    """Which rows to keep: every row but the second and later copies of an exact duplicate."""
+    keep = np.ones(design.n_obs, bool)
+    for rows in _duplicate_positions(design):
+        keep[rows[1:]] = False
+    return keep
 
 
 def replicate_sd(design) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +72,7 @@ def replicate_sd(design) -> tuple[np.ndarray, np.ndarray]:
     """
     if design.y is None or design.is_counts:
         raise DesignError("replicate sds need a design with continuous readouts (not counts, not a prediction design).")
-    dup = {name for rows in duplicate_rows(design) for name in rows[1:]}
-    keep = np.array([name not in dup for name in design.obs_names])
+    keep = _copies_dropped(design)
     y, groups, n = _dense(design)[keep], condition_groups(design)[keep], np.asarray(design.n_cells, float)[keep]
     ss = np.zeros(design.n_genes)
     df = 0.0
@@ -75,7 +87,7 @@ def replicate_sd(design) -> tuple[np.ndarray, np.ndarray]:
     if design.y_ss is not None:
         ss += np.asarray(design.y_ss)[keep].sum(0)
     if df < 1:
-        names = sorted(dup)[:5]
+        names = sorted({design.obs_names[r] for r in np.flatnonzero(~keep)})[:5]
         hint = f" (exact duplicates dropped: {names})" if names else ""
         raise DesignError("no condition has two or more replicate rows, so no replicate sd can be estimated"
                           f"{hint}. Pass rows measured more than once under one condition.")
@@ -114,6 +126,5 @@ def has_replicates(design) -> bool:
     if np.any(np.asarray(design.n_cells) > 1):
         return True
     groups = condition_groups(design)
-    dup = {name for rows in duplicate_rows(design) for name in rows[1:]}
-    keep = np.array([name not in dup for name in design.obs_names])
+    keep = _copies_dropped(design)
     return np.unique(groups[keep]).size < int(keep.sum())
