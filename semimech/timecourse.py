@@ -237,7 +237,25 @@ def time_course_design(
     missing = [c for c in labels if c not in covariates]
     if missing:
         raise DesignError(f"covariates has no vector for conditions {missing[:5]}; give one per condition.")
-    U = np.stack([np.asarray(covariates[c], dtype=float).reshape(-1) for c in labels])
+    vectors = {}
+    for c in labels:
+        try:
+            vectors[c] = np.asarray(covariates[c], dtype=float).reshape(-1)
+        except (TypeError, ValueError):
+            raise DesignError(f"covariates[{c!r}] must be a vector of numbers, got {covariates[c]!r}.") from None
+        if not np.all(np.isfinite(vectors[c])):
+            raise DesignError(f"covariates[{c!r}] has non-finite entries ({vectors[c].tolist()}); a condition's "
+                              "covariates must be finite numbers (0 for a cue that is absent).")
+    sizes = {c: v.size for c, v in vectors.items()}
+    if len(set(sizes.values())) > 1:
+        raise DesignError(f"covariates differ in length across conditions ({sizes}); give every condition a vector "
+                          "of the same covariates, in the same order.")
+    U = np.stack([vectors[c] for c in labels])
+    if maintenance is not None:
+        m = np.asarray(maintenance, dtype=float).reshape(-1)
+        if m.size != U.shape[1] or not np.all(np.isfinite(m)):
+            raise DesignError(f"maintenance must be {U.shape[1]} finite covariate value(s), one per covariate as in "
+                              f"covariates; got {np.asarray(maintenance).tolist()}.")
     if y is not None:
         y = np.asarray(y, dtype=float)
         if y.ndim != 2 or y.shape[0] != time.shape[0]:

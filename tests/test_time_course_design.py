@@ -66,6 +66,19 @@ def test_missing_control_and_covariates_are_errors():
         time_course_design(np.zeros((2, 1)), time=[0, 1], condition=["A", "A"], covariates=COVS, control="ctrl")
     with pytest.raises(DesignError, match="no vector for conditions"):
         time_course_design(np.zeros((2, 1)), time=[0, 1], condition=["control", "B"], covariates=COVS, control="control")
+    # covariates that are not one finite vector of the same length per condition (a ragged pair failed in np.stack,
+    # a NaN was fitted); the good call beside them
+    args = dict(time=[0, 1, 0, 1], condition=["control", "control", "A", "A"], control="control")
+    for covs, match in (({"control": [0.0], "A": [1.0, 2.0]}, r"differ in length across conditions \(\{'control': 1, 'A': 2\}\)"),
+                        ({"control": [0.0], "A": [np.nan]}, r"covariates\['A'\] has non-finite entries"),
+                        ({"control": [0.0], "A": "high"}, r"covariates\['A'\] must be a vector of numbers, got 'high'")):
+        with pytest.raises(DesignError, match=match):
+            time_course_design(np.zeros((4, 1)), covariates=covs, **args)
+    with pytest.raises(DesignError, match=r"maintenance must be 1 finite covariate value\(s\).*got \[0.0, 1.0\]"):
+        time_course_design(np.zeros((4, 1)), covariates={"control": [0.0], "A": [1.0]}, differentiating=True,
+                           maintenance=[0.0, 1.0], **args)
+    d = time_course_design(np.zeros((4, 1)), covariates={"control": [0.0], "A": [1.0]}, **args)
+    assert d.covariates.tolist() == [[0.0], [1.0]]
 
 
 def test_unmeasured_readouts_are_masked_and_initial_states_filled_from_the_control():
