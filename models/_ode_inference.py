@@ -17,7 +17,7 @@ from numpyro.infer import MCMC, NUTS
 
 from semimech.infer import _args
 
-__all__ = ["diagnostics", "ode_settings", "report_solve", "require_time_course_design", "run_nuts", "solve_counter"]
+__all__ = ["check_prediction_design", "diagnostics", "ode_settings", "report_solve", "trained_shape", "wanted_draws", "require_time_course_design", "run_nuts", "solve_counter"]
 
 
 def require_time_course_design(design, who: str) -> None:
@@ -41,6 +41,38 @@ def ode_settings(*, num_steps, learning_rate, max_steps, num_samples=1, num_warm
             _args.count("num_samples", num_samples, what="posterior draws"),
             _args.count("num_warmup", num_warmup, minimum=0, what="NUTS warm-up iterations"),
             _args.count("max_steps", max_steps, what="ODE solver steps per solve"))
+
+
+def trained_shape(design) -> tuple[int, int]:
+    """``(readouts, covariates)`` of a training design, kept by a fit so that ``predict`` can check its design."""
+    return int(design.n_readouts), int(np.shape(design.covariates)[1])
+
+
+def check_prediction_design(design, trained: tuple[int, int] | None, who: str) -> None:
+    """A clear error unless ``design`` is a time-course design shaped like the training one (``trained``, from
+    :func:`trained_shape`; ``None`` for a fit made without it: only the type is checked)."""
+    from semimech.errors import PredictionError
+
+    require_time_course_design(design, who)
+    if trained is None:
+        return
+    got = trained_shape(design)
+    if got != tuple(trained):
+        raise PredictionError(
+            f"{who} was fitted on {trained[0]} readout(s) and {trained[1]} covariate(s) per condition; this design has "
+            f"{got[0]} and {got[1]}. Predict with a design built like the training one (the same readouts, and every "
+            "condition's covariates in the same order).")
+
+
+def wanted_draws(num_draws, available: int) -> int:
+    """How many posterior draws a time-course ``predict`` uses: all (``None``) or a positive count, at most all."""
+    from semimech.errors import PredictionError
+
+    if num_draws is None:
+        return available
+    if isinstance(num_draws, (bool, np.bool_)) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
+        raise PredictionError(f"num_draws must be None (every draw) or a positive integer, got {num_draws!r}.")
+    return min(int(num_draws), available)
 
 
 def solve_counter():

@@ -34,7 +34,12 @@ from semimech._rng import as_key
 from semimech.dynamics import NeuralField, neural_field
 from semimech.errors import DesignError, InferenceError
 from semimech.infer import _args
-from semimech.models._ode_inference import ode_settings, require_time_course_design
+from semimech.models._ode_inference import (
+    check_prediction_design,
+    ode_settings,
+    require_time_course_design,
+    trained_shape,
+)
 from semimech.timecourse import TimeCourseDesign, solve_conditions
 
 __all__ = ["FreeField", "NeuralODEFit", "baseline_drift", "field_fn", "fit_neural_ode", "free_field", "init_params",
@@ -121,6 +126,7 @@ class NeuralODEFit:
     losses: np.ndarray
     n_failed: int
     options: dict
+    trained: tuple | None = None  # (readouts, covariates) of the training design, checked by predict
 
     @property
     def fn(self):
@@ -316,7 +322,7 @@ def fit_neural_ode(
     opts = dict(steady_state_weight=steady_state_weight, width=width, depth=depth, initial=initial, onset=onset,
                 num_steps=num_steps, learning_rate=learning_rate, max_steps=max_steps)
     return NeuralODEFit(params=eqx.combine(arrays, static), field=field, losses=losses,
-                        n_failed=int((~good).sum()), options=opts)
+                        n_failed=int((~good).sum()), options=opts, trained=trained_shape(design))
 
 
 def predict_neural_ode(fit: NeuralODEFit, design: TimeCourseDesign, *, max_steps: int | None = None):
@@ -325,6 +331,9 @@ def predict_neural_ode(fit: NeuralODEFit, design: TimeCourseDesign, *, max_steps
     ``design`` must share the training design's covariate encoding (same covariates per
     condition); with ``initial="observed"`` its ``x0`` supplies each condition's start.
     """
+    check_prediction_design(design, fit.trained, "this neural ODE")
+    if max_steps is not None:
+        max_steps = _args.count("max_steps", max_steps, what="ODE solver steps per solve")
     if fit.options["initial"] == "observed" and design.x0 is None:
         raise DesignError("this fit starts from observed time-0 states; the design has none.")
     data = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in design.model_data().items()}

@@ -48,7 +48,16 @@ from semimech._rng import as_key
 from semimech.errors import DesignError, InferenceError
 from semimech.infer import _args
 from semimech.infer._elbo import OrderedTraceELBO
-from semimech.models._ode_inference import diagnostics, ode_settings, report_solve, run_nuts, solve_counter
+from semimech.models._ode_inference import (
+    check_prediction_design,
+    diagnostics,
+    ode_settings,
+    report_solve,
+    run_nuts,
+    solve_counter,
+    trained_shape,
+    wanted_draws,
+)
 from semimech.models.neural_ode import _check, field_fn, init_params, predicted_samples
 from semimech.timecourse import TimeCourseDesign
 
@@ -125,6 +134,7 @@ class BayesNeuralODEFit:
     losses: np.ndarray
     options: dict
     stats: dict = dataclasses.field(default_factory=dict)
+    trained: tuple | None = None  # (readouts, covariates) of the training design, checked by predict
 
     def diagnostics(self) -> dict:
         """Skipped SVI steps (``nan_steps``) or NUTS ``divergences``, and
@@ -195,6 +205,7 @@ def fit_neural_ode_bayes(
         n_rejected = nuts["divergences"]
     samples = {k: np.asarray(v) for k, v in samples.items() if k in ("field_params", "noise_sd", "x0")}
     return BayesNeuralODEFit(samples=samples, template=template, method=method, n_rejected=n_rejected,
+                             trained=trained_shape(design),
                              losses=losses, options=opts, stats=stats)
 
 
@@ -262,9 +273,10 @@ def draw_params(fit: BayesNeuralODEFit, i: int):
 
 def predict_neural_ode_bayes(fit: BayesNeuralODEFit, design: TimeCourseDesign, *, num_draws: int | None = None):
     """Draws of each sample's predicted state, ``(draws, samples, n)``, and ``ok`` per draw and condition."""
+    check_prediction_design(design, fit.trained, "this Bayesian neural ODE")
+    n = wanted_draws(num_draws, fit.samples["field_params"].shape[0])
     data = {k: (jnp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in design.model_data().items()}
     fn = field_fn(fit.options["field"])
-    n = fit.samples["field_params"].shape[0] if num_draws is None else min(num_draws, fit.samples["field_params"].shape[0])
     arrays, static = eqx.partition(fit.template["field"], eqx.is_inexact_array)
     _, unravel = ravel_pytree(arrays)
     latent = "x0" in fit.samples

@@ -66,12 +66,15 @@ from semimech.errors import DesignError, InferenceError
 from semimech.infer import _args
 from semimech.infer._elbo import OrderedTraceELBO
 from semimech.models._ode_inference import (
+    check_prediction_design,
     diagnostics,
     ode_settings,
     report_solve,
     require_time_course_design,
     run_nuts,
     solve_counter,
+    trained_shape,
+    wanted_draws,
 )
 from semimech.timecourse import TimeCourseDesign, solve_conditions
 
@@ -145,6 +148,7 @@ class TimeCourseFit:
     options: dict
     method: str = "svi"
     stats: dict = dataclasses.field(default_factory=dict)
+    trained: tuple | None = None  # (readouts, covariates) of the training design, checked by predict
 
     def diagnostics(self) -> dict:
         """``nan_steps`` (SVI) or ``divergences`` (NUTS), ``failed_solves``
@@ -223,7 +227,7 @@ def fit_time_course(design: TimeCourseDesign, *, rng_key, initial: str = "steady
         except RuntimeError as err:
             raise InferenceError(f"no valid initial parameters (every initial solve failed): {err}") from None
         samples = {k: np.asarray(v) for k, v in post.items() if k not in ("mean", "onset")}
-        return TimeCourseFit(samples=samples, losses=np.zeros(0), options=opts, method="nuts",
+        return TimeCourseFit(samples=samples, losses=np.zeros(0), options=opts, method="nuts", trained=trained_shape(design),
                              n_rejected=nuts["divergences"],
                              stats=diagnostics("nuts", stats=nuts, counts=counts, draws=num_samples))
     try:
@@ -237,11 +241,14 @@ def fit_time_course(design: TimeCourseDesign, *, rng_key, initial: str = "steady
     post = guide.sample_posterior(k_draw, res.params, sample_shape=(num_samples,))
     samples = {k: np.asarray(v) for k, v in post.items()}
     stats = diagnostics("svi", losses=losses, counts=counts)
-    return TimeCourseFit(samples=samples, losses=losses, n_rejected=stats["nan_steps"], options=opts, stats=stats)
+    return TimeCourseFit(samples=samples, losses=losses, n_rejected=stats["nan_steps"], options=opts, stats=stats,
+                         trained=trained_shape(design))
 
 
 def predict_time_course(fit: TimeCourseFit, design: TimeCourseDesign, *, rng_key, num_draws: int | None = None):
     """Draws of each sample's predicted state ``(draws, samples, genes)`` for ``design``'s samples."""
+    check_prediction_design(design, fit.trained, "this time_course fit")
+    num_draws = wanted_draws(num_draws, len(next(iter(fit.samples.values()))))
     if fit.options["onset"] == "latent" and fit.samples["onset_z"].shape[-1] != len(design.conditions):
         raise DesignError("a fit with latent onsets predicts only the training design's conditions.")
     post = {k: v[:num_draws] for k, v in fit.samples.items()}

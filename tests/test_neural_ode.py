@@ -71,6 +71,42 @@ def test_predicts_a_held_out_combination_better_than_no_change(fits):
         assert ok.all() and np.sqrt(np.mean((mu[held] - d.y[held]) ** 2)) < no_change
 
 
+def test_predict_refuses_a_design_unlike_the_training_one(fits):
+    """A design with other readouts or covariates failed in ``dot_general`` (a JAX traceback); a steady-state design
+    or anything else in an AttributeError; ``max_steps=0`` silently meant the fit's own. The good call: the tests above."""
+    from semimech.errors import DesignError, InferenceError, PredictionError
+
+    d, train, _, out = fits
+    fit = out[0.0]
+    assert fit.trained == (2, 2)
+    wider = time_course_design(np.ones((4, 3)), time=[0, 1, 0, 1], condition=["control", "control", "A", "A"],
+                               covariates={"control": [0.0, 0.0], "A": [1.0, 0.0]}, control="control")
+    with pytest.raises(PredictionError, match=r"fitted on 2 readout\(s\) and 2 covariate\(s\).*this design has 3 and 2"):
+        predict_neural_ode(fit, wider)
+    with pytest.raises(DesignError, match="takes a TimeCourseDesign"):
+        predict_neural_ode(fit, d.y)
+    with pytest.raises(InferenceError, match=r"max_steps must be a positive integer"):
+        predict_neural_ode(fit, d, max_steps=0)
+
+
+def test_time_course_and_bayesian_predicts_check_the_design_and_draws_first():
+    """The same checks on the two posterior fits, made by hand (the checks come before any model is run)."""
+    from semimech.errors import PredictionError
+    from semimech.models.neural_ode_bayes import BayesNeuralODEFit, predict_neural_ode_bayes
+    from semimech.models.time_course import TimeCourseFit, predict_time_course
+
+    d = linear_relaxation_design()
+    tc = TimeCourseFit(samples={"w": np.zeros((4, 2))}, losses=np.zeros(0), n_rejected=0, options={}, trained=(2, 2))
+    bn = BayesNeuralODEFit(samples={"field_params": np.zeros((4, 3))}, template=None, method="svi", n_rejected=0,
+                           losses=np.zeros(0), options={}, trained=(3, 2))
+    for bad, match in ((0, r"num_draws must be None \(every draw\) or a positive integer, got 0"),
+                       (-1, "got -1"), (2.5, "got 2.5")):
+        with pytest.raises(PredictionError, match=match):
+            predict_time_course(tc, d, rng_key=0, num_draws=bad)
+    with pytest.raises(PredictionError, match=r"fitted on 3 readout\(s\) and 2 covariate\(s\).*this design has 2 and 2"):
+        predict_neural_ode_bayes(bn, d)
+
+
 def test_failed_solves_are_skipped_and_a_fit_with_no_good_step_is_a_clear_error(fits):
     # a non-finite initial state makes every solve fail (ok=False): every step is skipped, and the
     # fit says so instead of returning garbage or crashing (same compiled loop as the fixture)
