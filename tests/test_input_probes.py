@@ -213,6 +213,25 @@ def test_the_fits_name_a_model_given_by_name_and_bad_nuts_counts(small_counts_ad
             sm.fit_nuts(additive.SPEC, d, rng_key=0, progress_bar=False, **kwargs)
 
 
+def test_prior_draws_minibatch_steps_and_epochs_are_whole_counts(small_counts_adata):
+    """``sample_prior(num_samples=2.5)``, ``fit_svi_minibatch(num_steps=2.5)`` and ``cross_validate(num_steps=2.5)``
+    were truncated to 2 by ``int()``; a NaN ``num_epochs`` failed in ``round``. Each is a DesignError naming it."""
+    from semimech.evaluate.cv import _steps
+    from semimech.models import additive
+
+    d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control")
+    with pytest.raises(DesignError, match=r"num_samples must be a positive integer \(prior draws\), got 2.5"):
+        sm.sample_prior(additive.SPEC, d, rng_key=0, num_samples=2.5)
+    for kwargs, match in (({"num_steps": 2.5}, r"num_steps must be a positive integer \(SVI steps\), got 2.5"),
+                          ({"num_epochs": float("nan")}, r"num_epochs must be a finite number > 0, got nan"),
+                          ({"num_steps": 2, "batch_size": 2.5}, r"batch_size must be a positive integer \(rows per")):
+        with pytest.raises(DesignError, match=match):
+            sm.fit_svi_minibatch(additive.SPEC, d, rng_key=0, **{"batch_size": 4, **kwargs})
+    with pytest.raises(DesignError, match=r"num_steps must be a positive integer \(refit SVI steps\), got 2.5"):
+        _steps(None, 2.5)
+    assert _steps(None, 7) == 7
+
+
 # ---------------------------------------------------------------- the time-course fits' settings
 
 _TC_BAD = [

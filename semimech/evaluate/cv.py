@@ -112,7 +112,7 @@ from semimech.evaluate._pointwise import RowEngine, flat_latent
 from semimech.evaluate._warm import event_dims, gradient_fn, reset_mask, warm_values
 from semimech.evaluate.probabilistic import CalibrationReport, pit_calibration
 from semimech.evaluate.probabilistic import crps as draws_crps
-from semimech.infer import _arviz
+from semimech.infer import _args, _arviz
 from semimech.infer.fit import fold_summaries
 from semimech.infer.idata import posterior_tree
 
@@ -594,8 +594,6 @@ def unseen_targets(design, row_unit: np.ndarray) -> tuple[tuple[str, ...], ...]:
 def _steps(fit, num_steps: int | None, *, warm: bool = False) -> int:
     """Refit steps: as given, else the full fit's (cold start) or a third of them, at least 300 (warm)."""
     if num_steps is not None:
-        if int(num_steps) < 1:
-            raise DesignError(f"num_steps must be positive, got {num_steps}.")
-        return int(num_steps)
+        return _args.count("num_steps", num_steps, what="refit SVI steps", error=DesignError)
     full = len(fit.losses) if fit.losses is not None else 900
     return max(300, full // 3) if warm else max(300, full)

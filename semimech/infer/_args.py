@@ -16,11 +16,11 @@ from semimech.errors import InferenceError
 from semimech.infer.spec import ModelSpec
 
 
-def count(name: str, value, *, minimum: int = 1, what: str = "") -> int:
-    """``value`` as an int, if it is an integer (not a bool) of at least ``minimum``."""
+def count(name: str, value, *, minimum: int = 1, what: str = "", error: type = InferenceError) -> int:
+    """``value`` as an int, if it is an integer (not a bool) of at least ``minimum``; else ``error``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise InferenceError(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}.")
+        raise error(f"{name} must be {kind}{f' ({what})' if what else ''}, got {value!r}.")
     return int(value)
 
 

@@ -45,7 +45,7 @@ from numpyro.infer import Predictive
 
 from semimech._rng import as_key
 from semimech.errors import DesignError
-from semimech.infer import _arviz
+from semimech.infer import _args, _arviz
 from semimech.infer._sites import abstract_trace, site_dims
 from semimech.infer.loglik import MAX_CHUNK_ELEMENTS, chunked_draws, pointwise_log_likelihood, unit_index
 
@@ -263,9 +263,8 @@ def sample_prior(spec, design, *, rng_key, num_samples: int = 500, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnreplicatedWarning)  # about fitting, not about the prior
         model, data, y, _ = _prepare(spec, design, options)
-    if int(num_samples) < 1:
-        raise DesignError(f"num_samples must be positive, got {num_samples}.")
-    draws = Predictive(model, num_samples=int(num_samples))(as_key(rng_key), data)
+    num_samples = _args.count("num_samples", num_samples, what="prior draws", error=DesignError)
+    draws = Predictive(model, num_samples=num_samples)(as_key(rng_key), data)
     dims = site_dims(model, data, y)
     prior = {k: np.asarray(v)[None] for k, v in draws.items() if k != "y" and k in dims}
     coords = dict(design.coords)

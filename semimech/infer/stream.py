@@ -117,8 +117,7 @@ def _setup(spec, design, *, batch_size, options, sparse, n_blocks, method: str =
     if design.y is None:
         raise DesignError("cannot fit a prediction design (it has no readouts); fit the training design.")
     n = design.n_obs
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise DesignError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch_size = _args.count("batch_size", batch_size, what="rows per minibatch", error=DesignError)
     if batch_size > n:
         raise DesignError(
             f"batch_size={batch_size} is larger than the data ({n} rows). Use batch_size <= {n}, "
@@ -163,7 +162,10 @@ def _num_steps(stream: _Stream, num_epochs, num_steps) -> int:
     if (num_epochs is None) == (num_steps is None):
         raise DesignError("give exactly one of num_epochs or num_steps.")
     per_epoch = stream.n_obs // stream.batch_size
-    steps = int(round(num_epochs * per_epoch)) if num_steps is None else int(num_steps)
+    if num_steps is not None:
+        return _args.count("num_steps", num_steps, what="SVI steps", error=DesignError)
+    num_epochs = _args.number("num_epochs", num_epochs, error=DesignError)
+    steps = int(round(num_epochs * per_epoch))
     if steps < 1:
         raise DesignError(f"the run has no steps (num_epochs={num_epochs}, {per_epoch} steps per epoch).")
     return steps
