@@ -214,6 +214,40 @@ def test_a_fit_with_every_row_kept_by_a_mask_is_the_fit_compiled_as_the_refits_a
     assert key(np.ones(design.n_obs, bool)) == key(fold) != key(None)
 
 
+def test_a_count_fit_refits_with_a_row_mask_after_its_unmasked_fit(small_counts_adata):
+    """Counts go to a negative-binomial model as sparse coordinates, and whether a model takes them was memoised per
+    model and options, not per masked or unmasked data: after an unmasked count fit every masked refit of the same
+    model (each cross-validation fold) took the sparse path, which the row mask's MaskedDistribution cannot read
+    (a TypeError inside NumPyro). Known answer: the masked fit after the unmasked one is the masked fit alone."""
+    from semimech.infer import _observed
+    from semimech.infer.fit import _prepare
+
+    d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control").pseudobulk()
+    fold = np.asarray(d.perturbation_index) != d.perturbations.index("A+B")
+    kw = dict(num_steps=5, num_samples=4, progress_bar=False)
+    _observed._ACCEPTS.clear()
+    full = sm.fit_svi(additive.SPEC, d, rng_key=0, **kw)                   # the unmasked fit: sparse counts
+    after = sm.fit_svi(additive.SPEC, d, rng_key=1, row_mask=fold, **kw)   # raised before the memo knew the mask
+    _observed._ACCEPTS.clear()
+    alone = sm.fit_svi(additive.SPEC, d, rng_key=1, row_mask=fold, **kw)
+    for k in alone.samples:
+        np.testing.assert_array_equal(after.samples[k], alone.samples[k])
+    # why the memo must tell them apart: the same model takes sparse counts unmasked and not masked
+    ys = _observed.sparse_counts(d.y)
+    takes = {}
+    for name, mask in (("unmasked", None), ("masked", fold)):
+        model, data, _, _ = _prepare(additive.SPEC, d, {}, mask, with_y=False, warn=False)
+        takes[name] = _observed.accepts_sparse(model, data, ys)
+    assert takes == {"unmasked": True, "masked": False}
+    # the user's call that failed: K-fold refits of a count fit; and two bad calls that failed deep inside
+    res = cross_validate(full, k=2, num_steps=5)
+    assert np.isfinite(float(res.elpd.elpd)) and res.n_refits == 2
+    with pytest.raises(DesignError, match=r"needs at least 25 posterior draws.*this fit has 4.*pass k < 3"):
+        cross_validate(full)  # leave-one-out by PSIS from 4 draws (arviz: "n_draws_tail must be at least 5")
+    with pytest.raises(DesignError, match=r"k must be None or an integer number of folds, got 2.5"):
+        cross_validate(full, k=2.5, num_steps=5)  # was int(2.5) = 2 folds
+
+
 def _reads_priors_as_constants(data, **kw):
     np.asarray(data["baseline_loc"], float)          # a model building structure from the data-centred priors
     return additive.model(data, **kw)

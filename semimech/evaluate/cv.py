@@ -449,6 +449,9 @@ def svi_refit_options(fit, num_steps: int, options: dict) -> dict:
     return {"num_steps": num_steps, "num_samples": fit.num_draws, **restarts, **options}
 
 
+MIN_PSIS_DRAWS = 25
+
+
 @limited_blas()
 def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None = None, score: str = "means",
                    num_steps: int | None = None,
@@ -515,9 +518,17 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     pos = {u: i for i, u in enumerate(units)}
     row_unit = np.array([pos[u] if u is not None else -1 for u in labels])
     n_u = len(units)
+    if k is not None and (isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer))):
+        raise DesignError(f"k must be None or an integer number of folds, got {k!r}.")  # int(2.5) was 2 folds
     k = min(n_u, 10) if k is None else int(k)
     if not 1 <= k <= n_u:
         raise DesignError(f"k must be between 1 (every unit out at once) and the number of units ({n_u}), got {k}.")
+    draws = fit.num_chains * fit.num_draws
+    if k == n_u and draws < MIN_PSIS_DRAWS:  # arviz fails deep inside ("n_draws_tail must be at least 5")
+        raise DesignError(
+            f"leave-one-out (k = the {n_u} units) is estimated by Pareto-smoothed importance sampling, which needs at "
+            f"least {MIN_PSIS_DRAWS} posterior draws (it fits a tail to the largest ~20% of the weights); this fit has "
+            f"{draws}. Refit with more draws (num_samples), or pass k < {n_u} for K-fold refits.")
     refits = check_refits(refits)
     key = as_key(rng_key)
     engine = RowEngine(fit)

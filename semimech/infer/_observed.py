@@ -78,6 +78,8 @@ def observed(model, design, data: dict, likelihood: str, *, key=None):
     when the model takes them, else the dense float32 matrix."""
     if likelihood == "negbin":
         ys = sparse_counts(design.y)
+        if key is not None:  # a row mask wraps the site in a MaskedDistribution, which takes no SparseCounts
+            key = (key, data.get("row_mask") is not None)
         if accepts_sparse(model, data, ys, key=key):
             return ys, True
     return design.dense_y(np.float32), False
