@@ -196,6 +196,10 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         )
     if new_contexts not in ("error", "population"):
         raise PredictionError(f"new_contexts must be 'error' or 'population', got {new_contexts!r}.")
+    if isinstance(steady_state_draws, (bool, np.bool_)) or not isinstance(steady_state_draws, (int, np.integer)) \
+            or steady_state_draws < 0:
+        raise PredictionError(f"steady_state_draws must be an integer >= 0 (0 skips the check of the predicted "
+                              f"steady states), got {steady_state_draws!r}.")
     pdesign = _prediction_design(train, design)
     labels = list(pdesign.perturbations)
     _check_new_contexts(train, pdesign, labels, new_contexts)
