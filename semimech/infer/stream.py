@@ -142,6 +142,8 @@ def _setup(spec, design, *, batch_size, options, sparse, n_blocks, method: str =
         sparse = opts["likelihood"] == "negbin"
     if sparse and opts["likelihood"] != "negbin":
         raise DesignError("sparse=True streams counts for likelihood='negbin'; use sparse=False for Gaussian readouts.")
+    if sparse and not sp.issparse(y):  # dense counts (a small AnnData's X) streamed as CSR rows: a copy
+        y = sp.csr_matrix(np.asarray(y, dtype=np.float32))
     data = design.model_data()
     rows = {k: np.asarray(data[k]) for k in ROW_KEYS if data.get(k) is not None}
     rest = {k: v for k, v in data.items() if k not in ROW_KEYS}
