@@ -17,7 +17,8 @@ from numpyro.infer import MCMC, NUTS
 
 from semimech.infer import _args
 
-__all__ = ["check_prediction_design", "diagnostics", "ode_settings", "report_solve", "trained_shape", "wanted_draws", "require_time_course_design", "run_nuts", "solve_counter"]
+__all__ = ["check_prediction_design", "diagnostics", "ode_settings", "report_solve", "require_time_course_design",
+           "run_nuts", "solve_counter", "trained_shape", "wanted_draws"]
 
 
 def require_time_course_design(design, who: str) -> None:
@@ -70,9 +71,7 @@ def wanted_draws(num_draws, available: int) -> int:
 
     if num_draws is None:
         return available
-    if isinstance(num_draws, (bool, np.bool_)) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
-        raise PredictionError(f"num_draws must be None (every draw) or a positive integer, got {num_draws!r}.")
-    return min(int(num_draws), available)
+    return min(_args.count("num_draws", num_draws, what="None: every draw", error=PredictionError), available)
 
 
 def solve_counter():

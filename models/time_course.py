@@ -227,7 +227,8 @@ def fit_time_course(design: TimeCourseDesign, *, rng_key, initial: str = "steady
         except RuntimeError as err:
             raise InferenceError(f"no valid initial parameters (every initial solve failed): {err}") from None
         samples = {k: np.asarray(v) for k, v in post.items() if k not in ("mean", "onset")}
-        return TimeCourseFit(samples=samples, losses=np.zeros(0), options=opts, method="nuts", trained=trained_shape(design),
+        return TimeCourseFit(samples=samples, losses=np.zeros(0), options=opts, method="nuts",
+                             trained=trained_shape(design),
                              n_rejected=nuts["divergences"],
                              stats=diagnostics("nuts", stats=nuts, counts=counts, draws=num_samples))
     try:

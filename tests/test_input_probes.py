@@ -157,7 +157,7 @@ def test_predict_reports_a_num_cells_of_the_wrong_length(small_counts_adata):
     with pytest.raises(PredictionError, match="predict needs what to predict.*got NoneType"):
         sm.predict(fit, None, rng_key=0)
     for bad in (-1, 2.5, True):  # -1 and 2.5 were taken silently (a negative count skipped the check)
-        with pytest.raises(PredictionError, match=rf"steady_state_draws must be an integer >= 0.*got {bad!r}"):
+        with pytest.raises(PredictionError, match=rf"steady_state_draws must be an integer >= 0 \(0 skips the steady-state check\), got {bad!r}"):
             sm.predict(fit, ["A"], rng_key=0, steady_state_draws=bad)
     with pytest.raises(TypeError, match="rng_key must be an int or a jax.random key, got str"):
         sm.predict(fit, ["A"], rng_key="A")

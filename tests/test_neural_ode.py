@@ -99,7 +99,7 @@ def test_time_course_and_bayesian_predicts_check_the_design_and_draws_first():
     tc = TimeCourseFit(samples={"w": np.zeros((4, 2))}, losses=np.zeros(0), n_rejected=0, options={}, trained=(2, 2))
     bn = BayesNeuralODEFit(samples={"field_params": np.zeros((4, 3))}, template=None, method="svi", n_rejected=0,
                            losses=np.zeros(0), options={}, trained=(3, 2))
-    for bad, match in ((0, r"num_draws must be None \(every draw\) or a positive integer, got 0"),
+    for bad, match in ((0, r"num_draws must be a positive integer \(None: every draw\), got 0"),
                        (-1, "got -1"), (2.5, "got 2.5")):
         with pytest.raises(PredictionError, match=match):
             predict_time_course(tc, d, rng_key=0, num_draws=bad)

@@ -226,7 +226,7 @@ def test_bad_input_is_a_clear_error(fits):
     with pytest.raises(DesignError, match="control"):
         recommend(fit, ["control", "A+B"], budget=1, rng_key=0)
     for bad in (0, -2, 2.5):  # 0 and -2 were taken silently
-        with pytest.raises(DesignError, match=rf"num_outcomes must be a whole number >= 1.*got {bad!r}"):
+        with pytest.raises(DesignError, match=rf"num_outcomes must be a positive integer \(simulated outcomes per candidate\), got {bad!r}"):
             recommend(fit, COMBOS, budget=1, rng_key=0, num_outcomes=bad)
 
 

@@ -37,6 +37,7 @@ from semimech._rng import as_key
 from semimech.design import _gain
 from semimech.design.allocation import recommend_control_allocation
 from semimech.errors import DesignError, PredictionError
+from semimech.infer import _args
 
 __all__ = ["OBJECTIVES", "RecommendationWarning", "recommend"]
 
@@ -150,9 +151,7 @@ def recommend(fit, candidates, *, budget: int, objective: str = "predictive", rn
     union = list(dict.fromkeys(labels + tlabels + parts + [design.control]))
     k_pred, k_other = jax.random.split(key)
     thin = _thin(fit, num_draws)
-    if isinstance(num_outcomes, (bool, np.bool_)) or not isinstance(num_outcomes, (int, np.integer)) or num_outcomes < 1:
-        raise DesignError(f"num_outcomes must be a whole number >= 1 (simulated outcomes per candidate), got "
-                          f"{num_outcomes!r}.")  # 0 and -2 were taken silently
+    _args.count("num_outcomes", num_outcomes, what="simulated outcomes per candidate", error=DesignError)
     draws = _predict(thin, union, n_p, k_pred)
     idx = {lab: i for i, lab in enumerate(union)}
     # the candidates come first in union (their labels are unique), so their columns are a slice:

@@ -17,6 +17,7 @@ from semimech._rng import as_key
 from semimech.checks import is_steady_state_model, solve_fractions
 from semimech.data.design import Design
 from semimech.errors import PredictionError, UnsolvedWarning
+from semimech.infer import _args
 from semimech.infer._alignment import alignment, fresh_normal
 from semimech.infer._sources import condition_sources, warn_population_only
 from semimech.measurement import mean_of_cells
@@ -196,10 +197,8 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         )
     if new_contexts not in ("error", "population"):
         raise PredictionError(f"new_contexts must be 'error' or 'population', got {new_contexts!r}.")
-    if isinstance(steady_state_draws, (bool, np.bool_)) or not isinstance(steady_state_draws, (int, np.integer)) \
-            or steady_state_draws < 0:
-        raise PredictionError(f"steady_state_draws must be an integer >= 0 (0 skips the check of the predicted "
-                              f"steady states), got {steady_state_draws!r}.")
+    _args.count("steady_state_draws", steady_state_draws, minimum=0, what="0 skips the steady-state check",
+                error=PredictionError)
     pdesign = _prediction_design(train, design)
     labels = list(pdesign.perturbations)
     _check_new_contexts(train, pdesign, labels, new_contexts)
