@@ -246,6 +246,8 @@ def test_a_count_fit_refits_with_a_row_mask_after_its_unmasked_fit(small_counts_
         cross_validate(full)  # leave-one-out by PSIS from 4 draws (arviz: "n_draws_tail must be at least 5")
     with pytest.raises(DesignError, match=r"k must be None or an integer number of folds, got 2.5"):
         cross_validate(full, k=2.5, num_steps=5)  # was int(2.5) = 2 folds
+    with pytest.raises(DesignError, match=r"cross_validate needs a semimech Fit .*got NoneType"):
+        cross_validate(None)  # was AttributeError: 'NoneType' object has no attribute 'design'
 
 
 def _reads_priors_as_constants(data, **kw):

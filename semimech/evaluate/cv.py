@@ -510,6 +510,9 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     InferenceError
         The fit or a refit gives a non-finite log-likelihood: the model cannot be scored.
     """
+    if not (hasattr(fit, "design") and hasattr(fit, "spec") and hasattr(fit, "samples")):  # as compare() checks
+        raise DesignError(f"cross_validate needs a semimech Fit (from fit_svi, fit_nuts, sm.fit or sm.load), got "
+                          f"{type(fit).__name__}.")
     if score not in SCORES:
         raise DesignError(f"unknown score {score!r}; choose 'means' (the held-out observed means, default) or 'cells'.")
     design = fit.design
