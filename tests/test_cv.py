@@ -8,6 +8,7 @@ forced to zero (the negative control).
 """
 
 import numpy as np
+import pandas as pd
 import pytest
 from numpyro.infer.util import log_density
 
@@ -48,6 +49,21 @@ def test_unit_labels(design):
         unit_labels(design, "context")
     with pytest.raises(DesignError, match="one entry per row"):
         unit_labels(design, ["a", "b"])
+
+
+def test_a_factor_designs_contexts_are_the_context_units():
+    """unit='context' on a factor design built with context_key= (cell lines: issue 12's leave-one-cell-line-out)
+    was refused ("needs contexts: build the Design with batch_key="). Known answer: each treated row's unit is its
+    context, and every context's untreated rows stay in training (the reference of its changes)."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(20, 2)), columns=["g0", "g1"])
+    frame["drug"] = np.tile(["none", "A", "B", "A+B", "none"], 4)
+    frame["line"] = np.repeat(["L1", "L2"], 10)
+    d = sm.Design.from_frame(frame, readouts=["g0", "g1"], perturbation_key="drug", control="none", context_key="line")
+    labs = unit_labels(d, "context")
+    untreated = (frame["drug"] == "none").to_numpy()
+    assert labs[untreated].tolist() == [None] * int(untreated.sum())
+    assert labs[~untreated].tolist() == frame.loc[~untreated, "line"].tolist()
 
 
 def test_a_masked_row_adds_exactly_nothing_to_the_log_density(fit, design):

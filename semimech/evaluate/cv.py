@@ -234,7 +234,8 @@ def unit_labels(design, unit: str | Sequence) -> np.ndarray:
     more targets; singles stay in training), ``"combinable"`` (combinations each of whose targets
     is also observed as a single perturbation, so it stays seen when the combination is left
     out: the question of :func:`semimech.evaluate.split_combinations`), ``"single"`` (labels with one target),
-    ``"context"`` (the perturbed rows of each batch / context; controls stay in training), or
+    ``"context"`` (the treated rows of each context of a factor design, built with ``context_key=``, whose
+    untreated rows stay in training; without contexts, the perturbed rows of each batch), or
     one label per row (``None`` or ``""`` for rows never left out). Control rows are never left
     out: they are the reference of every change.
     """
@@ -253,9 +254,14 @@ def unit_labels(design, unit: str | Sequence) -> np.ndarray:
         elif unit == "single":
             out = np.where(n_targets == 1, labels, None)
         elif unit == "context":
-            if design.batch_index is None:
-                raise DesignError("unit='context' needs contexts: build the Design with batch_key= (the context column).")
-            out = np.where(ctrl, None, np.asarray(design.batches, dtype=object)[design.batch_index])
+            if design.contexts is not None:  # a factor design's contexts (cell lines): each context's untreated stay
+                ctx = np.asarray(design.contexts, dtype=object)[np.asarray(design.perturbation_context)]
+                out = np.where(n_targets == 0, None, ctx[design.perturbation_index])
+            elif design.batch_index is not None:
+                out = np.where(ctrl, None, np.asarray(design.batches, dtype=object)[design.batch_index])
+            else:
+                raise DesignError("unit='context' needs contexts: build the Design with context_key= (a factor "
+                                  "design's cell lines) or batch_key= (the context column).")
         else:
             raise DesignError(f"unknown unit {unit!r}; choose one of {UNITS} or pass one label per row.")
     else:
