@@ -66,8 +66,12 @@ def test_noise_models_must_fit_the_design():
         d.with_noise(me.fixed({"g1": 0.1}))
     with pytest.raises(DesignError, match="unknown"):
         d.with_noise(me.fixed({"g1": 0.1, "g2": 0.1, "g9": 0.1}))
-    with pytest.raises(DesignError, match="NoiseModel"):
+    with pytest.raises(DesignError, match=r"NoiseModel .*got float\. For a known sd, pass semimech\.measurement\.fixed\(0\.1\)"):
         d.with_noise(0.1)
+    with pytest.raises(DesignError, match=r"got str\.$"):  # no hint where no number was given
+        d.with_noise("0.1")
+    with pytest.raises(DesignError, match="from_replicates needs a semimech Design .*got NoneType"):
+        me.from_replicates(None)  # was AttributeError: 'NoneType' object has no attribute 'y'
 
 
 def test_replicate_sd_is_recovered_and_exact_copies_are_not_replicates():

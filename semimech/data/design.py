@@ -505,8 +505,10 @@ class Design:
         from semimech.measurement.noise import NoiseModel
 
         if not isinstance(noise, NoiseModel):
+            hint = (f" For a known sd, pass semimech.measurement.fixed({noise!r})."
+                    if isinstance(noise, (int, float, np.integer, np.floating, Mapping)) else "")
             raise DesignError(f"noise must be a semimech.measurement NoiseModel (fixed, xmap, from_replicates, "
-                              f"learned), got {type(noise).__name__}.")
+                              f"learned), got {type(noise).__name__}.{hint}")
         if self.is_counts and noise.kind != "learned":
             raise DesignError("a known measurement sd applies to continuous readouts; this design holds counts "
                               "(negative binomial: the noise is the dispersion, learned per gene).")

@@ -250,8 +250,12 @@ def from_replicates(design, *, groups=None, resolution_floor: bool | None = Fals
     the model with :meth:`NoiseModel.by_batch` to learn the sd per group; without it the pooled
     prior is used as before.
     """
+    from semimech.data.design import Design
     from semimech.measurement.replicates import replicate_sd
 
+    if not isinstance(design, Design):
+        raise DesignError(f"from_replicates needs a semimech Design of the replicate measurements, got "
+                          f"{type(design).__name__}.")
     sd, df = replicate_sd(design)
     per_group = None
     if groups is not None:
