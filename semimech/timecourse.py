@@ -251,11 +251,10 @@ def time_course_design(
         raise DesignError(f"covariates differ in length across conditions ({sizes}); give every condition a vector "
                           "of the same covariates, in the same order.")
     U = np.stack([vectors[c] for c in labels])
-    if maintenance is not None:
-        m = np.asarray(maintenance, dtype=float).reshape(-1)
-        if m.size != U.shape[1] or not np.all(np.isfinite(m)):
-            raise DesignError(f"maintenance must be {U.shape[1]} finite covariate value(s), one per covariate as in "
-                              f"covariates; got {np.asarray(maintenance).tolist()}.")
+    maint = np.zeros(U.shape[1]) if maintenance is None else np.asarray(maintenance, dtype=float).reshape(-1)
+    if maintenance is not None and (maint.size != U.shape[1] or not np.all(np.isfinite(maint))):
+        raise DesignError(f"maintenance must be {U.shape[1]} finite covariate value(s), one per covariate as in "
+                          f"covariates; got {np.asarray(maintenance).tolist()}.")
     if y is not None:
         y = np.asarray(y, dtype=float)
         if y.ndim != 2 or y.shape[0] != time.shape[0]:
@@ -294,9 +293,8 @@ def time_course_design(
         base_x, base_u = np.zeros((0, n)), np.zeros((0, U.shape[1]))
     elif differentiating:
         rows = (cidx == 0) & (time == 0)
-        m = np.zeros(U.shape[1]) if maintenance is None else np.asarray(maintenance, dtype=float)
         rows &= ~np.isnan(y).any(1)
-        base_x, base_u = y[rows], np.repeat(m[None], rows.sum(), 0)
+        base_x, base_u = y[rows], np.repeat(maint[None], rows.sum(), 0)
     else:
         rows = (cidx == 0) & ~np.isnan(y).any(1)
         base_x, base_u = y[rows], np.repeat(U[:1], rows.sum(), 0)

@@ -216,10 +216,11 @@ class Design:
             if size_factor_key not in adata.obs.columns:
                 raise DesignError(f"size_factor_key {size_factor_key!r} is not a column of adata.obs.")
             sf = np.asarray(adata.obs[size_factor_key], dtype=float)
-        v.warn_repeated_rows([str(o) for o in adata.obs_names], fix="Call adata.obs_names_make_unique() first.")
+        obs_names = [str(o) for o in adata.obs_names]
+        v.warn_repeated_rows(obs_names, fix="Call adata.obs_names_make_unique() first.")
         return cls._build(
             y=X,
-            obs_names=[str(o) for o in adata.obs_names],
+            obs_names=obs_names,
             genes=var_names,
             labels=None if perturbation_key is None else adata.obs[perturbation_key],
             control=control,
@@ -271,12 +272,12 @@ class Design:
         if len(readouts) == 0:
             raise DesignError("readouts is empty: name at least one measured column.")
         y = v.frame_readouts(frame, list(readouts))
-        v.warn_repeated_rows([str(i) for i in frame.index],
-                             fix="Give the frame a unique index first (frame.reset_index(drop=True), or pd.concat(..., "
-                                 "ignore_index=True)).")
+        obs_names = [str(i) for i in frame.index]
+        v.warn_repeated_rows(obs_names, fix="Give the frame a unique index first (frame.reset_index(drop=True), or "
+                                            "pd.concat(..., ignore_index=True)).")
         return cls._build(
             y=y,
-            obs_names=[str(i) for i in frame.index],
+            obs_names=obs_names,
             genes=[str(r) for r in readouts],
             labels=None if perturbation_key is None else frame[perturbation_key],
             control=control,

@@ -293,11 +293,11 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         likelihoods, a test design that shares perturbations with training.
     """
     from semimech.errors import InferenceError, SemimechError
-    from semimech.evaluate.cv import SCORES, check_refits, cross_validate, unit_labels
+    from semimech.evaluate.cv import SCORES, check_refits, cross_validate, is_fit, unit_labels
 
     if not isinstance(fits, Mapping) or not fits:
         raise DesignError("compare needs a non-empty dict {name: Fit}.")
-    bad = [n for n, f in fits.items() if not (hasattr(f, "design") and hasattr(f, "spec") and hasattr(f, "samples"))]
+    bad = [n for n, f in fits.items() if not is_fit(f)]
     if bad:
         raise DesignError(f"not a semimech Fit: {bad}. Pass {{name: fit}} with fits from fit_svi / fit_nuts.")
     if len(fits) < 2:

@@ -458,6 +458,11 @@ def svi_refit_options(fit, num_steps: int, options: dict) -> dict:
 MIN_PSIS_DRAWS = 25
 
 
+def is_fit(obj) -> bool:
+    """Whether ``obj`` is a semimech fit (what cross-validation and ``compare`` read of it: design, spec, draws)."""
+    return hasattr(obj, "design") and hasattr(obj, "spec") and hasattr(obj, "samples")
+
+
 @limited_blas()
 def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None = None, score: str = "means",
                    num_steps: int | None = None,
@@ -516,7 +521,7 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     InferenceError
         The fit or a refit gives a non-finite log-likelihood: the model cannot be scored.
     """
-    if not (hasattr(fit, "design") and hasattr(fit, "spec") and hasattr(fit, "samples")):  # as compare() checks
+    if not is_fit(fit):
         raise DesignError(f"cross_validate needs a semimech Fit (from fit_svi, fit_nuts, sm.fit or sm.load), got "
                           f"{type(fit).__name__}.")
     if score not in SCORES:

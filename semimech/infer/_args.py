@@ -24,10 +24,15 @@ def count(name: str, value, *, minimum: int = 1, what: str = "", error: type = I
     return int(value)
 
 
+def _finite(value) -> bool:
+    """Whether ``value`` is a finite real number (not a bool)."""
+    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+            and math.isfinite(value))
+
+
 def rate(name: str, value) -> float:
     """``value`` as a float, if it is a finite positive number."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or value <= 0:
+    if not _finite(value) or value <= 0:
         raise InferenceError(f"{name} must be a finite positive number, got {value!r}.")
     return float(value)
 
@@ -35,8 +40,7 @@ def rate(name: str, value) -> float:
 def number(name: str, value, *, minimum: float = 0.0, strict: bool = True, error: type = InferenceError) -> float:
     """``value`` as a float, if it is a finite number above ``minimum`` (at least it, with ``strict=False``);
     else ``error`` (a model option's check passes :class:`DesignError`, as the model's other options raise)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or value < minimum or (strict and value == minimum):
+    if not _finite(value) or value < minimum or (strict and value == minimum):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         raise error(f"{name} must be a finite number {bound}, got {value!r}.")
     return float(value)

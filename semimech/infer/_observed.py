@@ -51,7 +51,11 @@ def sparse_counts(y) -> SparseCounts:
 
 
 def accepts_sparse(model, data: dict, y: SparseCounts, *, key=None) -> bool:
-    """Whether ``model`` observes ``y`` through the sparse negative binomial (abstract trace, memoised by ``key``)."""
+    """Whether ``model`` observes ``y`` through the sparse negative binomial (abstract trace, memoised by ``key``
+    and whether ``data`` has a row mask: the mask wraps the site in a ``MaskedDistribution``, which takes no
+    :class:`SparseCounts`, so the same model takes them unmasked and not masked)."""
+    if key is not None:
+        key = (key, data.get("row_mask") is not None)
     if key is not None and key in _ACCEPTS:
         return _ACCEPTS[key]
     from semimech.infer._sites import trace
@@ -78,8 +82,6 @@ def observed(model, design, data: dict, likelihood: str, *, key=None):
     when the model takes them, else the dense float32 matrix."""
     if likelihood == "negbin":
         ys = sparse_counts(design.y)
-        if key is not None:  # a row mask wraps the site in a MaskedDistribution, which takes no SparseCounts
-            key = (key, data.get("row_mask") is not None)
         if accepts_sparse(model, data, ys, key=key):
             return ys, True
     return design.dense_y(np.float32), False
