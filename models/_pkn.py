@@ -106,17 +106,41 @@ def _as_list(v) -> tuple[str, ...]:
     return (v,) if isinstance(v, str) else tuple(v)
 
 
+def _as_mapping(value, what: str) -> dict:
+    """``value`` as a name -> node(s) dict: a mapping as given, or a list of names each its own node."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (list, tuple, set, frozenset, pd.Index, np.ndarray, pd.Series)) and not isinstance(value, str):
+        names = [str(v) for v in value]
+        if len(set(names)) != len(names):
+            raise DesignError(f"{what} lists a name twice: {sorted({n for n in names if names.count(n) > 1})}.")
+        return {n: n for n in names}
+    raise DesignError(f"{what} must map each name to its PKN node ({{'name': 'node'}}) or list names that are "
+                      f"themselves PKN nodes; got {type(value).__name__}.")
+
+
 def _clean_edges(edges: pd.DataFrame) -> pd.DataFrame:
     missing = {"source", "sign", "target"} - set(edges.columns)
     if missing:
         raise DesignError("the PKN table needs columns source, sign, target (read_sif's output); "
                           f"missing {sorted(missing)}.")
-    e = pd.DataFrame({"source": edges["source"].astype(str).str.strip(), "sign": edges["sign"].astype(int),
-                      "target": edges["target"].astype(str).str.strip()})
+    table = edges[["source", "sign", "target"]]
+    empty = table.isna() | table.astype(str).apply(lambda c: c.str.strip() == "")
+    if empty.any(axis=None):
+        i = int(np.flatnonzero(empty.any(axis=1).to_numpy())[0])
+        col = empty.columns[empty.iloc[i].to_numpy()][0]
+        raise DesignError(f"PKN row {i} ({' '.join(str(v) for v in table.iloc[i])}) has no {col}; every edge needs a source, a sign "
+                          "and a target. Drop or complete the row.")
+    sign = pd.to_numeric(table["sign"].astype(str).str.strip(), errors="coerce")
+    e = pd.DataFrame({"source": table["source"].astype(str).str.strip(), "sign": sign,
+                      "target": table["target"].astype(str).str.strip()})
     bad = ~e["sign"].isin([1, -1])
     if bad.any():
-        r = e[bad].iloc[0]
-        raise DesignError(f"PKN edge {r.source} -> {r.target} has sign {r.sign}; signs must be 1 or -1.")
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        r = e.iloc[i]
+        raise DesignError(f"PKN edge {r.source} -> {r.target} has sign '{table['sign'].iloc[i]}'; signs must be 1 "
+                          "(activation) or -1 (inhibition).")
+    e["sign"] = e["sign"].astype(int)
     return e.drop_duplicates().reset_index(drop=True)
 
 
@@ -245,8 +269,9 @@ def _compress(e: pd.DataFrame, protected: set) -> pd.DataFrame:
     return e.reset_index(drop=True)
 
 
-def compile_network(edges: pd.DataFrame, *, stimuli: Mapping[str, str | Sequence[str]],
-                    inhibitors: Mapping[str, str | Sequence[str]], readouts: Mapping[str, str | None],
+def compile_network(edges: pd.DataFrame, *, stimuli: Mapping[str, str | Sequence[str]] | Sequence[str],
+                    inhibitors: Mapping[str, str | Sequence[str]] | Sequence[str],
+                    readouts: Mapping[str, str | None] | Sequence[str],
                     readout_signs: Mapping[str, int] | None = None, background: Sequence[str] = (),
                     withdraws: Mapping[str, str | Sequence[str]] | None = None, extra_edges: pd.DataFrame | str | None = None,
                     compress: bool = True, and_gates: bool = True,
@@ -258,9 +283,11 @@ def compile_network(edges: pd.DataFrame, *, stimuli: Mapping[str, str | Sequence
     edges
         Signed edges: columns ``source``, ``sign``, ``target`` (:func:`semimech.datasets.read_sif`).
     stimuli, inhibitors
-        Treatment name -> the node (or nodes) it stimulates / whose activity it scales.
+        Treatment name -> the node (or nodes) it stimulates / whose activity it scales; or a list
+        of treatment names that are themselves PKN nodes.
     readouts
-        Readout name -> its node (``None``: no node; the readout is modelled by its offset only).
+        Readout name -> its node (``None``: no node; the readout is modelled by its offset only);
+        or a list of readout names that are themselves PKN nodes (ToyMMB's ``Akt``, ``Erk``, ...).
     readout_signs
         Readout name -> -1 for a readout that falls as its node is active (default +1 each).
     background, withdraws
@@ -283,9 +310,10 @@ def compile_network(edges: pd.DataFrame, *, stimuli: Mapping[str, str | Sequence
         raise DesignError(f"cycles must be one of {CYCLES}, got {cycles!r}.")
     e = _clean_edges(edges)
     known = set(e.source) | set(e.target)
-    stim = {str(k): _as_list(v) for k, v in stimuli.items()}
-    inh = {str(k): _as_list(v) for k, v in inhibitors.items()}
-    wd = {str(k): _as_list(v) for k, v in (withdraws or {}).items()}
+    stim = {str(k): _as_list(v) for k, v in _as_mapping(stimuli, "stimuli").items()}
+    inh = {str(k): _as_list(v) for k, v in _as_mapping(inhibitors, "inhibitors").items()}
+    wd = {str(k): _as_list(v) for k, v in _as_mapping(withdraws or {}, "withdraws").items()}
+    readouts = _as_mapping(readouts, "readouts")
     bg = _as_list(background)
     for name, nodes in wd.items():
         for n in nodes:

@@ -139,3 +139,67 @@ def network_arrays(net: dict, *, n_targets: int, n_genes: int) -> dict:
             "readout_sign": np.asarray(net.get("readout_sign", [1] * n_genes), np.float32),
             "edge_kind": np.asarray(net["kind"], np.int32),
             "center": jnp.asarray(net["center"], jnp.float32), "spread": jnp.asarray(net["spread"], jnp.float32)}
+
+
+def prepare_network(options: dict, design) -> dict:
+    """``ModelSpec.prepare_options`` of the signalling model: its numeric options checked
+    (:func:`check_numbers`), and the ``network`` option against the design it fits.
+
+    A compiled :class:`~semimech.models._pkn.Network` becomes :func:`network_option` of the design. An
+    option (a dict) must list the design's targets and readouts in the design's order: the model sees
+    index arrays, so an option built for another design would put readouts on the wrong nodes and
+    treatments on the wrong inputs without a word.
+    """
+    check_numbers(options)
+    net = options.get("network")
+    if net is None:
+        return options
+    if isinstance(net, Network):
+        return {**options, "network": network_option(net, design=design)}
+    if not isinstance(net, dict) or not {"readout_node", "stimulus_nodes", "nodes"} <= set(net):
+        raise DesignError(f"network= takes a compiled network (compile_network(...)) or its option "
+                          f"(network_option(net, design=design)); got {type(net).__name__}.")
+    for what, built, have in (("targets", net.get("targets"), design.targets), ("readouts", net.get("genes"), design.genes)):
+        if built is None or list(built) == list(have):
+            continue
+        built, have = list(built), list(have)
+        diff = next((i for i, (a, b) in enumerate(zip(built, have)) if a != b), min(len(built), len(have)))
+        first = (f"position {diff}: {built[diff]!r} in the option, {have[diff]!r} in the design"
+                 if diff < min(len(built), len(have)) else f"{len(built)} in the option, {len(have)} in the design")
+        raise DesignError(f"the network option was built for other {what} than this design's ({first}); the model "
+                          f"would put them on the wrong nodes. Build it for this design: "
+                          f"network_option(net, design=design), or pass the compiled network itself (network=net).")
+    return options
+
+
+#: The ``(location, scale)`` prior options of the signalling model.
+PRIOR_PAIRS = ("edge_prior", "and_prior", "extra_prior", "off_target_prior", "basal_prior", "hill_prior", "tau_prior")
+
+
+def check_numbers(options: dict) -> None:
+    """A :class:`~semimech.errors.DesignError` naming a prior pair, ``noise_sd``, ``misfit`` or ``context_scale``
+    that is not what the model reads (a negative scale was taken as its absolute value, a NaN or a
+    negative ``noise_sd`` failed every initial point, a bare number for a pair was a ``TypeError``)."""
+    from semimech.infer import _args
+
+    for name in PRIOR_PAIRS:
+        if name in options:
+            v = options[name]
+            if np.ndim(v) != 1 or np.size(v) != 2:
+                raise DesignError(f"{name} must be a pair (location, scale), got {v!r}.")
+            if not _args._finite(v[0]):
+                raise DesignError(f"{name}'s location must be a finite number, got {v[0]!r}.")
+            _args.number(f"{name}'s scale", v[1], error=DesignError)
+    if options.get("context_scale") is not None:
+        _args.number("context_scale", options["context_scale"], error=DesignError)
+    if options.get("misfit") is not None:
+        _args.number("misfit", options["misfit"], error=DesignError)
+    sd = options.get("noise_sd")
+    if sd is not None:
+        if np.ndim(sd) == 0:
+            _args.number("noise_sd", sd, error=DesignError)
+        elif np.ndim(sd) == 1 and np.size(sd) == 2:
+            _args.number("noise_sd's sd", sd[0], error=DesignError)
+            _args.number("noise_sd's log-sd", sd[1], error=DesignError)
+        else:
+            raise DesignError(f"noise_sd must be a known sd or a pair (sd, log-sd), got {sd!r}.")

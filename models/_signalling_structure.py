@@ -18,6 +18,14 @@ def _network(fit) -> dict:
     return net
 
 
+def _probability(name: str, value) -> float:
+    from semimech.infer import _args
+
+    if not _args._finite(value) or not 0.0 <= value <= 1.0:
+        raise PredictionError(f"{name} must be a number in [0, 1] (an edge weight or a probability), got {value!r}.")
+    return float(value)
+
+
 def _contexts(fit, n: int) -> list[str]:
     labels = getattr(fit.design, "contexts", None)
     if labels is not None and len(labels) == n:
@@ -33,6 +41,7 @@ def edge_posteriors(fit, *, threshold: float = 0.5) -> pd.DataFrame:
     compressed edge), ``context``, ``p_active`` (posterior probability of ``weight > threshold``),
     ``weight_mean``, ``weight_q05``, ``weight_q95``.
     """
+    threshold = _probability("threshold", threshold)
     net = _network(fit)
     w = fit.flat("edge_weight")  # (draws, contexts, edges)
     nodes = net["nodes"]
@@ -52,6 +61,7 @@ def edge_posteriors(fit, *, threshold: float = 0.5) -> pd.DataFrame:
 def pruned_sif(fit, *, threshold: float = 0.5, context: str | None = None, min_probability: float = 0.5) -> str:
     """SIF text of the edges active with posterior probability >= ``min_probability`` (in one
     ``context``, or in any context when None). AND pairs are written as CellNOpt hyperedges."""
+    min_probability = _probability("min_probability", min_probability)
     table = edge_posteriors(fit, threshold=threshold)
     if context is not None:
         if context not in set(table.context):
@@ -68,13 +78,25 @@ def pruned_sif(fit, *, threshold: float = 0.5, context: str | None = None, min_p
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def plot_edge_posteriors(table: pd.DataFrame, *, ax=None, max_edges: int = 60):
-    """Heat map of ``p_active`` (edges x contexts) from :func:`edge_posteriors`; returns the axes.
+def plot_edge_posteriors(table, *, ax=None, max_edges: int = 60):
+    """Heat map of ``p_active`` (edges x contexts) from :func:`edge_posteriors` (its table, or the fit
+    itself); returns the axes.
 
     Edges are sorted by their largest probability over contexts; at most ``max_edges`` shown.
     """
     import matplotlib.pyplot as plt
 
+    from semimech.infer import _args
+
+    if hasattr(table, "samples") and hasattr(table, "options"):  # a fit: its edge table
+        table = edge_posteriors(table)
+    need = {"source", "target", "sign", "gate", "partner", "context", "p_active"}
+    if not isinstance(table, pd.DataFrame) or not need <= set(table.columns):
+        raise PredictionError(f"plot_edge_posteriors takes edge_posteriors(fit)'s table (or the fit), got "
+                              f"{type(table).__name__}.")
+    max_edges = _args.count("max_edges", max_edges, what="edges to show", error=PredictionError)
+    if table.empty:
+        raise PredictionError("the edge table is empty: nothing to plot.")
     t = table.assign(edge=lambda d: np.where(d.gate == "and", d.source + "&" + d.partner, d.source)
                      + np.where(d.sign > 0, " -> ", " -| ") + d.target)
     grid = t.pivot_table(index="edge", columns="context", values="p_active", sort=False)

@@ -84,7 +84,7 @@ from semimech.models import _logic
 from semimech.models import _network as net_helpers
 from semimech.models import _signalling_time as _time
 from semimech.models._pkn import Network, NetworkWarning, compile_network, default_readouts
-from semimech.models._signalling_options import default_network, network_arrays, network_option
+from semimech.models._signalling_options import default_network, network_arrays, network_option, prepare_network
 from semimech.models._signalling_structure import edge_posteriors, plot_edge_posteriors, pruned_sif
 
 __all__ = ["BOUND_TOLERANCE", "SPEC", "ClippedNormal", "Network", "NetworkWarning", "compile_network",
@@ -226,7 +226,8 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         ``size_factors``, ``n_cells``; optional ``perturbation_context`` (perturbations,) and
         ``n_contexts`` (factorial designs).
     network
-        :func:`network_option` output (JSON); default: :func:`default_network` of ``data``.
+        :func:`network_option` output (JSON), or the compiled :class:`Network` (a fit turns it into its
+        option for the design it fits); default: :func:`default_network` of ``data``.
     edge_prior, and_prior, extra_prior
         ``(mu, s)`` of the logit-normal edge-weight prior for PKN edges, AND pairs, non-PKN edges.
     off_target, off_target_prior
@@ -483,4 +484,5 @@ SPEC = ModelSpec(
     predicts_unseen_targets=True,
     cut_sites=("misfit_cut",),
     observed_bounds=lambda options: options.get("bounds"),
+    prepare_options=prepare_network,
 )

@@ -78,7 +78,7 @@ def prior_steady_states(spec, design, *, rng_key, num_draws: int = 20, min_fract
     """
     from semimech.infer.fit import resolved_options
 
-    opts = resolved_options(spec, options, None)
+    opts = resolved_options(spec, options, None, design=design)
     opts.setdefault("likelihood", "negbin" if design.is_counts else "normal")
     model = functools.partial(spec.model, **opts)
     out = Predictive(model, num_samples=num_draws, return_sites=["ok_fraction"])(as_key(rng_key), design.model_data())

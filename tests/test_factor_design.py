@@ -215,6 +215,39 @@ def test_midas_roundtrip_synthetic(tmp_path):
         sm.Design.from_midas(table)
 
 
+def test_midas_baseline_time_gives_the_samples_before_the_stimulus(tmp_path):
+    """CellNOpt's files (ToyMMB, LiverDREAM) measure the unstimulated state only at t = 0: without
+    baseline_time such a table has no untreated row at the later time and cannot make a design."""
+    from semimech.datasets import read_midas
+
+    _write_midas(tmp_path / "md.csv")
+    table = read_midas(tmp_path / "md.csv")
+    table = table[~((table["time"] == 30) & (table["stimuli"] == "none"))]  # no unstimulated sample at t = 30
+    before = table.copy()
+    with pytest.raises(DesignError, match="no row is untreated"):
+        sm.Design.from_midas(table, time=30)
+    d = sm.Design.from_midas(table, time=30, baseline_time=0)
+    pd.testing.assert_frame_equal(table, before)  # the user's table is not modified
+    assert d.n_obs == 2 * 2 * 3 + 2 * 3 * 3  # the t = 30 samples, then every t = 0 sample
+    ct = d.condition_table().iloc[d.perturbation_index]
+    rows = [int(o[3:]) for o in d.obs_names]
+    t0 = table.drop_duplicates("row").set_index("row").loc[rows, "time"].to_numpy() == 0
+    assert not any(len(x) for x in ct["stimulus"][t0])  # a t = 0 sample has no stimulus level ...
+    inh0 = table[table["time"] == 0].drop_duplicates("row").set_index("row").loc[np.asarray(rows)[t0], "inhibitors"]
+    join = lambda levels: "+".join(sorted(levels, key=str.lower)) if levels else "none"  # noqa: E731
+    assert [join(x) for x in ct["inhibitor"][t0]] == list(inh0)  # ... and keeps its inhibitors
+    assert all(len(x) for x in ct["stimulus"][~t0])
+    for readout in d.genes:  # values as they are, sample by sample
+        v = table[table["readout"] == readout].set_index("row")["value"]
+        np.testing.assert_allclose(d.dense_y()[:, d.genes.index(readout)], v.loc[rows].to_numpy())
+    # the one later time is the time modelled; a baseline time that is that time, or absent, is named
+    assert sm.Design.from_midas(table, baseline_time=0).obs_names == d.obs_names
+    with pytest.raises(DesignError, match="baseline_time=30 is the time modelled"):
+        sm.Design.from_midas(table, time=30, baseline_time=30)
+    with pytest.raises(DesignError, match=r"baseline_time=5 is not in the MIDAS table \(times: \[0.0, 30.0\]\)"):
+        sm.Design.from_midas(table, time=30, baseline_time=5)
+
+
 def test_midas_roundtrip_hepg2():
     from semimech.datasets import DatasetNotFoundError, read_midas, shared_data_dir
 

@@ -216,6 +216,36 @@ def test_the_fits_name_a_model_given_by_name_and_bad_nuts_counts(small_counts_ad
             sm.fit_nuts(additive.SPEC, d, rng_key=0, progress_bar=False, **kwargs)
 
 
+def test_a_misspelt_model_option_is_named_with_the_close_ones(small_counts_adata):
+    """``effect_prior=`` for ``effect_prior_scale=`` was a ``TypeError`` from inside the trace ("model() got an
+    unexpected keyword argument"), after the set-up; now every entry point names it and its neighbours first."""
+    from semimech.models import additive
+
+    d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control").pseudobulk()
+    match = r"model 'additive' has no option 'effect_prior'\. Did you mean 'effect_prior_scale'"
+    for call in (lambda: sm.fit_svi(additive.SPEC, d, rng_key=0, progress_bar=False, effect_prior=1.0),
+                 lambda: sm.fit_nuts(additive.SPEC, d, rng_key=0, progress_bar=False, effect_prior=1.0),
+                 lambda: sm.fit(additive.SPEC, d, rng_key=0, effect_prior=1.0),
+                 lambda: sm.sample_prior(additive.SPEC, d, rng_key=0, num_samples=2, effect_prior=1.0),
+                 lambda: sm.fit_svi_minibatch(additive.SPEC, d, rng_key=0, batch_size=2, num_steps=2, effect_prior=1.0)):
+        with pytest.raises(DesignError, match=match):
+            call()
+    # the right name is taken; a model that takes **options is not second-guessed
+    assert sm.sample_prior(additive.SPEC, d, rng_key=0, num_samples=2, effect_prior_scale=1.0) is not None
+
+    def open_model(data, *, y=None, **options):
+        import numpyro
+        import numpyro.distributions as dist
+
+        with numpyro.plate("genes", data["n_genes"], dim=-1):
+            m = numpyro.sample("m", dist.Normal(0.0, options.get("scale", 1.0)))
+            with numpyro.plate("cells", data["n_obs"], dim=-2):
+                numpyro.sample("y", dist.Normal(m, 1.0), obs=y)
+
+    spec = sm.ModelSpec(name="open", model=open_model, assumes="nothing")
+    assert sm.sample_prior(spec, d, rng_key=0, num_samples=2, scale=2.0) is not None
+
+
 def test_prior_draws_minibatch_steps_and_epochs_are_whole_counts(small_counts_adata):
     """``sample_prior(num_samples=2.5)``, ``fit_svi_minibatch(num_steps=2.5)`` and ``cross_validate(num_steps=2.5)``
     were truncated to 2 by ``int()``; a NaN ``num_epochs`` failed in ``round``. Each is a DesignError naming it."""

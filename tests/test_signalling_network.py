@@ -264,6 +264,116 @@ def test_default_network_refits_with_a_row_mask():
     np.testing.assert_allclose(np.asarray(net["spread"]), np.asarray(data["baseline_scale"]), rtol=1e-6)
 
 
+
+@pytest.mark.parametrize("options, match", [
+    ({"edge_prior": 1.0}, r"edge_prior must be a pair \(location, scale\), got 1.0"),
+    ({"hill_prior": (0.0, -1.0)}, r"hill_prior's scale must be a finite number > 0, got -1.0"),
+    ({"basal_prior": (float("nan"), 1.0)}, r"basal_prior's location must be a finite number, got nan"),
+    ({"noise_sd": -0.1}, r"noise_sd must be a finite number > 0, got -0.1"),
+    ({"noise_sd": (0.1, float("nan"))}, r"noise_sd's log-sd must be a finite number > 0"),
+    ({"noise_sd": (0.1, 0.2, 0.3)}, r"noise_sd must be a known sd or a pair"),
+    ({"context_scale": -1.0}, r"context_scale must be a finite number > 0"),
+    ({"misfit": 0.0}, r"misfit must be a finite number > 0"),
+])
+def test_bad_signalling_options_are_named_before_tracing(options, match):
+    """Each was taken silently (a negative scale acts as its absolute value), failed every initial point (a
+    negative or NaN noise_sd: "log density is NaN/inf"), or was a TypeError in the trace (a bare number)."""
+    import semimech as sm
+    from semimech.models import signalling_network as sn
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"label": np.repeat(["none", "S", "S+Ai"], 2), "A": rng.normal(size=6),
+                          "B": rng.normal(size=6)}, index=[f"r{i}" for i in range(6)])
+    design = sm.Design.from_frame(frame, readouts=["A", "B"], perturbation_key="label", control="none")
+    with pytest.raises(DesignError, match=match):
+        sm.fit_svi(sn.SPEC, design, rng_key=0, num_steps=2, num_samples=2, progress_bar=False, network=chain(),
+                   **options)
+
+
+def test_edge_tables_name_a_bad_threshold_and_the_plot_takes_a_fit(chain_fit):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from semimech.errors import PredictionError
+    from semimech.models import signalling_network as sn
+
+    fit, _ = chain_fit
+    with pytest.raises(PredictionError, match=r"threshold must be a number in \[0, 1\].*got 1.5"):
+        sn.edge_posteriors(fit, threshold=1.5)  # every edge "inactive", silently
+    with pytest.raises(PredictionError, match=r"min_probability must be a number in \[0, 1\].*got -1"):
+        sn.pruned_sif(fit, min_probability=-1)  # every edge kept, silently
+    with pytest.raises(PredictionError, match="takes edge_posteriors\\(fit\\)'s table"):
+        sn.plot_edge_posteriors(fit.samples)
+    with pytest.raises(PredictionError, match="empty"):
+        sn.plot_edge_posteriors(sn.edge_posteriors(fit).iloc[:0])
+    with pytest.raises(PredictionError, match="max_edges must be a positive integer"):
+        sn.plot_edge_posteriors(fit, max_edges=0)
+    ax = sn.plot_edge_posteriors(fit)  # the fit itself: its table
+    assert len(ax.get_yticklabels()) == len(sn.edge_posteriors(fit))
+    plt.close(ax.figure)
+
+
+def test_a_pkn_row_without_a_source_or_with_a_word_for_a_sign_is_named():
+    with pytest.raises(DesignError, match=r"PKN row 1 \(None 1 b\) has no source"):
+        _pkn.compile_network(sif(("s", 1, "a"), (None, 1, "b")), stimuli=["s"], inhibitors={}, readouts=["a"])
+    with pytest.raises(DesignError, match=r"PKN edge s -> a has sign 'activates'; signs must be 1"):
+        _pkn.compile_network(sif(("s", "activates", "a")), stimuli=["s"], inhibitors={}, readouts=["a"])
+    net = _pkn.compile_network(sif(("s", "+1", "a"), ("a", -1.0, "b")), stimuli=["s"], inhibitors={}, readouts=["b"],
+                               compress=False)  # numbers written as text or floats are signs
+    assert list(net.edges.sign) == [1, -1]
+
+
+def test_compile_network_takes_lists_of_names_that_are_nodes():
+    net = _pkn.compile_network(CHAIN, stimuli=["s"], inhibitors={"Ai": "a"}, readouts=["a", "b"], compress=False)
+    assert net.readouts == {"a": "a", "b": "b"} and net.stimuli == {"s": ("s",)}
+    same = _pkn.compile_network(CHAIN, stimuli={"s": "s"}, inhibitors={"Ai": "a"}, readouts={"a": "a", "b": "b"},
+                                compress=False)
+    assert net.nodes == same.nodes and net.edges.equals(same.edges) and net.inhibitors == same.inhibitors
+    with pytest.raises(DesignError, match="'zz'"):  # a listed name that is no node
+        _pkn.compile_network(CHAIN, stimuli=["s"], inhibitors={}, readouts=["zz"])
+    with pytest.raises(DesignError, match="readouts lists a name twice.*'a'"):
+        _pkn.compile_network(CHAIN, stimuli=["s"], inhibitors={}, readouts=["a", "a"])
+    with pytest.raises(DesignError, match="readouts must map each name"):  # one bare string: ambiguous
+        _pkn.compile_network(CHAIN, stimuli=["s"], inhibitors={}, readouts="a")
+
+
+def test_a_fit_checks_its_network_option_against_the_design():
+    """The model sees index arrays: an option built for the readouts or targets of another design (here
+    the same names in another order) used to fit silently with readouts on the wrong nodes."""
+    import semimech as sm
+    from semimech.models import signalling_network as sn
+    from semimech.models._signalling_sim import simulate
+
+    net = chain(compress=False)
+    frame = simulate(net, ["none", "S", "S+Ai", "Ai"], active=np.ones(len(net.edges), bool), rng_key=0,
+                     replicates=2, noise_sd=0.05)
+    design = sm.Design.from_frame(frame, readouts=["A", "B"], perturbation_key="label", control="none")
+    swapped = sm.Design.from_frame(frame, readouts=["B", "A"], perturbation_key="label", control="none")
+    opt = network_option(net, design=design)
+    kw = dict(rng_key=0, num_steps=3, num_samples=5, progress_bar=False, off_target=False, readout_block=False)
+    with pytest.raises(DesignError, match="other readouts .*position 0: 'A' in the option, 'B' in the design"):
+        sm.fit_svi(sn.SPEC, swapped, network=opt, **kw)
+    reordered = network_option(net, targets=list(design.targets)[::-1], genes=design.genes, y=design.dense_y())
+    with pytest.raises(DesignError, match="other targets"):
+        sm.fit_svi(sn.SPEC, design, network=reordered, **kw)
+    with pytest.raises(DesignError, match="compile_network"):
+        sm.fit_svi(sn.SPEC, design, network="chain", **kw)
+    # the good calls: the option of this design, or the compiled network itself (made into that option)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_option = sm.fit_svi(sn.SPEC, design, network=opt, **kw)
+        by_network = sm.fit_svi(sn.SPEC, design, network=net, **kw)
+        by_network_swapped = sm.fit_svi(sn.SPEC, swapped, network=net, **kw)
+    assert by_network.options["network"] == opt
+    np.testing.assert_array_equal(np.asarray(by_network.samples["edge_weight"]),
+                                  np.asarray(by_option.samples["edge_weight"]))
+    assert by_network_swapped.options["network"]["genes"] == ["B", "A"]
+    b, a = (net.nodes.index(n) for n in ("b", "a"))
+    assert by_network_swapped.options["network"]["readout_node"] == [b, a]
+
+
 @pytest.mark.parametrize("per_edge_n", [False, True])
 def test_closed_form_equals_iterating_the_activation(per_edge_n):
     """The level-concatenated closed form equals ``len(levels)`` sweeps of ``x <- keep * B(x)`` (exact

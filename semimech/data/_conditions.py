@@ -197,20 +197,33 @@ def from_table(train, conditions, *, batch=None):
     return build(train, requests, batch=batch)
 
 
-def midas_frame(table: pd.DataFrame, *, time=None, readouts=None) -> tuple[pd.DataFrame, list[str], bool]:
-    """``read_midas`` output -> (one row per sample with readout columns, readouts, has cell lines)."""
+def midas_frame(table: pd.DataFrame, *, time=None, readouts=None,
+                baseline_time=None) -> tuple[pd.DataFrame, list[str], bool]:
+    """``read_midas`` output -> (one row per sample with readout columns, readouts, has cell lines).
+
+    With ``baseline_time`` the samples at that time join those at ``time`` without their stimuli (a
+    stimulus has not acted at its own time 0; an inhibitor, given before it, has)."""
     need = {"cell_line", "stimuli", "inhibitors", "time", "readout", "value", "row"}
     if not isinstance(table, pd.DataFrame) or not need <= set(table.columns):
         raise DesignError(f"from_midas takes the table of semimech.datasets.read_midas (columns {sorted(need)}).")
-    times = sorted(pd.unique(table["time"].astype(float)))
+    times = sorted(float(t) for t in pd.unique(table["time"].astype(float)))
+    later = [t for t in times if baseline_time is None or t != float(baseline_time)]
+    if baseline_time is not None and float(baseline_time) not in times:
+        raise DesignError(f"baseline_time={baseline_time!r} is not in the MIDAS table (times: {times}).")
     if time is None:
-        if len(times) > 1:
+        if len(later) != 1:
             raise DesignError(f"the MIDAS table holds several time points {times}; pick one with time= "
                               f"(e.g. time={times[-1]:g}).")
-    else:
-        if float(time) not in times:
-            raise DesignError(f"time={time!r} is not in the MIDAS table (times: {times}).")
-        table = table[table["time"].astype(float) == float(time)]
+        time = later[0]
+    if float(time) not in times:
+        raise DesignError(f"time={time!r} is not in the MIDAS table (times: {times}).")
+    if baseline_time is not None and float(baseline_time) == float(time):
+        raise DesignError(f"baseline_time={baseline_time!r} is the time modelled (time={time!r}); the baseline is "
+                          "another time point, usually 0.")
+    base = None if baseline_time is None else table[table["time"].astype(float) == float(baseline_time)]
+    table = table[table["time"].astype(float) == float(time)]
+    if base is not None:
+        table = pd.concat([table, base.assign(stimuli="none")], ignore_index=True)
     if readouts is not None:
         missing = sorted(set(readouts) - set(table["readout"].astype(str)))
         if missing:

@@ -292,7 +292,7 @@ class Design:
 
     @classmethod
     def from_midas(cls, table, *, time=None, readouts: Sequence[str] | None = None,
-                   control: str = "control") -> "Design":
+                   control: str = "control", baseline_time=None) -> "Design":
         """A factor design from a MIDAS table (:func:`semimech.datasets.read_midas` output, never modified).
 
         Each sample (MIDAS row) at the chosen ``time`` becomes a row; its stimuli and inhibitors
@@ -301,8 +301,15 @@ class Design:
         context (when the file names cell lines). Values are taken as they are: for log10 values
         pass ``table.assign(value=np.log10(table["value"] + 1))``. ``time`` is required when the
         table holds several time points; ``readouts`` selects and orders readouts.
+
+        ``baseline_time`` (CellNOpt's convention, e.g. ``0``): the samples measured at that time are the
+        cells before the stimulus acted, so they join the design *without their stimuli* (an inhibitor,
+        given before the stimulus, keeps its level): files such as ToyMMB or LiverDREAM have no
+        unstimulated sample at the later time, only these. Their values are taken as they are, on the
+        scale of the rest.
         """
-        frame, reads, has_cells = _conditions.midas_frame(table, time=time, readouts=readouts)
+        frame, reads, has_cells = _conditions.midas_frame(table, time=time, readouts=readouts,
+                                                          baseline_time=baseline_time)
         return cls.from_frame(frame, readouts=reads, factors={"stimulus": "stimuli", "inhibitor": "inhibitors"},
                               context_key="cell_line" if has_cells else None, control=control)
 

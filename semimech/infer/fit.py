@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import inspect
 import warnings
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -171,7 +173,7 @@ def _prepare(spec: ModelSpec, design: Design, options: dict, row_mask=None, *, w
         raise DesignError(f"expected a semimech.Design, got {type(design).__name__}; build one with Design.from_anndata.")
     if design.y is None:
         raise DesignError("cannot fit a prediction design (it has no readouts); fit the training design.")
-    opts = resolved_options(spec, options, method)
+    opts = resolved_options(spec, options, method, design=design)
     opts.setdefault("likelihood", "negbin" if design.is_counts else "normal")
     check_likelihood(opts["likelihood"], is_counts=design.is_counts)
     if opts["likelihood"] != "normal" and design.noise is not None and design.noise.kind != "learned":
@@ -196,10 +198,37 @@ def svi_method(guide: str) -> str:
     return "map" if guide == "map" else "svi"
 
 
-def resolved_options(spec: ModelSpec, options: dict, method: str | None) -> dict:
-    """The spec's defaults updated by ``options``, then settled for ``method`` (``spec.resolve_options``)."""
+def resolved_options(spec: ModelSpec, options: dict, method: str | None, *, design: Design | None = None) -> dict:
+    """The spec's defaults updated by ``options``, then settled for ``method`` (``spec.resolve_options``) and,
+    given the ``design`` to fit, checked against it (``spec.prepare_options``)."""
     opts = {**spec.default_options, **options}
-    return opts if spec.resolve_options is None else dict(spec.resolve_options(opts, method))
+    check_option_names(spec, opts)
+    if spec.resolve_options is not None:
+        opts = dict(spec.resolve_options(opts, method))
+    if design is not None and spec.prepare_options is not None:
+        opts = dict(spec.prepare_options(opts, design))
+    return opts
+
+
+def check_option_names(spec: ModelSpec, options: dict) -> None:
+    """A ``DesignError`` for an option the model does not take (a misspelt ``edge_prio=``), naming the close
+    ones, before anything is traced (it was a ``TypeError`` from inside the trace). Models that take
+    ``**options`` are not checked."""
+    try:
+        params = inspect.signature(spec.model).parameters
+    except (TypeError, ValueError):  # a callable without a signature: nothing to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in params.items() if n not in ("data", "y") and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        name = unknown[0]
+        close = [k for k in known if k.startswith(name) or name.startswith(k)]  # a prefix first: effect_prior_scale
+        close = (close + [k for k in difflib.get_close_matches(name, known, n=3) if k not in close])[:3]
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise DesignError(f"model {spec.name!r} has no option {name!r}.{hint} Its options: {sorted(known)} "
+                          "(the model function's help describes them).")
 
 
 #: Data-centred prior constants of ``Design.model_data()`` (control summaries, noise floor).

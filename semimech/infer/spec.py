@@ -55,6 +55,12 @@ class ModelSpec:
         outside a fit; :func:`semimech.infer.fit.svi_method`), e.g. the effect
         population's ``effect_deviation="auto"``. The fit records the settled options, so
         ``predict`` and refits build the model the fit used. ``None``: options are used as given.
+    prepare_options
+        ``prepare_options(options, design) -> options``: checks options against the design a fit is
+        made on and builds the ones derived from it, before anything is traced, e.g.
+        ``signalling_network``'s ``network`` (a compiled network becomes its option for the
+        design; an option built for other readouts or targets, or for them in another order, is a
+        :class:`~semimech.errors.DesignError` naming the first that differs). ``None``: no such options.
     """
 
     name: str
@@ -68,6 +74,7 @@ class ModelSpec:
     observed_bounds: Callable | None = None
     prediction_sites: Callable | None = None
     resolve_options: Callable | None = None
+    prepare_options: Callable | None = None
 
     def noise_site(self, likelihood: str) -> str:
         return "noise_sd" if likelihood == "normal" else "concentration"

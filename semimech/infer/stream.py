@@ -125,7 +125,7 @@ def _setup(spec, design, *, batch_size, options, sparse, n_blocks, method: str =
     if batch_size % n_blocks:
         raise DesignError(f"batch_size={batch_size} must be a multiple of the number of devices ({n_blocks}) "
                           f"so that every device gets the same number of rows; e.g. {batch_size - batch_size % n_blocks or n_blocks}.")
-    opts = resolved_options(spec, options, method)
+    opts = resolved_options(spec, options, method, design=design)
     opts.setdefault("likelihood", "negbin" if design.is_counts else "normal")
     y = design.y
     if sp.issparse(y):
