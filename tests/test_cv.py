@@ -150,6 +150,11 @@ def test_two_fold_cv_scores_every_unit_and_draws_held_out_latents_from_the_prior
     assert np.isfinite(cv.elpd.se) and cv.elpd.se > 0
     assert cv.pit.shape == (len(cv.units), design.n_genes) and ((cv.pit >= 0) & (cv.pit <= 1)).all()
     assert "combination left out (2-fold over" in cv.describe() and "observed mean" in cv.describe()
+    # a notebook's last line shows the repr: the headline numbers, not the per-row arrays
+    text = repr(cv)
+    assert text.startswith(f"CrossValidation(model='additive', unit='combination', 2-fold, {len(cv.units)} units: "
+                           f"elpd {float(cv.elpd.elpd):.2f} (se {float(cv.elpd.se):.2f}), 90% intervals cover")
+    assert len(text) < 300 and "array(" not in text
     # every combination is held out in one of the two refits: there its interaction is a prior draw,
     # N(0, 1) whatever the warm start (the full fit's median) said; in the other refit it is fitted
     # (doubles: one pair of levels each, plate target_pairs)

@@ -331,6 +331,9 @@ def test_default_interval_is_the_one_for_an_observation():
     assert np.all(hi - lo > p.interval(0.9, kind="mean")[1] - p.interval(0.9, kind="mean")[0])
     pd.testing.assert_frame_equal(p.to_frame(), p.to_frame(kind="observed_mean"))
     np.testing.assert_array_equal(p.to_anndata().layers["q95"], p.to_anndata(kind="observed_mean").layers["q95"])
+    n_draws, n_rows, n_genes = p.draws["mean"].shape  # the repr: shapes, not a wall of draws
+    assert repr(p) == (f"Prediction(model={p.model!r}, {n_rows} conditions x {n_genes} genes; draws: "
+                       f"mean ({n_draws}, {n_rows}, {n_genes}), observed_mean ({n_draws}, {n_rows}, {n_genes}))")
 
 
 def test_without_num_cells_the_default_says_which_kind_to_ask_for():

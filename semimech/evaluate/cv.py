@@ -211,6 +211,14 @@ class CrossValidation:
         """Pointwise elpd per unit (same order as ``units``)."""
         return _arviz.pointwise_elpd(self.elpd)
 
+    def __repr__(self) -> str:
+        # a notebook's last line shows this: the numbers a reader wants, not every per-row array
+        cov = self.calibration.table.set_index("nominal")["empirical"]
+        cov90 = f", 90% intervals cover {cov[0.9]:.3f} ({self.calibration.verdict})" if 0.9 in cov.index else ""
+        l2 = "" if self.l2 is None or not np.isfinite(self.l2).any() else f", mean L2 {np.nanmean(self.l2):.4g}"
+        return (f"CrossValidation(model={self.model!r}, unit={self.unit!r}, {self.scheme}, {len(self.units)} units: "
+                f"elpd {float(self.elpd.elpd):.2f} (se {float(self.elpd.se):.2f}){cov90}{l2})")
+
     def describe(self) -> str:
         """What was left out and how it was scored, in words."""
         how = (f"PSIS for {self.n_psis}, exact refits for {self.n_refits}" if self.scheme == "leave-one-out"

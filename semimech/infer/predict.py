@@ -80,6 +80,11 @@ class Prediction:
     sources: pd.DataFrame | None = None
     noise: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        kinds = ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in self.draws.items())
+        return (f"Prediction(model={self.model!r}, {len(self.perturbations)} conditions x {len(self.genes)} genes; "
+                f"draws: {kinds})")
+
     def summary(self, *, kind: str = "observed_mean") -> dict[str, np.ndarray]:
         """Posterior mean, sd and quantiles (``QUANTILES``) of the ``kind`` draws (see the class docstring)."""
         d = self._get(kind)
