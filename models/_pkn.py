@@ -85,6 +85,15 @@ class Network:
     def node_index(self, name: str) -> int:
         return self.nodes.index(name)
 
+    def __repr__(self) -> str:
+        kinds = self.edges["gate"].eq("and").map({True: "AND", False: "single"}).where(self.edges["prior"] == "pkn",
+                                                                                        "extra")
+        counts = ", ".join(f"{n} {k}" for k, n in kinds.value_counts().items())
+        return (f"Network({len(self.nodes)} nodes, {len(self.edges)} edges ({counts}), "
+                f"{'acyclic' if self.acyclic else 'with feedback'}; stimuli {sorted(self.stimuli)}, "
+                f"inhibitors {sorted(self.inhibitors)}, {len(self.readouts)} readouts, {len(self.dropped)} dropped: "
+                ".edges, .dropped, .to_sif())")
+
     def to_sif(self, edges: pd.DataFrame | None = None) -> str:
         """SIF text (``source<TAB>sign<TAB>target``) of ``edges`` (default: all single edges).
 

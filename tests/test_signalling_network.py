@@ -159,6 +159,8 @@ def test_clean_network_compiles_without_warnings():
         warnings.simplefilter("error")
         net = chain()
     assert net.acyclic and net.nodes == ("s", "a", "b")
+    assert repr(net) == ("Network(3 nodes, 2 edges (2 single), acyclic; stimuli ['S'], inhibitors ['Ai', 'Bi'], "
+                         "2 readouts, 0 dropped: .edges, .dropped, .to_sif())")  # not the edge table
 
 
 # ------------------------------------------------------------------ the fitted model (one short fit)
