@@ -294,6 +294,18 @@ def network_weights(data, *, n: int, regulators_plate, genes_plate, w_prior: str
     return wt.T  # W[gene, regulator]
 
 
+def prepare_options(options: dict, design) -> dict:
+    """``ModelSpec.prepare_options`` of the gene-network models: a ``network`` given as an edges table or a
+    ``.sif`` path becomes :func:`network_matrix` of the design's genes, so it cannot be built for another
+    gene order (a matrix carries no names; one of the right shape is taken as it is)."""
+    import pandas as pd
+
+    network = options.get("network")
+    if isinstance(network, (pd.DataFrame, str, os.PathLike)):
+        return {**options, "network": network_matrix(network, genes=design.genes)}
+    return options
+
+
 def network_matrix(network, *, genes) -> np.ndarray:
     """A signed ``[regulator, gene]`` matrix from an edges table or a SIF file.
 

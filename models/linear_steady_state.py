@@ -140,7 +140,8 @@ def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_sca
     """The linear steady-state model; sites: the module docstring; ``shared``: :class:`net.SharedOptions`.
 
     ``network`` is a signed ``[regulator, gene]`` matrix from
-    :func:`semimech.models._network.network_matrix` (``mask`` or ``scale`` by ``network_mode``).
+    :func:`semimech.models._network.network_matrix` (``mask`` or ``scale`` by ``network_mode``), or the
+    edges table / ``.sif`` path itself (a fit makes the matrix for its design's genes, in their order).
     ``solver`` is ``"shared"`` (one LU for all conditions, default) or ``"closed_form"`` (one LU
     per condition); both give the same fixed points.
     """
@@ -179,4 +180,5 @@ SPEC = ModelSpec(
     side_information=_effects.has_embedding,
     prediction_sites=_effects.prediction_sites,
     resolve_options=net.resolve_options,
+    prepare_options=net.prepare_options,
 )

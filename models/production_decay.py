@@ -96,7 +96,8 @@ def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_sca
           network_mode: str = "mask", fallback: bool = False, y=None, **shared):
     """The production-decay model; sites: the module docstring; ``shared``: :class:`net.SharedOptions`.
 
-    ``fallback=True`` integrates the ODE where Newton fails (robust, slower to compile).
+    ``fallback=True`` integrates the ODE where Newton fails (robust, slower to compile). ``network``: as
+    :func:`semimech.models.linear_steady_state.model` (a matrix, or an edges table / ``.sif`` path).
     """
     opts = net.shared_options(shared)
     n = data["n_genes"]
@@ -130,4 +131,5 @@ SPEC = ModelSpec(
     side_information=_effects.has_embedding,
     prediction_sites=_effects.prediction_sites,
     resolve_options=net.resolve_options,
+    prepare_options=net.prepare_options,
 )

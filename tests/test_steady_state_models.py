@@ -192,6 +192,30 @@ def test_network_mask_and_sign_constrain_W(design):
             linear_steady_state.model(design.model_data(), network=np.zeros((2, 2)))
 
 
+def test_a_network_table_or_sif_becomes_the_matrix_of_the_designs_genes(design, tmp_path):
+    """A matrix carries no gene names, so one built for another gene order fitted silently; a table or a .sif
+    path given as network= is made into the matrix of the design it fits."""
+    import types
+
+    from semimech.infer.fit import resolved_options
+
+    edges = pd.DataFrame({"source": ["g0"], "sign": [-1], "target": ["g3"]})
+    fit = sm.fit_svi(linear_steady_state.SPEC, design, rng_key=0, num_steps=2, num_samples=3, progress_bar=False,
+                     network=edges)
+    np.testing.assert_array_equal(fit.options["network"], net.network_matrix(edges, genes=design.genes))
+    W = np.asarray(fit.samples["W"]).reshape(-1, len(GENES), len(GENES))
+    assert (W[:, 0, 3] < 0).all() and np.count_nonzero(W[:, [i for i in range(len(GENES)) if i != 0]]) == 0
+    (tmp_path / "net.sif").write_text("g0\t-1\tg3\n")
+    for spec in (linear_steady_state.SPEC, production_decay.SPEC):
+        opts = resolved_options(spec, {"network": str(tmp_path / "net.sif")}, "svi", design=design)
+        np.testing.assert_array_equal(opts["network"], fit.options["network"])
+    # another gene order, another matrix; a matrix itself is taken as given
+    rev = net.prepare_options({"network": edges}, types.SimpleNamespace(genes=GENES[::-1]))["network"]
+    assert rev[4, 1] == -1.0 and np.count_nonzero(rev) == 1
+    m = np.zeros((5, 5), np.float32)
+    assert net.prepare_options({"network": m}, design)["network"] is m
+
+
 def test_non_converging_prior_is_a_clear_error(design):
     from semimech import checks
 
