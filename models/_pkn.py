@@ -115,6 +115,15 @@ def _as_list(v) -> tuple[str, ...]:
     return (v,) if isinstance(v, str) else tuple(v)
 
 
+def _closest(name: str, known) -> str:
+    """`` (did you mean 'egf'?)`` for a node name written another way (case first), else ``""``."""
+    import difflib
+
+    by_case = sorted(k for k in known if k.lower() == str(name).lower())
+    close = by_case or difflib.get_close_matches(str(name), sorted(known), n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def _as_mapping(value, what: str) -> dict:
     """``value`` as a name -> node(s) dict: a mapping as given, or a list of names each its own node."""
     if isinstance(value, Mapping):
@@ -330,17 +339,20 @@ def compile_network(edges: pd.DataFrame, *, stimuli: Mapping[str, str | Sequence
                 raise DesignError(f"treatment {name!r} withdraws {n!r}, which is not a background node ({list(bg)}).")
     for n in bg:
         if n not in known:
-            raise DesignError(f"background node {n!r} is not a node of the PKN; add its edges or remove it.")
+            raise DesignError(f"background node {n!r} is not a node of the PKN{_closest(n, known)}; add its edges or "
+                              "remove it.")
     for kind, table in (("stimulus", stim), ("inhibitor", inh)):
         for name, nodes in table.items():
             for n in nodes:
                 if n not in known:
-                    raise DesignError(f"{kind} {name!r} targets node {n!r}, which is not a node of the PKN. "
+                    raise DesignError(f"{kind} {name!r} targets node {n!r}, which is not a node of the PKN"
+                                      f"{_closest(n, known)}. "
                                       f"Map it to one of the SIF's nodes ({kind}s={{{name!r}: ...}}) or add the node.")
     for r, n in readouts.items():
         if n is not None and n not in known:
-            raise DesignError(f"readout {r!r} maps to node {n!r}, which is not a node of the PKN. Map it to a PKN "
-                              f"node (readouts={{{r!r}: ...}}), or to None to model it by its offset only.")
+            raise DesignError(f"readout {r!r} maps to node {n!r}, which is not a node of the PKN{_closest(n, known)}. "
+                              f"Map it to a PKN node (readouts={{{r!r}: ...}}), or to None to model it by its offset "
+                              "only.")
     signs = {r: 1 for r in readouts}
     for r, sg in (readout_signs or {}).items():
         if r not in readouts or sg not in (1, -1):

@@ -335,6 +335,11 @@ def test_compile_network_takes_lists_of_names_that_are_nodes():
     assert net.nodes == same.nodes and net.edges.equals(same.edges) and net.inhibitors == same.inhibitors
     with pytest.raises(DesignError, match="'zz'"):  # a listed name that is no node
         _pkn.compile_network(CHAIN, stimuli=["s"], inhibitors={}, readouts=["zz"])
+    with pytest.raises(DesignError, match=r"stimulus 'S' targets node 'S', which is not a node of the PKN "
+                                          r"\(did you mean 's'\?\)"):  # a name written in another case
+        _pkn.compile_network(CHAIN, stimuli=["S"], inhibitors={}, readouts=["b"])
+    with pytest.raises(DesignError, match=r"readout 'zz' maps to node 'zz', which is not a node of the PKN\. Map"):
+        _pkn.compile_network(CHAIN, stimuli=["s"], inhibitors={}, readouts=["zz"])  # nothing close: no guess
     with pytest.raises(DesignError, match="readouts lists a name twice.*'a'"):
         _pkn.compile_network(CHAIN, stimuli=["s"], inhibitors={}, readouts=["a", "a"])
     with pytest.raises(DesignError, match="readouts must map each name"):  # one bare string: ambiguous
