@@ -154,6 +154,22 @@ import numpyro.distributions as dist
 from semimech.errors import DesignError
 
 
+def check_embedding(options: dict, design) -> dict:
+    """``ModelSpec.prepare_options`` part: an ``embedding`` / ``gene_embedding`` has one row per target / gene of
+    the design it fits. (A prediction design may append targets, so the model takes fewer rows; a fit never
+    should: an embedding built on another design, with other targets in between, put rows on the wrong
+    targets without a word.)"""
+    for key, names, what in (("embedding", design.targets, "targets"), ("gene_embedding", design.genes, "genes")):
+        value = options.get(key)
+        if value is None:
+            continue
+        rows = np.shape(value)[0] if np.ndim(value) else 0
+        if rows != len(names):
+            raise DesignError(f"{key} has {rows} rows but the design fitted has {len(names)} {what}: it was built on "
+                              f"another design. Build it on this one: target_embedding(design, ...).")
+    return options
+
+
 def embedding_rows(data, embedding=None, gene_embedding=None):
     """``(rows, has)``: the embedding of each target of ``data`` and which targets have one.
 

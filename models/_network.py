@@ -295,11 +295,15 @@ def network_weights(data, *, n: int, regulators_plate, genes_plate, w_prior: str
 
 
 def prepare_options(options: dict, design) -> dict:
-    """``ModelSpec.prepare_options`` of the gene-network models: a ``network`` given as an edges table or a
+    """``ModelSpec.prepare_options`` of the gene-network models (also latent_programs): the embedding's rows
+    (:func:`semimech.models._effects.check_embedding`), and a ``network`` given as an edges table or a
     ``.sif`` path becomes :func:`network_matrix` of the design's genes, so it cannot be built for another
     gene order (a matrix carries no names; one of the right shape is taken as it is)."""
     import pandas as pd
 
+    from semimech.models import _effects
+
+    options = _effects.check_embedding(options, design)
     network = options.get("network")
     if isinstance(network, (pd.DataFrame, str, os.PathLike)):
         return {**options, "network": network_matrix(network, genes=design.genes)}

@@ -175,4 +175,5 @@ SPEC = ModelSpec(
     side_information=_effects.has_embedding,
     prediction_sites=_effects.prediction_sites,
     resolve_options=_effects.settle_deviation,
+    prepare_options=_effects.check_embedding,
 )

@@ -139,4 +139,5 @@ SPEC = ModelSpec(
     side_information=_effects.has_embedding,
     prediction_sites=_effects.prediction_sites,
     resolve_options=net.resolve_options,
+    prepare_options=net.prepare_options,
 )

@@ -238,7 +238,7 @@ def test_a_fit_with_every_row_kept_by_a_mask_is_the_fit_compiled_as_the_refits_a
 def test_a_count_fit_refits_with_a_row_mask_after_its_unmasked_fit(small_counts_adata):
     """Counts go to a negative-binomial model as sparse coordinates, and whether a model takes them was memoised per
     model and options, not per masked or unmasked data: after an unmasked count fit every masked refit of the same
-    model (each cross-validation fold) took the sparse path, which the row mask's MaskedDistribution cannot read
+    model (each cross-validation fold) took the sparse path, which the row mask's MaskedDistribution could not read
     (a TypeError inside NumPyro). Known answer: the masked fit after the unmasked one is the masked fit alone."""
     from semimech.infer import _observed
     from semimech.infer.fit import _prepare
@@ -253,13 +253,26 @@ def test_a_count_fit_refits_with_a_row_mask_after_its_unmasked_fit(small_counts_
     alone = sm.fit_svi(additive.SPEC, d, rng_key=1, row_mask=fold, **kw)
     for k in alone.samples:
         np.testing.assert_array_equal(after.samples[k], alone.samples[k])
-    # why the memo must tell them apart: the same model takes sparse counts unmasked and not masked
+    # a fold's row mask now keeps the sparse likelihood (SparseNegativeBinomial2.mask; NumPyro's MaskedDistribution
+    # took no sparse counts, so masked fits went dense): known answer, the masked density is the dense masked one,
+    # and a masked row's counts change nothing (negative control: an unmasked row's do)
     ys = _observed.sparse_counts(d.y)
     takes = {}
     for name, mask in (("unmasked", None), ("masked", fold)):
         model, data, _, _ = _prepare(additive.SPEC, d, {}, mask, with_y=False, warn=False)
         takes[name] = _observed.accepts_sparse(model, data, ys)
-    assert takes == {"unmasked": True, "masked": False}
+    assert takes == {"unmasked": True, "masked": True}
+    model, data, _, _ = _prepare(additive.SPEC, d, dict(full.options), fold, with_y=False, warn=False)
+    params = {k: np.asarray(full.flat(k)[0]) for k in full.samples if k not in ("effect", "effect_mean", "mean")}
+    dense = np.asarray(d.dense_y(np.float32))
+    lp = {}
+    for name, y in (("sparse", ys), ("dense", dense), ("held moved", _observed.sparse_counts(
+            np.where(~fold[:, None], dense + 7.0, dense))), ("kept moved", _observed.sparse_counts(
+            np.where(fold[:, None], dense + 7.0, dense)))):
+        lp[name] = float(log_density(model, (data,), {"y": y}, params)[0])
+    np.testing.assert_allclose(lp["sparse"], lp["dense"], rtol=1e-5)
+    np.testing.assert_allclose(lp["held moved"], lp["sparse"], rtol=1e-6)
+    assert abs(lp["kept moved"] - lp["sparse"]) > 10.0
     # the user's call that failed: K-fold refits of a count fit; and two bad calls that failed deep inside
     res = cross_validate(full, k=2, num_steps=5)
     assert np.isfinite(float(res.elpd.elpd)) and res.n_refits == 2

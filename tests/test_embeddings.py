@@ -90,6 +90,13 @@ def test_model_options_of_the_wrong_shape_are_errors(screen):
         embedding_rows(pdata, emb["embedding"], np.zeros((5, 3)))
     with pytest.raises(DesignError, match="embedding must be a"):
         sm.fit_svi(additive.SPEC, design.pseudobulk(), rng_key=0, num_steps=1, embedding=np.zeros(14))
+    # built on another design (here its first 10 targets): a fit takes one row per target of its own design;
+    # fewer rows used to fit silently, the rows landing on whichever targets come first
+    with pytest.raises(DesignError, match="embedding has 10 rows but the design fitted has 14 targets"):
+        sm.fit_svi(additive.SPEC, design.pseudobulk(), rng_key=0, num_steps=1, embedding=emb["embedding"][:10])
+    with pytest.raises(DesignError, match="gene_embedding has 4 rows but the design fitted has 5 genes"):
+        sm.fit_svi(additive.SPEC, design.pseudobulk(), rng_key=0, num_steps=1, embedding=emb["embedding"],
+                   gene_embedding=emb["gene_embedding"][:4])
 
 
 def test_embeddings_are_standardised_and_genes_get_rows(screen):

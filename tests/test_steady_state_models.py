@@ -210,7 +210,8 @@ def test_a_network_table_or_sif_becomes_the_matrix_of_the_designs_genes(design, 
         opts = resolved_options(spec, {"network": str(tmp_path / "net.sif")}, "svi", design=design)
         np.testing.assert_array_equal(opts["network"], fit.options["network"])
     # another gene order, another matrix; a matrix itself is taken as given
-    rev = net.prepare_options({"network": edges}, types.SimpleNamespace(genes=GENES[::-1]))["network"]
+    other = types.SimpleNamespace(genes=GENES[::-1], targets=design.targets)
+    rev = net.prepare_options({"network": edges}, other)["network"]
     assert rev[4, 1] == -1.0 and np.count_nonzero(rev) == 1
     m = np.zeros((5, 5), np.float32)
     assert net.prepare_options({"network": m}, design)["network"] is m

@@ -52,8 +52,9 @@ def sparse_counts(y) -> SparseCounts:
 
 def accepts_sparse(model, data: dict, y: SparseCounts, *, key=None) -> bool:
     """Whether ``model`` observes ``y`` through the sparse negative binomial (abstract trace, memoised by ``key``
-    and whether ``data`` has a row mask: the mask wraps the site in a ``MaskedDistribution``, which takes no
-    :class:`SparseCounts`, so the same model takes them unmasked and not masked)."""
+    and whether ``data`` has a row mask: a mask that reaches the site other than through
+    :meth:`SparseNegativeBinomial2.mask`, e.g. a ``MaskedDistribution``, takes no :class:`SparseCounts`, so a
+    model may take them unmasked and not masked)."""
     if key is not None:
         key = (key, data.get("row_mask") is not None)
     if key is not None and key in _ACCEPTS:

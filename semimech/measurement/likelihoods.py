@@ -286,12 +286,24 @@ class SparseNegativeBinomial2(dist.Distribution):
 
     arg_constraints = {"log_mean": constraints.real, "concentration": constraints.positive}
     support = constraints.nonnegative_integer
-    pytree_data_fields = ("log_mean", "concentration", "groups")
+    pytree_data_fields = ("log_mean", "concentration", "groups", "row_mask")
 
-    def __init__(self, log_mean, concentration, *, groups: RowGroups | None = None, validate_args=None):
+    def __init__(self, log_mean, concentration, *, groups: RowGroups | None = None, row_mask=None,
+                 validate_args=None):
         self.log_mean, self.concentration = jnp.broadcast_arrays(log_mean, concentration)
         self.groups = groups
+        self.row_mask = row_mask
         super().__init__(batch_shape=jnp.shape(self.log_mean), validate_args=validate_args)
+
+    def mask(self, mask):
+        """A copy that leaves out the entries where ``mask`` (broadcast to the batch shape) is False, reading
+        :class:`SparseCounts` still (NumPyro's ``MaskedDistribution``, which ``handlers.mask`` makes,
+        cannot): a cross-validation fold's row mask keeps the sparse likelihood."""
+        if isinstance(mask, bool):
+            return super().mask(mask)
+        mask = jnp.asarray(mask, dtype=bool)
+        mask = mask if self.row_mask is None else (mask & self.row_mask)
+        return SparseNegativeBinomial2(self.log_mean, self.concentration, groups=self.groups, row_mask=mask)
 
     def _dense(self):
         return dist.NegativeBinomial2(mean=jnp.exp(self.log_mean), concentration=self.concentration)
@@ -319,6 +331,10 @@ class SparseNegativeBinomial2(dist.Distribution):
         return -phi * sp, jnp.log(row)[:, None] + lr[g.index] - sp, phi
 
     def log_prob(self, value):
+        lp = self._log_prob(value)
+        return lp if self.row_mask is None else jnp.where(self.row_mask, lp, 0.0)
+
+    def _log_prob(self, value):
         if not isinstance(value, SparseCounts):
             return self._dense().log_prob(value)
         log0, log_ratio, phi = self._zero_terms()
