@@ -149,16 +149,16 @@ def test_a_noise_option_silences_the_unreplicated_warning_in_a_fit():
     """Through _prepare as a fit calls it: the signalling model's noise_sd option is a known noise;
     without it the same unreplicated design warns (negative control)."""
     from semimech.infer.fit import _prepare
-    from semimech.models import additive
+    from semimech.models import signalling_network as sn
 
     ctx = ["c1"] * 3 + ["c2"] * 3 + ["c3"] * 3
     specific = _design(_frame(["control", "a@c1", "b@c1", "control", "a@c2", "b@c2", "control", "a@c3", "b@c3"],
                               batch=ctx), batch_key="ctx")
     with pytest.warns(UnreplicatedWarning):
-        _prepare(additive.SPEC, specific, {})
+        _prepare(sn.SPEC, specific, {})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _prepare(additive.SPEC, specific, {"noise_sd": 0.1})
+        _prepare(sn.SPEC, specific, {"noise_sd": 0.1})
 
 
 def test_known_noise_sets_the_observation_interval_and_survives_save_load(tmp_path):
