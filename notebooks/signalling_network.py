@@ -76,7 +76,8 @@ print(f"train {train.n_obs} conditions; held out {len(held)} double/triple inhib
 # them), compresses latent single-input/single-output nodes, adds AND pairs and, because the
 # closed-form steady state needs a DAG, drops the feedback edges (named in a warning; `cycles="solve"`
 # keeps them and solves the fixed point instead). Candidate edges from every stimulus to every
-# readout enter at a much smaller prior (routes the PKN lacks).
+# readout enter at a much smaller prior (routes the PKN lacks). The fit takes the compiled network
+# and lines its stimuli, inhibitors and readouts up with the design's by name.
 
 # %%
 pkn = hepg2_cancerres2011_pkn()
@@ -88,10 +89,7 @@ with warnings.catch_warnings(record=True) as caught:
                              readout_signs=HEPG2_NETWORK["readout_signs"], cycles="drop", extra_edges="stimuli")
 for w in caught:
     print("warning:", str(w.message)[:300], "...")
-print(f"{len(net.nodes)} nodes, {len(net.edges)} model edges "
-      f"({(net.edges.prior == 'pkn').sum()} PKN incl. {(net.edges.gate == 'and').sum()} AND pairs, "
-      f"{(net.edges.prior == 'extra').sum()} non-PKN candidates); acyclic: {net.acyclic}")
-network = sn.network_option(net, design=train)
+print(net)  # nodes, model edges by kind (single PKN edges, AND pairs, non-PKN candidates), what was dropped
 
 # %% [markdown]
 # ## 3. Fit and edge posteriors
@@ -100,7 +98,7 @@ network = sn.network_option(net, design=train)
 
 # %%
 fit = sm.fit_svi(sn.SPEC, train, rng_key=0, num_steps=STEPS, num_samples=200, progress_bar=False,
-                 network=network, noise_sd=(0.12, 0.3))
+                 network=net, noise_sd=(0.12, 0.3))
 table = sn.edge_posteriors(fit)
 print(table.sort_values("p_active", ascending=False).head(15)[["source", "target", "sign", "gate", "partner",
                                                                   "prior", "via", "p_active", "weight_mean"]])
