@@ -187,7 +187,7 @@ def check_numbers(options: dict) -> None:
             v = options[name]
             if np.ndim(v) != 1 or np.size(v) != 2:
                 raise DesignError(f"{name} must be a pair (location, scale), got {v!r}.")
-            if not _args._finite(v[0]):
+            if not _args.is_finite_number(v[0]):
                 raise DesignError(f"{name}'s location must be a finite number, got {v[0]!r}.")
             _args.number(f"{name}'s scale", v[1], error=DesignError)
     if options.get("context_scale") is not None:

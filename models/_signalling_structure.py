@@ -21,7 +21,7 @@ def _network(fit) -> dict:
 def _probability(name: str, value) -> float:
     from semimech.infer import _args
 
-    if not _args._finite(value) or not 0.0 <= value <= 1.0:
+    if not _args.is_finite_number(value) or not 0.0 <= value <= 1.0:
         raise PredictionError(f"{name} must be a number in [0, 1] (an edge weight or a probability), got {value!r}.")
     return float(value)
 

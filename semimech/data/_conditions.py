@@ -206,7 +206,8 @@ def midas_frame(table: pd.DataFrame, *, time=None, readouts=None,
     need = {"cell_line", "stimuli", "inhibitors", "time", "readout", "value", "row"}
     if not isinstance(table, pd.DataFrame) or not need <= set(table.columns):
         raise DesignError(f"from_midas takes the table of semimech.datasets.read_midas (columns {sorted(need)}).")
-    times = sorted(float(t) for t in pd.unique(table["time"].astype(float)))
+    at = table["time"].astype(float)  # each sample's time, read once
+    times = sorted(float(t) for t in pd.unique(at))
     later = [t for t in times if baseline_time is None or t != float(baseline_time)]
     if baseline_time is not None and float(baseline_time) not in times:
         raise DesignError(f"baseline_time={baseline_time!r} is not in the MIDAS table (times: {times}).")
@@ -220,8 +221,8 @@ def midas_frame(table: pd.DataFrame, *, time=None, readouts=None,
     if baseline_time is not None and float(baseline_time) == float(time):
         raise DesignError(f"baseline_time={baseline_time!r} is the time modelled (time={time!r}); the baseline is "
                           "another time point, usually 0.")
-    base = None if baseline_time is None else table[table["time"].astype(float) == float(baseline_time)]
-    table = table[table["time"].astype(float) == float(time)]
+    base = None if baseline_time is None else table[at == float(baseline_time)]
+    table = table[at == float(time)]
     if base is not None:
         table = pd.concat([table, base.assign(stimuli="none")], ignore_index=True)
     if readouts is not None:

@@ -24,7 +24,7 @@ def count(name: str, value, *, minimum: int = 1, what: str = "", error: type = I
     return int(value)
 
 
-def _finite(value) -> bool:
+def is_finite_number(value) -> bool:
     """Whether ``value`` is a finite real number (not a bool)."""
     return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
             and math.isfinite(value))
@@ -32,7 +32,7 @@ def _finite(value) -> bool:
 
 def rate(name: str, value) -> float:
     """``value`` as a float, if it is a finite positive number."""
-    if not _finite(value) or value <= 0:
+    if not is_finite_number(value) or value <= 0:
         raise InferenceError(f"{name} must be a finite positive number, got {value!r}.")
     return float(value)
 
@@ -40,7 +40,7 @@ def rate(name: str, value) -> float:
 def number(name: str, value, *, minimum: float = 0.0, strict: bool = True, error: type = InferenceError) -> float:
     """``value`` as a float, if it is a finite number above ``minimum`` (at least it, with ``strict=False``);
     else ``error`` (a model option's check passes :class:`DesignError`, as the model's other options raise)."""
-    if not _finite(value) or value < minimum or (strict and value == minimum):
+    if not is_finite_number(value) or value < minimum or (strict and value == minimum):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
         raise error(f"{name} must be a finite number {bound}, got {value!r}.")
     return float(value)
