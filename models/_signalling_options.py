@@ -3,7 +3,8 @@
 A model sees arrays only, and a fit's options must be JSON values, arrays or tables (they are
 saved with the fit), so the option is a JSON dict: node names, edge index lists, each design
 target's role (the nodes it stimulates or inhibits) and each readout's node, plus the
-per-readout centre and spread of the training data that scale the measurement priors.
+per-readout centre and spread of the training data that scale the measurement priors (a fit of
+continuous readouts takes them from its own rows instead, :func:`readout_scales`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from semimech.data._aggregate import readout_summaries
 from semimech.errors import DesignError
 from semimech.models import _logic
 from semimech.models._pkn import Network, as_arrays
@@ -26,7 +28,10 @@ def network_option(net: Network, *, design=None, targets: Sequence[str] | None =
 
     Each target must be a stimulus or an inhibitor of ``net`` and each gene (readout) must be in
     ``net.readouts``; otherwise a :class:`~semimech.errors.DesignError` names it. ``y`` (rows x
-    genes, the model's scale: log values for ``normal``) sets each readout's centre and spread.
+    genes, the model's scale: log values for ``normal``) sets each readout's centre and spread; a fit of
+    continuous readouts uses its own rows' instead (``Design.model_data``'s ``readout_center`` and
+    ``readout_spread``: the same numbers for the design the option was built on, a fold's kept rows' in
+    cross-validation), so the option's are used for count designs only.
     """
     if design is not None:
         targets, genes = design.targets, design.genes
@@ -53,11 +58,7 @@ def network_option(net: Network, *, design=None, targets: Sequence[str] | None =
         rnode.append(-1 if n is None or n not in idx else idx[n])
         rsign.append(int(net.readout_signs.get(g, 1)))
     if y is not None:
-        yy = np.asarray(y, dtype=float)
-        center = np.nanmean(yy, axis=0)
-        spread = np.nanstd(yy, axis=0)
-        spread = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
-        spread = np.maximum(spread, 0.05 * np.nanmax(spread))
+        center, spread = readout_summaries(y)
     else:
         center, spread = np.zeros(len(genes)), np.ones(len(genes))
     a = as_arrays(net)
@@ -98,6 +99,17 @@ def default_network(data) -> dict:
             "targets": [f"target{t}" for t in range(T)], "stimulus_nodes": [[t] for t in range(T)],
             "inhibitor_nodes": [[] for _ in range(T)], "genes": [f"readout{g}" for g in range(G)],
             "readout_node": list(range(T, T + G)), "readout_sign": [1] * G, "center": loc + scale, "spread": scale}
+
+
+def readout_scales(arr: dict, data: dict, *, given: bool):
+    """``(center, spread)`` (genes,) of the measurement priors: the data's ``readout_center`` and
+    ``readout_spread`` where a network option was ``given`` and the design has them (continuous
+    readouts: every kept row's mean and sd, recomputed by each cross-validation fold from its own
+    rows, so a held-out condition never sets them), else the option's (counts: computed when the
+    option was built; the PKN-free default: from the control summaries, fold-wise already)."""
+    if given and data.get("readout_center") is not None and data.get("readout_spread") is not None:
+        return jnp.asarray(data["readout_center"], jnp.float32), jnp.asarray(data["readout_spread"], jnp.float32)
+    return jnp.asarray(arr["center"], jnp.float32), jnp.asarray(arr["spread"], jnp.float32)
 
 
 def network_arrays(net: dict, *, n_targets: int, n_genes: int) -> dict:

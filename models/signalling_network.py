@@ -84,7 +84,8 @@ from semimech.models import _logic
 from semimech.models import _network as net_helpers
 from semimech.models import _signalling_time as _time
 from semimech.models._pkn import Network, NetworkWarning, compile_network, default_readouts
-from semimech.models._signalling_options import default_network, network_arrays, network_option, prepare_network
+from semimech.models._signalling_options import (default_network, network_arrays, network_option, prepare_network,
+                                                 readout_scales)
 from semimech.models._signalling_structure import edge_posteriors, plot_edge_posteriors, pruned_sif
 
 __all__ = ["BOUND_TOLERANCE", "SPEC", "ClippedNormal", "Network", "NetworkWarning", "compile_network",
@@ -427,7 +428,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         numpyro.deterministic("activity", B)
 
     # measurement on the log scale
-    center, spread = jnp.asarray(arr["center"]), jnp.asarray(arr["spread"])
+    center, spread = readout_scales(arr, data, given=network is not None)
     with genes:
         off_z = numpyro.sample("offset_z", dist.Normal(0.0, 1.0))
         sc_z = numpyro.sample("scale_z", dist.Normal(0.0, 1.0))

@@ -180,8 +180,9 @@ def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_st
     post = {k: v[idx] for k, v in post.items()}
     data = pdesign.model_data()
     tdata = train.model_data()
-    for k in ("baseline_loc", "baseline_scale", "noise_floor"):
-        data[k] = tdata[k]
+    for k in ("baseline_loc", "baseline_scale", "noise_floor", "readout_center", "readout_spread"):
+        if k in tdata:
+            data[k] = tdata[k]
     model = functools.partial(fit.spec.model, **fit.options)
     sites = Predictive(model, posterior_samples=post, return_sites=list(site_names))(k_pred, data)
     sites = {k: np.asarray(v) for k, v in sites.items()}

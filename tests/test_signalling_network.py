@@ -381,6 +381,44 @@ def test_a_fit_checks_its_network_option_against_the_design():
     assert by_network_swapped.options["network"]["readout_node"] == [b, a]
 
 
+def test_a_masked_fits_readout_scales_come_from_its_kept_rows():
+    """The network option's per-readout centre and spread (the offset and scale priors' units) were computed from
+    every row of the design it was built for, so a cross-validation fold's priors saw its held-out rows. A fit of
+    continuous readouts now takes them from its data (``readout_center`` / ``readout_spread``, recomputed from a
+    row mask's kept rows like the other data-centred constants). Known answers: a masked fit's are the kept rows'
+    summaries, and shifting them shifts every predicted mean by exactly as much; negative controls: the full
+    design's differ (the held-out condition moves them), and the PKN-free default network ignores them."""
+    import jax
+    from numpyro import handlers
+
+    import semimech as sm
+    from semimech.data._aggregate import readout_summaries
+    from semimech.infer.fit import _prepare
+    from semimech.models import signalling_network as sn
+    from semimech.models._signalling_sim import simulate
+
+    net = chain(compress=False)
+    frame = simulate(net, ["none", "S", "S+Ai", "Ai"], active=np.ones(len(net.edges), bool), rng_key=0,
+                     replicates=2, noise_sd=0.05)
+    design = sm.Design.from_frame(frame, readouts=["A", "B"], perturbation_key="label", control="none")
+    held = np.asarray(design.perturbation_index) == design.perturbations.index("S")
+    options = {"network": network_option(net, design=design), "off_target": False, "readout_block": False}
+    _, data, _, opts = _prepare(sn.SPEC, design, options, ~held, with_y=False, warn=False)
+    kept = readout_summaries(design.subset(~held).dense_y())
+    np.testing.assert_allclose(data["readout_center"], kept[0], rtol=1e-6)
+    np.testing.assert_allclose(data["readout_spread"], kept[1], rtol=1e-6)
+    assert np.abs(np.asarray(options["network"]["center"]) - kept[0]).max() > 0.05   # the full design's: not these
+
+    def mean(data, **opts):
+        tr = handlers.trace(handlers.seed(sn.model, jax.random.PRNGKey(0))).get_trace(data, **opts)
+        return np.asarray(tr["mean"]["value"])
+
+    shifted = {**data, "readout_center": np.asarray(data["readout_center"]) + 1.0}
+    np.testing.assert_allclose(mean(shifted, **opts) - mean(data, **opts), 1.0, atol=1e-5)
+    default = {k: v for k, v in opts.items() if k != "network"}
+    np.testing.assert_allclose(mean(shifted, **default), mean(data, **default), atol=1e-6)
+
+
 @pytest.mark.parametrize("per_edge_n", [False, True])
 def test_closed_form_equals_iterating_the_activation(per_edge_n):
     """The level-concatenated closed form equals ``len(levels)`` sweeps of ``x <- keep * B(x)`` (exact

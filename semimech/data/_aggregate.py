@@ -80,6 +80,29 @@ def control_summaries(design) -> tuple[np.ndarray, np.ndarray, float]:
     return loc.astype(np.float32), scale.astype(np.float32), max(floor, 1e-6)
 
 
+def readout_summaries(y) -> tuple[np.ndarray, np.ndarray]:
+    """Each readout's centre and spread over the rows of ``y`` (rows x genes, the model's scale): the mean and
+    sd of the rows' values, an sd that is zero or not finite taken as 1, and every sd at least 5% of the largest.
+
+    The data-centred constants of :func:`semimech.models.signalling_network.network_option` (readout offsets
+    and scales are priced in them); :meth:`Design.model_data` gives them for continuous readouts
+    (``readout_center``, ``readout_spread``), so that a fit with a row mask (a cross-validation fold) computes
+    them from its kept rows."""
+    with np.errstate(all="ignore"):
+        if sp.issparse(y):  # moments from the non-zeros (no dense copy)
+            center = np.asarray(y.mean(axis=0), dtype=float).ravel()
+            sq = np.asarray(y.multiply(y).mean(axis=0), dtype=float).ravel()
+            spread = np.sqrt(np.maximum(sq - center**2, 0.0))
+        else:
+            yy = np.asarray(y, dtype=float)
+            has_nan = np.isnan(yy).any()
+            center = (np.nanmean if has_nan else np.mean)(yy, axis=0)
+            spread = (np.nanstd if has_nan else np.std)(yy, axis=0)
+    spread = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+    spread = np.maximum(spread, 0.05 * np.nanmax(spread))
+    return center, spread
+
+
 def pooled_moments(design, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cell-level mean and sd of continuous readouts over ``rows`` (rows may be pseudobulks)."""
     y = design.y[rows]

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from semimech.data import _conditions
 from semimech.data import _factors as fx
 from semimech.data import _validate as v
-from semimech.data._aggregate import control_summaries, pseudobulk
+from semimech.data._aggregate import control_summaries, pseudobulk, readout_summaries
 from semimech.data._structure import context_cells, factor_pair_names, level_pairs, pair_labels, structure
 from semimech.data._targets import encode_targets, parse_label, target_gene_index
 from semimech.errors import DesignError
@@ -455,7 +455,9 @@ class Design:
         ``size_factors`` (rows,), ``n_cells`` (rows,), ``n_genes``, ``baseline_loc`` and
         ``baseline_scale`` (genes,) — empirical control summaries used to centre priors on
         the data's scale (log scale for counts) — ``noise_floor``, the resolution of a
-        continuous readout (see :func:`semimech.measurement.observe`), and
+        continuous readout (see :func:`semimech.measurement.observe`), for continuous readouts
+        ``readout_center`` and ``readout_spread`` (genes,), every row's mean and sd per readout
+        (:func:`semimech.data._aggregate.readout_summaries`), and
         ``target_gene_index`` (targets,): each target's column among ``genes``, -1 for a
         target that is not a modelled gene (network models propagate edits through it).
 
@@ -501,6 +503,9 @@ class Design:
             noise = self.noise if self.noise is not None else learned()
             data["baseline_loc"], data["baseline_scale"] = loc, scale
             data["noise_floor"] = floor if use_floor(noise, self) else 0.0
+            if not self.is_counts:  # the readouts' centre and spread over every row (signalling_network's scales)
+                center, spread = readout_summaries(self.y)
+                data["readout_center"], data["readout_spread"] = center.astype(np.float32), spread.astype(np.float32)
             data.update(noise.model_data(self))
         return data
 

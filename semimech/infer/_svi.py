@@ -48,7 +48,7 @@ from semimech.infer._elbo import OrderedTraceELBO
 ROW_KEYS = ("perturbation_index", "batch_index", "size_factors", "n_cells", "y_ss", "row_mask")
 #: Always traced (not keyed): the data-centred priors, so that a fit of another design with the same
 #: structure and shapes (a cross-validation fold, a refit on new data) reuses the compiled programs.
-FOLD_KEYS = ("baseline_loc", "baseline_scale", "noise_floor")
+FOLD_KEYS = ("baseline_loc", "baseline_scale", "noise_floor", "readout_center", "readout_spread")
 #: Key of the warm-start values in ``traced`` (``fit_svi(init_values=...)``), read by the compiled init.
 INIT_KEY = "_init_values"
 BLOCK_SIZE = 256

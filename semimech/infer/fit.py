@@ -232,7 +232,7 @@ def check_option_names(spec: ModelSpec, options: dict) -> None:
 
 
 #: Data-centred prior constants of ``Design.model_data()`` (control summaries, noise floor).
-DATA_SUMMARIES = ("baseline_loc", "baseline_scale", "noise_floor")
+DATA_SUMMARIES = ("baseline_loc", "baseline_scale", "noise_floor", "readout_center", "readout_spread")
 
 
 def fold_summaries(design: Design, row_mask: np.ndarray) -> dict:

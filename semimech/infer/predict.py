@@ -226,8 +226,9 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     data = pdesign.model_data()
     data["target_seen"] = np.array([t in seen for t in pdesign.targets], dtype=bool)  # for urn predictives
     tdata = train.model_data()
-    for k in ("baseline_loc", "baseline_scale"):
-        data[k] = tdata[k]
+    for k in ("baseline_loc", "baseline_scale", "readout_center", "readout_spread"):
+        if k in tdata:
+            data[k] = tdata[k]
     data.update({k: v for k, v in tdata.items() if k.startswith("noise_")})  # the measurement model
     data["record_solves"] = True  # steady-state models: each condition's solve per draw (models/_network.py)
     extra = fit.spec.prediction_sites(fit.options) if fit.spec.prediction_sites is not None else {}
