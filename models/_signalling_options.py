@@ -163,6 +163,7 @@ def prepare_network(options: dict, design) -> dict:
     treatments on the wrong inputs without a word.
     """
     check_numbers(options)
+    options = _context_times(options, design)
     net = options.get("network")
     if net is None:
         return options
@@ -182,6 +183,35 @@ def prepare_network(options: dict, design) -> dict:
                           f"would put them on the wrong nodes. Build it for this design: "
                           f"network_option(net, design=design), or pass the compiled network itself (network=net).")
     return options
+
+
+def _context_times(options: dict, design) -> dict:
+    """``times="contexts"``: each design context's name read as its time (``Design.from_midas(table,
+    time="contexts")`` names them ``"0"``, ``"30"``, ...)."""
+    times = options.get("times")
+    if not isinstance(times, str):
+        return options
+    if times != "contexts":
+        raise DesignError(f"times takes one time per design context, or 'contexts' (each context's name is its time), "
+                          f"got {times!r}.")
+    if not design.contexts:
+        raise DesignError("times='contexts' needs a design whose contexts are time points, e.g. "
+                          "Design.from_midas(table, time='contexts'); this design has no contexts.")
+    try:
+        return {**options, "times": [float(c) for c in design.contexts]}
+    except ValueError:
+        bad = next(c for c in design.contexts if not _is_number(c))
+        raise DesignError(f"times='contexts' reads each context's name as its time, but context {bad!r} is not a "
+                          f"number; give times= one number per context (design.contexts: "
+                          f"{list(design.contexts)}).") from None
+
+
+def _is_number(text) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 #: The ``(location, scale)`` prior options of the signalling model.

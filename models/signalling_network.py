@@ -294,7 +294,8 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         (inhibitors on, ligands off) and is measured at its condition's time
         (:mod:`semimech.models._signalling_time`). Every other parameter is shared by all time
         points (no context pooling). Sites ``tau_z`` and deterministic ``tau`` (nodes,), and
-        ``ok_fraction``. ``None`` (default): steady state.
+        ``ok_fraction``. ``"contexts"``: each context's name read as its time (a fit resolves it,
+        e.g. for ``Design.from_midas(table, time="contexts")``). ``None`` (default): steady state.
     tau_prior
         ``(median, log-sd)`` of the log-normal prior of each node's time constant (``times``' units).
     bounds

@@ -262,3 +262,37 @@ def test_midas_roundtrip_hepg2():
     assert {"IL1a", "INS"} <= {t for t, f in zip(d.targets, d.target_factors) if f == "stimulus"}
     assert sorted(t for t, f in zip(d.targets, d.target_factors) if f == "inhibitor") == ["IKKi", "MEK12i", "PI3Ki"]
     assert all(c >= 0 for c in d.model_data()["context_control"])
+
+
+def test_midas_time_points_as_contexts(tmp_path):
+    """``time="contexts"``: every time point of one cell line's samples is kept, as the context (for a model fitted
+    to all time points at once, e.g. signalling_network with times="contexts"); its samples keep their stimuli (a
+    time model starts every condition from the pretreatment state at t = 0)."""
+    from semimech.datasets import read_midas
+
+    _write_midas(tmp_path / "md.csv")
+    table = read_midas(tmp_path / "md.csv")
+    with pytest.raises(DesignError, match=r"names 2 cell lines \['A549', 'HepG2'\]; select one first, e\.g\. "
+                                          r"table\[table\['cell_line'\] == 'A549'\]"):
+        sm.Design.from_midas(table, time="contexts")
+    one = table[table["cell_line"] == "HepG2"]
+    before = one.copy()
+    d = sm.Design.from_midas(one, time="contexts")
+    pd.testing.assert_frame_equal(one, before)
+    assert d.contexts == ("0", "30") and d.n_obs == 2 * 9
+    rows = [int(o[3:]) for o in d.obs_names]
+    at = one.drop_duplicates("row").set_index("row").loc[rows]
+    ctx = np.asarray(d.contexts)[np.asarray(d.perturbation_context)[d.perturbation_index]]
+    assert list(ctx) == [f"{t:g}" for t in at["time"]]               # each sample's context is its time
+    ct = d.condition_table().iloc[d.perturbation_index]
+    join = lambda levels: "+".join(sorted(levels, key=str.lower)) if levels else "none"  # noqa: E731
+    assert [join(x) for x in ct["stimulus"]] == list(at["stimuli"])  # t = 0 samples keep their stimuli
+    for readout in d.genes:
+        v = one[one["readout"] == readout].set_index("row")["value"]
+        np.testing.assert_allclose(d.dense_y()[:, d.genes.index(readout)], v.loc[rows].to_numpy())
+    with pytest.raises(DesignError, match="with time='contexts' every time point, t = 0 included"):
+        sm.Design.from_midas(one, time="contexts", baseline_time=0)
+    with pytest.raises(DesignError, match=r"time must be one of the table's time points \[0.0, 30.0\] or 'contexts'"):
+        sm.Design.from_midas(one, time="context")
+    with pytest.raises(DesignError, match="or time='contexts' to keep them all"):
+        sm.Design.from_midas(one)

@@ -100,6 +100,35 @@ def test_model_with_times_shares_parameters_and_measures_each_time():
             sn.model(data, network=opt, times=[10.0], noise_sd=0.1, y=None)
 
 
+def test_times_contexts_reads_each_contexts_name_as_its_time():
+    """``times="contexts"`` is resolved by the fit to the contexts' names as numbers (the design of
+    ``Design.from_midas(table, time="contexts")``): the same fit as the list written out; a context that is no
+    number, a design without contexts and another word are named."""
+    import warnings
+
+    import semimech as sm
+    from semimech.models import signalling_network as sn
+
+    design = _design()
+    net, *_ = _chain()
+    kw = dict(rng_key=0, num_steps=3, num_samples=4, progress_bar=False, network=net, noise_sd=0.1,
+              off_target=False, readout_block=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_word = sm.fit_svi(sn.SPEC, design, times="contexts", **kw)
+        by_list = sm.fit_svi(sn.SPEC, design, times=[10.0, 60.0], **kw)
+    assert design.contexts == ("10", "60") and by_word.options["times"] == [10.0, 60.0]
+    np.testing.assert_array_equal(np.asarray(by_word.samples["tau"]), np.asarray(by_list.samples["tau"]))
+    frame = pd.DataFrame({"time": ["early"] * 2 + ["late"] * 2, "stimulus": ["none", "S"] * 2, "inhibitor": "none",
+                          "A": [1.0, 1.2, 1.1, 1.3], "B": [1.0, 0.9, 1.0, 0.8]}, index=[f"r{k}" for k in range(4)])
+    named = sm.Design.from_frame(frame, readouts=["A", "B"], factors={"stimulus": "stimulus", "inhibitor": "inhibitor"},
+                                 context_key="time")
+    with pytest.raises(DesignError, match="context 'early' is not a number; give times= one number per context"):
+        sm.fit_svi(sn.SPEC, named, times="contexts", **kw)
+    with pytest.raises(DesignError, match="or 'contexts'.*got 'context'"):
+        sm.fit_svi(sn.SPEC, design, times="context", **kw)
+
+
 # ------------------------------------------------------------------ recovery (slow): a late time point from early ones
 def _simulate_time(net, rows, *, tau, rng, noise_sd=0.05, offset=2.0, scale=1.5, efficacy=0.9):
     """Readouts A, B of (stimulus, inhibitor, time) rows from the relaxation with known parameters."""

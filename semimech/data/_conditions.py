@@ -198,23 +198,29 @@ def from_table(train, conditions, *, batch=None):
 
 
 def midas_frame(table: pd.DataFrame, *, time=None, readouts=None,
-                baseline_time=None) -> tuple[pd.DataFrame, list[str], bool]:
-    """``read_midas`` output -> (one row per sample with readout columns, readouts, has cell lines).
+                baseline_time=None) -> tuple[pd.DataFrame, list[str], str | None]:
+    """``read_midas`` output -> (one row per sample with readout columns, readouts, the context column or None).
 
     With ``baseline_time`` the samples at that time join those at ``time`` without their stimuli (a
-    stimulus has not acted at its own time 0; an inhibitor, given before it, has)."""
+    stimulus has not acted at its own time 0; an inhibitor, given before it, has). ``time="contexts"``:
+    every time point is kept, as the context (column ``"time"``: ``"0"``, ``"30"``, ...; one cell line)."""
     need = {"cell_line", "stimuli", "inhibitors", "time", "readout", "value", "row"}
     if not isinstance(table, pd.DataFrame) or not need <= set(table.columns):
         raise DesignError(f"from_midas takes the table of semimech.datasets.read_midas (columns {sorted(need)}).")
     at = table["time"].astype(float)  # each sample's time, read once
     times = sorted(float(t) for t in pd.unique(at))
+    if isinstance(time, str):
+        if time != "contexts":
+            raise DesignError(f"time must be one of the table's time points {times} or 'contexts' (every time point "
+                              f"a context), got {time!r}.")
+        return _midas_time_contexts(table, at, readouts=readouts, baseline_time=baseline_time)
     later = [t for t in times if baseline_time is None or t != float(baseline_time)]
     if baseline_time is not None and float(baseline_time) not in times:
         raise DesignError(f"baseline_time={baseline_time!r} is not in the MIDAS table (times: {times}).")
     if time is None:
         if len(later) != 1:
             raise DesignError(f"the MIDAS table holds several time points {times}; pick one with time= "
-                              f"(e.g. time={times[-1]:g}).")
+                              f"(e.g. time={times[-1]:g}), or time='contexts' to keep them all as contexts.")
         time = later[0]
     if float(time) not in times:
         raise DesignError(f"time={time!r} is not in the MIDAS table (times: {times}).")
@@ -225,6 +231,34 @@ def midas_frame(table: pd.DataFrame, *, time=None, readouts=None,
     table = table[at == float(time)]
     if base is not None:
         table = pd.concat([table, base.assign(stimuli="none")], ignore_index=True)
+    frame, reads = _midas_wide(table, readouts)
+    has_cells = bool(frame["cell_line"].notna().all())
+    if frame["cell_line"].notna().any() and not has_cells:
+        raise DesignError("some MIDAS samples name a cell line and others do not; give every sample a cell line.")
+    return frame, reads, "cell_line" if has_cells else None
+
+
+def _midas_time_contexts(table: pd.DataFrame, at: pd.Series, *, readouts, baseline_time):
+    """``midas_frame(time="contexts")``: every sample kept, its time point (as text) its context."""
+    if baseline_time is not None:
+        raise DesignError("baseline_time joins the t = 0 samples to one later time; with time='contexts' every "
+                          "time point, t = 0 included, is its own context. Drop baseline_time=.")
+    lines = [str(c) for c in pd.unique(table["cell_line"].dropna())]
+    if len(lines) > 1:
+        raise DesignError(f"time='contexts' makes the time points the contexts, but the table names {len(lines)} cell "
+                          f"lines {lines}; select one first, e.g. table[table['cell_line'] == {lines[0]!r}].")
+    if (table.assign(_t=at).groupby("row")["_t"].nunique() > 1).any():
+        raise DesignError("a MIDAS sample (row) holds values at several time points; time='contexts' needs one time "
+                          "per sample.")
+    label = {t: f"{t:g}" for t in pd.unique(at)}
+    frame, reads = _midas_wide(table, readouts)
+    row_time = at.groupby(table["row"]).first()
+    frame.insert(0, "time", [label[t] for t in row_time.loc[[int(i[3:]) for i in frame.index]]])
+    return frame, reads, "time"
+
+
+def _midas_wide(table: pd.DataFrame, readouts) -> tuple[pd.DataFrame, list[str]]:
+    """One row per MIDAS sample: its cell line, stimuli and inhibitors, then one column per readout."""
     if readouts is not None:
         missing = sorted(set(readouts) - set(table["readout"].astype(str)))
         if missing:
@@ -239,9 +273,6 @@ def midas_frame(table: pd.DataFrame, *, time=None, readouts=None,
         raise DesignError(f"sample (row {wide.index[r]}) has no value for readout {reads[c]!r}: drop those samples, "
                           "or choose readouts= measured in every sample.")
     cond = table.drop_duplicates("row").set_index("row").loc[wide.index, ["cell_line", "stimuli", "inhibitors"]]
-    has_cells = bool(cond["cell_line"].notna().all())
-    if cond["cell_line"].notna().any() and not has_cells:
-        raise DesignError("some MIDAS samples name a cell line and others do not; give every sample a cell line.")
     frame = pd.concat([cond.astype(object), wide], axis=1)
     frame.index = [f"row{r}" for r in wide.index]
-    return frame, reads, has_cells
+    return frame, reads

@@ -302,16 +302,21 @@ class Design:
         pass ``table.assign(value=np.log10(table["value"] + 1))``. ``time`` is required when the
         table holds several time points; ``readouts`` selects and orders readouts.
 
+        ``time="contexts"``: every time point is kept and is the context (``design.contexts``:
+        ``"0"``, ``"30"``, ...; the table must name one cell line: select it first), for a model fitted
+        to all time points at once, e.g. ``signalling_network`` with ``times="contexts"`` (each
+        context's time since the stimulus).
+
         ``baseline_time`` (CellNOpt's convention, e.g. ``0``): the samples measured at that time are the
         cells before the stimulus acted, so they join the design *without their stimuli* (an inhibitor,
         given before the stimulus, keeps its level): files such as ToyMMB or LiverDREAM have no
         unstimulated sample at the later time, only these. Their values are taken as they are, on the
         scale of the rest.
         """
-        frame, reads, has_cells = _conditions.midas_frame(table, time=time, readouts=readouts,
-                                                          baseline_time=baseline_time)
+        frame, reads, context = _conditions.midas_frame(table, time=time, readouts=readouts,
+                                                        baseline_time=baseline_time)
         return cls.from_frame(frame, readouts=reads, factors={"stimulus": "stimuli", "inhibitor": "inhibitors"},
-                              context_key="cell_line" if has_cells else None, control=control)
+                              context_key=context, control=control)
 
     @classmethod
     def _build(cls, *, y, obs_names, genes, labels, control, batch_labels, size_factors, counts,
