@@ -17,35 +17,21 @@ equal up to Monte Carlo error, the draws differ).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
 
 def run(mode: str, n: int, g: int) -> dict:
-    import anndata as ad
     import numpy as np
-    import pandas as pd
-    import scipy.sparse as sp
+    from cv_sparse import simulated_count_fit
 
-    import semimech as sm
     from semimech.evaluate import _pointwise, cross_validate
-    from semimech.models import additive
 
     warnings.simplefilter("ignore")
-    rng = np.random.default_rng(0)
-    labels = np.repeat(["control", "A", "B", "C", "A+B", "B+C"], n // 6)
-    mu = rng.gamma(0.3, 1.0, size=(1, g)) * np.ones((len(labels), 1))
-    X = rng.negative_binomial(2, 2 / (2 + mu)).astype(np.float32)
-    obs = pd.DataFrame({"p": labels}, index=[f"c{i}" for i in range(len(labels))])
-    a = ad.AnnData(X=sp.csr_matrix(X), obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(g)]))
-    d = sm.Design.from_anndata(a, perturbation_key="p", control="control")
-    fit = sm.fit_svi(additive.SPEC, d, rng_key=0, num_steps=300, num_samples=30, progress_bar=False)
+    d, fit, _ = simulated_count_fit(n, g)
     if mode == "whole":
         _pointwise._row_keys = lambda design, data: None
     spent = [0.0]
@@ -66,20 +52,13 @@ def run(mode: str, n: int, g: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cells", type=int, default=3000)
-    ap.add_argument("--genes", type=int, default=300)
-    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "cv_replicates.json"))
-    ap.add_argument("--mode", choices=("subset", "whole"), help=argparse.SUPPRESS)  # one child process
-    args = ap.parse_args()
-    if args.mode:
-        print(json.dumps(run(args.mode, args.cells, args.genes)))
+    from cv_sparse import modes_in_fresh_processes
+
+    got = modes_in_fresh_processes(__file__, run, ("subset", "whole"), cells=3000, genes=300,
+                                   json_name="cv_replicates.json")
+    if got is None:
         return
-    rows = []
-    for mode in ("subset", "whole"):
-        out = subprocess.run([sys.executable, __file__, "--mode", mode, "--cells", str(args.cells), "--genes",
-                              str(args.genes)], capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows, args = got
     print("| held-out replicates drawn for | CV wall s | of which replicates s | elpd | mean CRPS |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['mode']} rows | {r['cv_seconds']:.1f} | {r['replicate_seconds']:.1f} | {r['elpd']:.2f} | "
