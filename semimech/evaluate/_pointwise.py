@@ -27,6 +27,10 @@ from semimech.infer.loglik import MAX_CHUNK_ELEMENTS, chunked_draws, row_log_lik
 #: predictions use. Models without a cut ignore it.
 PREDICTIVE_FLAG = "observe_predictive"
 
+#: Bound on draw x row x gene replicate values drawn at once (below the log-likelihood's
+#: ``MAX_CHUNK_ELEMENTS``): a count model's negative-binomial sampler holds ~150 bytes per value while it
+#: runs; 20M values at once peaked at 3.6 GB and took 24 s, eight chunks of 2.5M 0.9 GB and 20 s.
+REPLICATE_CHUNK_ELEMENTS = 2_500_000
 #: Smallest number of rows a replicate of some rows is drawn for (see :func:`subset_size`).
 MIN_SUBSET_ROWS = 16
 
@@ -97,16 +101,19 @@ class RowEngine:
     def _summaries(self, summaries):
         return {k: jnp.asarray(v, dtype=jnp.float32) for k, v in {**self.summaries, **(summaries or {})}.items()}
 
-    def apply(self, fn, samples: dict, names, key=None, *, per_draw: int | None = None):
+    def apply(self, fn, samples: dict, names, key=None, *, per_draw: int | None = None,
+              max_chunk_elements: int | None = None):
         """``fn(chunk of samples[names])`` over fixed-size chunks of the draws, concatenated.
 
         With ``key``, each chunk also holds ``"__key"`` (one key per draw). ``per_draw``: values one
-        draw computes (default: every row x gene), which sets the chunk size.
+        draw computes (default: every row x gene), which with ``max_chunk_elements`` (default: the
+        engine's) sets the chunk size.
         """
         flat = {k: np.asarray(samples[k]) for k in names}
         if key is not None:
             flat["__key"] = np.asarray(jax.random.split(key, next(iter(flat.values())).shape[0]))
-        return chunked_draws(fn, flat, per_draw=per_draw or self.per_draw, max_chunk_elements=self.max_chunk)
+        return chunked_draws(fn, flat, per_draw=per_draw or self.per_draw,
+                             max_chunk_elements=max_chunk_elements or self.max_chunk)
 
     def log_likelihood(self, samples: dict, summaries: dict | None = None) -> np.ndarray:
         """``(draws, rows)`` log-likelihood of every row; ``samples``: latent site -> ``(draws, ...)``.
@@ -133,17 +140,20 @@ class RowEngine:
         model data are known), so their cost is that of the rows drawn, not of the design.
         """
         s = self._summaries(summaries)
+        limit = min(self.max_chunk, REPLICATE_CHUNK_ELEMENTS)
         if rows is None:
-            return self.apply(lambda part: self._rep(part, s), samples, self.latent, key=key).astype(float)
+            return self.apply(lambda part: self._rep(part, s), samples, self.latent, key=key,
+                              max_chunk_elements=limit).astype(float)
         rows = np.asarray(rows, dtype=np.int64)
         b = None if self._row_keys is None or rows.size == 0 else subset_size(rows.size, self.design.n_obs)
         if b is None:
-            return self.apply(lambda part: self._rep(part, s)[:, rows], samples, self.latent, key=key).astype(float)
+            return self.apply(lambda part: self._rep(part, s)[:, rows], samples, self.latent, key=key,
+                              max_chunk_elements=limit).astype(float)
         padded = np.concatenate([rows, np.repeat(rows[:1], b - rows.size)])  # padding rows are drawn and dropped
         rows_data = {k: jnp.asarray(np.asarray(self.data[k])[padded]) for k in self._row_keys}
         n = rows.size
         return self.apply(lambda part: self._subset_rep(part, s, rows_data)[:, :n], samples, self.latent, key=key,
-                          per_draw=b * self.design.n_genes).astype(float)
+                          per_draw=b * self.design.n_genes, max_chunk_elements=limit).astype(float)
 
 
 def _row_keys(design, data: dict) -> tuple[str, ...] | None:
