@@ -224,3 +224,28 @@ def fresh_pair_terms(fit, tau, *, seed=0):
 def pair_terms():
     """:func:`fresh_pair_terms` (a function: pass fit, tau)."""
     return fresh_pair_terms
+
+
+@pytest.fixture
+def jax_cache():
+    """JAX's own persistent cache (the test processes share one, conftest.py) for one test: ``jax_cache(True)``
+    switches it on (a folder of its own if none is set; every program stored), ``jax_cache(False)`` off, so that the
+    tests of semimech's cache see only the programs they compile. Restored afterwards."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    names = ("jax_enable_compilation_cache", "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    before = {n: getattr(jax.config, n) for n in names}
+
+    def switch(on: bool, folder=None):
+        jax.config.update("jax_enable_compilation_cache", on)
+        if on:
+            if jax.config.jax_compilation_cache_dir is None:
+                jax.config.update("jax_compilation_cache_dir", str(folder))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        cc.reset_cache()  # JAX decides once per process whether its cache is used
+
+    yield switch
+    for n, v in before.items():
+        jax.config.update(n, v)
+    cc.reset_cache()

@@ -27,10 +27,11 @@ def _same(a, b):
     np.testing.assert_array_equal(a.losses, b.losses)
 
 
-def test_cached_and_uncached_paths_give_identical_draws(design, tmp_path):
+def test_cached_and_uncached_paths_give_identical_draws(design, tmp_path, jax_cache):
     """A fresh compile, the in-process cache and the opt-in persistent cache give the same fit."""
     from semimech.infer import set_cache_dir
 
+    jax_cache(False)  # JAX's own cache, shared by the test processes, may already hold these programs
     set_cache_dir(tmp_path)
     try:
         _svi.clear_cache()
@@ -49,6 +50,32 @@ def test_cached_and_uncached_paths_give_identical_draws(design, tmp_path):
     other = sm.fit_svi(additive.SPEC, design, rng_key=4, **KW)
     assert other.timings["compiled_reused"] == 1
     assert not np.array_equal(other.samples["baseline"], first.samples["baseline"])
+
+
+def test_semimechs_cache_stores_whole_programs_beside_jaxs_own_cache(design, tmp_path, jax_cache):
+    """With JAX's own persistent cache on (a user's ``jax_compilation_cache_dir``), a program JAX had cached was
+    loaded from there and semimech stored that executable, which serialises without its kernels: the next fit
+    loading it failed ("Function add_convert_fusion not found"; in CI when another test had compiled the same
+    programs). Now a program JAX's cache serves is not stored by semimech. Known answer: the fit after the storing
+    one runs and gives its draws; what semimech did store loads whole."""
+    from semimech.infer import set_cache_dir
+
+    jax_cache(True, tmp_path / "jax")
+    try:
+        _svi.clear_cache()
+        sm.fit_svi(additive.SPEC, design, rng_key=0, **KW)      # JAX's cache now holds these programs
+        set_cache_dir(tmp_path / "semimech")
+        _svi.clear_cache()
+        stored = sm.fit_svi(additive.SPEC, design, rng_key=3, **KW)
+        _svi.clear_cache()
+        loaded = sm.fit_svi(additive.SPEC, design, rng_key=3, **KW)
+    finally:
+        set_cache_dir(None)
+        _svi.clear_cache()
+    kept = len(list((tmp_path / "semimech").glob("*.bin")))
+    assert kept < 3                                            # JAX's cache served some: those are not kept
+    assert loaded.timings.get("compiled_from_disk", 0) == kept
+    _same(stored, loaded)
 
 
 def test_persistent_cache_is_off_unless_asked(monkeypatch, tmp_path):

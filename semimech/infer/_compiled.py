@@ -16,7 +16,9 @@ or call ``semimech.infer.set_cache_dir(path)``. semimech then serialises the exe
 ``fit_nuts(compiled=True)``: the default NUTS path is NumPyro's own) there, keyed by a
 hash of the lowered program, the JAX version and the device. It never touches JAX's global
 configuration (``jax_compilation_cache_dir`` would also cache, and change, every other JAX
-program of the process); delete the folder to clear it.
+program of the process); delete the folder to clear it. Where the user has switched JAX's own
+persistent cache on and it serves a program, semimech does not store that program (an executable
+loaded from JAX's cache does not serialise whole; JAX's cache serves it again).
 
 The fast key of ``fit_nuts(compiled=True)``, known before tracing, is :mod:`semimech.infer._fastkey`.
 """
@@ -30,6 +32,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -281,12 +284,39 @@ def _submit(lowered, options: dict | None, key: str | None, *, after=None) -> co
         hit = _load(folder, key, lowered) if key is not None else None
         if hit is not None:
             return hit, True
+        if key is None:
+            return _compile(lowered, options), False
+        hits = _jax_cache_hits()
         compiled = _compile(lowered, options)
-        if key is not None:
+        if _jax_cache_hits() == hits:  # compiled here, not loaded from JAX's own cache: it serialises whole
             _store(folder, key, compiled)
         return compiled, False
 
     return _POOL.submit(work)
+
+
+_HITS = threading.local()  # JAX persistent-cache hits of the compiles run in this thread
+_LISTENING = False
+_LISTEN_LOCK = threading.Lock()
+
+
+def _jax_cache_hits() -> int:
+    """Hits of JAX's *own* persistent cache (a user's ``jax_compilation_cache_dir``) in this thread so far.
+
+    An executable JAX loaded from its cache serialises without its kernels: semimech stored such a program, and
+    the next fit loading it failed ("Function add_convert_fusion not found"). A program JAX's cache served is not
+    stored in semimech's (JAX's cache serves it to the next process anyway)."""
+    global _LISTENING
+    with _LISTEN_LOCK:
+        if not _LISTENING:
+            jax.monitoring.register_event_listener(_count_jax_cache_hit)
+            _LISTENING = True
+    return getattr(_HITS, "n", 0)
+
+
+def _count_jax_cache_hit(event: str, **kwargs) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _HITS.n = getattr(_HITS, "n", 0) + 1
 
 
 def _compile(lowered, options: dict | None):
