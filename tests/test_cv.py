@@ -296,7 +296,7 @@ def test_replicates_of_some_rows_are_drawn_from_those_rows_alone(small_counts_ad
 
     d = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control",
                                batch_key="batch")
-    fit = sm.fit_svi(additive.SPEC, d, rng_key=0, num_steps=200, num_samples=4, progress_bar=False)
+    fit = sm.fit_svi(additive.SPEC, d, rng_key=0, num_steps=30, num_samples=4, progress_bar=False)
     engine = RowEngine(fit)
     assert engine._row_keys == ("perturbation_index", "batch_index", "size_factors", "n_cells")
     one = {k: np.repeat(v[:1], 3000, axis=0) for k, v in flat_latent(fit, engine.latent).items()}
