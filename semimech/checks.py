@@ -180,7 +180,9 @@ def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_st
     post = {k: v[idx] for k, v in post.items()}
     data = pdesign.model_data()
     tdata = train.model_data()
-    for k in ("baseline_loc", "baseline_scale", "noise_floor", "readout_center", "readout_spread"):
+    from semimech.infer.fit import DATA_SUMMARIES
+
+    for k in DATA_SUMMARIES:  # the training design's data-centred constants
         if k in tdata:
             data[k] = tdata[k]
     model = functools.partial(fit.spec.model, **fit.options)

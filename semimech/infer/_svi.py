@@ -44,11 +44,12 @@ from numpyro.infer import SVI, Predictive
 
 from semimech.infer._compiled import Recent, submit_compile, wait_future
 from semimech.infer._elbo import OrderedTraceELBO
+from semimech.infer.fit import DATA_SUMMARIES
 
 ROW_KEYS = ("perturbation_index", "batch_index", "size_factors", "n_cells", "y_ss", "row_mask")
 #: Always traced (not keyed): the data-centred priors, so that a fit of another design with the same
 #: structure and shapes (a cross-validation fold, a refit on new data) reuses the compiled programs.
-FOLD_KEYS = ("baseline_loc", "baseline_scale", "noise_floor", "readout_center", "readout_spread")
+FOLD_KEYS = DATA_SUMMARIES
 #: Key of the warm-start values in ``traced`` (``fit_svi(init_values=...)``), read by the compiled init.
 INIT_KEY = "_init_values"
 BLOCK_SIZE = 256

@@ -20,6 +20,7 @@ from semimech.errors import PredictionError, UnsolvedWarning
 from semimech.infer import _args
 from semimech.infer._alignment import alignment, fresh_normal
 from semimech.infer._sources import condition_sources, warn_population_only
+from semimech.infer.fit import DATA_SUMMARIES
 from semimech.measurement import mean_of_cells
 from semimech.measurement.likelihoods import total_sd
 
@@ -226,7 +227,7 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     data = pdesign.model_data()
     data["target_seen"] = np.array([t in seen for t in pdesign.targets], dtype=bool)  # for urn predictives
     tdata = train.model_data()
-    for k in ("baseline_loc", "baseline_scale", "readout_center", "readout_spread"):
+    for k in DATA_SUMMARIES:  # the training design's data-centred constants
         if k in tdata:
             data[k] = tdata[k]
     data.update({k: v for k, v in tdata.items() if k.startswith("noise_")})  # the measurement model
