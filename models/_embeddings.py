@@ -4,7 +4,10 @@
 embedding of Ahlmann-Eltze, Huber & Anders 2025, Nat Methods 22:1657, K = 10) or a prior
 network (a spectral embedding of its graph, so that neighbouring nodes get similar rows) into
 the model options ``embedding`` (targets x dims) and ``gene_embedding`` (genes x dims) that
-:func:`semimech.models._effects.target_effects` regresses effects on. Models see only arrays.
+:func:`semimech.models._effects.target_effects` regresses effects on. Models see only arrays; the
+arrays :func:`target_embedding` returns name their rows (:class:`NamedRows`), so a fit takes each
+target's row by name (an embedding built on another design, with the same number of targets in
+another order, put rows on the wrong targets without a word).
 """
 
 from __future__ import annotations
@@ -17,6 +20,32 @@ import numpy as np
 from semimech.errors import DesignError
 
 MISSING = ("error", "population")
+
+
+class NamedRows(np.ndarray):
+    """A float array whose rows are named (``.row_names``: the targets or genes of the design it was built
+    on), as :func:`target_embedding` returns. A fit takes the rows of its design's targets / genes by name
+    (:func:`semimech.models._effects.check_embedding`). Anything derived from it (a slice, a copy, arithmetic)
+    has no names (its rows may no longer be the named ones) and is taken row by row, as a plain array is."""
+
+    def __new__(cls, values, row_names):
+        arr = np.asarray(values).view(cls)
+        names = tuple(str(n) for n in row_names)
+        if arr.ndim < 1 or arr.shape[0] != len(names):
+            raise ValueError(f"{len(names)} row names for an array of shape {arr.shape}.")
+        arr.row_names = names
+        return arr
+
+    def __array_finalize__(self, obj):
+        self.row_names = None
+
+    def __reduce__(self):  # pickled fits keep the names
+        fn, args, state = super().__reduce__()
+        return fn, args, (state, self.row_names)
+
+    def __setstate__(self, state):
+        base, self.row_names = state
+        super().__setstate__(base)
 
 
 def target_embedding(design, source="pca", *, network=None, n_components: int = 10, missing: str = "error",
@@ -50,7 +79,9 @@ def target_embedding(design, source="pca", *, network=None, n_components: int = 
     -------
     dict
         ``{"embedding": (targets, dims), "gene_embedding": (genes, dims)}`` float32 arrays (a row
-        of NaN: no embedding), to pass as model options: ``fit_svi(spec, design, **emb, ...)``.
+        of NaN: no embedding), to pass as model options: ``fit_svi(spec, design, **emb, ...)``. Their
+        rows are named (:class:`NamedRows`, ``.row_names``: ``design.targets`` / ``design.genes``),
+        so a fit of another design with these targets and genes, in any order, takes each one's row.
         ``gene_embedding`` embeds targets a prediction design adds (modelled genes never listed
         as targets in training).
     """
@@ -84,7 +115,8 @@ def target_embedding(design, source="pca", *, network=None, n_components: int = 
             genes[j] = table[g]
     if standardize:
         emb, genes = _standardize(design, emb, genes)
-    return {"embedding": emb.astype(np.float32), "gene_embedding": genes.astype(np.float32)}
+    return {"embedding": NamedRows(emb.astype(np.float32), design.targets),
+            "gene_embedding": NamedRows(genes.astype(np.float32), design.genes)}
 
 
 def _user_table(source) -> dict[str, np.ndarray]:

@@ -164,3 +164,45 @@ def test_an_embedded_unseen_target_is_answered_from_side_information(screen):
     draws_s = sm.predict(fit_s, ["control"] + held, rng_key=1).draws["mean"]
     err_s = np.abs((draws_s[:, 1:] - draws_s[:, :1]).mean(0) - true).mean()
     assert err_s > 2 * err
+
+
+def test_a_fit_takes_each_target_and_genes_row_by_name_not_by_position(screen):
+    """An embedding is built on one design and fitted on another (its genes in another order, some of its
+    targets, other targets): rows are taken by name; same-shaped rows of other targets used to fit without a
+    word."""
+    from semimech.infer.fit import resolved_options
+
+    design, table, _ = screen
+    genes = list(design.genes)
+    frame = pd.DataFrame(np.asarray(design.dense_y()), columns=genes).assign(
+        label=np.asarray(design.perturbations)[np.asarray(design.perturbation_index)])
+    rng = np.random.default_rng(1)
+    table = pd.concat([table, pd.DataFrame(rng.normal(size=(len(genes), 2)), index=genes, columns=table.columns)])
+    emb = target_embedding(design, table)
+
+    def prepared(other, **options):
+        return resolved_options(additive.SPEC, options, "svi", design=other)
+
+    # genes in another order: each gene keeps its own row (known answer: the embedding built on that design)
+    flipped = sm.Design.from_frame(frame, readouts=genes[::-1], perturbation_key="label", control="control")
+    own = target_embedding(flipped, table)
+    got = prepared(flipped, **emb)
+    np.testing.assert_allclose(got["gene_embedding"], own["gene_embedding"], rtol=1e-6)
+    np.testing.assert_allclose(got["embedding"], own["embedding"], rtol=1e-6)
+    # negative control: the same rows without their names are taken by position, and are other genes' rows
+    plain = prepared(flipped, embedding=np.asarray(emb["embedding"]), gene_embedding=np.asarray(emb["gene_embedding"]))
+    assert not np.allclose(plain["gene_embedding"], own["gene_embedding"])
+    # ten of its targets: their rows
+    some = sm.Design.from_frame(frame[frame.label.isin(["control"] + [f"T{i:02d}" for i in range(3, 13)])],
+                                readouts=genes, perturbation_key="label", control="control")
+    np.testing.assert_array_equal(prepared(some, **emb)["embedding"], np.asarray(emb["embedding"])[3:13])
+    # as many targets, one of them another: named, where the rows used to shift onto it
+    other = sm.Design.from_frame(frame.assign(label=frame.label.replace("T13", "T99")), readouts=genes,
+                                 perturbation_key="label", control="control")
+    with pytest.raises(DesignError, match=r"embedding has no row for 1 of the design's 14 targets: \['T99'\]"):
+        sm.fit_svi(additive.SPEC, other.pseudobulk(), rng_key=0, num_steps=1, **emb)
+    # the names survive a pickle (a saved fit's options); a slice has none (its rows are no longer the named ones)
+    import pickle
+
+    back = pickle.loads(pickle.dumps(emb["embedding"]))
+    assert back.row_names == design.targets and emb["embedding"][:10].row_names is None
