@@ -161,24 +161,16 @@ def check_embedding(options: dict, design) -> dict:
     in another order (or more of them) fits each target with its own row; a plain array is taken row by row
     and must have one row per target. (A prediction design may append targets, so the model takes fewer
     rows; a fit never should: rows on the wrong targets would go without a word.)"""
-    from semimech.models._embeddings import NamedRows
+    from semimech.models._embeddings import named_rows
 
     out = dict(options)
     for key, names, what in (("embedding", design.targets, "targets"), ("gene_embedding", design.genes, "genes")):
         value = options.get(key)
         if value is None:
             continue
-        row_names = getattr(value, "row_names", None)
-        if row_names is not None:
-            where = {n: i for i, n in enumerate(row_names)}
-            absent = [n for n in names if str(n) not in where]
-            if absent:
-                raise DesignError(
-                    f"{key} has no row for {len(absent)} of the design's {len(names)} {what}: {absent[:10]}"
-                    f"{'...' if len(absent) > 10 else ''}; it was built on another design. Build it on this one: "
-                    "target_embedding(design, ...).")
-            if tuple(row_names) != tuple(str(n) for n in names):
-                out[key] = NamedRows(np.asarray(value)[[where[str(n)] for n in names]], names)
+        by_name = named_rows(value, names, key=key, what=what)
+        if by_name is not None:
+            out[key] = by_name
             continue
         rows = np.shape(value)[0] if np.ndim(value) else 0
         if rows != len(names):

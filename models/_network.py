@@ -296,14 +296,21 @@ def network_weights(data, *, n: int, regulators_plate, genes_plate, w_prior: str
 
 def prepare_options(options: dict, design) -> dict:
     """``ModelSpec.prepare_options`` of the gene-network models (also latent_programs): the embedding's rows
-    (:func:`semimech.models._effects.check_embedding`), and a ``network`` given as an edges table or a
-    ``.sif`` path becomes :func:`network_matrix` of the design's genes, so it cannot be built for another
-    gene order (a matrix carries no names; one of the right shape is taken as it is)."""
+    (:func:`semimech.models._effects.check_embedding`), a ``direct_mask`` from :func:`target_gene_mask` taken
+    by its targets' and genes' names, and a ``network`` given as an edges table or a ``.sif`` path becomes
+    :func:`network_matrix` of the design's genes, so it cannot be built for another gene order (a matrix
+    carries no names; one of the right shape is taken as it is)."""
     import pandas as pd
 
     from semimech.models import _effects
+    from semimech.models._embeddings import named_rows
 
     options = _effects.check_embedding(options, design)
+    mask = options.get("direct_mask")
+    if mask is not None:
+        by_name = named_rows(mask, design.targets, design.genes, key="direct_mask", what="targets")
+        if by_name is not None:
+            options = {**options, "direct_mask": by_name}
     network = options.get("network")
     if isinstance(network, (pd.DataFrame, str, os.PathLike)):
         return {**options, "network": network_matrix(network, genes=design.genes)}
@@ -404,7 +411,9 @@ def target_gene_mask(design, target_genes) -> np.ndarray:
 
     ``target_genes`` is ``{target: [genes it acts on directly]}``; unlisted targets act on every
     gene. Only targets that are not modelled genes have direct effects (a gene target edits its
-    own production), so listing a modelled-gene target is an error, as are unknown names.
+    own production), so listing a modelled-gene target is an error, as are unknown names. Its rows
+    and columns are named (``.row_names``, ``.col_names``: the design's targets and genes), so a fit
+    of another design takes each target's and gene's entry by name.
     """
     targets, genes = list(design.targets), list(design.genes)
     tcol, gcol = {t: i for i, t in enumerate(targets)}, {g: i for i, g in enumerate(genes)}
@@ -425,7 +434,9 @@ def target_gene_mask(design, target_genes) -> np.ndarray:
                               f"Genes: {genes[:8]}...")
         mask[tcol[str(t)]] = 0.0
         mask[tcol[str(t)], [gcol[g] for g in gs]] = 1.0
-    return mask
+    from semimech.models._embeddings import NamedRows
+
+    return NamedRows(mask, targets, genes)
 
 
 def _variant_gene(data, variant_of, shared_gene_index):

@@ -56,8 +56,30 @@ def _share_jax_compilation_cache(config) -> None:
     jax.config.update("jax_compilation_cache_dir", folder)
 
 
+#: The test processes compile with XLA's backend optimisation level 0 (and LLVM's expensive passes off): the suite is
+#: compile-bound (a short fit of a small model is ~8 s of XLA compile per program on 2 cores and runs its steps in
+#: milliseconds), the programs are the same programs (the level changes how LLVM optimises the machine code, not
+#: what is computed), and semimech already compiles its init and draw programs at levels 0 and 1 (``_svi``). Three
+#: of the heaviest test files (50 tests, 2 workers, same machine, one after the other): 302 s at the default level,
+#: 246 s with this (the default run: 18:33 -> 14:40). Runs that select the slow tests (long fits, whose steps
+#: a lower level may slow down, and the notebooks) keep XLA's defaults. A test process's setting, never semimech's:
+#: ``SEMIMECH_TEST_XLA_FAST=0`` runs without it, and an ``XLA_FLAGS`` that sets the level already is left alone.
+_FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _fast_xla_compiles(config) -> None:
+    flags = os.environ.get("XLA_FLAGS", "")
+    marks = config.getoption("markexpr", "") or ""
+    if "slow" in marks.replace("not slow", ""):  # `-m slow`, `-m "slow or ..."`: long fits, notebooks
+        return
+    if os.environ.get("SEMIMECH_TEST_XLA_FAST", "1") == "0" or "xla_backend_optimization_level" in flags:
+        return
+    os.environ["XLA_FLAGS"] = f"{flags} {_FAST_XLA_FLAGS}".strip()  # read when JAX's backend starts: before any test
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_shared: needs the shared third-party data; skips without it")
+    _fast_xla_compiles(config)
     _share_jax_compilation_cache(config)
 
 

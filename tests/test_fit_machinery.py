@@ -218,7 +218,9 @@ def test_compiles_start_with_the_step_and_the_draws_wait_for_the_init_on_two_cor
     XLA's defaults (the 8-core run)."""
     assert _svi.DRAWS_COMPILER_OPTIONS == {"xla_backend_optimization_level": 1}
     fits = {}
-    for cores, draws_options in ((2, _svi.DRAWS_COMPILER_OPTIONS), (8, None)):
+    # XLA's default level named: the test processes compile at level 0 (conftest), where None would mean that
+    xla_default = {"xla_backend_optimization_level": 3}
+    for cores, draws_options in ((2, _svi.DRAWS_COMPILER_OPTIONS), (8, xla_default)):
         _svi.clear_cache()
         monkeypatch.setattr(_svi, "_cores", lambda: cores)
         monkeypatch.setattr(_svi, "DRAWS_COMPILER_OPTIONS", draws_options)

@@ -88,3 +88,25 @@ def test_bad_target_genes_are_clear_errors():
     with pytest.raises(DesignError, match="covers 9 targets"):
         site_dims(lambda data, y=None: linear_steady_state.model(data, y=y, direct_mask=np.ones((9, 5))),
                   d.model_data())
+
+
+def test_a_mask_is_taken_by_its_targets_and_genes_names():
+    """A mask built on one design and fitted on another (its genes in another order; a target it does not know):
+    entries are taken by name, or the unknown target is named; a plain array of the same shape is taken as it is
+    (the negative control: other genes' entries)."""
+    from semimech.infer.fit import resolved_options
+
+    d = _design()
+    mask = net.target_gene_mask(d, ONLY)
+    lab = np.repeat(LABELS, 3)
+    frame = pd.DataFrame(np.random.default_rng(0).normal(2.0, 0.3, (len(lab), len(GENES))), columns=GENES)
+    flipped = sm.Design.from_frame(frame.assign(perturbation=lab), readouts=GENES[::-1],
+                                   perturbation_key="perturbation", control="control")
+    got = resolved_options(linear_steady_state.SPEC, {"direct_mask": mask}, "svi", design=flipped)["direct_mask"]
+    np.testing.assert_array_equal(got, net.target_gene_mask(flipped, ONLY))
+    plain = resolved_options(linear_steady_state.SPEC, {"direct_mask": np.asarray(mask)}, "svi", design=flipped)
+    assert not np.array_equal(plain["direct_mask"], net.target_gene_mask(flipped, ONLY))
+    other = sm.Design.from_frame(frame.assign(perturbation=np.char.replace(lab.astype(str), "drugB", "drugZ")),
+                                 readouts=GENES, perturbation_key="perturbation", control="control")
+    with pytest.raises(DesignError, match=r"direct_mask has no row for 1 of the design's 4 targets: \['drugZ@c1'\]"):
+        sm.fit_svi(linear_steady_state.SPEC, other.pseudobulk(), rng_key=0, num_steps=1, direct_mask=mask)
