@@ -1,4 +1,5 @@
-"""Side information for effect populations: an embedding of each target (names resolved to arrays).
+"""Side information for effect populations: an embedding of each target (names resolved to arrays), and
+NamedRows, the arrays with named rows (and columns) that the model options built from a design are.
 
 :func:`target_embedding` turns a user table, the PCA of the training pseudobulk (the gene
 embedding of Ahlmann-Eltze, Huber & Anders 2025, Nat Methods 22:1657, K = 10) or a prior

@@ -298,12 +298,12 @@ def prepare_options(options: dict, design) -> dict:
     """``ModelSpec.prepare_options`` of the gene-network models (also latent_programs): the embedding's rows
     (:func:`semimech.models._effects.check_embedding`), a ``direct_mask`` from :func:`target_gene_mask` taken
     by its targets' and genes' names, and a ``network`` given as an edges table or a ``.sif`` path becomes
-    :func:`network_matrix` of the design's genes, so it cannot be built for another gene order (a matrix
-    carries no names; one of the right shape is taken as it is)."""
+    :func:`network_matrix` of the design's genes, so it cannot be built for another gene order (a matrix from
+    :func:`network_matrix` names its genes and is taken by name; a plain one of the right shape as it is)."""
     import pandas as pd
 
     from semimech.models import _effects
-    from semimech.models._embeddings import named_rows
+    from semimech.models._embeddings import NamedRows, named_rows
 
     options = _effects.check_embedding(options, design)
     mask = options.get("direct_mask")
@@ -311,9 +311,21 @@ def prepare_options(options: dict, design) -> dict:
         by_name = named_rows(mask, design.targets, design.genes, key="direct_mask", what="targets")
         if by_name is not None:
             options = {**options, "direct_mask": by_name}
+    var, sgi = options.get("variant_of"), options.get("shared_gene_index")
+    if var is not None and getattr(var, "row_names", None) is not None:
+        options = {**options, "variant_of": named_rows(var, design.targets, key="variant_of", what="targets")}
+    shared = getattr(sgi, "row_names", None)
+    if shared is not None:  # each shared target's gene column in this design's genes (-1: not a modelled gene)
+        col = {g: i for i, g in enumerate(design.genes)}
+        options = {**options, "shared_gene_index": NamedRows(np.array([col.get(n, -1) for n in shared], np.int32),
+                                                             shared)}
     network = options.get("network")
     if isinstance(network, (pd.DataFrame, str, os.PathLike)):
         return {**options, "network": network_matrix(network, genes=design.genes)}
+    if network is not None:  # network_matrix's names its regulators and genes: taken by name
+        by_name = named_rows(network, design.genes, design.genes, key="network", what="genes")
+        if by_name is not None:
+            options = {**options, "network": by_name}
     return options
 
 
@@ -328,6 +340,12 @@ def network_matrix(network, *, genes) -> np.ndarray:
         returns, or a path to a ``.sif`` file.
     genes
         The modelled genes (``design.genes``); every node of the network must be one of them.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(genes, genes)`` float32, its rows and columns named (``.row_names``, ``.col_names``), so a
+        fit of a design with these genes in another order takes each entry by name.
 
     Raises
     ------
@@ -357,7 +375,9 @@ def network_matrix(network, *, genes) -> np.ndarray:
     out = np.zeros((len(genes), len(genes)), dtype=np.float32)
     for s, sign, t in zip(network["source"].astype(str), network["sign"], network["target"].astype(str)):
         out[col[s], col[t]] = np.nan if pd.isna(sign) else (float(np.sign(sign)) or 1.0)
-    return out
+    from semimech.models._embeddings import NamedRows
+
+    return NamedRows(out, genes, genes)
 
 
 def shared_targets(design, variants) -> dict:
@@ -378,7 +398,9 @@ def shared_targets(design, variants) -> dict:
     -------
     dict
         ``{"variant_of": (targets,) int, "shared_gene_index": (shared,) int}``: pass it to
-        ``fit_svi(..., **options)``. Shared targets are sorted by name.
+        ``fit_svi(..., **options)``. Shared targets are sorted by name. Both name their rows (the
+        design's targets, the shared targets), so a fit of another design takes each target's entry
+        by name and finds each shared target's gene among its own genes.
 
     Raises
     ------
@@ -403,7 +425,10 @@ def shared_targets(design, variants) -> dict:
     code = {s: k for k, s in enumerate(shared)}
     col = {g: i for i, g in enumerate(design.genes)}
     variant_of = np.array([code[str(variants[t])] if t in variants else -1 for t in targets], dtype=np.int32)
-    return {"variant_of": variant_of, "shared_gene_index": np.array([col.get(s, -1) for s in shared], dtype=np.int32)}
+    from semimech.models._embeddings import NamedRows
+
+    return {"variant_of": NamedRows(variant_of, targets),
+            "shared_gene_index": NamedRows(np.array([col.get(s, -1) for s in shared], dtype=np.int32), shared)}
 
 
 def target_gene_mask(design, target_genes) -> np.ndarray:

@@ -155,3 +155,29 @@ def test_unseen_guide_of_seen_gene_is_predicted_with_wider_interval():
     # the unseen guide still inherits g1's shared knockdown: its interval sits around a drop
     ctrl = pred.summary(kind="mean")["mean"][2, g1]
     assert pred.summary(kind="mean")["mean"][0, g1] < ctrl
+
+
+def test_shared_targets_are_taken_by_name_in_another_design():
+    """Options built on one design and fitted on another (its genes in another order; fewer guides): each target's
+    shared target is taken by name and each shared target's gene found among the fitted design's genes. A plain
+    array is taken as it is (the negative control: the guides of g0 would edit g5)."""
+    from semimech.infer.fit import resolved_options
+
+    frame, d = _scaffold(GUIDES, 2)
+    opts = net.shared_targets(d, PATTERN)
+    flipped = sm.Design.from_frame(frame, readouts=GENES[::-1], perturbation_key="perturbation", control="control")
+    fewer = sm.Design.from_frame(frame[~frame.perturbation.isin(["g0_a", "g1_c"])], readouts=GENES[::-1],
+                                 perturbation_key="perturbation", control="control")
+    for other in (flipped, fewer):
+        got = resolved_options(linear_steady_state.SPEC, opts, "svi", design=other)
+        own = net.shared_targets(other, PATTERN)
+        for key in ("variant_of", "shared_gene_index"):
+            np.testing.assert_array_equal(got[key], own[key], err_msg=key)
+    plain = resolved_options(linear_steady_state.SPEC, {k: np.asarray(v) for k, v in opts.items()}, "svi",
+                             design=flipped)
+    assert plain["shared_gene_index"].tolist() == [0, 1, 2] != net.shared_targets(flipped, PATTERN)[
+        "shared_gene_index"].tolist()
+    extra = sm.Design.from_frame(frame.assign(perturbation=frame.perturbation.replace("g2_b", "g2_z")),
+                                 readouts=GENES, perturbation_key="perturbation", control="control")
+    with pytest.raises(DesignError, match=r"variant_of has no row for 1 of the design's 7 targets: \['g2_z'\]"):
+        resolved_options(linear_steady_state.SPEC, opts, "svi", design=extra)

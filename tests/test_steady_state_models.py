@@ -215,6 +215,13 @@ def test_a_network_table_or_sif_becomes_the_matrix_of_the_designs_genes(design, 
     assert rev[4, 1] == -1.0 and np.count_nonzero(rev) == 1
     m = np.zeros((5, 5), np.float32)
     assert net.prepare_options({"network": m}, design)["network"] is m
+    # network_matrix's matrix names its genes: built on this design, fitted on the reversed one, it is taken by
+    # name (known answer: the reversed design's own matrix); its plain copy is taken as given (negative control)
+    built = net.network_matrix(edges, genes=design.genes)
+    np.testing.assert_array_equal(net.prepare_options({"network": built}, other)["network"], rev)
+    assert not np.array_equal(net.prepare_options({"network": np.asarray(built)}, other)["network"], rev)
+    with pytest.raises(DesignError, match=r"network has no row for 1 of the design's 5 genes: \['g9'\]"):
+        net.prepare_options({"network": built}, types.SimpleNamespace(genes=GENES[:4] + ("g9",), targets=()))
 
 
 def test_non_converging_prior_is_a_clear_error(design):
