@@ -64,21 +64,23 @@ def run(mode: str, n: int, g: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def modes_in_fresh_processes(script: str, run_mode, modes: tuple[str, str], *, cells: int, genes: int,
+def modes_in_fresh_processes(script: str, run_mode, modes: tuple[str, ...], *, cells: int, genes: int,
                              json_name: str):
-    """The command line of ``script``: each of ``modes`` run by ``run_mode(mode, cells, genes)`` in its own fresh
-    process, one after the other. Returns ``(rows, args)``, or ``None`` in a child process (it printed its row)."""
+    """The command line of ``script``: each of ``modes`` (or those of ``--modes``) run by ``run_mode(mode, cells,
+    genes)`` in its own fresh process, one after the other. Returns ``(rows, args)``, or ``None`` in a child process
+    (it printed its row)."""
     ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.split("\n")[0])
     ap.add_argument("--cells", type=int, default=cells)
     ap.add_argument("--genes", type=int, default=genes)
     ap.add_argument("--json", default=str(Path(script).parent / "results" / json_name))
+    ap.add_argument("--modes", nargs="+", choices=modes, default=list(modes), help="the modes to run (default: all)")
     ap.add_argument("--mode", choices=modes, help=argparse.SUPPRESS)  # one child process
     args = ap.parse_args()
     if args.mode:
         print(json.dumps(run_mode(args.mode, args.cells, args.genes)))
         return None
     rows = []
-    for mode in modes:
+    for mode in args.modes:
         out = subprocess.run([sys.executable, script, "--mode", mode, "--cells", str(args.cells), "--genes",
                               str(args.genes)], capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -312,6 +312,40 @@ def test_replicates_of_some_rows_are_drawn_from_those_rows_alone(small_counts_ad
     assert np.abs(z(sub, full[:, rows])).max() < 4.5
     assert np.abs(z(sub, full[:, rows[::-1]])).max() > 10.0
     assert subset_size(d.n_obs - 1, d.n_obs) is None     # as many rows as the design: drawn whole, then sliced
+    # the draws (on the host) are the model's negative binomial: its mean and variance at that latent draw
+    from semimech.evaluate._pointwise import observation_draws
+
+    one_draw = {k: v[:1] for k, v in one.items()} | {"__key": np.asarray(jax.random.split(jax.random.PRNGKey(0), 1))}
+    nb = observation_draws(engine.model, one_draw, {**engine.data, **engine.summaries}, (d.n_obs, d.n_genes))
+    conc, rate = np.asarray(nb["concentration"][0], float), np.asarray(nb["rate"][0], float)
+    mean, var = conc / rate, conc / rate + (conc / rate) ** 2 / conc
+    assert np.abs((full.mean(0) - mean) / np.sqrt(var / full.shape[0])).max() < 4.5
+    assert 0.9 < np.mean(full.var(0) / var) < 1.1
+
+
+def test_host_negative_binomial_draws_have_its_mean_and_variance():
+    """Count replicates are drawn on the host (gamma then Poisson, numpy): known answer, the negative binomial's
+    mean and variance (mean + mean^2 / concentration); negative control, Poisson draws of the same means (what
+    leaving out the gamma would give) are far too narrow. The draws repeat for a key and change with it."""
+    import jax
+
+    from semimech.evaluate._pointwise import host_draws
+
+    mean = np.linspace(0.5, 40.0, 50)[None, :, None] * np.ones((4000, 1, 3))
+    conc = np.full_like(mean, 2.0)
+    params = {"concentration": conc, "rate": conc / mean}
+    keys = np.asarray(jax.random.split(jax.random.PRNGKey(3), 2))
+    y = host_draws(params, keys)
+    var = mean[0] + mean[0] ** 2 / conc[0]
+    assert np.abs((y.mean(0) - mean[0]) / np.sqrt(var / y.shape[0])).max() < 4.5
+    assert 0.93 < np.mean(y.var(0) / var) < 1.07
+    poisson = np.random.default_rng(0).poisson(mean)
+    assert np.mean(poisson.var(0) / var) < 0.5
+    np.testing.assert_array_equal(host_draws(params, keys), y)
+    assert not np.array_equal(host_draws(params, keys[::-1]), y)
+    assert np.all(host_draws({"concentration": conc, "rate": np.full_like(conc, np.inf)}, keys) == 0)  # mean 0
+    bad = host_draws({"concentration": conc, "rate": np.where(mean > 20, np.nan, conc / mean)}, keys)
+    assert np.isnan(bad[:, 25:]).all() and np.isfinite(bad[:, :25]).all()  # a NaN draw stays NaN, as in JAX
 
 
 def _reads_priors_as_constants(data, **kw):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.infer import Predictive
+import numpyro.distributions as dist
+from numpyro import handlers
 
 from semimech.infer._svi import ROW_KEYS
 from semimech.infer.auto import cut_sites_in
@@ -72,13 +73,11 @@ class RowEngine:
         self._entries = row_log_likelihood_fn(self.model, data, self.y, shape=(design.n_obs, design.n_genes),
                                               has_within=False, entries=True)
         model = self.model
+        n_genes = design.n_genes
 
         @jax.jit
-        def rows_rep(chunk, summaries):  # one key per draw; a chunk draws with its first draw's key
-            chunk = dict(chunk)
-            key = chunk.pop("__key")[0]
-            return Predictive(model, posterior_samples=chunk, return_sites=["y"], parallel=True)(
-                key, {**data, **summaries})["y"]
+        def rows_rep(chunk, summaries):
+            return observation_draws(model, chunk, {**data, **summaries}, (design.n_obs, n_genes))
 
         self._rep = rows_rep
         # replicates of some rows are drawn from the model given those rows alone: every per-row array of a
@@ -90,11 +89,9 @@ class RowEngine:
 
             @jax.jit
             def subset_rep(chunk, summaries, rows_data):
-                chunk = dict(chunk)
-                key = chunk.pop("__key")[0]
                 n_rows = rows_data["perturbation_index"].shape[0]
-                return Predictive(model, posterior_samples=chunk, return_sites=["y"], parallel=True)(
-                    key, {**shared, **summaries, **rows_data, "n_obs": n_rows})["y"]
+                return observation_draws(model, chunk, {**shared, **summaries, **rows_data, "n_obs": n_rows},
+                                         (n_rows, n_genes))
 
             self._subset_rep = subset_rep
 
@@ -137,23 +134,76 @@ class RowEngine:
 
         ``rows``: optional row indices to draw (default: every row). Fewer rows than the design's are
         drawn from the model given those rows alone (for a :class:`~semimech.Design`, whose per-row
-        model data are known), so their cost is that of the rows drawn, not of the design.
+        model data are known), so their cost is that of the rows drawn, not of the design. Counts are
+        drawn on the host (:func:`observation_draws`).
         """
         s = self._summaries(summaries)
         limit = min(self.max_chunk, REPLICATE_CHUNK_ELEMENTS)
         if rows is None:
-            return self.apply(lambda part: self._rep(part, s), samples, self.latent, key=key,
-                              max_chunk_elements=limit).astype(float)
+            return self.apply(lambda part: host_draws(self._rep(part, s), part["__key"]), samples, self.latent,
+                              key=key, max_chunk_elements=limit).astype(float)
         rows = np.asarray(rows, dtype=np.int64)
         b = None if self._row_keys is None or rows.size == 0 else subset_size(rows.size, self.design.n_obs)
         if b is None:
-            return self.apply(lambda part: self._rep(part, s)[:, rows], samples, self.latent, key=key,
-                              max_chunk_elements=limit).astype(float)
+            return self.apply(lambda part: host_draws(self._rep(part, s), part["__key"])[:, rows], samples,
+                              self.latent, key=key, max_chunk_elements=limit).astype(float)
         padded = np.concatenate([rows, np.repeat(rows[:1], b - rows.size)])  # padding rows are drawn and dropped
         rows_data = {k: jnp.asarray(np.asarray(self.data[k])[padded]) for k in self._row_keys}
         n = rows.size
-        return self.apply(lambda part: self._subset_rep(part, s, rows_data)[:, :n], samples, self.latent, key=key,
-                          per_draw=b * self.design.n_genes, max_chunk_elements=limit).astype(float)
+        return self.apply(lambda part: host_draws(self._subset_rep(part, s, rows_data), part["__key"])[:, :n],
+                          samples, self.latent, key=key, per_draw=b * self.design.n_genes,
+                          max_chunk_elements=limit).astype(float)
+
+
+def observation_draws(model, chunk: dict, data: dict, shape: tuple[int, int]) -> dict:
+    """Per draw of ``chunk`` (latent site -> ``(draws, ...)``, ``"__key"`` one key per draw): the observed
+    site ``y``'s distribution given the draw, as ``{"concentration", "rate"}`` arrays ``(draws, *shape)`` when it
+    is a gamma-Poisson (the negative binomial of count readouts), else ``{"y": a draw}``.
+
+    A count replicate is then drawn on the host (:func:`host_draws`): JAX's gamma and Poisson samplers loop until
+    every value is accepted, ~1-2 us per value on a CPU core, numpy's ~0.1 us (most of a count cross-validation's
+    scoring time was these draws; ``benchmarks/cv_replicates.py``). The site is conditioned on zeros, so nothing
+    is sampled for it here; every other site is the draw's value or, if the draw lacks it (a held-out target's
+    latent under ``PREDICTIVE_FLAG``), drawn from the model with the draw's key.
+    """
+    chunk = dict(chunk)
+    keys = chunk.pop("__key")
+    zeros = jnp.zeros(shape, jnp.float32)
+
+    def one(sample, key):
+        seeded = handlers.seed(handlers.condition(handlers.substitute(model, data=sample), data={"y": zeros}), key)
+        fn = handlers.trace(seeded).get_trace(data)["y"]["fn"]
+        nb = _gamma_poisson(fn)
+        if nb is None:
+            return {"y": jnp.reshape(fn.sample(jax.random.fold_in(key, 1)), shape)}
+        return {k: jnp.broadcast_to(v, shape) for k, v in zip(("concentration", "rate"), nb)}
+
+    return jax.vmap(one)(chunk, keys)
+
+
+def _gamma_poisson(fn):
+    """``(concentration, rate)`` of a gamma-Poisson ``fn`` (through the plates' expansion and ``to_event``), or None."""
+    while isinstance(fn, (dist.ExpandedDistribution, dist.Independent)):
+        fn = fn.base_dist
+    if type(fn) in (dist.GammaPoisson, dist.NegativeBinomial2):
+        return fn.concentration, fn.rate
+    return None
+
+
+def host_draws(params: dict, keys) -> np.ndarray:
+    """Replicates from :func:`observation_draws`' output: its draw, or a negative-binomial draw on the host
+    (gamma then Poisson, numpy's generator seeded by the chunk's first key)."""
+    if "y" in params:
+        return np.asarray(params["y"])
+    rng = np.random.default_rng(np.asarray(keys[0]).astype(np.uint32).ravel().tolist())
+    concentration = np.asarray(params["concentration"], dtype=np.float64)
+    rate = np.asarray(params["rate"], dtype=np.float64)
+    # a mean of 0 (rate inf) gives 0; a draw without a distribution (NaN, a zero rate) gives NaN, as JAX's would
+    ok = (concentration > 0) & np.isfinite(concentration) & (rate > 0)
+    scale = np.divide(1.0, rate, out=np.zeros_like(rate), where=ok)
+    lam = rng.gamma(np.where(ok, concentration, 1.0), scale)
+    ok &= lam < 1e18  # numpy's Poisson sampler's range
+    return np.where(ok, rng.poisson(np.where(ok, lam, 0.0)), np.nan).astype(np.float32)
 
 
 def _row_keys(design, data: dict) -> tuple[str, ...] | None:
