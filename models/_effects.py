@@ -156,12 +156,12 @@ from semimech.errors import DesignError
 
 def check_embedding(options: dict, design) -> dict:
     """``ModelSpec.prepare_options`` part: an ``embedding`` / ``gene_embedding`` has one row per target / gene of
-    the design it fits. Rows that are named (:class:`semimech.models._embeddings.NamedRows`, as
+    the design it fits. Rows that are named (:class:`semimech.models._named.NamedRows`, as
     ``target_embedding`` returns) are taken by name, so an embedding built on another design with these targets
     in another order (or more of them) fits each target with its own row; a plain array is taken row by row
     and must have one row per target. (A prediction design may append targets, so the model takes fewer
     rows; a fit never should: rows on the wrong targets would go without a word.)"""
-    from semimech.models._embeddings import named_rows
+    from semimech.models._named import named_rows
 
     out = dict(options)
     for key, names, what in (("embedding", design.targets, "targets"), ("gene_embedding", design.genes, "genes")):

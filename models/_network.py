@@ -42,6 +42,7 @@ import numpyro.distributions as dist
 
 from semimech.errors import DesignError
 from semimech.measurement import observe_conditions, to_data_scale
+from semimech.models._named import NamedRows, named_rows
 
 W_PRIORS = ("horseshoe", "laplace", "normal")
 NETWORK_MODES = ("mask", "scale")
@@ -303,29 +304,22 @@ def prepare_options(options: dict, design) -> dict:
     import pandas as pd
 
     from semimech.models import _effects
-    from semimech.models._embeddings import NamedRows, named_rows
 
     options = _effects.check_embedding(options, design)
-    mask = options.get("direct_mask")
-    if mask is not None:
-        by_name = named_rows(mask, design.targets, design.genes, key="direct_mask", what="targets")
+    network = options.get("network")
+    if isinstance(network, (pd.DataFrame, str, os.PathLike)):
+        options = {**options, "network": network_matrix(network, genes=design.genes)}
+    named = (("direct_mask", design.targets, design.genes, "targets"), ("variant_of", design.targets, None, "targets"),
+             ("network", design.genes, design.genes, "genes"))
+    for key, rows, cols, what in named:  # options that name their rows (NamedRows): taken by name
+        by_name = named_rows(options.get(key), rows, cols, key=key, what=what)
         if by_name is not None:
-            options = {**options, "direct_mask": by_name}
-    var, sgi = options.get("variant_of"), options.get("shared_gene_index")
-    if var is not None and getattr(var, "row_names", None) is not None:
-        options = {**options, "variant_of": named_rows(var, design.targets, key="variant_of", what="targets")}
-    shared = getattr(sgi, "row_names", None)
+            options = {**options, key: by_name}
+    shared = getattr(options.get("shared_gene_index"), "row_names", None)
     if shared is not None:  # each shared target's gene column in this design's genes (-1: not a modelled gene)
         col = {g: i for i, g in enumerate(design.genes)}
         options = {**options, "shared_gene_index": NamedRows(np.array([col.get(n, -1) for n in shared], np.int32),
                                                              shared)}
-    network = options.get("network")
-    if isinstance(network, (pd.DataFrame, str, os.PathLike)):
-        return {**options, "network": network_matrix(network, genes=design.genes)}
-    if network is not None:  # network_matrix's names its regulators and genes: taken by name
-        by_name = named_rows(network, design.genes, design.genes, key="network", what="genes")
-        if by_name is not None:
-            options = {**options, "network": by_name}
     return options
 
 
@@ -375,8 +369,6 @@ def network_matrix(network, *, genes) -> np.ndarray:
     out = np.zeros((len(genes), len(genes)), dtype=np.float32)
     for s, sign, t in zip(network["source"].astype(str), network["sign"], network["target"].astype(str)):
         out[col[s], col[t]] = np.nan if pd.isna(sign) else (float(np.sign(sign)) or 1.0)
-    from semimech.models._embeddings import NamedRows
-
     return NamedRows(out, genes, genes)
 
 
@@ -425,8 +417,6 @@ def shared_targets(design, variants) -> dict:
     code = {s: k for k, s in enumerate(shared)}
     col = {g: i for i, g in enumerate(design.genes)}
     variant_of = np.array([code[str(variants[t])] if t in variants else -1 for t in targets], dtype=np.int32)
-    from semimech.models._embeddings import NamedRows
-
     return {"variant_of": NamedRows(variant_of, targets),
             "shared_gene_index": NamedRows(np.array([col.get(s, -1) for s in shared], dtype=np.int32), shared)}
 
@@ -459,8 +449,6 @@ def target_gene_mask(design, target_genes) -> np.ndarray:
                               f"Genes: {genes[:8]}...")
         mask[tcol[str(t)]] = 0.0
         mask[tcol[str(t)], [gcol[g] for g in gs]] = 1.0
-    from semimech.models._embeddings import NamedRows
-
     return NamedRows(mask, targets, genes)
 
 
