@@ -105,3 +105,45 @@ def test_count_checks_in_chunks_see_every_entry(monkeypatch):
         assert v.count_mode(sp.csr_matrix(z), None) is False  # negative control: one entry in the last chunk
         with pytest.raises(DesignError, match=why):
             v.count_mode(sp.csr_matrix(z), True)
+
+
+def test_observed_means_of_new_cells_are_drawn_on_the_host_with_the_models_distribution():
+    """``mean_of_cells`` (predict's ``observed_mean``): the mean of n new cells' counts is NB(n mu, n phi) / n,
+    so its mean is mu and its variance (mu + mu^2 / phi) / n; a Poisson of the same means (variance mu / n), the
+    negative control, is far too narrow. A zero mean gives 0, a NaN mean NaN; the same key gives the same draws,
+    another key others; and no JAX program is compiled for the shape (the eager JAX draw compiled ~5 s cold)."""
+    from semimech.measurement import mean_of_cells
+
+    mu, phi, n = 6.0, 1.5, 4.0
+    mean = np.full((40_000, 2, 3), mu, np.float32)
+    mean[:, 1, 2] = 0.0
+    mean[0, 0, 0] = np.nan
+    noise = np.full((40_000, 1, 3), phi, np.float32)
+    key = jax.random.PRNGKey(3)
+    compiles = []
+
+    def listen(event, secs, **kw):
+        if "backend_compile" in event:
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        d = mean_of_cells(key, mean, noise, likelihood="negbin", num_cells=np.array([1.0, n])[None, :, None])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    assert d.shape == mean.shape and d.dtype == np.float32
+    assert np.isnan(d[0, 0, 0]) and np.isfinite(d[1:]).all() and np.all(d[:, 1, 2] == 0)
+    one, many = d[1:, 0, 1], d[1:, 1, 1]
+    assert one.mean() == pytest.approx(mu, rel=0.03) and many.mean() == pytest.approx(mu, rel=0.03)
+    assert one.var() == pytest.approx(mu + mu**2 / phi, rel=0.06)
+    assert many.var() == pytest.approx((mu + mu**2 / phi) / n, rel=0.06)
+    assert np.all(np.isclose(many * n, np.round(many * n), atol=1e-3))  # totals of counts
+    poisson = np.random.default_rng(0).poisson(mu * n, many.shape) / n  # negative control: the wrong law
+    assert not poisson.var() == pytest.approx((mu + mu**2 / phi) / n, rel=0.5)
+    np.testing.assert_array_equal(d, mean_of_cells(key, mean, noise, likelihood="negbin",
+                                                   num_cells=np.array([1.0, n])[None, :, None]))
+    assert not np.array_equal(d[1:], mean_of_cells(jax.random.PRNGKey(4), mean, noise, likelihood="negbin",
+                                                   num_cells=np.array([1.0, n])[None, :, None])[1:])
+    g = mean_of_cells(key, mean[:, :1], noise, likelihood="normal", num_cells=n)
+    assert g[1:, 0, 0].std() == pytest.approx(phi / np.sqrt(n), rel=0.03) and g.dtype == np.float32

@@ -19,6 +19,7 @@ from semimech.infer._svi import ROW_KEYS
 from semimech.infer.auto import cut_sites_in
 from semimech.infer.fit import DATA_SUMMARIES
 from semimech.infer.loglik import MAX_CHUNK_ELEMENTS, chunked_draws, row_log_likelihood_fn, row_setup, within_constant
+from semimech.measurement.likelihoods import gamma_poisson_draws
 
 #: Model-data flag the engine sets: the observed site is evaluated as the predictive of a *new*
 #: observation. A model with a cut posterior (``ModelSpec.cut_sites``, e.g. ``signalling_network``'s
@@ -196,14 +197,7 @@ def host_draws(params: dict, keys) -> np.ndarray:
     if "y" in params:
         return np.asarray(params["y"])
     rng = np.random.default_rng(np.asarray(keys[0]).astype(np.uint32).ravel().tolist())
-    concentration = np.asarray(params["concentration"], dtype=np.float64)
-    rate = np.asarray(params["rate"], dtype=np.float64)
-    # a mean of 0 (rate inf) gives 0; a draw without a distribution (NaN, a zero rate) gives NaN, as JAX's would
-    ok = (concentration > 0) & np.isfinite(concentration) & (rate > 0)
-    scale = np.divide(1.0, rate, out=np.zeros_like(rate), where=ok)
-    lam = rng.gamma(np.where(ok, concentration, 1.0), scale)
-    ok &= lam < 1e18  # numpy's Poisson sampler's range
-    return np.where(ok, rng.poisson(np.where(ok, lam, 0.0)), np.nan).astype(np.float32)
+    return gamma_poisson_draws(rng, params["concentration"], params["rate"])
 
 
 def _row_keys(design, data: dict) -> tuple[str, ...] | None:

@@ -13,7 +13,7 @@ import pandas as pd
 from numpyro.infer import Predictive
 
 from semimech._blas import limited_blas
-from semimech._rng import as_key
+from semimech._rng import as_key, host_rng
 from semimech.checks import is_steady_state_model, solve_fractions
 from semimech.data.design import Design
 from semimech.errors import PredictionError, UnsolvedWarning
@@ -264,15 +264,14 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         n = _num_cells(num_cells, labels)
         # a model whose noise differs by context records it per condition (measurement.context_noise)
         if fit.design.noise is not None and fit.design.noise.grouped:  # noise per group of batches
-            noise = _grouped_noise(fit, np.asarray(out[noise_site]), batch, len(labels), jax.random.fold_in(k_obs, 3))
+            noise = _grouped_noise(fit, np.asarray(out[noise_site]), batch, len(labels), k_obs)
         elif "condition_noise" in out:
             noise = np.asarray(out["condition_noise"])
         else:
             noise = np.asarray(out[noise_site])[:, None, :]
         if fit.likelihood == "normal":
             noise = np.asarray(total_sd(noise, tdata, mean))
-        draws["observed_mean"] = np.asarray(
-            mean_of_cells(k_obs, mean, noise, likelihood=fit.likelihood, num_cells=n[None, :, None]))
+        draws["observed_mean"] = mean_of_cells(k_obs, mean, noise, likelihood=fit.likelihood, num_cells=n[None, :, None])
         bounds = fit.spec.observed_bounds(fit.options) if fit.spec.observed_bounds is not None else None
         if bounds is not None:  # the data are a bounded normalisation: an observation lies within it
             draws["observed_mean"] = np.clip(draws["observed_mean"], *bounds)
@@ -349,7 +348,7 @@ def _in_batch(fit, mean: np.ndarray, batch: str, rng_key) -> np.ndarray:
     if batch in batches:
         zb = z[:, batches.index(batch), :]
     else:  # a new batch: a fresh draw of its offsets
-        zb = np.asarray(jax.random.normal(jax.random.fold_in(rng_key, 7), (z.shape[0], z.shape[2])), dtype=z.dtype)
+        zb = host_rng(rng_key, 7).standard_normal((z.shape[0], z.shape[2])).astype(z.dtype)
     sd = fit.flat("batch_sd").reshape(z.shape[0], *([1] * (zb.ndim - 1)))
     offset = (sd * zb)[:, None, :]
     return mean * np.exp(offset) if fit.likelihood == "negbin" else mean + offset
@@ -373,7 +372,7 @@ def _grouped_noise(fit, sd: np.ndarray, batch, n_labels: int, rng_key) -> np.nda
         g = noise.group_names().index(noise.batch_groups[str(batch)])
         return np.broadcast_to(sd[:, g, None, :], (sd.shape[0], n_labels, sd.shape[2]))
     weight = noise.row_group_weights(fit.design)
-    pick = np.asarray(jax.random.choice(rng_key, sd.shape[1], (sd.shape[0], n_labels), p=weight))
+    pick = host_rng(rng_key, 3).choice(sd.shape[1], (sd.shape[0], n_labels), p=weight)
     return np.take_along_axis(sd, pick[:, :, None], axis=1)
 
 
