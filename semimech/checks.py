@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from numpyro.infer import Predictive
 
-from semimech._rng import as_key
+from semimech._rng import as_key, host_rng
 from semimech.dynamics import Intervention, attractors, spectral_abscissa, steady_states
 from semimech.dynamics.steady_state import default_tolerances
 from semimech.errors import InferenceError, SemimechError
@@ -176,7 +176,7 @@ def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_st
     k_align, k_pred, k_sel, k_att = jax.random.split(key, 4)
     post = _align(fit, pdesign, k_align)
     total = next(iter(post.values())).shape[0]
-    idx = np.sort(np.asarray(jax.random.choice(k_sel, total, (min(num_draws, total),), replace=False)))
+    idx = np.sort(host_rng(k_sel).choice(total, min(num_draws, total), replace=False))
     post = {k: v[idx] for k, v in post.items()}
     data = pdesign.model_data()
     tdata = train.model_data()
@@ -240,7 +240,7 @@ def solve_fractions(fit, posterior: dict, data: dict, labels, *, rng_key, num_dr
     key = as_key(rng_key)
     k_sel, k_pred = jax.random.split(key)
     total = next(iter(posterior.values())).shape[0]
-    idx = np.sort(np.asarray(jax.random.choice(k_sel, total, (min(num_draws, total),), replace=False)))
+    idx = np.sort(host_rng(k_sel).choice(total, min(num_draws, total), replace=False))
     post = {k: v[idx] for k, v in posterior.items()}
     model = functools.partial(fit.spec.model, **fit.options)
     sites = {k: np.asarray(v) for k, v in
