@@ -235,6 +235,7 @@ def test_a_fit_with_every_row_kept_by_a_mask_is_the_fit_compiled_as_the_refits_a
     assert key(np.ones(design.n_obs, bool)) == key(fold) != key(None)
 
 
+@pytest.mark.heavy
 def test_a_count_fit_refits_with_a_row_mask_after_its_unmasked_fit(small_counts_adata):
     """Counts go to a negative-binomial model as sparse coordinates, and whether a model takes them was memoised per
     model and options, not per masked or unmasked data: after an unmasked count fit every masked refit of the same
@@ -284,6 +285,7 @@ def test_a_count_fit_refits_with_a_row_mask_after_its_unmasked_fit(small_counts_
         cross_validate(None)  # was AttributeError: 'NoneType' object has no attribute 'design'
 
 
+@pytest.mark.heavy
 def test_replicates_of_some_rows_are_drawn_from_those_rows_alone(small_counts_adata):
     """Held-out rows' replicates (their PIT, CRPS, predictive mean and sd) are drawn from the model given those rows
     alone (their per-row data indexed, padded to a size shared by similar folds) instead of for every row of the

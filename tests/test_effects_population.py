@@ -253,6 +253,7 @@ def test_centred_deviations_predict_unseen_targets_from_the_population_spread():
 
 
 @pytest.mark.parametrize("name", ["linear_steady_state", "production_decay", "latent_programs"])
+@pytest.mark.heavy
 def test_steady_state_models_take_an_effect_population_as_their_residual(name):
     from semimech.models import REGISTRY
 
@@ -309,6 +310,7 @@ def test_steady_state_population_misfit_takes_the_centred_geometry(name):
     assert np.all((ratio > 0.6) & (ratio < 1.6)), (ratio, spread)
 
 
+@pytest.mark.heavy
 def test_the_geometry_is_settled_by_the_inference(structured):
     """``effect_deviation="auto"`` (the default) is settled by the fit and recorded in ``fit.options``: centred under
     SVI with a distribution as guide, non-centred under NUTS and for a MAP point estimate (whose centred mode is

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import pytest
 from numpyro.infer import Trace_ELBO, autoguide
 
 from semimech.infer._elbo import OrderedTraceELBO
@@ -53,6 +54,7 @@ _FIT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.heavy
 def test_the_same_fit_gives_the_same_losses_and_cached_programs_under_any_string_hashing(tmp_path):
     """Known answer: identical loss traces, bit for bit, in processes with different PYTHONHASHSEED, and
     the second process loads all three programs (init, step, draws) from the persistent cache (with

@@ -27,6 +27,7 @@ def _same(a, b):
     np.testing.assert_array_equal(a.losses, b.losses)
 
 
+@pytest.mark.heavy
 def test_cached_and_uncached_paths_give_identical_draws(design, tmp_path, jax_cache):
     """A fresh compile, the in-process cache and the opt-in persistent cache give the same fit."""
     from semimech.infer import set_cache_dir
@@ -52,6 +53,7 @@ def test_cached_and_uncached_paths_give_identical_draws(design, tmp_path, jax_ca
     assert not np.array_equal(other.samples["baseline"], first.samples["baseline"])
 
 
+@pytest.mark.heavy
 def test_semimechs_cache_stores_whole_programs_beside_jaxs_own_cache(design, tmp_path, jax_cache):
     """With JAX's own persistent cache on (a user's ``jax_compilation_cache_dir``), a program JAX had cached was
     loaded from there and semimech stored that executable, which serialises without its kernels: the next fit
@@ -211,6 +213,7 @@ def _record_submits(monkeypatch):
     return calls
 
 
+@pytest.mark.heavy
 def test_compiles_start_with_the_step_and_the_draws_wait_for_the_init_on_two_cores(design, monkeypatch):
     """The step's compile (the one the fit waits for) starts first; with fewer than SIDE_BY_SIDE_CORES cores
     the draws compile after the init, else all three at once. The draws' compile options (LLVM level 1,

@@ -79,6 +79,35 @@ def test_repeated_predict_calls_do_not_accumulate_compiled_programs(norman_fit):
     assert maps() - before < 60, maps() - before  # the eager replay: ~200 for these 6 calls
 
 
+def test_a_repeated_predict_reuses_its_compiled_replay(norman_fit):
+    """A second predict of the same conditions (another key) compiles nothing and gives the draws a freshly compiled
+    replay gives; other conditions (the negative control) compile their own replay."""
+    import jax
+
+    from semimech.infer import release_compiled
+
+    compiles = []
+
+    def listen(event, secs, **kw):
+        if "backend_compile" in event:
+            compiles.append(event)
+
+    labels = [p for p in norman_fit.design.perturbations if p != norman_fit.design.control]
+    sm.predict(norman_fit, labels[:2], rng_key=0, num_cells=20)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        again = sm.predict(norman_fit, labels[:2], rng_key=1, num_cells=20)
+        reused = len(compiles)
+        sm.predict(norman_fit, labels[2:4], rng_key=1, num_cells=20)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert reused == 0 and len(compiles) > 0
+    release_compiled()
+    fresh = sm.predict(norman_fit, labels[:2], rng_key=1, num_cells=20)
+    for kind in ("mean", "observed_mean"):
+        np.testing.assert_array_equal(again.draws[kind], fresh.draws[kind])
+
+
 def test_prediction_tables(norman_fit):
     p = sm.predict(norman_fit, ["KLF1+TGFBR2", "control"], rng_key=0, num_cells=100)
     frame = p.to_frame(kind="observed_mean")
@@ -237,6 +266,7 @@ def test_unreplicated_design_warns_that_noise_is_not_identified():
         _warn_unreplicated(replicated.pseudobulk())
 
 
+@pytest.mark.heavy
 def test_predict_in_a_batch_recovers_the_batch_shift():
     """Known answer: batch b2 reads 1.5 units higher than b1 on every gene, so predictions in b2
     minus predictions in b1 are about 1.5; a new batch widens the intervals; a fit without
@@ -399,6 +429,7 @@ def test_nuts_parallel_chains_equal_sequential_draws(tmp_path):
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
+@pytest.mark.heavy
 def test_default_nuts_fits_do_not_accumulate_compiled_sampling_loops(monkeypatch, simulate_additive):
     """NumPyro compiles its sampling loop anew for every MCMC.run and JAX kept each (~700 memory mappings a fit: a
     long process of NUTS fits reached the kernel's limit); fit_nuts(compiled=False) frees the loop it no longer

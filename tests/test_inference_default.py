@@ -49,6 +49,7 @@ def test_the_method_follows_the_design(norman_design, monkeypatch):
         sm.fit(additive.SPEC, d, rng_key=0, method="laplace")
 
 
+@pytest.mark.heavy
 def test_fit_passes_row_mask_to_the_chosen_method_not_to_the_model(monkeypatch):
     """``row_mask`` is a fit argument: the choice's trace of the model must not receive it (it raised a
     TypeError from inside NumPyro), and the chosen fit gets it: the same draws as fit_svi with that mask."""

@@ -105,6 +105,7 @@ def coverage(draws, true, prob=0.9):
     return float(np.mean((true >= lo) & (true <= hi)))
 
 
+@pytest.mark.heavy
 def test_heavy_tailed_screen_unseen_targets_cover_and_a_tiny_population_does_not():
     effects = heavy_tailed(0)
     design = screen(effects, cells=40, seed=0)

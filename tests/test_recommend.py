@@ -250,6 +250,7 @@ def test_factor_design_conditions_and_parts_keep_their_context():
     assert about.parts == ["EGF@L2", "MEKi@L2", "PI3Ki@L2", "control@L2"]
 
 
+@pytest.mark.heavy
 def test_observation_variance_follows_each_contexts_noise():
     """A label design with contexts (context_noise, the default there): the variance of a new observation
     that the expected gains use is the candidate's context's, as predict draws it (sd 0.05 vs 0.4 here);

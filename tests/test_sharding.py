@@ -57,6 +57,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.heavy
 def test_four_devices_match_one_device(tmp_path):
     """Known answer: same minibatches, same key -> same run up to float summation order.
 

@@ -141,6 +141,7 @@ def test_misfit_sites_follow_the_noise_source():
     assert option["noise_sd"]["type"] == "deterministic" and "assay_sd" in option
 
 
+@pytest.mark.heavy
 def test_cut_misfit_leaves_the_network_fit_to_the_measurement_noise():
     """Quick: with ``misfit_cut`` the gradient of the log density in the network's parameters is
     that of the model observed with the measurement sd alone (the misfit does not feed back);

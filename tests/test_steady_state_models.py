@@ -155,6 +155,7 @@ def test_unseen_gene_and_new_combination_are_predicted(linear_fit, design):
     assert "ok_fraction" in linear_fit.samples
 
 
+@pytest.mark.heavy
 def test_additive_answers_an_unseen_gene_from_its_population(design):
     fit = sm.fit_svi(additive.SPEC, design, rng_key=0, num_steps=20, num_samples=10, progress_bar=False)
     with pytest.warns(sm.errors.PopulationOnlyWarning, match="never perturbed"):
@@ -234,6 +235,7 @@ def test_non_converging_prior_is_a_clear_error(design):
     assert ok > 0.5
 
 
+@pytest.mark.heavy
 def test_nuts_on_production_decay_small_problem(design):
     small = design.pseudobulk()
     fit = sm.fit_nuts(production_decay.SPEC, small, rng_key=0, num_warmup=30, num_samples=20, num_chains=1,
