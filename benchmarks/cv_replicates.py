@@ -20,11 +20,8 @@ equal up to Monte Carlo error, the draws differ).
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import warnings
-from pathlib import Path
 
 
 def run(mode: str, n: int, g: int) -> dict:
@@ -72,8 +69,6 @@ def main() -> None:
     for r in rows[1:]:
         print(f"{r['mode']} / {base['mode']}, CV wall: {r['cv_seconds'] / base['cv_seconds']:.2f}x; replicates: "
               f"{r['replicate_seconds'] / base['replicate_seconds']:.2f}x")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"rows": rows, "load": os.getloadavg()}, indent=1))
 
 
 if __name__ == "__main__":

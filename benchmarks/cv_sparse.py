@@ -68,7 +68,7 @@ def modes_in_fresh_processes(script: str, run_mode, modes: tuple[str, ...], *, c
                              json_name: str):
     """The command line of ``script``: each of ``modes`` (or those of ``--modes``) run by ``run_mode(mode, cells,
     genes)`` in its own fresh process, one after the other. Returns ``(rows, args)``, or ``None`` in a child process
-    (it printed its row)."""
+    (it printed its row). The rows and the machine's load are written to ``--json``."""
     ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.split("\n")[0])
     ap.add_argument("--cells", type=int, default=cells)
     ap.add_argument("--genes", type=int, default=genes)
@@ -84,6 +84,8 @@ def modes_in_fresh_processes(script: str, run_mode, modes: tuple[str, ...], *, c
         out = subprocess.run([sys.executable, script, "--mode", mode, "--cells", str(args.cells), "--genes",
                               str(args.genes)], capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"rows": rows, "load": os.getloadavg()}, indent=1))
     return rows, args
 
 
@@ -96,8 +98,6 @@ def main() -> None:
     for r in rows:
         print(f"| {r['mode']} counts | {r['cv_seconds']:.1f} | {r['elpd']:.2f} | {r['peak_rss_mb']:.0f} |")
     print(f"dense / sparse wall: {rows[1]['cv_seconds'] / rows[0]['cv_seconds']:.2f}x")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"rows": rows, "load": os.getloadavg()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,8 @@ error: the draws differ).
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import warnings
-from pathlib import Path
 
 
 def _jax_mean_of_cells(rng_key, mean, noise, *, likelihood: str, num_cells):
@@ -82,8 +79,6 @@ def main() -> None:
     for r in rows[1:]:
         print(f"{r['mode']} / {base['mode']}: cold {r['cold_seconds'] / base['cold_seconds']:.2f}x, new shape "
               f"{r['new_shape_seconds'] / base['new_shape_seconds']:.2f}x")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"rows": rows, "load": os.getloadavg()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from jaxtyping import Float
 
-from semimech._rng import as_key
+from semimech._rng import host_rng
 from semimech.design.error_analysis import COMPARISONS, ContrastError, contrast_weights, layout_error
 from semimech.design.layout import Layout
 from semimech.errors import DesignError
@@ -216,7 +216,7 @@ def simulate_layout(
     effects, batch_effects = _check_inputs(layout, sigma, tau, effects, num_replicates, batch_effects, comparisons)
     if estimator is not None and not cell_level:
         raise DesignError("estimator= needs cell-level data; pass cell_level=True.")
-    rng = np.random.default_rng(np.asarray(as_key(rng_key)).astype(np.uint32).tolist())
+    rng = host_rng(rng_key)
     k, nb = layout.n_perturbations, layout.n_batches
     weight_sets = {c: contrast_weights(layout, comparison=c, weights=weights, sigma=sigma, tau=tau) for c in comparisons}
     estimates = {c: np.empty((num_replicates, k)) for c in comparisons}

@@ -15,6 +15,7 @@ import numpy as np
 import numpyro.distributions as dist
 from numpyro import handlers
 
+from semimech._rng import host_rng
 from semimech.infer._svi import ROW_KEYS
 from semimech.infer.auto import cut_sites_in
 from semimech.infer.fit import DATA_SUMMARIES
@@ -196,8 +197,7 @@ def host_draws(params: dict, keys) -> np.ndarray:
     (gamma then Poisson, numpy's generator seeded by the chunk's first key)."""
     if "y" in params:
         return np.asarray(params["y"])
-    rng = np.random.default_rng(np.asarray(keys[0]).astype(np.uint32).ravel().tolist())
-    return gamma_poisson_draws(rng, params["concentration"], params["rate"])
+    return gamma_poisson_draws(host_rng(keys[0]), params["concentration"], params["rate"])
 
 
 def _row_keys(design, data: dict) -> tuple[str, ...] | None:

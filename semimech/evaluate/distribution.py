@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from semimech._rng import as_key
+from semimech._rng import host_rng
 from semimech.data.design import Design
 from semimech.errors import DesignError, PredictionError
 from semimech.evaluate._align import held_out_labels, key_of
@@ -58,7 +58,7 @@ def score_distribution(samples: Mapping[str, np.ndarray], test: Design, *, label
     ``n_predicted``, plus a ``"mean"`` row.
     """
     labels = held_out_labels(test, labels)
-    rng = np.random.default_rng(np.asarray(as_key(rng_key), dtype=np.uint32))
+    rng = host_rng(rng_key)
     by_key = {key_of(test, k): k for k in samples}
     rows = []
     for lab in labels:

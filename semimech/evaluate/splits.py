@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from semimech._rng import as_key
+from semimech._rng import host_rng
 from semimech.data.design import Design
 from semimech.errors import DesignError
 
@@ -22,7 +22,7 @@ __all__ = ["leave_one_condition_out", "leave_one_perturbation_out", "leave_one_t
 
 
 def _rng(rng_key) -> np.random.Generator:
-    return np.random.default_rng(np.asarray(as_key(rng_key), dtype=np.uint32))
+    return host_rng(rng_key)
 
 
 def split_rows(design: Design, test_mask, *, controls: str = "both") -> tuple[Design, Design]:

@@ -41,6 +41,7 @@ import numpyro.distributions as dist
 from jaxtyping import Array, Float, Int
 from numpyro.distributions import constraints
 
+from semimech._rng import host_rng
 from semimech.errors import DesignError
 
 LIKELIHOODS = ("normal", "negbin")
@@ -457,8 +458,6 @@ def mean_of_cells(rng_key, mean, noise, *, likelihood: str, num_cells) -> np.nda
     ``NB(num_cells * mean, num_cells * noise)`` (``noise`` the concentration), divided by ``num_cells``. Drawn
     on the host by a NumPy generator keyed by ``rng_key`` (:func:`semimech._rng.host_rng`): no JAX program is
     compiled for the shape. Arrays broadcast; the result has the mean's float dtype (float32 for counts)."""
-    from semimech._rng import host_rng
-
     mean = np.asarray(mean)
     noise = np.asarray(noise)
     num_cells = np.asarray(num_cells, dtype=np.float64)
@@ -471,5 +470,4 @@ def mean_of_cells(rng_key, mean, noise, *, likelihood: str, num_cells) -> np.nda
     concentration = num_cells * noise.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):  # a mean of 0: rate inf, a draw of 0; NaN stays NaN
         rate = concentration / total_mean
-    concentration = np.broadcast_to(concentration, rate.shape)
     return (gamma_poisson_draws(rng, concentration, rate) / num_cells).astype(np.float32)
