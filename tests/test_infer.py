@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,32 +81,76 @@ def test_repeated_predict_calls_do_not_accumulate_compiled_programs(norman_fit):
 
 
 def test_a_repeated_predict_reuses_its_compiled_replay(norman_fit):
-    """A second predict of the same conditions (another key) compiles nothing and gives the draws a freshly compiled
-    replay gives; other conditions (the negative control) compile their own replay."""
+    """A second predict of the same conditions (another key), or of other conditions with the same shapes (two
+    other singles), compiles nothing, and gives the draws of a replay compiled with the conditions as constants (to
+    float32 rounding: XLA folds constants); conditions of other shapes (three singles: the negative control)
+    compile their own replay."""
     import jax
 
     from semimech.infer import release_compiled
 
+    predict_module = sys.modules["semimech.infer.predict"]
     compiles = []
 
     def listen(event, secs, **kw):
         if "backend_compile" in event:
             compiles.append(event)
 
-    labels = [p for p in norman_fit.design.perturbations if p != norman_fit.design.control]
-    sm.predict(norman_fit, labels[:2], rng_key=0, num_cells=20)
+    singles = [p for p in norman_fit.design.perturbations if p != norman_fit.design.control and "+" not in p]
+    sm.predict(norman_fit, singles[:2], rng_key=0, num_cells=20)
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
-        again = sm.predict(norman_fit, labels[:2], rng_key=1, num_cells=20)
+        again = sm.predict(norman_fit, singles[:2], rng_key=1, num_cells=20)
+        other = sm.predict(norman_fit, singles[2:4], rng_key=1, num_cells=20)
         reused = len(compiles)
-        sm.predict(norman_fit, labels[2:4], rng_key=1, num_cells=20)
+        sm.predict(norman_fit, singles[4:7], rng_key=1, num_cells=20)
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert reused == 0 and len(compiles) > 0
     release_compiled()
-    fresh = sm.predict(norman_fit, labels[:2], rng_key=1, num_cells=20)
+    fresh = sm.predict(norman_fit, singles[:2], rng_key=1, num_cells=20)
     for kind in ("mean", "observed_mean"):
         np.testing.assert_array_equal(again.draws[kind], fresh.draws[kind])
+    replay = predict_module._replay_program
+    try:  # the conditions baked into the program, as before the arrays became its arguments
+        predict_module._replay_program = lambda model, data, sites, **kw: predict_module._constant_replay(model, data,
+                                                                                                         sites)
+        constant = sm.predict(norman_fit, singles[2:4], rng_key=1, num_cells=20)
+    finally:
+        predict_module._replay_program = replay
+    for kind in ("mean", "observed_mean"):
+        np.testing.assert_allclose(other.draws[kind], constant.draws[kind], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(other.draws["mean"], again.draws["mean"])  # other conditions, other means
+
+
+def test_a_model_that_needs_its_data_as_constants_is_replayed_with_them():
+    """A model that reads a prediction array with numpy (JAX raises while tracing it as an argument) is replayed
+    with the arrays baked in, from then on without trying again; the values are those of the model."""
+    import functools
+
+    import jax
+    import numpyro
+    import numpyro.distributions as dist
+
+    predict_module = sys.modules["semimech.infer.predict"]
+
+    def model(data, *, scale):
+        rows = np.asarray(data["rows"])  # numpy on the data: needs a concrete array
+        w = numpyro.sample("w", dist.Normal(0.0, 1.0))
+        numpyro.deterministic("m", w * scale * rows.astype(np.float32))
+
+    bound = functools.partial(model, scale=2.0)
+    post = {"w": np.array([1.0, -0.5], np.float32)}
+    data = {"rows": np.array([1, 2, 3], np.int32), "n": 3}
+    out = predict_module._replay_program(bound, data, ["m"], reference={})(jax.random.PRNGKey(0), post)
+    np.testing.assert_allclose(np.asarray(out["m"]), [[2.0, 4.0, 6.0], [-1.0, -2.0, -3.0]])
+    assert predict_module.cache_key("predict.model", bound) in predict_module._CONSTANT_DATA
+    # the traced path of a model that does not need constants gives the same values
+    plain = functools.partial(lambda data, *, scale: numpyro.deterministic(
+        "m", numpyro.sample("w", dist.Normal(0.0, 1.0)) * scale * data["rows"].astype(np.float32)), scale=2.0)
+    out2 = predict_module._replay_program(plain, data, ["m"], reference={})(jax.random.PRNGKey(0), post)
+    np.testing.assert_allclose(np.asarray(out2["m"]), np.asarray(out["m"]))
+    assert predict_module.cache_key("predict.model", plain) not in predict_module._CONSTANT_DATA
 
 
 def test_prediction_tables(norman_fit):

@@ -243,7 +243,7 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     noise_site = fit.spec.noise_site(fit.likelihood)
     sites = [fit.spec.mean_site, noise_site, "condition_noise", "condition_solved"]
 
-    out = _replay_program(model, data, sites)(k_pred, post)
+    out = _replay_program(model, data, sites, reference=tdata)(k_pred, post)
     mean = np.asarray(out[fit.spec.mean_site])
     solved = None
     if "condition_solved" in out:
@@ -279,23 +279,73 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
                       model=fit.spec.name, steady_state=ss, sources=sources, noise=noise)
 
 
-#: The last replay programs, kept by the model, its options, the prediction's model data and the sites: a later
-#: ``predict`` of the same conditions (another key, other draws of the same shapes, another fit of the same model and
-#: options: a seed of a benchmark) reuses the compiled replay instead of compiling it again (1.5-2 s on 2 cores even
-#: for a 6-gene model). Bounded: each kept program holds ~34 memory mappings (``release_compiled`` drops them).
+#: The last replay programs, kept by the model, its options, the prediction's structural data, the shapes of its
+#: arrays and the sites: a later ``predict`` of other conditions of the same shapes (another double instead of the
+#: first, another key, other draws of the same shapes, another fit of the same model and options: a seed of a
+#: benchmark) reuses the compiled replay instead of compiling it again (1.3-1.8 s on 2 cores even for a 6-gene
+#: steady-state model). Bounded: each kept program holds ~34 memory mappings (``release_compiled`` drops them).
 _REPLAYS = Recent(8)
+#: Models whose replay needs the prediction's arrays as constants (the model reads them with numpy or branches on
+#: them in Python): their replay is keyed by the arrays' values, as before 2026-12-07.
+_CONSTANT_DATA: set = set()
+_TRACE_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                 jax.errors.TracerIntegerConversionError, jax.errors.TracerBoolConversionError)
 
 
-def _replay_program(model: functools.partial, data: dict, sites: list[str]):
+def _replay_program(model: functools.partial, data: dict, sites: list[str], *, reference: Mapping | None = None):
     """``replay(key, post)``: the model's ``sites`` for each posterior draw, on the prediction's ``data``, jitted.
 
-    One program per distinct (model, options, data, sites), kept in :data:`_REPLAYS`; the draws are arguments
-    (not constants), the design's arrays stay concrete for the model. Unkeyable data (an object
+    The prediction's arrays that differ from the training design's (``reference``: which conditions, their
+    targets and structure) are arguments of the program, so one program serves every set of conditions with the
+    same array shapes; the fit's own structure (its targets' genes, contexts: the same arrays as in training) stays
+    constant. One program per distinct (model, options, constant data, shapes, sites) is kept in :data:`_REPLAYS`. A model that needs the arrays as constants (it converts one
+    to numpy or branches on its values: JAX raises while tracing) gets, from then on, a program per set of
+    conditions with the arrays baked in (keyed by their values). Unkeyable data (an object
     :func:`~semimech.infer._compiled.cache_key` cannot hash by content) get a program of their own call, freed
     with it. Replayed eagerly instead, Predictive's ``lax.map`` compiled its scan with the call's data baked in and
     JAX's primitive cache kept every one, unbounded (~34 memory maps and ~1.6 MB a call), so a long session of
     predict calls ran into the kernel's map limit ("LLVM compilation error: Cannot allocate memory")."""
-    key = cache_key("predict.replay", model, data, tuple(sites))
+    from semimech.infer._compiled import signature
+
+    model_key = cache_key("predict.model", model)
+    if model_key is None or model_key not in _CONSTANT_DATA:
+        reference = {} if reference is None else reference
+        traced = {k: v for k, v in data.items() if isinstance(v, np.ndarray) and not _same(v, reference.get(k))}
+        static = {k: v for k, v in data.items() if k not in traced}
+        key = cache_key("predict.replay", model, static, signature(traced), tuple(sites))
+        program = _REPLAYS.get(key)
+        if program is None:
+            def replay_traced(rng_key, post, arrays):
+                return Predictive(model, posterior_samples=post, return_sites=sites)(rng_key, {**static, **arrays})
+
+            program = jax.jit(replay_traced)
+
+        def run(rng_key, post):
+            out = program(rng_key, post, traced)
+            _REPLAYS.put(key, program)  # kept once it traced and compiled
+            return out
+
+        def first(rng_key, post):
+            try:
+                return run(rng_key, post)
+            except _TRACE_ERRORS:
+                if model_key is not None:
+                    _CONSTANT_DATA.add(model_key)
+                return _constant_replay(model, data, sites)(rng_key, post)
+
+        return first
+    return _constant_replay(model, data, sites)
+
+
+def _same(a: np.ndarray, b) -> bool:
+    """``b`` is an array equal to ``a`` (shape, dtype and values)."""
+    return (isinstance(b, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
+            and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f")))
+
+
+def _constant_replay(model: functools.partial, data: dict, sites: list[str]):
+    """The replay with the prediction's arrays as constants of the program (keyed by their values)."""
+    key = cache_key("predict.replay.constant", model, data, tuple(sites))
     program = _REPLAYS.get(key)
     if program is None:
         def replay(rng_key, post):
