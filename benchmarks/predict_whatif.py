@@ -1,18 +1,24 @@
-"""A notebook's what-if questions: ``predict`` of one condition after another on a steady-state fit, the replay's
-arrays as arguments of one compiled program against the conditions baked into a program per call (the path before).
+"""A notebook's what-if questions: ``predict`` of one condition after another, the replay's arrays as arguments of
+one compiled program against the conditions baked into a program per call (the path before).
 
     cd /tmp && OPENBLAS_NUM_THREADS=1 python <repo>/benchmarks/predict_whatif.py [--genes 30] [--json PATH]
-        [--modes arguments constants]
+        [--modes lss:arguments lss:constants signalling:arguments signalling:constants]
 
-The shipped Norman 2019 subset (``sm.datasets.norman19_devel``, its pseudobulk), the first ``--genes`` genes, the five
-doubles whose singles are seen held out (``semimech demo``'s split); ``linear_steady_state`` fitted by SVI (300 steps,
-100 draws; not timed). Then ``predict`` of each held-out double alone, one call after another (``num_cells=100``, the
-default steady-state check of 8 draws), and the first double again. Each mode runs in its own fresh process, one after
-the other: ``arguments`` (the package as it is: the prediction's arrays are arguments of the replay program, so a
-double after the first reuses it) and ``constants`` (the replay compiled with the conditions' arrays as constants, a
-program per set of conditions, as before 2026-12-07). Prints a table and writes JSON (default
-``benchmarks/results/predict_whatif.json``): wall seconds per call and the predicted means (equal to float32 rounding
-between the modes).
+Two shipped data sets, each with its model fitted once by SVI (not timed), then ``predict`` of one held-out condition
+per call, one after another, and the first again:
+
+- ``lss``: the Norman 2019 subset (``sm.datasets.norman19_devel``, its pseudobulk), the first ``--genes`` genes, the
+  five doubles whose singles are seen held out (``semimech demo``'s split); ``linear_steady_state`` (300 steps, 100
+  draws); ``num_cells=100`` and the default steady-state check of 8 draws;
+- ``signalling``: HepG2 at 30 min (``hepg2_cancerres2011``, log10(x + 1)), trained on no and single inhibitors,
+  ``signalling_network`` on its PKN as in ``notebooks/signalling_network.py`` (100 steps, 100 draws); five held-out
+  triple inhibitions, ``num_cells=1``.
+
+Each mode runs in its own fresh process, one after the other: ``arguments`` (the package as it is: the prediction's
+arrays are arguments of the replay program, so a condition of the same shapes after the first reuses it) and
+``constants`` (the replay compiled with the conditions' arrays as constants, a program per set of conditions, as
+before 2026-12-07). Prints a table and writes JSON (default ``benchmarks/results/predict_whatif.json``): wall seconds
+per call and the predicted means (equal to float32 rounding between the modes).
 """
 
 from __future__ import annotations
@@ -21,31 +27,68 @@ import time
 import warnings
 
 
-def run(mode: str, n: int, g: int) -> dict:
-    import importlib
-
-    import numpy as np
-
+def _norman_lss(g: int):
     import semimech as sm
     from semimech import evaluate
     from semimech.models import linear_steady_state
 
-    predict_module = importlib.import_module("semimech.infer.predict")  # the module (the package exports the function)
-    warnings.simplefilter("ignore")
     adata = sm.datasets.norman19_devel()
     design = sm.Design.from_anndata(adata[:, :g].copy(), perturbation_key="perturbation", control="control")
     doubles = ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+MAP2K6", "MAP2K3+SLC38A2", "MAPK1+TGFBR2"]
     train, _ = evaluate.split_combinations(design, test_labels=doubles)
     fit = sm.fit_svi(linear_steady_state.SPEC, train.pseudobulk(), rng_key=0, num_steps=300, num_samples=100,
                      progress_bar=False)
-    if mode == "constants":
+    return fit, doubles, 100
+
+
+def _hepg2_signalling():
+    import numpy as np
+
+    import semimech as sm
+    from semimech.datasets import HEPG2_NETWORK, hepg2_cancerres2011, hepg2_cancerres2011_pkn
+    from semimech.models import signalling_network as sn
+
+    tidy = hepg2_cancerres2011()
+    wide = tidy[tidy.cell_line == "HepG2"].pivot_table(index=["stimuli", "inhibitors"], columns="readout",
+                                                        values="value").reset_index()
+    wide.columns.name = None
+    readouts = [c for c in wide.columns if c not in ("stimuli", "inhibitors")]
+    wide[readouts] = np.log10(wide[readouts] + 1.0)
+    wide["label"] = ["+".join(p for p in s.split("+") + i.split("+") if p != "none") or "none"
+                     for s, i in zip(wide.stimuli, wide.inhibitors)]
+    wide.index = wide.label
+    design = sm.Design.from_frame(wide, readouts=readouts, perturbation_key="label", control="none")
+    n_inhibitors = np.where(wide.inhibitors == "none", 0, wide.inhibitors.str.count(r"\+") + 1)
+    pkn = hepg2_cancerres2011_pkn()
+    net = sn.compile_network(pkn, stimuli=HEPG2_NETWORK["stimuli"], inhibitors=HEPG2_NETWORK["inhibitors"],
+                             readouts=sn.default_readouts(readouts, set(pkn.source) | set(pkn.target),
+                                                          HEPG2_NETWORK["readout_aliases"]),
+                             readout_signs=HEPG2_NETWORK["readout_signs"], cycles="drop", extra_edges="stimuli")
+    fit = sm.fit_svi(sn.SPEC, design.subset(n_inhibitors <= 1), rng_key=0, num_steps=100, num_samples=100,
+                     progress_bar=False, network=net, noise_sd=(0.12, 0.3))
+    triples = [lab for lab, k in zip(wide.label, n_inhibitors) if k == 3][:5]
+    return fit, triples, 1
+
+
+def run(mode: str, n: int, g: int) -> dict:
+    import importlib
+
+    import numpy as np
+
+    import semimech as sm
+
+    predict_module = importlib.import_module("semimech.infer.predict")  # the module (the package exports the function)
+    warnings.simplefilter("ignore")
+    problem, how = mode.split(":")
+    fit, doubles, num_cells = _norman_lss(g) if problem == "lss" else _hepg2_signalling()
+    if how == "constants":
         predict_module._replay_program = (lambda model, data, sites, **kw:
                                           predict_module._constant_replay(model, data, sites))
     out = {"mode": mode, "genes": g, "calls": []}
     means = []
     for i, label in enumerate(doubles + doubles[:1]):
         t = time.perf_counter()
-        p = sm.predict(fit, [label], rng_key=i, num_cells=100)
+        p = sm.predict(fit, [label], rng_key=i, num_cells=num_cells)
         out["calls"].append({"label": label, "seconds": time.perf_counter() - t})
         means.append(p.draws["mean"].mean(0))
     out["mean_of_means"] = float(np.mean(means))
@@ -57,23 +100,25 @@ def main() -> None:
     import numpy as np
     from cv_sparse import modes_in_fresh_processes
 
-    got = modes_in_fresh_processes(__file__, run, ("arguments", "constants"), cells=0, genes=30,
+    got = modes_in_fresh_processes(__file__, run, ("lss:arguments", "lss:constants", "signalling:arguments",
+                                                   "signalling:constants"), cells=0, genes=30,
                                    json_name="predict_whatif.json")
     if got is None:
         return
     rows, _ = got
-    labels = [c["label"] for c in rows[0]["calls"]]
-    print("| replay's arrays | " + " | ".join(f"{lab} s" for lab in labels[:-1]) + f" | {labels[-1]} again s | "
-          "after the first, total s |")
-    print("|---" * (len(labels) + 2) + "|")
+    print("| model: replay's arrays | seconds per call (the first, then one new condition each, then the first again) "
+          "| after the first, total s |\n|---|---|---|")
     for r in rows:
         secs = [c["seconds"] for c in r["calls"]]
-        print(f"| {r['mode']} | " + " | ".join(f"{s:.2f}" for s in secs) + f" | {sum(secs[1:]):.2f} |")
-    base, other = rows[0], rows[1:]
-    for r in other:
-        gap = float(np.max(np.abs(np.asarray(r["means"]) - np.asarray(base["means"]))))
-        ratio = sum(c["seconds"] for c in r["calls"][1:]) / sum(c["seconds"] for c in base["calls"][1:])
-        print(f"{r['mode']} / {base['mode']}: the calls after the first {ratio:.2f}x; largest difference of the "
+        print(f"| {r['mode']} | " + ", ".join(f"{s:.2f}" for s in secs) + f" | {sum(secs[1:]):.2f} |")
+    by_mode = {r["mode"]: r for r in rows}
+    for problem in ("lss", "signalling"):
+        base, other = by_mode.get(f"{problem}:arguments"), by_mode.get(f"{problem}:constants")
+        if base is None or other is None:
+            continue
+        gap = float(np.max(np.abs(np.asarray(other["means"]) - np.asarray(base["means"]))))
+        ratio = sum(c["seconds"] for c in other["calls"][1:]) / sum(c["seconds"] for c in base["calls"][1:])
+        print(f"{problem}: constants / arguments, the calls after the first {ratio:.2f}x; largest difference of the "
               f"predicted means {gap:.2e}")
 
 

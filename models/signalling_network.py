@@ -344,12 +344,13 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     st = arr["structure"]
     N, E = st.n_nodes, st.src.size
     ctx = data.get("perturbation_context")
-    ctx = np.zeros(P, np.int32) if ctx is None else np.asarray(ctx)
+    # jnp, not numpy: a prediction's conditions may be arguments of its compiled replay (semimech.infer.predict)
+    ctx = jnp.zeros(P, jnp.int32) if ctx is None else jnp.asarray(ctx)
     C = int(data.get("n_contexts", 1) or 1)
     if times is not None:  # contexts are time points: parameters shared, not pooled
         grid, to_grid = _time.time_grid(times, C)
-        time_idx = to_grid[ctx]
-        ctx, C = np.zeros(P, np.int32), 1
+        time_idx = jnp.asarray(to_grid)[ctx]
+        ctx, C = jnp.zeros(P, jnp.int32), 1
     genes = numpyro.plate("genes", G, dim=-1)
     edges_pl = numpyro.plate("edges", E, dim=-1)
     nodes_pl = numpyro.plate("nodes", N, dim=-1)
@@ -400,7 +401,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
     if identified:  # one untreated condition per context, after the design's: the readouts' reference
         stim = jnp.concatenate([stim, jnp.broadcast_to(jnp.asarray(arr["background"]), (C, N))])
         keep = jnp.concatenate([keep, jnp.ones((C, N))])
-        ctx_all = np.concatenate([ctx, np.arange(C)])
+        ctx_all = jnp.concatenate([ctx, jnp.arange(C, dtype=ctx.dtype)])
     else:
         ctx_all = ctx
     p = _logic.LogicParams(w=w[ctx_all], k=k, n=n_hill, basal=basal[ctx_all])
@@ -474,7 +475,7 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
 def _condition_ok(ok, P: int, ctx, identified: bool):
     """``(P,)``: each condition's solve, and with ``identified`` its context's untreated reference solve too (the
     readouts are measured against it)."""
-    return ok[:P] & ok[P + np.asarray(ctx)] if identified else ok[:P]
+    return ok[:P] & ok[P + jnp.asarray(ctx)] if identified else ok[:P]
 
 
 SPEC = ModelSpec(
