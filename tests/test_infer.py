@@ -141,7 +141,7 @@ def test_a_model_that_needs_its_data_as_constants_is_replayed_with_them():
 
     bound = functools.partial(model, scale=2.0)
     post = {"w": np.array([1.0, -0.5], np.float32)}
-    data = {"rows": np.array([1, 2, 3], np.int32), "n": 3}
+    data = {"rows": np.array([1, 2, 3], np.int32), "n": 3, "names": np.array(["a", "b", "c"], dtype=object)}
     out = predict_module._replay_program(bound, data, ["m"], reference={})(jax.random.PRNGKey(0), post)
     np.testing.assert_allclose(np.asarray(out["m"]), [[2.0, 4.0, 6.0], [-1.0, -2.0, -3.0]])
     assert predict_module.cache_key("predict.model", bound) in predict_module._CONSTANT_DATA

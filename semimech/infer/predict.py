@@ -310,7 +310,8 @@ def _replay_program(model: functools.partial, data: dict, sites: list[str], *, r
     model_key = cache_key("predict.model", model)
     if model_key is None or model_key not in _CONSTANT_DATA:
         reference = {} if reference is None else reference
-        traced = {k: v for k, v in data.items() if isinstance(v, np.ndarray) and not _same(v, reference.get(k))}
+        traced = {k: v for k, v in data.items()  # numeric arrays only: JAX takes no strings or objects
+                  if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and not _same(v, reference.get(k))}
         static = {k: v for k, v in data.items() if k not in traced}
         key = cache_key("predict.replay", model, static, signature(traced), tuple(sites))
         program = _REPLAYS.get(key)
