@@ -298,9 +298,10 @@ def _replay_program(model: functools.partial, data: dict, sites: list[str], *, r
     The prediction's arrays that differ from the training design's (``reference``: which conditions, their
     targets and structure) are arguments of the program, so one program serves every set of conditions with the
     same array shapes; the fit's own structure (its targets' genes, contexts: the same arrays as in training) stays
-    constant. One program per distinct (model, options, constant data, shapes, sites) is kept in :data:`_REPLAYS`. A model that needs the arrays as constants (it converts one
-    to numpy or branches on its values: JAX raises while tracing) gets, from then on, a program per set of
-    conditions with the arrays baked in (keyed by their values). Unkeyable data (an object
+    constant. One program per distinct (model, options, constant data, shapes, sites) is kept in
+    :data:`_REPLAYS`. A model that needs the arrays as constants (it converts one to numpy or branches on its
+    values: JAX raises while tracing) gets, from then on, a program per set of conditions with the arrays baked
+    in (keyed by their values). Unkeyable data (an object
     :func:`~semimech.infer._compiled.cache_key` cannot hash by content) get a program of their own call, freed
     with it. Replayed eagerly instead, Predictive's ``lax.map`` compiled its scan with the call's data baked in and
     JAX's primitive cache kept every one, unbounded (~34 memory maps and ~1.6 MB a call), so a long session of
@@ -322,19 +323,16 @@ def _replay_program(model: functools.partial, data: dict, sites: list[str], *, r
             program = jax.jit(replay_traced)
 
         def run(rng_key, post):
-            out = program(rng_key, post, traced)
-            _REPLAYS.put(key, program)  # kept once it traced and compiled
-            return out
-
-        def first(rng_key, post):
             try:
-                return run(rng_key, post)
-            except _TRACE_ERRORS:
+                out = program(rng_key, post, traced)
+            except _TRACE_ERRORS:  # the model needs the arrays as constants
                 if model_key is not None:
                     _CONSTANT_DATA.add(model_key)
                 return _constant_replay(model, data, sites)(rng_key, post)
+            _REPLAYS.put(key, program)  # kept once it traced and compiled
+            return out
 
-        return first
+        return run
     return _constant_replay(model, data, sites)
 
 
