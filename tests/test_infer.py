@@ -85,6 +85,8 @@ def test_a_repeated_predict_reuses_its_compiled_replay(norman_fit):
     other singles), compiles nothing, and gives the draws of a replay compiled with the conditions as constants (to
     float32 rounding: XLA folds constants); conditions of other shapes (three singles: the negative control)
     compile their own replay."""
+    import functools
+
     import jax
 
     from semimech.infer import release_compiled
@@ -113,8 +115,7 @@ def test_a_repeated_predict_reuses_its_compiled_replay(norman_fit):
         np.testing.assert_array_equal(again.draws[kind], fresh.draws[kind])
     replay = predict_module._replay_program
     try:  # the conditions baked into the program, as before the arrays became its arguments
-        predict_module._replay_program = lambda model, data, sites, **kw: predict_module._constant_replay(model, data,
-                                                                                                         sites)
+        predict_module._replay_program = functools.partial(replay, constants=True)
         constant = sm.predict(norman_fit, singles[2:4], rng_key=1, num_cells=20)
     finally:
         predict_module._replay_program = replay

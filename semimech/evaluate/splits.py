@@ -21,10 +21,6 @@ __all__ = ["leave_one_condition_out", "leave_one_perturbation_out", "leave_one_t
            "split_combinations", "split_rows", "transfer"]
 
 
-def _rng(rng_key) -> np.random.Generator:
-    return host_rng(rng_key)
-
-
 def split_rows(design: Design, test_mask, *, controls: str = "both") -> tuple[Design, Design]:
     """The generic split: rows in ``test_mask`` are held out.
 
@@ -211,14 +207,14 @@ def split_combinations(design: Design, *, singles_seen: int = 2, rng_key=None,
         if n < len(candidates):
             if rng_key is None:
                 raise DesignError("choosing a random subset of combinations needs rng_key (an int seed).")
-            idx = np.sort(_rng(rng_key).choice(len(candidates), size=n, replace=False))
+            idx = np.sort(host_rng(rng_key).choice(len(candidates), size=n, replace=False))
             candidates = [candidates[i] for i in idx]
         chosen = candidates
     hidden: set[str] = set()
     if singles_seen < 2:
         if rng_key is None:
             raise DesignError(f"singles_seen={singles_seen} hides targets at random; pass rng_key (an int seed).")
-        rng = _rng(rng_key)
+        rng = host_rng(rng_key)
         for p in chosen:
             parts = list(design.targets_of(p))
             k = min(len(parts), 2 - singles_seen)

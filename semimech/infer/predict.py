@@ -19,7 +19,7 @@ from semimech.data.design import Design
 from semimech.errors import PredictionError, UnsolvedWarning
 from semimech.infer import _args
 from semimech.infer._alignment import alignment, fresh_normal
-from semimech.infer._compiled import Recent, cache_key
+from semimech.infer._compiled import Recent, cache_key, signature
 from semimech.infer._sources import condition_sources, warn_population_only
 from semimech.infer.fit import DATA_SUMMARIES
 from semimech.measurement import mean_of_cells
@@ -292,67 +292,55 @@ _TRACE_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConve
                  jax.errors.TracerIntegerConversionError, jax.errors.TracerBoolConversionError)
 
 
-def _replay_program(model: functools.partial, data: dict, sites: list[str], *, reference: Mapping | None = None):
+def _replay_program(model: functools.partial, data: dict, sites: list[str], *, reference: Mapping | None = None,
+                    constants: bool = False):
     """``replay(key, post)``: the model's ``sites`` for each posterior draw, on the prediction's ``data``, jitted.
 
-    The prediction's arrays that differ from the training design's (``reference``: which conditions, their
+    The prediction's numeric arrays that differ from the training design's (``reference``: which conditions, their
     targets and structure) are arguments of the program, so one program serves every set of conditions with the
     same array shapes; the fit's own structure (its targets' genes, contexts: the same arrays as in training) stays
     constant. One program per distinct (model, options, constant data, shapes, sites) is kept in
     :data:`_REPLAYS`. A model that needs the arrays as constants (it converts one to numpy or branches on its
     values: JAX raises while tracing) gets, from then on, a program per set of conditions with the arrays baked
-    in (keyed by their values). Unkeyable data (an object
+    in (keyed by their values; ``constants=True`` asks for that program). Unkeyable data (an object
     :func:`~semimech.infer._compiled.cache_key` cannot hash by content) get a program of their own call, freed
     with it. Replayed eagerly instead, Predictive's ``lax.map`` compiled its scan with the call's data baked in and
     JAX's primitive cache kept every one, unbounded (~34 memory maps and ~1.6 MB a call), so a long session of
     predict calls ran into the kernel's map limit ("LLVM compilation error: Cannot allocate memory")."""
-    from semimech.infer._compiled import signature
-
     model_key = cache_key("predict.model", model)
-    if model_key is None or model_key not in _CONSTANT_DATA:
+    traced = {}
+    if not constants and (model_key is None or model_key not in _CONSTANT_DATA):
         reference = {} if reference is None else reference
         traced = {k: v for k, v in data.items()  # numeric arrays only: JAX takes no strings or objects
                   if isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and not _same(v, reference.get(k))}
-        static = {k: v for k, v in data.items() if k not in traced}
-        key = cache_key("predict.replay", model, static, signature(traced), tuple(sites))
-        program = _REPLAYS.get(key)
-        if program is None:
-            def replay_traced(rng_key, post, arrays):
-                return Predictive(model, posterior_samples=post, return_sites=sites)(rng_key, {**static, **arrays})
+    static = {k: v for k, v in data.items() if k not in traced}
+    key = cache_key("predict.replay", model, static, signature(traced), tuple(sites))
+    program = _REPLAYS.get(key)
+    if program is None:
+        def replay(rng_key, post, arrays):
+            return Predictive(model, posterior_samples=post, return_sites=sites)(rng_key, {**static, **arrays})
 
-            program = jax.jit(replay_traced)
+        program = jax.jit(replay)
 
-        def run(rng_key, post):
-            try:
-                out = program(rng_key, post, traced)
-            except _TRACE_ERRORS:  # the model needs the arrays as constants
-                if model_key is not None:
-                    _CONSTANT_DATA.add(model_key)
-                return _constant_replay(model, data, sites)(rng_key, post)
-            _REPLAYS.put(key, program)  # kept once it traced and compiled
-            return out
+    def run(rng_key, post):
+        try:
+            out = program(rng_key, post, traced)
+        except _TRACE_ERRORS:
+            if not traced:
+                raise
+            if model_key is not None:  # the model needs the arrays as constants
+                _CONSTANT_DATA.add(model_key)
+            return _replay_program(model, data, sites, constants=True)(rng_key, post)
+        _REPLAYS.put(key, program)  # kept once it traced and compiled
+        return out
 
-        return run
-    return _constant_replay(model, data, sites)
+    return run
 
 
 def _same(a: np.ndarray, b) -> bool:
     """``b`` is an array equal to ``a`` (shape, dtype and values)."""
     return (isinstance(b, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
             and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f")))
-
-
-def _constant_replay(model: functools.partial, data: dict, sites: list[str]):
-    """The replay with the prediction's arrays as constants of the program (keyed by their values)."""
-    key = cache_key("predict.replay.constant", model, data, tuple(sites))
-    program = _REPLAYS.get(key)
-    if program is None:
-        def replay(rng_key, post):
-            return Predictive(model, posterior_samples=post, return_sites=sites)(rng_key, data)
-
-        program = jax.jit(replay)
-        _REPLAYS.put(key, program)
-    return program
 
 
 def _given_solved(mean: np.ndarray, ok: np.ndarray, labels, rng) -> tuple[np.ndarray, np.ndarray]:
