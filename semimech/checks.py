@@ -96,6 +96,16 @@ def prior_steady_states(spec, design, *, rng_key, num_draws: int = 20, min_fract
     return frac
 
 
+def _system_sites(fit, post: dict, data: dict, site_names, rng_key, reference: dict) -> dict[str, np.ndarray]:
+    """The sites of the model's ``system`` for each draw of ``post``, by predict's compiled replay (one program per
+    model and shapes; replayed eagerly, Predictive compiled a scan per call with its conditions baked in)."""
+    from semimech.infer.predict import _replay_program
+
+    model = functools.partial(fit.spec.model, **fit.options)
+    out = _replay_program(model, data, list(site_names), reference=reference)(rng_key, post)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
 @functools.lru_cache(maxsize=32)
 def _attractor_checker(system, num_starts: int, max_steps: int):
     """One draw's multi-start check of each condition's steady state, jitted once per model.
@@ -185,9 +195,7 @@ def steady_state_check(fit, labels=None, *, rng_key, num_draws: int = 10, num_st
     for k in DATA_SUMMARIES:  # the training design's data-centred constants
         if k in tdata:
             data[k] = tdata[k]
-    model = functools.partial(fit.spec.model, **fit.options)
-    sites = Predictive(model, posterior_samples=post, return_sites=list(site_names))(k_pred, data)
-    sites = {k: np.asarray(v) for k, v in sites.items()}
+    sites = _system_sites(fit, post, data, site_names, k_pred, tdata)
 
     check_draw = _attractor_checker(system, num_starts, max_steps)
     converged, stable, unique, count = (np.array(a) for a in zip(*[
@@ -222,14 +230,18 @@ def steady_state_diagnostics(fit, *, rng_key=0, num_draws: int = 4, num_starts: 
     return table.copy(), summary
 
 
-def solve_fractions(fit, posterior: dict, data: dict, labels, *, rng_key, num_draws: int = 8) -> pd.DataFrame:
+def solve_fractions(fit, posterior: dict, data: dict, labels, *, rng_key, num_draws: int = 8,
+                    reference: dict | None = None) -> pd.DataFrame:
     """Per condition, the fraction of posterior draws whose steady-state solve converged, and was stable.
 
     Used by :func:`semimech.predict`: ``posterior`` are its draws aligned to the prediction's
     labels and ``data`` its model data. For ``num_draws`` of them the dynamics of each
     condition (the model's ``system``) are solved as in the model, by Newton from the control
     state, and the Jacobian's eigenvalues at the solution are checked (an ``eig`` per condition
-    and draw: for hundreds of genes, keep ``num_draws`` small).
+    and draw: for hundreds of genes, keep ``num_draws`` small). ``reference`` is the training design's model data
+    (default: ``fit.design.model_data()``): the sites are replayed by :func:`semimech.predict`'s compiled program,
+    whose arguments are the arrays of ``data`` that differ from it, so another set of conditions of the same shapes
+    compiles nothing.
 
     Returns
     -------
@@ -242,9 +254,8 @@ def solve_fractions(fit, posterior: dict, data: dict, labels, *, rng_key, num_dr
     total = next(iter(posterior.values())).shape[0]
     idx = np.sort(host_rng(k_sel).choice(total, min(num_draws, total), replace=False))
     post = {k: v[idx] for k, v in posterior.items()}
-    model = functools.partial(fit.spec.model, **fit.options)
-    sites = {k: np.asarray(v) for k, v in
-             Predictive(model, posterior_samples=post, return_sites=list(site_names))(k_pred, data).items()}
+    reference = fit.design.model_data() if reference is None else reference
+    sites = _system_sites(fit, post, data, site_names, k_pred, reference)
 
     solve_draw = _solver(system)
     conv, stable, _ = zip(*[solve_draw({k: v[d] for k, v in sites.items()}) for d in range(len(idx))])

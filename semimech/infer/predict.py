@@ -271,7 +271,7 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
     ss = None
     if steady_state_draws > 0 and is_steady_state_model(fit.spec):
         ss = solve_fractions(fit, post, data, labels, rng_key=jax.random.fold_in(key, 11),
-                             num_draws=steady_state_draws)
+                             num_draws=steady_state_draws, reference=tdata)
     if solved is not None:
         ss = pd.DataFrame({"perturbation": list(labels)}) if ss is None else ss
         ss["solved"] = solved
