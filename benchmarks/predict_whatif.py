@@ -2,7 +2,7 @@
 one compiled program against the conditions baked into a program per call (the path before).
 
     cd /tmp && OPENBLAS_NUM_THREADS=1 python <repo>/benchmarks/predict_whatif.py [--genes 30] [--json PATH]
-        [--modes lss:arguments lss:constants signalling:arguments signalling:constants]
+        [--modes lss:arguments lss:constants lss:eager-check signalling:arguments signalling:constants]
 
 Two shipped data sets, each with its model fitted once by SVI (not timed), then ``predict`` of one held-out condition
 per call, one after another, and the first again:
@@ -17,8 +17,10 @@ per call, one after another, and the first again:
 Each mode runs in its own fresh process, one after the other: ``arguments`` (the package as it is: the prediction's
 arrays are arguments of the replay program, so a condition of the same shapes after the first reuses it) and
 ``constants`` (the replay compiled with the conditions' arrays as constants, a program per set of conditions, as
-before 2026-12-07). Prints a table and writes JSON (default ``benchmarks/results/predict_whatif.json``): wall seconds
-per call and the predicted means (equal to float32 rounding between the modes).
+before 2026-12-07; since 2026-12-08 the steady-state check's replay too); ``lss:eager-check``: as ``arguments`` but the steady-state check of each call replays its
+model's system sites with an eager ``Predictive`` (the path before 2026-12-08, which compiled a scan per call with
+the conditions baked in). Prints a table and writes JSON (default ``benchmarks/results/predict_whatif.json``): wall
+seconds per call and the predicted means (equal to float32 rounding between the modes).
 """
 
 from __future__ import annotations
@@ -67,6 +69,17 @@ def run(mode: str, n: int, g: int) -> dict:
     fit, doubles, num_cells = _norman_lss(g) if problem == "lss" else _hepg2_signalling()
     if how == "constants":
         predict_module._replay_program = functools.partial(predict_module._replay_program, constants=True)
+    elif how == "eager-check":  # the steady-state check's sites replayed by an eager Predictive, as before 2026-12-08
+        from numpyro.infer import Predictive
+
+        checks = importlib.import_module("semimech.checks")
+
+        def eager(fit, post, data, site_names, rng_key, reference):
+            model = functools.partial(fit.spec.model, **fit.options)
+            out = Predictive(model, posterior_samples=post, return_sites=list(site_names))(rng_key, data)
+            return {k: np.asarray(v) for k, v in out.items()}
+
+        checks._system_sites = eager
     out = {"mode": mode, "genes": g, "calls": []}
     means = []
     for i, label in enumerate(doubles + doubles[:1]):
@@ -83,8 +96,8 @@ def main() -> None:
     import numpy as np
     from cv_sparse import modes_in_fresh_processes
 
-    got = modes_in_fresh_processes(__file__, run, ("lss:arguments", "lss:constants", "signalling:arguments",
-                                                   "signalling:constants"), cells=0, genes=30,
+    got = modes_in_fresh_processes(__file__, run, ("lss:arguments", "lss:constants", "lss:eager-check",
+                                                   "signalling:arguments", "signalling:constants"), cells=0, genes=30,
                                    json_name="predict_whatif.json")
     if got is None:
         return
@@ -96,13 +109,14 @@ def main() -> None:
         print(f"| {r['mode']} | " + ", ".join(f"{s:.2f}" for s in secs) + f" | {sum(secs[1:]):.2f} |")
     by_mode = {r["mode"]: r for r in rows}
     for problem in ("lss", "signalling"):
-        base, other = by_mode.get(f"{problem}:arguments"), by_mode.get(f"{problem}:constants")
-        if base is None or other is None:
-            continue
-        gap = float(np.max(np.abs(np.asarray(other["means"]) - np.asarray(base["means"]))))
-        ratio = sum(c["seconds"] for c in other["calls"][1:]) / sum(c["seconds"] for c in base["calls"][1:])
-        print(f"{problem}: constants / arguments, the calls after the first {ratio:.2f}x; largest difference of the "
-              f"predicted means {gap:.2e}")
+        for how in ("constants", "eager-check"):
+            base, other = by_mode.get(f"{problem}:arguments"), by_mode.get(f"{problem}:{how}")
+            if base is None or other is None:
+                continue
+            gap = float(np.max(np.abs(np.asarray(other["means"]) - np.asarray(base["means"]))))
+            ratio = sum(c["seconds"] for c in other["calls"][1:]) / sum(c["seconds"] for c in base["calls"][1:])
+            print(f"{problem}: {how} / arguments, the calls after the first {ratio:.2f}x; largest difference of the "
+                  f"predicted means {gap:.2e}")
 
 
 if __name__ == "__main__":
