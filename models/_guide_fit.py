@@ -168,6 +168,9 @@ def fit_guides(design: Design, guides: GuideDesign, *, rng_key, genes=None, num_
     sampler
         ``"uniform"`` or ``"batch_aware"`` (minibatches within one batch, with its controls,
         :func:`semimech.infer.minibatch.batch_aware_minibatches`).
+    control_fraction
+        With ``sampler="batch_aware"``: the share of each minibatch given to the batch's control cells
+        (0 < f < 1; default 0.25). Not used by the uniform sampler.
     num_samples
         Posterior draws kept.
     num_candidates
@@ -179,6 +182,12 @@ def fit_guides(design: Design, guides: GuideDesign, *, rng_key, genes=None, num_
         natural heterogeneity, not editing.
     likelihood
         ``"negbin"``, ``"zinb"`` or ``"poisson"`` for expression.
+    effect_prior_scale
+        Half-normal scale of the global scale of the horseshoe knockout effects (site ``effect_scale``,
+        log fold change; default 0.5).
+    efficacy_prior
+        ``(location, scale)`` of the normal prior of each target's mean efficacy logit (site
+        ``efficacy_target_logit``; default ``(1.0, 1.5)``); the scale must be positive.
 
     Returns
     -------

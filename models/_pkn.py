@@ -65,6 +65,8 @@ class Network:
         Treatment name -> background nodes it removes (a condition without the common stimulus).
     readouts
         Readout name -> node name (``None``: a readout with no node, modelled by its offset).
+    readout_signs
+        Readout name -> +1, or -1 for a readout that falls as its node is active (every readout named).
     acyclic
         Whether ``edges`` form a DAG (the closed form applies).
     dropped

@@ -81,6 +81,12 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
           embedding=None, gene_embedding=None, y=None):
     """The additive perturbation model; see the module docstring for the sites.
 
+    ``likelihood``: ``"normal"`` (Gaussian readouts) or ``"negbin"`` (negative binomial; the design's
+    readouts must be counts); ``"normal"`` when the model is called directly, while a fit defaults to
+    ``"negbin"`` for a count design and ``"normal"`` otherwise (see :mod:`semimech.measurement`).
+    ``effect_prior_scale`` (default 0.5): half-normal scale of the effect, interaction and context scales
+    (``effect_scale``, ``program_scale``, ``interaction_scale``, ``effect_context_sd``, ...), in units of
+    the gene's control scale (``normal``) or of the log scale (``negbin``).
     ``effects``: ``"population"`` or ``"horseshoe"``; ``None`` (default) chooses ``"population"`` for
     label designs and ``"horseshoe"`` for factor designs (one population across stimuli and
     inhibitors is not a sensible assumption, and the factor-design results were measured with
@@ -102,7 +108,8 @@ def model(data, *, likelihood: str = "normal", effect_prior_scale: float = 0.5, 
     ``effect_deviation``: the target deviations' geometry, ``"noncentred"`` or ``"centred"`` (the same
     model; centred, mean-field SVI keeps the population's spread and unseen targets' intervals their
     coverage on simulated screens, see ``effect_dev_z`` in :mod:`semimech.models._effects`); ``"auto"``
-    (default): centred when fitted by SVI, non-centred by NUTS (``fit.options`` records the choice).
+    (default): centred when fitted by SVI with a distribution guide; non-centred by NUTS and for
+    ``guide="map"`` (``fit.options`` records the choice).
     ``effect_transfer`` (designs with contexts and the effect population): ``"learned"`` (default:
     the mean response's correlation between contexts is learned, see the sites above) or ``"full"``
     (one mean response shared by every context, as before; on McFaline-Figueroa 2023's unseen cell

@@ -137,8 +137,16 @@ def system(draw: dict):
 @net.with_shared_options
 def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_scale: float = 0.1, network=None,
           network_mode: str = "mask", check_stability: bool = False, solver: str = "shared", y=None, **shared):
-    """The linear steady-state model; sites: the module docstring; ``shared``: :class:`net.SharedOptions`.
+    """The linear steady-state model; sites: the module docstring.
 
+    The options every steady-state model shares (``efficacy_prior_scale``, ``direct_prior_scale``,
+    ``variant_of``, ``shared_gene_index``, ``direct_mask``, ``residual``, ``embedding``, ``gene_embedding``,
+    ``effect_programs``, ``effect_deviation``): :class:`semimech.models._network.SharedOptions`.
+    ``likelihood``: ``"normal"`` (Gaussian readouts) or ``"negbin"`` (negative binomial; the design's
+    readouts must be counts); ``"normal"`` when the model is called directly, while a fit defaults to
+    ``"negbin"`` for a count design and ``"normal"`` otherwise (see :mod:`semimech.measurement`).
+    ``w_prior``: the prior of the weights ``W``, ``"horseshoe"`` (default), ``"laplace"`` or ``"normal"``;
+    ``w_scale`` (default 0.1): half-normal scale of their global scale (site ``w_scale``).
     ``network`` is a signed ``[regulator, gene]`` matrix from
     :func:`semimech.models._network.network_matrix` (``mask`` or ``scale`` by ``network_mode``), or the
     edges table / ``.sif`` path itself (a fit makes the matrix for its design's genes, in their order).

@@ -119,6 +119,9 @@ class NeuralODEFit:
         Steps skipped because a solve failed or the loss/gradient was not finite.
     options
         The fit's options (``steady_state_weight``, ``initial``, ``onset``, ...).
+    trained
+        ``(readouts, covariates)`` of the training design, which ``predict`` checks its design against
+        (``None``: only the design's type is checked).
     """
 
     params: Any

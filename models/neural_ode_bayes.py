@@ -125,6 +125,9 @@ class BayesNeuralODEFit:
         Model options (``field``, ``steady_state_tau``, ``initial``, ...).
     stats
         :meth:`diagnostics`' content.
+    trained
+        ``(readouts, covariates)`` of the training design, which ``predict`` checks its design against
+        (``None``: only the design's type is checked).
     """
 
     samples: dict

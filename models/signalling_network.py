@@ -226,6 +226,10 @@ def model(data, *, likelihood: str = "normal", network: dict | None = None, edge
         (perturbations x targets), ``perturbation_index`` (rows,), ``n_obs``, ``n_genes``,
         ``size_factors``, ``n_cells``; optional ``perturbation_context`` (perturbations,) and
         ``n_contexts`` (factorial designs).
+    likelihood
+        ``"normal"`` (Gaussian readouts) or ``"negbin"`` (negative binomial; the design's readouts must
+        be counts; not with ``bounds``); ``"normal"`` when the model is called directly, while a fit
+        defaults to ``"negbin"`` for a count design and ``"normal"`` otherwise (see :mod:`semimech.measurement`).
     network
         :func:`network_option` output (JSON), or the compiled :class:`Network` (a fit turns it into its
         option for the design it fits); default: :func:`default_network` of ``data``.

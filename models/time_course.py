@@ -140,6 +140,8 @@ class TimeCourseFit:
     ``n_rejected`` counts skipped SVI steps (non-finite loss, e.g. a failed solve) or NUTS
     divergent transitions (after warm-up; a failed solve is an infinite energy error);
     :meth:`diagnostics` adds the exact count of log-density evaluations whose solve failed.
+    ``trained``: ``(readouts, covariates)`` of the training design, which ``predict`` checks its design
+    against (``None``: only the design's type is checked).
     """
 
     samples: dict

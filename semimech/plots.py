@@ -102,6 +102,11 @@ def predicted_vs_observed(prediction, test: Design, *, kind: str = "observed_mea
         draws) or a :class:`~semimech.evaluate.PointPrediction` (no bars).
     test
         The held-out design (truth = its pseudobulk means).
+    kind, prob
+        Which draws give the intervals, ``"observed_mean"`` (default) or ``"mean"`` (as in
+        :func:`semimech.evaluate.align`), and the central interval's probability (default 0.9).
+    labels
+        Plot only these perturbations (default: every held-out one).
     pooled
         One panel for all perturbations (coloured) instead of one panel per perturbation.
     reference, batch

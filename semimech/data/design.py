@@ -91,6 +91,13 @@ class Design:
     n_cells
         Number of single cells behind each row (1 for single-cell data; group sizes after
         :meth:`pseudobulk`).
+    target_sep
+        The separator joining the levels of a combination in a label (default ``"+"``).
+    y_ss
+        For continuous readouts after :meth:`pseudobulk`: each row's within-group sum of squares about
+        its mean, rows x genes, so a Gaussian model of the pseudobulk is exact; ``None`` otherwise.
+    noise
+        The measurement-error model attached by :meth:`with_noise`; ``None`` without one.
     target_factors
         Factor of each target, aligned with ``targets``; ``None`` for label designs (one factor,
         ``"perturbation"``).
@@ -256,7 +263,8 @@ class Design:
         Rows are samples; ``readouts`` name the measured columns; ``perturbation_key``,
         ``batch_key``, ``size_factor_key`` and ``n_cells_key`` name condition columns;
         ``factors``, ``context_key``, ``none`` and ``single_valued`` describe treatment factors
-        (see the class docstring and :meth:`from_anndata`).
+        (see the class docstring and :meth:`from_anndata`); ``control``, ``target_sep`` and ``counts``
+        as in :meth:`from_anndata`.
         """
         cols = list(frame.columns)
         spec = _factor_spec(cols, perturbation_key, factors, context_key, none, single_valued, "the frame")
@@ -300,7 +308,8 @@ class Design:
         as ``"IL1a+INS"`` is two stimulus levels; ``"none"`` is no level) and its cell line the
         context (when the file names cell lines). Values are taken as they are: for log10 values
         pass ``table.assign(value=np.log10(table["value"] + 1))``. ``time`` is required when the
-        table holds several time points; ``readouts`` selects and orders readouts.
+        table holds several time points; ``readouts`` selects and orders readouts; ``control``
+        (default ``"control"``) is the label of untreated conditions, as in :meth:`from_anndata` with factors.
 
         ``time="contexts"``: every time point is kept and is the context (``design.contexts``:
         ``"0"``, ``"30"``, ...; the table must name one cell line: select it first), for a model fitted

@@ -226,9 +226,10 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         compiling their own (see :mod:`semimech.evaluate.cv`).
     unit, k, num_steps, refit_options
         What is left out and how (:func:`semimech.evaluate.cv.cross_validate`): ``unit`` is
-        ``"perturbation"`` (default), ``"combination"``, ``"single"``, ``"context"`` or one label
-        per row; ``k`` folds (default leave-one-unit-out up to 10 units). ``k=1`` leaves every unit out at
-        once (one refit per model: e.g. every combination predicted from the singles alone).
+        ``"perturbation"`` (default), ``"combination"``, ``"combinable"`` (combinations whose every
+        target is also seen alone), ``"single"``, ``"context"`` or one label per row; ``k`` folds
+        (default leave-one-unit-out up to 10 units). ``k=1`` leaves every unit out at once (one refit
+        per model: e.g. every combination predicted from the singles alone).
     refits
         Independent refits per fold, their draws pooled (:func:`~semimech.evaluate.cv.cross_validate`):
         a model whose refits land in different optima is scored on all of them, not on one key's luck.
@@ -277,9 +278,12 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         ties are not transitive, so a model tied with the best can still rank 2), ``elpd_cv``,
         ``se``, ``elpd_diff`` and ``dse`` (vs the best, arviz-stats), ``weight`` (stacking),
         ``p_cv``, ``left_out`` (the unit and scheme), ``n_units``, ``n_refits``, ``cv_coverage_90``
-        and ``cv_calibration`` (held-out PIT), ``cv_l2`` (mean over units of the L2 distance between
+        and ``cv_calibration`` (held-out PIT), ``cv_crps`` (mean over units of the held-out CRPS: the
+        rank with the default ``rank_by``), ``cv_l2`` (mean over units of the L2 distance between
         the leave-out predictive mean and the observed rows: the held-out contract's error,
-        cross-validated; not used for the rank), ``elpd_loo_rows``/``loo_rows_se``/``loo_rows_status``
+        cross-validated; the rank with ``rank_by="l2"``, and otherwise what separates first-ranked
+        models on points), ``n_units_unseen`` (left-out units holding a target that no other row has),
+        ``elpd_loo_rows``/``loo_rows_se``/``loo_rows_status``
         (PSIS-LOO over rows), ``steady_state`` (fraction of checked draws where every
         condition has a stable, unique steady state), ``control_stable`` (the same for the
         control alone) and ``assumption_checks`` (in words), ``test_*``,

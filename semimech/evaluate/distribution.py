@@ -44,6 +44,9 @@ def score_distribution(samples: Mapping[str, np.ndarray], test: Design, *, label
         Label -> predicted cells ``(cells, genes)`` over the test design's genes (in order).
     test
         Single-cell test design.
+    labels
+        The perturbations to score (each needs predicted cells in ``samples``); default every observed
+        non-control label of ``test``.
     max_cells
         Subsample each side to at most this many cells (the cost is quadratic); ``None``: all.
     rng_key

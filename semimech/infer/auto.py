@@ -97,11 +97,15 @@ def fit(spec: ModelSpec, design, *, rng_key, method: str = "auto", progress_bar:
         NUTS settings (when NUTS is used).
     num_samples
         Posterior draws: per chain for NUTS (default 500), in all for SVI (default 400).
+    progress_bar
+        Print the chosen method with its reason, and the fit's progress.
     **options
         Model options (``likelihood=...``), ``row_mask=`` and ``init_values=`` (as for either fit), and, for
-        SVI, ``guide=``, ``learning_rate=``, ``restarts=`` (the best of that many SVI runs by the training
-        loss; not used when NUTS is chosen).
+        SVI, ``guide=``, ``learning_rate=``, ``rank=``, ``restarts=`` (the best of that many SVI runs by the
+        training loss); the SVI ones are not used when NUTS is chosen.
 
+    Notes
+    -----
     The chosen method is ``fit.method``; :func:`choose_method` gives it with the reason, which is
     also printed when ``progress_bar`` is on.
     """

@@ -37,6 +37,11 @@ def fit_nuts(spec: ModelSpec, design: Design, *, rng_key, num_warmup: int = 500,
              **options) -> Fit:
     """Fit by the No-U-Turn sampler (NumPyro NUTS).
 
+    ``num_warmup``: warm-up (adaptation) iterations per chain, not kept; ``num_samples``: draws kept
+    *per chain* (the fit holds ``num_chains * num_samples``; :func:`fit_svi`'s ``num_samples`` is the
+    total); ``num_chains``: the number of chains (default 2); ``progress_bar``: show the sampler's progress.
+    ``spec``, ``design``, ``rng_key`` and ``**options`` (model options) as in :func:`fit_svi`.
+
     ``chain_method``: ``"auto"`` (default) runs the chains in parallel, one per device, when JAX
     sees at least ``num_chains`` devices, else one after the other; or NumPyro's
     ``"sequential"``, ``"parallel"`` or ``"vectorized"``. On a CPU, JAX sees one device unless told

@@ -92,7 +92,9 @@ def fit_svi_sharded(spec: ModelSpec, design, *, rng_key, batch_size: int, mesh: 
         A one-axis mesh from :func:`data_mesh` (default: all devices).
     batch_size
         Rows per step over all devices; a multiple of the number of devices.
-    **others
+    spec, design, rng_key, num_epochs, num_steps, guide, learning_rate
+        As for :func:`~semimech.infer.stream.fit_svi_minibatch`.
+    num_samples, rank, sparse, progress_bar, **options
         As for :func:`~semimech.infer.stream.fit_svi_minibatch`.
     """
     mesh = data_mesh() if mesh is None else mesh
