@@ -146,6 +146,29 @@ def test_bad_input_is_refused(split, pair):
         compare(good, unit="combinable", rank_by="pearson")
     with pytest.raises(DesignError, match="at least two units"):
         compare(good, unit=["T0"] * fits["null"].design.n_obs)
+    # the caller's mistakes in the refits' arguments: refused before any refit, not one "not ranked" note per model
+    for kw, match in [({"k": 0}, "k must be between 1"), ({"k": 2.5}, "k must be None or an integer"),
+                      ({"num_steps": -5}, "num_steps must be a positive integer"),
+                      ({"refit_options": {"learning_rat": 0.01}}, "unknown refit option 'learning_rat'.*learning_rate"),
+                      ({"refit_options": {"interactions": "normal"}}, "model option 'interactions'"),
+                      ({"refit_options": {"row_mask": None}}, "cannot set 'row_mask'"),
+                      ({"tie_se": -1.0}, "tie_se must be a finite number >= 0"),
+                      ({"tie_se": float("nan")}, "tie_se must be a finite number")]:
+        with pytest.raises(DesignError, match=match):
+            compare(good, unit="combinable", **kw)
+
+
+def test_loo_needs_enough_draws_and_says_so(pair):
+    """PSIS-LOO with fewer than 25 draws was arviz-stats' "n_draws_tail must be at least 5"; now a DesignError that
+    says what to do, and compare's row LOO notes it instead of failing; 100 draws (the negative control) are scored."""
+    from semimech.evaluate import loo
+
+    few = dataclasses.replace(pair["null"], samples={k: v[:, :20] for k, v in pair["null"].samples.items()}, idata=None)
+    assert few.num_chains * few.num_draws == 20
+    with pytest.raises(DesignError, match="at least 25 posterior draws.*has 20"):
+        loo(few)
+    _, summary = loo(pair["null"])
+    assert np.isfinite(summary["elpd_loo"])
 
 
 def test_reading_names_the_models_that_separate_a_rank_two_model():

@@ -54,7 +54,7 @@ from semimech.data.design import Design
 from semimech.errors import DesignError, PredictionError
 from semimech.evaluate._ranking import POINT_GAP, _pairwise_se  # noqa: F401 - public here too, as all the ranking rules
 from semimech.evaluate._ranking import _ranks, below_text, point_gap_notes, point_separation
-from semimech.infer import _arviz
+from semimech.infer import _args, _arviz
 from semimech.infer.idata import posterior_tree
 from semimech.infer.loglik import pointwise_log_likelihood  # public here too (moved to semimech.infer.loglik)
 
@@ -102,6 +102,13 @@ def loo(fit, *, subsample: int | str | None = "auto", rng_key=0):
     ``(elpd_data, summary)``: the arviz-stats ``ELPDData`` (pointwise) and a dict of plain numbers
     (``elpd_loo``, ``se``, ``p_loo``, ``n_rows``, ``khat_max``, ``n_khat_bad``, ``good_k``, ``subsample``).
     """
+    from semimech.evaluate.cv import MIN_PSIS_DRAWS
+
+    draws = fit.num_chains * fit.num_draws
+    if draws < MIN_PSIS_DRAWS:  # arviz fails deep inside ("n_draws_tail must be at least 5")
+        raise DesignError(f"PSIS-LOO needs at least {MIN_PSIS_DRAWS} posterior draws (it fits a tail to the largest "
+                          f"~20% of the importance weights); this fit has {draws}. Refit with more draws "
+                          "(num_samples).")
     ll = pointwise_log_likelihood(fit)
     if not np.all(np.isfinite(ll)):
         raise DesignError(f"the log-likelihood of {fit.spec.name!r} is not finite for some draws and rows; "
@@ -297,7 +304,7 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
         likelihoods, a test design that shares perturbations with training.
     """
     from semimech.errors import InferenceError, SemimechError
-    from semimech.evaluate.cv import SCORES, check_refits, cross_validate, is_fit, unit_labels
+    from semimech.evaluate.cv import SCORES, check_refits, cross_validate, is_fit, plan
 
     if not isinstance(fits, Mapping) or not fits:
         raise DesignError("compare needs a non-empty dict {name: Fit}.")
@@ -309,12 +316,14 @@ def compare(fits: Mapping, *, unit: str = "perturbation", k: int | None = None, 
                           "semimech.evaluate.cross_validate(fit, unit=...).")
     _check_comparable(fits)
     _check_test(fits, test)
-    unit_labels(next(iter(fits.values())).design, unit)   # a unit the design does not have: refused before any refit
     if score not in SCORES:
         raise DesignError(f"unknown score {score!r}; choose one of {SCORES}.")
     if rank_by not in RANK_BY:
         raise DesignError(f"unknown rank_by {rank_by!r}; choose one of {RANK_BY}.")
+    _args.number("tie_se", tie_se, strict=False, error=DesignError)
     refits = check_refits(refits)
+    for fit in fits.values():  # the caller's mistakes (a unit, k, steps, refit options) refused before any refit
+        plan(fit, unit=unit, k=k, score=score, num_steps=num_steps, refit_options=refit_options)
     key = as_key(rng_key)
     cvs, rows = {}, []
     for i, (name, fit) in enumerate(fits.items()):

@@ -86,8 +86,10 @@ draws (``reff = 1``), and large k-hat values also flag a poor approximation.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -529,33 +531,13 @@ def cross_validate(fit, *, unit: str | Sequence = "perturbation", k: int | None 
     InferenceError
         The fit or a refit gives a non-finite log-likelihood: the model cannot be scored.
     """
-    if not is_fit(fit):
-        raise DesignError(f"cross_validate needs a semimech Fit (from fit_svi, fit_nuts, sm.fit or sm.load), got "
-                          f"{type(fit).__name__}.")
-    if score not in SCORES:
-        raise DesignError(f"unknown score {score!r}; choose 'means' (the held-out observed means, default) or 'cells'.")
-    design = fit.design
-    labels = unit_labels(design, unit)
-    units = tuple(dict.fromkeys(u for u in labels if u is not None))
-    pos = {u: i for i, u in enumerate(units)}
-    row_unit = np.array([pos[u] if u is not None else -1 for u in labels])
-    n_u = len(units)
-    if k is not None and (isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer))):
-        raise DesignError(f"k must be None or an integer number of folds, got {k!r}.")  # int(2.5) was 2 folds
-    k = min(n_u, 10) if k is None else int(k)
-    if not 1 <= k <= n_u:
-        raise DesignError(f"k must be between 1 (every unit out at once) and the number of units ({n_u}), got {k}.")
-    draws = fit.num_chains * fit.num_draws
-    if k == n_u and draws < MIN_PSIS_DRAWS:  # arviz fails deep inside ("n_draws_tail must be at least 5")
-        raise DesignError(
-            f"leave-one-out (k = the {n_u} units) is estimated by Pareto-smoothed importance sampling, which needs at "
-            f"least {MIN_PSIS_DRAWS} posterior draws (it fits a tail to the largest ~20% of the weights); this fit has "
-            f"{draws}. Refit with more draws (num_samples), or pass k < {n_u} for K-fold refits.")
+    units, row_unit, k, steps = plan(fit, unit=unit, k=k, score=score, num_steps=num_steps,
+                                     refit_options=refit_options)
+    design, n_u = fit.design, len(units)
     refits = check_refits(refits)
     key = as_key(rng_key)
     engine = RowEngine(fit)
-    warm = bool((refit_options or {}).get("warm_start", False))
-    folds = _Folds(fit, engine, row_unit, num_steps=_steps(fit, num_steps, warm=warm), refit_options=refit_options,
+    folds = _Folds(fit, engine, row_unit, num_steps=steps, refit_options=refit_options,
                    key=jax.random.fold_in(key, 1), max_pit_rows=max_pit_rows, refits=refits)
     try:  # the first evaluation of the model at the fold-wise (traced) prior constants
         if score == "means":
@@ -622,6 +604,66 @@ def unseen_targets(design, row_unit: np.ndarray) -> tuple[tuple[str, ...], ...]:
         mine = tm[inside].any(0) & ~tm[~inside].any(0)
         out.append(tuple(str(t) for t in names[mine]))
     return tuple(out)
+
+
+def plan(fit, *, unit, k, score: str = "means", num_steps=None, refit_options=None):
+    """The checked arguments of :func:`cross_validate`, before any refit: ``(units, row_unit, k, steps)``.
+
+    Raises the ``DesignError`` of a caller's mistake (not a fit, an unknown unit or score, ``k`` out of range, too
+    few draws for leave-one-out, bad refit steps, a refit option neither the fit nor the model takes), so that
+    :func:`semimech.evaluate.compare` refuses it before refitting any model instead of noting it for each."""
+    if not is_fit(fit):
+        raise DesignError(f"cross_validate needs a semimech Fit (from fit_svi, fit_nuts, sm.fit or sm.load), got "
+                          f"{type(fit).__name__}.")
+    if score not in SCORES:
+        raise DesignError(f"unknown score {score!r}; choose 'means' (the held-out observed means, default) or 'cells'.")
+    labels = unit_labels(fit.design, unit)
+    units = tuple(dict.fromkeys(u for u in labels if u is not None))
+    pos = {u: i for i, u in enumerate(units)}
+    row_unit = np.array([pos[u] if u is not None else -1 for u in labels])
+    n_u = len(units)
+    if k is not None and (isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer))):
+        raise DesignError(f"k must be None or an integer number of folds, got {k!r}.")  # int(2.5) was 2 folds
+    k = min(n_u, 10) if k is None else int(k)
+    if not 1 <= k <= n_u:
+        raise DesignError(f"k must be between 1 (every unit out at once) and the number of units ({n_u}), got {k}.")
+    draws = fit.num_chains * fit.num_draws
+    if k == n_u and draws < MIN_PSIS_DRAWS:  # arviz fails deep inside ("n_draws_tail must be at least 5")
+        raise DesignError(
+            f"leave-one-out (k = the {n_u} units) is estimated by Pareto-smoothed importance sampling, which needs at "
+            f"least {MIN_PSIS_DRAWS} posterior draws (it fits a tail to the largest ~20% of the weights); this fit has "
+            f"{draws}. Refit with more draws (num_samples), or pass k < {n_u} for K-fold refits.")
+    if refit_options is not None and not isinstance(refit_options, Mapping):
+        raise DesignError(f"refit_options must be a dict of keywords for the refits, got "
+                          f"{type(refit_options).__name__}.")
+    _check_refit_names(fit, dict(refit_options or {}))
+    steps = _steps(fit, num_steps, warm=bool((refit_options or {}).get("warm_start", False)))
+    return units, row_unit, k, steps
+
+
+def _check_refit_names(fit, options: dict) -> None:
+    """Every refit keyword is one of the refit's own (``fit_svi``'s or ``fit_nuts``' as the fit was made, or
+    ``warm_start``): the refits take the model's options from the fit (a model option here would refit another
+    model, or collide with the fit's own)."""
+    from semimech.infer.fit import fit_svi
+    from semimech.infer.nuts import fit_nuts
+
+    runner = fit_nuts if fit.method == "nuts" else fit_svi
+    set_here = {"rng_key", "progress_bar", "row_mask", "init_values"}  # the refit sets these itself
+    allowed = sorted({n for n, p in inspect.signature(runner).parameters.items()
+                      if p.kind is inspect.Parameter.KEYWORD_ONLY} - set_here | {"warm_start"})
+    for name in options:
+        if name in allowed:
+            continue
+        if name in set_here:
+            raise DesignError(f"refit_options cannot set {name!r}: each refit sets it itself.")
+        if name in getattr(fit, "options", {}) or name in inspect.signature(fit.spec.model).parameters:
+            raise DesignError(f"refit_options holds the model option {name!r}: refits use the fit's own model options "
+                              "(fit.options). To compare another configuration, fit it and compare the two fits.")
+        close = difflib.get_close_matches(name, allowed, n=3)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise DesignError(f"unknown refit option {name!r} for a {fit.method} fit.{hint} refit_options takes "
+                          f"{runner.__name__}'s keywords {allowed}; the refits take the model's options from the fit.")
 
 
 def _steps(fit, num_steps: int | None, *, warm: bool = False) -> int:
