@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 import semimech as sm
-from semimech.errors import InferenceError, PredictionError
+from semimech.errors import InferenceError, PopulationOnlyWarning, PredictionError
 from semimech.models import additive
 
 
@@ -313,6 +313,22 @@ def test_unreplicated_design_warns_that_noise_is_not_identified():
 
 
 @pytest.mark.heavy
+def test_predict_names_a_wrong_first_argument_and_the_genes_that_differ(norman, norman_fit):
+    """Bad-input audit (F6, F7): arguments swapped or a Design in place of the fit was an AttributeError; a design
+    with fewer fitted genes, or the same in another order, said "0 not modelled, e.g. []"."""
+    genes = list(norman_fit.design.genes)
+    for wrong in (["control"], norman_fit.design, None):
+        with pytest.raises(PredictionError, match="predict needs a semimech Fit"):
+            sm.predict(wrong, ["control"], rng_key=0)
+    kw = dict(perturbation_key="perturbation", control="control")
+    fewer = sm.Design.from_anndata(norman[:, genes[:-2]].copy(), **kw)
+    with pytest.raises(PredictionError, match=rf"2 fitted genes missing, e.g. \['{genes[-2]}', '{genes[-1]}'\]"):
+        sm.predict(norman_fit, fewer, rng_key=0)
+    shuffled = sm.Design.from_anndata(norman[:, genes[::-1]].copy(), **kw)
+    with pytest.raises(PredictionError, match="the same genes in another order"):
+        sm.predict(norman_fit, shuffled, rng_key=0)
+
+
 def test_predict_in_a_batch_recovers_the_batch_shift():
     """Known answer: batch b2 reads 1.5 units higher than b1 on every gene, so predictions in b2
     minus predictions in b1 are about 1.5; a new batch widens the intervals; a fit without
@@ -333,7 +349,8 @@ def test_predict_in_a_batch_recovers_the_batch_shift():
     np.testing.assert_allclose(p2 - p1, 1.5, atol=0.15)
     np.testing.assert_allclose(p1[1, 0] - p1[0, 0], 1.0, atol=0.2)  # the effect is the same in each batch
     avg = sm.predict(fit, ["control"], rng_key=1)
-    new = sm.predict(fit, ["control"], rng_key=1, batch="never_seen")
+    with pytest.warns(PopulationOnlyWarning, match=r"batch 'never_seen' is not a training batch \(\['b1', 'b2'\]\)"):
+        new = sm.predict(fit, ["control"], rng_key=1, batch="never_seen")  # a misspelt batch is said, not silent
     assert new.draws["mean"].std(0).mean() > 2 * avg.draws["mean"].std(0).mean()
     flat = sm.fit_svi(additive.SPEC, sm.Design.from_frame(frame, **kw).pseudobulk(), rng_key=0, num_steps=50,
                       num_samples=20, progress_bar=False)

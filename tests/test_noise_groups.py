@@ -11,7 +11,7 @@ import pytest
 
 import semimech as sm
 from semimech import measurement as me
-from semimech.errors import DesignError, PredictionError
+from semimech.errors import DesignError, PopulationOnlyWarning, PredictionError
 from semimech.models import additive
 
 GENES = [f"g{i}" for i in range(6)]
@@ -109,9 +109,10 @@ def test_bad_grouped_noise_is_a_clear_error(parts, fits):
         noise.by_batch({**BATCH_GROUP, "b1": "medium"})
     with pytest.raises(DesignError, match="do not map batches \\['b5'\\]"):
         screen.with_noise(noise.by_batch({b: g for b, g in BATCH_GROUP.items() if b != "b5"}))
-    with pytest.raises(PredictionError, match="has no noise group"):
+    with pytest.raises(PredictionError, match="has no noise group"), pytest.warns(PopulationOnlyWarning):
         sm.predict(fits["grouped"], ["A"], rng_key=0, num_cells=1, batch="b_new")
-    assert sm.predict(fits["grouped"], ["A"], rng_key=0, batch="b_new").draws["mean"].shape[1] == 1  # no observations asked
+    with pytest.warns(PopulationOnlyWarning, match="not a training batch"):
+        assert sm.predict(fits["grouped"], ["A"], rng_key=0, batch="b_new").draws["mean"].shape[1] == 1  # no cells asked
 
 
 def test_grouped_noise_with_context_noise_or_signalling_is_refused():

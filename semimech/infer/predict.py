@@ -16,7 +16,7 @@ from semimech._blas import limited_blas
 from semimech._rng import as_key, host_rng
 from semimech.checks import is_steady_state_model, solve_fractions
 from semimech.data.design import Design
-from semimech.errors import PredictionError, UnsolvedWarning
+from semimech.errors import PopulationOnlyWarning, PredictionError, UnsolvedWarning
 from semimech.infer import _args
 from semimech.infer._alignment import alignment, fresh_normal
 from semimech.infer._compiled import Recent, cache_key, signature
@@ -195,11 +195,19 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         draw costs a solve and an ``eig`` per condition (~1.3 s per draw for 26 conditions at
         500 genes on one CPU core).
     """
+    if not all(hasattr(fit, a) for a in ("design", "spec", "samples")):
+        raise PredictionError(f"predict needs a semimech Fit (from fit_svi, fit_nuts, sm.fit or sm.load) as its first "
+                              f"argument, got {type(fit).__name__}: call predict(fit, labels_or_design, rng_key=...).")
     train = fit.design
     if isinstance(design, Design) and tuple(design.genes) != tuple(train.genes):
-        extra = [g for g in design.genes if g not in set(train.genes)]
+        fitted = set(train.genes)
+        extra = [g for g in design.genes if g not in fitted]
+        missing = [g for g in train.genes if g not in set(design.genes)]
+        what = (f"{len(extra)} not modelled, e.g. {extra[:5]}" if extra
+                else f"{len(missing)} fitted genes missing, e.g. {missing[:5]}" if missing
+                else "the same genes in another order")
         raise PredictionError(
-            f"the design's genes differ from the fitted genes ({len(extra)} not modelled, e.g. {extra[:5]}). "
+            f"the design's genes differ from the fitted genes ({what}). "
             "Predict on the fitted genes: build the design with genes=fit.design.genes."
         )
     if new_contexts not in ("error", "population"):
@@ -405,6 +413,11 @@ def _in_batch(fit, mean: np.ndarray, batch: str, rng_key) -> np.ndarray:
     if batch in batches:
         zb = z[:, batches.index(batch), :]
     else:  # a new batch: a fresh draw of its offsets
+        warnings.warn(
+            f"batch {batch!r} is not a training batch ({batches[:10]}{' ...' if len(batches) > 10 else ''}): it is "
+            "predicted as a new batch, its offsets drawn from the fitted batch distribution (intervals widen by the "
+            "batch-to-batch spread). If the name is misspelt, pass a training batch.", PopulationOnlyWarning,
+            stacklevel=3)
         zb = host_rng(rng_key, 7).standard_normal((z.shape[0], z.shape[2])).astype(z.dtype)
     sd = fit.flat("batch_sd").reshape(z.shape[0], *([1] * (zb.ndim - 1)))
     offset = (sd * zb)[:, None, :]
