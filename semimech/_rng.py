@@ -6,6 +6,10 @@ import jax
 import numpy as np
 
 
+#: The int seeds jax.random.PRNGKey takes (a signed 64-bit integer); a larger int overflows inside JAX.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
 def as_key(rng_key) -> jax.Array:
     """Accept an int seed or a JAX PRNG key; return a raw uint32 PRNG key.
 
@@ -13,8 +17,15 @@ def as_key(rng_key) -> jax.Array:
     """
     if rng_key is None:
         raise TypeError("rng_key is required (an int seed or a jax.random key); semimech has no hidden default seed.")
+    if isinstance(rng_key, (bool, np.bool_)):  # bool is an int to Python, never a seed to a user
+        raise TypeError(f"rng_key must be an int or a jax.random key, got bool {rng_key!r}. Pass an int seed "
+                        f"(e.g. rng_key={int(rng_key)}).")
     if isinstance(rng_key, (int, np.integer)):
-        return jax.random.PRNGKey(int(rng_key))
+        seed = int(rng_key)
+        if not SEED_MIN <= seed <= SEED_MAX:
+            raise TypeError(f"rng_key {seed} is outside the seeds JAX accepts (a 64-bit integer, -2**63 to "
+                            f"2**63 - 1). Pass an int seed in that range (e.g. rng_key=0).")
+        return jax.random.PRNGKey(seed)
     if isinstance(rng_key, (str, bytes, float, np.floating)):
         raise TypeError(f"rng_key must be an int or a jax.random key, got {type(rng_key).__name__} {rng_key!r:.40}.")
     try:

@@ -344,3 +344,169 @@ def test_without_num_cells_the_default_says_which_kind_to_ask_for():
     lo, hi = p.interval(0.9, kind="mean")  # explicit: the population mean
     assert lo.shape == (2, 3) and np.all(hi > lo)
     assert list(p.to_frame(kind="mean").columns)[:4] == ["perturbation", "gene", "mean", "sd"]
+
+
+# ---------------------------------------------------------------- design construction (audit A: F5, F8-F13, F15, F16)
+
+def _frame(**cols):
+    frame = pd.DataFrame(_counts(), columns=["g0", "g1", "g2"], index=[f"s{i}" for i in range(12)]).assign(p=LABELS)
+    return frame.assign(**cols)
+
+
+def _from_frame(frame, **kw):
+    return sm.Design.from_frame(frame, **{"readouts": ["g0", "g1"], "perturbation_key": "p", "control": "control",
+                                          **kw})
+
+
+def test_a_control_of_the_label_columns_own_type_names_its_text_label():
+    """F5/F16: labels are read as text, so ``control=0`` on an int column named a label ('0') the message listed."""
+    ints = _frame(p=np.repeat([0, 1, 2], 4))
+    d = _from_frame(ints, control=0)
+    assert d.control == "0" and d.perturbations == ("0", "1", "2") and d.targets == ("1", "2")
+    assert _from_frame(ints, control=np.int64(0)).control == "0"
+    assert _from_frame(_frame(p=np.repeat([0.0, 1.0, 2.0], 4)), control=0.0).control == "0.0"
+    assert _from_frame(_frame(p=np.repeat([False, True, True], 4)), control=False).perturbations == ("False", "True")
+    for bad in (["control"], ("control", "NT"), {"control"}, np.array(["control"])):
+        with pytest.raises(DesignError, match=r"control= must be one label, the label of the unperturbed rows; got "
+                                              rf"{type(bad).__name__} .*relabel them to one first"):
+            _from_frame(_frame(), control=bad)
+    with pytest.raises(DesignError, match=r"got list \['control'\]\. Pass that single label \(control='control'\)"):
+        sm.Design.from_frame(_frame(d=["none"] * 4 + ["X"] * 8), readouts=["g0"], factors={"drug": "d"},
+                             control=["control"])
+
+
+def test_size_factors_that_are_not_numbers_name_the_column_and_row():
+    """F8: a text column was a raw pandas ValueError; NaN / 0 named neither the column nor the row."""
+    with pytest.raises(DesignError, match=r"size_factor_key 'sf' holds non-numeric values \(12 of 12, e.g. 'x' in "
+                                          r"row 's0'\)\. Size factors must be positive numbers"):
+        _from_frame(_frame(sf="x"), size_factor_key="sf")
+    with pytest.raises(DesignError, match=r"size_factor_key 'sf' must hold one positive finite number per row; 1 of "
+                                          r"12 rows do not \(e.g. nan in row 's7'\)"):
+        _from_frame(_frame(sf=[1.0] * 7 + [np.nan] + [1.0] * 4), size_factor_key="sf")
+    adata = _adata(_counts())
+    adata.obs["sf"] = ["1.0"] * 11 + ["big"]
+    with pytest.raises(DesignError, match=r"size_factor_key 'sf' holds non-numeric values \(1 of 12, e.g. 'big' in "
+                                          r"row 'c11'\)"):
+        _build(adata, size_factor_key="sf")
+    adata.obs["sf"] = np.r_[np.ones(11), 0.0]
+    with pytest.raises(DesignError, match=r"1 of 12 rows do not \(e.g. 0.0 in row 'c11'\)"):
+        _build(adata, size_factor_key="sf")
+    with pytest.raises(DesignError, match=r"n_cells_key 'n' holds non-numeric values"):
+        _from_frame(_frame(n="x"), n_cells_key="n")
+    sf = np.linspace(0.5, 1.5, 12)  # negative controls: numbers, and numbers written as text, are read
+    np.testing.assert_allclose(_from_frame(_frame(sf=sf), size_factor_key="sf").size_factors, sf)
+    adata.obs["sf"] = [str(x) for x in sf]
+    np.testing.assert_allclose(_build(adata, size_factor_key="sf").size_factors, sf)
+
+
+@pytest.mark.parametrize("col, kind", [
+    (pd.date_range("2020-01-01", periods=12), r"datetime64\[ns\] values, not real numbers.*nanoseconds since 1970"),
+    (pd.to_timedelta(np.arange(12), unit="h"), r"timedelta64\[ns\] values, not real numbers.*as nanoseconds"),
+    (np.arange(12) + 1j, r"complex128 values, not real numbers.*keep only the real part"),
+    (pd.Categorical(pd.date_range("2020-01-01", periods=12)), r"categorical datetime64\[ns\] values"),
+])
+def test_dates_durations_and_complex_readouts_are_an_error(col, kind):
+    """F9: a date column was read as nanoseconds since 1970 (1.58e18), a complex one kept its real part."""
+    with pytest.raises(DesignError, match=rf"readout column 'g1' holds {kind}"):
+        _from_frame(_frame(g1=col))
+    X = _counts().astype(np.complex64)
+    with pytest.raises(DesignError, match=r"readouts hold complex64 values, not real numbers"):
+        _build(_adata(X))
+
+
+def test_the_readout_dtypes_that_are_numbers_still_convert():
+    """F9's negative control: ints, bools, nullable numbers, numeric text and numeric-text categories are read."""
+    for col in (np.arange(12), np.arange(12) % 2 == 0, pd.array(range(12), dtype="Int64"),
+                pd.array(np.arange(12.0), dtype="Float64"), pd.array([True, False] * 6, dtype="boolean"),
+                [str(i) for i in range(12)], pd.Categorical([str(i) for i in range(12)]),
+                pd.array([str(i) for i in range(12)], dtype="string"), np.arange(12, dtype=np.float32)):
+        y = _from_frame(_frame(g1=col)).dense_y()[:, 1]
+        np.testing.assert_array_equal(y, np.asarray(pd.Series(col).astype(float)))
+
+
+def test_target_sep_must_be_a_non_empty_string():
+    """F10: '' was a raw "empty separator"; None split on whitespace and took 'A+B' for one target."""
+    combo = _frame(p=np.repeat(["control", "A", "B", "A+B"], 3))
+    for bad, shown in (("", "str ''"), (None, "NoneType None"), (1, "int 1")):
+        with pytest.raises(DesignError, match=rf"target_sep must be a non-empty string.*got {shown}\. Pass the "
+                                              "separator your labels use"):
+            _from_frame(combo, target_sep=bad)
+        with pytest.raises(DesignError, match="target_sep must be a non-empty string"):
+            _build(_adata(_counts(), labels=np.repeat(["control", "A", "B", "A+B"], 3)), target_sep=bad)
+    assert _from_frame(combo).targets == ("A", "B")
+    assert _from_frame(combo.assign(p=combo["p"].str.replace("+", "_")), target_sep="_").targets == ("A", "B")
+
+
+@pytest.mark.parametrize("seed, match", [
+    (True, r"rng_key must be an int or a jax.random key, got bool True"),
+    (np.False_, r"rng_key must be an int or a jax.random key, got bool"),
+    (2**64, r"rng_key 18446744073709551616 is outside the seeds JAX accepts \(a 64-bit integer"),
+    (-(2**63) - 1, r"rng_key -9223372036854775809 is outside the seeds JAX accepts"),
+])
+def test_a_bool_or_out_of_range_seed_is_refused(seed, match):
+    """F11: ``rng_key=True`` was seed 1 (the count arguments refuse bools); 2**64 a raw OverflowError inside JAX."""
+    from semimech._rng import as_key
+
+    with pytest.raises(TypeError, match=match):
+        as_key(seed)
+
+
+def test_the_seeds_accepted_before_still_are():
+    from semimech._rng import as_key
+
+    for seed in (0, -1, np.int64(-5), np.uint32(7), np.uint64(5), 2**63 - 1, -(2**63)):
+        assert as_key(seed).shape == (2,)
+    np.testing.assert_array_equal(as_key(np.int64(3)), as_key(3))
+
+
+def test_a_wrong_container_points_to_the_right_constructor():
+    """F12: from_frame(Series / array / AnnData) and from_anndata(DataFrame) were AttributeErrors."""
+    frame, adata = _frame(), _adata(_counts())
+    with pytest.raises(DesignError, match=r"from_frame needs a pandas DataFrame, got a Series \('g0'\).*to_frame"):
+        _from_frame(frame["g0"])
+    with pytest.raises(DesignError, match=r"from_frame needs a pandas DataFrame.*got ndarray\. Wrap an array"):
+        _from_frame(frame.to_numpy())
+    with pytest.raises(DesignError, match=r"from_frame needs a pandas DataFrame, got an AnnData: use "
+                                          r"Design.from_anndata"):
+        _from_frame(adata)
+    with pytest.raises(DesignError, match=r"from_anndata needs an AnnData, got a DataFrame: use Design.from_frame"):
+        _build(frame)
+    with pytest.raises(DesignError, match=r"from_anndata needs an AnnData .*got ndarray"):
+        _build(_counts())
+    with pytest.raises(DesignError, match=r"readouts= must name the measured columns .*got NoneType None"):
+        _from_frame(frame, readouts=None)
+    d = _from_frame(frame, readouts=(c for c in ["g0", "g2"]))  # a generator is read once, not refused
+    assert d.genes == ("g0", "g2") and d.dense_y().shape == (12, 2)
+
+
+def test_an_anndata_without_x_names_its_layers():
+    """F13: X=None read as "a 2-D matrix, got shape ()" without saying X is None or to pass layer=."""
+    adata = _adata(_counts())
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = None
+    with pytest.raises(DesignError, match=r"adata.X is None: this AnnData holds its readouts in a layer\. Pass "
+                                          r"layer= one of \['counts'\]"):
+        _build(adata)
+    assert _build(adata, layer="counts").is_counts
+    del adata.layers["counts"]
+    with pytest.raises(DesignError, match="adata.X is None and adata has no layers"):
+        _build(adata)
+
+
+def test_a_missing_label_turned_into_text_is_not_a_target():
+    """F15: ``.astype(str)`` turns a missing label into 'nan', which became a target 'nan'."""
+    lab = pd.Series(list(LABELS[:10]) + [np.nan, None], dtype=object).astype(str)  # 'nan', 'None'
+    with pytest.raises(DesignError, match=r"2 rows have a perturbation label that reads as a missing value turned "
+                                          r"into text \(\['None', 'nan'\]\), e.g. by .astype\(str\).*Drop those rows"):
+        _from_frame(_frame(p=lab.to_numpy()))
+    with pytest.raises(DesignError, match=r"4 rows have a perturbation label .*\(\['A\+<NA>'\]\)"):
+        _from_frame(_frame(p=np.repeat(["control", "A", "A+<NA>"], 4)))
+    with pytest.raises(DesignError, match=r"6 rows have a batch label that reads as a missing value"):
+        _from_frame(_frame(b=["b1"] * 6 + ["NaN"] * 6), batch_key="b")
+    with pytest.raises(DesignError, match=r"row 's8', column 'd': value 'nan' reads as a missing value turned into "
+                                          r"text.*list it in none="):
+        sm.Design.from_frame(_frame(d=["none"] * 4 + ["X"] * 4 + ["nan"] * 4), readouts=["g0"], factors={"drug": "d"})
+    ok = sm.Design.from_frame(_frame(d=["none"] * 4 + ["X"] * 4 + ["nan"] * 4), readouts=["g0"],
+                              factors={"drug": "d"}, none=("none", "nan"))  # negative control: declared as no level
+    assert ok.targets == ("X",)
+    assert _from_frame(_frame(p=np.repeat(["control", "Nanog", "A+Nanog"], 4))).targets == ("A", "Nanog")

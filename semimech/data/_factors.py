@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from semimech.data._validate import MISSING_TEXT
 from semimech.errors import DesignError
 
 CONTEXT_SEP = "@"
@@ -109,6 +110,14 @@ def _hashable(v):
     return v
 
 
+def _missing_text(lv: str, where: str) -> None:
+    """A level that reads as a missing value turned into text (``"nan"`` after ``.astype(str)``) is an error."""
+    if lv in MISSING_TEXT:
+        raise DesignError(f"{where}: value {lv!r} reads as a missing value turned into text (e.g. by .astype(str) on "
+                          "a column with missing values). Leave the cell missing (NaN or None: no level), give it a "
+                          f"real level name, or list it in none= if it means no level.")
+
+
 def _levels(value, *, none: frozenset, sep: str, split: bool, where: str) -> tuple[str, ...]:
     """The levels a cell names: a list/tuple/set of levels, or a string split on ``sep``."""
     if isinstance(value, tuple):
@@ -117,6 +126,7 @@ def _levels(value, *, none: frozenset, sep: str, split: bool, where: str) -> tup
             lv = _scalar(v)
             if lv is None or lv in none:
                 continue
+            _missing_text(lv, where)
             if split and sep in lv:
                 raise DesignError(f"{where}: level {lv!r} contains the separator {sep!r}. A combination of levels is a "
                                   f"set of levels: list them separately ({lv.split(sep)}).")
@@ -126,11 +136,15 @@ def _levels(value, *, none: frozenset, sep: str, split: bool, where: str) -> tup
     if lv is None or lv in none:
         return ()
     if not split:
+        _missing_text(lv, where)
         return (lv,)
     parts = [p.strip() for p in lv.split(sep)]
     if any(p == "" for p in parts):
         raise DesignError(f"{where}: malformed value {lv!r} (empty part around {sep!r}).")
-    return tuple(p for p in parts if p not in none)
+    parts = [p for p in parts if p not in none]
+    for p in parts:
+        _missing_text(p, where)
+    return tuple(parts)
 
 
 def _codes(values) -> tuple[np.ndarray, list]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
@@ -50,11 +51,38 @@ def frame_readouts(frame, columns) -> np.ndarray:
     out = np.empty((len(frame), len(columns)), dtype=np.float64)
     for j, name in enumerate(columns):
         col = frame[name]
+        if not_real_dtype(col.dtype):  # NumPy would read a date as nanoseconds, a complex number as its real part
+            _raise_non_numeric(col.to_numpy(dtype=object), name, index=frame.index, what="readout column",
+                               dtype=col.dtype)
         try:
             out[:, j] = col.to_numpy(dtype=np.float64)
         except (TypeError, ValueError):
             _raise_non_numeric(col.to_numpy(dtype=object), name, index=frame.index, what="readout column")
     return out
+
+
+def _kind(dtype) -> str:
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _kind(dtype.categories.dtype)
+    return getattr(dtype, "kind", "O")
+
+
+def _dtype_name(dtype) -> str:
+    return f"categorical {dtype.categories.dtype}" if isinstance(dtype, pd.CategoricalDtype) else str(dtype)
+
+
+def not_real_dtype(dtype) -> bool:
+    """Dates, durations and complex numbers: NumPy converts them to floats without a word, wrongly."""
+    return _kind(dtype) in "mMc"
+
+
+_NOT_REAL = {"M": "NumPy would silently read a date as nanoseconds since 1970.",
+             "m": "NumPy would silently read a duration as nanoseconds.",
+             "c": "NumPy would silently keep only the real part of a complex number."}
+
+
+_READOUT_FIX = ("Readouts must be numbers: convert the column (pd.to_numeric), mark missing values as NaN and drop or "
+                "impute them, or leave the column out.")
 
 
 def _not_a_number(x) -> bool:
@@ -67,15 +95,21 @@ def _not_a_number(x) -> bool:
     return False
 
 
-def _raise_non_numeric(values, name, *, index=None, what: str):
-    bad = [i for i, x in enumerate(values) if _not_a_number(x)]
+def _raise_non_numeric(values, name, *, index=None, what: str, dtype=None, fix: str = _READOUT_FIX):
+    bad = list(range(len(values))) if dtype is not None else [i for i, x in enumerate(values) if _not_a_number(x)]
     i = bad[0] if bad else 0
-    row = f" in row {index[i]!r}" if index is not None else f" in row {i}"
-    raise DesignError(
-        f"{what} {name!r} holds non-numeric values ({len(bad)} of {len(values)}, e.g. {values[i]!r}{row}). "
-        "Readouts must be numbers: convert the column (pd.to_numeric), mark missing values as NaN and drop or "
-        "impute them, or leave the column out."
-    )
+    if len(values):
+        example = f"e.g. {values[i]!r} in row {index[i] if index is not None else i!r}"
+    else:
+        example = "no rows"
+    if dtype is not None:
+        raise DesignError(f"{what} {name!r} holds {_dtype_name(dtype)} values, not real numbers ({example}); "
+                          + _NOT_REAL[_kind(dtype)] + " Convert the column to the numbers you mean first "
+                          + ("(e.g. np.abs(col) or col.real)" if _kind(dtype) == "c" else
+                             "(e.g. hours: col / pd.Timedelta(hours=1))" if _kind(dtype) == "m" else
+                             "(e.g. hours since the start: (col - col.min()) / pd.Timedelta(hours=1))")
+                          + ", or leave it out.")
+    raise DesignError(f"{what} {name!r} holds non-numeric values ({len(bad)} of {len(values)}, {example}). {fix}")
 
 
 def readouts(y, *, genes=None, rows=None):
@@ -85,6 +119,11 @@ def readouts(y, *, genes=None, rows=None):
     object (never written to): :func:`stored` makes the design's copy once the count mode is
     known, so no float64 copy of a count matrix is ever made.
     """
+    if sp.issparse(y) or isinstance(y, np.ndarray):
+        if not_real_dtype(y.dtype):  # NumPy would convert them to floats silently (nanoseconds; the real part)
+            raise DesignError(f"readouts hold {y.dtype} values, not real numbers; {_NOT_REAL[y.dtype.kind]} Convert "
+                              "them to the real numbers you mean first (e.g. np.abs of complex values), or pass the "
+                              "layer that holds them (layer=).")
     if sp.issparse(y):
         y = y.tocsr()
         if y.dtype.kind not in "iuf" or y.dtype.itemsize < 4:
@@ -200,11 +239,61 @@ def count_mode(y, counts: bool | None) -> bool:
     return bool(counts)
 
 
-def labels(values, *, what: str) -> list[str]:
+#: What a missing value becomes as text (``str(np.nan)``, ``str(None)``, ``str(pd.NA)``, e.g. after
+#: ``.astype(str)``): never taken for a real label, level or target.
+MISSING_TEXT = frozenset({"nan", "NaN", "None", "<NA>"})
+
+
+def looks_missing(label: str, sep: str | None = None) -> bool:
+    """Whether ``label`` (or, with ``sep``, one of its parts) is a missing value turned into text."""
+    if label.strip() in MISSING_TEXT:
+        return True
+    return bool(sep) and sep in label and any(p.strip() in MISSING_TEXT for p in label.split(sep))
+
+
+def labels(values, *, what: str, sep: str | None = None) -> list[str]:
+    """Each row's label as text; a missing label, or one that reads as a missing value turned into text
+    (``"nan"``, ``"None"``, ``"<NA>"``; with ``sep`` also as a part of a combination), is an error."""
     s = pd.Series(values)
     if s.isna().any():
         raise DesignError(f"{int(s.isna().sum())} rows have a missing {what}. Label every row (e.g. 'control').")
-    return [str(x) for x in s.tolist()]
+    out = [str(x) for x in s.tolist()]
+    bad = sorted(lab for lab in set(out) if looks_missing(lab, sep))
+    if bad:
+        bad_set = set(bad)
+        n_bad = sum(lab in bad_set for lab in out)
+        raise DesignError(
+            f"{n_bad} rows have a {what} that reads as a missing value turned into text ({bad[:5]}"
+            f"{' ...' if len(bad) > 5 else ''}), e.g. by .astype(str) on a column with missing values. Drop those "
+            "rows or give them a real label (semimech does not guess what a missing label meant)."
+        )
+    return out
+
+
+def control_label(control) -> str | None:
+    """``control=`` as the label it names: labels are read as text, so ``0`` names the label ``"0"``."""
+    if control is None or isinstance(control, str):
+        return control
+    if isinstance(control, (numbers.Number, np.generic)) and not isinstance(control, np.ndarray):
+        return str(control)
+    one = (f" (control={next(iter(control))!r})" if isinstance(control, (list, tuple, set, frozenset))
+           and len(control) == 1 else "")
+    raise DesignError(
+        f"control= must be one label, the label of the unperturbed rows; got {type(control).__name__} "
+        f"{control!r:.80}. Pass that single label{one}; if several labels mark unperturbed rows, relabel them to "
+        "one first (e.g. frame['p'].replace({'NT': 'control'}))."
+    )
+
+
+def target_sep(sep) -> str:
+    """``target_sep=``: the non-empty text joining the targets of a combination label."""
+    if not isinstance(sep, str) or sep == "":
+        raise DesignError(
+            f"target_sep must be a non-empty string, the text joining the targets of a combination label (the '+' "
+            f"in 'A+B'); got {type(sep).__name__} {sep!r:.40}. Pass the separator your labels use (e.g. "
+            "target_sep='_' for 'A_B'), or leave the default '+'."
+        )
+    return sep
 
 
 def check_perturbed(perturbations, control: str) -> None:
@@ -239,11 +328,33 @@ def warn_batches_without_controls(batches, batch_index, is_control) -> None:
         )
 
 
-def size_factors(sf, y, is_counts: bool, n: int) -> np.ndarray:
+def numeric_column(values, *, key: str, what: str, rows, fix: str) -> np.ndarray:
+    """A table column of numbers (size factors, cell counts) as floats; text, dates or complex numbers are
+    an error naming the column (``what`` ``key``) and the first bad row."""
+    s = values if isinstance(values, pd.Series) else pd.Series(values)
+    try:
+        if not_real_dtype(s.dtype):
+            raise TypeError
+        return s.to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        _raise_non_numeric(s.to_numpy(dtype=object), key, index=list(rows), what=what,
+                           dtype=s.dtype if not_real_dtype(s.dtype) else None, fix=fix)
+
+
+def size_factors(sf, y, is_counts: bool, n: int, *, key: str | None = None, rows=None) -> np.ndarray:
+    """Size factors given per row (``key``: the column they came from, named in errors), or computed."""
     if sf is not None:
         sf = np.asarray(sf, dtype=float)
         if sf.shape != (n,) or not np.all(np.isfinite(sf)) or np.any(sf <= 0):
-            raise DesignError("size factors must be one positive finite number per row.")
+            if key is None or sf.shape != (n,):
+                raise DesignError("size factors must be one positive finite number per row.")
+            bad = np.flatnonzero(~(np.isfinite(sf) & (sf > 0)))
+            row = rows[bad[0]] if rows is not None else int(bad[0])
+            raise DesignError(
+                f"size_factor_key {key!r} must hold one positive finite number per row; {bad.size} of {n} rows do "
+                f"not (e.g. {float(sf[bad[0]])!r} in row {row!r}). Fix or drop those rows, or leave size_factor_key "
+                "out (counts then use each row's total count)."
+            )
         return sf
     if not is_counts:
         return np.ones(n)

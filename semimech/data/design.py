@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -193,6 +193,8 @@ class Design:
         genes
             Optional subset of ``var_names`` to model.
         """
+        _check_anndata(adata)
+        target_sep = v.target_sep(target_sep)
         if perturbation_key is not None and perturbation_key not in adata.obs.columns:
             raise DesignError(
                 f"perturbation_key {perturbation_key!r} is not a column of adata.obs "
@@ -203,6 +205,13 @@ class Design:
             raise DesignError(f"batch_key {batch_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
         if layer is not None and layer not in adata.layers:
             raise DesignError(f"layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}).")
+        if layer is None and adata.X is None:
+            raise DesignError(
+                f"adata.X is None: this AnnData holds its readouts in a layer. Pass layer= one of "
+                f"{list(adata.layers.keys())} (e.g. layer='counts' for raw counts)." if len(adata.layers) else
+                "adata.X is None and adata has no layers: this AnnData holds no readouts. Set adata.X to the "
+                "cells x genes matrix first."
+            )
         X = adata.X if layer is None else adata.layers[layer]
         var_names = [str(g) for g in adata.var_names]
         if isinstance(genes, str):  # one gene, not its letters
@@ -219,11 +228,12 @@ class Design:
             X = X[:, idx]
             var_names = list(genes)
         sf = None
+        obs_names = [str(o) for o in adata.obs_names]
         if size_factor_key is not None:
             if size_factor_key not in adata.obs.columns:
                 raise DesignError(f"size_factor_key {size_factor_key!r} is not a column of adata.obs.")
-            sf = np.asarray(adata.obs[size_factor_key], dtype=float)
-        obs_names = [str(o) for o in adata.obs_names]
+            sf = v.numeric_column(adata.obs[size_factor_key], key=size_factor_key, what="size_factor_key",
+                                  rows=obs_names, fix=_SF_FIX)
         v.warn_repeated_rows(obs_names, fix="Call adata.obs_names_make_unique() first.")
         return cls._build(
             y=X,
@@ -235,6 +245,7 @@ class Design:
             table=adata.obs,
             batch_labels=None if batch_key is None else adata.obs[batch_key],
             size_factors=sf,
+            size_factor_key=size_factor_key,
             counts=counts,
             target_sep=target_sep,
             n_cells=None,
@@ -266,6 +277,8 @@ class Design:
         (see the class docstring and :meth:`from_anndata`); ``control``, ``target_sep`` and ``counts``
         as in :meth:`from_anndata`.
         """
+        _check_frame(frame)
+        target_sep = v.target_sep(target_sep)
         cols = list(frame.columns)
         spec = _factor_spec(cols, perturbation_key, factors, context_key, none, single_valued, "the frame")
         for key, what in ((perturbation_key, "perturbation_key"), (batch_key, "batch_key"),
@@ -274,6 +287,10 @@ class Design:
                 raise DesignError(f"{what} {key!r} is not a column of the frame (columns: {cols}).")
         if isinstance(readouts, str):  # one column, not its letters
             readouts = [readouts]
+        elif not isinstance(readouts, Iterable):
+            raise DesignError(f"readouts= must name the measured columns (a list of column names), got "
+                              f"{type(readouts).__name__} {readouts!r:.40}.")
+        readouts = list(readouts)  # a generator or other one-pass iterable is read once
         missing = [r for r in readouts if r not in cols]
         if missing:
             raise DesignError(f"readout columns not in the frame: {missing}.")
@@ -292,10 +309,14 @@ class Design:
             spec=spec,
             table=frame,
             batch_labels=None if batch_key is None else frame[batch_key],
-            size_factors=None if size_factor_key is None else frame[size_factor_key].to_numpy(float),
+            size_factors=None if size_factor_key is None else v.numeric_column(
+                frame[size_factor_key], key=size_factor_key, what="size_factor_key", rows=obs_names, fix=_SF_FIX),
+            size_factor_key=size_factor_key,
             counts=counts,
             target_sep=target_sep,
-            n_cells=None if n_cells_key is None else frame[n_cells_key].to_numpy(float),
+            n_cells=None if n_cells_key is None else v.numeric_column(
+                frame[n_cells_key], key=n_cells_key, what="n_cells_key", rows=obs_names,
+                fix="n_cells must be the number of cells behind each row: convert the column (pd.to_numeric)."),
         )
 
     @classmethod
@@ -329,7 +350,9 @@ class Design:
 
     @classmethod
     def _build(cls, *, y, obs_names, genes, labels, control, batch_labels, size_factors, counts,
-               target_sep, n_cells, spec=None, table=None) -> "Design":
+               target_sep, n_cells, spec=None, table=None, size_factor_key=None) -> "Design":
+        target_sep = v.target_sep(target_sep)
+        control = v.control_label(control)
         n = len(obs_names)
         if n == 0 or len(genes) == 0:
             raise DesignError(f"empty design: {n} rows x {len(genes)} genes. Pass data with at least one cell and one gene.")
@@ -342,7 +365,7 @@ class Design:
         if spec is None:  # a label design, exactly as before factors existed
             if control is None:
                 raise DesignError("control= is required with perturbation_key: the label of unperturbed rows.")
-            labels = v.labels(labels, what="perturbation label")
+            labels = v.labels(labels, what="perturbation label", sep=target_sep)
             v.check_control(labels, control)
             perturbations = (control,) + tuple(sorted(set(labels) - {control}))
             v.check_perturbed(perturbations, control)
@@ -351,8 +374,8 @@ class Design:
             targets, target_matrix = encode_targets(perturbations, control, target_sep)
         else:
             if labels is not None and control is not None:
-                v.check_control(v.labels(labels, what="perturbation label"), control)
-            control = "control" if control is None else str(control)
+                v.check_control(v.labels(labels, what="perturbation label", sep=target_sep), control)
+            control = "control" if control is None else control
             keys, inverse, _ = fx.row_conditions({c: table[c].tolist() for c in spec.columns},
                                                  row_names=list(obs_names), spec=spec, control=control, sep=target_sep)
             cond = fx.encode(keys, inverse, factor_names=spec.names, control=control, sep=target_sep,
@@ -369,7 +392,7 @@ class Design:
             bcode = {b: i for i, b in enumerate(batches)}
             batch_index = np.array([bcode[b] for b in blabels], dtype=np.int32)
             v.warn_batches_without_controls(batches, batch_index, untreated)
-        size_factors = v.size_factors(size_factors, y, is_counts, n)
+        size_factors = v.size_factors(size_factors, y, is_counts, n, key=size_factor_key, rows=obs_names)
         n_cells = np.ones(n) if n_cells is None else v.positive(n_cells, "n_cells")
         return cls(
             y=y, obs_names=tuple(obs_names), genes=tuple(genes), perturbations=perturbations,
@@ -679,3 +702,40 @@ def _factor_spec(columns, perturbation_key, factors, context_key, none, single_v
     return fx.FactorSpec(factors=fx.factor_columns(factors, cols, perturbation_key=perturbation_key),
                          context_key=None if context_key is None else str(context_key),
                          none=tuple(str(x) for x in none), single_valued=tuple(str(x) for x in single_valued))
+
+
+_SF_FIX = ("Size factors must be positive numbers, one per row: convert the column (pd.to_numeric), or leave "
+           "size_factor_key out (counts then use each row's total count).")
+
+
+def _is_anndata(x) -> bool:
+    from anndata import AnnData
+
+    return isinstance(x, AnnData)
+
+
+def _check_frame(frame) -> None:
+    """``from_frame`` needs a DataFrame; a wrong container gets the constructor (or the conversion) it needs."""
+    if isinstance(frame, pd.DataFrame):
+        return
+    if _is_anndata(frame):
+        raise DesignError("Design.from_frame needs a pandas DataFrame, got an AnnData: use "
+                          "Design.from_anndata(adata, perturbation_key=..., control=...).")
+    if isinstance(frame, pd.Series):
+        raise DesignError(f"Design.from_frame needs a pandas DataFrame, got a Series ({frame.name!r}): pass the whole "
+                          "table holding the readout and label columns (a single column: series.to_frame()).")
+    raise DesignError(f"Design.from_frame needs a pandas DataFrame (one row per sample; readout and label columns), "
+                      f"got {type(frame).__name__}. Wrap an array first: pd.DataFrame(array, columns=[...]) and "
+                      "add the label column; for an AnnData use Design.from_anndata.")
+
+
+def _check_anndata(adata) -> None:
+    """``from_anndata`` needs an AnnData; a table gets pointed to ``from_frame``."""
+    if _is_anndata(adata):
+        return
+    if isinstance(adata, pd.DataFrame):
+        raise DesignError("Design.from_anndata needs an AnnData, got a DataFrame: use Design.from_frame(frame, "
+                          "readouts=[...measured columns...], perturbation_key=..., control=...).")
+    raise DesignError(f"Design.from_anndata needs an AnnData (cells x genes, labels in adata.obs), got "
+                      f"{type(adata).__name__}. Build one first (anndata.AnnData(X=matrix, obs=labels_frame)), or "
+                      "use Design.from_frame for a table.")
