@@ -147,3 +147,19 @@ def test_observed_means_of_new_cells_are_drawn_on_the_host_with_the_models_distr
                                                    num_cells=np.array([1.0, n])[None, :, None])[1:])
     g = mean_of_cells(key, mean[:, :1], noise, likelihood="normal", num_cells=n)
     assert g[1:, 0, 0].std() == pytest.approx(phi / np.sqrt(n), rel=0.03) and g.dtype == np.float32
+
+
+def test_a_count_fit_passes_numpyros_model_check_without_a_jax_deprecation(small_counts_adata):
+    """NumPyro's model check takes ``jnp.ndim`` of the observed value; for the sparse counts JAX warned that a future
+    release makes it a TypeError (every count fit would then fail). ``SparseCounts.ndim`` answers it: no warning,
+    here turned into an error (without the property the test fails with it: checked)."""
+    import warnings
+
+    import semimech as sm
+    from semimech.models import additive
+
+    design = sm.Design.from_anndata(small_counts_adata, perturbation_key="perturbation", control="control")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*requires ndarray or scalar arguments")
+        fit = sm.fit_svi(additive.SPEC, design, rng_key=0, num_steps=20, num_samples=5, progress_bar=False)
+    assert fit.likelihood == "negbin" and np.isfinite(fit.losses[-1])

@@ -205,6 +205,12 @@ class SparseCounts:
     mask: Float[Array, "blocks capacity"]
     shape: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
 
+    @property
+    def ndim(self) -> int:
+        """2 (rows x genes), as the matrix it holds: NumPyro's model check reads an observed value's ``jnp.ndim``,
+        which JAX answers from ``.ndim`` (without it, a DeprecationWarning that a future JAX makes a TypeError)."""
+        return len(self.shape)
+
     def todense(self) -> Float[Array, "rows genes"]:
         n_blocks = self.values.shape[0]
         b, G = self.shape[0] // n_blocks, self.shape[1]
