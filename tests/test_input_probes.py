@@ -510,3 +510,28 @@ def test_a_missing_label_turned_into_text_is_not_a_target():
                               factors={"drug": "d"}, none=("none", "nan"))  # negative control: declared as no level
     assert ok.targets == ("X",)
     assert _from_frame(_frame(p=np.repeat(["control", "Nanog", "A+Nanog"], 4))).targets == ("A", "Nanog")
+
+
+def test_numeric_model_options_are_checked_by_name_before_anything_is_traced(norman_design):
+    """Bad-input audit F3: ``effect_prior_scale=-1`` reached NumPyro as "Normal distribution got invalid scale
+    parameter" (no option named), ``"0.5"`` a UFuncTypeError, ``interaction_slab=-2`` was accepted. The kind of each
+    numeric option is read from its default; the defaults and good values pass (the negative control)."""
+    from semimech.infer.fit import check_option_values
+    from semimech.models import REGISTRY, additive
+
+    bad = [(additive.SPEC, "effect_prior_scale", -1.0), (additive.SPEC, "effect_prior_scale", 0.0),
+           (additive.SPEC, "effect_prior_scale", float("nan")), (additive.SPEC, "effect_prior_scale", "0.5"),
+           (additive.SPEC, "interaction_slab", -2.0), (additive.SPEC, "effect_programs", 1.7),
+           (additive.SPEC, "effect_programs", True), (REGISTRY["latent_programs"], "n_programs", -3),
+           (REGISTRY["signalling_network"], "edge_prior", (0.0, -1.0)),
+           (REGISTRY["signalling_network"], "basal_prior", 2.0), (REGISTRY["signalling_network"], "misfit", -1.0)]
+    for spec, name, value in bad:
+        with pytest.raises(DesignError, match=rf"^{name} must be"):
+            check_option_values(spec, {name: value})
+    with pytest.raises(DesignError, match="effect_prior_scale must be a finite number > 0, got -1.0"):
+        sm.fit_svi(additive.SPEC, norman_design.pseudobulk(), rng_key=0, num_steps=5, num_samples=5,
+                   progress_bar=False, effect_prior_scale=-1.0)
+    for spec in REGISTRY.values():  # every registered model's own defaults pass
+        check_option_values(spec, dict(spec.default_options))
+    check_option_values(additive.SPEC, {"effect_prior_scale": 0.3, "interaction_slab": 4, "effect_programs": 0})
+    check_option_values(REGISTRY["signalling_network"], {"misfit": None, "edge_prior": [-0.5, 1.2]})

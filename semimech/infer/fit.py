@@ -203,6 +203,7 @@ def resolved_options(spec: ModelSpec, options: dict, method: str | None, *, desi
     given the ``design`` to fit, checked against it (``spec.prepare_options``)."""
     opts = {**spec.default_options, **options}
     check_option_names(spec, opts)
+    check_option_values(spec, options)
     if spec.resolve_options is not None:
         opts = dict(spec.resolve_options(opts, method))
     if design is not None and spec.prepare_options is not None:
@@ -229,6 +230,36 @@ def check_option_names(spec: ModelSpec, options: dict) -> None:
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise DesignError(f"model {spec.name!r} has no option {name!r}.{hint} Its options: {sorted(known)} "
                           "(the model function's help describes them).")
+
+
+def check_option_values(spec: ModelSpec, options: dict) -> None:
+    """A ``DesignError`` naming a numeric model option given a value its kind cannot take, before anything is
+    traced (it reached NumPyro as "Normal distribution got invalid scale parameter", naming no option). The kind
+    is read from the option's default: a positive float (a prior scale, a slab, a concentration) takes a finite
+    number > 0; an integer (a count of programs) an integer >= 0; a ``(location, scale)`` pair two finite numbers,
+    the second > 0. ``None`` is left to the model where its signature allows it; other options are the model's."""
+    try:
+        params = inspect.signature(spec.model).parameters
+    except (TypeError, ValueError):
+        return
+    for name, value in options.items():
+        p = params.get(name)
+        if p is None or value is p.default:
+            continue
+        default = p.default
+        if value is None and "None" in str(p.annotation):
+            continue
+        if isinstance(default, float) and default > 0:
+            _args.number(name, value, error=DesignError)
+        elif isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise DesignError(f"{name} must be an integer >= 0, got {value!r}.")
+        elif isinstance(default, tuple) and len(default) == 2 and all(_args.is_finite_number(x) for x in default):
+            pair = list(value) if isinstance(value, (tuple, list, np.ndarray)) else None
+            if (pair is None or len(pair) != 2 or not all(_args.is_finite_number(x) for x in pair)
+                    or not float(pair[1]) > 0):
+                raise DesignError(f"{name} must be a (location, scale) pair of finite numbers with scale > 0, like "
+                                  f"its default {default}; got {value!r}.")
 
 
 #: Data-centred prior constants of ``Design.model_data()`` (control summaries, noise floor).
