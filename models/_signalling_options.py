@@ -226,12 +226,7 @@ def check_numbers(options: dict) -> None:
 
     for name in PRIOR_PAIRS:
         if name in options:
-            v = options[name]
-            if np.ndim(v) != 1 or np.size(v) != 2:
-                raise DesignError(f"{name} must be a pair (location, scale), got {v!r}.")
-            if not _args.is_finite_number(v[0]):
-                raise DesignError(f"{name}'s location must be a finite number, got {v[0]!r}.")
-            _args.number(f"{name}'s scale", v[1], error=DesignError)
+            _args.prior_pair(name, options[name], error=DesignError)
     if options.get("context_scale") is not None:
         _args.number("context_scale", options["context_scale"], error=DesignError)
     if options.get("misfit") is not None:

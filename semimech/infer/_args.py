@@ -46,6 +46,15 @@ def number(name: str, value, *, minimum: float = 0.0, strict: bool = True, error
     return float(value)
 
 
+def prior_pair(name: str, value, *, error: type = InferenceError) -> tuple[float, float]:
+    """``value`` as a ``(location, scale)`` prior pair: two numbers, the location finite, the scale finite and > 0."""
+    if np.ndim(value) != 1 or np.size(value) != 2:
+        raise error(f"{name} must be a pair (location, scale), got {value!r}.")
+    if not is_finite_number(value[0]):
+        raise error(f"{name}'s location must be a finite number, got {value[0]!r}.")
+    return float(value[0]), number(f"{name}'s scale", value[1], error=error)
+
+
 def svi_settings(learning_rate, num_samples, rank) -> tuple[float, int, int]:
     """The SVI fits' learning rate, number of posterior draws and low-rank guide rank, checked."""
     return (rate("learning_rate", learning_rate), count("num_samples", num_samples, what="posterior draws"),

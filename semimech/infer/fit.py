@@ -255,11 +255,7 @@ def check_option_values(spec: ModelSpec, options: dict) -> None:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise DesignError(f"{name} must be an integer >= 0, got {value!r}.")
         elif isinstance(default, tuple) and len(default) == 2 and all(_args.is_finite_number(x) for x in default):
-            pair = list(value) if isinstance(value, (tuple, list, np.ndarray)) else None
-            if (pair is None or len(pair) != 2 or not all(_args.is_finite_number(x) for x in pair)
-                    or not float(pair[1]) > 0):
-                raise DesignError(f"{name} must be a (location, scale) pair of finite numbers with scale > 0, like "
-                                  f"its default {default}; got {value!r}.")
+            _args.prior_pair(name, value, error=DesignError)
 
 
 #: Data-centred prior constants of ``Design.model_data()`` (control summaries, noise floor).
