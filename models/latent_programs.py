@@ -105,9 +105,7 @@ def model(data, *, likelihood: str = "normal", n_programs: int = 8, w_scale: flo
     The options every steady-state model shares (``efficacy_prior_scale``, ``direct_prior_scale``,
     ``variant_of``, ``shared_gene_index``, ``direct_mask``, ``residual``, ``embedding``, ``gene_embedding``,
     ``effect_programs``, ``effect_deviation``): :class:`semimech.models._network.SharedOptions`.
-    ``likelihood``: ``"normal"`` (Gaussian readouts) or ``"negbin"`` (negative binomial; the design's
-    readouts must be counts); ``"normal"`` when the model is called directly, while a fit defaults to
-    ``"negbin"`` for a count design and ``"normal"`` otherwise (see :mod:`semimech.measurement`).
+    ``likelihood``: ``"normal"`` or ``"negbin"``, as in :func:`semimech.models.additive.model`.
     ``n_programs`` (default 8): ``K``, the number of programs; ``w_scale`` (default 0.5): half-normal scale
     of the regulation's scale (site ``w_scale``); ``fallback=True``: integrate the ODE where Newton fails
     (as :func:`semimech.models.production_decay.model`).

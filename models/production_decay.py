@@ -99,9 +99,7 @@ def model(data, *, likelihood: str = "normal", w_prior: str = "horseshoe", w_sca
     The options every steady-state model shares (``efficacy_prior_scale``, ``direct_prior_scale``,
     ``variant_of``, ``shared_gene_index``, ``direct_mask``, ``residual``, ``embedding``, ``gene_embedding``,
     ``effect_programs``, ``effect_deviation``): :class:`semimech.models._network.SharedOptions`.
-    ``likelihood``: ``"normal"`` (Gaussian readouts) or ``"negbin"`` (negative binomial; the design's
-    readouts must be counts); ``"normal"`` when the model is called directly, while a fit defaults to
-    ``"negbin"`` for a count design and ``"normal"`` otherwise (see :mod:`semimech.measurement`).
+    ``likelihood``: ``"normal"`` or ``"negbin"``, as in :func:`semimech.models.additive.model`.
     ``w_prior``, ``w_scale`` (default 0.3), ``network_mode``: as
     :func:`semimech.models.linear_steady_state.model`.
     ``fallback=True`` integrates the ODE where Newton fails (robust, slower to compile). ``network``: as

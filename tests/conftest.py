@@ -9,6 +9,7 @@ suite once this way), and ``pytest -m needs_shared`` selects exactly them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -271,3 +272,27 @@ def jax_cache():
     for n, v in before.items():
         jax.config.update(n, v)
     cc.reset_cache()
+
+
+@contextlib.contextmanager
+def _compile_events():
+    import jax
+
+    events = []
+
+    def listen(event, secs, **kw):
+        if "backend_compile" in event:
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+@pytest.fixture
+def compile_events():
+    """``with compile_events() as events:``: the XLA backend compiles inside the block, a list filled as they
+    happen (a test that something is reused counts them)."""
+    return _compile_events

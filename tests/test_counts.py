@@ -107,7 +107,7 @@ def test_count_checks_in_chunks_see_every_entry(monkeypatch):
             v.count_mode(sp.csr_matrix(z), True)
 
 
-def test_observed_means_of_new_cells_are_drawn_on_the_host_with_the_models_distribution():
+def test_observed_means_of_new_cells_are_drawn_on_the_host_with_the_models_distribution(compile_events):
     """``mean_of_cells`` (predict's ``observed_mean``): the mean of n new cells' counts is NB(n mu, n phi) / n,
     so its mean is mu and its variance (mu + mu^2 / phi) / n; a Poisson of the same means (variance mu / n), the
     negative control, is far too narrow. A zero mean gives 0, a NaN mean NaN; the same key gives the same draws,
@@ -120,17 +120,8 @@ def test_observed_means_of_new_cells_are_drawn_on_the_host_with_the_models_distr
     mean[0, 0, 0] = np.nan
     noise = np.full((40_000, 1, 3), phi, np.float32)
     key = jax.random.PRNGKey(3)
-    compiles = []
-
-    def listen(event, secs, **kw):
-        if "backend_compile" in event:
-            compiles.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with compile_events() as compiles:
         d = mean_of_cells(key, mean, noise, likelihood="negbin", num_cells=np.array([1.0, n])[None, :, None])
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     assert compiles == []
     assert d.shape == mean.shape and d.dtype == np.float32
     assert np.isnan(d[0, 0, 0]) and np.isfinite(d[1:]).all() and np.all(d[:, 1, 2] == 0)

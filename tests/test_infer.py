@@ -80,34 +80,23 @@ def test_repeated_predict_calls_do_not_accumulate_compiled_programs(norman_fit):
     assert maps() - before < 60, maps() - before  # the eager replay: ~200 for these 6 calls
 
 
-def test_a_repeated_predict_reuses_its_compiled_replay(norman_fit):
+def test_a_repeated_predict_reuses_its_compiled_replay(norman_fit, compile_events):
     """A second predict of the same conditions (another key), or of other conditions with the same shapes (two
     other singles), compiles nothing, and gives the draws of a replay compiled with the conditions as constants (to
     float32 rounding: XLA folds constants); conditions of other shapes (three singles: the negative control)
     compile their own replay."""
     import functools
 
-    import jax
-
     from semimech.infer import release_compiled
 
     predict_module = sys.modules["semimech.infer.predict"]
-    compiles = []
-
-    def listen(event, secs, **kw):
-        if "backend_compile" in event:
-            compiles.append(event)
-
     singles = [p for p in norman_fit.design.perturbations if p != norman_fit.design.control and "+" not in p]
     sm.predict(norman_fit, singles[:2], rng_key=0, num_cells=20)
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with compile_events() as compiles:
         again = sm.predict(norman_fit, singles[:2], rng_key=1, num_cells=20)
         other = sm.predict(norman_fit, singles[2:4], rng_key=1, num_cells=20)
         reused = len(compiles)
         sm.predict(norman_fit, singles[4:7], rng_key=1, num_cells=20)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     assert reused == 0 and len(compiles) > 0
     release_compiled()
     fresh = sm.predict(norman_fit, singles[:2], rng_key=1, num_cells=20)

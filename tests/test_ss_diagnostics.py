@@ -121,28 +121,17 @@ def test_predict_and_diagnostics_share_one_definition_of_a_stable_steady_state(m
         assert summary == 0.0
 
 
-def test_the_steady_state_check_of_other_conditions_compiles_nothing():
+def test_the_steady_state_check_of_other_conditions_compiles_nothing(compile_events):
     """``predict``'s steady-state check replays the system's sites with predict's compiled program: another set of
     conditions of the same shapes compiles nothing (replayed eagerly, Predictive compiled a scan per call with the
     conditions baked in: 0.2 s of a 0.23 s what-if call on 30 genes, and memory mappings kept per call); conditions
     of other shapes compile (the negative control). The fractions stay the check's: one stable state everywhere."""
-    import jax
-
     fit = _hand_fit(-0.5)
     sm.predict(fit, ["control", "g0"], rng_key=0, steady_state_draws=DRAWS)
-    compiles = []
-
-    def listen(event, secs, **kw):
-        if "backend_compile" in event:
-            compiles.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
+    with compile_events() as compiles:
         other = sm.predict(fit, ["control", "g1"], rng_key=1, steady_state_draws=DRAWS)
         reused = len(compiles)
         four = sm.predict(fit, ["control", "g0", "g1", "g0+g1"], rng_key=1, steady_state_draws=DRAWS)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
     assert reused == 0 and len(compiles) > 0
     for pred in (other, four):
         assert (pred.steady_state["stable"] == 1.0).all() and (pred.steady_state["draws"] == DRAWS).all()
