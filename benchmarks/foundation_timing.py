@@ -2,7 +2,7 @@
 
 Prints a table and writes ``benchmarks/results/foundation_timing.json`` (git-ignored: not committed).
 Targets: the demo under 2 minutes (issue 2) and the default test run well under 20 minutes on 2 CPU
-cores (the printed table's ``target`` column still holds issue 2's 600 s for the tests). Run from the
+cores (the table's ``target`` column: 1,200 s, the guide's limit; issue 2 asked 600 s). Run from the
 repository root with the package installed::
 
     python benchmarks/foundation_timing.py            # demo + tests
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         rows.append({"job": "semimech demo", "seconds": secs, "target_seconds": 120, "exit": rc})
     if not args.demo:
         secs, rc, tail = _time(["pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT)
-        rows.append({"job": "pytest (default run)", "seconds": secs, "target_seconds": 600, "exit": rc,
+        rows.append({"job": "pytest (default run)", "seconds": secs, "target_seconds": 1200, "exit": rc,
                      "summary": tail.strip().splitlines()[-1] if tail.strip() else ""})
     print(f"{'job':<24}{'seconds':>10}{'target':>10}{'exit':>6}")
     for r in rows:
