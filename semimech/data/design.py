@@ -351,8 +351,7 @@ class Design:
     @classmethod
     def _build(cls, *, y, obs_names, genes, labels, control, batch_labels, size_factors, counts,
                target_sep, n_cells, spec=None, table=None, size_factor_key=None) -> "Design":
-        target_sep = v.target_sep(target_sep)
-        control = v.control_label(control)
+        control = v.control_label(control)  # target_sep: checked by the constructors, this method's only callers
         n = len(obs_names)
         if n == 0 or len(genes) == 0:
             raise DesignError(f"empty design: {n} rows x {len(genes)} genes. Pass data with at least one cell and one gene.")

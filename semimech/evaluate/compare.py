@@ -102,13 +102,9 @@ def loo(fit, *, subsample: int | str | None = "auto", rng_key=0):
     ``(elpd_data, summary)``: the arviz-stats ``ELPDData`` (pointwise) and a dict of plain numbers
     (``elpd_loo``, ``se``, ``p_loo``, ``n_rows``, ``khat_max``, ``n_khat_bad``, ``good_k``, ``subsample``).
     """
-    from semimech.evaluate.cv import MIN_PSIS_DRAWS
+    from semimech.evaluate.cv import check_psis_draws
 
-    draws = fit.num_chains * fit.num_draws
-    if draws < MIN_PSIS_DRAWS:  # arviz fails deep inside ("n_draws_tail must be at least 5")
-        raise DesignError(f"PSIS-LOO needs at least {MIN_PSIS_DRAWS} posterior draws (it fits a tail to the largest "
-                          f"~20% of the importance weights); this fit has {draws}. Refit with more draws "
-                          "(num_samples).")
+    check_psis_draws(fit, "PSIS-LOO")
     ll = pointwise_log_likelihood(fit)
     if not np.all(np.isfinite(ll)):
         raise DesignError(f"the log-likelihood of {fit.spec.name!r} is not finite for some draws and rows; "

@@ -115,7 +115,7 @@ from semimech.evaluate._warm import event_dims, gradient_fn, reset_mask, warm_va
 from semimech.evaluate.probabilistic import CalibrationReport, pit_calibration
 from semimech.evaluate.probabilistic import crps as draws_crps
 from semimech.infer import _args, _arviz
-from semimech.infer.fit import fold_summaries
+from semimech.infer.fit import fold_summaries, is_fit  # noqa: F401 - is_fit public here too
 from semimech.infer.idata import posterior_tree
 
 __all__ = ["UNITS", "CrossValidation", "cross_validate", "unit_labels"]
@@ -468,9 +468,14 @@ def svi_refit_options(fit, num_steps: int, options: dict) -> dict:
 MIN_PSIS_DRAWS = 25
 
 
-def is_fit(obj) -> bool:
-    """Whether ``obj`` is a semimech fit (what cross-validation and ``compare`` read of it: design, spec, draws)."""
-    return hasattr(obj, "design") and hasattr(obj, "spec") and hasattr(obj, "samples")
+def check_psis_draws(fit, what: str, *, alternative: str = "") -> None:
+    """A ``DesignError`` saying that ``what`` (a Pareto-smoothed importance sampling estimate) needs at least
+    :data:`MIN_PSIS_DRAWS` draws: arviz-stats fails deep inside with fewer ("n_draws_tail must be at least 5")."""
+    draws = fit.num_chains * fit.num_draws
+    if draws < MIN_PSIS_DRAWS:
+        raise DesignError(f"{what} needs at least {MIN_PSIS_DRAWS} posterior draws (it fits a tail to the largest "
+                          f"~20% of the importance weights); this fit has {draws}. Refit with more draws "
+                          f"(num_samples){alternative}.")
 
 
 @limited_blas()
@@ -627,12 +632,9 @@ def plan(fit, *, unit, k, score: str = "means", num_steps=None, refit_options=No
     k = min(n_u, 10) if k is None else int(k)
     if not 1 <= k <= n_u:
         raise DesignError(f"k must be between 1 (every unit out at once) and the number of units ({n_u}), got {k}.")
-    draws = fit.num_chains * fit.num_draws
-    if k == n_u and draws < MIN_PSIS_DRAWS:  # arviz fails deep inside ("n_draws_tail must be at least 5")
-        raise DesignError(
-            f"leave-one-out (k = the {n_u} units) is estimated by Pareto-smoothed importance sampling, which needs at "
-            f"least {MIN_PSIS_DRAWS} posterior draws (it fits a tail to the largest ~20% of the weights); this fit has "
-            f"{draws}. Refit with more draws (num_samples), or pass k < {n_u} for K-fold refits.")
+    if k == n_u:  # leave-one-out is estimated by PSIS
+        check_psis_draws(fit, f"leave-one-out (k = the {n_u} units), estimated by Pareto-smoothed importance sampling,",
+                         alternative=f", or pass k < {n_u} for K-fold refits")
     if refit_options is not None and not isinstance(refit_options, Mapping):
         raise DesignError(f"refit_options must be a dict of keywords for the refits, got "
                           f"{type(refit_options).__name__}.")

@@ -258,6 +258,12 @@ def check_option_values(spec: ModelSpec, options: dict) -> None:
             _args.prior_pair(name, value, error=DesignError)
 
 
+def is_fit(obj) -> bool:
+    """Whether ``obj`` is a semimech fit (what ``predict``, cross-validation and ``compare`` read of it: design,
+    spec, draws)."""
+    return hasattr(obj, "design") and hasattr(obj, "spec") and hasattr(obj, "samples")
+
+
 #: Data-centred prior constants of ``Design.model_data()`` (control summaries, noise floor).
 DATA_SUMMARIES = ("baseline_loc", "baseline_scale", "noise_floor", "readout_center", "readout_spread")
 

@@ -21,7 +21,7 @@ from semimech.infer import _args
 from semimech.infer._alignment import alignment, fresh_normal
 from semimech.infer._compiled import Recent, cache_key, signature
 from semimech.infer._sources import condition_sources, warn_population_only
-from semimech.infer.fit import DATA_SUMMARIES
+from semimech.infer.fit import DATA_SUMMARIES, is_fit
 from semimech.measurement import mean_of_cells
 from semimech.measurement.likelihoods import total_sd
 
@@ -195,14 +195,14 @@ def predict(fit, design: Design | Sequence[str], *, rng_key, num_cells=None, bat
         draw costs a solve and an ``eig`` per condition (~1.3 s per draw for 26 conditions at
         500 genes on one CPU core).
     """
-    if not all(hasattr(fit, a) for a in ("design", "spec", "samples")):
+    if not is_fit(fit):
         raise PredictionError(f"predict needs a semimech Fit (from fit_svi, fit_nuts, sm.fit or sm.load) as its first "
                               f"argument, got {type(fit).__name__}: call predict(fit, labels_or_design, rng_key=...).")
     train = fit.design
     if isinstance(design, Design) and tuple(design.genes) != tuple(train.genes):
-        fitted = set(train.genes)
+        fitted, asked = set(train.genes), set(design.genes)
         extra = [g for g in design.genes if g not in fitted]
-        missing = [g for g in train.genes if g not in set(design.genes)]
+        missing = [g for g in train.genes if g not in asked]
         what = (f"{len(extra)} not modelled, e.g. {extra[:5]}" if extra
                 else f"{len(missing)} fitted genes missing, e.g. {missing[:5]}" if missing
                 else "the same genes in another order")
